@@ -1,0 +1,90 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test session, fresh databases per test."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import psycopg2
+import pytest
+
+from dev.localpg import LocalCluster
+
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory):
+    cluster = LocalCluster.create(tmp_path_factory.mktemp("pg") / "data")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def admin_execute(cluster: LocalCluster, statement: str) -> None:
+    conn = psycopg2.connect(cluster.dsn())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@dataclass
+class Databases:
+    """A source and a target database in the session's cluster, with helpers for tests."""
+
+    cluster: LocalCluster
+    source_name: str
+    target_name: str
+
+    @property
+    def source_dsn(self) -> str:
+        return self.cluster.dsn(self.source_name)
+
+    @property
+    def target_dsn(self) -> str:
+        return self.cluster.dsn(self.target_name)
+
+    def _run(self, dsn: str, statement: str, params=None, fetch: bool = False):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall() if fetch else None
+        finally:
+            conn.close()
+
+    def source(self, statement: str, params=None):
+        self._run(self.source_dsn, statement, params)
+
+    def target(self, statement: str, params=None):
+        self._run(self.target_dsn, statement, params)
+
+    def source_rows(self, query: str, params=None) -> list[tuple]:
+        return self._run(self.source_dsn, query, params, fetch=True)
+
+    def target_rows(self, query: str, params=None) -> list[tuple]:
+        return self._run(self.target_dsn, query, params, fetch=True)
+
+
+@pytest.fixture
+def dbs(pg_cluster) -> Databases:
+    n = next(_db_numbers)
+    pair = Databases(pg_cluster, f"src_{n}", f"tgt_{n}")
+    admin_execute(pg_cluster, f"CREATE DATABASE {pair.source_name} TEMPLATE template0")
+    admin_execute(pg_cluster, f"CREATE DATABASE {pair.target_name} TEMPLATE template0")
+    yield pair
+    admin_execute(pg_cluster, f"DROP DATABASE {pair.source_name} WITH (FORCE)")
+    admin_execute(pg_cluster, f"DROP DATABASE {pair.target_name} WITH (FORCE)")
+
+
+@pytest.fixture
+def copier_env(dbs, monkeypatch) -> Databases:
+    """Point the copier at the test databases through its local-run environment overrides."""
+    monkeypatch.setenv("SOURCE_DSN", dbs.source_dsn)
+    monkeypatch.setenv("TARGET_DSN", dbs.target_dsn)
+    monkeypatch.delenv("TABLES", raising=False)
+    return dbs
