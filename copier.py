@@ -1,6 +1,38 @@
-"""Copy tables from the operational PostgreSQL database into the reporting one. (work in progress)"""
+"""Copy tables from the operational PostgreSQL database into the reporting one, safely and fast.
+
+    python copier.py TABLES=orders,public.customers,"Mixed Case" [--jobs 5] [--dry-run]
+
+Each table is streamed from ``COPY ... TO STDOUT`` on the source into a staging table on the
+target, indexed, verified, analyzed, and swapped into place in one short transaction. Readers
+of the reporting table see the old contents until that commit and the complete new contents
+after it; a failure anywhere leaves the reporting table exactly as it was.
+
+Settings come from SSM Parameter Store under COPIER_SSM_PREFIX (default /nightly-copy/):
+``<prefix>source/host``, ``.../port``, ``.../dbname``, ``.../user``, ``.../password``
+(SecureString), ``.../sslmode`` and the same under ``<prefix>target/``. For a local run,
+SOURCE_DSN and TARGET_DSN (libpq URLs or key=value strings) replace Parameter Store entirely.
+
+stdout carries one JSON object per line (for CloudWatch Logs Insights); stderr carries the
+human lines: progress notes, the summary, and errors. Exit status 1 when anything failed.
+"""
 
 from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
 
 # Where the settings live in SSM Parameter Store: <prefix><database>/<setting>.
 DEFAULT_SSM_PREFIX = "/nightly-copy/"
@@ -15,6 +47,378 @@ CONNECTION_SETTINGS = {
     "sslmode": "require",
 }
 SECRET_SETTINGS = frozenset({"password"})
+
+# Every connection: keepalives so a long copy notices a dead peer, and a name in pg_stat_activity.
+CONNECTION_OPTIONS = {
+    "application_name": "nightly-copier",
+    "connect_timeout": 15,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 6,
+}
+
+STAGING_PREFIX = "_copier_"
+PIPE_CHUNK = 1 << 16
+# OIDs below this are built into PostgreSQL and identical in every database.
+FIRST_NORMAL_OID = 16384
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one type per kind of failure the user can act on.
+
+
+class CopierError(Exception):
+    """A failure explained to the user in one line."""
+
+
+class ConfigError(CopierError):
+    """Settings are missing or unreadable."""
+
+
+class TableListError(CopierError):
+    """The TABLES list names something that cannot be copied."""
+
+
+class TableCopyError(CopierError):
+    """One table could not be copied; the reporting table is unchanged."""
+
+
+class SourceStreamError(CopierError):
+    """The source stopped sending before the end of the table."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so every open transaction is rolled back."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: JSON lines on stdout for machines, short lines on stderr for people.
+
+
+def log_event(event: str, **fields) -> None:
+    line = json.dumps({"event": event, **fields}, default=str, ensure_ascii=False)
+    # One write per line keeps lines from parallel worker processes whole.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class Options:
+    tables_text: str
+    jobs: int = 1
+    dry_run: bool = False
+    swap: str = "table"
+    fail_fast: bool = False
+    retries: int = 3
+    retry_delay: float = 2.0
+    lock_timeout: float = 5.0
+    lock_retries: int = 5
+    progress_seconds: float = 30.0
+    maintenance_work_mem: str = "512MB"
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="copier.py",
+        description=(
+            "Copy tables from the operational database into the reporting database. Each "
+            "table is staged, indexed, verified and swapped in one short transaction, so "
+            "readers never see it empty or half loaded and a failure changes nothing."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "assignments", nargs="*", metavar="TABLES=a,b",
+        help="the tables to copy (or the TABLES environment variable): comma-separated, "
+        "optional schema prefix (default public), double quotes for names with commas or dots",
+    )
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("COPIER_JOBS", "1")),
+                        help="worker processes, tables shared largest first (default 1)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve and check everything, print the plan, change nothing")
+    parser.add_argument("--swap", choices=("table", "together"),
+                        default=os.environ.get("COPIER_SWAP", "table"),
+                        help="'table': each table goes live when it is ready (default); "
+                        "'together': all tables go live in one transaction at the end, or none")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop at the first failed table instead of copying the rest")
+    parser.add_argument("--retries", type=int, default=int(os.environ.get("COPIER_RETRIES", "3")),
+                        help="retries of a table after a lost connection (default 3)")
+    parser.add_argument("--lock-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="how long the swap waits for readers' locks per try (default 5)")
+    parser.add_argument("--progress-seconds", type=float, default=30.0, metavar="SECONDS",
+                        help="interval of progress lines for long tables (default 30)")
+    args = parser.parse_args(argv)
+
+    tables_text = os.environ.get("TABLES", "")
+    for item in args.assignments:
+        key, sep, value = item.partition("=")
+        if not sep or key != "TABLES":
+            parser.error(f"unexpected argument {item!r}: expected TABLES=a,b")
+        tables_text = value
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.retries < 0:
+        parser.error("--retries must not be negative")
+    return Options(
+        tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
+        fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
+        progress_seconds=args.progress_seconds,
+    )
+
+
+EXAMPLES = """\
+examples:
+  python copier.py TABLES=orders,customers
+      copy two tables of schema public, settings from SSM Parameter Store
+
+  SOURCE_DSN=postgresql://app@db1/shop TARGET_DSN=postgresql://report@db2/reporting \\
+  python copier.py TABLES='sales.orders,"Mixed Case"' --jobs 4
+      a local run against two databases, four tables at a time
+
+  TABLES=orders python copier.py --dry-run
+      print the plan (table, size, estimated rows, job) and change nothing
+
+  python copier.py TABLES=orders,order_lines --swap together
+      both tables go live in one transaction at the end, or neither does
+
+environment:
+  TABLES                   the table list, when no TABLES= argument is given
+  SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
+  COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
+  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES   defaults for --jobs, --swap, --retries
+"""
+
+
+def load_connection_settings() -> dict[str, dict]:
+    """Keyword arguments for psycopg2.connect, per database: from the environment or SSM."""
+    dsns = {db: os.environ.get(f"{db.upper()}_DSN") for db in DATABASES}
+    if any(dsns.values()):
+        missing = [f"{db.upper()}_DSN" for db, dsn in dsns.items() if not dsn]
+        if missing:
+            raise ConfigError(f"{missing[0]} is not set (SOURCE_DSN and TARGET_DSN go together)")
+        return {db: {"dsn": dsn} for db, dsn in dsns.items()}
+    prefix = os.environ.get("COPIER_SSM_PREFIX", DEFAULT_SSM_PREFIX)
+    return read_ssm_settings(prefix if prefix.endswith("/") else prefix + "/")
+
+
+def read_ssm_settings(prefix: str) -> dict[str, dict]:
+    import boto3  # only here: a local run needs no AWS libraries loaded
+    import botocore.exceptions
+
+    found: dict[str, str] = {}
+    try:
+        paginator = boto3.client("ssm").get_paginator("get_parameters_by_path")
+        for page in paginator.paginate(Path=prefix, Recursive=True, WithDecryption=True):
+            for parameter in page["Parameters"]:
+                found[parameter["Name"]] = parameter["Value"]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise ConfigError(f"cannot read settings from SSM Parameter Store at {prefix}: {exc}") from exc
+
+    settings: dict[str, dict] = {}
+    missing = []
+    for db in DATABASES:
+        settings[db] = {}
+        for name, default in CONNECTION_SETTINGS.items():
+            value = found.get(f"{prefix}{db}/{name}", default)
+            if value is None:
+                missing.append(f"{prefix}{db}/{name}")
+            else:
+                settings[db][name] = value
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(
+            f"missing SSM parameter {missing[0]}{more}; "
+            "run setup_aws.py, or set SOURCE_DSN and TARGET_DSN for a local run"
+        )
+    return settings
+
+
+def connect(settings: dict):
+    """An autocommit connection: every transaction here is opened and closed explicitly."""
+    settings = dict(settings)
+    dsn = settings.pop("dsn", "")
+    conn = psycopg2.connect(dsn, **{**CONNECTION_OPTIONS, **settings})
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        # Catalog functions then print every name schema-qualified, and nothing we run
+        # can be captured by an object on the user's search_path.
+        cur.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+    return conn
+
+
+def open_connection(settings: dict, role: str):
+    try:
+        return connect(settings)
+    except psycopg2.Error as exc:
+        raise ConnectionLost(f"cannot connect to the {role} database: {first_line(exc)}") from exc
+
+
+class ConnectionLost(CopierError):
+    """A connection could not be opened or was lost: worth retrying."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving the table list
+
+
+@dataclass(frozen=True)
+class TableName:
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        """The name as users write it: schema.table, quoted only where needed."""
+        return f"{display_ident(self.schema)}.{display_ident(self.name)}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def staging_name(self) -> str:
+        # Deterministic, so a later run finds and removes what a crashed run left behind.
+        digest = hashlib.md5(f"{self.schema}.{self.name}".encode()).hexdigest()[:16]
+        return f"{STAGING_PREFIX}{digest}"
+
+
+def display_ident(name: str) -> str:
+    plain = name.replace("_", "a").isalnum() and name == name.lower() and not name[0].isdigit()
+    return name if plain else '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class SourceTable:
+    table: TableName
+    oid: int
+    kind: str
+    size_bytes: int
+    estimated_rows: int
+
+
+def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
+    """'a, s.b, "Mixed, Case"' -> [[("a", False)], [("s", False), ("b", False)], ...].
+
+    Each name is a list of parts (schema, table), each part with whether it was quoted.
+    """
+    names: list[list[tuple[str, bool]]] = []
+    parts: list[tuple[str, bool]] = []
+    current, quoted, in_quotes, i = "", False, False, 0
+
+    def end_part() -> None:
+        nonlocal current, quoted
+        value = current if quoted else current.strip()
+        if not value:
+            raise TableListError(f"malformed TABLES value {text!r}: an empty name")
+        parts.append((value, quoted))
+        current, quoted = "", False
+
+    while i < len(text):
+        ch = text[i]
+        if in_quotes:
+            if ch == '"' and text[i + 1:i + 2] == '"':
+                current += '"'
+                i += 1
+            elif ch == '"':
+                in_quotes = False
+            else:
+                current += ch
+        elif ch == '"':
+            if current.strip():
+                raise TableListError(f"malformed TABLES value {text!r}: stray quote")
+            current, quoted, in_quotes = "", True, True
+        elif ch == ".":
+            end_part()
+        elif ch == ",":
+            end_part()
+            names.append(parts)
+            parts = []
+        elif quoted and not ch.isspace():
+            raise TableListError(f"malformed TABLES value {text!r}: text after a quoted name")
+        else:
+            current += ch
+        i += 1
+    if in_quotes:
+        raise TableListError(f"malformed TABLES value {text!r}: unclosed quote")
+    end_part()
+    names.append(parts)
+    for name in names:
+        if len(name) > 2:
+            written = ".".join(part for part, _ in name)
+            raise TableListError(f"malformed table name {written!r}: at most schema.table")
+    return names
+
+
+SOURCE_TABLES_QUERY = """
+SELECT n.nspname, c.relname, c.oid, c.relkind,
+       CASE c.relkind WHEN 'p' THEN (
+           SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint
+           FROM pg_partition_tree(c.oid) t WHERE t.isleaf)
+       ELSE pg_total_relation_size(c.oid) END,
+       CASE c.relkind WHEN 'p' THEN (
+           SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)::bigint
+           FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf)
+       ELSE c.reltuples::bigint END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+"""
+
+
+def resolve_tables(conn, tables_text: str) -> list[SourceTable]:
+    """Turn the TABLES text into source tables, or explain in one line why not."""
+    if not tables_text.strip():
+        raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
+    requested = split_table_list(tables_text)
+    with conn.cursor() as cur:
+        cur.execute(SOURCE_TABLES_QUERY)
+        rows = cur.fetchall()
+    by_name = {(r[0], r[1]): SourceTable(TableName(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows}
+    resolved: list[SourceTable] = []
+    seen: set[TableName] = set()
+    for parts in requested:
+        found = find_table(by_name, parts)
+        written = ".".join(part for part, _ in parts)
+        if found is None:
+            raise TableListError(f"unknown table {written!r}: no such table on the source")
+        if found.table in seen:
+            raise TableListError(f"table {found.table.qualified} is listed twice")
+        seen.add(found.table)
+        resolved.append(found)
+    return resolved
+
+
+def find_table(by_name: dict, parts: list[tuple[str, bool]]) -> SourceTable | None:
+    """Exact name first; an unquoted name then folds to lower case, as in SQL."""
+    if len(parts) == 1:
+        parts = [("public", False), *parts]
+    (schema, schema_quoted), (name, name_quoted) = parts
+    exact = by_name.get((schema, name))
+    if exact:
+        return exact
+    folded = (schema if schema_quoted else schema.lower(), name if name_quoted else name.lower())
+    return by_name.get(folded)
+
+
+def source_table_sizes(conn, tables_text: str) -> dict[str, int]:
+    """Size in bytes of each listed source table, by qualified name (for planning jobs)."""
+    return {t.table.qualified: t.size_bytes for t in resolve_tables(conn, tables_text)}
 
 
 def assign_to_jobs(weights: dict[str, float], jobs: int) -> list[list[str]]:
@@ -32,3 +436,1101 @@ def assign_to_jobs(weights: dict[str, float], jobs: int) -> list[list[str]]:
         assignment[lightest].append(name)
         loads[lightest] += weights[name]
     return assignment
+
+
+def plan_jobs(tables: list[SourceTable], jobs: int) -> list[list[SourceTable]]:
+    by_name = {t.table.qualified: t for t in tables}
+    names = assign_to_jobs({name: t.size_bytes for name, t in by_name.items()}, jobs)
+    return [[by_name[name] for name in job] for job in names if job]
+
+
+def print_plan(plan: list[list[SourceTable]]) -> None:
+    rows = [
+        (t.table.qualified, f"{t.size_bytes / 1e6:.1f}",
+         str(t.estimated_rows) if t.estimated_rows >= 0 else "?", str(job))
+        for job, tables in enumerate(plan, 1) for t in tables
+    ]
+    header = ("table", "MB", "rows (est.)", "job")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a table's definition from the source
+
+
+@dataclass
+class Column:
+    name: str
+    type_sql: str
+    not_null: bool
+    default: str | None
+    generated: bool
+    identity: str  # '', 'a' (always) or 'd' (by default)
+    collation: str | None
+    sequence: str | None  # name of the sequence a serial or identity column owns
+    sequence_sql: str | None  # the same, schema-qualified and quoted, to read on the source
+    text_only: bool  # a value whose binary form carries database-specific type OIDs
+
+
+@dataclass
+class Constraint:
+    name: str
+    kind: str  # p, u, c, x
+    definition: str
+    index_definition: str | None  # the CREATE INDEX of a primary key or unique constraint
+    validated: bool
+    deferrable: bool
+    deferred: bool
+
+
+@dataclass
+class TableDefinition:
+    source: SourceTable
+    quoted_name: str  # schema.table as PostgreSQL prints it in definitions
+    columns: list[Column]
+    constraints: list[Constraint]
+    indexes: list[tuple[str, str]]  # (name, CREATE INDEX ... statement)
+    comment: str | None
+    column_comments: dict[str, str]
+    user_types: list[int]  # OIDs of enums and domains the columns use
+
+    @property
+    def table(self) -> TableName:
+        return self.source.table
+
+    @property
+    def copied_columns(self) -> list[Column]:
+        return [c for c in self.columns if not c.generated]
+
+    @property
+    def copy_format(self) -> str:
+        return "text" if any(c.text_only for c in self.copied_columns) else "binary"
+
+
+COLUMNS_QUERY = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity,
+       CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
+           (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+            FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+            WHERE co.oid = a.attcollation) END,
+       s.relname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname),
+       a.atttypid
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+LEFT JOIN pg_depend dep ON dep.classid = 'pg_class'::regclass
+     AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
+     AND dep.refobjsubid = a.attnum AND dep.deptype IN ('a', 'i')
+     AND (SELECT relkind FROM pg_class WHERE oid = dep.objid) = 'S'
+LEFT JOIN pg_class s ON s.oid = dep.objid
+LEFT JOIN pg_namespace sn ON sn.oid = s.relnamespace
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+# For every type a column uses (through domains and arrays): whether binary COPY can carry it
+# between databases, and which enums and domains the target must have.
+TYPE_CLOSURE_QUERY = """
+WITH RECURSIVE closure(oid) AS (
+    SELECT unnest(%s::oid[])
+    UNION
+    SELECT x.next FROM closure c JOIN pg_type t ON t.oid = c.oid,
+    LATERAL (VALUES (nullif(t.typbasetype, 0)), (nullif(t.typelem, 0))) AS x(next)
+    WHERE x.next IS NOT NULL AND t.typtype <> 'c'
+)
+SELECT t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
+FROM closure c JOIN pg_type t ON t.oid = c.oid
+"""
+
+CONSTRAINTS_QUERY = """
+SELECT con.conname, con.contype, pg_get_constraintdef(con.oid),
+       CASE WHEN con.contype IN ('p', 'u') THEN pg_get_indexdef(con.conindid) END,
+       con.convalidated, con.condeferrable, con.condeferred
+FROM pg_constraint con
+WHERE con.conrelid = %s AND con.contype IN ('p', 'u', 'c', 'x')
+ORDER BY con.contype, con.conname
+"""
+
+INDEXES_QUERY = """
+SELECT ic.relname, pg_get_indexdef(i.indexrelid)
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = %s
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
+                  AND con.conrelid = i.indrelid)
+ORDER BY ic.relname
+"""
+
+
+COLUMN_COMMENTS_QUERY = """
+SELECT coalesce(json_object_agg(a.attname, d.description), '{}')
+FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+WHERE d.objoid = %s AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
+"""
+
+
+def read_definition(conn, source: SourceTable) -> TableDefinition:
+    with conn.cursor() as cur:
+        cur.execute(COLUMNS_QUERY, (source.oid,))
+        column_rows = cur.fetchall()
+        type_oids = sorted({row[9] for row in column_rows})
+        cur.execute(TYPE_CLOSURE_QUERY, (type_oids,))
+        closure = cur.fetchall()
+        cur.execute(CONSTRAINTS_QUERY, (source.oid,))
+        constraints = [Constraint(*row) for row in cur.fetchall()]
+        cur.execute(INDEXES_QUERY, (source.oid,))
+        indexes = cur.fetchall()
+        cur.execute(COLUMN_COMMENTS_QUERY, (source.oid,))
+        column_comments = cur.fetchone()[0]
+        # Quoted the way pg_get_indexdef quotes, to find the table's name in index definitions.
+        cur.execute(
+            "SELECT obj_description(c.oid, 'pg_class'), "
+            "quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+            (source.oid,))
+        comment, quoted_name = cur.fetchone()
+
+    text_only_types = text_only_type_oids(closure)
+    columns = [
+        Column(
+            name=name, type_sql=type_sql, not_null=not_null, default=default,
+            generated=generated, identity=identity, collation=collation,
+            sequence=sequence, sequence_sql=sequence_sql, text_only=type_oid in text_only_types,
+        )
+        for (name, type_sql, not_null, default, generated, identity, collation, sequence,
+             sequence_sql, type_oid) in column_rows
+    ]
+    user_types = sorted(oid for oid, typtype, *_ in closure
+                        if typtype in ("e", "d") and oid >= FIRST_NORMAL_OID)
+    return TableDefinition(source, quoted_name, columns, constraints, indexes, comment,
+                           column_comments, user_types)
+
+
+def text_only_type_oids(closure: list[tuple]) -> set[int]:
+    """Column types whose binary COPY form would not load in another database.
+
+    Binary arrays and composites carry their element types' OIDs, and user-defined types get
+    different OIDs in every database; everything else travels fastest as binary.
+    """
+    kinds = {oid: (typtype, elem, base) for oid, typtype, elem, category, base in closure}
+    bad = {oid for oid, typtype, elem, category, _ in closure
+           if typtype == "c" or (category == "A" and elem >= FIRST_NORMAL_OID)}
+    # A domain over such a type, or an array of one, is no better: spread until stable.
+    changed = True
+    while changed:
+        changed = False
+        for oid, (_typtype, elem, base) in kinds.items():
+            if oid not in bad and (elem in bad or base in bad):
+                bad.add(oid)
+                changed = True
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing the target: schema and the enums and domains the table's columns use.
+
+
+def prepare_target(src, dst, definition: TableDefinition) -> None:
+    """Create what the staging table needs on the target, in its own short transaction.
+
+    Missing enums and domains are created from the source's definition, and labels the source
+    added to an enum are added on the target; nothing here changes what readers see.
+    """
+    with dst.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            sql.Identifier(definition.table.schema)))
+    for type_oid in definition.user_types:
+        ensure_type(src, dst, type_oid)
+
+
+def ensure_type(src, dst, type_oid: int) -> None:
+    with src.cursor() as cur:
+        cur.execute(
+            "SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod), "
+            "t.typnotnull, t.typdefault, "
+            "(SELECT array_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid), "
+            "(SELECT array_agg(format('CONSTRAINT %%I %%s', conname, pg_get_constraintdef(oid)) "
+            "  ORDER BY conname) FROM pg_constraint WHERE contypid = t.oid) "
+            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s",
+            (type_oid,),
+        )
+        schema, name, typtype, base_sql, not_null, default, labels, checks = cur.fetchone()
+    type_ident = sql.Identifier(schema, name)
+    with dst.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute(
+            "SELECT (SELECT array_agg(enumlabel) FROM pg_enum WHERE enumtypid = t.oid) "
+            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname = %s AND t.typname = %s", (schema, name))
+        existing = cur.fetchone()
+        if typtype == "e":
+            if existing is None:
+                cur.execute(sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+                    type_ident, sql.SQL(", ").join(map(sql.Literal, labels))))
+            else:
+                have = set(existing[0] or [])
+                for before, label in zip([None, *labels], labels, strict=False):
+                    if label not in have:
+                        position = (sql.SQL(" AFTER {}").format(sql.Literal(before))
+                                    if before else sql.SQL(""))
+                        cur.execute(sql.SQL("ALTER TYPE {} ADD VALUE IF NOT EXISTS {}{}").format(
+                            type_ident, sql.Literal(label), position))
+        elif typtype == "d" and existing is None:
+            statement = sql.SQL("CREATE DOMAIN {} AS {}").format(type_ident, sql.SQL(base_sql))
+            if default is not None:
+                statement += sql.SQL(" DEFAULT {}").format(sql.SQL(default))
+            if not_null:
+                statement += sql.SQL(" NOT NULL")
+            for check in checks or []:
+                statement += sql.SQL(" ") + sql.SQL(check)
+            cur.execute(statement)
+
+
+# ---------------------------------------------------------------------------------------------
+# One table's copy: stage, load, index, verify, analyze, swap.
+
+
+@dataclass
+class Rename:
+    kind: str  # "index", "constraint" or "sequence"
+    temporary: str
+    final: str
+
+
+@dataclass
+class StagedTable:
+    table: TableName
+    staging: str
+    renames: list[Rename]
+    comment: str | None
+    column_comments: dict[str, str]
+    rows: int = 0
+    bytes: int = 0
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.table.schema, self.staging)
+
+
+@dataclass
+class TableResult:
+    table: str
+    ok: bool
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    attempts: int = 1
+    staged: StagedTable | None = None
+
+
+def stage_table(cur, definition: TableDefinition) -> StagedTable:
+    """Create an empty staging table with the source's columns, defaults and checks."""
+    table = definition.table
+    staged = StagedTable(table, table.staging_name(), [], definition.comment,
+                         dict(definition.column_comments))
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staged.ident))
+    sequences = create_owned_sequences(cur, definition, staged)
+    column_sql = [
+        column_definition(c, quote_qualified(table.schema, sequences[c.name])
+                          if c.name in sequences else None)
+        for c in definition.columns
+    ]
+    column_sql += [
+        sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(c.name), sql.SQL(c.definition))
+        for c in definition.constraints if c.kind == "c" and c.validated
+    ]
+    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(staged.ident, sql.SQL(", ").join(column_sql)))
+    for column, sequence in sequences.items():
+        cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+            sql.Identifier(table.schema, sequence), staged.ident, sql.Identifier(column)))
+    for column in definition.columns:
+        if column.identity and column.sequence:
+            cur.execute(
+                "SELECT s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
+                "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+                "WHERE d.refobjid = %s::regclass AND a.attname = %s AND s.relkind = 'S'",
+                (quote_qualified(table.schema, staged.staging), column.name))
+            staged.renames.append(Rename("sequence", cur.fetchone()[0], column.sequence))
+    return staged
+
+
+def create_owned_sequences(cur, definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
+    """A staging sequence for each serial column, renamed to the source's name at the swap."""
+    sequences = {}
+    for n, column in enumerate(definition.columns):
+        if column.sequence and not column.identity:
+            temporary = f"{staged.staging}_s{n}"
+            cur.execute(sql.SQL("CREATE SEQUENCE {}").format(
+                sql.Identifier(definition.table.schema, temporary)))
+            staged.renames.append(Rename("sequence", temporary, column.sequence))
+            sequences[column.name] = temporary
+    return sequences
+
+
+def column_definition(column: Column, staging_sequence: str | None) -> sql.Composable:
+    parts = [sql.Identifier(column.name), sql.SQL(column.type_sql)]
+    if column.collation:
+        parts.append(sql.SQL("COLLATE " + column.collation))
+    if column.generated:
+        parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(column.default)))
+    elif column.identity:
+        kind = "ALWAYS" if column.identity == "a" else "BY DEFAULT"
+        parts.append(sql.SQL(f"GENERATED {kind} AS IDENTITY"))
+    elif staging_sequence:
+        parts.append(sql.SQL("DEFAULT nextval({}::regclass)").format(
+            sql.Literal(staging_sequence)))
+    elif column.default is not None:
+        parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(column.default)))
+    if column.not_null:
+        parts.append(sql.SQL("NOT NULL"))
+    return sql.SQL(" ").join(parts)
+
+
+def column_list(columns: list[Column]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+
+
+class PipeReader:
+    """The target's end of the stream: counts bytes, reports progress, notices a dead source."""
+
+    def __init__(self, fd: int, on_progress):
+        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.bytes = 0
+        self.on_progress = on_progress
+        self.source_error: BaseException | None = None
+
+    def read(self, size: int = PIPE_CHUNK) -> bytes:
+        data = self.file.read(size)
+        if data:
+            self.bytes += len(data)
+            self.on_progress(self.bytes)
+        elif self.source_error is not None:
+            # Without this an early end of the source would look like a complete table.
+            raise SourceStreamError(f"source stream failed: {first_line(self.source_error)}")
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
+              on_progress) -> tuple[int, int, int]:
+    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes).
+
+    Source and target talk through an OS pipe between two threads, so memory stays at a few
+    pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
+    """
+    columns = column_list(definition.copied_columns)
+    options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
+    if definition.source.kind == "p":
+        copy_out = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
+            columns, definition.table.ident, options)
+    else:
+        copy_out = sql.SQL("COPY {} ({}) TO STDOUT ({})").format(
+            definition.table.ident, columns, options)
+    copy_in = sql.SQL("COPY {} ({}) FROM STDIN ({}, FREEZE)").format(staged.ident, columns, options)
+
+    read_fd, write_fd = os.pipe()
+    reader = PipeReader(read_fd, on_progress)
+    writer = os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK)
+    outcome: dict = {}
+
+    def pump_source() -> None:
+        try:
+            with src.cursor() as cur:
+                begin_snapshot(cur, snapshot)
+                cur.copy_expert(copy_out.as_string(src), writer, size=PIPE_CHUNK)
+                outcome["rows"] = cur.rowcount
+                writer.flush()
+                cur.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            reader.source_error = exc
+            outcome["error"] = exc
+        finally:
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    pump = threading.Thread(target=pump_source, name="source-copy", daemon=True)
+    pump.start()
+    try:
+        with dst.cursor() as cur:
+            cur.copy_expert(copy_in.as_string(dst), reader, size=PIPE_CHUNK)
+            loaded = cur.rowcount
+    except BaseException:
+        reader.close()  # the source thread then fails on a broken pipe instead of blocking
+        pump.join()
+        if "error" in outcome and not isinstance(outcome["error"], BrokenPipeError):
+            raise outcome["error"] from None
+        raise
+    reader.close()
+    pump.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["rows"], loaded, reader.bytes
+
+
+def begin_snapshot(cur, snapshot: str | None) -> None:
+    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if snapshot:
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+
+
+def build_indexes(cur, definition: TableDefinition, staged: StagedTable, work_mem: str) -> None:
+    """Keys, indexes and unvalidated checks, built on the loaded table: faster than during COPY."""
+    cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (work_mem,))
+    table_prefix = f" ON {definition.quoted_name} "
+    n = 0
+    for constraint in definition.constraints:
+        if constraint.kind == "c" and not constraint.validated:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                staged.ident, sql.Identifier(constraint.name), sql.SQL(constraint.definition)))
+            continue
+        if constraint.kind not in ("p", "u", "x"):
+            continue
+        n += 1
+        temporary = f"{staged.staging}_k{n}"
+        if constraint.kind == "x":
+            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                staged.ident, sql.Identifier(temporary), sql.SQL(constraint.definition)))
+        else:
+            index_sql = retarget_index(constraint.index_definition, table_prefix, temporary, staged)
+            cur.execute(index_sql)
+            kind = "PRIMARY KEY" if constraint.kind == "p" else "UNIQUE"
+            deferrable = (" DEFERRABLE INITIALLY " + ("DEFERRED" if constraint.deferred
+                          else "IMMEDIATE")) if constraint.deferrable else ""
+            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
+                staged.ident, sql.Identifier(temporary), sql.SQL(kind),
+                sql.Identifier(temporary), sql.SQL(deferrable)))
+        staged.renames.append(Rename("constraint", temporary, constraint.name))
+    for name, definition_sql in definition.indexes:
+        n += 1
+        temporary = f"{staged.staging}_i{n}"
+        cur.execute(retarget_index(definition_sql, table_prefix, temporary, staged))
+        staged.renames.append(Rename("index", temporary, name))
+
+
+def retarget_index(index_sql: str, table_prefix: str, new_name: str, staged: StagedTable) -> str:
+    """Point the source's CREATE INDEX statement at the staging table, under a temporary name."""
+    head, sep, tail = index_sql.partition(table_prefix)
+    if not sep:
+        head, sep, tail = index_sql.partition(table_prefix.replace(" ON ", " ON ONLY "))
+    if not sep:
+        raise TableCopyError(f"cannot read index definition {index_sql!r}")
+    unique = "UNIQUE " if head.startswith("CREATE UNIQUE INDEX") else ""
+    target = quote_qualified(staged.table.schema, staged.staging)
+    return f"CREATE {unique}INDEX {quote_ident(new_name)} ON {target} {tail}"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """Carry each serial and identity sequence's position over from the source."""
+    owned = [c for c in definition.columns if c.sequence]
+    if not owned:
+        return
+    with src.cursor() as cur:
+        for column in owned:
+            cur.execute(f"SELECT last_value, is_called FROM {column.sequence_sql}")
+            last_value, is_called = cur.fetchone()
+            dst_cur.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
+                (quote_qualified(staged.table.schema, staged.staging), column.name,
+                 last_value, is_called))
+
+
+# ---------------------------------------------------------------------------------------------
+# The swap: the only moment readers are involved, kept short.
+
+
+@dataclass
+class DependentView:
+    schema: str
+    name: str
+    kind: str  # v (view) or m (materialized view)
+    definition: str
+    options: list[str]
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+    column_comments: dict[str, str]
+    indexes: list[str]
+    populated: bool
+
+
+@dataclass
+class ReportingSide:
+    """What belongs to the reporting table rather than to its data: kept across the swap."""
+
+    oid: int
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    column_grants: list[tuple[str, str, str, bool]]
+    comment: str | None
+    column_comments: dict[str, str]
+    views: list[DependentView]
+
+
+DEPENDENT_VIEWS_QUERY = """
+WITH RECURSIVE deps(oid, depth) AS (
+    SELECT r.ev_class, 1
+    FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.refobjid = %(oid)s AND r.ev_class <> %(oid)s
+    UNION
+    SELECT r.ev_class, deps.depth + 1
+    FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+    JOIN pg_rewrite r ON r.oid = d.objid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND r.ev_class <> deps.oid
+)
+SELECT c.oid, n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid),
+       coalesce(c.reloptions, '{}'), pg_get_userbyid(c.relowner), c.relispopulated,
+       obj_description(c.oid, 'pg_class'), max(deps.depth)
+FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+GROUP BY c.oid, n.nspname
+ORDER BY max(deps.depth), n.nspname, c.relname
+"""
+
+GRANTS_QUERY = """
+SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type, a.is_grantable
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = %s AND a.grantee <> c.relowner
+ORDER BY 1, 2
+"""
+
+
+
+def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
+    """Lock the live reporting table and note what must survive its replacement."""
+    cur.execute(
+        "SELECT c.oid, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (table.schema, table.name))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    oid, owner, comment = row
+    cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table.ident))
+    cur.execute(GRANTS_QUERY, (oid,))
+    grants = cur.fetchall()
+    cur.execute(
+        "SELECT a.attname, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END, "
+        "g.privilege_type, g.is_grantable "
+        "FROM pg_attribute a, aclexplode(a.attacl) g "
+        "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1, 2, 3", (oid,))
+    column_grants = cur.fetchall()
+    cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
+    column_comments = cur.fetchone()[0]
+    cur.execute(DEPENDENT_VIEWS_QUERY, {"oid": oid})
+    views = []
+    for v_oid, schema, name, kind, definition, options, v_owner, populated, v_comment, _ in cur.fetchall():
+        cur.execute(GRANTS_QUERY, (v_oid,))
+        v_grants = cur.fetchall()
+        cur.execute(COLUMN_COMMENTS_QUERY, (v_oid,))
+        v_column_comments = cur.fetchone()[0]
+        cur.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s", (v_oid,))
+        indexes = [r[0] for r in cur.fetchall()]
+        views.append(DependentView(schema, name, kind, definition, list(options), v_owner,
+                                   v_grants, v_comment, v_column_comments, indexes, populated))
+    return ReportingSide(oid, owner, grants, column_grants, comment, column_comments, views)
+
+
+def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
+    """Replace the reporting table by the staged one; retried while readers hold locks.
+
+    Runs inside the caller's transaction: nothing is visible to readers until it commits.
+    """
+    cur.execute("SAVEPOINT copier_swap")
+    for attempt in range(options.lock_retries + 1):
+        try:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)",
+                        (f"{int(options.lock_timeout * 1000)}ms",))
+            replace_table(cur, staged)
+            cur.execute("SELECT set_config('lock_timeout', '0', true)")
+            cur.execute("RELEASE SAVEPOINT copier_swap")
+            return
+        except psycopg2.errors.LockNotAvailable:
+            cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
+            if attempt == options.lock_retries:
+                raise TableCopyError(
+                    f"could not lock {staged.table.qualified} for the swap after "
+                    f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
+                ) from None
+            time.sleep(backoff(attempt, 0.5))
+
+
+def replace_table(cur, staged: StagedTable) -> None:
+    table = staged.table
+    old = capture_reporting_side(cur, table)
+    if old:
+        for view in reversed(old.views):
+            keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"
+            cur.execute(sql.SQL("DROP {} {}").format(
+                sql.SQL(keyword), sql.Identifier(view.schema, view.name)))
+        try:
+            cur.execute(sql.SQL("DROP TABLE {}").format(table.ident))
+        except psycopg2.errors.DependentObjectsStillExist as exc:
+            raise TableCopyError(
+                f"{table.qualified} cannot be replaced: {first_line(exc)} "
+                f"({exc.diag.message_detail or 'other objects depend on it'})") from None
+    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+        staged.ident, sql.Identifier(table.name)))
+    rename_parts(cur, staged)
+    if old:
+        restore_reporting_side(cur, table, old)
+    else:
+        apply_comments(cur, table.ident, staged.comment, staged.column_comments)
+
+
+def rename_parts(cur, staged: StagedTable) -> None:
+    table = staged.table
+    for rename in staged.renames:
+        if rename.kind == "constraint":
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
+        else:
+            keyword = "INDEX" if rename.kind == "index" else "SEQUENCE"
+            cur.execute(sql.SQL("ALTER {} {} RENAME TO {}").format(
+                sql.SQL(keyword), sql.Identifier(table.schema, rename.temporary),
+                sql.Identifier(rename.final)))
+
+
+def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
+    cur.execute("SELECT current_user")
+    if old.owner != cur.fetchone()[0]:
+        cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+            table.ident, sql.Identifier(old.owner)))
+    apply_grants(cur, "TABLE", table.ident, old.grants)
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped", (quote_qualified(table.schema, table.name),))
+    columns = {r[0] for r in cur.fetchall()}
+    for column, grantee, privilege, grantable in old.column_grants:
+        if column in columns:
+            cur.execute(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
+                sql.SQL(privilege), sql.Identifier(column), table.ident, grantee_sql(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+    apply_comments(cur, table.ident, old.comment,
+                   {c: text for c, text in old.column_comments.items() if c in columns})
+    for view in old.views:
+        recreate_view(cur, table, view)
+
+
+def recreate_view(cur, table: TableName, view: DependentView) -> None:
+    ident = sql.Identifier(view.schema, view.name)
+    with_options = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(
+        sql.SQL(o) for o in view.options)) if view.options else sql.SQL("")
+    body = sql.SQL(view.definition.rstrip().rstrip(";"))
+    if view.kind == "m":
+        statement = sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH {}DATA").format(
+            ident, with_options, body, sql.SQL("" if view.populated else "NO "))
+    else:
+        statement = sql.SQL("CREATE VIEW {}{} AS {}").format(ident, with_options, body)
+    cur.execute("SAVEPOINT copier_view")
+    try:
+        cur.execute(statement)
+    except psycopg2.errors.LockNotAvailable:
+        raise
+    except psycopg2.Error as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT copier_view")
+        raise TableCopyError(
+            f"view {view.schema}.{view.name} does not fit the new shape of "
+            f"{table.qualified}: {first_line(exc)}") from None
+    cur.execute("RELEASE SAVEPOINT copier_view")
+    for index_sql in view.indexes:
+        cur.execute(index_sql)
+    keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"
+    cur.execute("SELECT current_user")
+    if view.owner != cur.fetchone()[0]:
+        cur.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
+            sql.SQL(keyword), ident, sql.Identifier(view.owner)))
+    apply_grants(cur, "TABLE", ident, view.grants)
+    apply_comments(cur, ident, view.comment, view.column_comments, keyword)
+
+
+def apply_grants(cur, kind: str, ident: sql.Identifier, grants) -> None:
+    for grantee, privilege, grantable in grants:
+        cur.execute(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
+            sql.SQL(privilege), sql.SQL(kind), ident, grantee_sql(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+
+
+def grantee_sql(grantee: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+
+
+def apply_comments(cur, ident: sql.Identifier, comment: str | None,
+                   column_comments: dict[str, str], keyword: str = "TABLE") -> None:
+    if comment is not None:
+        cur.execute(sql.SQL("COMMENT ON {} {} IS {}").format(
+            sql.SQL(keyword), ident, sql.Literal(comment)))
+    for column, text in column_comments.items():
+        cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+            ident, sql.Identifier(column), sql.Literal(text)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Copying one table, with retries after lost connections
+
+
+RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # server shutting down or starting
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Errors that a new connection may not repeat; anything else would fail again."""
+    if isinstance(exc, ConnectionLost):
+        return True
+    if isinstance(exc, psycopg2.Error):
+        if exc.pgcode:
+            return exc.pgcode.startswith("08") or exc.pgcode in RETRYABLE_SQLSTATES
+        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+    return False
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, psycopg2.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+        if exc.diag.context:
+            text += f" ({exc.diag.context.splitlines()[0]})"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def backoff(attempt: int, base: float) -> float:
+    return min(60.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+def report_progress(table: str, nbytes: int, seconds: float) -> None:
+    log_event("table_progress", table=table, bytes=nbytes, seconds=round(seconds, 1),
+              mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
+
+
+class TableCopier:
+    """One worker's pair of connections and the copy of each of its tables."""
+
+    def __init__(self, settings: dict, options: Options, snapshot: str | None, job: int):
+        self.settings, self.options, self.snapshot, self.job = settings, options, snapshot, job
+        self.src = self.dst = None
+
+    def connect(self) -> None:
+        if self.src is None:
+            self.src = open_connection(self.settings["source"], "source")
+        if self.dst is None:
+            self.dst = open_connection(self.settings["target"], "target")
+
+    def close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
+        self.src = self.dst = None
+
+    def copy(self, source: SourceTable) -> TableResult:
+        name = source.table.qualified
+        started = time.monotonic()
+        for attempt in range(self.options.retries + 1):
+            try:
+                self.connect()
+                staged = self.copy_once(source)
+            except KeyboardInterrupt:
+                self.close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this table's result
+                # A failed copy can leave a connection mid-COPY: start the next try afresh.
+                self.close()
+                if is_connection_error(exc) and attempt < self.options.retries:
+                    delay = backoff(attempt, self.options.retry_delay)
+                    log_event("table_retry", table=name, attempt=attempt + 1,
+                              error=describe_error(exc), wait_seconds=round(delay, 1))
+                    time.sleep(delay)
+                    continue
+                seconds = round(time.monotonic() - started, 2)
+                error = describe_error(exc)
+                log_event("table_failed", table=name, job=self.job, error=error,
+                          seconds=seconds, attempts=attempt + 1)
+                return TableResult(name, False, seconds=seconds, error=error, attempts=attempt + 1)
+            seconds = round(time.monotonic() - started, 2)
+            result = TableResult(name, True, staged.rows, staged.bytes, seconds,
+                                 attempts=attempt + 1)
+            if self.options.swap == "together":
+                result.staged = staged
+                log_event("table_staged", table=name, job=self.job, rows=staged.rows,
+                          bytes=staged.bytes, seconds=seconds)
+            else:
+                log_event("table_copied", table=name, job=self.job, rows=staged.rows,
+                          bytes=staged.bytes, seconds=seconds)
+            return result
+        raise AssertionError("unreachable")
+
+    def copy_once(self, source: SourceTable) -> StagedTable:
+        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
+        definition = read_definition(self.src, source)
+        prepare_target(self.src, self.dst, definition)
+        with self.dst.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                staged = stage_table(cur, definition)
+                source_rows, loaded, nbytes = load_rows(
+                    self.src, self.dst, definition, staged, self.snapshot,
+                    self.progress_reporter(source.table.qualified))
+                verify_counts(definition.table, source_rows, loaded)
+                staged.rows, staged.bytes = loaded, nbytes
+                build_indexes(cur, definition, staged, self.options.maintenance_work_mem)
+                set_sequences(self.src, cur, definition, staged)
+                cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
+                if self.options.swap == "table":
+                    swap_into_place(cur, staged, self.options)
+                cur.execute("COMMIT")
+            except BaseException:
+                if not self.dst.closed:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except psycopg2.Error:
+                        pass
+                raise
+        return staged
+
+    def progress_reporter(self, table: str):
+        started = time.monotonic()
+        due = started + self.options.progress_seconds
+
+        def on_progress(nbytes: int) -> None:
+            nonlocal due
+            now = time.monotonic()
+            if now >= due:
+                due = now + self.options.progress_seconds
+                report_progress(table, nbytes, now - started)
+
+        return on_progress
+
+
+def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
+    if source_rows != loaded:
+        raise TableCopyError(
+            f"row count mismatch for {table.qualified}: the source sent {source_rows} rows, "
+            f"the target loaded {loaded}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the plan: one job in this process, or one process per job
+
+
+def run_job(job: int, settings: dict, options: Options, snapshot: str | None,
+            tables: list[SourceTable], report, stop) -> None:
+    copier = TableCopier(settings, options, snapshot, job)
+    try:
+        for source in tables:
+            if stop.is_set():
+                report(TableResult(source.table.qualified, False,
+                                   error="not copied: an earlier table failed (--fail-fast)"))
+                continue
+            result = copier.copy(source)
+            report(result)
+            if not result.ok and options.fail_fast:
+                stop.set()
+    finally:
+        copier.close()
+
+
+def job_process(job, settings, options, snapshot, tables, queue, stop) -> None:
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        run_job(job, settings, options, snapshot, tables, queue.put, stop)
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+def run_plan(plan: list[list[SourceTable]], settings: dict, options: Options,
+             snapshot: str | None) -> list[TableResult]:
+    if len(plan) == 1:
+        results: list[TableResult] = []
+        run_job(1, settings, options, snapshot, plan[0], results.append, threading.Event())
+        return results
+    context = get_context("spawn")
+    queue, stop = context.Queue(), context.Event()
+    processes = [
+        context.Process(target=job_process, name=f"copier-job-{n}",
+                        args=(n, settings, options, snapshot, tables, queue, stop))
+        for n, tables in enumerate(plan, 1)
+    ]
+    for process in processes:
+        process.start()
+    results = {}
+    expected = {t.table.qualified for tables in plan for t in tables}
+    try:
+        while len(results) < len(expected):
+            try:
+                result = queue.get(timeout=0.5)
+                results[result.table] = result
+            except Exception:  # noqa: BLE001 - queue.Empty: see whether a worker died
+                if not any(p.is_alive() for p in processes) and queue.empty():
+                    break
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()  # each worker rolls back its open transaction
+        for process in processes:
+            process.join(10)
+        raise
+    for process in processes:
+        process.join()
+    for n, tables in enumerate(plan, 1):
+        for source in tables:
+            name = source.table.qualified
+            if name not in results:
+                error = f"job {n}'s worker process died (exit code {processes[n - 1].exitcode})"
+                log_event("table_failed", table=name, job=n, error=error)
+                results[name] = TableResult(name, False, error=error)
+    order = [t.table.qualified for tables in plan for t in tables]
+    return [results[name] for name in order]
+
+
+def swap_together(dst, results: list[TableResult], options: Options) -> list[TableResult]:
+    """--swap together: every staged table goes live in one transaction, or none does."""
+    staged = [r.staged for r in results if r.ok]
+    if len(staged) == len(results):
+        with dst.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                for table in staged:
+                    swap_into_place(cur, table, options)
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                cur.execute("ROLLBACK")
+                drop_staged(dst, staged)
+                if isinstance(exc, Exception):
+                    error = f"swap of all tables failed, none changed: {describe_error(exc)}"
+                    for r in results:
+                        r.ok, r.error = False, error
+                        log_event("table_failed", table=r.table, error=error)
+                    return results
+                raise
+        for r in results:
+            log_event("table_copied", table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
+        return results
+    drop_staged(dst, staged)
+    for r in results:
+        if r.ok:
+            r.ok, r.error = False, "not swapped: another table of the run failed (--swap together)"
+            log_event("table_failed", table=r.table, error=r.error)
+    return results
+
+
+def drop_staged(dst, staged: list[StagedTable]) -> None:
+    with dst.cursor() as cur:
+        for table in staged:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def export_snapshot(conn) -> str:
+    """One snapshot for the whole run, so every table reflects the same moment (as pg_dump -j)."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        cur.execute("SELECT pg_export_snapshot()")
+        return cur.fetchone()[0]
+
+
+def lock_tables(dst, tables: list[SourceTable]) -> None:
+    """Hold an advisory lock per table for the run, so two runs never copy the same table."""
+    with dst.cursor() as cur:
+        for t in tables:
+            cur.execute("SELECT pg_try_advisory_lock(hashtext('nightly-copier'), hashtext(%s))",
+                        (f"{t.table.schema}.{t.table.name}",))
+            if not cur.fetchone()[0]:
+                raise CopierError(f"another copier run is copying {t.table.qualified} right now")
+
+
+def check_target(dst, tables: list[SourceTable]) -> None:
+    """Fail before copying anything when the target would refuse every table anyway."""
+    with dst.cursor() as cur:
+        for schema in sorted({t.table.schema for t in tables}):
+            cur.execute(
+                "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
+                "ELSE has_schema_privilege(n.oid, 'CREATE') END "
+                "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s", (schema,))
+            if not cur.fetchone()[0]:
+                raise CopierError(f"the target user may not create tables in schema {schema!r}")
+
+
+def print_summary(results: list[TableResult], seconds: float) -> None:
+    rows = [(r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
+             f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
+             "ok" if r.ok else "FAILED") for r in results]
+    header = ("table", "rows", "MB", "seconds", "MB/s", "")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        say("  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    copied = [r for r in results if r.ok]
+    total = sum(r.bytes for r in copied)
+    say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
+
+
+def run(options: Options, settings: dict) -> int:
+    started = time.monotonic()
+    src = open_connection(settings["source"], "source")
+    dst = None
+    try:
+        tables = resolve_tables(src, options.tables_text)
+        plan = plan_jobs(tables, options.jobs)
+        dst = open_connection(settings["target"], "target")
+        check_target(dst, tables)
+        if options.dry_run:
+            print_plan(plan)
+            return 0
+        lock_tables(dst, tables)
+        snapshot = export_snapshot(src)
+        results = run_plan(plan, settings, options, snapshot)
+        if options.swap == "together":
+            results = swap_together(dst, results, options)
+    finally:
+        for conn in (src, dst):
+            if conn is not None:
+                conn.close()
+    seconds = time.monotonic() - started
+    failed = [r for r in results if not r.ok]
+    log_event("run_finished", tables=len(results), failed=len(failed), seconds=round(seconds, 2))
+    print_summary(results, seconds)
+    for r in failed:
+        say(f"copier: error: {r.table}: {r.error}")
+    return 1 if failed else 0
+
+
+def raise_interrupted(signum, frame) -> None:
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+        return run(options, load_connection_settings())
+    except CopierError as exc:
+        say(f"copier: error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("copier: interrupted; every table not yet swapped in is unchanged")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
