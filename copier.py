@@ -157,6 +157,8 @@ def parse_args(argv: list[str]) -> Options:
                         help="retries of a table after a lost connection (default 3)")
     parser.add_argument("--lock-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="how long the swap waits for readers' locks per try (default 5)")
+    parser.add_argument("--lock-retries", type=int, default=5,
+                        help="tries after the first before the swap gives up (default 5)")
     parser.add_argument("--progress-seconds", type=float, default=30.0, metavar="SECONDS",
                         help="interval of progress lines for long tables (default 30)")
     args = parser.parse_args(argv)
@@ -169,12 +171,12 @@ def parse_args(argv: list[str]) -> Options:
         tables_text = value
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    if args.retries < 0:
-        parser.error("--retries must not be negative")
+    if args.retries < 0 or args.lock_retries < 0:
+        parser.error("--retries and --lock-retries must not be negative")
     return Options(
         tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
-        progress_seconds=args.progress_seconds,
+        lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
     )
 
 

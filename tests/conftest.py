@@ -88,3 +88,30 @@ def copier_env(dbs, monkeypatch) -> Databases:
     monkeypatch.setenv("TARGET_DSN", dbs.target_dsn)
     monkeypatch.delenv("TABLES", raising=False)
     return dbs
+
+
+@dataclass
+class CopierRun:
+    code: int
+    events: list[dict]
+    stderr: str
+
+    def of(self, event: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == event]
+
+
+@pytest.fixture
+def run_copier(copier_env, capfd):
+    """Run copier.main in this process (workers of --jobs >1 write to the same descriptors)."""
+    import json
+
+    import copier
+
+    def run(*args: str) -> CopierRun:
+        capfd.readouterr()
+        code = copier.main(list(args))
+        out, err = capfd.readouterr()
+        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return CopierRun(code, events, err)
+
+    return run

@@ -1,0 +1,144 @@
+"""What users type: the TABLES list, the settings, the plan. Bad input changes nothing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import copier
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def named_tables(copier_env):
+    copier_env.source(
+        'CREATE SCHEMA sales; CREATE SCHEMA "Odd.Schema";'
+        'CREATE TABLE orders (id int PRIMARY KEY, note text);'
+        'CREATE TABLE "Mixed Case" (id int, "Some Column" text);'
+        'CREATE TABLE "Comma, Table" (id int);'
+        "CREATE TABLE sales.invoices (id bigint PRIMARY KEY, total numeric);"
+        'CREATE TABLE "Odd.Schema"."T" (id int);'
+        "INSERT INTO orders VALUES (1, 'one'), (2, 'two');"
+        "INSERT INTO \"Mixed Case\" VALUES (1, 'x');"
+        "INSERT INTO sales.invoices VALUES (10, 99.5);"
+        'INSERT INTO "Odd.Schema"."T" VALUES (5);'
+    )
+    copier_env.target("CREATE TABLE y (id int); INSERT INTO y VALUES (1)")
+    return copier_env
+
+
+def run_cli(args, env_overrides):
+    own = ("SOURCE_DSN", "TARGET_DSN", "TABLES")
+    env = {**{k: v for k, v in os.environ.items() if k not in own}, **env_overrides}
+    return subprocess.run([sys.executable, str(REPO / "copier.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def target_tables(dbs):
+    return dbs.target_rows(
+        "SELECT schemaname || '.' || tablename FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1")
+
+
+def test_mixed_case_spaces_schemas_and_quotes(named_tables, run_copier):
+    result = run_copier('TABLES= orders , Mixed Case,"Comma, Table", sales.invoices,"Odd.Schema".T')
+
+    assert result.code == 0, result.stderr
+    assert sorted(e["table"] for e in result.of("table_copied")) == sorted([
+        "public.orders", 'public."Mixed Case"', 'public."Comma, Table"', "sales.invoices",
+        '"Odd.Schema"."T"'])
+    assert named_tables.target_rows('SELECT * FROM "Mixed Case"') == [(1, "x")]
+    assert named_tables.target_rows("SELECT * FROM sales.invoices") == [(10, 99.5)]
+    assert named_tables.target_rows('SELECT * FROM "Odd.Schema"."T"') == [(5,)]
+
+
+def test_unquoted_names_fold_to_lower_case_like_sql(named_tables, run_copier):
+    result = run_copier("TABLES=ORDERS,Sales.Invoices")
+    assert result.code == 0, result.stderr
+    assert sorted(e["table"] for e in result.of("table_copied")) == ["public.orders", "sales.invoices"]
+
+
+def test_tables_from_the_environment(named_tables, run_copier, monkeypatch):
+    monkeypatch.setenv("TABLES", "orders")
+    result = run_copier()
+    assert result.code == 0, result.stderr
+    assert [e["table"] for e in result.of("table_copied")] == ["public.orders"]
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ("orders,nope", "unknown table 'nope': no such table on the source"),
+        ("x; DROP TABLE y", "unknown table 'x; DROP TABLE y': no such table on the source"),
+        ("orders,public.orders", "table public.orders is listed twice"),
+        ("orders,,sales.invoices", "an empty name"),
+        ("a.b.c", "malformed table name 'a.b.c': at most schema.table"),
+        ('"unclosed', "unclosed quote"),
+        ("", "no tables given"),
+    ],
+)
+def test_bad_table_lists_fail_with_one_line_and_touch_nothing(named_tables, tables, message):
+    env = {"SOURCE_DSN": named_tables.source_dsn, "TARGET_DSN": named_tables.target_dsn,
+           "TABLES": ""}
+    result = run_cli([f"TABLES={tables}"], env)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("copier: error: ")
+    assert message in result.stderr
+    assert target_tables(named_tables) == [("public.y",)]
+    assert named_tables.target_rows("SELECT * FROM y") == [(1,)]
+
+
+def test_missing_settings_are_named(named_tables, monkeypatch):
+    one_sided = run_cli(["TABLES=orders"], {"SOURCE_DSN": named_tables.source_dsn})
+    assert one_sided.returncode == 1
+    assert one_sided.stderr.strip() == (
+        "copier: error: TARGET_DSN is not set (SOURCE_DSN and TARGET_DSN go together)")
+
+
+def test_unreachable_database_is_one_line_without_secrets(named_tables):
+    result = run_cli(["TABLES=orders"], {
+        "SOURCE_DSN": named_tables.source_dsn,
+        "TARGET_DSN": "host=127.0.0.1 port=1 dbname=x user=u password=hunter2 connect_timeout=2",
+    })
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("copier: error: cannot connect to the target database")
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
+    named_tables.source("INSERT INTO orders SELECT g, repeat('x', 500) FROM generate_series(3, 5000) g;"
+                        "ANALYZE orders")
+    env = {"SOURCE_DSN": named_tables.source_dsn, "TARGET_DSN": named_tables.target_dsn}
+    result = run_cli(["TABLES=orders,sales.invoices,Mixed Case", "--jobs", "2", "--dry-run"], env)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["table", "MB", "rows", "(est.)", "job"]
+    plan = {line.split()[0]: line.split() for line in lines[1:]}
+    assert plan["public.orders"][2:] == ["5000", "1"]  # the largest table gets job 1 alone
+    assert plan["sales.invoices"][-1] == "2"
+    assert plan['public."Mixed'][-1] == "2"
+    assert target_tables(named_tables) == [("public.y",)]
+
+
+def test_assign_to_jobs_puts_largest_first_on_the_least_loaded_job():
+    weights = {"a": 100, "b": 60, "c": 50, "d": 10, "e": 5}
+    # a=100 | b=60; c onto b (110); d onto a (110); e onto the first of the tied jobs
+    assert copier.assign_to_jobs(weights, 2) == [["a", "d", "e"], ["b", "c"]]
+    assert copier.assign_to_jobs(weights, 5) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert copier.assign_to_jobs({"x": 1}, 3) == [["x"], [], []]
+
+
+def test_help_documents_the_examples():
+    result = run_cli(["--help"], {})
+    assert result.returncode == 0
+    for text in ("TABLES=orders,customers", "--dry-run", "--swap together", "SOURCE_DSN",
+                 "COPIER_SSM_PREFIX"):
+        assert text in result.stdout
