@@ -445,16 +445,16 @@ def sample_sizes(dsn: str) -> list[tuple[str, int, int]]:
 # The reporting side: what an analyst builds on top of the copied tables.
 
 REPORTING_ROLE = "analyst"
+REPORTING_VIEWS = ("public.daily_revenue", "sales.unpaid_invoices", "public.customer_totals")
 
 REPORTING_OBJECTS = (
     """CREATE OR REPLACE VIEW public.daily_revenue AS
        SELECT o.ordered_at::date AS day, count(*) AS orders, sum(o.total) AS revenue
        FROM public.orders o WHERE o.status <> 'cancelled' GROUP BY 1""",
-    """CREATE OR REPLACE VIEW sales.open_invoices AS
-       SELECT i.id, i.invoice_no, i.amount, i.due, r.region_count
-       FROM sales.invoices i
-       CROSS JOIN LATERAL (SELECT count(*) AS region_count FROM sales.regions) r
-       WHERE i.due > date '2023-06-01'""",
+    """CREATE OR REPLACE VIEW sales.unpaid_invoices AS
+       SELECT i.id, i.invoice_no, i.amount, i.due, o.customer_id
+       FROM sales.invoices i JOIN public.orders o ON o.id = i.order_id
+       WHERE NOT o.paid""",
     "DROP MATERIALIZED VIEW IF EXISTS public.customer_totals",
     """CREATE MATERIALIZED VIEW public.customer_totals AS
        SELECT c.id, c.name, c.country, count(o.id) AS orders, coalesce(sum(o.total), 0) AS spent
@@ -484,14 +484,13 @@ def create_reporting_views(dsn: str, role: str = REPORTING_ROLE) -> list[str]:
                 cur.execute(statement)
             grantee = sql.Identifier(role)
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA sales TO {}").format(grantee))
-            for relation in ("public.daily_revenue", "sales.open_invoices", "public.customer_totals",
-                             "public.orders", "public.customers"):
+            for relation in (*REPORTING_VIEWS, "public.orders", "public.customers"):
                 schema, name = relation.split(".")
                 cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
                     sql.Identifier(schema, name), grantee))
     finally:
         conn.close()
-    return ["public.daily_revenue", "sales.open_invoices", "public.customer_totals"]
+    return list(REPORTING_VIEWS)
 
 
 def main(argv: list[str] | None = None) -> int:
