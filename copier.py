@@ -1243,6 +1243,11 @@ class TableCopier:
                     pass
         self.src = self.dst = None
 
+    def lost_connections(self) -> list[str]:
+        """Which connections broke (psycopg2 marks them closed=2), whatever error it raised."""
+        pairs = (("source", self.src), ("target", self.dst))
+        return [role for role, conn in pairs if conn is not None and conn.closed == 2]
+
     def copy(self, source: SourceTable) -> TableResult:
         name = source.table.qualified
         started = time.monotonic()
@@ -1254,16 +1259,23 @@ class TableCopier:
                 self.close()
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes this table's result
+                if INTERRUPTED.is_set():  # psycopg2 turns a signal inside COPY into its own error
+                    self.close()
+                    raise Interrupted() from None
+                lost = self.lost_connections()
                 # A failed copy can leave a connection mid-COPY: start the next try afresh.
                 self.close()
-                if is_connection_error(exc) and attempt < self.options.retries:
+                retryable = bool(lost) or is_connection_error(exc)
+                error = describe_error(exc)
+                if lost:
+                    error = f"lost the connection to the {' and '.join(lost)} database: {error}"
+                if retryable and attempt < self.options.retries:
                     delay = backoff(attempt, self.options.retry_delay)
                     log_event("table_retry", table=name, attempt=attempt + 1,
-                              error=describe_error(exc), wait_seconds=round(delay, 1))
+                              error=error, wait_seconds=round(delay, 1))
                     time.sleep(delay)
                     continue
                 seconds = round(time.monotonic() - started, 2)
-                error = describe_error(exc)
                 log_event("table_failed", table=name, job=self.job, error=error,
                           seconds=seconds, attempts=attempt + 1)
                 return TableResult(name, False, seconds=seconds, error=error, attempts=attempt + 1)
@@ -1351,7 +1363,7 @@ def run_job(job: int, settings: dict, options: Options, snapshot: str | None,
 
 
 def job_process(job, settings, options, snapshot, tables, queue, stop) -> None:
-    signal.signal(signal.SIGTERM, raise_interrupted)
+    handle_signals()
     try:
         run_job(job, settings, options, snapshot, tables, queue.put, stop)
     except KeyboardInterrupt:
@@ -1517,12 +1529,21 @@ def run(options: Options, settings: dict) -> int:
     return 1 if failed else 0
 
 
+INTERRUPTED = threading.Event()
+
+
 def raise_interrupted(signum, frame) -> None:
+    INTERRUPTED.set()
     raise Interrupted()
 
 
-def main(argv: list[str] | None = None) -> int:
+def handle_signals() -> None:
     signal.signal(signal.SIGTERM, raise_interrupted)
+    signal.signal(signal.SIGINT, raise_interrupted)
+
+
+def main(argv: list[str] | None = None) -> int:
+    handle_signals()
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
         return run(options, load_connection_settings())

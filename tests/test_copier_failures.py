@@ -1,0 +1,181 @@
+"""Whatever fails, and wherever, the reporting table keeps its previous contents."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+import copier
+
+REPO = Path(__file__).resolve().parent.parent
+BIG_ROWS = 200_000
+
+
+def staging_debris(dbs):
+    return dbs.target_rows("SELECT relname FROM pg_class WHERE relname LIKE '\\_copier\\_%'")
+
+
+@pytest.fixture
+def big(copier_env, run_copier):
+    """A table large enough to be caught mid-stream, already copied once."""
+    copier_env.source("CREATE TABLE big (id int PRIMARY KEY, payload text);"
+                      "INSERT INTO big SELECT g, 'old' FROM generate_series(1, 10) g")
+    assert run_copier("TABLES=big").code == 0
+    copier_env.source(f"TRUNCATE big; INSERT INTO big SELECT g, repeat('n', 150)"
+                      f" FROM generate_series(1, {BIG_ROWS}) g")
+    return copier_env
+
+
+def terminate_copy(dsn: str, dbname: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND query LIKE 'COPY%%' AND pid <> pg_backend_pid()",
+                    (dbname,))
+        assert cur.fetchone()[0] == 1
+    conn.close()
+
+
+def assert_old_contents(dbs):
+    assert dbs.target_rows("SELECT count(*), min(payload) FROM big") == [(10, "old")]
+    assert staging_debris(dbs) == []
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_backend_terminated_mid_copy_leaves_the_old_table(big, run_copier, monkeypatch, side):
+    calls = []
+
+    def kill_once(table, nbytes, seconds):
+        if not calls:
+            calls.append(nbytes)
+            terminate_copy(big.source_dsn if side == "source" else big.target_dsn,
+                           big.source_name if side == "source" else big.target_name)
+
+    monkeypatch.setattr(copier, "report_progress", kill_once)
+    result = run_copier("TABLES=big", "--progress-seconds", "0", "--retries", "0")
+
+    assert result.code == 1
+    assert calls and calls[0] < BIG_ROWS * 150  # it really was mid-copy
+    (failed,) = result.of("table_failed")
+    assert failed["table"] == "public.big"
+    assert failed["error"].startswith(f"lost the connection to the {side} database: ")
+    assert "copier: error: public.big:" in result.stderr
+    assert_old_contents(big)
+
+
+def test_lost_connection_is_retried_and_the_copy_completes(big, run_copier, monkeypatch):
+    calls = []
+
+    def kill_once(table, nbytes, seconds):
+        if not calls:
+            calls.append(nbytes)
+            terminate_copy(big.source_dsn, big.source_name)
+
+    monkeypatch.setattr(copier, "report_progress", kill_once)
+    monkeypatch.setattr(copier, "backoff", lambda attempt, base: 0.01)
+    result = run_copier("TABLES=big", "--progress-seconds", "0", "--retries", "2")
+
+    assert result.code == 0, result.stderr
+    (retry,) = result.of("table_retry")
+    assert retry["attempt"] == 1
+    assert result.of("table_copied")[0]["rows"] == BIG_ROWS
+    assert big.target_rows("SELECT count(*), min(payload) FROM big") == [(BIG_ROWS, "n" * 150)]
+
+
+def test_other_errors_are_not_retried(big, run_copier, monkeypatch):
+    big.target("CREATE DOMAIN strict_int AS int CHECK (VALUE < 5)")
+    big.source("CREATE DOMAIN strict_int AS int; CREATE TABLE limited (n strict_int);"
+               "INSERT INTO limited VALUES (1), (10)")
+    result = run_copier("TABLES=limited", "--retries", "3")
+
+    assert result.code == 1
+    assert result.of("table_retry") == []
+    assert 'violates check constraint "strict_int_check"' in result.of("table_failed")[0]["error"]
+    assert big.target_rows("SELECT count(*) FROM pg_class WHERE relname = 'limited'") == [(0,)]
+
+
+def test_a_type_the_target_rejects_fails_that_table_only(big, run_copier):
+    big.target("CREATE DOMAIN positive AS int CHECK (VALUE > 100)")
+    big.source("CREATE DOMAIN positive AS int CHECK (VALUE > 0);"
+               "CREATE TABLE scores (n positive); INSERT INTO scores VALUES (5);"
+               "CREATE TABLE fine (n int); INSERT INTO fine VALUES (1)")
+    result = run_copier("TABLES=scores,fine")
+
+    assert result.code == 1
+    assert [e["table"] for e in result.of("table_failed")] == ["public.scores"]
+    assert [e["table"] for e in result.of("table_copied")] == ["public.fine"]
+    assert "copier: error: public.scores: value for domain public.positive violates" in result.stderr
+
+
+def test_fail_fast_stops_at_the_first_failure(big, run_copier):
+    big.target("CREATE DOMAIN positive AS int CHECK (VALUE > 100)")
+    big.source("CREATE DOMAIN positive AS int; CREATE TABLE scores (n positive, pad text);"
+               "INSERT INTO scores SELECT 5, repeat('x', 100000);"
+               "CREATE TABLE fine (n int); INSERT INTO fine VALUES (1)")
+    result = run_copier("TABLES=scores,fine", "--fail-fast")
+
+    assert result.code == 1
+    assert [e["table"] for e in result.of("table_failed")] == ["public.scores"]
+    assert result.of("table_copied") == []
+    assert "public.fine: not copied: an earlier table failed (--fail-fast)" in result.stderr
+    assert big.target_rows("SELECT count(*) FROM pg_class WHERE relname = 'fine'") == [(0,)]
+
+
+def test_all_tables_come_from_one_snapshot(copier_env, run_copier, monkeypatch):
+    """A row committed on the source while the run is going is in no table of that run."""
+    copier_env.source("CREATE TABLE first (id int, pad text); CREATE TABLE second (id int);"
+                      "INSERT INTO first SELECT g, repeat('p', 200) FROM generate_series(1, 50000) g;"
+                      "INSERT INTO second VALUES (1)")
+
+    def write_during_run(table, nbytes, seconds):
+        copier_env.source("INSERT INTO second VALUES (2)")
+
+    monkeypatch.setattr(copier, "report_progress", write_during_run)
+    result = run_copier("TABLES=first,second", "--progress-seconds", "0")
+
+    assert result.code == 0, result.stderr
+    assert [e["table"] for e in result.of("table_copied")] == ["public.first", "public.second"]
+    assert copier_env.source_rows("SELECT count(*) > 1 FROM second WHERE id = 2") == [(True,)]
+    assert copier_env.target_rows("SELECT id FROM second") == [(1,)]
+
+
+def test_parallel_jobs_copy_everything(copier_env, run_copier):
+    for n in range(6):
+        rows = 1000 * (n + 1)
+        copier_env.source(f"CREATE TABLE t{n} (id int PRIMARY KEY, v text);"
+                          f"INSERT INTO t{n} SELECT g, md5(g::text) FROM generate_series(1, {rows}) g")
+    result = run_copier("TABLES=" + ",".join(f"t{n}" for n in range(6)), "--jobs", "3")
+
+    assert result.code == 0, result.stderr
+    assert sorted(e["job"] for e in result.of("table_copied")) == [1, 1, 2, 2, 3, 3]
+    for n in range(6):
+        fingerprint = f"SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM t{n}"
+        assert copier_env.target_rows(fingerprint) == copier_env.source_rows(fingerprint)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_copy_rolls_back(big, signum):
+    env = {**os.environ, "SOURCE_DSN": big.source_dsn, "TARGET_DSN": big.target_dsn}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "copier.py"), "TABLES=big", "--progress-seconds", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if '"table_progress"' in line:
+            break
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1
+    assert "interrupted" in err
+    assert '"table_copied"' not in out
+    deadline = time.monotonic() + 10  # the server notices the closed connection and rolls back
+    while big.target_rows("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                          " AND pid <> pg_backend_pid()") != [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_old_contents(big)

@@ -1,0 +1,234 @@
+"""The swap: readers see the old table or the new one, never anything in between, and
+everything that belongs to the reporting side (views, grants, owner, comments) survives."""
+
+import threading
+import time
+
+import psycopg2
+import pytest
+
+import copier
+
+ORDERS = (
+    "CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total numeric(12, 2)"
+    " CHECK (total >= 0), placed date DEFAULT current_date);"
+    "CREATE INDEX orders_customer ON orders (customer);"
+    "CREATE UNIQUE INDEX orders_placed_id ON orders (placed, id) WHERE total > 0;"
+)
+
+
+def staging_debris(dbs):
+    return dbs.target_rows("SELECT relname FROM pg_class WHERE relname LIKE '\\_copier\\_%'")
+
+
+@pytest.fixture
+def orders(copier_env):
+    copier_env.source(ORDERS + "INSERT INTO orders SELECT g, 'c' || g % 7, g, '2024-01-01'"
+                      " FROM generate_series(1, 1000) g")
+    return copier_env
+
+
+def test_missing_target_table_is_created_with_keys_indexes_and_checks(orders, run_copier):
+    orders.source("COMMENT ON TABLE orders IS 'from the shop'")
+    assert run_copier("TABLES=orders").code == 0
+
+    assert orders.target_rows("SELECT count(*), sum(total) FROM orders") == [(1000, 500500)]
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1"
+    assert orders.target_rows(indexes) == orders.source_rows(indexes)
+    constraints = ("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                   "WHERE conrelid = 'orders'::regclass ORDER BY 1")
+    assert orders.target_rows(constraints) == orders.source_rows(constraints)
+    assert orders.target_rows("SELECT obj_description('orders'::regclass)") == [("from the shop",)]
+    assert staging_debris(orders) == []
+
+
+def test_a_second_run_replaces_the_contents(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.source("DELETE FROM orders WHERE id > 10; UPDATE orders SET customer = 'new'")
+
+    assert run_copier("TABLES=orders").code == 0
+    assert orders.target_rows("SELECT count(*), min(customer), max(customer) FROM orders") == [
+        (10, "new", "new")]
+
+
+def test_empty_source_table_empties_the_target(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.source("TRUNCATE orders")
+
+    result = run_copier("TABLES=orders")
+    assert result.code == 0
+    assert result.of("table_copied")[0]["rows"] == 0
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_table_without_primary_key_keeps_duplicates(copier_env, run_copier):
+    copier_env.source("CREATE TABLE events (kind text, at int);"
+                      "INSERT INTO events VALUES ('a', 1), ('a', 1), (NULL, NULL)")
+    assert run_copier("TABLES=events").code == 0
+    assert copier_env.target_rows("SELECT kind, at, count(*) FROM events GROUP BY 1, 2 ORDER BY 1") == [
+        ("a", 1, 2), (None, None, 1)]
+
+
+def test_changed_source_shape_replaces_the_target_shape(orders, run_copier):
+    orders.target("CREATE TABLE orders (id int, legacy_column text); INSERT INTO orders VALUES (-1, 'old')")
+    orders.source("ALTER TABLE orders ADD COLUMN channel text DEFAULT 'web'")
+
+    assert run_copier("TABLES=orders").code == 0
+    columns = ("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+               "WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
+    assert orders.target_rows(columns) == orders.source_rows(columns)
+    assert orders.target_rows("SELECT count(*), min(channel) FROM orders") == [(1000, "web")]
+
+
+REPORTING_SIDE = """
+CREATE ROLE analyst_{n}; CREATE ROLE owner_{n}; CREATE ROLE auditor_{n};
+GRANT CREATE ON SCHEMA public TO owner_{n};
+CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total numeric(12, 2), placed date);
+INSERT INTO orders VALUES (1, 'old', 5, '2020-01-01');
+ALTER TABLE orders OWNER TO owner_{n};
+GRANT SELECT ON orders TO analyst_{n};
+GRANT SELECT (id, customer) ON orders TO auditor_{n};
+COMMENT ON TABLE orders IS 'reporting copy of shop orders';
+COMMENT ON COLUMN orders.total IS 'in euros';
+CREATE SCHEMA marts;
+CREATE VIEW marts.by_customer AS SELECT customer, sum(total) AS total FROM public.orders GROUP BY customer;
+CREATE VIEW marts.top_customer AS SELECT * FROM marts.by_customer ORDER BY total DESC LIMIT 1;
+CREATE MATERIALIZED VIEW marts.order_count AS SELECT count(*) AS n FROM public.orders;
+CREATE UNIQUE INDEX order_count_n ON marts.order_count (n);
+GRANT SELECT ON marts.by_customer, marts.top_customer, marts.order_count TO analyst_{n};
+COMMENT ON VIEW marts.by_customer IS 'per customer';
+"""
+
+
+def test_views_grants_owner_and_comments_survive_and_see_the_new_data(orders, run_copier):
+    n = orders.target_name
+    orders.target(REPORTING_SIDE.format(n=n))
+
+    result = run_copier("TABLES=orders")
+    assert result.code == 0, result.stderr
+
+    assert orders.target_rows("SELECT sum(total) FROM marts.by_customer") == [(500500,)]
+    assert orders.target_rows("SELECT customer FROM marts.top_customer") == [("c6",)]
+    assert orders.target_rows("SELECT n FROM marts.order_count") == [(1000,)]
+    assert orders.target_rows("SELECT indexname FROM pg_indexes WHERE schemaname = 'marts'") == [
+        ("order_count_n",)]
+    assert orders.target_rows("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'") == [
+        (f"owner_{n}",)]
+    privileges = (
+        f"SELECT has_table_privilege('analyst_{n}', 'public.orders', 'SELECT'),"
+        f" has_table_privilege('analyst_{n}', 'marts.by_customer', 'SELECT'),"
+        f" has_table_privilege('analyst_{n}', 'marts.top_customer', 'SELECT'),"
+        f" has_table_privilege('analyst_{n}', 'marts.order_count', 'SELECT'),"
+        f" has_column_privilege('auditor_{n}', 'public.orders', 'customer', 'SELECT'),"
+        f" has_column_privilege('auditor_{n}', 'public.orders', 'total', 'SELECT')"
+    )
+    assert orders.target_rows(privileges) == [(True, True, True, True, True, False)]
+    assert orders.target_rows(
+        "SELECT obj_description('orders'::regclass), col_description('orders'::regclass, 3),"
+        " obj_description('marts.by_customer'::regclass)") == [
+        ("reporting copy of shop orders", "in euros", "per customer")]
+    assert staging_debris(orders) == []
+
+
+def test_a_view_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders, run_copier):
+    orders.target("CREATE TABLE orders (id int, customer text, gone text);"
+                  "INSERT INTO orders VALUES (1, 'old', 'x');"
+                  "CREATE VIEW uses_gone AS SELECT gone FROM orders")
+
+    result = run_copier("TABLES=orders")
+    assert result.code == 1
+    assert "view public.uses_gone does not fit the new shape of public.orders" in result.stderr
+    assert orders.target_rows("SELECT * FROM uses_gone") == [("x",)]
+    assert orders.target_rows("SELECT id, customer FROM orders") == [(1, "old")]
+    assert staging_debris(orders) == []
+
+
+def test_readers_never_see_an_empty_or_partial_table(orders, run_copier, monkeypatch):
+    assert run_copier("TABLES=orders").code == 0
+    orders.source("INSERT INTO orders SELECT g, 'big' || g, g, '2024-01-02'"
+                  " FROM generate_series(1001, 200000) g")
+    seen: list[int] = []
+    copying = threading.Event()
+    stop = threading.Event()
+
+    def reader():
+        conn = psycopg2.connect(orders.target_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("SELECT count(*) FROM orders")
+                seen.append((copying.is_set(), cur.fetchone()[0]))
+        conn.close()
+
+    def note_progress(table, nbytes, seconds):
+        copying.set()
+        time.sleep(0.002)  # give the reader time to look while the load is running
+
+    monkeypatch.setattr(copier, "report_progress", note_progress)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        result = run_copier("TABLES=orders", "--progress-seconds", "0")
+    finally:
+        stop.set()
+        thread.join()
+
+    assert result.code == 0, result.stderr
+    counts = {count for _, count in seen}
+    assert counts <= {1000, 200000}
+    assert any(during and count == 1000 for during, count in seen)  # it looked during the load
+    assert seen[-1][1] == 200000
+
+
+def test_swap_waits_for_readers_then_gives_up_and_keeps_the_old_table(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.source("DELETE FROM orders")
+    blocker = psycopg2.connect(orders.target_dsn)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("SELECT count(*) FROM orders")  # holds its lock until the transaction ends
+        result = run_copier("TABLES=orders", "--lock-timeout", "0.1", "--lock-retries", "2")
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert result.code == 1
+    assert "could not lock public.orders for the swap after 3 tries" in result.stderr
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
+    assert staging_debris(orders) == []
+
+
+def test_swap_succeeds_once_the_reader_is_gone(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.source("DELETE FROM orders WHERE id > 1")
+    blocker = psycopg2.connect(orders.target_dsn)
+    with blocker.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders")
+    timer = threading.Timer(0.5, blocker.rollback)
+    timer.start()
+    try:
+        result = run_copier("TABLES=orders", "--lock-timeout", "0.2", "--lock-retries", "10")
+    finally:
+        timer.join()
+        blocker.close()
+    assert result.code == 0, result.stderr
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(1,)]
+
+
+def test_swap_together_changes_all_tables_or_none(orders, run_copier):
+    orders.source("CREATE TABLE customers (name text PRIMARY KEY); INSERT INTO customers VALUES ('c1')")
+    assert run_copier("TABLES=orders,customers", "--swap", "together").code == 0
+    assert orders.target_rows("SELECT count(*) FROM customers") == [(1,)]
+
+    # customers cannot be swapped (a view needs a column the source dropped), so orders stays too
+    orders.target("ALTER TABLE customers ADD COLUMN region text;"
+                  "CREATE VIEW by_region AS SELECT region FROM customers")
+    orders.source("DELETE FROM orders; INSERT INTO customers VALUES ('c2')")
+    result = run_copier("TABLES=orders,customers", "--swap", "together", "--jobs", "2")
+
+    assert result.code == 1
+    assert "none changed" in result.stderr
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
+    assert orders.target_rows("SELECT count(*) FROM customers") == [(1,)]
+    assert staging_debris(orders) == []
+    assert result.of("table_copied") == []
