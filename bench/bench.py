@@ -1,0 +1,425 @@
+"""Benchmark: the copier against the tools a data engineer would otherwise use.
+
+    python3 bench/bench.py                      # ~1 GB sample, 3 rounds (the README figures)
+    python3 bench/bench.py --mb 50 --rounds 1   # a smoke run, about a minute
+
+Each tool refreshes an already-populated target: the same source database, one target
+database per tool, filled by an untimed first run of that same tool. Then, per round, every
+tool runs once, in an order rotated each round (so no tool always follows the same one),
+after a CHECKPOINT so nobody pays for the previous tool's dirty buffers:
+
+    pg_dump | psql          pg_dump --clean --if-exists | psql
+    pg_dump -Fd + restore   pg_dump -Fd -j 2 -Z0, then pg_restore -j 2 --clean --if-exists
+    pgcopydb                pgcopydb clone --table-jobs 2 --index-jobs 2 --drop-if-exists
+    copier --jobs 2         copier.py TABLES=<all sample tables> --jobs 2
+
+It prints a markdown table: median wall time, ratio to ``pg_dump | psql`` and each launched
+process's peak RSS (GNU time's %M, which covers the process and its reaped children, so it is
+the largest single process of that tree). The cluster (dev/localpg.py, fsync off) lives in
+bench/results/pgdata; logs and a copy of the report go to bench/results/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python3 bench/bench.py`: make the repository's packages importable.
+sys.path.insert(0, str(REPO))
+
+import psycopg2  # noqa: E402
+
+from copier import split_table_list  # noqa: E402  (the copier's own parsing of TABLES names)
+from dev import sample_data  # noqa: E402
+from dev.localpg import LocalCluster, LocalPgError  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+SOURCE_DB = "bench_source"
+GNU_TIME = "/usr/bin/time"
+JOBS = 2
+BASELINE = "pg_dump | psql"
+# Debian packages the benchmark installs when their program is missing.
+PACKAGES = {"pgcopydb": "pgcopydb", GNU_TIME: "time"}
+
+
+class BenchError(Exception):
+    pass
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites.
+
+def as_root(argv: list[str]) -> list[str]:
+    return argv if os.geteuid() == 0 else ["sudo", *argv]
+
+
+def ensure_programs() -> None:
+    """Install pgcopydb and GNU time from Debian when missing, as dev/install.sh does."""
+    missing = [pkg for program, pkg in PACKAGES.items() if shutil.which(program) is None]
+    if not missing:
+        return
+    say(f"installing {' '.join(missing)} (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(as_root(["apt-get", "update", "-qq"]), check=True, env=env)
+    subprocess.run(as_root(["apt-get", "install", "-y", "-qq", *missing]), check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a tool: one or more steps, each a pipeline of processes, timed as a whole.
+
+@dataclass
+class Command:
+    label: str  # how the process is named in the report
+    argv: list[str]
+    env: dict[str, str] | None = None
+
+
+@dataclass
+class Measurement:
+    tool: str
+    seconds: float
+    peak_kb: dict[str, int] = field(default_factory=dict)
+    load_average: float = 0.0
+
+
+def run_pipeline(commands: list[Command], log_dir: Path, peaks: dict[str, int]) -> None:
+    """Run commands connected stdout to stdin, each under GNU time; record each peak RSS."""
+    processes, peak_files = [], []
+    previous_stdout = subprocess.DEVNULL
+    for n, command in enumerate(commands):
+        name = command.label.replace(" ", "_")
+        peak_file = log_dir / f"{name}.peak"
+        last = n == len(commands) - 1
+        process = subprocess.Popen(
+            [GNU_TIME, "-f", "%M", "-o", str(peak_file), *command.argv],
+            stdin=previous_stdout,
+            stdout=open(log_dir / f"{name}.out", "wb") if last else subprocess.PIPE,
+            stderr=open(log_dir / f"{name}.err", "wb"),
+            env=command.env, cwd=REPO,
+        )
+        if previous_stdout is not subprocess.DEVNULL:
+            previous_stdout.close()  # so the writer sees a broken pipe if the reader dies
+        previous_stdout = process.stdout
+        processes.append(process)
+        peak_files.append((command.label, peak_file))
+    for command, process in zip(commands, processes, strict=True):
+        if process.wait() != 0:
+            raise BenchError(f"{command.label} failed (exit {process.returncode}); see {log_dir}")
+    for label, peak_file in peak_files:
+        peaks[label] = max(peaks.get(label, 0), int(peak_file.read_text().split()[-1]))
+
+
+@dataclass
+class Tool:
+    name: str
+    target_db: str
+    steps: Callable[[Bench], list[list[Command]]]  # built per run, with that run's paths
+    prepare: Callable[[Bench], None] | None = None  # untimed, e.g. remove the last dump
+
+
+@dataclass
+class Bench:
+    cluster: LocalCluster
+    tables: list[str]
+    run_dir: Path
+
+    def dsn(self, db: str) -> str:
+        return self.cluster.dsn(db)
+
+    def uri(self, db: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.cluster.port}/{db}"
+
+    def measure(self, tool: Tool, label: str) -> Measurement:
+        log_dir = self.run_dir / label
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if tool.prepare:
+            tool.prepare(self)
+        checkpoint(self.cluster)
+        peaks: dict[str, int] = {}
+        started = time.monotonic()
+        for pipeline in tool.steps(self):
+            run_pipeline(pipeline, log_dir, peaks)
+        seconds = time.monotonic() - started
+        load = os.getloadavg()[0]
+        verify_target(self, tool)
+        return Measurement(tool.name, seconds, peaks, load)
+
+
+# ---------------------------------------------------------------------------------------------
+# The four tools. Each refreshes its own target database from the same source.
+
+def pg_dump_psql_steps(b: Bench) -> list[list[Command]]:
+    return [[
+        Command("pg_dump", [b.cluster.bin("pg_dump"), "--clean", "--if-exists", "-d", b.dsn(SOURCE_DB)]),
+        Command("psql", [b.cluster.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                         "-d", b.dsn("target_pg_dump_psql")]),
+    ]]
+
+
+def dump_dir(b: Bench) -> Path:
+    return b.run_dir / "dump"
+
+
+def remove_dump_dir(b: Bench) -> None:
+    shutil.rmtree(dump_dir(b), ignore_errors=True)
+
+
+def pg_dump_restore_steps(b: Bench) -> list[list[Command]]:
+    return [
+        [Command("pg_dump -Fd", [b.cluster.bin("pg_dump"), "-Fd", "-j", str(JOBS), "-Z0",
+                                 "-f", str(dump_dir(b)), "-d", b.dsn(SOURCE_DB)])],
+        [Command("pg_restore", [b.cluster.bin("pg_restore"), "-j", str(JOBS), "--clean", "--if-exists",
+                                "-d", b.dsn("target_pg_restore"), str(dump_dir(b))])],
+    ]
+
+
+def pgcopydb_work_dir(b: Bench) -> Path:
+    return b.run_dir / "pgcopydb-work"
+
+
+def remove_pgcopydb_work_dir(b: Bench) -> None:
+    shutil.rmtree(pgcopydb_work_dir(b), ignore_errors=True)
+
+
+def pgcopydb_steps(b: Bench) -> list[list[Command]]:
+    # pgcopydb runs pg_dump/pg_restore from PATH: point it at the server's own binaries.
+    env = {**os.environ, "PATH": f"{b.cluster.bindir}:{os.environ['PATH']}"}
+    return [[Command("pgcopydb", [
+        "pgcopydb", "clone", "--source", b.uri(SOURCE_DB), "--target", b.uri("target_pgcopydb"),
+        "--table-jobs", str(JOBS), "--index-jobs", str(JOBS), "--drop-if-exists",
+        "--dir", str(pgcopydb_work_dir(b)),
+    ], env)]]
+
+
+def copier_steps(b: Bench) -> list[list[Command]]:
+    env = {**os.environ, "SOURCE_DSN": b.dsn(SOURCE_DB), "TARGET_DSN": b.dsn("target_copier")}
+    env.pop("TABLES", None)
+    return [[Command("copier", [sys.executable, str(REPO / "copier.py"), "TABLES=" + ",".join(b.tables),
+                                "--jobs", str(JOBS)], env)]]
+
+
+TOOLS = (
+    Tool(BASELINE, "target_pg_dump_psql", pg_dump_psql_steps),
+    Tool("pg_dump -Fd -j2 -Z0 + pg_restore -j2", "target_pg_restore", pg_dump_restore_steps,
+         remove_dump_dir),
+    Tool("pgcopydb --table-jobs 2", "target_pgcopydb", pgcopydb_steps, remove_pgcopydb_work_dir),
+    Tool("copier --jobs 2", "target_copier", copier_steps),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster.
+
+def admin(cluster: LocalCluster, statement: str, db: str = "postgres") -> list[tuple]:
+    conn = psycopg2.connect(cluster.dsn(db))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def row_counts(cluster: LocalCluster, db: str, tables: list[str]) -> list[int]:
+    counts = []
+    for parts in split_table_list(",".join(tables)):
+        ident = ".".join('"' + part.replace('"', '""') + '"' for part, _ in parts)
+        counts.append(admin(cluster, f"SELECT count(*) FROM {ident}", db)[0][0])
+    return counts
+
+
+def verify_target(bench: Bench, tool: Tool) -> None:
+    """Untimed: a tool that 'wins' by copying less than everything must not go unnoticed."""
+    expected = row_counts(bench.cluster, SOURCE_DB, bench.tables)
+    if row_counts(bench.cluster, tool.target_db, bench.tables) != expected:
+        raise BenchError(f"{tool.name} left {tool.target_db} with other row counts than the source")
+
+
+def checkpoint(cluster: LocalCluster) -> None:
+    admin(cluster, "CHECKPOINT")
+
+
+def start_cluster() -> LocalCluster:
+    cluster = LocalCluster.create(RESULTS / "pgdata")
+    if cluster.is_running():
+        raise BenchError(f"a server already runs on {RESULTS / 'pgdata'}: is another bench running?")
+    cluster.start()
+    # Background vacuum/analyze of one tool's fresh tables would land in the next tool's timing.
+    admin(cluster, "ALTER SYSTEM SET autovacuum = off")
+    admin(cluster, "SELECT pg_reload_conf()")
+    return cluster
+
+
+def recreate_database(cluster: LocalCluster, name: str) -> None:
+    admin(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin(cluster, f'CREATE DATABASE "{name}"')
+
+
+def ensure_database(cluster: LocalCluster, name: str) -> None:
+    if not admin(cluster, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+        admin(cluster, f'CREATE DATABASE "{name}"')
+
+
+# ---------------------------------------------------------------------------------------------
+# The run and the report.
+
+def machine_description(cluster: LocalCluster) -> dict[str, str]:
+    meminfo = Path("/proc/meminfo").read_text().split("\n")[0].split()
+    pgcopydb = subprocess.run(["pgcopydb", "--version"], capture_output=True, text=True)
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": str(os.cpu_count()),
+        "memory": f"{int(meminfo[1]) / 1048576:.1f} GiB",
+        "postgresql": admin(cluster, "SHOW server_version")[0][0],
+        "pgcopydb": pgcopydb.stdout.split("\n")[0].replace("pgcopydb version ", ""),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def rotated(tools: tuple[Tool, ...], round_no: int) -> list[Tool]:
+    shift = round_no % len(tools)
+    return list(tools[shift:] + tools[:shift])
+
+
+def run_rounds(bench: Bench, tools: tuple[Tool, ...], rounds: int) -> list[Measurement]:
+    for tool in tools:
+        say(f"untimed first run of {tool.name} (fills {tool.target_db})")
+        bench.measure(tool, f"warmup/{tool.target_db}")
+    measurements = []
+    for round_no in range(rounds):
+        for tool in rotated(tools, round_no):
+            m = bench.measure(tool, f"round{round_no + 1}/{tool.target_db}")
+            say(f"round {round_no + 1}: {tool.name}: {m.seconds:.1f}s (load {m.load_average:.1f})")
+            measurements.append(m)
+            with open(bench.run_dir / "runs.jsonl", "a") as log:
+                log.write(json.dumps({"round": round_no + 1, **m.__dict__}) + "\n")
+    return measurements
+
+
+def cell(text: str) -> str:
+    """Text for a markdown table cell: a bare | would split the cell, even inside backquotes."""
+    return text.replace("|", "\\|")
+
+
+def format_peaks(peaks: dict[str, int]) -> str:
+    return ", ".join(f"{label} {kb / 1024:.0f}" for label, kb in peaks.items())
+
+
+def results_table(tools: tuple[Tool, ...], measurements: list[Measurement]) -> str:
+    medians = {t.name: statistics.median(m.seconds for m in measurements if m.tool == t.name)
+               for t in tools}
+    baseline = medians.get(BASELINE)
+    lines = [
+        f"| tool | median s | × `{cell(BASELINE)}` | runs (s) | peak RSS per process (MB) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for tool in tools:
+        runs = [m for m in measurements if m.tool == tool.name]
+        peaks: dict[str, int] = {}
+        for m in runs:
+            for label, kb in m.peak_kb.items():
+                peaks[label] = max(peaks.get(label, 0), kb)
+        ratio = f"{medians[tool.name] / baseline:.2f}" if baseline else "-"
+        lines.append(f"| `{cell(tool.name)}` | {medians[tool.name]:.1f} | {ratio} | "
+                     f"{' / '.join(f'{m.seconds:.1f}' for m in runs)} | {cell(format_peaks(peaks))} |")
+    return "\n".join(lines)
+
+
+def copier_jobs_table(log_file: Path) -> str:
+    """Per-job busy time of one copier run: shows whether the largest table is the critical path."""
+    jobs: dict[int, list[tuple[str, float]]] = {}
+    for line in log_file.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "table_copied":
+            jobs.setdefault(event["job"], []).append((event["table"], event["seconds"]))
+    lines = ["| copier job | busy s | tables (s) |", "|---:|---:|---|"]
+    for job in sorted(jobs):
+        tables = jobs[job]
+        lines.append(f"| {job} | {sum(s for _, s in tables):.1f} | "
+                     + ", ".join(f"{name} {s:.1f}" for name, s in tables) + " |")
+    return "\n".join(lines)
+
+
+def sample_table(bench: Bench) -> str:
+    sizes = sample_data.sample_sizes(bench.dsn(SOURCE_DB))
+    total = sum(size for _, _, size in sizes)
+    lines = ["| table | rows | MB | share |", "|---|---:|---:|---:|"]
+    lines += [f"| `{name}` | {rows} | {size / 1048576:.1f} | {size / total:.0%} |"
+              for name, rows, size in sizes]
+    lines.append(f"| total | {sum(r for _, r, _ in sizes)} | {total / 1048576:.1f} | |")
+    return "\n".join(lines)
+
+
+def report(bench: Bench, tools, measurements, machine, command, rounds) -> str:
+    last_copier = bench.run_dir / f"round{rounds}" / "target_copier" / "copier.out"
+    parts = [
+        f"Command: `{command}`",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
+        "", results_table(tools, measurements),
+        "", "Sample (pg_total_relation_size on the source):", "", sample_table(bench),
+    ]
+    if last_copier.exists():
+        parts += ["", f"Copier jobs in round {rounds}:", "", copier_jobs_table(last_copier)]
+    return "\n".join(parts) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark the copier against pg_dump, pg_restore "
+                                     "and pgcopydb on the same sample, interleaved.")
+    parser.add_argument("--mb", type=float, default=1000, help="sample size in MB (default 1000)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    command = "python3 bench/bench.py " + " ".join(argv)
+    cluster = None
+    try:
+        ensure_programs()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        cluster = start_cluster()
+        ensure_database(cluster, SOURCE_DB)
+        for tool in TOOLS:
+            recreate_database(cluster, tool.target_db)
+        say(f"generating the ~{args.mb:g} MB sample in {SOURCE_DB} (skipped if already there)")
+        tables = sample_data.create_sample(cluster.dsn(SOURCE_DB), args.mb)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        bench = Bench(cluster, tables, RESULTS / f"run-{stamp}")
+        machine = machine_description(cluster)
+        measurements = run_rounds(bench, TOOLS, args.rounds)
+        text = report(bench, TOOLS, measurements, machine, command.strip(), args.rounds)
+        (bench.run_dir / "report.md").write_text(text)
+        print(text)
+        return 0
+    except (BenchError, LocalPgError, psycopg2.Error, subprocess.CalledProcessError) as exc:
+        say(f"error: {str(exc).strip()}")
+        return 1
+    finally:
+        if cluster is not None and not args.keep:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
