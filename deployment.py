@@ -297,24 +297,27 @@ class Aws:
 
 
 def describe_error(err: Exception) -> str:
+    """One line: the API operation, the error code and its message."""
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
-        return f"{err.operation_name}: {error.get('Code', '?')}: {error.get('Message', '')}"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = " ".join(str(error.get("Message", "")).split())
+        if message.startswith("<"):  # an HTML error page, not an AWS error
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = f"HTTP {status} without error details"
+        return f"{err.operation_name}: {error.get('Code', '?')}: {message[:300]}"
+    return " ".join(str(err).split())[:300] or type(err).__name__
 
 
 def error_code(err: ClientError) -> str:
     return err.response.get("Error", {}).get("Code", "")
 
 
-def api_not_available(err: Exception) -> bool:
-    """True when the endpoint does not implement the call (moto lacks some APIs)."""
+def is_server_error(err: BaseException | None) -> bool:
+    """A 5xx answer or, with moto in process, an API it does not implement."""
     if isinstance(err, NotImplementedError):
         return True
     if isinstance(err, ClientError):
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return status in (500, 501) and "not" in str(err).lower() and "implement" in str(
-            err).lower()
+        return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
     return False
 
 
@@ -1457,10 +1460,11 @@ class Outcome:
         return f"{status:>18}  {label}" + (f"  ({self.detail})" if self.detail else "")
 
 
-def _unavailable(resource: Resource, err: AwsError) -> Outcome | None:
-    """The saved query is the one resource whose API moto lacks: say so instead of failing."""
-    if isinstance(resource, QueryDefinition) and api_not_available(err.__cause__):
-        return Outcome("not available", f"this endpoint lacks the Logs query API: {err.__cause__}")
+def _unavailable(resource: Resource, err: AwsError, status: str) -> Outcome | None:
+    """The saved query is a convenience (and an API moto lacks): a server error there is
+    reported, not fatal. Any other error, or an error on any other resource, stops the walk."""
+    if isinstance(resource, QueryDefinition) and is_server_error(err.__cause__):
+        return Outcome(status, f"{describe_error(err.__cause__)}; docs/aws.md has the query")
     return None
 
 
@@ -1479,7 +1483,7 @@ def ensure_present(resource: Resource, dry_run: bool) -> Outcome:
             _aws_step(resource, lambda: resource.update(current, changed))
         return Outcome("updated", ", ".join(changed))
     except AwsError as err:
-        unavailable = _unavailable(resource, err)
+        unavailable = _unavailable(resource, err, "not saved")
         if unavailable is None:
             raise
         return unavailable
@@ -1489,7 +1493,7 @@ def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
     try:
         current = _aws_step(resource, resource.find)
     except AwsError as err:
-        unavailable = _unavailable(resource, err)
+        unavailable = _unavailable(resource, err, "not checked")
         if unavailable is None:
             raise
         return unavailable

@@ -1,0 +1,509 @@
+"""setup_aws.py and teardown_aws.py under moto: in process, and as processes against moto_server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+import boto3
+import pytest
+from aws_helpers import (
+    MOTO_CONFIG,
+    REGION,
+    SECRETS,
+    MotoServer,
+    expected_inventory,
+    inventory,
+    nothing_left,
+    outcomes,
+    run_script,
+    set_fake_aws_env,
+    subprocess_env,
+    write_config,
+)
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto import mock_aws
+
+import copier
+import deployment
+import setup_aws
+import teardown_aws
+
+ACCOUNT = "123456789012"  # moto's default account
+QUERY_LABEL = "Logs Insights query nightly-copy/table-durations"
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    set_fake_aws_env(monkeypatch)
+    with mock_aws(config=MOTO_CONFIG):
+        yield
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no deploy.toml from the working tree
+    return write_config(tmp_path / "deploy.toml")
+
+
+def run(main, argv, capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def policy_of(role: str) -> dict:
+    return boto3.client("iam").get_role_policy(RoleName=role, PolicyName="permissions")[
+        "PolicyDocument"]
+
+
+def statements_by_action(document: dict) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for statement in document["Statement"]:
+        for action in statement["Action"]:
+            found.setdefault(action, []).extend(statement["Resource"])
+    return found
+
+
+def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
+    """What setup must have created, checked against the settings in write_config."""
+    ssm = boto3.client("ssm")
+    assert ssm.get_parameter(Name=f"/{prefix}/source/host")["Parameter"]["Value"] == "127.0.0.1"
+    assert ssm.get_parameter(Name=f"/{prefix}/source/port")["Parameter"]["Value"] == "1"
+    assert ssm.get_parameter(Name=f"/{prefix}/target/port")["Parameter"]["Value"] == "5432"
+    assert ssm.get_parameter(Name=f"/{prefix}/target/sslmode")["Parameter"]["Value"] == (
+        "verify-full")
+    for name, env_var in ((f"/{prefix}/source/password", "COPIER_SOURCE_PASSWORD"),
+                          (f"/{prefix}/target/password", "COPIER_TARGET_PASSWORD"),
+                          (f"/{prefix}/slack/webhook_url", "SLACK_WEBHOOK_URL")):
+        parameter = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
+        assert parameter["Type"] == "SecureString"
+        assert parameter["Value"] == SECRETS[env_var]
+    tags = ssm.list_tags_for_resource(ResourceType="Parameter",
+                                      ResourceId=f"/{prefix}/target/host")["TagList"]
+    assert {"Key": "project", "Value": prefix} in tags
+
+    iam = boto3.client("iam")
+    services = {"codebuild": "codebuild.amazonaws.com", "lambda": "lambda.amazonaws.com",
+                "states": "states.amazonaws.com", "starter": "states.amazonaws.com",
+                "scheduler": "scheduler.amazonaws.com"}
+    for role, service in services.items():
+        found = iam.get_role(RoleName=f"{prefix}-{role}")["Role"]
+        (trust,) = found["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"Service": service}
+        assert {"Key": "project", "Value": prefix} in iam.list_role_tags(
+            RoleName=f"{prefix}-{role}")["Tags"]
+        resources = [r for s in policy_of(f"{prefix}-{role}")["Statement"] for r in s["Resource"]]
+        assert "*" not in resources, role  # no VPC and no ECR image: everything is scoped
+
+    project_arn = f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{prefix}"
+    states = statements_by_action(policy_of(f"{prefix}-states"))
+    for action in ("codebuild:StartBuild", "codebuild:StopBuild", "codebuild:BatchGetBuilds"):
+        assert states[action] == [project_arn]
+    rule = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/StepFunctionsGetEventForCodeBuildStartBuildRule"
+    for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule"):
+        assert states[action] == [rule]
+    function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{prefix}-notify"
+    assert function_arn in states["lambda:InvokeFunction"]
+    machine_arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{prefix}"
+    starter_arn = f"{machine_arn}-starter"
+    assert statements_by_action(policy_of(f"{prefix}-starter")) == {
+        "states:StartExecution": [machine_arn]}
+    assert statements_by_action(policy_of(f"{prefix}-scheduler")) == {
+        "states:StartExecution": [starter_arn]}
+    lambda_policy = statements_by_action(policy_of(f"{prefix}-lambda"))
+    assert lambda_policy["ssm:GetParameter"] == [
+        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}/slack/webhook_url"]
+    codebuild_ssm = statements_by_action(policy_of(f"{prefix}-codebuild"))["ssm:GetParameters"]
+    assert f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}/source/*" in codebuild_ssm
+    assert not any("slack" in arn for arn in codebuild_ssm)
+
+    (project,) = boto3.client("codebuild").batch_get_projects(names=[prefix])["projects"]
+    assert project["source"]["type"] == "GITHUB"
+    assert project["source"]["location"] == "https://github.com/example/nightly-copy.git"
+    assert project["sourceVersion"] == "release"
+    assert project["environment"]["image"] == "aws/codebuild/standard:7.0"
+    assert project["environment"]["environmentVariables"] == [
+        {"name": "COPIER_SSM_PREFIX", "value": f"/{prefix}/", "type": "PLAINTEXT"}]
+    assert project["serviceRole"] == f"arn:aws:iam::{ACCOUNT}:role/{prefix}-codebuild"
+    assert project["timeoutInMinutes"] == 90
+    assert project["logsConfig"]["cloudWatchLogs"]["groupName"] == f"/aws/codebuild/{prefix}"
+    assert {"key": "project", "value": prefix} in project["tags"]
+
+    function = boto3.client("lambda").get_function(FunctionName=f"{prefix}-notify")
+    configuration = function["Configuration"]
+    assert configuration["Handler"] == "notify_lambda.handler"
+    assert configuration["Runtime"] == "python3.12"
+    assert configuration["Environment"]["Variables"] == {
+        "WEBHOOK_PARAMETER": f"/{prefix}/slack/webhook_url"}
+    assert function["Tags"]["project"] == prefix
+    zipped = deployment.zip_notify_function()
+    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py"]
+    assert configuration["CodeSha256"] == base64.b64encode(
+        __import__("hashlib").sha256(zipped).digest()).decode()
+
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.describe_state_machine(stateMachineArn=machine_arn)
+    definition = json.loads(machine["definition"])
+    branches = definition["States"]["Copy tables"]["Branches"]
+    assert len(branches) == 3
+    assert sorted(t for b in branches for t in b["States"][b["StartAt"]]["Parameters"][
+        "EnvironmentVariablesOverride"][0]["Value"].split(",")) == sorted(
+        ["public.a", "public.b", "public.c", "public.d", "public.e", "public.f", "public.g"])
+    assert definition["States"]["Send summary"]["Parameters"]["FunctionName"] == function_arn
+    assert machine["roleArn"] == f"arn:aws:iam::{ACCOUNT}:role/{prefix}-states"
+    starter = json.loads(sfn.describe_state_machine(stateMachineArn=starter_arn)["definition"])
+    assert starter["States"]["Start nightly copy"]["Parameters"]["StateMachineArn"] == machine_arn
+
+    schedule = boto3.client("scheduler").get_schedule(GroupName=prefix, Name="nightly")
+    assert schedule["ScheduleExpression"] == "cron(0 3 * * ? *)"
+    assert schedule["ScheduleExpressionTimezone"] == "UTC"
+    assert schedule["Target"]["Arn"] == starter_arn
+    assert schedule["Target"]["RoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/{prefix}-scheduler"
+    assert json.loads(schedule["Target"]["Input"]) == {
+        "scheduled_time": "<aws.scheduler.scheduled-time>"}
+
+    topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:{prefix}-alarms"
+    (alarm,) = boto3.client("cloudwatch").describe_alarms(
+        AlarmNames=[f"{prefix}-run-failed"])["MetricAlarms"]
+    assert alarm["AlarmActions"] == [topic_arn]
+    assert alarm["TreatMissingData"] == "notBreaching"
+    returned = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert len(returned) == 1 and "FILL(failed, 0)" in returned[0]["Expression"]
+    watched = {(m["MetricStat"]["Metric"]["MetricName"],
+                m["MetricStat"]["Metric"]["Dimensions"][0]["Value"])
+               for m in alarm["Metrics"] if "MetricStat" in m}
+    assert {("ExecutionsFailed", machine_arn), ("ExecutionsTimedOut", machine_arn),
+            ("ExecutionsAborted", machine_arn)} <= watched
+    (subscription,) = boto3.client("sns").list_subscriptions_by_topic(
+        TopicArn=topic_arn)["Subscriptions"]
+    assert (subscription["Protocol"], subscription["Endpoint"]) == ("lambda", function_arn)
+    permission = json.loads(boto3.client("lambda").get_policy(
+        FunctionName=f"{prefix}-notify")["Policy"])["Statement"]
+    assert [s["Condition"]["ArnLike"]["AWS:SourceArn"] for s in permission] == [topic_arn]
+
+    logs = boto3.client("logs")
+    for group in (f"/aws/codebuild/{prefix}", f"/aws/lambda/{prefix}-notify"):
+        (found,) = logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+        assert found["retentionInDays"] == 30
+
+
+def test_setup_twice_then_teardown_twice_in_process(aws, config, capsys):
+    managed_rule = boto3.client("events").put_rule(
+        Name="StepFunctionsGetEventForCodeBuildStartBuildRule",
+        EventPattern=json.dumps({"source": ["aws.codebuild"]}))["RuleArn"]
+
+    code, out, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert (code, err) == (0, "")
+    first = outcomes(out)
+    assert first.pop(QUERY_LABEL) == "not saved"  # moto lacks the Logs query definition API
+    assert set(first.values()) == {"created"} and len(first) == 30
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+    assert_deployed_configuration()
+    assert "job-1" in out and "configured table_weights" in out
+    for secret in SECRETS.values():
+        assert secret not in out
+
+    code, out, _ = run(setup_aws.main, ["--config", str(config)], capsys)
+    second = outcomes(out)
+    second.pop(QUERY_LABEL)
+    assert code == 0 and second == dict.fromkeys(first, "unchanged")
+
+    code, out, _ = run(teardown_aws.main, ["--config", str(config), "--remove-secrets"], capsys)
+    removed = outcomes(out)
+    assert removed.pop(QUERY_LABEL) == "not checked"
+    assert code == 0 and removed == dict.fromkeys(first, "removed")
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+    rules = boto3.client("events").list_rules()["Rules"]
+    assert [r["Arn"] for r in rules] == [managed_rule]  # shared with other state machines
+
+    code, out, _ = run(teardown_aws.main, ["--config", str(config), "--remove-secrets"], capsys)
+    again = outcomes(out)
+    again.pop(QUERY_LABEL)
+    assert code == 0 and again == dict.fromkeys(first, "absent")
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(aws, config, capsys):
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--dry-run"], capsys)
+    planned = outcomes(out)
+    planned.pop(QUERY_LABEL)
+    assert code == 0 and set(planned.values()) == {"would be created"} and len(planned) == 30
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--dry-run",
+                                        "--schedule", "cron(30 4 * * ? *)"], capsys)
+    planned = outcomes(out)
+    assert planned.pop("schedule nightly-copy/nightly") == "would be updated"
+    planned.pop(QUERY_LABEL)
+    assert set(planned.values()) == {"unchanged"}
+    schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
+    assert schedule["ScheduleExpression"] == "cron(0 3 * * ? *)"
+
+    code, out, _ = run(teardown_aws.main, ["--config", str(config), "--dry-run"], capsys)
+    planned = outcomes(out)
+    assert planned["IAM role nightly-copy-states"] == "would be removed"
+    assert planned["SSM parameter /nightly-copy/source/password"] == "kept"
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+
+
+def test_a_changed_setting_updates_only_what_it_touches(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--schedule",
+                                        "cron(30 4 * * ? *)", "--timezone", "Europe/Berlin",
+                                        "--log-retention-days", "14",
+                                        "--source-host", "db.example.internal"], capsys)
+    changed = {label: status for label, status in outcomes(out).items()
+               if status not in ("unchanged", "not saved")}
+    assert code == 0 and changed == {
+        "schedule nightly-copy/nightly": "updated",
+        "log group /aws/codebuild/nightly-copy": "updated",
+        "log group /aws/lambda/nightly-copy-notify": "updated",
+        "SSM parameter /nightly-copy/source/host": "updated",
+    }
+    schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
+    assert (schedule["ScheduleExpression"], schedule["ScheduleExpressionTimezone"]) == (
+        "cron(30 4 * * ? *)", "Europe/Berlin")
+    (group,) = boto3.client("logs").describe_log_groups(
+        logGroupNamePrefix="/aws/codebuild/nightly-copy")["logGroups"]
+    assert group["retentionInDays"] == 14
+    assert boto3.client("ssm").get_parameter(Name="/nightly-copy/source/host")["Parameter"][
+        "Value"] == "db.example.internal"
+
+
+def test_a_changed_split_updates_the_state_machine(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--jobs", "2"], capsys)
+    assert outcomes(out)["state machine nightly-copy"] == "updated"
+    machine = boto3.client("stepfunctions").describe_state_machine(
+        stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy")
+    assert len(json.loads(machine["definition"])["States"]["Copy tables"]["Branches"]) == 2
+
+
+def test_existing_secrets_are_left_alone_unless_overwrite_is_asked(aws, config, capsys):
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name="/nightly-copy/source/password", Value="set-by-hand",
+                      Type="SecureString")
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    value = ssm.get_parameter(Name="/nightly-copy/source/password", WithDecryption=True)
+    assert value["Parameter"]["Value"] == "set-by-hand"
+
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--overwrite-secrets"], capsys)
+    assert outcomes(out)["SSM parameter /nightly-copy/source/password"] == "updated"
+    value = ssm.get_parameter(Name="/nightly-copy/source/password", WithDecryption=True)
+    assert value["Parameter"]["Value"] == SECRETS["COPIER_SOURCE_PASSWORD"]
+    assert SECRETS["COPIER_SOURCE_PASSWORD"] not in out
+
+
+def test_a_missing_secret_without_a_terminal_is_one_clear_error(aws, config, capsys,
+                                                                monkeypatch):
+    monkeypatch.delenv("SLACK_WEBHOOK_URL")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, out, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and "/nightly-copy/slack/webhook_url" in err
+    assert "SLACK_WEBHOOK_URL" in err
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")  # asked before changing
+
+
+def test_an_aws_error_is_one_line_naming_the_resource(aws, config, capsys):
+    code, _, err = run(setup_aws.main, ["--config", str(config), "--compute-type",
+                                        "BUILD_GENERAL1_HUGE"], capsys)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert err.startswith("error: CodeBuild project nightly-copy: CreateProject: "
+                          "InvalidInputException")
+
+
+def test_teardown_keeps_secrets_and_leaves_untagged_resources_alone(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    iam = boto3.client("iam")
+    iam.untag_role(RoleName="nightly-copy-states", TagKeys=["project"])  # as if made by hand
+
+    code, out, _ = run(teardown_aws.main, ["--config", str(config)], capsys)
+    result = outcomes(out)
+    assert code == 0
+    assert result["IAM role nightly-copy-states"] == "left alone"
+    assert iam.get_role(RoleName="nightly-copy-states")["Role"]["RoleName"]
+    left = inventory("nightly-copy")
+    assert left["roles"] == ["nightly-copy-states"]
+    assert left["parameters"] == ["/nightly-copy/slack/webhook_url",
+                                  "/nightly-copy/source/password",
+                                  "/nightly-copy/target/password"]
+    assert {kind: names for kind, names in left.items()
+            if kind not in ("roles", "parameters")} == {
+        kind: [] for kind in left if kind not in ("roles", "parameters")}
+
+
+def test_two_prefixes_live_side_by_side(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, _, _ = run(setup_aws.main, ["--config", str(config), "--prefix", "staging-copy"],
+                     capsys)
+    assert code == 0
+    assert inventory("staging-copy") == expected_inventory("staging-copy")
+    run(teardown_aws.main, ["--config", str(config), "--prefix", "staging-copy",
+                            "--remove-secrets"], capsys)
+    assert inventory("staging-copy") == nothing_left("staging-copy")
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+
+
+def test_default_prefix_matches_the_copier_default():
+    assert deployment.Names(deployment.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
+
+
+def test_manual_start_is_named_after_the_date_and_runs_once(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--start", "--date",
+                                        "2026-11-27"], capsys)
+    assert code == 0 and out.startswith("started ")
+    machine = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy"
+    (execution,) = boto3.client("stepfunctions").list_executions(
+        stateMachineArn=machine)["executions"]
+    assert execution["name"] == "2026-11-27"
+    described = boto3.client("stepfunctions").describe_execution(
+        executionArn=execution["executionArn"])
+    assert json.loads(described["input"]) == {"date": "2026-11-27"}
+
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--start", "--date",
+                                        "2026-11-27"], capsys)
+    assert code == 0 and out.startswith("not started: the run for 2026-11-27 exists already")
+    assert len(boto3.client("stepfunctions").list_executions(
+        stateMachineArn=machine)["executions"]) == 1
+
+
+# --- the retry decorator
+
+
+def client_error(code: str, operation: str, message: str = "") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+class Flaky:
+    """A call that fails with the given errors, then returns 'done'."""
+
+    def __init__(self, *errors: ClientError):
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "done"
+
+
+@pytest.fixture
+def delays(monkeypatch) -> list[float]:
+    recorded: list[float] = []
+    monkeypatch.setattr(deployment, "_sleep", recorded.append)
+    return recorded
+
+
+def test_throttling_is_retried_with_growing_jittered_delays(delays):
+    call = Flaky(*[client_error("ThrottlingException", "ListRoles")] * 4)
+    assert deployment.with_aws_retries(call)() == "done"
+    assert call.calls == 5 and len(delays) == 4
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(20, 0.5 * 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling
+
+
+@pytest.mark.parametrize("error", [
+    client_error("InvalidParameterValueException", "CreateFunction",
+                 "The role defined for the function cannot be assumed by Lambda."),
+    client_error("InvalidInputException", "CreateProject",
+                 "CodeBuild is not authorized to perform: sts:AssumeRole on arn:aws:iam::1:role/x"),
+    client_error("AccessDeniedException", "CreateStateMachine", "Neither the global service "
+                 "principal states.amazonaws.com, nor the regional one is authorized"),
+])
+def test_a_role_still_propagating_is_retried(delays, error):
+    call = Flaky(error, error)
+    assert deployment.with_aws_retries(call)() == "done"
+    assert call.calls == 3
+
+
+@pytest.mark.parametrize("error", [
+    client_error("AccessDeniedException", "CreateRole", "not allowed"),
+    client_error("InvalidParameterValueException", "CreateFunction", "Runtime not supported"),
+    client_error("ResourceAlreadyExistsException", "CreateProject", "exists"),
+])
+def test_other_errors_are_not_retried(delays, error):
+    call = Flaky(error)
+    with pytest.raises(ClientError):
+        deployment.with_aws_retries(call)()
+    assert call.calls == 1 and delays == []
+
+
+def test_retries_give_up_after_a_bounded_number_of_attempts(delays):
+    error = client_error("InvalidParameterValueException", "CreateFunction", "cannot be assumed")
+    call = Flaky(*[error] * 50)
+    with pytest.raises(ClientError):
+        deployment.with_aws_retries(call)()
+    assert call.calls == deployment.ROLE_PROPAGATION_ATTEMPTS
+    assert 30 <= sum(delays) <= 90  # about a minute of waiting for IAM, not forever
+
+
+# --- the saved Logs Insights query, against a stub of the Logs API (moto lacks it)
+
+
+def test_saved_query_is_created_once_and_then_left_unchanged(aws, config):
+    settings = deployment.Settings(tables=["public.a"], github_url="https://x", region=REGION)
+    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options())
+    (query,) = [r for r in d.resources() if isinstance(r, deployment.QueryDefinition)]
+    logs = boto3.client("logs", region_name=REGION)
+    d.aws._clients["logs"] = deployment.RetryingClient(logs)
+    expected_query = {"name": "nightly-copy/table-durations",
+                      "queryString": deployment.DURATIONS_QUERY,
+                      "logGroupNames": ["/aws/codebuild/nightly-copy"]}
+    with Stubber(logs) as stub:
+        stub.add_response("describe_query_definitions", {"queryDefinitions": []},
+                          {"queryDefinitionNamePrefix": "nightly-copy/table-durations"})
+        stub.add_response("put_query_definition", {"queryDefinitionId": "q-1"}, expected_query)
+        assert deployment.ensure_present(query, dry_run=False).status == "created"
+        stub.add_response("describe_query_definitions", {"queryDefinitions": [
+            {**expected_query, "queryDefinitionId": "q-1"}]},
+            {"queryDefinitionNamePrefix": "nightly-copy/table-durations"})
+        assert deployment.ensure_present(query, dry_run=False).status == "unchanged"
+        stub.assert_no_pending_responses()
+    assert 'filter event = "table_copied"' in deployment.DURATIONS_QUERY
+    assert "seconds" in deployment.DURATIONS_QUERY
+
+
+# --- the scripts as separate processes against moto_server
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+def test_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
+    set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
+    env = subprocess_env(moto_server.url)
+    config = str(write_config(tmp_path / "deploy.toml"))
+
+    first = run_script("setup_aws.py", ["--config", config], env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    created = outcomes(first.stdout)
+    assert created.pop(QUERY_LABEL) == "not saved"
+    assert set(created.values()) == {"created"} and len(created) == 30
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+    assert_deployed_configuration()
+
+    second = run_script("setup_aws.py", ["--config", config], env, tmp_path)
+    unchanged = outcomes(second.stdout)
+    unchanged.pop(QUERY_LABEL)
+    assert second.returncode == 0 and unchanged == dict.fromkeys(created, "unchanged")
+
+    for expected in ("removed", "absent"):
+        down = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"], env,
+                          tmp_path)
+        result = outcomes(down.stdout)
+        result.pop(QUERY_LABEL)
+        assert down.returncode == 0 and result == dict.fromkeys(created, expected), down.stderr
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
