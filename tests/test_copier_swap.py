@@ -232,3 +232,37 @@ def test_swap_together_changes_all_tables_or_none(orders, run_copier):
     assert orders.target_rows("SELECT count(*) FROM customers") == [(1,)]
     assert staging_debris(orders) == []
     assert result.of("table_copied") == []
+
+
+def test_a_foreign_key_on_the_reporting_side_blocks_the_swap_clearly(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.target("CREATE TABLE notes (order_id int REFERENCES orders (id)); INSERT INTO notes VALUES (1)")
+    orders.source("DELETE FROM orders WHERE id > 5")
+
+    result = run_copier("TABLES=orders")
+    assert result.code == 1
+    (failed,) = result.of("table_failed")
+    assert failed["error"].startswith("public.orders cannot be replaced: cannot drop table")
+    assert failed["error"].endswith(
+        "(constraint notes_order_id_fkey on table public.notes depends on table public.orders)")
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
+    assert orders.target_rows("SELECT count(*) FROM notes") == [(1,)]
+
+
+def test_partitioned_source_becomes_one_plain_table(copier_env, run_copier):
+    copier_env.source(
+        "CREATE TABLE measurements (at date NOT NULL, v int, PRIMARY KEY (at, v)) PARTITION BY RANGE (at);"
+        "CREATE TABLE measurements_2023 PARTITION OF measurements"
+        " FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');"
+        "CREATE TABLE measurements_2024 PARTITION OF measurements"
+        " FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+        "CREATE INDEX measurements_v ON measurements (v);"
+        "INSERT INTO measurements VALUES ('2023-05-01', 1), ('2024-05-01', 2), ('2024-06-01', 3)")
+    result = run_copier("TABLES=measurements")
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT relkind FROM pg_class WHERE relname = 'measurements'") == [("r",)]
+    assert copier_env.target_rows("SELECT count(*) FROM measurements") == [(3,)]
+    assert copier_env.target_rows(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'measurements' ORDER BY 1") == [
+        ("measurements_pkey",), ("measurements_v",)]
