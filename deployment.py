@@ -451,6 +451,11 @@ def plan_jobs(settings: Settings, out: Callable[[str], None]) -> list[list[str]]
 def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str, Any]) -> dict:
     """Fill the template: one copy of the branch template per job, then every ${Name}."""
 
+    def value(names: dict[str, Any], name: str) -> Any:
+        if name not in names:
+            raise SettingsError(f"state_machine.json: no value for ${{{name}}}")
+        return names[name]
+
     def fill(node, names: dict[str, Any]):
         if isinstance(node, dict):
             return {fill(k, names): fill(v, names) for k, v in node.items()}
@@ -459,8 +464,8 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
         if isinstance(node, str):
             whole = re.fullmatch(r"\$\{(\w+)\}", node)
             if whole:
-                return names[whole.group(1)]
-            return re.sub(r"\$\{(\w+)\}", lambda m: str(names[m.group(1)]), node)
+                return value(names, whole.group(1))
+            return re.sub(r"\$\{(\w+)\}", lambda m: str(value(names, m.group(1))), node)
         return node
 
     definition = copy.deepcopy(template)
@@ -470,11 +475,7 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
         fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(tables)})
         for n, tables in enumerate(jobs, start=1)
     ]
-    rendered = fill(definition, values)
-    leftover = re.findall(r"\$\{\w+\}", json.dumps(rendered))
-    if leftover:
-        raise SettingsError(f"state_machine.json: no value for {sorted(set(leftover))}")
-    return rendered
+    return fill(definition, values)
 
 
 def starter_definition(state_machine_arn: str) -> dict:

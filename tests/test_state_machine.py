@@ -1,0 +1,306 @@
+"""The rendered state machine: its shape, statelint, and its logic run in moto's engine."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import subprocess
+import time
+
+import boto3
+import pytest
+import requests
+from aws_helpers import MOTO_CONFIG, REGION, TABLES, set_fake_aws_env
+from moto import mock_aws
+
+import deployment
+
+CODEBUILD_SYNC = "arn:aws:states:::codebuild:startBuild.sync"
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    set_fake_aws_env(monkeypatch)
+    with mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}}):
+        yield deployment.Aws(REGION)
+
+
+def render(aws, jobs: int, prefix: str = "nightly-copy", tables=TABLES) -> dict:
+    settings = deployment.Settings(prefix=prefix, tables=list(tables), jobs=jobs,
+                                   github_url="https://github.com/example/x.git")
+    plan = deployment.plan_jobs(settings, lambda line: None)
+    return deployment.Deployment(settings, aws, deployment.Options(), plan) \
+        .state_machine_definition()
+
+
+def branches(definition: dict) -> list[dict]:
+    return definition["States"]["Copy tables"]["Branches"]
+
+
+def copy_task(branch: dict) -> dict:
+    return branch["States"][branch["StartAt"]]
+
+
+def all_states(definition: dict):
+    for name, state in definition["States"].items():
+        yield name, state
+        for branch in state.get("Branches", []):
+            yield from all_states(branch)
+
+
+def statelint(definition: dict, tmp_path) -> subprocess.CompletedProcess:
+    path = tmp_path / "definition.json"
+    path.write_text(json.dumps(definition))
+    return subprocess.run(["statelint", str(path)], capture_output=True, text=True)
+
+
+# --- shape
+
+
+@pytest.mark.parametrize("jobs", [1, 3, 5])
+def test_rendered_definition_passes_statelint(aws, tmp_path, jobs):
+    result = statelint(render(aws, jobs), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_statelint_rejects_a_broken_definition(aws, tmp_path):
+    broken = render(aws, 3)
+    broken["States"]["Send summary"]["Next"] = "No such state"
+    assert statelint(broken, tmp_path).returncode != 0
+
+
+@pytest.mark.parametrize("jobs", [1, 3, 5])
+def test_one_branch_per_job_with_every_table_exactly_once(aws, jobs):
+    definition = render(aws, jobs)
+    assert len(branches(definition)) == jobs
+    assigned = []
+    for number, branch in enumerate(branches(definition), start=1):
+        task = copy_task(branch)
+        assert task["Resource"] == CODEBUILD_SYNC
+        assert task["Parameters"]["ProjectName"] == "nightly-copy"
+        (override,) = task["Parameters"]["EnvironmentVariablesOverride"]
+        assert (override["Name"], override["Type"]) == ("TABLES", "PLAINTEXT")
+        assert task["ResultSelector"]["job"] == f"job-{number}"
+        assert task["ResultSelector"]["tables"] == override["Value"]
+        assigned += override["Value"].split(",")
+    assert sorted(assigned) == sorted(TABLES)
+
+
+def test_more_jobs_than_tables_gives_one_job_per_table(aws):
+    definition = render(aws, 5, tables=["public.a", "public.b"])
+    assert len(branches(definition)) == 2
+
+
+def test_every_task_has_a_timeout_and_retries_only_api_errors(aws):
+    definition = render(aws, 3)
+    tasks = [(name, s) for name, s in all_states(definition) if s["Type"] == "Task"]
+    assert len(tasks) == 4
+    for name, task in tasks:
+        assert isinstance(task["TimeoutSeconds"], int) and task["TimeoutSeconds"] > 0, name
+        for retry in task.get("Retry", []):
+            assert not {"States.ALL", "States.TaskFailed", "States.Timeout"} & set(
+                retry["ErrorEquals"]), name
+    build_timeout = (90 + 60) * 60  # the default build and queue timeouts, in seconds
+    assert copy_task(branches(definition)[0])["TimeoutSeconds"] > build_timeout
+
+
+def test_every_branch_catches_its_own_failure_into_a_result(aws):
+    for branch in branches(render(aws, 3)):
+        task = copy_task(branch)
+        (catch,) = task["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"]
+        handler = branch["States"][catch["Next"]]
+        assert handler["Type"] == "Pass" and handler["End"] is True
+        assert handler["Parameters"]["status"] == "FAILED"
+        assert handler["Parameters"]["job"] == task["ResultSelector"]["job"]
+
+
+def test_summary_goes_to_the_function_and_a_failure_ends_in_fail(aws):
+    definition = render(aws, 3)
+    summary = definition["States"]["Send summary"]
+    assert summary["Resource"] == "arn:aws:states:::lambda:invoke"
+    assert summary["Parameters"]["FunctionName"] == (
+        f"arn:aws:lambda:{REGION}:123456789012:function:nightly-copy-notify")
+    retried = {e for r in summary["Retry"] for e in r["ErrorEquals"]}
+    assert {"Lambda.ServiceException", "Lambda.AWSLambdaException",
+            "Lambda.SdkClientException"} <= retried
+    choice = definition["States"]["Any job failed?"]
+    assert definition["States"][choice["Choices"][0]["Next"]]["Type"] == "Fail"
+    assert definition["States"][choice["Default"]]["Type"] == "Succeed"
+
+
+def test_a_template_value_left_out_is_an_error():
+    template = json.loads(deployment.STATE_MACHINE_TEMPLATE.read_text())
+    with pytest.raises(deployment.SettingsError, match="NotifyFunctionArn"):
+        deployment.render_state_machine(template, [["public.a"]], {
+            "ProjectName": "p", "JobTimeoutSeconds": 60, "ExecutionTimeoutSeconds": 120})
+
+
+# --- logic, in moto's Step Functions engine
+
+
+def canned_build(job: str) -> dict:
+    return {"Build": {"Id": f"nightly-copy:{job}-build", "BuildStatus": "SUCCEEDED",
+                      "Logs": {"DeepLink": f"https://console.example/{job}"},
+                      "StartTime": "2026-11-27T03:00:05Z", "EndTime": "2026-11-27T03:40:00Z",
+                      "Phases": [{"phaseType": "BUILD"}] * 50}}
+
+
+def rewritten_for_moto(definition: dict, failing: set[str]) -> dict:
+    """Replace each CodeBuild task, which moto cannot run: a success becomes a Pass holding a
+    build, then the task's own ResultSelector as a Pass; a failure becomes an sns:publish to
+    a missing topic, which fails and goes to the branch's own Catch."""
+    rewritten = copy.deepcopy(definition)
+    for branch in branches(rewritten):
+        name = branch["StartAt"]
+        task = branch["States"][name]
+        job = task["ResultSelector"]["job"]
+        if job in failing:
+            task["Resource"] = "arn:aws:states:::sns:publish"
+            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:123456789012:missing",
+                                  "Message": "stands in for a failed build"}
+            del task["ResultSelector"]
+        else:
+            branch["States"][name] = {"Type": "Pass", "Result": canned_build(job),
+                                      "Next": f"{name} result"}
+            branch["States"][f"{name} result"] = {
+                "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
+    return rewritten
+
+
+def queue_lambda_result(result: dict) -> None:
+    requests.post("http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
+                  json={"results": [json.dumps(result)], "region": REGION}, timeout=5)
+
+
+def run_to_end(sfn, machine_arn: str, name: str, execution_input: str) -> dict:
+    execution = sfn.start_execution(stateMachineArn=machine_arn, name=name,
+                                    input=execution_input)["executionArn"]
+    deadline = time.monotonic() + 30
+    while True:
+        described = sfn.describe_execution(executionArn=execution)
+        if described["status"] != "RUNNING" or time.monotonic() > deadline:
+            return described
+        time.sleep(0.05)
+
+
+def history(sfn, execution_arn: str) -> list[dict]:
+    return sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+
+
+def summary_sent(events: list[dict]) -> dict:
+    (scheduled,) = [e for e in events if e["type"] == "TaskScheduled"
+                    and e["taskScheduledEventDetails"]["resourceType"] == "lambda"]
+    parameters = json.loads(scheduled["taskScheduledEventDetails"]["parameters"])
+    return parameters["Payload"]
+
+
+def create(sfn, name: str, definition: dict) -> str:
+    return sfn.create_state_machine(
+        name=name, definition=json.dumps(definition),
+        roleArn="arn:aws:iam::123456789012:role/nightly-copy-states")["stateMachineArn"]
+
+
+def test_all_jobs_succeed_one_summary_execution_succeeded(aws):
+    sfn = boto3.client("stepfunctions")
+    definition = render(aws, 3)
+    machine = create(sfn, "nightly-copy", rewritten_for_moto(definition, failing=set()))
+    queue_lambda_result({"posted": True, "failed_jobs": 0})
+    described = run_to_end(sfn, machine, "2026-11-27", deployment.execution_input(
+        dt.date(2026, 11, 27)))
+    assert described["status"] == "SUCCEEDED"
+    summary = summary_sent(history(sfn, described["executionArn"]))
+    assert summary["execution"]["name"] == "2026-11-27"
+    assert summary["execution"]["id"] == described["executionArn"]
+    jobs = summary["jobs"]
+    assert [j["job"] for j in jobs] == ["job-1", "job-2", "job-3"]
+    assert [j["tables"] for j in jobs] == [copy_task(b)["ResultSelector"]["tables"]
+                                           for b in branches(definition)]
+    for job in jobs:
+        assert job["status"] == "SUCCEEDED"
+        assert job["log_link"] == f"https://console.example/{job['job']}"
+        assert job["build_id"] == f"nightly-copy:{job['job']}-build"
+        assert (job["start"], job["end"]) == ("2026-11-27T03:00:05Z", "2026-11-27T03:40:00Z")
+        assert "Phases" not in job  # the build object is trimmed
+
+
+def test_one_job_fails_the_others_finish_summary_lists_it_execution_failed(aws):
+    sfn = boto3.client("stepfunctions")
+    machine = create(sfn, "nightly-copy", rewritten_for_moto(render(aws, 3), failing={"job-2"}))
+    queue_lambda_result({"posted": True, "failed_jobs": 1})
+    described = run_to_end(sfn, machine, "2026-11-28", '{"date":"2026-11-28"}')
+    assert described["status"] == "FAILED"
+    assert described["error"] == "CopyJobsFailed"
+    events = history(sfn, described["executionArn"])
+    finished = {e["stateExitedEventDetails"]["name"] for e in events
+                if e["type"] == "PassStateExited"}
+    assert {"job-1 result", "job-3 result", "job-2 failed"} <= finished
+    jobs = {j["job"]: j for j in summary_sent(events)["jobs"]}
+    assert [jobs[j]["status"] for j in ("job-1", "job-2", "job-3")] == [
+        "SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert jobs["job-2"]["error"] == "SNS.NotFoundException"
+    assert jobs["job-2"]["cause"]
+    assert jobs["job-2"]["tables"]
+
+
+def test_a_failing_summary_fails_the_execution(aws):
+    sfn = boto3.client("stepfunctions")
+    definition = rewritten_for_moto(render(aws, 2), failing=set())
+    summary = definition["States"]["Send summary"]
+    summary["Resource"] = "arn:aws:states:::sns:publish"
+    summary["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:123456789012:missing",
+                             "Message": "stands in for a Lambda that keeps failing"}
+    machine = create(sfn, "nightly-copy", definition)
+    described = run_to_end(sfn, machine, "2026-11-29", "{}")
+    assert described["status"] == "FAILED"
+
+
+# --- the starter: how the schedule names executions after the date
+#
+# moto's engine cannot run the states:startExecution integration (it passes the
+# PascalCase parameters straight to boto3), so the test runs the starter's own Parameters,
+# intrinsic functions included, in a Pass state and checks the StartExecution request it
+# builds; setup's manual start (tests/test_setup_aws.py) uses the same name and input.
+
+
+@pytest.mark.parametrize("scheduled_time, day", [
+    ("2026-11-27T03:00:00Z", dt.date(2026, 11, 27)),
+    ("2026-12-31T23:30:00Z", dt.date(2026, 12, 31)),
+    ("2027-01-01T00:00:00Z", dt.date(2027, 1, 1)),
+])
+def test_starter_builds_a_start_request_named_after_the_scheduled_date(aws, scheduled_time,
+                                                                       day):
+    sfn = boto3.client("stepfunctions")
+    nightly = f"arn:aws:states:{REGION}:123456789012:stateMachine:nightly-copy"
+    starter = deployment.starter_definition(nightly)
+    task = starter["States"][starter["StartAt"]]
+    assert task["Resource"] == "arn:aws:states:::states:startExecution"
+    as_pass = copy.deepcopy(starter)
+    as_pass["States"][starter["StartAt"]] = {"Type": "Pass", "Parameters": task["Parameters"],
+                                             "End": True}
+    machine = create(sfn, "nightly-copy-starter", as_pass)
+    described = run_to_end(sfn, machine, "fire-1",
+                           json.dumps({"scheduled_time": scheduled_time}))
+    assert described["status"] == "SUCCEEDED"
+    request = json.loads(described["output"])
+    assert request["StateMachineArn"] == nightly
+    assert request["Name"] == deployment.execution_name(day)
+    assert request["Input"] == json.loads(deployment.execution_input(day))
+
+
+def test_starter_treats_an_existing_run_for_the_date_as_done():
+    starter = deployment.starter_definition("arn:aws:states:r:1:stateMachine:m")
+    task = starter["States"][starter["StartAt"]]
+    (catch,) = task["Catch"]
+    # Step Functions names service errors "StepFunctions.<Code>Exception"; StartExecution
+    # answers ExecutionAlreadyExists for a name used in the last 90 days.
+    assert catch["ErrorEquals"] == ["StepFunctions.ExecutionAlreadyExistsException"]
+    assert starter["States"][catch["Next"]]["Type"] == "Succeed"
+    assert isinstance(task["TimeoutSeconds"], int)
+
+
+def test_starter_definition_passes_statelint(tmp_path):
+    starter = deployment.starter_definition("arn:aws:states:us-east-1:1:stateMachine:m")
+    result = statelint(starter, tmp_path)
+    assert result.returncode == 0, result.stdout
