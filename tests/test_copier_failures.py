@@ -1,9 +1,11 @@
 """Whatever fails, and wherever, the reporting table keeps its previous contents."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import psycopg2
 import pytest
 
 import copier
+from tests.conftest import admin_execute
 
 REPO = Path(__file__).resolve().parent.parent
 BIG_ROWS = 200_000
@@ -179,3 +182,34 @@ def test_signal_mid_copy_rolls_back(big, signum):
                           " AND pid <> pg_backend_pid()") != [(0,)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert_old_contents(big)
+
+
+@pytest.fixture
+def tiny_tablespace(pg_cluster):
+    """A 3 MB filesystem for the target's new tables: the disk fills up mid-copy."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny filesystem needs root (CI and the dev machines run as root)")
+    mountpoint = Path(tempfile.mkdtemp(prefix="copier-tiny-"))
+    mountpoint.chmod(0o755)  # the server's OS user must reach the tablespace
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M,mode=755", "tmpfs", str(mountpoint)],
+                   check=True)
+    location = mountpoint / "ts"
+    location.mkdir()
+    if pg_cluster.os_user:
+        shutil.chown(location, pg_cluster.os_user, pg_cluster.os_user)
+    admin_execute(pg_cluster, f"CREATE TABLESPACE tiny LOCATION '{location}'")
+    yield "tiny"
+    admin_execute(pg_cluster, "DROP TABLESPACE IF EXISTS tiny")
+    subprocess.run(["umount", str(mountpoint)], check=True)
+    mountpoint.rmdir()
+
+
+def test_disk_full_on_the_target_leaves_the_old_table(big, tiny_tablespace, run_copier):
+    big.target(f"ALTER DATABASE {big.target_name} SET default_tablespace = {tiny_tablespace}")
+    result = run_copier("TABLES=big")
+
+    assert result.code == 1
+    assert "could not extend file" in result.of("table_failed")[0]["error"]
+    assert "No space left on device" in result.stderr
+    assert_old_contents(big)
+    big.target(f"ALTER DATABASE {big.target_name} RESET default_tablespace")
