@@ -339,7 +339,9 @@ class Names:
 
     @property
     def webhook_parameter(self) -> str:
-        return f"{self.ssm_prefix}slack/webhook_url"
+        # Outside ssm_prefix: the copier reads its whole path recursively, the webhook is not
+        # its business.
+        return f"/{self.prefix}-notify/slack_webhook_url"
 
     def role(self, service: str) -> str:
         return f"{self.prefix}-{service}"
@@ -1342,9 +1344,11 @@ class Deployment:
         group = self.log_group_arn(names.project_log_group)
         statements = [
             allow(["logs:CreateLogStream", "logs:PutLogEvents"], [group, f"{group}:*"]),
-            allow(["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"], [
-                self.parameter_arn(f"{names.ssm_prefix}{database}{suffix}")
-                for database in copier.DATABASES for suffix in ("", "/*")]),
+            # The copier reads its path recursively (GetParametersByPath checks the path
+            # itself); the passwords use the AWS managed key, which needs no kms grant here.
+            allow(["ssm:GetParametersByPath", "ssm:GetParameters", "ssm:GetParameter"], [
+                self.parameter_arn(names.ssm_prefix.rstrip("/")),
+                self.parameter_arn(f"{names.ssm_prefix}*")]),
         ]
         if s.vpc_id:
             statements += [

@@ -143,6 +143,9 @@ def inventory(prefix: str) -> dict[str, list[str]]:
     for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=f"/{prefix}/",
                                                                      Recursive=True):
         parameters += [p["Name"] for p in page["Parameters"]]
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=f"/{prefix}-notify/",
+                                                                     Recursive=True):
+        parameters += [p["Name"] for p in page["Parameters"]]
     roles = [r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]
              if r["RoleName"].startswith(f"{prefix}-")]
     projects = [p for p in boto3.client("codebuild").list_projects()["projects"]
@@ -179,7 +182,7 @@ def expected_inventory(prefix: str) -> dict[str, list[str]]:
     settings = ("dbname", "host", "password", "port", "sslmode", "user")
     return {
         "parameters": sorted([f"/{prefix}/{d}/{s}" for d in databases for s in settings]
-                             + [f"/{prefix}/slack/webhook_url"]),
+                             + [f"/{prefix}-notify/slack_webhook_url"]),
         "roles": sorted(f"{prefix}-{r}" for r in
                         ("codebuild", "lambda", "states", "starter", "scheduler")),
         "projects": [prefix],

@@ -78,7 +78,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
         "verify-full")
     for name, env_var in ((f"/{prefix}/source/password", "COPIER_SOURCE_PASSWORD"),
                           (f"/{prefix}/target/password", "COPIER_TARGET_PASSWORD"),
-                          (f"/{prefix}/slack/webhook_url", "SLACK_WEBHOOK_URL")):
+                          (f"/{prefix}-notify/slack_webhook_url", "SLACK_WEBHOOK_URL")):
         parameter = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
         assert parameter["Type"] == "SecureString"
         assert parameter["Value"] == SECRETS[env_var]
@@ -116,10 +116,14 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
         "states:StartExecution": [starter_arn]}
     lambda_policy = statements_by_action(policy_of(f"{prefix}-lambda"))
     assert lambda_policy["ssm:GetParameter"] == [
-        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}/slack/webhook_url"]
-    codebuild_ssm = statements_by_action(policy_of(f"{prefix}-codebuild"))["ssm:GetParameters"]
-    assert f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}/source/*" in codebuild_ssm
-    assert not any("slack" in arn for arn in codebuild_ssm)
+        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}-notify/slack_webhook_url"]
+    # the copier reads its whole path recursively: the webhook must lie outside that path
+    codebuild_ssm = statements_by_action(policy_of(f"{prefix}-codebuild"))
+    assert sorted(codebuild_ssm["ssm:GetParametersByPath"]) == [
+        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}",
+        f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{prefix}/*"]
+    webhook = ssm.get_parameter(Name=f"/{prefix}-notify/slack_webhook_url")["Parameter"]
+    assert not webhook["Name"].startswith(f"/{prefix}/")
 
     (project,) = boto3.client("codebuild").batch_get_projects(names=[prefix])["projects"]
     assert project["source"]["type"] == "GITHUB"
@@ -138,7 +142,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert configuration["Handler"] == "notify_lambda.handler"
     assert configuration["Runtime"] == "python3.12"
     assert configuration["Environment"]["Variables"] == {
-        "WEBHOOK_PARAMETER": f"/{prefix}/slack/webhook_url"}
+        "WEBHOOK_PARAMETER": f"/{prefix}-notify/slack_webhook_url"}
     assert function["Tags"]["project"] == prefix
     zipped = deployment.zip_notify_function()
     assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py"]
@@ -304,7 +308,7 @@ def test_a_missing_secret_without_a_terminal_is_one_clear_error(aws, config, cap
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, out, err = run(setup_aws.main, ["--config", str(config)], capsys)
     assert code == 1
-    assert err.count("\n") == 1 and "/nightly-copy/slack/webhook_url" in err
+    assert err.count("\n") == 1 and "/nightly-copy-notify/slack_webhook_url" in err
     assert "SLACK_WEBHOOK_URL" in err
     assert inventory("nightly-copy") == nothing_left("nightly-copy")  # asked before changing
 
@@ -330,7 +334,7 @@ def test_teardown_keeps_secrets_and_leaves_untagged_resources_alone(aws, config,
     assert iam.get_role(RoleName="nightly-copy-states")["Role"]["RoleName"]
     left = inventory("nightly-copy")
     assert left["roles"] == ["nightly-copy-states"]
-    assert left["parameters"] == ["/nightly-copy/slack/webhook_url",
+    assert left["parameters"] == ["/nightly-copy-notify/slack_webhook_url",
                                   "/nightly-copy/source/password",
                                   "/nightly-copy/target/password"]
     assert {kind: names for kind, names in left.items()
