@@ -1,0 +1,106 @@
+"""buildspec.yml: its shape, and its commands run the way CodeBuild runs them, copying real tables.
+
+CodeBuild checks out the repository, runs each phase's commands with /bin/sh in the checkout,
+with the project's environment (COPIER_SSM_PREFIX) and the state machine's override (TABLES).
+Here the checkout is a fresh directory holding the files the build uses, Python is a fresh
+venv, and SOURCE_DSN/TARGET_DSN stand in for Parameter Store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import deployment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def buildspec() -> dict:
+    return yaml.safe_load((ROOT / "buildspec.yml").read_text())
+
+
+def commands(buildspec: dict) -> list[str]:
+    return [command for phase in ("install", "pre_build", "build", "post_build")
+            for command in buildspec["phases"].get(phase, {}).get("commands", [])]
+
+
+def test_buildspec_installs_the_requirements_then_runs_the_copier(buildspec):
+    assert str(buildspec["version"]) == "0.2"
+    assert buildspec["phases"]["install"]["runtime-versions"]["python"] == (
+        f"{sys.version_info.major}.{sys.version_info.minor}")  # the version the tests run on
+    steps = commands(buildspec)
+    assert len(steps) == 2
+    assert "pip install" in steps[0] and "-r requirements.txt" in steps[0]
+    assert steps[1] == "python copier.py"
+    # TABLES comes from the state machine, COPIER_SSM_PREFIX from the project: not from here
+    assert "env" not in buildspec
+
+
+def test_the_ecr_buildspec_runs_the_copier_from_the_image():
+    inline = yaml.safe_load(deployment.ECR_BUILDSPEC)
+    assert str(inline["version"]) == "0.2"
+    assert inline["phases"]["build"]["commands"] == ["cd /app && python copier.py"]
+
+
+@pytest.fixture(scope="module")
+def build_python(tmp_path_factory) -> Path:
+    """A fresh venv seeing the system's packages, so pip needs no network."""
+    venv = tmp_path_factory.mktemp("codebuild") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    return venv / "bin"
+
+
+def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_python, dbs,
+                                                             tmp_path):
+    dbs.source("CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total numeric)")
+    dbs.source("INSERT INTO orders SELECT g, 'customer ' || g % 97, g * 1.5 "
+               "FROM generate_series(1, 5000) g")
+    dbs.source("CREATE SCHEMA sales")
+    dbs.source("CREATE TABLE sales.invoices (id bigint PRIMARY KEY, order_id int, paid bool)")
+    dbs.source("INSERT INTO sales.invoices SELECT g, g, g % 3 = 0 FROM generate_series(1, 800) g")
+    dbs.source("CREATE TABLE not_in_this_job (id int)")
+    dbs.source("INSERT INTO not_in_this_job VALUES (1)")
+
+    checkout = tmp_path / "src"
+    checkout.mkdir()
+    for name in ("buildspec.yml", "requirements.txt", "copier.py"):
+        shutil.copy(ROOT / name, checkout / name)
+    env = {
+        "PATH": f"{build_python}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "CODEBUILD_SRC_DIR": str(checkout),
+        "COPIER_SSM_PREFIX": deployment.Names("nightly-copy").ssm_prefix,  # project env
+        "TABLES": "public.orders,sales.invoices",  # the state machine's override
+        "SOURCE_DSN": dbs.source_dsn,
+        "TARGET_DSN": dbs.target_dsn,
+        "PIP_NO_INDEX": "1",  # a network-free stand-in for PyPI: all pins are installed
+    }
+    output = []
+    for command in commands(buildspec):
+        result = subprocess.run(["/bin/sh", "-c", command], cwd=checkout, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        output.append(result.stdout)
+
+    assert dbs.target_rows("SELECT count(*), sum(id), sum(total) FROM orders") == (
+        dbs.source_rows("SELECT count(*), sum(id), sum(total) FROM orders"))
+    assert dbs.target_rows("SELECT count(*), count(*) FILTER (WHERE paid) FROM sales.invoices") \
+        == [(800, 266)]
+    assert dbs.target_rows("SELECT to_regclass('public.not_in_this_job')") == [(None,)]
+
+    # the lines the saved Logs Insights query reads: event, table, rows, seconds
+    events = [json.loads(line) for line in output[-1].splitlines() if line.startswith("{")]
+    copied = {e["table"]: e for e in events if e.get("event") == "table_copied"}
+    assert set(copied) == {"public.orders", "sales.invoices"}
+    assert copied["public.orders"]["rows"] == 5000
+    assert all(isinstance(e["seconds"], int | float) for e in copied.values())
