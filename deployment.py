@@ -85,15 +85,20 @@ class Settings:
     branch: str = field(default="main", metadata={"help": "branch the builds check out"})
     image: str = field(default="aws/codebuild/standard:7.0", metadata={"help": "build image"})
     ecr_image: str = field(default="", metadata={"help": "custom ECR image URI (NO_SOURCE)"})
-    compute_type: str = field(default="BUILD_GENERAL1_SMALL", metadata={"help": "compute"})
-    build_timeout_minutes: int = field(default=90, metadata={"help": "build timeout"})
-    queued_timeout_minutes: int = field(default=60, metadata={"help": "queued timeout"})
+    compute_type: str = field(default="BUILD_GENERAL1_SMALL",
+                              metadata={"help": "CodeBuild compute type"})
+    build_timeout_minutes: int = field(default=90,
+                                       metadata={"help": "minutes before a build is stopped"})
+    queued_timeout_minutes: int = field(
+        default=60, metadata={"help": "minutes a build may wait in the queue"})
     vpc_id: str = field(default="", metadata={"help": "VPC for the builds (optional)"})
     subnets: list[str] = field(default_factory=list, metadata={"help": "private subnet ids"})
-    security_groups: list[str] = field(default_factory=list, metadata={"help": "sg ids"})
-    schedule: str = field(default="cron(0 3 * * ? *)", metadata={"help": "schedule expression"})
-    timezone: str = field(default="UTC", metadata={"help": "schedule time zone"})
-    log_retention_days: int = field(default=30, metadata={"help": "log retention in days"})
+    security_groups: list[str] = field(default_factory=list,
+                                       metadata={"help": "security group ids"})
+    schedule: str = field(default="cron(0 3 * * ? *)",
+                          metadata={"help": "EventBridge Scheduler expression"})
+    timezone: str = field(default="UTC", metadata={"help": "IANA time zone of the schedule"})
+    log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
     source: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
     target: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
@@ -161,11 +166,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]
         f = SETTING_FIELDS[name]
         if f.metadata.get("file_only"):
             continue
-        kind = "comma-separated list" if f.type == "list[str]" else None
+        notes = ["comma-separated"] if f.type == "list[str]" else []
+        if f.default not in (dataclasses.MISSING, ""):
+            notes.append(f"default {f.default}")
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name,
                             type=int if f.type == "int" else str,
-                            help=f"{f.metadata.get('help', name)}"
-                                 + (f" ({kind})" if kind else ""))
+                            help=f.metadata.get("help", name)
+                            + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
