@@ -96,11 +96,12 @@ class Measurement:
     tool: str
     seconds: float
     peak_kb: dict[str, int] = field(default_factory=dict)
+    client_cpu: float = 0.0  # user + system seconds of the launched processes and their children
     load_average: float = 0.0
 
 
-def run_pipeline(commands: list[Command], log_dir: Path, peaks: dict[str, int]) -> None:
-    """Run commands connected stdout to stdin, each under GNU time; record each peak RSS."""
+def run_pipeline(commands: list[Command], log_dir: Path, usage: Measurement) -> None:
+    """Run commands connected stdout to stdin, each under GNU time; add up their usage."""
     processes, peak_files = [], []
     previous_stdout = subprocess.DEVNULL
     for n, command in enumerate(commands):
@@ -108,7 +109,7 @@ def run_pipeline(commands: list[Command], log_dir: Path, peaks: dict[str, int]) 
         peak_file = log_dir / f"{name}.peak"
         last = n == len(commands) - 1
         process = subprocess.Popen(
-            [GNU_TIME, "-f", "%M", "-o", str(peak_file), *command.argv],
+            [GNU_TIME, "-f", "%M %U %S", "-o", str(peak_file), *command.argv],
             stdin=previous_stdout,
             stdout=open(log_dir / f"{name}.out", "wb") if last else subprocess.PIPE,
             stderr=open(log_dir / f"{name}.err", "wb"),
@@ -123,7 +124,10 @@ def run_pipeline(commands: list[Command], log_dir: Path, peaks: dict[str, int]) 
         if process.wait() != 0:
             raise BenchError(f"{command.label} failed (exit {process.returncode}); see {log_dir}")
     for label, peak_file in peak_files:
-        peaks[label] = max(peaks.get(label, 0), int(peak_file.read_text().split()[-1]))
+        # The last line: GNU time puts a note about a signal or exit status before it.
+        peak_kb, user, system = peak_file.read_text().splitlines()[-1].split()
+        usage.peak_kb[label] = max(usage.peak_kb.get(label, 0), int(peak_kb))
+        usage.client_cpu += float(user) + float(system)
 
 
 @dataclass
@@ -152,14 +156,14 @@ class Bench:
         if tool.prepare:
             tool.prepare(self)
         checkpoint(self.cluster)
-        peaks: dict[str, int] = {}
+        measurement = Measurement(tool.name, 0.0)
         started = time.monotonic()
         for pipeline in tool.steps(self):
-            run_pipeline(pipeline, log_dir, peaks)
-        seconds = time.monotonic() - started
-        load = os.getloadavg()[0]
+            run_pipeline(pipeline, log_dir, measurement)
+        measurement.seconds = time.monotonic() - started
+        measurement.load_average = os.getloadavg()[0]
         verify_target(self, tool)
-        return Measurement(tool.name, seconds, peaks, load)
+        return measurement
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +333,9 @@ def results_table(tools: tuple[Tool, ...], measurements: list[Measurement]) -> s
                for t in tools}
     baseline = medians.get(BASELINE)
     lines = [
-        f"| tool | median s | × `{cell(BASELINE)}` | runs (s) | peak RSS per process (MB) |",
-        "|---|---:|---:|---|---|",
+        f"| tool | median s | × `{cell(BASELINE)}` | runs (s) | peak RSS per process (MB) "
+        "| client CPU s | load |",
+        "|---|---:|---:|---|---|---:|---:|",
     ]
     for tool in tools:
         runs = [m for m in measurements if m.tool == tool.name]
@@ -340,7 +345,9 @@ def results_table(tools: tuple[Tool, ...], measurements: list[Measurement]) -> s
                 peaks[label] = max(peaks.get(label, 0), kb)
         ratio = f"{medians[tool.name] / baseline:.2f}" if baseline else "-"
         lines.append(f"| `{cell(tool.name)}` | {medians[tool.name]:.1f} | {ratio} | "
-                     f"{' / '.join(f'{m.seconds:.1f}' for m in runs)} | {cell(format_peaks(peaks))} |")
+                     f"{' / '.join(f'{m.seconds:.1f}' for m in runs)} | {cell(format_peaks(peaks))} | "
+                     f"{statistics.median(m.client_cpu for m in runs):.1f} | "
+                     f"{statistics.median(m.load_average for m in runs):.1f} |")
     return "\n".join(lines)
 
 
