@@ -200,9 +200,11 @@ def load_settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is None:
             continue
-        if SETTING_FIELDS[name].type == "list[str]":
-            value = [item.strip() for item in value.split(",") if item.strip()]
         setattr(settings, name, value)
+    for name, f in SETTING_FIELDS.items():
+        if f.type == "list[str]" and isinstance(getattr(settings, name), str):
+            items = getattr(settings, name).split(",")
+            setattr(settings, name, [item.strip() for item in items if item.strip()])
     for name, f in SETTING_FIELDS.items():
         value = getattr(settings, name)
         if f.type == "int" and not isinstance(value, int):
@@ -1225,9 +1227,23 @@ class Alarm(Resource):
 
     @staticmethod
     def view(alarm: dict) -> dict:
-        return {k: alarm.get(k) for k in (
-            "AlarmActions", "Metrics", "EvaluationPeriods", "Threshold", "ComparisonOperator",
-            "TreatMissingData")}
+        """The fields setup sets, in the same shape whether read back from AWS or not."""
+
+        def metric(query: dict) -> dict:
+            stat = query.get("MetricStat")
+            found = {k: query.get(k) for k in ("Id", "Expression", "ReturnData")
+                     if query.get(k) is not None}
+            if stat:
+                found["MetricStat"] = {
+                    "Metric": {k: stat["Metric"].get(k) for k in (
+                        "Namespace", "MetricName", "Dimensions")},
+                    "Period": stat.get("Period"), "Stat": stat.get("Stat")}
+            return found
+
+        view = {k: alarm.get(k) for k in (
+            "AlarmActions", "EvaluationPeriods", "ComparisonOperator", "TreatMissingData")}
+        return view | {"Threshold": float(alarm.get("Threshold", 0)),
+                       "Metrics": [metric(m) for m in alarm.get("Metrics", [])]}
 
     def find(self) -> dict | None:
         cloudwatch = self.aws.client("cloudwatch")

@@ -511,3 +511,29 @@ def test_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
         result.pop(QUERY_LABEL)
         assert down.returncode == 0 and result == dict.fromkeys(created, expected), down.stderr
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def test_flags_override_the_config_file(tmp_path):
+    config = write_config(tmp_path / "deploy.toml", jobs=4, tables="public.x, public.y")
+    args = setup_aws.build_parser().parse_args([
+        "--config", str(config), "--jobs", "2", "--target-host", "other.internal",
+        "--subnets", "subnet-1,subnet-2"])
+    settings = deployment.load_settings(args)
+    assert settings.jobs == 2
+    assert settings.tables == ["public.x", "public.y"]
+    assert settings.subnets == ["subnet-1", "subnet-2"]
+    assert settings.target == {"host": "other.internal", "dbname": "reporting",
+                               "user": "writer", "sslmode": "verify-full"}
+    assert settings.branch == "release"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--jobs", "0"], "jobs must be at least 1"),
+    (["--log-retention-days", "10"], "log_retention_days 10 is not one of"),
+    (["--prefix", "Nightly Copy"], "prefix 'Nightly Copy'"),
+    (["--vpc-id", "vpc-1"], "vpc_id, subnets and security_groups go together"),
+])
+def test_bad_settings_are_one_line_before_any_aws_call(tmp_path, capsys, argv, message):
+    config = write_config(tmp_path / "deploy.toml")
+    code, _, err = run(setup_aws.main, ["--config", str(config), *argv], capsys)
+    assert code == 1 and err.count("\n") == 1 and message in err
