@@ -537,3 +537,33 @@ def test_bad_settings_are_one_line_before_any_aws_call(tmp_path, capsys, argv, m
     config = write_config(tmp_path / "deploy.toml")
     code, _, err = run(setup_aws.main, ["--config", str(config), *argv], capsys)
     assert code == 1 and err.count("\n") == 1 and message in err
+
+
+def test_dry_run_shows_which_part_of_the_project_and_role_would_change(aws, config, capsys):
+    # moto lacks CodeBuild UpdateProject, so the project's comparison is checked in a dry run
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, out, _ = run(setup_aws.main, [
+        "--config", str(config), "--dry-run", "--branch", "develop", "--vpc-id", "vpc-1",
+        "--subnets", "subnet-1", "--security-groups", "sg-1"], capsys)
+    assert code == 0
+    project = next(line for line in out.splitlines() if "CodeBuild project" in line)
+    assert "would be updated" in project and "sourceVersion" in project and "vpcConfig" in project
+    role = next(line for line in out.splitlines() if "IAM role nightly-copy-codebuild" in line)
+    assert "would be updated" in role and "(permissions)" in role
+    changed = {label for label, status in outcomes(out).items()
+               if status not in ("unchanged", "not saved")}
+    assert changed == {"CodeBuild project nightly-copy", "IAM role nightly-copy-codebuild"}
+
+
+def test_a_new_lambda_runtime_updates_the_function_configuration(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--lambda-runtime",
+                                        "python3.13"], capsys)
+    assert code == 0
+    assert outcomes(out)["Lambda function nightly-copy-notify"] == "updated"
+    configuration = boto3.client("lambda").get_function_configuration(
+        FunctionName="nightly-copy-notify")
+    assert configuration["Runtime"] == "python3.13"
+    code, out, _ = run(setup_aws.main, ["--config", str(config), "--lambda-runtime",
+                                        "python3.13"], capsys)
+    assert outcomes(out)["Lambda function nightly-copy-notify"] == "unchanged"
