@@ -627,13 +627,17 @@ class Parameter(Resource):
         self.secret_value: str | None = None
 
     def prepare(self, dry_run: bool) -> None:
-        if dry_run:
+        current = self.find()
+        if not self.secret:
+            if self.value is None and current is None:
+                raise SettingsError(f"{self.name}: no value; set it in the config file or by flag")
             return
-        needed = self.d.options.overwrite_secrets or self.find() is None
-        if self.secret and needed:
+        # A secret is read only when it has to be written: missing, stored as plain text,
+        # or an overwrite was asked for. A dry run never asks.
+        needed = (current is None or current["type"] != "SecureString"
+                  or self.d.options.overwrite_secrets)
+        if needed and not dry_run:
             self.secret_value = read_secret(self.env_var, self.name)
-        elif not self.secret and self.value is None and self.find() is None:
-            raise SettingsError(f"{self.name}: no value; set it in the config file or by flag")
 
     def find(self) -> dict | None:
         ssm = self.aws.client("ssm")

@@ -567,3 +567,24 @@ def test_a_new_lambda_runtime_updates_the_function_configuration(aws, config, ca
     code, out, _ = run(setup_aws.main, ["--config", str(config), "--lambda-runtime",
                                         "python3.13"], capsys)
     assert outcomes(out)["Lambda function nightly-copy-notify"] == "unchanged"
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_required_connection_setting_missing_is_an_error(aws, tmp_path, capsys, dry_run):
+    config = write_config(tmp_path / "deploy.toml")
+    config.write_text(config.read_text().replace('host = "reporting.example.internal"\n', ""))
+    code, _, err = run(setup_aws.main, ["--config", str(config), *dry_run], capsys)
+    assert code == 1 and err.count("\n") == 1 and "/nightly-copy/target/host" in err
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def test_a_password_stored_as_plain_text_is_rewritten_as_securestring(aws, config, capsys):
+    boto3.client("ssm").put_parameter(Name="/nightly-copy/target/password", Value="plain",
+                                      Type="String")
+    code, out, _ = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 0
+    assert outcomes(out)["SSM parameter /nightly-copy/target/password"] == "updated"
+    parameter = boto3.client("ssm").get_parameter(Name="/nightly-copy/target/password",
+                                                  WithDecryption=True)["Parameter"]
+    assert (parameter["Type"], parameter["Value"]) == (
+        "SecureString", SECRETS["COPIER_TARGET_PASSWORD"])
