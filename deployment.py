@@ -1385,10 +1385,9 @@ class Deployment:
                       ["*"]),
                 allow(["ec2:CreateNetworkInterfacePermission"],
                       [self.aws.arn("ec2", "network-interface/*")],
-                      {"StringEquals": {
-                          "ec2:AuthorizedService": "codebuild.amazonaws.com",
-                          "ec2:Subnet": [self.aws.arn("ec2", f"subnet/{subnet}")
-                                         for subnet in s.subnets]}}),
+                      {"StringEquals": {"ec2:AuthorizedService": "codebuild.amazonaws.com"},
+                       "ArnEquals": {"ec2:Subnet": [self.aws.arn("ec2", f"subnet/{subnet}")
+                                                    for subnet in s.subnets]}}),
             ]
         if s.ecr_image:
             registry, _, repository = s.ecr_image.partition("/")
