@@ -588,3 +588,23 @@ def test_a_password_stored_as_plain_text_is_rewritten_as_securestring(aws, confi
                                                   WithDecryption=True)["Parameter"]
     assert (parameter["Type"], parameter["Value"]) == (
         "SecureString", SECRETS["COPIER_TARGET_PASSWORD"])
+
+
+def test_builds_in_a_vpc_get_network_interface_permissions(aws, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml", vpc_id="vpc-1", subnets=["subnet-a"],
+                          security_groups=["sg-1"])
+    code, _, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 0, err
+    (project,) = boto3.client("codebuild").batch_get_projects(names=["nightly-copy"])["projects"]
+    assert project["vpcConfig"] == {"vpcId": "vpc-1", "subnets": ["subnet-a"],
+                                    "securityGroupIds": ["sg-1"]}
+    statements = policy_of("nightly-copy-codebuild")["Statement"]
+    (eni,) = [s for s in statements if "ec2:CreateNetworkInterfacePermission" in s["Action"]]
+    assert eni["Condition"] == {
+        "StringEquals": {"ec2:AuthorizedService": "codebuild.amazonaws.com"},
+        "ArnEquals": {"ec2:Subnet": [f"arn:aws:ec2:{REGION}:{ACCOUNT}:subnet/subnet-a"]}}
+    unscoped = {a for s in statements if s["Resource"] == ["*"] for a in s["Action"]}
+    assert unscoped and all(a.startswith("ec2:Describe") or a in (
+        "ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface") for a in unscoped)
