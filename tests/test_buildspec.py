@@ -104,3 +104,22 @@ def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_pyt
     assert set(copied) == {"public.orders", "sales.invoices"}
     assert copied["public.orders"]["rows"] == 5000
     assert all(isinstance(e["seconds"], int | float) for e in copied.values())
+
+
+def test_setup_splits_tables_by_their_size_on_a_reachable_source(dbs, monkeypatch):
+    # lives here because it needs the throwaway PostgreSQL, like the buildspec run
+    dbs.source("CREATE TABLE big AS SELECT g AS id, repeat('x', 500) AS pad "
+               "FROM generate_series(1, 20000) g")
+    for name in ("small_1", "small_2", "small_3"):
+        dbs.source(f"CREATE TABLE {name} AS SELECT g AS id FROM generate_series(1, 100) g")
+    params = dict(item.split("=", 1) for item in dbs.source_dsn.split())
+    settings = deployment.Settings(
+        tables=["public.big", "public.small_1", "public.small_2", "public.small_3"], jobs=2,
+        table_weights={"public.small_1": 1000},  # ignored: the source is reachable
+        source={"host": params["host"], "port": params["port"], "dbname": params["dbname"],
+                "user": params["user"], "sslmode": "disable"})
+    monkeypatch.setenv("COPIER_SOURCE_PASSWORD", "unused-by-a-trust-cluster")
+    lines = []
+    assert deployment.plan_jobs(settings, lines.append) == [
+        ["public.big"], ["public.small_1", "public.small_2", "public.small_3"]]
+    assert lines[0] == "table assignment (source table sizes):"
