@@ -156,7 +156,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists)")
     for name in names:
-        if name in ("source", "target"):
+        if name in copier.DATABASES:
             for setting in copier.CONNECTION_SETTINGS:
                 if setting not in copier.SECRET_SETTINGS:
                     parser.add_argument(f"--{name}-{setting}",
@@ -191,7 +191,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         raise SettingsError(f"config file {path}: unknown settings {sorted(unknown)}")
     settings = Settings(**values)
     for name in SETTING_FIELDS:
-        if name in ("source", "target"):
+        if name in copier.DATABASES:
             for setting in copier.CONNECTION_SETTINGS:
                 value = getattr(args, _flag_setting_name(name, setting), None)
                 if value is not None:
@@ -205,6 +205,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         if f.type == "list[str]" and isinstance(getattr(settings, name), str):
             items = getattr(settings, name).split(",")
             setattr(settings, name, [item.strip() for item in items if item.strip()])
+    for database in copier.DATABASES:  # port = 5432 in TOML is a number; SSM holds text
+        setattr(settings, database, {k: str(v) for k, v in getattr(settings, database).items()})
     for name, f in SETTING_FIELDS.items():
         value = getattr(settings, name)
         if f.type == "int" and not isinstance(value, int):

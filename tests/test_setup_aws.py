@@ -515,6 +515,7 @@ def test_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
 
 def test_flags_override_the_config_file(tmp_path):
     config = write_config(tmp_path / "deploy.toml", jobs=4, tables="public.x, public.y")
+    config.write_text(config.read_text().replace('port = "1"', "port = 6543"))
     args = setup_aws.build_parser().parse_args([
         "--config", str(config), "--jobs", "2", "--target-host", "other.internal",
         "--subnets", "subnet-1,subnet-2"])
@@ -525,6 +526,7 @@ def test_flags_override_the_config_file(tmp_path):
     assert settings.target == {"host": "other.internal", "dbname": "reporting",
                                "user": "writer", "sslmode": "verify-full"}
     assert settings.branch == "release"
+    assert settings.source["port"] == "6543"
 
 
 @pytest.mark.parametrize("argv, message", [
