@@ -439,9 +439,13 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[
         else:
             try:
                 sizes = measure(conn, ",".join(settings.tables))
+            except copier.CopierError as err:  # an unknown table: say so before creating
+                raise SettingsError(f"tables: {err}") from err
             finally:
                 conn.close()
-            return {t: float(sizes.get(t, 0)) for t in settings.tables}, "source table sizes"
+            # keyed by the source's qualified names, in the order of the list given
+            return dict(zip(settings.tables, map(float, sizes.values()), strict=True)), (
+                "source table sizes")
     if settings.table_weights:
         return ({t: float(settings.table_weights.get(t, 1)) for t in settings.tables},
                 "configured table_weights")

@@ -123,3 +123,15 @@ def test_setup_splits_tables_by_their_size_on_a_reachable_source(dbs, monkeypatc
     assert deployment.plan_jobs(settings, lines.append) == [
         ["public.big"], ["public.small_1", "public.small_2", "public.small_3"]]
     assert lines[0] == "table assignment (source table sizes):"
+
+
+def test_setup_refuses_a_table_the_reachable_source_lacks(dbs, monkeypatch):
+    dbs.source("CREATE TABLE orders (id int)")
+    params = dict(item.split("=", 1) for item in dbs.source_dsn.split())
+    settings = deployment.Settings(
+        tables=["orders", "public.ordres"], jobs=2,
+        source={"host": params["host"], "port": params["port"], "dbname": params["dbname"],
+                "user": params["user"], "sslmode": "disable"})
+    monkeypatch.setenv("COPIER_SOURCE_PASSWORD", "unused-by-a-trust-cluster")
+    with pytest.raises(deployment.SettingsError, match="ordres"):
+        deployment.plan_jobs(settings, lambda line: None)
