@@ -610,3 +610,20 @@ def test_builds_in_a_vpc_get_network_interface_permissions(aws, tmp_path, capsys
     unscoped = {a for s in statements if s["Resource"] == ["*"] for a in s["Action"]}
     assert unscoped and all(a.startswith("ec2:Describe") or a in (
         "ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface") for a in unscoped)
+
+
+def test_a_custom_ecr_image_runs_without_source_and_may_pull_only_its_repository(aws):
+    image = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/nightly-copy:2026-11"
+    settings = deployment.Settings(tables=["public.a"], ecr_image=image, region=REGION)
+    settings.validate_for_setup()
+    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options(), [["a"]])
+    (project,) = [r for r in d.resources() if isinstance(r, deployment.CodeBuildProject)]
+    spec = project.spec()
+    assert spec["source"] == {"type": "NO_SOURCE", "buildspec": deployment.ECR_BUILDSPEC}
+    assert "sourceVersion" not in spec
+    assert (spec["environment"]["image"], spec["environment"]["imagePullCredentialsType"]) == (
+        image, "SERVICE_ROLE")
+    pulls = statements_by_action(d.codebuild_permissions())
+    assert pulls["ecr:BatchGetImage"] == [
+        "arn:aws:ecr:eu-west-1:210987654321:repository/nightly-copy"]
+    assert pulls["ecr:GetAuthorizationToken"] == ["*"]  # the action has no resource type
