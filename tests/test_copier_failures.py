@@ -193,15 +193,17 @@ def tiny_tablespace(pg_cluster):
     mountpoint.chmod(0o755)  # the server's OS user must reach the tablespace
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M,mode=755", "tmpfs", str(mountpoint)],
                    check=True)
-    location = mountpoint / "ts"
-    location.mkdir()
-    if pg_cluster.os_user:
-        shutil.chown(location, pg_cluster.os_user, pg_cluster.os_user)
-    admin_execute(pg_cluster, f"CREATE TABLESPACE tiny LOCATION '{location}'")
-    yield "tiny"
-    admin_execute(pg_cluster, "DROP TABLESPACE IF EXISTS tiny")
-    subprocess.run(["umount", str(mountpoint)], check=True)
-    mountpoint.rmdir()
+    try:
+        location = mountpoint / "ts"
+        location.mkdir()
+        if pg_cluster.os_user:
+            shutil.chown(location, pg_cluster.os_user, pg_cluster.os_user)
+        admin_execute(pg_cluster, f"CREATE TABLESPACE tiny LOCATION '{location}'")
+        yield "tiny"
+    finally:
+        admin_execute(pg_cluster, "DROP TABLESPACE IF EXISTS tiny")
+        subprocess.run(["umount", str(mountpoint)], check=True)
+        mountpoint.rmdir()
 
 
 def test_disk_full_on_the_target_leaves_the_old_table(big, tiny_tablespace, run_copier):
