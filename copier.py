@@ -97,6 +97,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def log_event(event: str, **fields) -> None:
+    # On AWS the state machine names the run and the job, so a report can find their lines.
+    if os.environ.get("COPIER_RUN"):
+        fields["run"] = os.environ["COPIER_RUN"]
+    if os.environ.get("COPIER_JOB") and "job" in fields:
+        fields["job"] = os.environ["COPIER_JOB"]
     line = json.dumps({"event": event, **fields}, default=str, ensure_ascii=False)
     # One write per line keeps lines from parallel worker processes whole.
     sys.stdout.write(line + "\n")
@@ -200,6 +205,7 @@ environment:
   SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
   COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
   COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES   defaults for --jobs, --swap, --retries
+  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine)
 """
 
 

@@ -142,3 +142,13 @@ def test_help_documents_the_examples():
     for text in ("TABLES=orders,customers", "--dry-run", "--swap together", "SOURCE_DSN",
                  "COPIER_SSM_PREFIX"):
         assert text in result.stdout
+
+
+def test_json_lines_carry_the_run_and_job_the_state_machine_names(named_tables, run_copier, monkeypatch):
+    monkeypatch.setenv("COPIER_RUN", "2026-11-27")
+    monkeypatch.setenv("COPIER_JOB", "job-3")
+    result = run_copier("TABLES=orders")
+    assert result.code == 0, result.stderr
+    (copied,) = result.of("table_copied")
+    assert (copied["run"], copied["job"]) == ("2026-11-27", "job-3")
+    assert result.of("run_finished")[0]["run"] == "2026-11-27"
