@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.date:
             raise SettingsError("--date goes with --start")
         settings.validate_for_setup()
-        jobs = plan_jobs(settings, print)
         aws = Aws(settings.region)
+        jobs = plan_jobs(settings, print, aws)  # keeps a rebalanced split (operations.py)
         print(f"{'dry run: ' if args.dry_run else ''}prefix {settings.prefix}, "
               f"account {aws.account}, region {aws.region}")
         setup(Deployment(settings, aws, options, jobs))

@@ -79,8 +79,12 @@ def test_one_branch_per_job_with_every_table_exactly_once(aws, jobs):
         task = copy_task(branch)
         assert task["Resource"] == CODEBUILD_SYNC
         assert task["Parameters"]["ProjectName"] == "nightly-copy"
-        (override,) = task["Parameters"]["EnvironmentVariablesOverride"]
+        override, run, job = task["Parameters"]["EnvironmentVariablesOverride"]
         assert (override["Name"], override["Type"]) == ("TABLES", "PLAINTEXT")
+        # the copier's JSON lines carry the run and the job, so a report can find them
+        assert run == {"Name": "COPIER_RUN", "Value.$": "$$.Execution.Name",
+                       "Type": "PLAINTEXT"}
+        assert job == {"Name": "COPIER_JOB", "Value": f"job-{number}", "Type": "PLAINTEXT"}
         assert task["ResultSelector"]["job"] == f"job-{number}"
         assert task["ResultSelector"]["tables"] == override["Value"]
         assigned += override["Value"].split(",")
