@@ -39,11 +39,19 @@ import copier
 
 HERE = Path(__file__).resolve().parent
 STATE_MACHINE_TEMPLATE = HERE / "state_machine.json"
+# The copy task's runner-specific fields for runner = "batch" (see with_batch_task).
+BATCH_TASK_TEMPLATE = HERE / "state_machine_batch.json"
 NOTIFY_SOURCE = HERE / "notify_lambda.py"
 DEFAULT_CONFIG = Path("deploy.toml")
 
 TAG_KEY = "project"
 CODEBUILD_SYNC_RULE = "StepFunctionsGetEventForCodeBuildStartBuildRule"
+BATCH_SYNC_RULE = "StepFunctionsGetEventsForBatchJobsRule"  # plural, unlike CodeBuild's
+# One per account, used by every Batch compute environment: setup makes sure it exists,
+# teardown never removes it.
+BATCH_SERVICE_LINKED_ROLE = "AWSServiceRoleForBatch"
+RUNNERS = ("codebuild", "batch")
+BATCH_COMPUTE_TYPES = ("FARGATE", "EC2")
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
                       1827, 2192, 2557, 2922, 3288, 3653)
 WEBHOOK_ENV_VAR = "SLACK_WEBHOOK_URL"
@@ -85,6 +93,16 @@ class Settings:
     branch: str = field(default="main", metadata={"help": "branch the builds check out"})
     image: str = field(default="aws/codebuild/standard:7.0", metadata={"help": "build image"})
     ecr_image: str = field(default="", metadata={"help": "custom ECR image URI (NO_SOURCE)"})
+    custom_image: bool = field(default=False, metadata={
+        "help": "create the ECR repository <prefix> and run its image (NO_SOURCE, no GitHub)"})
+    image_tag: str = field(default="latest",
+                           metadata={"help": "tag of the image in that repository"})
+    runner: str = field(default="codebuild", metadata={"help": "codebuild or batch"})
+    batch_compute: str = field(default="FARGATE", metadata={"help": "FARGATE or EC2"})
+    batch_vcpus: int = field(default=1, metadata={"help": "vCPUs per Batch job"})
+    batch_memory_mib: int = field(default=2048, metadata={"help": "MiB of memory per Batch job"})
+    assign_public_ip: bool = field(default=False, metadata={
+        "help": "Fargate jobs get a public IP (a public subnet instead of a NAT gateway)"})
     compute_type: str = field(default="BUILD_GENERAL1_SMALL",
                               metadata={"help": "CodeBuild compute type"})
     build_timeout_minutes: int = field(default=90,
@@ -126,8 +144,9 @@ class Settings:
             raise SettingsError("tables: a table is listed twice")
         if self.jobs < 1:
             raise SettingsError("jobs must be at least 1")
-        if not self.github_url and not self.ecr_image:
-            raise SettingsError("github_url (or ecr_image) is required")
+        if not self.github_url and not self.runs_an_image:
+            raise SettingsError("github_url is required (or custom_image = true, or ecr_image)")
+        self.validate_runner()
         if not 5 <= self.build_timeout_minutes <= 2160:
             raise SettingsError("build_timeout_minutes must be between 5 and 2160")
         if not 5 <= self.queued_timeout_minutes <= 480:
@@ -138,6 +157,33 @@ class Settings:
         unknown = set(self.table_weights) - set(self.tables)
         if unknown:
             raise SettingsError(f"table_weights names tables not in tables: {sorted(unknown)}")
+
+    @property
+    def uses_own_repository(self) -> bool:
+        """Setup creates the ECR repository: asked for, or Batch needs an image and none is given."""
+        return self.custom_image or (self.runner == "batch" and not self.ecr_image)
+
+    @property
+    def runs_an_image(self) -> bool:
+        return bool(self.ecr_image) or self.uses_own_repository
+
+    def validate_runner(self) -> None:
+        if self.runner not in RUNNERS:
+            raise SettingsError(f"runner {self.runner!r}: use one of {', '.join(RUNNERS)}")
+        if self.custom_image and self.ecr_image:
+            raise SettingsError("custom_image and ecr_image exclude each other: pick one image")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", self.image_tag):
+            raise SettingsError(f"image_tag {self.image_tag!r} is not a valid image tag")
+        if self.runner != "batch":
+            return
+        if self.batch_compute not in BATCH_COMPUTE_TYPES:
+            raise SettingsError(f"batch_compute {self.batch_compute!r}: use one of "
+                                f"{', '.join(BATCH_COMPUTE_TYPES)}")
+        if not self.subnets or not self.security_groups:
+            raise SettingsError("runner batch needs subnets and security_groups (and vpc_id): "
+                                "Batch jobs always run in a VPC")
+        if self.batch_vcpus < 1 or self.batch_memory_mib < 512:
+            raise SettingsError("batch_vcpus must be at least 1 and batch_memory_mib at least 512")
 
 
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -165,6 +211,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]
             continue
         f = SETTING_FIELDS[name]
         if f.metadata.get("file_only"):
+            continue
+        if f.type == "bool":
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f.metadata.get("help", name) + f" (default {f.default})")
             continue
         notes = ["comma-separated"] if f.type == "list[str]" else []
         if f.default not in (dataclasses.MISSING, ""):
@@ -209,8 +260,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         setattr(settings, database, {k: str(v) for k, v in getattr(settings, database).items()})
     for name, f in SETTING_FIELDS.items():
         value = getattr(settings, name)
-        if f.type == "int" and not isinstance(value, int):
+        if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
             raise SettingsError(f"{name} must be a whole number, not {value!r}")
+        if f.type == "bool" and not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, not {value!r}")
     return settings
 
 
@@ -405,6 +458,34 @@ class Names:
     def durations_query(self) -> str:
         return f"{self.prefix}/table-durations"
 
+    @property
+    def repository(self) -> str:
+        return self.prefix
+
+    @property
+    def batch_log_group(self) -> str:
+        return f"/aws/batch/{self.prefix}"
+
+    @property
+    def compute_environment(self) -> str:
+        return self.prefix
+
+    @property
+    def job_queue(self) -> str:
+        return self.prefix
+
+    @property
+    def job_definition(self) -> str:
+        return self.prefix
+
+    @property
+    def instance_profile(self) -> str:
+        return self.role("batch-instance")
+
+    def batch_job_name(self, job: str) -> str:
+        """Batch job names: at most 128 of [A-Za-z0-9_-]; the prefix is at most 32."""
+        return f"{self.prefix}-{job}"
+
 
 def execution_name(day: dt.date) -> str:
     """The name of the run for one day: at most one run per name, so one per day."""
@@ -560,6 +641,34 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
     return fill(definition, values)
 
 
+def with_batch_task(template: dict, batch_task: dict) -> dict:
+    """The template with its copy task run by AWS Batch instead of CodeBuild.
+
+    Only the runner-specific fields change: Resource, Parameters and Retry come from the Batch
+    file, and the ResultSelector keeps the template's fixed entries (job, tables) with the
+    Batch file's paths. TimeoutSeconds, Catch and End stay, and so do the states after the
+    Parallel. The container's environment is the CodeBuild task's EnvironmentVariablesOverride
+    without "Type": both runners get the same variables, written once.
+    """
+    definition = copy.deepcopy(template)
+    (branch,) = definition["States"]["Copy tables"]["Branches"]
+    task = branch["States"][branch["StartAt"]]
+    environment = []
+    for variable in task["Parameters"]["EnvironmentVariablesOverride"]:
+        if variable.get("Type", "PLAINTEXT") != "PLAINTEXT":
+            raise SettingsError(f"state_machine.json: {variable['Name']} is "
+                                f"{variable['Type']}; Batch overrides take plain values only")
+        environment.append({k: v for k, v in variable.items() if k != "Type"})
+    parts = {k: copy.deepcopy(v) for k, v in batch_task.items() if k != "Comment"}
+    parts["Parameters"]["ContainerOverrides"]["Environment"] = environment
+    parts["ResultSelector"] = {
+        **{k: v for k, v in task["ResultSelector"].items() if not k.endswith(".$")},
+        **parts["ResultSelector"]}
+    branch["States"][branch["StartAt"]] = {
+        **{k: parts.get(k, v) for k, v in task.items()}, **parts}
+    return definition
+
+
 def starter_definition(state_machine_arn: str) -> dict:
     """A two-state workflow that starts the nightly run named after the scheduled date.
 
@@ -637,10 +746,15 @@ class Resource:
 
     kind = "resource"
     taggable = True
+    # Shared with the rest of the account (the Batch service-linked role): ensured present
+    # when needed, never removed.
+    shared = False
 
-    def __init__(self, deployment: Deployment, name: str):
+    def __init__(self, deployment: Deployment, name: str, needed: bool = True):
         self.d = deployment
         self.name = name
+        # False for the resources of the runner or image not in use: setup removes them.
+        self.needed = needed
 
     @property
     def label(self) -> str:
@@ -676,7 +790,7 @@ class Resource:
     def owned(self, current: dict) -> bool:
         return not self.taggable or current.get("tags", {}).get(TAG_KEY) == self.d.names.prefix
 
-    def kept_on_teardown(self) -> str | None:
+    def kept_on_teardown(self, current: dict) -> str | None:
         return None
 
     def our_tags(self) -> dict[str, str]:
@@ -756,7 +870,7 @@ class Parameter(Resource):
     def remove(self, current: dict) -> None:
         self.aws.client("ssm").delete_parameter(Name=self.name)
 
-    def kept_on_teardown(self) -> str | None:
+    def kept_on_teardown(self, current: dict) -> str | None:
         if self.secret and not self.d.options.remove_secrets:
             return "a secret; pass --remove-secrets to delete it"
         return None
@@ -813,8 +927,8 @@ class Role(Resource):
     POLICY_NAME = "permissions"
 
     def __init__(self, deployment, name, service: str, permissions: Callable[[], dict],
-                 source_account: bool = False):
-        super().__init__(deployment, name)
+                 source_account: bool = False, needed: bool = True):
+        super().__init__(deployment, name, needed)
         self.service = service
         self.permissions = permissions
         self.source_account = source_account
@@ -882,9 +996,11 @@ class CodeBuildProject(Resource):
 
     def spec(self) -> dict:
         s, names = self.d.settings, self.d.names
-        if s.ecr_image:
+        if s.runs_an_image:
+            # The code is in the image: no GitHub at 3 a.m. The role pulls (SERVICE_ROLE), with
+            # permissions scoped to the one repository; the repository needs no policy.
             source = {"type": "NO_SOURCE", "buildspec": ECR_BUILDSPEC}
-            image, pull = s.ecr_image, "SERVICE_ROLE"
+            image, pull = self.d.image_uri(), "SERVICE_ROLE"
         else:
             source = {"type": "GITHUB", "location": s.github_url, "buildspec": "buildspec.yml"}
             image, pull = s.image, "CODEBUILD"
@@ -907,7 +1023,7 @@ class CodeBuildProject(Resource):
                                               "groupName": names.project_log_group}},
             "tags": [{"key": TAG_KEY, "value": names.prefix}],
         }
-        if not s.ecr_image:
+        if not s.runs_an_image:
             spec["sourceVersion"] = s.branch
         if s.vpc_id:
             spec["vpcConfig"] = {"vpcId": s.vpc_id, "subnets": s.subnets,
@@ -919,9 +1035,11 @@ class CodeBuildProject(Resource):
         source = project.get("source", {})
         environment = project.get("environment", {})
         vpc = project.get("vpcConfig") or None
+        # A NO_SOURCE project has no location; moto insists on one (the tests add a dummy).
+        keys = ("type", "buildspec") if source.get("type") == "NO_SOURCE" else (
+            "type", "location", "buildspec")
         return {
-            "source": {k: source.get(k) for k in ("type", "location", "buildspec")
-                       if source.get(k) is not None},
+            "source": {k: source.get(k) for k in keys if source.get(k) is not None},
             "sourceVersion": project.get("sourceVersion"),
             "environment": {k: environment.get(k) for k in (
                 "type", "image", "computeType", "imagePullCredentialsType",
@@ -1364,20 +1482,372 @@ class QueryDefinition(Resource):
                 "id": query["queryDefinitionId"]}
 
     def desired(self) -> dict:
-        return {"query": DURATIONS_QUERY, "log_groups": [self.d.names.project_log_group]}
+        return {"query": DURATIONS_QUERY, "log_groups": [self.d.copier_log_group()]}
 
     def create(self) -> None:
         self.aws.client("logs").put_query_definition(
             name=self.name, queryString=DURATIONS_QUERY,
-            logGroupNames=[self.d.names.project_log_group])
+            logGroupNames=[self.d.copier_log_group()])
 
     def update(self, current: dict, changed: list[str]) -> None:
         self.aws.client("logs").put_query_definition(
             name=self.name, queryDefinitionId=current["id"], queryString=DURATIONS_QUERY,
-            logGroupNames=[self.d.names.project_log_group])
+            logGroupNames=[self.d.copier_log_group()])
 
     def remove(self, current: dict) -> None:
         self.aws.client("logs").delete_query_definition(queryDefinitionId=current["id"])
+
+
+def tag_dict(tags: list[dict] | dict | None) -> dict[str, str]:
+    """Our tag from a list of {Key, Value} or a plain dict, as different APIs return them."""
+    if isinstance(tags, dict):
+        return only_our_tag(tags)
+    return only_our_tag({t["Key"]: t["Value"] for t in tags or []})
+
+
+class EcrRepository(Resource):
+    """The project's image repository. No repository policy: the CodeBuild role and the Batch
+    execution role pull with identity permissions scoped to this repository."""
+
+    kind = "ECR repository"
+
+    def find(self) -> dict | None:
+        ecr = self.aws.client("ecr")
+        try:
+            (repository,) = ecr.describe_repositories(repositoryNames=[self.name])["repositories"]
+        except ClientError as err:
+            if error_code(err) == "RepositoryNotFoundException":
+                return None
+            raise
+        tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"])["tags"]
+        images = ecr.list_images(repositoryName=self.name, maxResults=1000)["imageIds"]
+        return {"tags": tag_dict(tags), "arn": repository["repositoryArn"],
+                "images": len(images)}
+
+    def desired(self) -> dict:
+        return {"tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("ecr").create_repository(
+            repositoryName=self.name, tags=[{"Key": TAG_KEY, "Value": self.d.names.prefix}],
+            imageScanningConfiguration={"scanOnPush": True})
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("ecr").tag_resource(
+            resourceArn=current["arn"], tags=[{"Key": TAG_KEY, "Value": self.d.names.prefix}])
+
+    def kept_on_teardown(self, current: dict) -> str | None:
+        # Images are what the user built and pushed: deleting them takes an explicit flag.
+        if current["images"] and not self.d.options.remove_images:
+            return (f"holds {current['images']} image(s); teardown_aws.py --remove-images "
+                    "deletes it with them")
+        return None
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("ecr").delete_repository(repositoryName=self.name,
+                                                 force=bool(current["images"]))
+
+
+class ServiceLinkedRole(Resource):
+    """AWSServiceRoleForBatch: created by setup when the account lacks it, never removed."""
+
+    kind = "service-linked role"
+    taggable = False
+    shared = True
+
+    def find(self) -> dict | None:
+        try:
+            role = self.aws.client("iam").get_role(RoleName=self.name)["Role"]
+        except ClientError as err:
+            if error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        return {"arn": role["Arn"]}
+
+    def desired(self) -> dict:
+        return {}
+
+    def create(self) -> None:
+        self.aws.client("iam").create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+
+    def kept_on_teardown(self, current: dict) -> str | None:
+        return "shared by every Batch compute environment in the account"
+
+
+class InstanceProfile(Resource):
+    """For EC2 compute environments only: the instances' ECS agent runs with this role."""
+
+    kind = "instance profile"
+
+    def find(self) -> dict | None:
+        try:
+            profile = self.aws.client("iam").get_instance_profile(
+                InstanceProfileName=self.name)["InstanceProfile"]
+        except ClientError as err:
+            if error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        return {"roles": sorted(r["RoleName"] for r in profile.get("Roles", [])),
+                "tags": tag_dict(profile.get("Tags"))}
+
+    def desired(self) -> dict:
+        return {"roles": [self.d.names.role("batch-instance")], "tags": self.our_tags()}
+
+    def create(self) -> None:
+        iam = self.aws.client("iam")
+        iam.create_instance_profile(InstanceProfileName=self.name,
+                                    Tags=[{"Key": TAG_KEY, "Value": self.d.names.prefix}])
+        iam.add_role_to_instance_profile(InstanceProfileName=self.name,
+                                         RoleName=self.d.names.role("batch-instance"))
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        iam = self.aws.client("iam")
+        if "roles" in changed:
+            for role in current["roles"]:
+                iam.remove_role_from_instance_profile(InstanceProfileName=self.name,
+                                                      RoleName=role)
+            iam.add_role_to_instance_profile(InstanceProfileName=self.name,
+                                             RoleName=self.d.names.role("batch-instance"))
+        if "tags" in changed:
+            iam.tag_instance_profile(InstanceProfileName=self.name,
+                                     Tags=[{"Key": TAG_KEY, "Value": self.d.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        iam = self.aws.client("iam")
+        for role in current["roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=self.name, RoleName=role)
+        iam.delete_instance_profile(InstanceProfileName=self.name)
+
+
+BATCH_WAIT_ATTEMPTS = 60  # about ten minutes: Batch takes a while to disable and delete
+
+
+def wait_until(label: str, what: str, done: Callable[[], bool]) -> None:
+    """Poll until done() (Batch changes state asynchronously); give up with a clear error."""
+    for attempt in range(1, BATCH_WAIT_ATTEMPTS + 1):
+        if done():
+            return
+        _sleep(min(10.0, 1.0 * attempt))
+    raise AwsError(f"{label}: still not {what} after waiting; run the command again later")
+
+
+class BatchResource(Resource):
+    """A compute environment or job queue: both are disabled, then deleted, asynchronously."""
+
+    def describe(self) -> dict | None:
+        raise NotImplementedError
+
+    def settled(self, state: str | None = None) -> bool:
+        found = self.describe()
+        return found is not None and found["status"] == "VALID" and (
+            state is None or found["state"] == state)
+
+    def gone(self) -> bool:
+        found = self.describe()
+        return found is None or found["status"] == "DELETED"
+
+    def disable_and_delete(self, disable: Callable[[], Any], delete: Callable[[], Any]) -> None:
+        disable()
+        wait_until(self.label, "disabled", lambda: self.settled("DISABLED"))
+        delete()
+        wait_until(self.label, "deleted", self.gone)
+
+    def batch_tags(self, arn: str) -> dict[str, str]:
+        return only_our_tag(self.aws.client("batch").list_tags_for_resource(
+            resourceArn=arn).get("tags", {}))
+
+
+class ComputeEnvironment(BatchResource):
+    kind = "Batch compute environment"
+
+    def describe(self) -> dict | None:
+        found = self.aws.client("batch").describe_compute_environments(
+            computeEnvironments=[self.name])["computeEnvironments"]
+        return found[0] if found else None
+
+    def compute_resources(self) -> dict:
+        s = self.d.settings
+        resources = {"type": s.batch_compute, "maxvCpus": s.batch_vcpus * len(self.d.jobs or [1]),
+                     "subnets": s.subnets, "securityGroupIds": s.security_groups}
+        if s.batch_compute == "EC2":
+            # Scales to zero between nights: no instance runs when no job does.
+            resources |= {"minvCpus": 0, "desiredvCpus": 0, "instanceTypes": ["optimal"],
+                          "allocationStrategy": "BEST_FIT_PROGRESSIVE",
+                          "instanceRole": self.d.instance_profile_arn()}
+        return resources
+
+    @staticmethod
+    def view(resources: dict) -> dict:
+        return {"type": resources.get("type"), "maxvCpus": resources.get("maxvCpus"),
+                "subnets": sorted(resources.get("subnets", [])),
+                "securityGroupIds": sorted(resources.get("securityGroupIds", [])),
+                "instanceRole": resources.get("instanceRole")}
+
+    def find(self) -> dict | None:
+        found = self.describe()
+        if found is None or found["status"] == "DELETED":
+            return None
+        return {"compute": self.view(found.get("computeResources", {})),
+                "state": found.get("state"), "service_role": found.get("serviceRole"),
+                "tags": self.batch_tags(found["computeEnvironmentArn"]),
+                "arn": found["computeEnvironmentArn"]}
+
+    def desired(self) -> dict:
+        return {"compute": self.view(self.compute_resources()), "state": "ENABLED",
+                "service_role": self.d.batch_service_role_arn(), "tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("batch").create_compute_environment(
+            computeEnvironmentName=self.name, type="MANAGED", state="ENABLED",
+            computeResources=self.compute_resources(),
+            serviceRole=self.d.batch_service_role_arn(), tags=self.our_tags())
+        wait_until(self.label, "valid", self.settled)  # a queue needs it VALID
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        batch = self.aws.client("batch")
+        old, new = current["compute"], self.view(self.compute_resources())
+        if (old["type"], old["instanceRole"]) != (new["type"], new["instanceRole"]):
+            raise AwsError(f"{self.label}: exists as {old['type']}; Batch cannot change that "
+                           "in place: set runner = codebuild, run setup, then batch again")
+        if {"compute", "state", "service_role"} & set(changed):
+            updatable = {k: v for k, v in self.compute_resources().items()
+                         if k in ("maxvCpus", "subnets", "securityGroupIds")}
+            batch.update_compute_environment(computeEnvironment=self.name, state="ENABLED",
+                                             computeResources=updatable,
+                                             serviceRole=self.d.batch_service_role_arn())
+            wait_until(self.label, "valid", self.settled)
+        if "tags" in changed:
+            batch.tag_resource(resourceArn=current["arn"], tags=self.our_tags())
+
+    def remove(self, current: dict) -> None:
+        batch = self.aws.client("batch")
+        self.disable_and_delete(
+            lambda: batch.update_compute_environment(computeEnvironment=self.name,
+                                                     state="DISABLED"),
+            lambda: batch.delete_compute_environment(computeEnvironment=self.name))
+
+
+class JobQueue(BatchResource):
+    kind = "Batch job queue"
+    PRIORITY = 1
+
+    def describe(self) -> dict | None:
+        found = self.aws.client("batch").describe_job_queues(jobQueues=[self.name])["jobQueues"]
+        return found[0] if found else None
+
+    def order(self) -> list[dict]:
+        return [{"order": 1, "computeEnvironment": self.d.compute_environment_arn()}]
+
+    def find(self) -> dict | None:
+        found = self.describe()
+        if found is None or found["status"] == "DELETED":
+            return None
+        return {"state": found.get("state"), "priority": found.get("priority"),
+                "compute_environments": [
+                    {"order": e["order"], "computeEnvironment": e["computeEnvironment"]}
+                    for e in found.get("computeEnvironmentOrder", [])],
+                "tags": self.batch_tags(found["jobQueueArn"]), "arn": found["jobQueueArn"]}
+
+    def desired(self) -> dict:
+        return {"state": "ENABLED", "priority": self.PRIORITY,
+                "compute_environments": self.order(), "tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("batch").create_job_queue(
+            jobQueueName=self.name, state="ENABLED", priority=self.PRIORITY,
+            computeEnvironmentOrder=self.order(), tags=self.our_tags())
+        wait_until(self.label, "valid", self.settled)
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        batch = self.aws.client("batch")
+        if {"state", "priority", "compute_environments"} & set(changed):
+            batch.update_job_queue(jobQueue=self.name, state="ENABLED", priority=self.PRIORITY,
+                                   computeEnvironmentOrder=self.order())
+            wait_until(self.label, "valid", self.settled)
+        if "tags" in changed:
+            batch.tag_resource(resourceArn=current["arn"], tags=self.our_tags())
+
+    def remove(self, current: dict) -> None:
+        batch = self.aws.client("batch")
+        self.disable_and_delete(
+            lambda: batch.update_job_queue(jobQueue=self.name, state="DISABLED"),
+            lambda: batch.delete_job_queue(jobQueue=self.name))
+
+
+class JobDefinition(Resource):
+    """Revisions are immutable: a change registers a new one and retires the older ones.
+    The state machine names the definition without a revision, so it runs the latest."""
+
+    kind = "Batch job definition"
+
+    def request(self) -> dict:
+        s, names = self.d.settings, self.d.names
+        container = {
+            "image": self.d.image_uri(),
+            "resourceRequirements": [{"type": "VCPU", "value": str(s.batch_vcpus)},
+                                     {"type": "MEMORY", "value": str(s.batch_memory_mib)}],
+            "executionRoleArn": self.d.role_arn("batch-execution"),
+            "jobRoleArn": self.d.role_arn("batch-job"),
+            "environment": [{"name": "COPIER_SSM_PREFIX", "value": names.ssm_prefix}],
+            "logConfiguration": {"logDriver": "awslogs", "options": {
+                "awslogs-group": names.batch_log_group, "awslogs-region": self.aws.region,
+                "awslogs-stream-prefix": names.prefix}},
+        }
+        if s.batch_compute == "FARGATE":
+            container["networkConfiguration"] = {
+                "assignPublicIp": "ENABLED" if s.assign_public_ip else "DISABLED"}
+            container["fargatePlatformConfiguration"] = {"platformVersion": "LATEST"}
+        return {
+            "jobDefinitionName": self.name, "type": "container",
+            "platformCapabilities": [s.batch_compute],
+            "containerProperties": container,
+            # a failed copy is not re-run blindly, as with CodeBuild
+            "retryStrategy": {"attempts": 1},
+            "timeout": {"attemptDurationSeconds": s.build_timeout_minutes * 60},
+            "propagateTags": True,
+        }
+
+    @staticmethod
+    def view(definition: dict) -> dict:
+        container = definition.get("containerProperties", {})
+        return {
+            "platformCapabilities": definition.get("platformCapabilities"),
+            "container": {k: container.get(k) for k in (
+                "image", "resourceRequirements", "executionRoleArn", "jobRoleArn",
+                "environment", "logConfiguration", "networkConfiguration",
+                "fargatePlatformConfiguration")},
+            "retryStrategy": {"attempts": definition.get("retryStrategy", {}).get("attempts")},
+            "timeout": definition.get("timeout"),
+        }
+
+    def active_revisions(self) -> list[dict]:
+        found = self.aws.client("batch").describe_job_definitions(
+            jobDefinitionName=self.name, status="ACTIVE")["jobDefinitions"]
+        return sorted(found, key=lambda d: d["revision"])
+
+    def find(self) -> dict | None:
+        revisions = self.active_revisions()
+        if not revisions:
+            return None
+        latest = revisions[-1]
+        return self.view(latest) | {
+            "tags": only_our_tag(latest.get("tags") or {}),
+            "revisions": [r["jobDefinitionArn"] for r in revisions]}
+
+    def desired(self) -> dict:
+        return self.view(self.request()) | {"tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("batch").register_job_definition(**self.request(), tags=self.our_tags())
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.create()
+        for arn in current["revisions"]:
+            self.aws.client("batch").deregister_job_definition(jobDefinition=arn)
+
+    def remove(self, current: dict) -> None:
+        for arn in current["revisions"]:
+            self.aws.client("batch").deregister_job_definition(jobDefinition=arn)
 
 
 # --------------------------------------------------------------------------- the deployment
@@ -1388,6 +1858,7 @@ class Options:
     dry_run: bool = False
     overwrite_secrets: bool = False
     remove_secrets: bool = False
+    remove_images: bool = False
 
 
 class Deployment:
@@ -1423,30 +1894,91 @@ class Deployment:
     def log_group_arn(self, name: str) -> str:
         return self.aws.arn("logs", f"log-group:{name}")
 
+    def image_uri(self) -> str:
+        """The image CodeBuild (NO_SOURCE) or Batch runs: ecr_image, else the project's own."""
+        s = self.settings
+        if s.ecr_image:
+            return s.ecr_image
+        return (f"{self.aws.account}.dkr.ecr.{self.aws.region}.amazonaws.com/"
+                f"{self.names.repository}:{s.image_tag}")
+
+    def repository_arn(self) -> str:
+        """The ARN of the repository image_uri() lives in (which may be another account's)."""
+        registry, _, repository = self.image_uri().partition("/")
+        repository = repository.split("@")[0].split(":")[0]
+        account, _, rest = registry.partition(".dkr.ecr.")
+        region = rest.split(".")[0]
+        return f"arn:aws:ecr:{region}:{account}:repository/{repository}"
+
+    def copier_log_group(self) -> str:
+        """Where the copier's JSON lines land with the runner in use."""
+        if self.settings.runner == "batch":
+            return self.names.batch_log_group
+        return self.names.project_log_group
+
+    def batch_service_role_arn(self) -> str:
+        return self.aws.arn(
+            "iam", f"role/aws-service-role/batch.amazonaws.com/{BATCH_SERVICE_LINKED_ROLE}",
+            region=False)
+
+    def instance_profile_arn(self) -> str:
+        return self.aws.arn("iam", f"instance-profile/{self.names.instance_profile}",
+                            region=False)
+
+    def compute_environment_arn(self) -> str:
+        return self.aws.arn("batch", f"compute-environment/{self.names.compute_environment}")
+
+    def job_queue_arn(self) -> str:
+        return self.aws.arn("batch", f"job-queue/{self.names.job_queue}")
+
+    def job_definition_arns(self) -> list[str]:
+        # SubmitJob with a bare name is checked against the name, with a revision against it
+        arn = self.aws.arn("batch", f"job-definition/{self.names.job_definition}")
+        return [arn, f"{arn}:*"]
+
     def state_machine_definition(self) -> dict:
         if self.jobs is None:
             raise SettingsError("no table assignment: setup plans the jobs first")
         template = json.loads(STATE_MACHINE_TEMPLATE.read_text())
         s = self.settings
         job_timeout = (s.build_timeout_minutes + s.queued_timeout_minutes + 10) * 60
-        return render_state_machine(template, self.jobs, {
+        values = {
             "ProjectName": self.names.project,
             "NotifyFunctionArn": self.function_arn(),
             "JobTimeoutSeconds": job_timeout,
             "ExecutionTimeoutSeconds": job_timeout + 3600,
-        })
+        }
+        if s.runner == "batch":
+            template = with_batch_task(template, json.loads(BATCH_TASK_TEMPLATE.read_text()))
+            values |= {"Prefix": self.names.prefix, "JobQueueArn": self.job_queue_arn(),
+                       "JobDefinitionName": self.names.job_definition,
+                       "Region": self.aws.region}
+        return render_state_machine(template, self.jobs, values)
 
     # --- permissions, one function per role
+    def copier_parameters_statement(self) -> dict:
+        # The copier reads its path recursively (GetParametersByPath checks the path itself);
+        # the passwords use the AWS managed key, which needs no kms grant here.
+        prefix = self.names.ssm_prefix
+        return allow(["ssm:GetParametersByPath", "ssm:GetParameters", "ssm:GetParameter"], [
+            self.parameter_arn(prefix.rstrip("/")), self.parameter_arn(f"{prefix}*")])
+
+    def image_pull_statements(self) -> list[dict]:
+        return [
+            allow(["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                   "ecr:BatchCheckLayerAvailability"], [self.repository_arn()]),
+            allow(["ecr:GetAuthorizationToken"], ["*"]),  # the action has no resource type
+        ]
+
+    def log_writing_statement(self, group_name: str) -> dict:
+        group = self.log_group_arn(group_name)
+        return allow(["logs:CreateLogStream", "logs:PutLogEvents"], [group, f"{group}:*"])
+
     def codebuild_permissions(self) -> dict:
         s, names = self.settings, self.names
-        group = self.log_group_arn(names.project_log_group)
         statements = [
-            allow(["logs:CreateLogStream", "logs:PutLogEvents"], [group, f"{group}:*"]),
-            # The copier reads its path recursively (GetParametersByPath checks the path
-            # itself); the passwords use the AWS managed key, which needs no kms grant here.
-            allow(["ssm:GetParametersByPath", "ssm:GetParameters", "ssm:GetParameter"], [
-                self.parameter_arn(names.ssm_prefix.rstrip("/")),
-                self.parameter_arn(f"{names.ssm_prefix}*")]),
+            self.log_writing_statement(names.project_log_group),
+            self.copier_parameters_statement(),
         ]
         if s.vpc_id:
             statements += [
@@ -1460,18 +1992,30 @@ class Deployment:
                        "ArnEquals": {"ec2:Subnet": [self.aws.arn("ec2", f"subnet/{subnet}")
                                                     for subnet in s.subnets]}}),
             ]
-        if s.ecr_image:
-            registry, _, repository = s.ecr_image.partition("/")
-            repository = repository.split("@")[0].split(":")[0]
-            account, _, rest = registry.partition(".dkr.ecr.")
-            region = rest.split(".")[0]
-            statements += [
-                allow(["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                       "ecr:BatchCheckLayerAvailability"],
-                      [f"arn:aws:ecr:{region}:{account}:repository/{repository}"]),
-                allow(["ecr:GetAuthorizationToken"], ["*"]),
-            ]
+        if s.runs_an_image:
+            statements += self.image_pull_statements()
         return policy(*statements)
+
+    def batch_execution_permissions(self) -> dict:
+        """What ECS needs to start a job's container: pull the image, write its log."""
+        return policy(*self.image_pull_statements(),
+                      self.log_writing_statement(self.names.batch_log_group))
+
+    def batch_job_permissions(self) -> dict:
+        """What the copier itself needs inside the container: its settings, nothing else."""
+        return policy(self.copier_parameters_statement())
+
+    def batch_instance_permissions(self) -> dict:
+        """EC2 compute only: the ECS agent on the instances (what AWS's managed
+        AmazonEC2ContainerServiceforEC2Role grants, as an inline policy we can read)."""
+        return policy(
+            allow(["ecs:CreateCluster", "ecs:DeregisterContainerInstance",
+                   "ecs:DiscoverPollEndpoint", "ecs:Poll", "ecs:RegisterContainerInstance",
+                   "ecs:StartTelemetrySession", "ecs:UpdateContainerInstancesState",
+                   "ecs:Submit*", "ec2:DescribeTags"], ["*"]),
+            *self.image_pull_statements(),
+            self.log_writing_statement(self.names.batch_log_group),
+        )
 
     def lambda_permissions(self) -> dict:
         group = self.log_group_arn(self.names.notify_log_group)
@@ -1481,11 +2025,23 @@ class Deployment:
         )
 
     def states_permissions(self) -> dict:
+        if self.settings.runner == "batch":
+            run_jobs = [
+                allow(["batch:SubmitJob"], [self.job_queue_arn(), *self.job_definition_arns()]),
+                allow(["batch:TerminateJob"], [self.aws.arn("batch", "job/*")]),
+                allow(["batch:DescribeJobs"], ["*"]),  # the action has no resource type
+                allow(["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                      [self.aws.arn("events", f"rule/{BATCH_SYNC_RULE}")]),
+            ]
+        else:
+            run_jobs = [
+                allow(["codebuild:StartBuild", "codebuild:StopBuild",
+                       "codebuild:BatchGetBuilds"], [self.project_arn()]),
+                allow(["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                      [self.aws.arn("events", f"rule/{CODEBUILD_SYNC_RULE}")]),
+            ]
         return policy(
-            allow(["codebuild:StartBuild", "codebuild:StopBuild", "codebuild:BatchGetBuilds"],
-                  [self.project_arn()]),
-            allow(["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                  [self.aws.arn("events", f"rule/{CODEBUILD_SYNC_RULE}")]),
+            *run_jobs,
             allow(["lambda:InvokeFunction"], [self.function_arn(), f"{self.function_arn()}:*"]),
         )
 
@@ -1511,18 +2067,34 @@ class Deployment:
                     secret=secret, env_var=secret_env_var(database, setting)))
         parameters.append(Parameter(self, names.webhook_parameter, value=None, secret=True,
                                     env_var=WEBHOOK_ENV_VAR))
+        codebuild, batch = s.runner == "codebuild", s.runner == "batch"
+        ec2 = batch and s.batch_compute == "EC2"
+        tasks = "ecs-tasks.amazonaws.com"
         return [
             *parameters,
-            LogGroup(self, names.project_log_group),
+            LogGroup(self, names.project_log_group, needed=codebuild),
+            LogGroup(self, names.batch_log_group, needed=batch),
             LogGroup(self, names.notify_log_group),
+            EcrRepository(self, names.repository, needed=s.uses_own_repository),
             Role(self, names.role("codebuild"), "codebuild.amazonaws.com",
-                 self.codebuild_permissions),
+                 self.codebuild_permissions, needed=codebuild),
+            Role(self, names.role("batch-execution"), tasks, self.batch_execution_permissions,
+                 needed=batch),
+            Role(self, names.role("batch-job"), tasks, self.batch_job_permissions,
+                 needed=batch),
+            Role(self, names.role("batch-instance"), "ec2.amazonaws.com",
+                 self.batch_instance_permissions, needed=ec2),
+            InstanceProfile(self, names.instance_profile, needed=ec2),
+            ServiceLinkedRole(self, BATCH_SERVICE_LINKED_ROLE, needed=batch),
             Role(self, names.role("lambda"), "lambda.amazonaws.com", self.lambda_permissions),
             Role(self, names.role("states"), "states.amazonaws.com", self.states_permissions),
             Role(self, names.role("starter"), "states.amazonaws.com", self.starter_permissions),
             Role(self, names.role("scheduler"), "scheduler.amazonaws.com",
                  self.scheduler_permissions, source_account=True),
-            CodeBuildProject(self, names.project),
+            CodeBuildProject(self, names.project, needed=codebuild),
+            ComputeEnvironment(self, names.compute_environment, needed=batch),
+            JobQueue(self, names.job_queue, needed=batch),
+            JobDefinition(self, names.job_definition, needed=batch),
             NotifyFunction(self, names.notify_function),
             StateMachine(self, names.state_machine, "states", self.state_machine_definition),
             StateMachine(self, names.starter, "starter",
@@ -1604,7 +2176,7 @@ def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
     if not resource.owned(current):
         return Outcome("left alone",
                        f"no tag {TAG_KEY}={resource.d.names.prefix}: setup did not create it")
-    kept = resource.kept_on_teardown()
+    kept = resource.kept_on_teardown(current)
     if kept:
         return Outcome("kept", kept)
     if not dry_run:
@@ -1612,26 +2184,41 @@ def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
     return Outcome("removed")
 
 
+def _worth_reporting(resource: Resource, outcome: Outcome) -> bool:
+    """Resources of the runner or image not in use are named only when something is there."""
+    return resource.needed or (outcome.status != "absent" and not resource.shared)
+
+
 def setup(deployment: Deployment, out: Callable[[str], None] = print) -> dict[str, Outcome]:
-    """Make every resource present, in order; return each resource's outcome by label."""
+    """Make every needed resource present, in order; then remove, newest first, those of the
+    runner or image no longer in use (the new runner is in place before the old one goes).
+    Return each resource's outcome by label."""
     dry_run = deployment.options.dry_run
     resources = deployment.resources()
-    for resource in resources:
+    needed = [r for r in resources if r.needed]
+    for resource in needed:
         _aws_step(resource, lambda r=resource: r.prepare(dry_run))
     outcomes = {}
-    for resource in resources:
+    for resource in needed:
         outcomes[resource.label] = ensure_present(resource, dry_run)
         out(outcomes[resource.label].line(resource.label, dry_run))
+    for resource in reversed([r for r in resources if not r.needed]):
+        outcome = ensure_absent(resource, dry_run)
+        if _worth_reporting(resource, outcome):
+            outcomes[resource.label] = outcome
+            out(outcome.line(resource.label, dry_run))
     return outcomes
 
 
 def teardown(deployment: Deployment, out: Callable[[str], None] = print) -> dict[str, Outcome]:
-    """Remove every resource setup created, in reverse order."""
+    """Remove every resource setup created, in reverse order, whichever runner it was for."""
     dry_run = deployment.options.dry_run
     outcomes = {}
     for resource in reversed(deployment.resources()):
-        outcomes[resource.label] = ensure_absent(resource, dry_run)
-        out(outcomes[resource.label].line(resource.label, dry_run))
+        outcome = ensure_absent(resource, dry_run)
+        if _worth_reporting(resource, outcome):
+            outcomes[resource.label] = outcome
+            out(outcome.line(resource.label, dry_run))
     return outcomes
 
 
