@@ -1,7 +1,7 @@
 """Benchmark: the copier against the tools a data engineer would otherwise use.
 
     python3 bench/bench.py                      # ~1 GB sample, 3 rounds (the README figures)
-    python3 bench/bench.py --mb 50 --rounds 1   # a smoke run, about a minute
+    python3 bench/bench.py --mb 50 --rounds 1   # a smoke run: all four tools work (~10 s)
 
 Each tool refreshes an already-populated target: the same source database, one target
 database per tool, filled by an untimed first run of that same tool. Then, per round, every
@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import psycopg2  # noqa: E402
+from psycopg2 import sql  # noqa: E402
 
 from copier import split_table_list  # noqa: E402  (the copier's own parsing of TABLES names)
 from dev import sample_data  # noqa: E402
@@ -271,12 +272,12 @@ TOOLS = (
 # ---------------------------------------------------------------------------------------------
 # The cluster.
 
-def admin(cluster: LocalCluster, statement: str, db: str = "postgres") -> list[tuple]:
+def admin(cluster: LocalCluster, statement, db: str = "postgres", params=None) -> list[tuple]:
     conn = psycopg2.connect(cluster.dsn(db))
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(statement)
+            cur.execute(statement, params)
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
@@ -301,15 +302,42 @@ def checkpoint(cluster: LocalCluster) -> None:
     admin(cluster, "CHECKPOINT")
 
 
-def start_cluster() -> LocalCluster:
+# Background vacuum/analyze of one tool's fresh tables would land in the next tool's timing.
+BENCH_SETTINGS = {"autovacuum": "off"}
+# Names of the settings the last run applied: the cluster persists, a --set must not.
+APPLIED_SETTINGS_FILE = RESULTS / "pgdata.settings.json"
+REPORTED_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers",
+                     "max_wal_size", "autovacuum")
+
+
+def start_cluster(extra_settings: dict[str, str]) -> LocalCluster:
     cluster = LocalCluster.create(RESULTS / "pgdata")
     if cluster.is_running():
-        raise BenchError(f"a server already runs on {RESULTS / 'pgdata'}: is another bench running?")
+        raise BenchError(f"a server already runs on {RESULTS / 'pgdata'}: is another bench running? "
+                         "If not, stop it with pg_ctl -D bench/results/pgdata stop")
     cluster.start()
-    # Background vacuum/analyze of one tool's fresh tables would land in the next tool's timing.
-    admin(cluster, "ALTER SYSTEM SET autovacuum = off")
-    admin(cluster, "SELECT pg_reload_conf()")
+    apply_settings(cluster, {**BENCH_SETTINGS, **extra_settings})
+    # Some settings (wal_level) need a restart; a restart is cheap.
+    cluster.stop()
+    cluster.start()
     return cluster
+
+
+def apply_settings(cluster: LocalCluster, settings: dict[str, str]) -> None:
+    previous = json.loads(APPLIED_SETTINGS_FILE.read_text()) if APPLIED_SETTINGS_FILE.exists() else []
+    for name in previous:
+        if name not in settings:
+            admin(cluster, sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+    for name, value in settings.items():
+        admin(cluster, sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+    APPLIED_SETTINGS_FILE.write_text(json.dumps(sorted(settings)))
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
 
 
 def recreate_database(cluster: LocalCluster, name: str) -> None:
@@ -336,6 +364,10 @@ def machine_description(cluster: LocalCluster) -> dict[str, str]:
         "pgcopydb": pgcopydb.stdout.split("\n")[0].replace("pgcopydb version ", ""),
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "server settings": " ".join(
+            f"{name}={value}" for name, value in admin(
+                cluster, "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) "
+                "ORDER BY name", params=(list(REPORTED_SETTINGS),))),
     }
 
 
@@ -436,6 +468,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mb", type=float, default=1000, help="sample size in MB (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    parser.add_argument("--set", dest="settings", action="append", type=parse_setting, default=[],
+                        metavar="NAME=VALUE", help="a server setting for this run (ALTER SYSTEM), "
+                        "e.g. --set wal_level=minimal --set max_wal_senders=0")
     return parser.parse_args(argv)
 
 
@@ -447,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_programs()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        cluster = start_cluster()
+        cluster = start_cluster(dict(args.settings))
         ensure_database(cluster, SOURCE_DB)
         for tool in TOOLS:
             recreate_database(cluster, tool.target_db)
