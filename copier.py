@@ -479,7 +479,7 @@ class Column:
     identity: str  # '', 'a' (always) or 'd' (by default)
     collation: str | None
     sequence: str | None  # name of the sequence a serial or identity column owns
-    sequence_sql: str | None  # the same, schema-qualified and quoted, to read on the source
+    sequence_schema: str | None  # where that sequence lives on the source
     text_only: bool  # a value whose binary form carries database-specific type OIDs
 
 
@@ -525,7 +525,7 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
            (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
             FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
             WHERE co.oid = a.attcollation) END,
-       s.relname, quote_ident(sn.nspname) || '.' || quote_ident(s.relname),
+       s.relname, sn.nspname,
        a.atttypid
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
@@ -606,10 +606,11 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
         Column(
             name=name, type_sql=type_sql, not_null=not_null, default=default,
             generated=generated, identity=identity, collation=collation,
-            sequence=sequence, sequence_sql=sequence_sql, text_only=type_oid in text_only_types,
+            sequence=sequence, sequence_schema=sequence_schema,
+            text_only=type_oid in text_only_types,
         )
         for (name, type_sql, not_null, default, generated, identity, collation, sequence,
-             sequence_sql, type_oid) in column_rows
+             sequence_schema, type_oid) in column_rows
     ]
     user_types = sorted(oid for oid, typtype, *_ in closure
                         if typtype in ("e", "d") and oid >= FIRST_NORMAL_OID)
@@ -950,7 +951,8 @@ def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable
         return
     with src.cursor() as cur:
         for column in owned:
-            cur.execute(f"SELECT last_value, is_called FROM {column.sequence_sql}")
+            cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
+                sql.Identifier(column.sequence_schema, column.sequence)))
             last_value, is_called = cur.fetchone()
             dst_cur.execute(
                 "SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
