@@ -9,10 +9,30 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
-from aws_helpers import ROOT
+import boto3
+import pytest
+from aws_helpers import (
+    MOTO_CONFIG,
+    REGION,
+    ROOT,
+    expected_inventory,
+    inventory,
+    nothing_left,
+    outcomes,
+    set_fake_aws_env,
+    write_config,
+)
+from moto import mock_aws
 
 import deployment
+import setup_aws
+import teardown_aws
+
+ACCOUNT = "123456789012"  # moto's default account
+BATCH_SYNC = "arn:aws:states:::batch:submitJob.sync"
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 # --- the Dockerfile, read statically
 
@@ -76,3 +96,410 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs():
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
     assert sorted(lines[1:]) == ["!copier.py", "!requirements.txt"]
+
+
+# --- setup and teardown under moto
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    set_fake_aws_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # no deploy.toml from the working tree
+    monkeypatch.setattr(deployment, "_sleep", lambda seconds: None)
+    with mock_aws(config=MOTO_CONFIG):
+        # The account's Batch service-linked role, as AWS names it (moto's
+        # create_service_linked_role would call it "AWSServiceRoleForbatch").
+        boto3.client("iam").create_role(
+            RoleName=deployment.BATCH_SERVICE_LINKED_ROLE,
+            Path="/aws-service-role/batch.amazonaws.com/",
+            AssumeRolePolicyDocument=json.dumps(deployment.policy(
+                {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"},
+                 "Action": "sts:AssumeRole"})))
+        yield
+
+
+@pytest.fixture
+def moto_accepts_no_source(monkeypatch):
+    """moto rejects a NO_SOURCE project without a source location, which AWS does not need:
+    the tests add a dummy one on the way to moto only (the comparison ignores it)."""
+    spec = deployment.CodeBuildProject.spec
+
+    def with_dummy_location(self):
+        found = spec(self)
+        if found["source"]["type"] == "NO_SOURCE":
+            found["source"] = {**found["source"], "location": "moto-needs-a-location"}
+        return found
+
+    monkeypatch.setattr(deployment.CodeBuildProject, "spec", with_dummy_location)
+
+
+def network() -> dict:
+    ec2 = boto3.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="copier", Description="copier",
+                                      VpcId=vpc)["GroupId"]
+    return {"vpc_id": vpc, "subnets": [subnet], "security_groups": [group]}
+
+
+def config_for(tmp_path: Path, **settings) -> str:
+    return str(write_config(tmp_path / "deploy.toml", **settings))
+
+
+def run(main, argv: list[str], capsys) -> dict[str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return outcomes(captured.out)
+
+
+def batch_inventory(prefix: str) -> dict[str, list[str]]:
+    """The resources only the runners create (roles are in aws_helpers.inventory)."""
+    batch = boto3.client("batch")
+    environments = [e["computeEnvironmentName"] for e in
+                    batch.describe_compute_environments()["computeEnvironments"]
+                    if e["status"] != "DELETED"]
+    queues = [q["jobQueueName"] for q in batch.describe_job_queues()["jobQueues"]
+              if q["status"] != "DELETED"]
+    definitions = [d["jobDefinitionArn"].rsplit("/", 1)[1] for d in
+                   batch.describe_job_definitions(status="ACTIVE")["jobDefinitions"]]
+    repositories = [r["repositoryName"] for r in
+                    boto3.client("ecr").describe_repositories()["repositories"]]
+    profiles = [p["InstanceProfileName"] for p in
+                boto3.client("iam").list_instance_profiles()["InstanceProfiles"]]
+    groups = [g["logGroupName"] for g in boto3.client("logs").describe_log_groups(
+        logGroupNamePrefix=f"/aws/batch/{prefix}")["logGroups"]]
+    found = {"compute environments": environments, "job queues": queues,
+             "job definitions": definitions, "repositories": repositories,
+             "instance profiles": profiles, "batch log groups": groups}
+    return {kind: sorted(names) for kind, names in found.items()}
+
+
+def batch_inventory_expected(prefix: str, ec2: bool = False) -> dict[str, list[str]]:
+    return {"compute environments": [prefix], "job queues": [prefix],
+            "job definitions": [f"{prefix}:1"], "repositories": [prefix],
+            "instance profiles": [f"{prefix}-batch-instance"] if ec2 else [],
+            "batch log groups": [f"/aws/batch/{prefix}"]}
+
+
+def no_batch(prefix: str) -> dict[str, list[str]]:
+    return {kind: [] for kind in batch_inventory_expected(prefix)}
+
+
+def codebuild_inventory_for_batch(prefix: str) -> dict[str, list[str]]:
+    """expected_inventory with the CodeBuild parts swapped for Batch's roles."""
+    expected = expected_inventory(prefix)
+    expected["roles"] = sorted([r for r in expected["roles"] if r != f"{prefix}-codebuild"]
+                               + [f"{prefix}-batch-execution", f"{prefix}-batch-job"])
+    expected["projects"] = []
+    expected["log groups"] = [f"/aws/lambda/{prefix}-notify"]
+    return expected
+
+
+def role_policy(role: str) -> dict[str, list[str]]:
+    document = boto3.client("iam").get_role_policy(RoleName=role,
+                                                   PolicyName="permissions")["PolicyDocument"]
+    found: dict[str, list[str]] = {}
+    for statement in document["Statement"]:
+        for action in statement["Action"]:
+            found.setdefault(action, []).extend(statement["Resource"])
+    return found
+
+
+def trusted_service(role: str) -> str:
+    (statement,) = boto3.client("iam").get_role(RoleName=role)["Role"][
+        "AssumeRolePolicyDocument"]["Statement"]
+    return statement["Principal"]["Service"]
+
+
+REPOSITORY_ARN = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/nightly-copy"
+IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/nightly-copy:latest"
+
+
+def test_custom_image_creates_the_repository_and_a_project_without_source(
+        aws, tmp_path, capsys, moto_accepts_no_source):
+    config = config_for(tmp_path, custom_image=True)
+    first = run(setup_aws.main, ["--config", config], capsys)
+    assert first["ECR repository nightly-copy"] == "created"
+    (repository,) = boto3.client("ecr").describe_repositories()["repositories"]
+    assert repository["repositoryName"] == "nightly-copy"
+    assert {"Key": "project", "Value": "nightly-copy"} in boto3.client("ecr").list_tags_for_resource(
+        resourceArn=repository["repositoryArn"])["tags"]
+    (project,) = boto3.client("codebuild").batch_get_projects(names=["nightly-copy"])["projects"]
+    assert project["source"]["type"] == "NO_SOURCE"
+    assert project["source"]["buildspec"] == deployment.ECR_BUILDSPEC
+    assert "sourceVersion" not in project  # no GitHub involved
+    assert (project["environment"]["image"], project["environment"]["imagePullCredentialsType"]) \
+        == (IMAGE_URI, "SERVICE_ROLE")
+    pulls = role_policy("nightly-copy-codebuild")
+    for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                   "ecr:BatchCheckLayerAvailability"):
+        assert pulls[action] == [REPOSITORY_ARN]
+
+    second = run(setup_aws.main, ["--config", config], capsys)
+    assert {status for status in second.values()} <= {"unchanged", "not saved"}
+
+    # an image was pushed: teardown keeps the repository unless told
+    boto3.client("ecr").put_image(repositoryName="nightly-copy", imageTag="latest",
+                                  imageManifest=json.dumps({
+                                      "schemaVersion": 2, "mediaType": MANIFEST_TYPE}))
+    down = run(teardown_aws.main, ["--config", config, "--remove-secrets"], capsys)
+    assert down["ECR repository nightly-copy"] == "kept"
+    assert batch_inventory("nightly-copy")["repositories"] == ["nightly-copy"]
+    down = run(teardown_aws.main, ["--config", config, "--remove-images"], capsys)
+    assert down["ECR repository nightly-copy"] == "removed"
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def assert_batch_configuration(net: dict, jobs: int = 3, compute: str = "FARGATE") -> None:
+    batch = boto3.client("batch")
+    (environment,) = batch.describe_compute_environments(
+        computeEnvironments=["nightly-copy"])["computeEnvironments"]
+    resources = environment["computeResources"]
+    assert (environment["type"], environment["state"]) == ("MANAGED", "ENABLED")
+    assert environment["serviceRole"] == (f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/"
+                                          "batch.amazonaws.com/AWSServiceRoleForBatch")
+    assert (resources["type"], resources["maxvCpus"]) == (compute, jobs)
+    assert resources["subnets"] == net["subnets"]
+    assert resources["securityGroupIds"] == net["security_groups"]
+    assert batch.list_tags_for_resource(resourceArn=environment["computeEnvironmentArn"])[
+        "tags"] == {"project": "nightly-copy"}
+
+    (queue,) = batch.describe_job_queues(jobQueues=["nightly-copy"])["jobQueues"]
+    assert queue["state"] == "ENABLED"
+    assert [e["computeEnvironment"] for e in queue["computeEnvironmentOrder"]] == [
+        environment["computeEnvironmentArn"]]
+
+    (definition,) = batch.describe_job_definitions(jobDefinitionName="nightly-copy",
+                                                   status="ACTIVE")["jobDefinitions"]
+    container = definition["containerProperties"]
+    assert definition["platformCapabilities"] == [compute]
+    assert container["image"] == IMAGE_URI
+    assert container["executionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/nightly-copy-batch-execution"
+    assert container["jobRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/nightly-copy-batch-job"
+    assert container["environment"] == [{"name": "COPIER_SSM_PREFIX", "value": "/nightly-copy/"}]
+    assert container["logConfiguration"]["options"]["awslogs-group"] == "/aws/batch/nightly-copy"
+    assert definition["timeout"] == {"attemptDurationSeconds": 90 * 60}
+    assert definition["retryStrategy"]["attempts"] == 1
+
+    # least privilege: ECS pulls this one repository and writes this one log group; the
+    # copier reads its own parameters only
+    assert trusted_service("nightly-copy-batch-execution") == "ecs-tasks.amazonaws.com"
+    execution = role_policy("nightly-copy-batch-execution")
+    assert execution["ecr:BatchGetImage"] == [REPOSITORY_ARN]
+    group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/batch/nightly-copy"
+    assert execution["logs:PutLogEvents"] == [group, f"{group}:*"]
+    assert role_policy("nightly-copy-batch-job") == {
+        action: [f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/nightly-copy",
+                 f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/nightly-copy/*"]
+        for action in ("ssm:GetParametersByPath", "ssm:GetParameters", "ssm:GetParameter")}
+
+    states = role_policy("nightly-copy-states")
+    queue_arn = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/nightly-copy"
+    assert queue_arn in states["batch:SubmitJob"]
+    assert f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/nightly-copy" in states[
+        "batch:SubmitJob"]
+    assert states["batch:DescribeJobs"] == ["*"]
+    assert states["batch:TerminateJob"] == [f"arn:aws:batch:{REGION}:{ACCOUNT}:job/*"]
+    rule = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/StepFunctionsGetEventsForBatchJobsRule"
+    for action in ("events:PutTargets", "events:PutRule", "events:DescribeRule"):
+        assert states[action] == [rule]
+    assert not any(action.startswith("codebuild:") for action in states)
+
+    machine = boto3.client("stepfunctions").describe_state_machine(
+        stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy")
+    branches = json.loads(machine["definition"])["States"]["Copy tables"]["Branches"]
+    assert len(branches) == jobs
+    for branch in branches:
+        task = branch["States"][branch["StartAt"]]
+        assert task["Resource"] == BATCH_SYNC
+        assert task["Parameters"]["JobQueue"] == queue_arn
+        assert task["Parameters"]["JobDefinition"] == "nightly-copy"
+
+
+def test_batch_runner_setup_twice_then_teardown_leaves_nothing(aws, tmp_path, capsys):
+    net = network()
+    config = config_for(tmp_path, runner="batch", **net)
+    managed_rule = boto3.client("events").put_rule(
+        Name="StepFunctionsGetEventsForBatchJobsRule",
+        EventPattern=json.dumps({"source": ["aws.batch"]}))["RuleArn"]
+
+    first = run(setup_aws.main, ["--config", config], capsys)
+    assert first.pop("Logs Insights query nightly-copy/table-durations") == "not saved"
+    assert first.pop("service-linked role AWSServiceRoleForBatch") == "unchanged"  # the account's
+    assert set(first.values()) == {"created"}, first
+    assert "CodeBuild project nightly-copy" not in first
+    assert inventory("nightly-copy") == codebuild_inventory_for_batch("nightly-copy")
+    assert batch_inventory("nightly-copy") == batch_inventory_expected("nightly-copy")
+    assert_batch_configuration(net)
+
+    second = run(setup_aws.main, ["--config", config], capsys)
+    second.pop("Logs Insights query nightly-copy/table-durations")
+    second.pop("service-linked role AWSServiceRoleForBatch")
+    assert second == dict.fromkeys(first, "unchanged")
+
+    down = run(teardown_aws.main, ["--config", config, "--remove-secrets"], capsys)
+    down.pop("Logs Insights query nightly-copy/table-durations")
+    assert down.pop("service-linked role AWSServiceRoleForBatch") == "kept"
+    assert set(down.values()) == {"removed"}
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+    assert [r["Arn"] for r in boto3.client("events").list_rules()["Rules"]] == [managed_rule]
+    assert boto3.client("iam").get_role(RoleName="AWSServiceRoleForBatch")
+
+
+def test_switching_runner_and_back_leaves_no_orphans(aws, tmp_path, capsys):
+    net = network()
+    codebuild = config_for(tmp_path, **net)
+    run(setup_aws.main, ["--config", codebuild], capsys)
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+
+    to_batch = run(setup_aws.main, ["--config", codebuild, "--runner", "batch"], capsys)
+    for label in ("CodeBuild project nightly-copy", "IAM role nightly-copy-codebuild",
+                  "log group /aws/codebuild/nightly-copy"):
+        assert to_batch[label] == "removed"
+    assert to_batch["state machine nightly-copy"] == "updated"
+    assert to_batch["IAM role nightly-copy-states"] == "updated"
+    assert inventory("nightly-copy") == codebuild_inventory_for_batch("nightly-copy")
+    assert batch_inventory("nightly-copy") == batch_inventory_expected("nightly-copy")
+
+    back = run(setup_aws.main, ["--config", codebuild], capsys)
+    for label in ("Batch job definition nightly-copy", "Batch job queue nightly-copy",
+                  "Batch compute environment nightly-copy", "ECR repository nightly-copy",
+                  "IAM role nightly-copy-batch-execution", "IAM role nightly-copy-batch-job",
+                  "log group /aws/batch/nightly-copy"):
+        assert back[label] == "removed"
+    assert "service-linked role AWSServiceRoleForBatch" not in back  # not ours to remove
+    assert back["CodeBuild project nightly-copy"] == "created"
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+    definition = json.loads(boto3.client("stepfunctions").describe_state_machine(
+        stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy")[
+        "definition"])
+    assert "codebuild:startBuild.sync" in json.dumps(definition)
+    assert "batch:" not in json.dumps(definition)
+
+    again = run(setup_aws.main, ["--config", codebuild], capsys)
+    again.pop("Logs Insights query nightly-copy/table-durations")
+    assert set(again.values()) == {"unchanged"}  # nothing of Batch is even mentioned
+    run(teardown_aws.main, ["--config", codebuild, "--remove-secrets"], capsys)
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def test_teardown_with_the_other_runner_configured_still_removes_everything(aws, tmp_path,
+                                                                           capsys):
+    net = network()
+    run(setup_aws.main, ["--config", config_for(tmp_path, runner="batch", **net)], capsys)
+    # the config file says codebuild now, but setup never ran with it
+    down = run(teardown_aws.main, ["--config", config_for(tmp_path, **net), "--remove-secrets"],
+               capsys)
+    assert down["Batch compute environment nightly-copy"] == "removed"
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+
+
+def test_ec2_compute_gets_an_instance_profile_and_scales_to_zero(aws, tmp_path, capsys):
+    net = network()
+    config = config_for(tmp_path, runner="batch", batch_compute="EC2", **net)
+    first = run(setup_aws.main, ["--config", config], capsys)
+    assert first["instance profile nightly-copy-batch-instance"] == "created"
+    assert batch_inventory("nightly-copy") == batch_inventory_expected("nightly-copy", ec2=True)
+    assert_batch_configuration(net, compute="EC2")
+    (environment,) = boto3.client("batch").describe_compute_environments(
+        computeEnvironments=["nightly-copy"])["computeEnvironments"]
+    resources = environment["computeResources"]
+    assert resources["instanceRole"] == (
+        f"arn:aws:iam::{ACCOUNT}:instance-profile/nightly-copy-batch-instance")
+    assert (resources["minvCpus"], resources["desiredvCpus"]) == (0, 0)
+    assert trusted_service("nightly-copy-batch-instance") == "ec2.amazonaws.com"
+    assert role_policy("nightly-copy-batch-instance")["ecr:BatchGetImage"] == [REPOSITORY_ARN]
+
+    run(teardown_aws.main, ["--config", config, "--remove-secrets"], capsys)
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+class Recorder:
+    """A client whose calls are noted, in order, with their arguments."""
+
+    def __init__(self, client, calls: list):
+        self._client, self._calls = client, calls
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self._calls.append((name, kwargs))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_teardown_disables_and_deletes_the_queue_before_the_compute_environment(aws, tmp_path,
+                                                                                capsys):
+    net = network()
+    config = config_for(tmp_path, runner="batch", **net)
+    run(setup_aws.main, ["--config", config], capsys)
+    settings = deployment.load_settings(setup_aws.build_parser().parse_args(["--config", config]))
+    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options())
+    calls: list = []
+    d.aws._clients["batch"] = Recorder(d.aws.client("batch"), calls)
+    deployment.teardown(d, out=lambda line: None)
+    changes = [(name, kwargs.get("state")) for name, kwargs in calls
+               if not name.startswith(("describe", "list"))]
+    assert changes == [
+        ("deregister_job_definition", None),
+        ("update_job_queue", "DISABLED"), ("delete_job_queue", None),
+        ("update_compute_environment", "DISABLED"), ("delete_compute_environment", None)]
+    # each delete came after a describe that saw the disabled state settled, and was followed
+    # by one that saw the resource gone
+    names = [name for name, _ in calls]
+    queue_delete = names.index("delete_job_queue")
+    assert names[queue_delete - 1] == "describe_job_queues"
+    assert names[queue_delete + 1] == "describe_job_queues"
+
+
+def test_waiting_for_batch_polls_until_settled_and_gives_up_with_a_clear_error(monkeypatch):
+    delays: list[float] = []
+    monkeypatch.setattr(deployment, "_sleep", delays.append)
+    answers = iter([False, False, True])
+    deployment.wait_until("Batch job queue q", "disabled", lambda: next(answers))
+    assert len(delays) == 2
+    with pytest.raises(deployment.AwsError, match="Batch job queue q: still not deleted"):
+        deployment.wait_until("Batch job queue q", "deleted", lambda: False)
+    assert len(delays) == 2 + deployment.BATCH_WAIT_ATTEMPTS
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"runner": "lambda"}, "runner 'lambda'"),
+    ({"runner": "batch"}, "runner batch needs subnets and security_groups"),
+    ({"custom_image": True, "ecr_image": "1.dkr.ecr.r.amazonaws.com/x:1"}, "exclude each other"),
+    ({"image_tag": "no spaces"}, "image_tag"),
+    ({"runner": "batch", "batch_compute": "LAMBDA", "vpc_id": "v", "subnets": ["s"],
+      "security_groups": ["g"]}, "batch_compute"),
+])
+def test_bad_runner_settings_are_one_line(tmp_path, capsys, settings, message):
+    config = config_for(tmp_path, **settings)
+    code = setup_aws.main(["--config", config])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and message in err
+
+
+def test_batch_needs_no_github_url(tmp_path):
+    settings = deployment.Settings(tables=["public.a"], runner="batch", vpc_id="v",
+                                   subnets=["s"], security_groups=["g"])
+    settings.validate_for_setup()
+    assert settings.uses_own_repository
+    with pytest.raises(deployment.SettingsError, match="github_url is required"):
+        deployment.Settings(tables=["public.a"]).validate_for_setup()
+
+
+def test_custom_image_flag_overrides_the_file(tmp_path):
+    config = config_for(tmp_path, custom_image=True)
+    args = setup_aws.build_parser().parse_args(["--config", config, "--no-custom-image"])
+    assert deployment.load_settings(args).custom_image is False
+    args = setup_aws.build_parser().parse_args(["--config", config])
+    assert deployment.load_settings(args).custom_image is True
