@@ -1,0 +1,580 @@
+"""How did last night go, why so long: run reports and rebalancing for the nightly copy.
+
+    python operations.py report                     # the last 7 runs: status, duration, jobs
+    python operations.py report 2026-11-27          # that run's tables, slowest first
+    python operations.py report --last 30 --json    # the same for scripts
+    python operations.py rebalance                  # current and proposed split, from run times
+    python operations.py rebalance --apply          # update the state machine with the proposal
+
+Settings as for setup_aws.py (--config deploy.toml and flags). See docs/aws.md, "Operations".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+import copier
+import deployment
+import notify_lambda
+from deployment import (
+    SETTING_FIELDS,
+    Aws,
+    AwsError,
+    Deployment,
+    Names,
+    Options,
+    Settings,
+    SettingsError,
+    add_settings_arguments,
+    deployed_assignment,
+    describe_error,
+    ensure_present,
+    job_name,
+    load_settings,
+)
+
+COPIED, FAILED, STAGED, FINISHED = "table_copied", "table_failed", "table_staged", "run_finished"
+PARALLEL_STATE = "Copy tables"  # the Parallel state of state_machine.json
+# Log lines are written while the builds run, inside the execution's start and stop; the
+# margin covers clock skew and a build still flushing its last lines.
+LOG_WINDOW_MARGIN = dt.timedelta(minutes=15)
+
+
+class OperationsError(Exception):
+    """Nothing to report or rebalance from; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+@dataclass
+class JobRun:
+    job: str
+    status: str
+    seconds: float | None
+    tables: list[str]
+    error: str | None = None
+    cause: str | None = None
+
+
+@dataclass
+class ExecutionRun:
+    name: str
+    status: str
+    start: dt.datetime
+    stop: dt.datetime | None
+    jobs: list[JobRun] = field(default_factory=list)
+    jobs_from: str = "none"  # "history" (the Parallel state's result), "logs" or "none"
+
+    @property
+    def seconds(self) -> float | None:
+        return (self.stop - self.start).total_seconds() if self.stop else None
+
+
+@dataclass
+class TableRun:
+    table: str
+    job: str
+    status: str
+    rows: int | None
+    bytes: int | None
+    seconds: float | None
+    error: str | None = None
+
+    @property
+    def mb(self) -> float | None:
+        return self.bytes / 1e6 if self.bytes is not None else None
+
+    @property
+    def mb_per_second(self) -> float | None:
+        if self.mb is None or not self.seconds:
+            return None
+        return self.mb / self.seconds
+
+
+def nightly_arn(aws: Aws, names: Names) -> str:
+    return aws.arn("states", f"stateMachine:{names.state_machine}")
+
+
+def recent_executions(aws: Aws, names: Names, last: int, status: str | None = None) -> list[dict]:
+    """The newest `last` executions of the nightly state machine, newest first."""
+    request = {"stateMachineArn": nightly_arn(aws, names)}
+    if status:
+        request["statusFilter"] = status
+    found = []
+    paginator = aws.client("stepfunctions").get_paginator("list_executions")
+    for page in paginator.paginate(**request):
+        found += page["executions"]
+    # Names are dates: they break ties between executions started in the same instant.
+    found.sort(key=lambda e: (e["startDate"], e["name"]), reverse=True)
+    return found[:last]
+
+
+def find_execution(aws: Aws, names: Names, name: str) -> dict | None:
+    arn = nightly_arn(aws, names).replace(":stateMachine:", ":execution:") + f":{name}"
+    try:
+        return aws.client("stepfunctions").describe_execution(executionArn=arn)
+    except ClientError as err:
+        if deployment.error_code(err) in ("ExecutionDoesNotExist", "StateMachineDoesNotExist"):
+            return None
+        raise
+
+
+def parallel_results(aws: Aws, execution_arn: str) -> list[dict] | None:
+    """The job results the Parallel state handed on, from the history; None if it never
+    finished (the execution still runs, was stopped or timed out)."""
+    paginator = aws.client("stepfunctions").get_paginator("get_execution_history")
+    for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True):
+        for event in page["events"]:
+            details = event.get("stateExitedEventDetails") or {}
+            if event["type"] == "ParallelStateExited" and details.get("name") == PARALLEL_STATE:
+                return json.loads(details.get("output") or "{}").get("jobs")
+    return None
+
+
+def job_from_result(position: int, result: dict) -> JobRun:
+    # The Slack function reads the same results, failed builds' causes included.
+    job = notify_lambda.job_result(position, result)
+    return JobRun(job.name, job.status, job.seconds, job.tables, job.error, job.cause)
+
+
+def log_lines(aws: Aws, names: Names, run: str, events: Iterable[str],
+              start: dt.datetime | None = None, stop: dt.datetime | None = None) -> list[dict]:
+    """The copier's JSON lines of one run, oldest first, each with its @stream.
+
+    The JSON filter pattern does the work on AWS. moto (5.x) treats any `{...}` pattern as
+    matching everything, and any copier may log odd lines: the same test is made here too.
+    """
+    events = set(events)
+    either = " || ".join(f'$.event = "{event}"' for event in sorted(events))
+    request = {"logGroupName": names.project_log_group,
+               "filterPattern": f'{{ $.run = "{run}" && ({either}) }}'}
+    if start:
+        request["startTime"] = int((start - LOG_WINDOW_MARGIN).timestamp() * 1000)
+    if stop:
+        request["endTime"] = int((stop + LOG_WINDOW_MARGIN).timestamp() * 1000)
+    lines = []
+    paginator = aws.client("logs").get_paginator("filter_log_events")
+    try:
+        for page in paginator.paginate(**request):
+            for event in page["events"]:
+                line = parse_line(event["message"])
+                if line and line.get("run") == run and line.get("event") in events:
+                    lines.append({**line, "@stream": event.get("logStreamName", ""),
+                                  "@timestamp": event.get("timestamp", 0)})
+    except ClientError as err:
+        if deployment.error_code(err) == "ResourceNotFoundException":
+            return []  # no log group: nothing was ever logged
+        raise
+    lines.sort(key=lambda line: line["@timestamp"])
+    return lines
+
+
+def parse_line(message: str) -> dict | None:
+    try:
+        line = json.loads(message)
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
+
+
+def job_of_streams(lines: list[dict]) -> dict[str, str]:
+    """Each build logs to its own stream: lines without a job (run_finished, swap-together
+    copies) belong to the job named on the other lines of their stream."""
+    return {line["@stream"]: str(line["job"]) for line in lines if line.get("job") is not None}
+
+
+def table_runs(lines: list[dict]) -> list[TableRun]:
+    """One result per table (its last copied or failed line), slowest first."""
+    jobs = job_of_streams(lines)
+    last: dict[str, dict] = {}
+    for line in lines:
+        if line["event"] in (COPIED, FAILED) and line.get("table"):
+            last[line["table"]] = line
+    runs = [TableRun(
+        table=line["table"],
+        job=str(line["job"]) if line.get("job") is not None else jobs.get(line["@stream"], "?"),
+        status="copied" if line["event"] == COPIED else "FAILED",
+        rows=line.get("rows"), bytes=line.get("bytes"), seconds=line.get("seconds"),
+        error=line.get("error")) for line in last.values()]
+    runs.sort(key=lambda r: (r.seconds is None, -(r.seconds or 0), r.table))
+    return runs
+
+
+def jobs_from_logs(lines: list[dict]) -> list[JobRun]:
+    """Per job from the log lines alone: for runs whose Parallel state never finished."""
+    jobs = job_of_streams(lines)
+    tables = table_runs(lines)
+    finished = {jobs.get(line["@stream"]): line for line in lines if line["event"] == FINISHED}
+    result = []
+    for job in sorted({t.job for t in tables} | set(finished) - {None}):
+        mine = [t for t in tables if t.job == job]
+        if any(t.status == "FAILED" for t in mine) or finished.get(job, {}).get("failed"):
+            status = "FAILED"
+        else:
+            status = "SUCCEEDED" if job in finished else "UNFINISHED"
+        seconds = finished[job].get("seconds") if job in finished else sum(
+            t.seconds or 0 for t in mine)
+        result.append(JobRun(job, status, seconds, sorted(t.table for t in mine)))
+    return result
+
+
+def execution_run(aws: Aws, names: Names, execution: dict) -> ExecutionRun:
+    run = ExecutionRun(execution["name"], execution["status"], execution["startDate"],
+                       execution.get("stopDate"))
+    results = parallel_results(aws, execution["executionArn"])
+    if results is not None:
+        run.jobs = [job_from_result(n, r) for n, r in enumerate(results, start=1)]
+        run.jobs_from = "history"
+        return run
+    lines = log_lines(aws, names, run.name, (COPIED, FAILED, STAGED, FINISHED),
+                      run.start, run.stop)
+    if lines:
+        run.jobs = jobs_from_logs(lines)
+        run.jobs_from = "logs"
+    return run
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_runs(aws: Aws, names: Names, last: int) -> list[ExecutionRun]:
+    return [execution_run(aws, names, e) for e in recent_executions(aws, names, last)]
+
+
+def report_tables(aws: Aws, names: Names, name: str) -> list[TableRun]:
+    execution = find_execution(aws, names, name)
+    start = execution["startDate"] if execution else None
+    stop = execution.get("stopDate") if execution else None
+    tables = table_runs(log_lines(aws, names, name, (COPIED, FAILED, STAGED), start, stop))
+    if not tables:
+        known = "" if execution else f" and no execution named {name}"
+        raise OperationsError(
+            f"no copier log lines for run {name!r}{known} in {names.project_log_group}: "
+            "`operations.py report` lists the recent runs")
+    return tables
+
+
+def duration(seconds: float | None) -> str:
+    return notify_lambda.format_duration(seconds) if seconds is not None else "-"
+
+
+def utc(moment: dt.datetime | None) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def iso(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def number(value: float | None, digits: int) -> str:
+    return f"{value:.{digits}f}" if value is not None else "-"
+
+
+def aligned(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
+    """Columns padded to their widest cell; numbers (the `right` columns) right-aligned."""
+    right = set(right)
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return [line(headers), *map(line, rows)]
+
+
+def runs_table(runs: list[ExecutionRun]) -> list[str]:
+    rows = []
+    for run in runs:
+        cells = [run.name, run.status, utc(run.start), duration(run.seconds)]
+        for job in run.jobs or [None]:
+            job_cells = ([job.job, job.status, duration(job.seconds), ",".join(job.tables)]
+                         if job else ["-", "-", "-", "-"])
+            rows.append(cells + job_cells)
+            cells = [""] * 4  # the execution's cells only on its first job
+    lines = aligned(["execution", "status", "start (UTC)", "duration", "job", "job status",
+                     "job duration", "tables"], rows)
+    lines += [f"{run.name}: per job from the copier's log lines (the Parallel state has no "
+              "result: still running, stopped or timed out)" for run in runs
+              if run.jobs_from == "logs"]
+    for run in runs:
+        for job in run.jobs:
+            if job.error or job.cause:
+                lines.append(f"{run.name} {job.job}: {job.error or ''}"
+                             + (f": {job.cause}" if job.cause else ""))
+    return lines
+
+
+def runs_json(runs: list[ExecutionRun]) -> list[dict]:
+    return [{"execution": r.name, "status": r.status, "start": iso(r.start), "stop": iso(r.stop),
+             "seconds": r.seconds, "jobs_from": r.jobs_from,
+             "jobs": [asdict(job) for job in r.jobs]} for r in runs]
+
+
+def tables_table(tables: list[TableRun]) -> list[str]:
+    rows = [[t.table, t.job, str(t.rows) if t.rows is not None else "-", number(t.mb, 1),
+             number(t.seconds, 1), number(t.mb_per_second, 2), t.status] for t in tables]
+    lines = aligned(["table", "job", "rows", "MB", "seconds", "MB/s", "status"], rows,
+                    right={2, 3, 4, 5})
+    lines += [f"{t.table}: {t.error}" for t in tables if t.error]
+    return lines
+
+
+def tables_json(name: str, tables: list[TableRun]) -> dict:
+    return {"execution": name, "tables": [
+        {"table": t.table, "job": t.job, "status": t.status, "rows": t.rows, "bytes": t.bytes,
+         "mb": round(t.mb, 3) if t.mb is not None else None, "seconds": t.seconds,
+         "mb_per_second": round(t.mb_per_second, 3) if t.mb_per_second is not None else None,
+         "error": t.error} for t in tables]}
+
+
+# --------------------------------------------------------------------------- rebalance
+
+
+@dataclass
+class Estimate:
+    seconds: float
+    basis: str
+
+
+@dataclass
+class History:
+    runs: list[str]  # the successful runs measured, newest first
+    seconds: dict[str, list[float]]  # per logged table name
+    bytes_per_second: float | None  # over every copied table of those runs
+
+
+def measured_history(aws: Aws, names: Names, runs: int,
+                     out: Callable[[str], None]) -> History:
+    """Per-table seconds of the last `runs` successful runs, from their table_copied lines."""
+    seconds: dict[str, list[float]] = {}
+    measured, total_bytes, total_seconds = [], 0, 0.0
+    for execution in recent_executions(aws, names, runs, status="SUCCEEDED"):
+        lines = log_lines(aws, names, execution["name"], (COPIED,), execution["startDate"],
+                          execution.get("stopDate"))
+        copied = [t for t in table_runs(lines) if t.seconds is not None]
+        if not copied:
+            out(f"{execution['name']}: no table_copied lines (older than the log retention?)")
+            continue
+        measured.append(execution["name"])
+        for table in copied:
+            seconds.setdefault(table.table, []).append(float(table.seconds))
+            if table.bytes:
+                total_bytes += table.bytes
+                total_seconds += table.seconds
+    if not measured:
+        raise OperationsError(
+            f"no successful run with copier log lines among the last {runs}: nothing measured "
+            "to rebalance from (setup's size-based split stands)")
+    rate = total_bytes / total_seconds if total_bytes and total_seconds else None
+    return History(measured, seconds, rate)
+
+
+def logged_name(table: str, logged: Iterable[str]) -> str:
+    """The name the copier logs for a configured table: schema-qualified, quoted only where
+    needed; an unquoted name the source has only in lower case is logged folded."""
+    try:
+        (parts,) = copier.split_table_list(table)
+    except (copier.CopierError, ValueError):
+        return table
+    if len(parts) == 1:
+        parts = [("public", False), *parts]
+    (schema, schema_quoted), (name, name_quoted) = parts
+    exact = f"{copier.display_ident(schema)}.{copier.display_ident(name)}"
+    folded = (f"{copier.display_ident(schema if schema_quoted else schema.lower())}."
+              f"{copier.display_ident(name if name_quoted else name.lower())}")
+    return exact if exact in logged or folded not in logged else folded
+
+
+def source_sizes(settings: Settings, out: Callable[[str], None]) -> dict[str, float] | None:
+    """Bytes per configured table when the source is reachable (as setup measures them)."""
+    weights, basis = deployment.table_weights(settings, out)
+    return weights if basis == "source table sizes" else None
+
+
+def estimate_seconds(tables: list[str], history: History,
+                     sizes: dict[str, float] | None) -> dict[str, Estimate]:
+    """Median measured seconds per table; a table never measured gets its size at the runs'
+    overall MB/s when the source was reachable, else the median of the measured tables."""
+    estimates, missing = {}, []
+    for table in tables:
+        measured = history.seconds.get(logged_name(table, history.seconds))
+        if measured:
+            estimates[table] = Estimate(statistics.median(measured),
+                                        f"median of {len(measured)} run(s)")
+        else:
+            missing.append(table)
+    known = [e.seconds for e in estimates.values()] or [
+        statistics.median(s) for s in history.seconds.values()]
+    for table in missing:
+        if sizes and table in sizes and history.bytes_per_second:
+            estimates[table] = Estimate(sizes[table] / history.bytes_per_second,
+                                        f"no history: size at {history.bytes_per_second / 1e6:.2f}"
+                                        " MB/s")
+        else:
+            estimates[table] = Estimate(statistics.median(known),
+                                        "no history: median of measured tables")
+    return estimates
+
+
+def job_seconds(assignment: list[list[str]], estimates: dict[str, Estimate]) -> list[float]:
+    return [sum(estimates[t].seconds for t in tables) for tables in assignment]
+
+
+def bounding_tables(assignment: list[list[str]],
+                    estimates: dict[str, Estimate]) -> list[dict]:
+    """Tables that alone take longer than the rest of their job's tables together and than
+    an even share of the whole (total / jobs): no split finishes the run before them."""
+    loads = job_seconds(assignment, estimates)
+    share = sum(loads) / len(loads) if loads else 0
+    found = []
+    for number, (tables, load) in enumerate(zip(assignment, loads, strict=True), start=1):
+        for table in tables:
+            alone = estimates[table].seconds
+            if alone > load - alone and alone >= share:
+                found.append({"table": table, "job": job_name(number), "seconds": alone,
+                              "rest_seconds": load - alone})
+    return found
+
+
+def assignment_view(assignment: list[list[str]], estimates: dict[str, Estimate]) -> dict:
+    loads = job_seconds(assignment, estimates)
+    longest = max(range(len(loads)), key=lambda i: (loads[i], -i))
+    return {"jobs": [{"job": job_name(n), "seconds": load, "tables": tables}
+                     for n, (tables, load) in enumerate(zip(assignment, loads, strict=True),
+                                                        start=1)],
+            "longest": {"job": job_name(longest + 1), "seconds": loads[longest]}}
+
+
+def apply_assignment(settings: Settings, aws: Aws, assignment: list[list[str]]) -> str:
+    """Re-render the nightly state machine with this assignment and update it, as setup does."""
+    d = Deployment(settings, aws, Options(), assignment)
+    (machine,) = [r for r in d.resources() if isinstance(r, deployment.StateMachine)
+                  and r.name == d.names.state_machine]
+    return ensure_present(machine, dry_run=False).line(machine.label, dry_run=False)
+
+
+def rebalance(settings: Settings, aws: Aws, runs: int, apply: bool,
+              out: Callable[[str], None]) -> dict:
+    names = Names(settings.prefix)
+    current = deployed_assignment(aws, names)
+    if current is None:
+        raise OperationsError(f"state machine {names.state_machine} is not deployed (or names no "
+                              "TABLES per job): run setup_aws.py first")
+    history = measured_history(aws, names, runs, out)
+    sizes = None
+    if any(logged_name(t, history.seconds) not in history.seconds for t in settings.tables):
+        sizes = source_sizes(settings, out)
+    tables = list(dict.fromkeys([*settings.tables, *(t for job in current for t in job)]))
+    estimates = estimate_seconds(tables, history, sizes)
+    jobs = min(settings.jobs, len(settings.tables))
+    proposed = copier.assign_to_jobs({t: estimates[t].seconds for t in settings.tables}, jobs)
+    result = {
+        "runs": history.runs,
+        "estimates": {t: asdict(e) for t, e in estimates.items()},
+        "current": assignment_view(current, estimates),
+        "proposed": assignment_view(proposed, estimates),
+        "bounding": bounding_tables(proposed, estimates),
+        "applied": None,
+    }
+    if apply:
+        result["applied"] = apply_assignment(settings, aws, proposed).strip()
+    return result
+
+
+def rebalance_lines(result: dict, names: Names) -> list[str]:
+    lines = [f"per-table seconds: median over {len(result['runs'])} successful run(s) "
+             f"({', '.join(result['runs'])})"]
+    lines += [f"  {table}: {e['seconds']:.0f} s ({e['basis']})"
+              for table, e in result["estimates"].items() if not e["basis"].startswith("median")]
+    for title, view in ((f"current (state machine {names.state_machine})", result["current"]),
+                        ("proposed", result["proposed"])):
+        lines.append(f"{title}:")
+        lines += ["  " + line for line in aligned(
+            ["job", "predicted", "tables"],
+            [[j["job"], duration(j["seconds"]), ",".join(j["tables"])] for j in view["jobs"]],
+            right={1})]
+        lines.append(f"  longest: {view['longest']['job']}, {duration(view['longest']['seconds'])}")
+    lines += [f"warning: {b['table']} alone takes {duration(b['seconds'])}, longer than the rest "
+              f"of {b['job']} ({duration(b['rest_seconds'])}): it bounds the run; splitting the "
+              "table or a bigger compute type is what shortens the run, not rebalancing"
+              for b in result["bounding"]]
+    lines.append(result["applied"] or "not applied: add --apply to update the state machine")
+    return lines
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = argparse.ArgumentParser(add_help=False)
+    add_settings_arguments(settings, SETTING_FIELDS)
+    settings.add_argument("--json", action="store_true", help="JSON on stdout, for scripts")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser("report", parents=[settings],
+                                 help="recent runs, or one run's tables slowest first")
+    report.add_argument("execution", nargs="?", help="a run's name (its date): per-table figures")
+    report.add_argument("--last", type=positive, default=7, help="how many runs (default 7)")
+    balance = commands.add_parser("rebalance", parents=[settings],
+                                  help="split the tables over the jobs by measured times")
+    balance.add_argument("--runs", type=positive, default=7,
+                         help="successful runs to take the median over (default 7)")
+    balance.add_argument("--apply", action="store_true",
+                         help="update the state machine with the proposed assignment")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        names = Names(settings.prefix)
+        if args.command == "rebalance":
+            settings.validate_for_setup()
+            aws = Aws(settings.region)
+            result = rebalance(settings, aws, args.runs, args.apply,
+                               lambda line: print(line, file=sys.stderr))
+            lines = [json.dumps(result, indent=2)] if args.json else rebalance_lines(result,
+                                                                                    names)
+        elif args.execution:
+            settings.validate()
+            tables = report_tables(Aws(settings.region), names, args.execution)
+            lines = ([json.dumps(tables_json(args.execution, tables), indent=2)] if args.json
+                     else tables_table(tables))
+        else:
+            settings.validate()
+            runs = report_runs(Aws(settings.region), names, args.last)
+            if not runs and not args.json:
+                raise OperationsError(f"no executions of state machine {names.state_machine} "
+                                      "yet: `setup_aws.py --start` starts one")
+            lines = [json.dumps(runs_json(runs), indent=2)] if args.json else runs_table(runs)
+    except (SettingsError, AwsError, OperationsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ClientError, BotoCoreError) as err:
+        print(f"error: {describe_error(err)}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""operations.py under moto: run reports and rebalancing from the copier's log lines.
+
+The nightly state machine is deployed by setup, as a user would. moto cannot run CodeBuild,
+so the runs with a Parallel result are executed in moto's engine on a copy whose build tasks
+are Pass states holding a canned build (or a failing sns:publish); the copier's JSON lines
+are written with put_log_events, one stream per job as CodeBuild does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+
+import boto3
+import pytest
+import requests
+from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env, write_config
+from moto import mock_aws
+from moto.stepfunctions.parser.backend.execution import Execution
+
+import deployment
+import operations
+import setup_aws
+
+ACCOUNT = "123456789012"
+MACHINE = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy"
+LOG_GROUP = "/aws/codebuild/nightly-copy"
+
+# The split setup makes from write_config's weights (a=10, b=4, the rest 1) over 3 jobs.
+SETUP_SPLIT = [["public.a"], ["public.b", "public.g"],
+               ["public.c", "public.d", "public.e", "public.f"]]
+# Seconds per table in the three successful runs; public.g has no history.
+SECONDS = {
+    "2026-11-24": {"public.a": 2300, "public.b": 300, "public.c": 900, "public.d": 800,
+                   "public.e": 700, "public.f": 600},
+    "2026-11-25": {"public.a": 2600, "public.b": 310, "public.c": 880, "public.d": 790,
+                   "public.e": 700, "public.f": 620},
+    "2026-11-26": {"public.a": 2400, "public.b": 290, "public.c": 950, "public.d": 820,
+                   "public.e": 710, "public.f": 590},
+}
+BYTES = {"public.a": 1_200_000_000, "public.b": 290_000_000, "public.c": 380_000_000,
+         "public.d": 656_000_000, "public.e": 71_000_000, "public.f": 1_180_000_000}
+ROWS = {"public.a": 5_000_000, "public.b": 290_000, "public.c": 1_000_000,
+        "public.d": 2_000_000, "public.e": 10_000, "public.f": 3_000_000}
+# Canned builds: job-1 40 minutes, job-2 17m 53s, job-3 50 minutes.
+BUILD_TIMES = {"job-1": ("2026-11-27T03:00:05Z", "2026-11-27T03:40:05Z"),
+               "job-2": ("2026-11-27T03:00:07Z", "2026-11-27T03:18:00Z"),
+               "job-3": ("2026-11-27T03:00:09Z", "2026-11-27T03:50:09Z")}
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    set_fake_aws_env(monkeypatch)
+    # moto 5.2 deep-copies the state machine, its finished executions (and their thread
+    # locks) included, on every start: a second execution of one machine fails to pickle.
+    monkeypatch.setattr(Execution, "__deepcopy__", lambda self, memo: self, raising=False)
+    with mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}}):
+        yield
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch, aws, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path / "deploy.toml")
+    assert setup_aws.main(["--config", str(path)]) == 0
+    capsys.readouterr()
+    return path
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = operations.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def definition() -> dict:
+    sfn = boto3.client("stepfunctions")
+    return json.loads(sfn.describe_state_machine(stateMachineArn=MACHINE)["definition"])
+
+
+def set_definition(new: dict) -> None:
+    boto3.client("stepfunctions").update_state_machine(stateMachineArn=MACHINE,
+                                                       definition=json.dumps(new))
+
+
+def without_codebuild(deployed: dict, failing: set[str]) -> dict:
+    """Each build task becomes a Pass holding a canned build then its own ResultSelector; a
+    failing job's task becomes an sns:publish to a missing topic, caught by its branch."""
+    rewritten = copy.deepcopy(deployed)
+    for branch in rewritten["States"]["Copy tables"]["Branches"]:
+        name = branch["StartAt"]
+        task = branch["States"][name]
+        job = task["ResultSelector"]["job"]
+        if job in failing:
+            task["Resource"] = "arn:aws:states:::sns:publish"
+            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:missing",
+                                  "Message": "stands in for a failed build"}
+            del task["ResultSelector"]
+            continue
+        start, end = BUILD_TIMES[job]
+        build = {"Build": {"Id": f"nightly-copy:{job}", "BuildStatus": "SUCCEEDED",
+                           "Logs": {"DeepLink": f"https://console.example/{job}"},
+                           "StartTime": start, "EndTime": end}}
+        branch["States"][name] = {"Type": "Pass", "Result": build, "Next": f"{name} result"}
+        branch["States"][f"{name} result"] = {"Type": "Pass", "End": True,
+                                              "Parameters": task["ResultSelector"]}
+    return rewritten
+
+
+def run_to_end(name: str) -> dict:
+    sfn = boto3.client("stepfunctions")
+    requests.post("http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
+                  json={"results": [json.dumps({"posted": True})], "region": REGION},
+                  timeout=5)
+    arn = sfn.start_execution(stateMachineArn=MACHINE, name=name,
+                              input=json.dumps({"date": name}))["executionArn"]
+    deadline = time.monotonic() + 30
+    while True:
+        described = sfn.describe_execution(executionArn=arn)
+        if described["status"] != "RUNNING" or time.monotonic() > deadline:
+            return described
+        time.sleep(0.05)
+
+
+def run_in_moto(name: str, failing: set[str] = frozenset()) -> dict:
+    """One execution of the deployed definition with its builds stood in for."""
+    deployed = definition()
+    set_definition(without_codebuild(deployed, failing))
+    try:
+        return run_to_end(name)
+    finally:
+        set_definition(deployed)
+
+
+_streams = iter(range(1, 1000))
+
+
+def put_lines(*lines: dict) -> None:
+    """One job's build: its own log stream holding the copier's JSON lines, in order."""
+    logs = boto3.client("logs")
+    stream = f"nightly-copy/build-{next(_streams)}"
+    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+    now = int(time.time() * 1000)
+    logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream, logEvents=[
+        {"timestamp": now + i, "message": json.dumps(line)} for i, line in enumerate(lines)])
+
+
+def copied(run_name: str, job: str, table: str, seconds: float) -> dict:
+    return {"event": "table_copied", "table": table, "job": job, "rows": ROWS[table],
+            "bytes": BYTES[table], "seconds": seconds, "run": run_name}
+
+
+def log_successful_run(run_name: str, split=SETUP_SPLIT) -> None:
+    for number, tables in enumerate(split, start=1):
+        job = f"job-{number}"
+        put_lines(*[copied(run_name, job, t, SECONDS[run_name][t])
+                    for t in tables if t in SECONDS[run_name]],
+                  {"event": "run_finished", "tables": len(tables), "failed": 0,
+                   "seconds": 1.0, "run": run_name})
+
+
+@pytest.fixture
+def history(config):
+    """Three successful runs, one failed run and one that never got past its builds."""
+    for day in SECONDS:
+        assert run_in_moto(day)["status"] == "SUCCEEDED"
+        log_successful_run(day)
+    assert run_in_moto("2026-11-27", failing={"job-2"})["status"] == "FAILED"
+    put_lines(copied("2026-11-27", "job-1", "public.a", 9000.0))  # a failed run: not measured
+    # The deployed definition itself: moto cannot run CodeBuild, so the Parallel state never
+    # finishes, like a run stopped or timed out on AWS. Only the log lines tell.
+    assert run_to_end("2026-11-28")["status"] == "FAILED"
+    put_lines(copied("2026-11-28", "job-1", "public.a", 2500.0),
+              {"event": "run_finished", "tables": 1, "failed": 0, "seconds": 2510.5,
+               "run": "2026-11-28"})
+    put_lines(copied("2026-11-28", "job-2", "public.b", 300.0),
+              {"event": "table_failed", "table": "public.g", "job": "job-2",
+               "error": "value too long for type character varying(20)", "seconds": 12.5,
+               "run": "2026-11-28"},
+              {"event": "run_finished", "tables": 2, "failed": 1, "seconds": 313.0,
+               "run": "2026-11-28"})
+    put_lines(copied("2026-11-28", "job-3", "public.c", 900.0),
+              copied("2026-11-28", "job-3", "public.d", 800.0))
+    put_lines({"event": "table_copied", "table": "public.zz", "job": "job-1", "rows": 1,
+               "bytes": 1, "seconds": 1.0, "run": "2026-11-14"},  # another run's line
+              {"event": "table_progress", "table": "public.a", "job": "job-1",
+               "bytes": 5, "seconds": 3.0, "run": "2026-11-26"})
+    return config
+
+
+# --- report: one run's tables
+
+
+def test_report_of_one_run_lists_its_tables_slowest_first(history, capsys):
+    code, out, _ = run(["report", "2026-11-26", "--config", str(history)], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        "table     job       rows      MB  seconds  MB/s  status",
+        "public.a  job-1  5000000  1200.0   2400.0  0.50  copied",
+        "public.c  job-3  1000000   380.0    950.0  0.40  copied",
+        "public.d  job-3  2000000   656.0    820.0  0.80  copied",
+        "public.e  job-3    10000    71.0    710.0  0.10  copied",
+        "public.f  job-3  3000000  1180.0    590.0  2.00  copied",
+        "public.b  job-2   290000   290.0    290.0  1.00  copied",
+    ]
+
+
+def test_report_of_one_run_as_json_with_a_failed_table(history, capsys):
+    code, out, _ = run(["report", "2026-11-28", "--json", "--config", str(history)], capsys)
+    assert code == 0
+    assert json.loads(out) == {"execution": "2026-11-28", "tables": [
+        {"table": "public.a", "job": "job-1", "status": "copied", "rows": 5_000_000,
+         "bytes": 1_200_000_000, "mb": 1200.0, "seconds": 2500.0, "mb_per_second": 0.48,
+         "error": None},
+        {"table": "public.c", "job": "job-3", "status": "copied", "rows": 1_000_000,
+         "bytes": 380_000_000, "mb": 380.0, "seconds": 900.0, "mb_per_second": 0.422,
+         "error": None},
+        {"table": "public.d", "job": "job-3", "status": "copied", "rows": 2_000_000,
+         "bytes": 656_000_000, "mb": 656.0, "seconds": 800.0, "mb_per_second": 0.82,
+         "error": None},
+        {"table": "public.b", "job": "job-2", "status": "copied", "rows": 290_000,
+         "bytes": 290_000_000, "mb": 290.0, "seconds": 300.0, "mb_per_second": 0.967,
+         "error": None},
+        {"table": "public.g", "job": "job-2", "status": "FAILED", "rows": None, "bytes": None,
+         "mb": None, "seconds": 12.5, "mb_per_second": None,
+         "error": "value too long for type character varying(20)"},
+    ]}
+
+
+def test_report_of_an_unknown_run_is_one_line_and_exit_1(history, capsys):
+    code, out, err = run(["report", "2026-01-01", "--config", str(history)], capsys)
+    assert (code, out) == (1, "")
+    assert err == ("error: no copier log lines for run '2026-01-01' and no execution named "
+                   "2026-01-01 in /aws/codebuild/nightly-copy: `operations.py report` lists "
+                   "the recent runs\n")
+
+
+# --- report: the recent runs
+
+
+def jobs_of(entry: dict) -> list[tuple]:
+    return [(j["job"], j["status"], j["seconds"], j["tables"]) for j in entry["jobs"]]
+
+
+def test_report_lists_the_last_runs_newest_first_with_their_jobs(history, capsys):
+    code, out, _ = run(["report", "--json", "--config", str(history)], capsys)
+    assert code == 0
+    runs = json.loads(out)
+    assert [(r["execution"], r["status"], r["jobs_from"]) for r in runs] == [
+        ("2026-11-28", "FAILED", "logs"), ("2026-11-27", "FAILED", "history"),
+        ("2026-11-26", "SUCCEEDED", "history"), ("2026-11-25", "SUCCEEDED", "history"),
+        ("2026-11-24", "SUCCEEDED", "history")]
+    for entry in runs:
+        assert entry["start"].endswith("Z") and entry["stop"].endswith("Z")
+    success = [("job-1", "SUCCEEDED", 2400.0, ["public.a"]),
+               ("job-2", "SUCCEEDED", 1073.0, ["public.b", "public.g"]),
+               ("job-3", "SUCCEEDED", 3000.0, ["public.c", "public.d", "public.e", "public.f"])]
+    assert jobs_of(runs[2]) == jobs_of(runs[3]) == jobs_of(runs[4]) == success
+    failed = runs[1]["jobs"][1]
+    assert (failed["job"], failed["status"], failed["seconds"], failed["tables"],
+            failed["error"]) == ("job-2", "FAILED", None, ["public.b", "public.g"],
+                                 "SNS.NotFoundException")
+    assert jobs_of(runs[0]) == [  # from the log lines: run_finished's seconds, or the sum
+        ("job-1", "SUCCEEDED", 2510.5, ["public.a"]),
+        ("job-2", "FAILED", 313.0, ["public.b", "public.g"]),
+        ("job-3", "UNFINISHED", 1700.0, ["public.c", "public.d"])]
+
+    code, out, _ = run(["report", "--last", "2", "--json", "--config", str(history)], capsys)
+    assert [r["execution"] for r in json.loads(out)] == ["2026-11-28", "2026-11-27"]
+
+
+def test_report_of_the_last_runs_for_people(history, capsys):
+    code, out, _ = run(["report", "--last", "3", "--config", str(history)], capsys)
+    assert code == 0
+    # moto starts the executions now and runs them in about a second
+    out = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  \ds ", "YYYY-MM-DD hh:mm:ss  Ns ", out)
+    lines = out.splitlines()
+    assert lines[:10] == [
+        "execution   status     start (UTC)          duration  job    job status  job duration"
+        "  tables",
+        "2026-11-28  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   41m 50s"
+        "       public.a",
+        "                                                      job-2  FAILED      5m 13s"
+        "        public.b,public.g",
+        "                                                      job-3  UNFINISHED  28m 20s"
+        "       public.c,public.d",
+        "2026-11-27  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   40m 00s"
+        "       public.a",
+        "                                                      job-2  FAILED      -"
+        "             public.b,public.g",
+        "                                                      job-3  SUCCEEDED   50m 00s"
+        "       public.c,public.d,public.e,public.f",
+        "2026-11-26  SUCCEEDED  YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   40m 00s"
+        "       public.a",
+        "                                                      job-2  SUCCEEDED   17m 53s"
+        "       public.b,public.g",
+        "                                                      job-3  SUCCEEDED   50m 00s"
+        "       public.c,public.d,public.e,public.f",
+    ]
+    assert lines[10] == ("2026-11-28: per job from the copier's log lines (the Parallel state "
+                         "has no result: still running, stopped or timed out)")
+    assert lines[11].startswith("2026-11-27 job-2: SNS.NotFoundException: Endpoint does not "
+                                "exist")
+    assert len(lines) == 12
+
+
+# --- rebalance
+
+# Medians: a 2400, b 300, c 900, d 800, e 700, f 600; g has none: the median of those, 750.
+# Largest first onto the least-loaded job: a | c, e, b | d, g, f.
+PROPOSED = [["public.a"], ["public.c", "public.e", "public.b"],
+            ["public.d", "public.g", "public.f"]]
+
+
+def test_rebalance_proposes_from_medians_and_points_out_the_bounding_table(history, capsys):
+    code, out, _ = run(["rebalance", "--json", "--config", str(history)], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["runs"] == ["2026-11-26", "2026-11-25", "2026-11-24"]  # successful only
+    assert {t: e["seconds"] for t, e in result["estimates"].items()} == {
+        "public.a": 2400, "public.b": 300, "public.c": 900, "public.d": 800, "public.e": 700,
+        "public.f": 600, "public.g": 750}
+    assert result["estimates"]["public.g"]["basis"] == "no history: median of measured tables"
+    assert [j["tables"] for j in result["current"]["jobs"]] == SETUP_SPLIT
+    assert [j["seconds"] for j in result["current"]["jobs"]] == [2400, 1050, 3000]
+    assert result["current"]["longest"] == {"job": "job-3", "seconds": 3000}
+    assert [j["tables"] for j in result["proposed"]["jobs"]] == PROPOSED
+    assert [j["seconds"] for j in result["proposed"]["jobs"]] == [2400, 1900, 2150]
+    assert result["proposed"]["longest"] == {"job": "job-1", "seconds": 2400}
+    assert result["bounding"] == [{"table": "public.a", "job": "job-1", "seconds": 2400,
+                                   "rest_seconds": 0}]
+    assert result["applied"] is None
+    assert definition()["States"]["Copy tables"]["Branches"][1]["States"]["job-2"][
+        "Parameters"]["EnvironmentVariablesOverride"][0]["Value"] == "public.b,public.g"
+
+
+def test_rebalance_for_people(history, capsys):
+    code, out, _ = run(["rebalance", "--config", str(history)], capsys)
+    assert code == 0
+    assert out.splitlines() == [
+        "per-table seconds: median over 3 successful run(s) (2026-11-26, 2026-11-25, "
+        "2026-11-24)",
+        "  public.g: 750 s (no history: median of measured tables)",
+        "current (state machine nightly-copy):",
+        "  job    predicted  tables",
+        "  job-1    40m 00s  public.a",
+        "  job-2    17m 30s  public.b,public.g",
+        "  job-3    50m 00s  public.c,public.d,public.e,public.f",
+        "  longest: job-3, 50m 00s",
+        "proposed:",
+        "  job    predicted  tables",
+        "  job-1    40m 00s  public.a",
+        "  job-2    31m 40s  public.c,public.e,public.b",
+        "  job-3    35m 50s  public.d,public.g,public.f",
+        "  longest: job-1, 40m 00s",
+        "warning: public.a alone takes 40m 00s, longer than the rest of job-1 (0s): it bounds "
+        "the run; splitting the table or a bigger compute type is what shortens the run, not "
+        "rebalancing",
+        "not applied: add --apply to update the state machine",
+    ]
+
+
+def test_rebalance_over_fewer_runs_takes_their_median(history, capsys):
+    code, out, _ = run(["rebalance", "--runs", "2", "--json", "--config", str(history)],
+                       capsys)
+    result = json.loads(out)
+    assert result["runs"] == ["2026-11-26", "2026-11-25"]
+    assert result["estimates"]["public.a"]["seconds"] == 2500  # (2400 + 2600) / 2
+    assert result["estimates"]["public.b"]["basis"] == "median of 2 run(s)"
+
+
+def test_a_table_without_history_is_estimated_from_its_size_when_the_source_answers(
+        history, capsys, monkeypatch):
+    sizes = {**{t: float(b) for t, b in BYTES.items()}, "public.g": 2e9}
+    monkeypatch.setattr(deployment, "table_weights",
+                        lambda settings, out: (sizes, "source table sizes"))
+    code, out, _ = run(["rebalance", "--json", "--config", str(history)], capsys)
+    result = json.loads(out)
+    rate = 3 * sum(BYTES.values()) / sum(sum(run.values()) for run in SECONDS.values())
+    g = result["estimates"]["public.g"]
+    assert g["seconds"] == pytest.approx(2e9 / rate)  # 3046.5 s at 0.66 MB/s
+    assert g["basis"] == "no history: size at 0.66 MB/s"
+    assert [j["tables"] for j in result["proposed"]["jobs"]] == [
+        ["public.g"], ["public.a", "public.f"],
+        ["public.c", "public.d", "public.e", "public.b"]]
+
+
+def test_apply_updates_the_state_machine_and_a_later_setup_keeps_it(history, capsys):
+    code, out, _ = run(["rebalance", "--apply", "--config", str(history)], capsys)
+    assert code == 0
+    assert out.splitlines()[-1] == "updated  state machine nightly-copy  (definition)"
+    assert deployment.assignment_of(definition()) == PROPOSED
+    task = definition()["States"]["Copy tables"]["Branches"][2]["States"]["job-3"]
+    assert task["Parameters"]["EnvironmentVariablesOverride"][0]["Value"] == (
+        "public.d,public.g,public.f")
+
+    assert setup_aws.main(["--config", str(history)]) == 0
+    out = capsys.readouterr().out
+    assert ("table assignment kept from the deployed state machine (same tables and jobs; "
+            "operations.py rebalance changes it):") in out
+    assert "  job-2  public.c,public.e,public.b" in out.splitlines()
+    assert "unchanged  state machine nightly-copy" in out
+    assert deployment.assignment_of(definition()) == PROPOSED
+
+    code, out, _ = run(["rebalance", "--json", "--config", str(history)], capsys)
+    assert [j["tables"] for j in json.loads(out)["current"]["jobs"]] == PROPOSED
+
+
+def test_setup_plans_again_when_the_jobs_or_tables_change(history, capsys):
+    run(["rebalance", "--apply", "--config", str(history)], capsys)
+    assert setup_aws.main(["--config", str(history), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "table assignment (configured table_weights):" in out
+    assert len(deployment.assignment_of(definition())) == 2
+
+    assert setup_aws.main(["--config", str(history), "--jobs", "3", "--tables",
+                           "public.a,public.b,public.c"]) == 0
+    assert "table assignment (configured table_weights):" in capsys.readouterr().out
+    assert deployment.assignment_of(definition()) == [["public.a"], ["public.b"], ["public.c"]]
+
+
+def test_rebalance_without_measured_runs_says_so(config, capsys):
+    code, out, err = run(["rebalance", "--config", str(config)], capsys)
+    assert (code, out) == (1, "")
+    assert err == ("error: no successful run with copier log lines among the last 7: nothing "
+                   "measured to rebalance from (setup's size-based split stands)\n")
+
+
+def test_the_tables_value_splits_back_into_the_configured_names():
+    assert deployment.split_tables_value('public.a,"odd.schema"."a,b", "X""y"') == [
+        "public.a", '"odd.schema"."a,b"', '"X""y"']
