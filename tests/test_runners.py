@@ -6,6 +6,7 @@ moto (Batch with use_docker False: resources only, no container ever starts).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shlex
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+import test_state_machine as sm  # its helpers run a rewritten definition in moto's engine
 from aws_helpers import (
     MOTO_CONFIG,
     REGION,
     ROOT,
+    TABLES,
     expected_inventory,
     inventory,
     nothing_left,
@@ -503,3 +506,147 @@ def test_custom_image_flag_overrides_the_file(tmp_path):
     assert deployment.load_settings(args).custom_image is False
     args = setup_aws.build_parser().parse_args(["--config", config])
     assert deployment.load_settings(args).custom_image is True
+
+
+# --- the Batch-flavoured state machine: shape, statelint, logic in moto's engine
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    set_fake_aws_env(monkeypatch)
+    with mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}}):
+        yield deployment.Aws(REGION)
+
+
+def render(aws: deployment.Aws, jobs: int, runner: str = "batch", tables=TABLES) -> dict:
+    settings = deployment.Settings(tables=list(tables), jobs=jobs, runner=runner,
+                                   github_url="https://github.com/example/x.git")
+    plan = deployment.plan_jobs(settings, lambda line: None)
+    return deployment.Deployment(settings, aws, deployment.Options(), plan) \
+        .state_machine_definition()
+
+
+@pytest.mark.parametrize("jobs", [1, 3, 5])
+def test_batch_definition_passes_statelint(engine, tmp_path, jobs):
+    result = sm.statelint(render(engine, jobs), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("jobs", [1, 3, 5])
+def test_batch_definition_has_a_valid_job_per_branch_and_every_table_once(engine, jobs):
+    definition = render(engine, jobs)
+    codebuild = render(engine, jobs, runner="codebuild")
+    assert len(sm.branches(definition)) == jobs
+    assigned = []
+    for number, (branch, twin) in enumerate(zip(sm.branches(definition),
+                                                sm.branches(codebuild), strict=True), start=1):
+        task, codebuild_task = sm.copy_task(branch), sm.copy_task(twin)
+        assert task["Resource"] == BATCH_SYNC
+        parameters = task["Parameters"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", parameters["JobName"])
+        assert parameters["JobName"] == f"nightly-copy-job-{number}"
+        assert parameters["JobQueue"] == f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/nightly-copy"
+        assert parameters["JobDefinition"] == "nightly-copy"
+        environment = parameters["ContainerOverrides"]["Environment"]
+        # the same variables as the CodeBuild job, TABLES first, without CodeBuild's Type
+        assert environment == [{k: v for k, v in variable.items() if k != "Type"} for variable
+                               in codebuild_task["Parameters"]["EnvironmentVariablesOverride"]]
+        (tables,) = [v["Value"] for v in environment if v["Name"] == "TABLES"]
+        assert task["ResultSelector"]["tables"] == tables
+        assert task["ResultSelector"]["job"] == f"job-{number}"
+        assigned += tables.split(",")
+        # the same timeout and catch as the CodeBuild job; retries only Batch API errors
+        assert task["TimeoutSeconds"] == codebuild_task["TimeoutSeconds"]
+        assert task["Catch"] == codebuild_task["Catch"]
+        assert branch["States"][task["Catch"][0]["Next"]] == twin["States"][
+            codebuild_task["Catch"][0]["Next"]]
+        for retry in task["Retry"]:
+            assert all(error.startswith("Batch.") for error in retry["ErrorEquals"])
+    assert sorted(assigned) == sorted(TABLES)
+    # everything after the jobs is the CodeBuild version's, to the letter
+    assert {k: v for k, v in definition["States"].items() if k != "Copy tables"} == {
+        k: v for k, v in codebuild["States"].items() if k != "Copy tables"}
+
+
+def test_a_non_plaintext_override_cannot_go_to_batch():
+    template = json.loads(deployment.STATE_MACHINE_TEMPLATE.read_text())
+    task = sm.copy_task(sm.branches(template)[0])
+    task["Parameters"]["EnvironmentVariablesOverride"].append(
+        {"Name": "X", "Value": "/p", "Type": "PARAMETER_STORE"})
+    batch_task = json.loads(deployment.BATCH_TASK_TEMPLATE.read_text())
+    with pytest.raises(deployment.SettingsError, match="X is PARAMETER_STORE"):
+        deployment.with_batch_task(template, batch_task)
+
+
+def canned_job(job: str) -> dict:
+    """What batch:submitJob.sync returns: the DescribeJobs job, times in epoch milliseconds."""
+    return {"JobId": f"{job}-0b7e", "JobName": f"nightly-copy-{job}", "Status": "SUCCEEDED",
+            "StartedAt": 1795748405000, "StoppedAt": 1795750800000,
+            "Container": {"LogStreamName": f"nightly-copy/default/{job}", "ExitCode": 0},
+            "Attempts": [{"Container": {"ExitCode": 0}}] * 20}
+
+
+def rewritten_batch_for_moto(definition: dict, failing: set[str]) -> dict:
+    """As tests/test_state_machine.py does for CodeBuild: a success becomes a Pass holding a
+    job, then the task's own ResultSelector as a Pass; a failure an sns:publish to a missing
+    topic, which fails and goes to the branch's own Catch.
+
+    moto 5.2's engine has a Batch integration, but it hands the task's PascalCase Parameters
+    (JobName, JobQueue, ...) straight to boto3, which answers KeyError 'JobName': the real
+    definition can only end in States.Runtime there, so its tasks are rewritten like this."""
+    rewritten = copy.deepcopy(definition)
+    for branch in sm.branches(rewritten):
+        name = branch["StartAt"]
+        task = branch["States"][name]
+        job = task["ResultSelector"]["job"]
+        if job in failing:
+            task["Resource"] = "arn:aws:states:::sns:publish"
+            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:missing",
+                                  "Message": "stands in for a failed Batch job"}
+            del task["ResultSelector"]
+        else:
+            branch["States"][name] = {"Type": "Pass", "Result": canned_job(job),
+                                      "Next": f"{name} result"}
+            branch["States"][f"{name} result"] = {
+                "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
+    return rewritten
+
+
+def test_batch_all_jobs_succeed_one_summary_execution_succeeded(engine):
+    sfn = boto3.client("stepfunctions")
+    definition = render(engine, 3)
+    machine = sm.create(sfn, "nightly-copy", rewritten_batch_for_moto(definition, set()))
+    sm.queue_lambda_result({"posted": True, "failed_jobs": 0})
+    described = sm.run_to_end(sfn, machine, "2026-11-27", '{"date":"2026-11-27"}')
+    assert described["status"] == "SUCCEEDED"
+    summary = sm.summary_sent(sm.history(sfn, described["executionArn"]))
+    assert summary["execution"]["name"] == "2026-11-27"
+    jobs = summary["jobs"]
+    assert [j["job"] for j in jobs] == ["job-1", "job-2", "job-3"]
+    assert [j["tables"] for j in jobs] == [sm.copy_task(b)["ResultSelector"]["tables"]
+                                           for b in sm.branches(definition)]
+    for job in jobs:
+        assert job == {
+            "job": job["job"], "tables": job["tables"], "status": "SUCCEEDED",
+            "build_id": f"{job['job']}-0b7e",
+            "log_link": f"https://{REGION}.console.aws.amazon.com/batch/home?region={REGION}"
+                        f"#jobs/detail/{job['job']}-0b7e",
+            "start": 1795748405000, "end": 1795750800000}  # the job object is trimmed
+
+
+def test_batch_one_job_fails_the_others_finish_summary_lists_it_execution_failed(engine):
+    sfn = boto3.client("stepfunctions")
+    machine = sm.create(sfn, "nightly-copy",
+                        rewritten_batch_for_moto(render(engine, 3), failing={"job-2"}))
+    sm.queue_lambda_result({"posted": True, "failed_jobs": 1})
+    described = sm.run_to_end(sfn, machine, "2026-11-28", '{"date":"2026-11-28"}')
+    assert (described["status"], described["error"]) == ("FAILED", "CopyJobsFailed")
+    events = sm.history(sfn, described["executionArn"])
+    finished = {e["stateExitedEventDetails"]["name"] for e in events
+                if e["type"] == "PassStateExited"}
+    assert {"job-1 result", "job-3 result", "job-2 failed"} <= finished
+    jobs = {j["job"]: j for j in sm.summary_sent(events)["jobs"]}
+    assert [jobs[j]["status"] for j in ("job-1", "job-2", "job-3")] == [
+        "SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert jobs["job-2"]["error"] == "SNS.NotFoundException" and jobs["job-2"]["cause"]
+    assert jobs["job-2"]["tables"]
