@@ -2184,6 +2184,27 @@ def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
     return Outcome("removed")
 
 
+def image_status(deployment: Deployment) -> str | None:
+    """One line about the image the jobs run, if they run one: its URI, and whether the tag
+    is in the project's repository yet (a job without its image fails at night)."""
+    s = deployment.settings
+    if not s.runs_an_image:
+        return None
+    uri = deployment.image_uri()
+    if not s.uses_own_repository:
+        return f"image: {uri}"
+    try:
+        deployment.aws.client("ecr").describe_images(repositoryName=deployment.names.repository,
+                                                     imageIds=[{"imageTag": s.image_tag}])
+    except ClientError as err:
+        if error_code(err) not in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            raise AwsError(f"ECR repository {deployment.names.repository}: "
+                           f"{describe_error(err)}") from err
+        return (f"image: {uri} is not pushed yet: build and push it before the first run "
+                "(docs/aws.md, Custom image)")
+    return f"image: {uri}"
+
+
 def _worth_reporting(resource: Resource, outcome: Outcome) -> bool:
     """Resources of the runner or image not in use are named only when something is there."""
     return resource.needed or (outcome.status != "absent" and not resource.shared)
@@ -2207,6 +2228,9 @@ def setup(deployment: Deployment, out: Callable[[str], None] = print) -> dict[st
         if _worth_reporting(resource, outcome):
             outcomes[resource.label] = outcome
             out(outcome.line(resource.label, dry_run))
+    note = image_status(deployment)
+    if note:
+        out(note)
     return outcomes
 
 

@@ -222,8 +222,12 @@ IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/nightly-copy:latest"
 def test_custom_image_creates_the_repository_and_a_project_without_source(
         aws, tmp_path, capsys, moto_accepts_no_source):
     config = config_for(tmp_path, custom_image=True)
-    first = run(setup_aws.main, ["--config", config], capsys)
-    assert first["ECR repository nightly-copy"] == "created"
+    code = setup_aws.main(["--config", config])
+    out = capsys.readouterr().out
+    first = outcomes(out)
+    assert code == 0 and first["ECR repository nightly-copy"] == "created"
+    # setup says where the image goes, and that it is not there yet
+    assert f"image: {IMAGE_URI} is not pushed yet" in out
     (repository,) = boto3.client("ecr").describe_repositories()["repositories"]
     assert repository["repositoryName"] == "nightly-copy"
     assert {"Key": "project", "Value": "nightly-copy"} in boto3.client("ecr").list_tags_for_resource(
@@ -242,10 +246,12 @@ def test_custom_image_creates_the_repository_and_a_project_without_source(
     second = run(setup_aws.main, ["--config", config], capsys)
     assert {status for status in second.values()} <= {"unchanged", "not saved"}
 
-    # an image was pushed: teardown keeps the repository unless told
+    # an image was pushed: setup sees it; teardown keeps the repository unless told
     boto3.client("ecr").put_image(repositoryName="nightly-copy", imageTag="latest",
                                   imageManifest=json.dumps({
                                       "schemaVersion": 2, "mediaType": MANIFEST_TYPE}))
+    setup_aws.main(["--config", config])
+    assert f"image: {IMAGE_URI}\n" in capsys.readouterr().out
     down = run(teardown_aws.main, ["--config", config, "--remove-secrets"], capsys)
     assert down["ECR repository nightly-copy"] == "kept"
     assert batch_inventory("nightly-copy")["repositories"] == ["nightly-copy"]
