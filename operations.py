@@ -100,17 +100,35 @@ class TableRun:
         return self.mb / self.seconds
 
 
-def nightly_arn(aws: Aws, names: Names) -> str:
-    return aws.arn("states", f"stateMachine:{names.state_machine}")
+@dataclass
+class Nightly:
+    """The deployed nightly run: its state machine and the log group its copiers write to."""
+
+    aws: Aws
+    names: Names
+    log_group: str
+
+    @classmethod
+    def of(cls, settings: Settings, aws: Aws) -> Nightly:
+        # The runner decides the log group: CodeBuild's project group or the Batch jobs' one.
+        return cls(aws, Names(settings.prefix),
+                   Deployment(settings, aws, Options()).copier_log_group())
+
+    @property
+    def arn(self) -> str:
+        return self.aws.arn("states", f"stateMachine:{self.names.state_machine}")
+
+    def execution_arn(self, name: str) -> str:
+        return self.arn.replace(":stateMachine:", ":execution:") + f":{name}"
 
 
-def recent_executions(aws: Aws, names: Names, last: int, status: str | None = None) -> list[dict]:
+def recent_executions(nightly: Nightly, last: int, status: str | None = None) -> list[dict]:
     """The newest `last` executions of the nightly state machine, newest first."""
-    request = {"stateMachineArn": nightly_arn(aws, names)}
+    request = {"stateMachineArn": nightly.arn}
     if status:
         request["statusFilter"] = status
     found = []
-    paginator = aws.client("stepfunctions").get_paginator("list_executions")
+    paginator = nightly.aws.client("stepfunctions").get_paginator("list_executions")
     for page in paginator.paginate(**request):
         found += page["executions"]
     # Names are dates: they break ties between executions started in the same instant.
@@ -118,20 +136,20 @@ def recent_executions(aws: Aws, names: Names, last: int, status: str | None = No
     return found[:last]
 
 
-def find_execution(aws: Aws, names: Names, name: str) -> dict | None:
-    arn = nightly_arn(aws, names).replace(":stateMachine:", ":execution:") + f":{name}"
+def find_execution(nightly: Nightly, name: str) -> dict | None:
+    sfn = nightly.aws.client("stepfunctions")
     try:
-        return aws.client("stepfunctions").describe_execution(executionArn=arn)
+        return sfn.describe_execution(executionArn=nightly.execution_arn(name))
     except ClientError as err:
         if deployment.error_code(err) in ("ExecutionDoesNotExist", "StateMachineDoesNotExist"):
             return None
         raise
 
 
-def parallel_results(aws: Aws, execution_arn: str) -> list[dict] | None:
+def parallel_results(nightly: Nightly, execution_arn: str) -> list[dict] | None:
     """The job results the Parallel state handed on, from the history; None if it never
     finished (the execution still runs, was stopped or timed out)."""
-    paginator = aws.client("stepfunctions").get_paginator("get_execution_history")
+    paginator = nightly.aws.client("stepfunctions").get_paginator("get_execution_history")
     for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True):
         for event in page["events"]:
             details = event.get("stateExitedEventDetails") or {}
@@ -146,7 +164,7 @@ def job_from_result(position: int, result: dict) -> JobRun:
     return JobRun(job.name, job.status, job.seconds, job.tables, job.error, job.cause)
 
 
-def log_lines(aws: Aws, names: Names, run: str, events: Iterable[str],
+def log_lines(nightly: Nightly, run: str, events: Iterable[str],
               start: dt.datetime | None = None, stop: dt.datetime | None = None) -> list[dict]:
     """The copier's JSON lines of one run, oldest first, each with its @stream.
 
@@ -155,14 +173,14 @@ def log_lines(aws: Aws, names: Names, run: str, events: Iterable[str],
     """
     events = set(events)
     either = " || ".join(f'$.event = "{event}"' for event in sorted(events))
-    request = {"logGroupName": names.project_log_group,
+    request = {"logGroupName": nightly.log_group,
                "filterPattern": f'{{ $.run = "{run}" && ({either}) }}'}
     if start:
         request["startTime"] = int((start - LOG_WINDOW_MARGIN).timestamp() * 1000)
     if stop:
         request["endTime"] = int((stop + LOG_WINDOW_MARGIN).timestamp() * 1000)
     lines = []
-    paginator = aws.client("logs").get_paginator("filter_log_events")
+    paginator = nightly.aws.client("logs").get_paginator("filter_log_events")
     try:
         for page in paginator.paginate(**request):
             for event in page["events"]:
@@ -227,15 +245,15 @@ def jobs_from_logs(lines: list[dict]) -> list[JobRun]:
     return result
 
 
-def execution_run(aws: Aws, names: Names, execution: dict) -> ExecutionRun:
+def execution_run(nightly: Nightly, execution: dict) -> ExecutionRun:
     run = ExecutionRun(execution["name"], execution["status"], execution["startDate"],
                        execution.get("stopDate"))
-    results = parallel_results(aws, execution["executionArn"])
+    results = parallel_results(nightly, execution["executionArn"])
     if results is not None:
         run.jobs = [job_from_result(n, r) for n, r in enumerate(results, start=1)]
         run.jobs_from = "history"
         return run
-    lines = log_lines(aws, names, run.name, (COPIED, FAILED, STAGED, FINISHED),
+    lines = log_lines(nightly, run.name, (COPIED, FAILED, STAGED, FINISHED),
                       run.start, run.stop)
     if lines:
         run.jobs = jobs_from_logs(lines)
@@ -246,19 +264,19 @@ def execution_run(aws: Aws, names: Names, execution: dict) -> ExecutionRun:
 # --------------------------------------------------------------------------- report
 
 
-def report_runs(aws: Aws, names: Names, last: int) -> list[ExecutionRun]:
-    return [execution_run(aws, names, e) for e in recent_executions(aws, names, last)]
+def report_runs(nightly: Nightly, last: int) -> list[ExecutionRun]:
+    return [execution_run(nightly, e) for e in recent_executions(nightly, last)]
 
 
-def report_tables(aws: Aws, names: Names, name: str) -> list[TableRun]:
-    execution = find_execution(aws, names, name)
+def report_tables(nightly: Nightly, name: str) -> list[TableRun]:
+    execution = find_execution(nightly, name)
     start = execution["startDate"] if execution else None
     stop = execution.get("stopDate") if execution else None
-    tables = table_runs(log_lines(aws, names, name, (COPIED, FAILED, STAGED), start, stop))
+    tables = table_runs(log_lines(nightly, name, (COPIED, FAILED, STAGED), start, stop))
     if not tables:
         known = "" if execution else f" and no execution named {name}"
         raise OperationsError(
-            f"no copier log lines for run {name!r}{known} in {names.project_log_group}: "
+            f"no copier log lines for run {name!r}{known} in {nightly.log_group}: "
             "`operations.py report` lists the recent runs")
     return tables
 
@@ -352,13 +370,12 @@ class History:
     bytes_per_second: float | None  # over every copied table of those runs
 
 
-def measured_history(aws: Aws, names: Names, runs: int,
-                     out: Callable[[str], None]) -> History:
+def measured_history(nightly: Nightly, runs: int, out: Callable[[str], None]) -> History:
     """Per-table seconds of the last `runs` successful runs, from their table_copied lines."""
     seconds: dict[str, list[float]] = {}
     measured, total_bytes, total_seconds = [], 0, 0.0
-    for execution in recent_executions(aws, names, runs, status="SUCCEEDED"):
-        lines = log_lines(aws, names, execution["name"], (COPIED,), execution["startDate"],
+    for execution in recent_executions(nightly, runs, status="SUCCEEDED"):
+        lines = log_lines(nightly, execution["name"], (COPIED,), execution["startDate"],
                           execution.get("stopDate"))
         copied = [t for t in table_runs(lines) if t.seconds is not None]
         if not copied:
@@ -464,12 +481,13 @@ def apply_assignment(settings: Settings, aws: Aws, assignment: list[list[str]]) 
 
 def rebalance(settings: Settings, aws: Aws, runs: int, apply: bool,
               out: Callable[[str], None]) -> dict:
-    names = Names(settings.prefix)
+    nightly = Nightly.of(settings, aws)
+    names = nightly.names
     current = deployed_assignment(aws, names)
     if current is None:
         raise OperationsError(f"state machine {names.state_machine} is not deployed (or names no "
                               "TABLES per job): run setup_aws.py first")
-    history = measured_history(aws, names, runs, out)
+    history = measured_history(nightly, runs, out)
     sizes = None
     if any(logged_name(t, history.seconds) not in history.seconds for t in settings.tables):
         sizes = source_sizes(settings, out)
@@ -542,30 +560,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_command(settings: Settings, args: argparse.Namespace) -> list[str]:
+    settings.validate()
+    nightly = Nightly.of(settings, Aws(settings.region))
+    if args.execution:
+        tables = report_tables(nightly, args.execution)
+        return ([json.dumps(tables_json(args.execution, tables), indent=2)] if args.json
+                else tables_table(tables))
+    runs = report_runs(nightly, args.last)
+    if args.json:
+        return [json.dumps(runs_json(runs), indent=2)]
+    if not runs:
+        raise OperationsError(f"no executions of state machine {nightly.names.state_machine} "
+                              "yet: `setup_aws.py --start` starts one")
+    return runs_table(runs)
+
+
+def rebalance_command(settings: Settings, args: argparse.Namespace) -> list[str]:
+    settings.validate_for_setup()  # applying renders the whole definition, as setup does
+    result = rebalance(settings, Aws(settings.region), args.runs, args.apply,
+                       lambda line: print(line, file=sys.stderr))
+    if args.json:
+        return [json.dumps(result, indent=2)]
+    return rebalance_lines(result, Names(settings.prefix))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = rebalance_command if args.command == "rebalance" else report_command
     try:
-        settings = load_settings(args)
-        names = Names(settings.prefix)
-        if args.command == "rebalance":
-            settings.validate_for_setup()
-            aws = Aws(settings.region)
-            result = rebalance(settings, aws, args.runs, args.apply,
-                               lambda line: print(line, file=sys.stderr))
-            lines = [json.dumps(result, indent=2)] if args.json else rebalance_lines(result,
-                                                                                    names)
-        elif args.execution:
-            settings.validate()
-            tables = report_tables(Aws(settings.region), names, args.execution)
-            lines = ([json.dumps(tables_json(args.execution, tables), indent=2)] if args.json
-                     else tables_table(tables))
-        else:
-            settings.validate()
-            runs = report_runs(Aws(settings.region), names, args.last)
-            if not runs and not args.json:
-                raise OperationsError(f"no executions of state machine {names.state_machine} "
-                                      "yet: `setup_aws.py --start` starts one")
-            lines = [json.dumps(runs_json(runs), indent=2)] if args.json else runs_table(runs)
+        lines = command(load_settings(args), args)
     except (SettingsError, AwsError, OperationsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -431,3 +431,10 @@ def test_rebalance_without_measured_runs_says_so(config, capsys):
 def test_the_tables_value_splits_back_into_the_configured_names():
     assert deployment.split_tables_value('public.a,"odd.schema"."a,b", "X""y"') == [
         "public.a", '"odd.schema"."a,b"', '"X""y"']
+
+
+def test_the_log_group_follows_the_runner():
+    settings = deployment.Settings(tables=["public.a"])
+    assert operations.Nightly.of(settings, None).log_group == "/aws/codebuild/nightly-copy"
+    settings.runner = "batch"
+    assert operations.Nightly.of(settings, None).log_group == "/aws/batch/nightly-copy"
