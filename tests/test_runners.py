@@ -656,3 +656,50 @@ def test_batch_one_job_fails_the_others_finish_summary_lists_it_execution_failed
         "SUCCEEDED", "FAILED", "SUCCEEDED"]
     assert jobs["job-2"]["error"] == "SNS.NotFoundException" and jobs["job-2"]["cause"]
     assert jobs["job-2"]["tables"]
+
+
+def test_a_dry_run_switch_names_what_would_change_and_changes_nothing(aws, tmp_path, capsys):
+    net = network()
+    config = config_for(tmp_path, **net)
+    run(setup_aws.main, ["--config", config], capsys)
+    planned = run(setup_aws.main, ["--config", config, "--runner", "batch", "--dry-run"], capsys)
+    assert planned["CodeBuild project nightly-copy"] == "would be removed"
+    assert planned["Batch compute environment nightly-copy"] == "would be created"
+    assert planned["state machine nightly-copy"] == "would be updated"
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+
+
+def test_changed_batch_settings_update_in_place_or_register_a_new_revision(aws, tmp_path,
+                                                                           capsys):
+    net = network()
+    config = config_for(tmp_path, runner="batch", **net)
+    run(setup_aws.main, ["--config", config], capsys)
+    changed = run(setup_aws.main, ["--config", config, "--batch-memory-mib", "4096",
+                                   "--jobs", "2"], capsys)
+    assert changed["Batch job definition nightly-copy"] == "updated"
+    assert changed["Batch compute environment nightly-copy"] == "updated"  # max vCPUs
+    assert changed["Batch job queue nightly-copy"] == "unchanged"
+    batch = boto3.client("batch")
+    (definition,) = batch.describe_job_definitions(jobDefinitionName="nightly-copy",
+                                                   status="ACTIVE")["jobDefinitions"]
+    assert definition["revision"] == 2  # the old revision is retired, not left to pile up
+    assert {"type": "MEMORY", "value": "4096"} in definition["containerProperties"][
+        "resourceRequirements"]
+    # (moto accepts the new maxvCpus but does not store it, so only the call is checked)
+    (environment,) = batch.describe_compute_environments(
+        computeEnvironments=["nightly-copy"])["computeEnvironments"]
+    again = run(setup_aws.main, ["--config", config, "--batch-memory-mib", "4096",
+                                 "--jobs", "2"], capsys)
+    assert again["Batch job definition nightly-copy"] == "unchanged"
+    assert environment["state"] == "ENABLED"
+
+
+def test_fargate_and_ec2_cannot_be_swapped_in_place(aws, tmp_path, capsys):
+    net = network()
+    config = config_for(tmp_path, runner="batch", **net)
+    run(setup_aws.main, ["--config", config], capsys)
+    code = setup_aws.main(["--config", config, "--batch-compute", "EC2"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "Batch compute environment nightly-copy: exists as FARGATE" in err
