@@ -389,6 +389,9 @@ def run_rounds(bench: Bench, tools: tuple[Tool, ...], rounds: int) -> list[Measu
             measurements.append(m)
             with open(bench.run_dir / "runs.jsonl", "a") as log:
                 log.write(json.dumps({"round": round_no + 1, **m.__dict__}) + "\n")
+    # The dump and pgcopydb's work files are as big as the data: keep only the logs.
+    remove_dump_dir(bench)
+    remove_pgcopydb_work_dir(bench)
     return measurements
 
 
