@@ -20,11 +20,14 @@ from aws_helpers import (
     REGION,
     ROOT,
     TABLES,
+    MotoServer,
     expected_inventory,
     inventory,
     nothing_left,
     outcomes,
+    run_script,
     set_fake_aws_env,
+    subprocess_env,
     write_config,
 )
 from moto import mock_aws
@@ -703,3 +706,42 @@ def test_fargate_and_ec2_cannot_be_swapped_in_place(aws, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "Batch compute environment nightly-copy: exists as FARGATE" in err
+
+
+# --- the scripts as separate processes against moto_server
+
+
+@pytest.fixture(scope="module")
+def moto_server():
+    server = MotoServer().start()
+    server.configure({"batch": {"use_docker": False}})
+    yield server
+    server.stop()
+
+
+def test_batch_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
+    set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
+    env = subprocess_env(moto_server.url)
+    boto3.client("iam").create_role(
+        RoleName=deployment.BATCH_SERVICE_LINKED_ROLE,
+        Path="/aws-service-role/batch.amazonaws.com/", AssumeRolePolicyDocument="{}")
+    net = network()
+    batch = config_for(tmp_path, runner="batch", **net)
+    (tmp_path / "codebuild").mkdir()
+    codebuild = config_for(tmp_path / "codebuild", **net)  # same settings, default runner
+
+    up = run_script("setup_aws.py", ["--config", batch], env, tmp_path)
+    assert up.returncode == 0, up.stderr
+    assert batch_inventory("nightly-copy") == batch_inventory_expected("nightly-copy")
+    again = outcomes(run_script("setup_aws.py", ["--config", batch], env, tmp_path).stdout)
+    assert {s for label, s in again.items() if "Logs Insights" not in label} == {"unchanged"}
+
+    back = run_script("setup_aws.py", ["--config", codebuild], env, tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert outcomes(back.stdout)["Batch compute environment nightly-copy"] == "removed"
+    assert batch_inventory("nightly-copy") == no_batch("nightly-copy")
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+
+    down = run_script("teardown_aws.py", ["--config", batch, "--remove-secrets"], env, tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
