@@ -149,9 +149,11 @@ def parse_args(argv: list[str]) -> Options:
         "optional schema prefix (default public), double quotes for names with commas or dots",
     )
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("COPIER_JOBS", "1")),
-                        help="worker processes, tables shared largest first (default 1)")
+                        help="worker processes; each takes the largest table left when it is "
+                        "free (default 1)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="resolve and check everything, print the plan, change nothing")
+                        help="resolve and check everything, print the plan (with the job each "
+                        "table is expected to land on), change nothing")
     parser.add_argument("--swap", choices=("table", "together"),
                         default=os.environ.get("COPIER_SWAP", "table"),
                         help="'table': each table goes live when it is ready (default); "
@@ -432,8 +434,8 @@ def source_table_sizes(conn, tables_text: str) -> dict[str, int]:
 def assign_to_jobs(weights: dict[str, float], jobs: int) -> list[list[str]]:
     """Split tables over jobs, largest first onto the least-loaded job.
 
-    The same function plans local --jobs runs, setup's split of the nightly run and
-    rebalancing from measured times: only the weights differ (bytes or seconds).
+    The same function predicts local --jobs runs (--dry-run), plans setup's split of the
+    nightly run and rebalancing from measured times: only the weights differ (bytes or seconds).
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
@@ -1350,14 +1352,19 @@ def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running the plan: one job in this process, or one process per job
+# Running the copy: one job in this process, or one process per job
+
+
+def largest_first(tables: list[SourceTable]) -> list[SourceTable]:
+    return sorted(tables, key=lambda t: (-t.size_bytes, t.table.qualified))
 
 
 def run_job(job: int, settings: dict, options: Options, snapshot: str | None,
-            tables: list[SourceTable], report, stop) -> None:
+            next_table, report, stop) -> None:
+    """Copy tables until next_table() says there are none left (returns None)."""
     copier = TableCopier(settings, options, snapshot, job)
     try:
-        for source in tables:
+        while (source := next_table()) is not None:
             if stop.is_set():
                 report(TableResult(source.table.qualified, False,
                                    error="not copied: an earlier table failed (--fail-fast)"))
@@ -1370,38 +1377,48 @@ def run_job(job: int, settings: dict, options: Options, snapshot: str | None,
         copier.close()
 
 
-def job_process(job, settings, options, snapshot, tables, queue, stop) -> None:
+def job_process(job, settings, options, snapshot, todo, results, stop) -> None:
     handle_signals()
     try:
-        run_job(job, settings, options, snapshot, tables, queue.put, stop)
+        run_job(job, settings, options, snapshot, todo.get, results.put, stop)
     except KeyboardInterrupt:
         sys.exit(1)
 
 
-def run_plan(plan: list[list[SourceTable]], settings: dict, options: Options,
-             snapshot: str | None) -> list[TableResult]:
-    if len(plan) == 1:
+def run_tables(tables: list[SourceTable], settings: dict, options: Options,
+               snapshot: str | None) -> list[TableResult]:
+    """Copy the tables, largest first, each taken by whichever job is free next.
+
+    A shared queue beats a fixed plan: sizes only predict times, and a job that finishes
+    early picks up the next table instead of idling while another job still has a list.
+    """
+    ordered = largest_first(tables)
+    jobs = min(options.jobs, len(ordered))
+    if jobs == 1:
+        remaining = iter(ordered)
         results: list[TableResult] = []
-        run_job(1, settings, options, snapshot, plan[0], results.append, threading.Event())
+        run_job(1, settings, options, snapshot, lambda: next(remaining, None), results.append,
+                threading.Event())
         return results
     context = get_context("spawn")
-    queue, stop = context.Queue(), context.Event()
+    todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
     processes = [
         context.Process(target=job_process, name=f"copier-job-{n}",
-                        args=(n, settings, options, snapshot, tables, queue, stop))
-        for n, tables in enumerate(plan, 1)
+                        args=(n, settings, options, snapshot, todo, done, stop))
+        for n in range(1, jobs + 1)
     ]
     for process in processes:
         process.start()
-    results = {}
-    expected = {t.table.qualified for tables in plan for t in tables}
+    for source in [*ordered, *[None] * jobs]:  # one None per job: nothing left
+        todo.put(source)
+    by_name: dict[str, TableResult] = {}
     try:
-        while len(results) < len(expected):
+        while len(by_name) < len(ordered):
             try:
-                result = queue.get(timeout=0.5)
-                results[result.table] = result
+                result = done.get(timeout=0.5)
+                by_name[result.table] = result
             except Exception:  # noqa: BLE001 - queue.Empty: see whether a worker died
-                if not any(p.is_alive() for p in processes) and queue.empty():
+                if not any(p.is_alive() for p in processes) and done.empty():
                     break
     except KeyboardInterrupt:
         for process in processes:
@@ -1411,15 +1428,14 @@ def run_plan(plan: list[list[SourceTable]], settings: dict, options: Options,
         raise
     for process in processes:
         process.join()
-    for n, tables in enumerate(plan, 1):
-        for source in tables:
-            name = source.table.qualified
-            if name not in results:
-                error = f"job {n}'s worker process died (exit code {processes[n - 1].exitcode})"
-                log_event("table_failed", table=name, job=n, error=error)
-                results[name] = TableResult(name, False, error=error)
-    order = [t.table.qualified for tables in plan for t in tables]
-    return [results[name] for name in order]
+    codes = ", ".join(str(p.exitcode) for p in processes)
+    for source in ordered:
+        name = source.table.qualified
+        if name not in by_name:
+            error = f"a worker process died before copying it (exit codes {codes})"
+            log_event("table_failed", table=name, error=error)
+            by_name[name] = TableResult(name, False, error=error)
+    return [by_name[t.table.qualified] for t in ordered]
 
 
 def swap_together(dst, results: list[TableResult], options: Options) -> list[TableResult]:
@@ -1513,15 +1529,14 @@ def run(options: Options, settings: dict) -> int:
     dst = None
     try:
         tables = resolve_tables(src, options.tables_text)
-        plan = plan_jobs(tables, options.jobs)
         dst = open_connection(settings["target"], "target")
         check_target(dst, tables)
         if options.dry_run:
-            print_plan(plan)
+            print_plan(plan_jobs(tables, options.jobs))
             return 0
         lock_tables(dst, tables)
         snapshot = export_snapshot(src)
-        results = run_plan(plan, settings, options, snapshot)
+        results = run_tables(tables, settings, options, snapshot)
         if options.swap == "together":
             results = swap_together(dst, results, options)
     finally:
