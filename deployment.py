@@ -1810,12 +1810,14 @@ class JobDefinition(Resource):
     @staticmethod
     def view(definition: dict) -> dict:
         container = definition.get("containerProperties", {})
+        logs = container.get("logConfiguration") or {}
         return {
             "platformCapabilities": definition.get("platformCapabilities"),
             "container": {k: container.get(k) for k in (
                 "image", "resourceRequirements", "executionRoleArn", "jobRoleArn",
-                "environment", "logConfiguration", "networkConfiguration",
-                "fargatePlatformConfiguration")},
+                "environment", "networkConfiguration", "fargatePlatformConfiguration")}
+            # only what setup sets: AWS may add empty defaults such as secretOptions
+            | {"logConfiguration": {k: logs.get(k) for k in ("logDriver", "options")}},
             "retryStrategy": {"attempts": definition.get("retryStrategy", {}).get("attempts")},
             "timeout": definition.get("timeout"),
         }
