@@ -1639,8 +1639,15 @@ class BatchResource(Resource):
 
     def settled(self, state: str | None = None) -> bool:
         found = self.describe()
-        return found is not None and found["status"] == "VALID" and (
-            state is None or found["state"] == state)
+        if found is None:
+            return False
+        if found["status"] == "INVALID":
+            if state == "DISABLED":  # an invalid one can still be disabled and deleted
+                return found["state"] == state
+            # Batch says why (for example a role it cannot use): no point waiting longer
+            raise AwsError(f"{self.label}: INVALID: "
+                           f"{found.get('statusReason') or 'Batch gives no reason'}")
+        return found["status"] == "VALID" and (state is None or found["state"] == state)
 
     def gone(self) -> bool:
         found = self.describe()

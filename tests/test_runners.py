@@ -745,3 +745,19 @@ def test_batch_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
     down = run_script("teardown_aws.py", ["--config", batch, "--remove-secrets"], env, tmp_path)
     assert down.returncode == 0, down.stderr
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def test_an_invalid_compute_environment_stops_setup_at_once_with_batch_s_reason(
+        aws, tmp_path, capsys, monkeypatch):
+    net = network()
+    reason = "CLIENT_ERROR - not authorized to perform: ecs:DescribeClusters"
+    monkeypatch.setattr(deployment.ComputeEnvironment, "describe", lambda self: {
+        "status": "INVALID", "state": "ENABLED", "statusReason": reason})
+    delays: list[float] = []
+    monkeypatch.setattr(deployment, "_sleep", delays.append)
+    settings = deployment.Settings(tables=["public.a"], runner="batch", **net)
+    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options(), [["a"]])
+    (environment,) = [r for r in d.resources() if isinstance(r, deployment.ComputeEnvironment)]
+    with pytest.raises(deployment.AwsError, match=f"INVALID: {reason}"):
+        environment.settled()
+    assert environment.settled("DISABLED") is False and delays == []
