@@ -172,9 +172,10 @@ def log_lines(nightly: Nightly, run: str, events: Iterable[str],
     matching everything, and any copier may log odd lines: the same test is made here too.
     """
     events = set(events)
-    either = " || ".join(f'$.event = "{event}"' for event in sorted(events))
+    # Fully parenthesised, the form the AWS CDK's FilterPattern.all/any generate.
+    either = " || ".join(f'($.event = "{event}")' for event in sorted(events))
     request = {"logGroupName": nightly.log_group,
-               "filterPattern": f'{{ $.run = "{run}" && ({either}) }}'}
+               "filterPattern": f'{{ ($.run = "{run}") && ({either}) }}'}
     if start:
         request["startTime"] = int((start - LOG_WINDOW_MARGIN).timestamp() * 1000)
     if stop:

@@ -438,3 +438,25 @@ def test_the_log_group_follows_the_runner():
     assert operations.Nightly.of(settings, None).log_group == "/aws/codebuild/nightly-copy"
     settings.runner = "batch"
     assert operations.Nightly.of(settings, None).log_group == "/aws/batch/nightly-copy"
+
+
+def test_a_failed_build_gets_its_duration_from_the_build_in_the_cause():
+    cause = json.dumps({"build": {"buildStatus": "FAILED", "startTime": "2026-11-27T03:00:00Z",
+                                  "endTime": "2026-11-27T03:12:41Z", "phases": []}})
+    job = operations.job_from_result(2, {"job": "job-2", "tables": "public.b,public.g",
+                                         "status": "FAILED", "error": "States.TaskFailed",
+                                         "cause": cause})
+    assert (job.job, job.status, job.seconds, job.tables, job.error) == (
+        "job-2", "FAILED", 761.0, ["public.b", "public.g"], "States.TaskFailed")
+
+
+def test_only_a_table_beyond_an_even_share_bounds_the_run():
+    estimates = {t: operations.Estimate(s, "median of 3 run(s)")
+                 for t, s in {"big": 100, "mid": 60, "small": 10, "x": 50, "y": 40}.items()}
+    # 260 s over 3 jobs: an even share is 86.7 s. "small" alone in its job is not flagged,
+    # nor "mid", longer than the rest of its job but under the share.
+    assignment = [["big"], ["mid", "small"], ["x", "y"]]
+    assert operations.bounding_tables(assignment, estimates) == [
+        {"table": "big", "job": "job-1", "seconds": 100, "rest_seconds": 0}]
+    assert operations.bounding_tables([["big", "x"], ["mid"], ["small"]], estimates) == [
+        {"table": "big", "job": "job-1", "seconds": 100, "rest_seconds": 50}]
