@@ -482,10 +482,6 @@ class Names:
     def instance_profile(self) -> str:
         return self.role("batch-instance")
 
-    def batch_job_name(self, job: str) -> str:
-        """Batch job names: at most 128 of [A-Za-z0-9_-]; the prefix is at most 32."""
-        return f"{self.prefix}-{job}"
-
 
 def execution_name(day: dt.date) -> str:
     """The name of the run for one day: at most one run per name, so one per day."""
