@@ -1649,6 +1649,17 @@ class BatchResource(Resource):
         found = self.describe()
         return found is None or found["status"] == "DELETED"
 
+    def found_at_rest(self) -> dict | None:
+        """The resource once no change is in progress (None when absent or deleted): an
+        update or delete while Batch is still creating or updating it would be refused."""
+        busy = ("CREATING", "UPDATING", "DELETING")
+        found = self.describe()
+        if found is not None and found["status"] in busy:
+            wait_until(self.label, "done changing",
+                       lambda: (self.describe() or {}).get("status") not in busy)
+            found = self.describe()
+        return None if found is None or found["status"] == "DELETED" else found
+
     def disable_and_delete(self, disable: Callable[[], Any], delete: Callable[[], Any]) -> None:
         disable()
         wait_until(self.label, "disabled", lambda: self.settled("DISABLED"))
@@ -1687,16 +1698,19 @@ class ComputeEnvironment(BatchResource):
                 "instanceRole": resources.get("instanceRole")}
 
     def find(self) -> dict | None:
-        found = self.describe()
-        if found is None or found["status"] == "DELETED":
+        found = self.found_at_rest()
+        if found is None:
             return None
+        # an INVALID one differs: the update below makes Batch validate it again
         return {"compute": self.view(found.get("computeResources", {})),
+                "status": found["status"],
                 "state": found.get("state"), "service_role": found.get("serviceRole"),
                 "tags": self.batch_tags(found["computeEnvironmentArn"]),
                 "arn": found["computeEnvironmentArn"]}
 
     def desired(self) -> dict:
-        return {"compute": self.view(self.compute_resources()), "state": "ENABLED",
+        return {"compute": self.view(self.compute_resources()), "status": "VALID",
+                "state": "ENABLED",
                 "service_role": self.d.batch_service_role_arn(), "tags": self.our_tags()}
 
     def create(self) -> None:
@@ -1712,7 +1726,7 @@ class ComputeEnvironment(BatchResource):
         if (old["type"], old["instanceRole"]) != (new["type"], new["instanceRole"]):
             raise AwsError(f"{self.label}: exists as {old['type']}; Batch cannot change that "
                            "in place: set runner = codebuild, run setup, then batch again")
-        if {"compute", "state", "service_role"} & set(changed):
+        if {"compute", "status", "state", "service_role"} & set(changed):
             updatable = {k: v for k, v in self.compute_resources().items()
                          if k in ("maxvCpus", "subnets", "securityGroupIds")}
             batch.update_compute_environment(computeEnvironment=self.name, state="ENABLED",
@@ -1742,17 +1756,18 @@ class JobQueue(BatchResource):
         return [{"order": 1, "computeEnvironment": self.d.compute_environment_arn()}]
 
     def find(self) -> dict | None:
-        found = self.describe()
-        if found is None or found["status"] == "DELETED":
+        found = self.found_at_rest()
+        if found is None:
             return None
-        return {"state": found.get("state"), "priority": found.get("priority"),
+        return {"status": found["status"],
+                "state": found.get("state"), "priority": found.get("priority"),
                 "compute_environments": [
                     {"order": e["order"], "computeEnvironment": e["computeEnvironment"]}
                     for e in found.get("computeEnvironmentOrder", [])],
                 "tags": self.batch_tags(found["jobQueueArn"]), "arn": found["jobQueueArn"]}
 
     def desired(self) -> dict:
-        return {"state": "ENABLED", "priority": self.PRIORITY,
+        return {"status": "VALID", "state": "ENABLED", "priority": self.PRIORITY,
                 "compute_environments": self.order(), "tags": self.our_tags()}
 
     def create(self) -> None:
@@ -1763,7 +1778,7 @@ class JobQueue(BatchResource):
 
     def update(self, current: dict, changed: list[str]) -> None:
         batch = self.aws.client("batch")
-        if {"state", "priority", "compute_environments"} & set(changed):
+        if {"status", "state", "priority", "compute_environments"} & set(changed):
             batch.update_job_queue(jobQueue=self.name, state="ENABLED", priority=self.PRIORITY,
                                    computeEnvironmentOrder=self.order())
             wait_until(self.label, "valid", self.settled)

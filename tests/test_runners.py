@@ -761,3 +761,23 @@ def test_an_invalid_compute_environment_stops_setup_at_once_with_batch_s_reason(
     with pytest.raises(deployment.AwsError, match=f"INVALID: {reason}"):
         environment.settled()
     assert environment.settled("DISABLED") is False and delays == []
+
+
+def test_an_invalid_compute_environment_is_revalidated_by_the_next_setup(aws, tmp_path,
+                                                                        capsys, monkeypatch):
+    net = network()
+    config = config_for(tmp_path, runner="batch", **net)
+    run(setup_aws.main, ["--config", config], capsys)
+    describe = deployment.ComputeEnvironment.describe
+    states = iter(["UPDATING", "INVALID", "INVALID", "VALID"])  # then whatever moto says
+
+    def invalid_for_a_while(self):
+        found = describe(self)
+        return found and {**found, "status": next(states, found["status"]),
+                          "statusReason": "CLIENT_ERROR - a role was missing"}
+
+    monkeypatch.setattr(deployment.ComputeEnvironment, "describe", invalid_for_a_while)
+    again = run(setup_aws.main, ["--config", config], capsys)
+    # it waited for the change in progress, saw INVALID, updated it, and waited for VALID
+    assert again["Batch compute environment nightly-copy"] == "updated"
+    assert again["Batch job queue nightly-copy"] == "unchanged"
