@@ -781,3 +781,21 @@ def test_an_invalid_compute_environment_is_revalidated_by_the_next_setup(aws, tm
     # it waited for the change in progress, saw INVALID, updated it, and waited for VALID
     assert again["Batch compute environment nightly-copy"] == "updated"
     assert again["Batch job queue nightly-copy"] == "unchanged"
+
+
+def test_public_ip_is_a_choice_for_fargate_only(aws):
+    def job_definition(**settings) -> dict:
+        base = {"tables": ["public.a"], "runner": "batch", "subnets": ["s"],
+                "security_groups": ["g"], "vpc_id": "v"}
+        d = deployment.Deployment(deployment.Settings(**base | settings),
+                                  deployment.Aws(REGION), deployment.Options(), [["a"]])
+        (found,) = [r for r in d.resources() if isinstance(r, deployment.JobDefinition)]
+        return found.request()
+
+    container = job_definition()["containerProperties"]
+    assert container["networkConfiguration"] == {"assignPublicIp": "DISABLED"}
+    container = job_definition(assign_public_ip=True)["containerProperties"]
+    assert container["networkConfiguration"] == {"assignPublicIp": "ENABLED"}
+    ec2 = job_definition(batch_compute="EC2")
+    assert ec2["platformCapabilities"] == ["EC2"]
+    assert "networkConfiguration" not in ec2["containerProperties"]
