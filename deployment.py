@@ -501,9 +501,8 @@ def job_name(number: int) -> str:
 
 def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[str, float], str]:
     """Source table sizes when the source is reachable, else the configured weights, else 1."""
-    measure = getattr(copier, "source_table_sizes", None)
     password = os.environ.get(secret_env_var("source", "password"))
-    if measure is not None and settings.source.get("host") and password:
+    if settings.source.get("host") and password:
         import psycopg2
 
         params = {**{k: v for k, v in copier.CONNECTION_SETTINGS.items() if v is not None},
@@ -515,7 +514,7 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[
                 "using configured weights")
         else:
             try:
-                sizes = measure(conn, ",".join(settings.tables))
+                sizes = copier.source_table_sizes(conn, ",".join(settings.tables))
             except copier.CopierError as err:  # an unknown table: say so before creating
                 raise SettingsError(f"tables: {err}") from err
             finally:

@@ -266,3 +266,14 @@ def test_partitioned_source_becomes_one_plain_table(copier_env, run_copier):
     assert copier_env.target_rows(
         "SELECT indexname FROM pg_indexes WHERE tablename = 'measurements' ORDER BY 1") == [
         ("measurements_pkey",), ("measurements_v",)]
+
+
+def test_a_crashed_runs_staging_table_is_removed_by_the_next_run(orders, run_copier):
+    import copier
+
+    staging = copier.TableName("public", "orders").staging_name()
+    orders.target(f"CREATE TABLE {staging} (leftover int)")  # as a --swap together run leaves it
+
+    assert run_copier("TABLES=orders", "--swap", "together").code == 0
+    assert staging_debris(orders) == []
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
