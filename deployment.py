@@ -293,6 +293,10 @@ def is_role_not_yet_usable(err: ClientError) -> bool:
         return code == "InvalidInputException" and "sts:AssumeRole" in message
     if operation in ("CreateStateMachine", "UpdateStateMachine"):
         return code == "AccessDeniedException"
+    if operation in ("CreateSchedule", "UpdateSchedule"):
+        # Scheduler checks the new role's trust policy and can see an older version of it
+        # (aws-sdk-js-v3 issue 6494): the same role passes a few seconds later.
+        return code == "ValidationException" and "EventBridge Scheduler to assume" in message
     return False
 
 

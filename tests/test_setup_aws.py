@@ -422,6 +422,8 @@ def test_throttling_is_retried_with_growing_jittered_delays(delays):
                  "CodeBuild is not authorized to perform: sts:AssumeRole on arn:aws:iam::1:role/x"),
     client_error("AccessDeniedException", "CreateStateMachine", "Neither the global service "
                  "principal states.amazonaws.com, nor the regional one is authorized"),
+    client_error("ValidationException", "CreateSchedule", "The execution role you provide must "
+                 "allow AWS EventBridge Scheduler to assume the role."),
 ])
 def test_a_role_still_propagating_is_retried(delays, error):
     call = Flaky(error, error)
@@ -433,6 +435,7 @@ def test_a_role_still_propagating_is_retried(delays, error):
     client_error("AccessDeniedException", "CreateRole", "not allowed"),
     client_error("InvalidParameterValueException", "CreateFunction", "Runtime not supported"),
     client_error("ResourceAlreadyExistsException", "CreateProject", "exists"),
+    client_error("ValidationException", "CreateSchedule", "Invalid Schedule Expression"),
 ])
 def test_other_errors_are_not_retried(delays, error):
     call = Flaky(error)
