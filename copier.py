@@ -1075,7 +1075,9 @@ def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
             cur.execute("SELECT set_config('lock_timeout', '0', true)")
             cur.execute("RELEASE SAVEPOINT copier_swap")
             return
-        except psycopg2.errors.LockNotAvailable:
+        except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+            # Readers hold the table, or another job is swapping a table that shares a view
+            # with this one: let go of everything, wait, try again.
             cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
             if attempt == options.lock_retries:
                 raise TableCopyError(
@@ -1154,7 +1156,7 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
     cur.execute("SAVEPOINT copier_view")
     try:
         cur.execute(statement)
-    except psycopg2.errors.LockNotAvailable:
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
         raise
     except psycopg2.Error as exc:
         cur.execute("ROLLBACK TO SAVEPOINT copier_view")

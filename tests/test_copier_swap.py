@@ -277,3 +277,19 @@ def test_a_crashed_runs_staging_table_is_removed_by_the_next_run(orders, run_cop
     assert run_copier("TABLES=orders", "--swap", "together").code == 0
     assert staging_debris(orders) == []
     assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
+
+
+def test_a_view_over_tables_copied_by_different_jobs_survives(copier_env, run_copier):
+    """Both jobs replace the view while swapping their own table; one waits for the other."""
+    copier_env.source(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, w text);"
+        "INSERT INTO a SELECT g, 'a' FROM generate_series(1, 20000) g;"
+        "INSERT INTO b SELECT g, 'b' FROM generate_series(1, 20000) g")
+    assert run_copier("TABLES=a,b").code == 0
+    copier_env.target("CREATE VIEW ab AS SELECT a.id, a.v, b.w FROM a JOIN b USING (id)")
+    copier_env.source("UPDATE a SET v = 'a2'; UPDATE b SET w = 'b2'")
+
+    result = run_copier("TABLES=a,b", "--jobs", "2")
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT count(*), min(v), min(w) FROM ab") == [(20000, "a2", "b2")]
