@@ -650,11 +650,20 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
     Missing enums and domains are created from the source's definition, and labels the source
     added to an enum are added on the target; nothing here changes what readers see.
     """
-    with dst.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-            sql.Identifier(definition.table.schema)))
-    for type_oid in definition.user_types:
-        ensure_type(src, dst, type_oid)
+    for attempt in range(3):
+        try:
+            with dst.cursor() as cur:
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(definition.table.schema)))
+            for type_oid in definition.user_types:
+                ensure_type(src, dst, type_oid)
+            return
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject,
+                psycopg2.errors.DuplicateSchema):
+            # Another job created the same schema or type a moment ago (IF NOT EXISTS does
+            # not cover a concurrent creation): the next look finds it.
+            if attempt == 2:
+                raise
 
 
 def ensure_type(src, dst, type_oid: int) -> None:

@@ -293,3 +293,42 @@ def test_a_view_over_tables_copied_by_different_jobs_survives(copier_env, run_co
 
     assert result.code == 0, result.stderr
     assert copier_env.target_rows("SELECT count(*), min(v), min(w) FROM ab") == [(20000, "a2", "b2")]
+
+
+def test_jobs_sharing_a_new_schema_and_types(copier_env, run_copier):
+    copier_env.source(
+        "CREATE SCHEMA shop; CREATE TYPE shop.state AS ENUM ('new', 'done');"
+        "CREATE DOMAIN shop.qty AS int CHECK (VALUE >= 0);"
+        + "".join(f"CREATE TABLE shop.t{n} (s shop.state, q shop.qty);"
+                  f"INSERT INTO shop.t{n} VALUES ('done', {n});" for n in range(4)))
+    result = run_copier("TABLES=" + ",".join(f"shop.t{n}" for n in range(4)), "--jobs", "4")
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT sum(q), min(s::text) FROM ("
+                                  + " UNION ALL ".join(f"SELECT * FROM shop.t{n}" for n in range(4))
+                                  + ") x") == [(6, "done")]
+
+
+def test_a_type_created_meanwhile_by_another_job_is_not_an_error(copier_env, run_copier, monkeypatch):
+    import psycopg2.errors
+
+    import copier
+
+    copier_env.source("CREATE TYPE state AS ENUM ('new', 'done'); CREATE TABLE t (s state);"
+                      "INSERT INTO t VALUES ('new')")
+    real_ensure_type = copier.ensure_type
+    calls = []
+
+    def lose_the_race_once(src, dst, type_oid):
+        calls.append(type_oid)
+        if len(calls) == 1:  # as if another job's CREATE TYPE had won a moment ago
+            copier_env.target("CREATE TYPE state AS ENUM ('new', 'done')")
+            raise psycopg2.errors.DuplicateObject()
+        real_ensure_type(src, dst, type_oid)
+
+    monkeypatch.setattr(copier, "ensure_type", lose_the_race_once)
+    result = run_copier("TABLES=t")
+
+    assert result.code == 0, result.stderr
+    assert len(calls) == 2
+    assert copier_env.target_rows("SELECT s::text FROM t") == [("new",)]
