@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -207,3 +208,27 @@ def subprocess_env(endpoint: str) -> dict[str, str]:
     env.update(FAKE_AWS_ENV, **SECRETS, AWS_ENDPOINT_URL=endpoint,
                AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
     return env
+
+
+def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict:
+    """The definition with each job's task replaced, since moto's engine cannot run it.
+
+    A succeeding job becomes a Pass holding canned_result(job) (what the real task returns),
+    then the task's own ResultSelector as a Pass; a failing job's task becomes an sns:publish
+    to a missing topic, which fails and goes to the branch's own Catch."""
+    rewritten = copy.deepcopy(definition)
+    for branch in rewritten["States"]["Copy tables"]["Branches"]:
+        name = branch["StartAt"]
+        task = branch["States"][name]
+        job = task["ResultSelector"]["job"]
+        if job in failing:
+            task["Resource"] = "arn:aws:states:::sns:publish"
+            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:123456789012:missing",
+                                  "Message": f"stands in for a failed {job}"}
+            del task["ResultSelector"]
+        else:
+            branch["States"][name] = {"Type": "Pass", "Result": canned_result(job),
+                                      "Next": f"{name} result"}
+            branch["States"][f"{name} result"] = {
+                "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
+    return rewritten

@@ -8,7 +8,6 @@ are written with put_log_events, one stream per job as CodeBuild does.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import time
@@ -16,7 +15,7 @@ import time
 import boto3
 import pytest
 import requests
-from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env, write_config
+from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env, with_canned_jobs, write_config
 from moto import mock_aws
 from moto.stepfunctions.parser.backend.execution import Execution
 
@@ -85,28 +84,15 @@ def set_definition(new: dict) -> None:
                                                        definition=json.dumps(new))
 
 
+def canned_build(job: str) -> dict:
+    start, end = BUILD_TIMES[job]
+    return {"Build": {"Id": f"nightly-copy:{job}", "BuildStatus": "SUCCEEDED",
+                      "Logs": {"DeepLink": f"https://console.example/{job}"},
+                      "StartTime": start, "EndTime": end}}
+
+
 def without_codebuild(deployed: dict, failing: set[str]) -> dict:
-    """Each build task becomes a Pass holding a canned build then its own ResultSelector; a
-    failing job's task becomes an sns:publish to a missing topic, caught by its branch."""
-    rewritten = copy.deepcopy(deployed)
-    for branch in rewritten["States"]["Copy tables"]["Branches"]:
-        name = branch["StartAt"]
-        task = branch["States"][name]
-        job = task["ResultSelector"]["job"]
-        if job in failing:
-            task["Resource"] = "arn:aws:states:::sns:publish"
-            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:missing",
-                                  "Message": "stands in for a failed build"}
-            del task["ResultSelector"]
-            continue
-        start, end = BUILD_TIMES[job]
-        build = {"Build": {"Id": f"nightly-copy:{job}", "BuildStatus": "SUCCEEDED",
-                           "Logs": {"DeepLink": f"https://console.example/{job}"},
-                           "StartTime": start, "EndTime": end}}
-        branch["States"][name] = {"Type": "Pass", "Result": build, "Next": f"{name} result"}
-        branch["States"][f"{name} result"] = {"Type": "Pass", "End": True,
-                                              "Parameters": task["ResultSelector"]}
-    return rewritten
+    return with_canned_jobs(deployed, failing, canned_build)
 
 
 def run_to_end(name: str) -> dict:

@@ -6,7 +6,6 @@ moto (Batch with use_docker False: resources only, no container ever starts).
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shlex
@@ -28,6 +27,7 @@ from aws_helpers import (
     run_script,
     set_fake_aws_env,
     subprocess_env,
+    with_canned_jobs,
     write_config,
 )
 from moto import mock_aws
@@ -596,29 +596,10 @@ def canned_job(job: str) -> dict:
 
 
 def rewritten_batch_for_moto(definition: dict, failing: set[str]) -> dict:
-    """As tests/test_state_machine.py does for CodeBuild: a success becomes a Pass holding a
-    job, then the task's own ResultSelector as a Pass; a failure an sns:publish to a missing
-    topic, which fails and goes to the branch's own Catch.
-
-    moto 5.2's engine has a Batch integration, but it hands the task's PascalCase Parameters
-    (JobName, JobQueue, ...) straight to boto3, which answers KeyError 'JobName': the real
-    definition can only end in States.Runtime there, so its tasks are rewritten like this."""
-    rewritten = copy.deepcopy(definition)
-    for branch in sm.branches(rewritten):
-        name = branch["StartAt"]
-        task = branch["States"][name]
-        job = task["ResultSelector"]["job"]
-        if job in failing:
-            task["Resource"] = "arn:aws:states:::sns:publish"
-            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:missing",
-                                  "Message": "stands in for a failed Batch job"}
-            del task["ResultSelector"]
-        else:
-            branch["States"][name] = {"Type": "Pass", "Result": canned_job(job),
-                                      "Next": f"{name} result"}
-            branch["States"][f"{name} result"] = {
-                "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
-    return rewritten
+    """moto 5.2's engine has a Batch integration, but it hands the task's PascalCase
+    Parameters (JobName, JobQueue, ...) straight to boto3, which answers KeyError 'JobName':
+    the real definition can only end in States.Runtime there, so its tasks are replaced."""
+    return with_canned_jobs(definition, failing, canned_job)
 
 
 def test_batch_all_jobs_succeed_one_summary_execution_succeeded(engine):

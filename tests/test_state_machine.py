@@ -11,7 +11,7 @@ import time
 import boto3
 import pytest
 import requests
-from aws_helpers import MOTO_CONFIG, REGION, TABLES, set_fake_aws_env
+from aws_helpers import MOTO_CONFIG, REGION, TABLES, set_fake_aws_env, with_canned_jobs
 from moto import mock_aws
 
 import deployment
@@ -152,25 +152,7 @@ def canned_build(job: str) -> dict:
 
 
 def rewritten_for_moto(definition: dict, failing: set[str]) -> dict:
-    """Replace each CodeBuild task, which moto cannot run: a success becomes a Pass holding a
-    build, then the task's own ResultSelector as a Pass; a failure becomes an sns:publish to
-    a missing topic, which fails and goes to the branch's own Catch."""
-    rewritten = copy.deepcopy(definition)
-    for branch in branches(rewritten):
-        name = branch["StartAt"]
-        task = branch["States"][name]
-        job = task["ResultSelector"]["job"]
-        if job in failing:
-            task["Resource"] = "arn:aws:states:::sns:publish"
-            task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:123456789012:missing",
-                                  "Message": "stands in for a failed build"}
-            del task["ResultSelector"]
-        else:
-            branch["States"][name] = {"Type": "Pass", "Result": canned_build(job),
-                                      "Next": f"{name} result"}
-            branch["States"][f"{name} result"] = {
-                "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
-    return rewritten
+    return with_canned_jobs(definition, failing, canned_build)
 
 
 def queue_lambda_result(result: dict) -> None:
