@@ -136,9 +136,9 @@ def parse_args(argv: list[str]) -> Options:
     parser = argparse.ArgumentParser(
         prog="copier.py",
         description=(
-            "Copy tables from the operational database into the reporting database. Each "
-            "table is staged, indexed, verified and swapped in one short transaction, so "
-            "readers never see it empty or half loaded and a failure changes nothing."
+            "Copy tables from the operational database into the reporting database.\n"
+            "Each table is staged, indexed, verified and swapped in one short transaction,\n"
+            "so readers never see it empty or half loaded, and a failure changes nothing."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
