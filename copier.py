@@ -935,6 +935,47 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, work_me
         staged.renames.append(Rename("index", temporary, name))
 
 
+REPORTING_INDEXES_QUERY = """
+SELECT ic.relname, pg_get_indexdef(i.indexrelid)
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %s AND t.relname = %s AND t.relkind IN ('r', 'p')
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
+                  AND con.conrelid = i.indrelid)
+ORDER BY ic.relname
+"""
+
+
+def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """Indexes added on the reporting side (not on the source) come back on the new table.
+
+    Built here, before the swap, so readers never wait for them. One that no longer fits the
+    new shape (a dropped column, duplicates under a unique index) is reported and left out:
+    it must not cost the night's data.
+    """
+    table = definition.table
+    source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
+    cur.execute(REPORTING_INDEXES_QUERY, (table.schema, table.name))
+    extra = [(name, index_sql) for name, index_sql in cur.fetchall() if name not in source_names]
+    for n, (name, index_sql) in enumerate(extra, 1):
+        temporary = f"{staged.staging}_r{n}"
+        cur.execute("SAVEPOINT copier_index")
+        try:
+            cur.execute(retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary,
+                                       staged))
+        except psycopg2.DatabaseError as exc:
+            if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT copier_index")
+            log_event("index_skipped", table=table.qualified, index=name,
+                      error=describe_error(exc))
+            continue
+        cur.execute("RELEASE SAVEPOINT copier_index")
+        staged.renames.append(Rename("index", temporary, name))
+
+
 def retarget_index(index_sql: str, table_prefix: str, new_name: str, staged: StagedTable) -> str:
     """Point the source's CREATE INDEX statement at the staging table, under a temporary name."""
     head, sep, tail = index_sql.partition(table_prefix)
@@ -1327,6 +1368,7 @@ class TableCopier:
                 verify_counts(definition.table, source_rows, loaded)
                 staged.rows, staged.bytes = loaded, nbytes
                 build_indexes(cur, definition, staged, self.options.maintenance_work_mem)
+                build_reporting_indexes(cur, definition, staged)
                 set_sequences(self.src, cur, definition, staged)
                 cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
                 if self.options.swap == "table":

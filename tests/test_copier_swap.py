@@ -332,3 +332,24 @@ def test_a_type_created_meanwhile_by_another_job_is_not_an_error(copier_env, run
     assert result.code == 0, result.stderr
     assert len(calls) == 2
     assert copier_env.target_rows("SELECT s::text FROM t") == [("new",)]
+
+
+def test_indexes_added_on_the_reporting_side_come_back(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.target("CREATE INDEX orders_total_idx ON orders (total) WHERE total > 100;"
+                  "ALTER TABLE orders ADD COLUMN legacy int;"
+                  "CREATE INDEX orders_legacy_idx ON orders (legacy)")
+    orders.source("UPDATE orders SET total = total + 1")
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE indexname LIKE 'orders\\_%' ORDER BY 1"
+    names = [name for name, _ in orders.target_rows(indexes)]
+    assert names == ["orders_customer", "orders_pkey", "orders_placed_id", "orders_total_idx"]
+    assert dict(orders.target_rows(indexes))["orders_total_idx"] == (
+        "CREATE INDEX orders_total_idx ON public.orders USING btree (total) WHERE (total > (100)::numeric)")
+    (skipped,) = result.of("index_skipped")
+    assert skipped["index"] == "orders_legacy_idx"
+    assert 'column "legacy" does not exist' in skipped["error"]
+    assert orders.target_rows("SELECT sum(total) FROM orders") == [(501500,)]
