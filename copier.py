@@ -1042,6 +1042,7 @@ class ReportingSide:
     comment: str | None
     column_comments: dict[str, str]
     views: list[DependentView]
+    options: list[str]  # reloptions such as autovacuum or fillfactor settings
 
 
 DEPENDENT_VIEWS_QUERY = """
@@ -1078,14 +1079,15 @@ ORDER BY 1, 2
 def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     """Lock the live reporting table and note what must survive its replacement."""
     cur.execute(
-        "SELECT c.oid, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class') "
+        "SELECT c.oid, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'), "
+        "coalesce(c.reloptions, '{}') "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (table.schema, table.name))
     row = cur.fetchone()
     if row is None:
         return None
-    oid, owner, comment = row
+    oid, owner, comment, table_options = row
     cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table.ident))
     cur.execute(GRANTS_QUERY, (oid,))
     grants = cur.fetchall()
@@ -1108,7 +1110,8 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
         indexes = [r[0] for r in cur.fetchall()]
         views.append(DependentView(schema, name, kind, definition, list(options), v_owner,
                                    v_grants, v_comment, v_column_comments, indexes, populated))
-    return ReportingSide(oid, owner, grants, column_grants, comment, column_comments, views)
+    return ReportingSide(oid, owner, grants, column_grants, comment, column_comments, views,
+                         list(table_options))
 
 
 def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
@@ -1179,6 +1182,9 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
         cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             table.ident, sql.Identifier(old.owner)))
     apply_grants(cur, "TABLE", table.ident, old.grants)
+    if old.options:
+        cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
+            table.ident, sql.SQL(", ").join(sql.SQL(o) for o in old.options)))
     cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
                 "AND NOT attisdropped", (quote_qualified(table.schema, table.name),))
     columns = {r[0] for r in cur.fetchall()}

@@ -89,6 +89,7 @@ ALTER TABLE orders OWNER TO owner_{n};
 GRANT SELECT ON orders TO analyst_{n};
 GRANT SELECT (id, customer) ON orders TO auditor_{n};
 COMMENT ON TABLE orders IS 'reporting copy of shop orders';
+ALTER TABLE orders SET (autovacuum_enabled = false, fillfactor = 90);
 COMMENT ON COLUMN orders.total IS 'in euros';
 CREATE SCHEMA marts;
 CREATE VIEW marts.by_customer AS SELECT customer, sum(total) AS total FROM public.orders GROUP BY customer;
@@ -100,7 +101,7 @@ COMMENT ON VIEW marts.by_customer IS 'per customer';
 """
 
 
-def test_views_grants_owner_and_comments_survive_and_see_the_new_data(orders, run_copier):
+def test_views_grants_owner_comments_and_options_survive_and_see_the_new_data(orders, run_copier):
     n = orders.target_name
     orders.target(REPORTING_SIDE.format(n=n))
 
@@ -123,6 +124,8 @@ def test_views_grants_owner_and_comments_survive_and_see_the_new_data(orders, ru
         f" has_column_privilege('auditor_{n}', 'public.orders', 'total', 'SELECT')"
     )
     assert orders.target_rows(privileges) == [(True, True, True, True, True, False)]
+    assert orders.target_rows("SELECT reloptions FROM pg_class WHERE relname = 'orders'") == [
+        (["autovacuum_enabled=false", "fillfactor=90"],)]
     assert orders.target_rows(
         "SELECT obj_description('orders'::regclass), col_description('orders'::regclass, 3),"
         " obj_description('marts.by_customer'::regclass)") == [
