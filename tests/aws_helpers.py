@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -232,3 +233,23 @@ def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict
             branch["States"][f"{name} result"] = {
                 "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
     return rewritten
+
+
+def queue_lambda_result(result: dict) -> None:
+    """The next Lambda invocation in moto's engine returns this (its Lambda code never runs).
+
+    Sent with requests, which moto intercepts in-process (urllib it does not)."""
+    requests.post("http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
+                  json={"results": [json.dumps(result)], "region": REGION}, timeout=5)
+
+
+def run_to_end(sfn, machine_arn: str, name: str, execution_input: str) -> dict:
+    """Start an execution in moto's engine and wait until it is no longer RUNNING."""
+    execution = sfn.start_execution(stateMachineArn=machine_arn, name=name,
+                                    input=execution_input)["executionArn"]
+    deadline = time.monotonic() + 30
+    while True:
+        described = sfn.describe_execution(executionArn=execution)
+        if described["status"] != "RUNNING" or time.monotonic() > deadline:
+            return described
+        time.sleep(0.05)

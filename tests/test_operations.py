@@ -14,8 +14,15 @@ import time
 
 import boto3
 import pytest
-import requests
-from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env, with_canned_jobs, write_config
+from aws_helpers import (
+    MOTO_CONFIG,
+    REGION,
+    queue_lambda_result,
+    run_to_end,
+    set_fake_aws_env,
+    with_canned_jobs,
+    write_config,
+)
 from moto import mock_aws
 from moto.stepfunctions.parser.backend.execution import Execution
 
@@ -95,27 +102,16 @@ def without_codebuild(deployed: dict, failing: set[str]) -> dict:
     return with_canned_jobs(deployed, failing, canned_build)
 
 
-def run_to_end(name: str) -> dict:
-    sfn = boto3.client("stepfunctions")
-    requests.post("http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
-                  json={"results": [json.dumps({"posted": True})], "region": REGION},
-                  timeout=5)
-    arn = sfn.start_execution(stateMachineArn=MACHINE, name=name,
-                              input=json.dumps({"date": name}))["executionArn"]
-    deadline = time.monotonic() + 30
-    while True:
-        described = sfn.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING" or time.monotonic() > deadline:
-            return described
-        time.sleep(0.05)
-
+def run_nightly(name: str) -> dict:
+    queue_lambda_result({"posted": True})
+    return run_to_end(boto3.client("stepfunctions"), MACHINE, name, json.dumps({"date": name}))
 
 def run_in_moto(name: str, failing: set[str] = frozenset()) -> dict:
     """One execution of the deployed definition with its builds stood in for."""
     deployed = definition()
     set_definition(without_codebuild(deployed, failing))
     try:
-        return run_to_end(name)
+        return run_nightly(name)
     finally:
         set_definition(deployed)
 
@@ -157,7 +153,7 @@ def history(config):
     put_lines(copied("2026-11-27", "job-1", "public.a", 9000.0))  # a failed run: not measured
     # The deployed definition itself: moto cannot run CodeBuild, so the Parallel state never
     # finishes, like a run stopped or timed out on AWS. Only the log lines tell.
-    assert run_to_end("2026-11-28")["status"] == "FAILED"
+    assert run_nightly("2026-11-28")["status"] == "FAILED"
     put_lines(copied("2026-11-28", "job-1", "public.a", 2500.0),
               {"event": "run_finished", "tables": 1, "failed": 0, "seconds": 2510.5,
                "run": "2026-11-28"})

@@ -6,12 +6,18 @@ import copy
 import datetime as dt
 import json
 import subprocess
-import time
 
 import boto3
 import pytest
-import requests
-from aws_helpers import MOTO_CONFIG, REGION, TABLES, set_fake_aws_env, with_canned_jobs
+from aws_helpers import (
+    MOTO_CONFIG,
+    REGION,
+    TABLES,
+    queue_lambda_result,
+    run_to_end,
+    set_fake_aws_env,
+    with_canned_jobs,
+)
 from moto import mock_aws
 
 import deployment
@@ -153,22 +159,6 @@ def canned_build(job: str) -> dict:
 
 def rewritten_for_moto(definition: dict, failing: set[str]) -> dict:
     return with_canned_jobs(definition, failing, canned_build)
-
-
-def queue_lambda_result(result: dict) -> None:
-    requests.post("http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
-                  json={"results": [json.dumps(result)], "region": REGION}, timeout=5)
-
-
-def run_to_end(sfn, machine_arn: str, name: str, execution_input: str) -> dict:
-    execution = sfn.start_execution(stateMachineArn=machine_arn, name=name,
-                                    input=execution_input)["executionArn"]
-    deadline = time.monotonic() + 30
-    while True:
-        described = sfn.describe_execution(executionArn=execution)
-        if described["status"] != "RUNNING" or time.monotonic() > deadline:
-            return described
-        time.sleep(0.05)
 
 
 def history(sfn, execution_arn: str) -> list[dict]:
