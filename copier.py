@@ -130,6 +130,7 @@ class Options:
     lock_retries: int = 5
     progress_seconds: float = 30.0
     maintenance_work_mem: str = "512MB"
+    index_workers: int = 0
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -166,6 +167,12 @@ def parse_args(argv: list[str]) -> Options:
                         help="how long the swap waits for readers' locks per try (default 5)")
     parser.add_argument("--lock-retries", type=int, default=5,
                         help="tries after the first before the swap gives up (default 5)")
+    parser.add_argument("--index-workers", type=int,
+                        default=int(os.environ.get("COPIER_INDEX_WORKERS", "0")),
+                        help="parallel workers the target may add to each index build "
+                        "(max_parallel_maintenance_workers; default 0: the jobs already keep the "
+                        "target's cores busy, and parallel builds then cost more CPU than they save; "
+                        "raise it when the target has idle cores)")
     parser.add_argument("--progress-seconds", type=float, default=30.0, metavar="SECONDS",
                         help="interval of progress lines for long tables (default 30)")
     args = parser.parse_args(argv)
@@ -178,12 +185,13 @@ def parse_args(argv: list[str]) -> Options:
         tables_text = value
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    if args.retries < 0 or args.lock_retries < 0:
-        parser.error("--retries and --lock-retries must not be negative")
+    if args.retries < 0 or args.lock_retries < 0 or args.index_workers < 0:
+        parser.error("--retries, --lock-retries and --index-workers must not be negative")
     return Options(
         tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
         lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
+        index_workers=args.index_workers,
     )
 
 
@@ -206,7 +214,8 @@ environment:
   TABLES                   the table list, when no TABLES= argument is given
   SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
   COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
-  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES   defaults for --jobs, --swap, --retries
+  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS
+                           defaults for --jobs, --swap, --retries, --index-workers
   COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine)
 """
 
@@ -901,9 +910,11 @@ def begin_snapshot(cur, snapshot: str | None) -> None:
         cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
 
 
-def build_indexes(cur, definition: TableDefinition, staged: StagedTable, work_mem: str) -> None:
+def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options: Options) -> None:
     """Keys, indexes and unvalidated checks, built on the loaded table: faster than during COPY."""
-    cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (work_mem,))
+    cur.execute("SELECT set_config('maintenance_work_mem', %s, true), "
+                "set_config('max_parallel_maintenance_workers', %s, true)",
+                (options.maintenance_work_mem, str(options.index_workers)))
     table_prefix = f" ON {definition.quoted_name} "
     n = 0
     for constraint in definition.constraints:
@@ -1373,7 +1384,7 @@ class TableCopier:
                     self.progress_reporter(source.table.qualified))
                 verify_counts(definition.table, source_rows, loaded)
                 staged.rows, staged.bytes = loaded, nbytes
-                build_indexes(cur, definition, staged, self.options.maintenance_work_mem)
+                build_indexes(cur, definition, staged, self.options)
                 build_reporting_indexes(cur, definition, staged)
                 set_sequences(self.src, cur, definition, staged)
                 cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))

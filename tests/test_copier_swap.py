@@ -356,3 +356,37 @@ def test_indexes_added_on_the_reporting_side_come_back(orders, run_copier):
     assert skipped["index"] == "orders_legacy_idx"
     assert 'column "legacy" does not exist' in skipped["error"]
     assert orders.target_rows("SELECT sum(total) FROM orders") == [(501500,)]
+
+
+# An index whose expression reports the index build's max_parallel_maintenance_workers.
+WORKERS_PROBE = """
+CREATE FUNCTION build_workers(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('max_parallel_maintenance_workers') <> current_setting('probe.expected') THEN
+        RAISE EXCEPTION 'index built with % parallel workers',
+            current_setting('max_parallel_maintenance_workers');
+    END IF;
+    RETURN x;
+END $$;
+"""
+
+
+@pytest.mark.parametrize("argv, workers", [([], "0"), (["--index-workers", "3"], "3")])
+def test_index_builds_use_the_parallel_workers_asked_for(copier_env, run_copier, argv, workers):
+    copier_env.source(WORKERS_PROBE + "SELECT set_config('probe.expected', "
+                      "current_setting('max_parallel_maintenance_workers'), false);"
+                      "CREATE TABLE probed (id int PRIMARY KEY); CREATE INDEX ON probed (build_workers(id));"
+                      "INSERT INTO probed SELECT generate_series(1, 100)")
+    copier_env.target(WORKERS_PROBE
+                      + f"ALTER DATABASE {copier_env.target_name} SET probe.expected = '{workers}'")
+
+    result = run_copier("TABLES=probed", *argv)
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM probed") == [(100,)]
+
+
+def test_index_workers_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit):
+        copier.parse_args(["TABLES=t", "--index-workers", "-1"])
+    assert "--index-workers must not be negative" in capsys.readouterr().err
