@@ -15,8 +15,10 @@ after a CHECKPOINT so nobody pays for the previous tool's dirty buffers:
 
 It prints a markdown table: median wall time, ratio to ``pg_dump | psql`` and each launched
 process's peak RSS (GNU time's %M, which covers the process and its reaped children, so it is
-the largest single process of that tree). The cluster (dev/localpg.py, fsync off) lives in
-bench/results/pgdata; logs and a copy of the report go to bench/results/ (gitignored).
+the largest single process of that tree), and under it the floor (bench/floor.py): the CPU
+cost of each step of the work measured alone, which bounds what any tool can reach here.
+The cluster (dev/localpg.py, fsync off) lives in bench/results/pgdata; logs and a copy of the
+report go to bench/results/ (gitignored).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import psycopg2  # noqa: E402
+from floor import floor_table, measure_floor  # noqa: E402  (bench/floor.py, beside this script)
 from psycopg2 import sql  # noqa: E402
 
 from copier import split_table_list  # noqa: E402  (the copier's own parsing of TABLES names)
@@ -51,6 +54,8 @@ SOURCE_DB = "bench_source"
 GNU_TIME = "/usr/bin/time"
 JOBS = 2
 BASELINE = "pg_dump | psql"
+COPIER = "copier --jobs 2"
+COPIER_TARGET = "target_copier"
 # Debian packages the benchmark installs when their program is missing.
 PACKAGES = {"pgcopydb": "pgcopydb", GNU_TIME: "time"}
 
@@ -254,7 +259,7 @@ def pgcopydb_steps(b: Bench) -> list[list[Command]]:
 
 
 def copier_steps(b: Bench) -> list[list[Command]]:
-    env = {**os.environ, "SOURCE_DSN": b.dsn(SOURCE_DB), "TARGET_DSN": b.dsn("target_copier")}
+    env = {**os.environ, "SOURCE_DSN": b.dsn(SOURCE_DB), "TARGET_DSN": b.dsn(COPIER_TARGET)}
     env.pop("TABLES", None)
     return [[Command("copier", [sys.executable, str(REPO / "copier.py"), "TABLES=" + ",".join(b.tables),
                                 "--jobs", str(JOBS)], env)]]
@@ -265,7 +270,7 @@ TOOLS = (
     Tool("pg_dump -Fd -j2 -Z0 + pg_restore -j2", "target_pg_restore", pg_dump_restore_steps,
          remove_dump_dir),
     Tool("pgcopydb --table-jobs 2", "target_pgcopydb", pgcopydb_steps, remove_pgcopydb_work_dir),
-    Tool("copier --jobs 2", "target_copier", copier_steps),
+    Tool(COPIER, COPIER_TARGET, copier_steps),
 )
 
 
@@ -283,12 +288,18 @@ def admin(cluster: LocalCluster, statement, db: str = "postgres", params=None) -
         conn.close()
 
 
-def row_counts(cluster: LocalCluster, db: str, tables: list[str]) -> list[int]:
-    counts = []
+def table_identifiers(tables: list[str]) -> list[sql.Identifier]:
+    """The sample's table names (as TABLES spells them), schema-qualified identifiers."""
+    idents = []
     for parts in split_table_list(",".join(tables)):
-        ident = ".".join('"' + part.replace('"', '""') + '"' for part, _ in parts)
-        counts.append(admin(cluster, f"SELECT count(*) FROM {ident}", db)[0][0])
-    return counts
+        names = [name for name, _ in parts]
+        idents.append(sql.Identifier(*(names if len(names) == 2 else ["public", *names])))
+    return idents
+
+
+def row_counts(cluster: LocalCluster, db: str, tables: list[str]) -> list[int]:
+    return [admin(cluster, sql.SQL("SELECT count(*) FROM {}").format(ident), db)[0][0]
+            for ident in table_identifiers(tables)]
 
 
 def verify_target(bench: Bench, tool: Tool) -> None:
@@ -452,12 +463,28 @@ def sample_table(bench: Bench) -> str:
     return "\n".join(lines)
 
 
-def report(bench: Bench, tools, measurements, machine, command, rounds) -> str:
-    last_copier = bench.run_dir / f"round{rounds}" / "target_copier" / "copier.out"
+def measure_the_floor(bench: Bench):
+    """Untimed by the rounds: each step of the work, alone (bench/floor.py)."""
+    say("measuring the floor: each step of the work alone")
+    checkpoint(bench.cluster)
+    return measure_floor(bench.dsn(SOURCE_DB), bench.dsn(COPIER_TARGET), table_identifiers(bench.tables),
+                         bench.run_dir / "floor", lambda: cluster_cpu_seconds(bench.cluster))
+
+
+def median_of(measurements: list[Measurement], tool: str, value: Callable[[Measurement], float]):
+    values = [value(m) for m in measurements if m.tool == tool]
+    return statistics.median(values) if values else None
+
+
+def report(bench: Bench, tools, measurements, machine, command, rounds, floor) -> str:
+    last_copier = bench.run_dir / f"round{rounds}" / COPIER_TARGET / "copier.out"
     parts = [
         f"Command: `{command}`",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "", results_table(tools, measurements),
+        "", "The floor: each step of the work alone (bench/floor.py), CPU seconds summed over the tables:",
+        "", floor_table(floor, median_of(measurements, BASELINE, lambda m: m.seconds),
+                        median_of(measurements, COPIER, lambda m: m.client_cpu + m.server_cpu)),
         "", "Sample (pg_total_relation_size on the source):", "", sample_table(bench),
     ]
     if last_copier.exists():
@@ -495,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(cluster, tables, RESULTS / f"run-{stamp}")
         machine = machine_description(cluster)
         measurements = run_rounds(bench, TOOLS, args.rounds)
-        text = report(bench, TOOLS, measurements, machine, command.strip(), args.rounds)
+        floor = measure_the_floor(bench)
+        text = report(bench, TOOLS, measurements, machine, command.strip(), args.rounds, floor)
         (bench.run_dir / "report.md").write_text(text)
         print(text)
         return 0
