@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import psycopg2  # noqa: E402
-from floor import floor_table, measure_floor  # noqa: E402  (bench/floor.py, beside this script)
+from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402  (bench/cpu.py, beside this script)
+from floor import floor_table, measure_floor  # noqa: E402  (bench/floor.py)
 from psycopg2 import sql  # noqa: E402
 
 from copier import split_table_list  # noqa: E402  (the copier's own parsing of TABLES names)
@@ -174,42 +175,6 @@ class Bench:
                                     - measurement.server_cpu - measurement.client_cpu)
         verify_target(self, tool)
         return measurement
-
-
-# ---------------------------------------------------------------------------------------------
-# CPU accounting: other engineers' tests share these two cores, so say how much they took.
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time the whole machine spent not idle since boot."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal (guest time is already in user/nice)
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS
-
-
-def process_stat(pid: int) -> list[str]:
-    """/proc/PID/stat fields from the 3rd (state) on: the command name may contain spaces."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2:].split()
-
-
-def cluster_cpu_seconds(cluster: LocalCluster) -> float:
-    """CPU time of the postmaster, its live children and (via cutime) its exited backends."""
-    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    utime, stime, cutime, cstime = (int(x) for x in process_stat(postmaster)[11:15])
-    ticks = utime + stime + cutime + cstime
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = process_stat(int(entry.name))
-        except OSError:
-            continue  # exited meanwhile
-        if int(stat[1]) == postmaster:
-            ticks += int(stat[11]) + int(stat[12])
-    return ticks / CLOCK_TICKS
 
 
 # ---------------------------------------------------------------------------------------------
