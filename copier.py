@@ -1054,6 +1054,8 @@ class ReportingSide:
     column_comments: dict[str, str]
     views: list[DependentView]
     options: list[str]  # reloptions such as autovacuum or fillfactor settings
+    row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
+    policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
 
 
 DEPENDENT_VIEWS_QUERY = """
@@ -1086,20 +1088,28 @@ ORDER BY 1, 2
 """
 
 
+POLICIES_QUERY = """
+SELECT policyname, permissive, roles::text[], cmd, qual, with_check
+FROM pg_policies WHERE schemaname = %s AND tablename = %s
+ORDER BY policyname
+"""
+
 
 def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     """Lock the live reporting table and note what must survive its replacement."""
     cur.execute(
         "SELECT c.oid, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'), "
-        "coalesce(c.reloptions, '{}') "
+        "coalesce(c.reloptions, '{}'), c.relrowsecurity, c.relforcerowsecurity "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (table.schema, table.name))
     row = cur.fetchone()
     if row is None:
         return None
-    oid, owner, comment, table_options = row
+    oid, owner, comment, table_options, *row_security = row
     cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table.ident))
+    cur.execute(POLICIES_QUERY, (table.schema, table.name))
+    policies = cur.fetchall()
     cur.execute(GRANTS_QUERY, (oid,))
     grants = cur.fetchall()
     cur.execute(
@@ -1122,7 +1132,7 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
         views.append(DependentView(schema, name, kind, definition, list(options), v_owner,
                                    v_grants, v_comment, v_column_comments, indexes, populated))
     return ReportingSide(oid, owner, grants, column_grants, comment, column_comments, views,
-                         list(table_options))
+                         list(table_options), tuple(row_security), policies)
 
 
 def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
@@ -1193,6 +1203,7 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
         cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             table.ident, sql.Identifier(old.owner)))
     apply_grants(cur, "TABLE", table.ident, old.grants)
+    apply_row_security(cur, table, old)
     if old.options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
             table.ident, sql.SQL(", ").join(sql.SQL(o) for o in old.options)))
@@ -1208,6 +1219,35 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
                    {c: text for c, text in old.column_comments.items() if c in columns})
     for view in old.views:
         recreate_view(cur, table, view)
+
+
+def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:
+    """Row-level security and its policies come back, or the table is not swapped at all:
+    a reporting table readable beyond its policies would be worse than last night's data."""
+    enable, force = old.row_security
+    if enable:
+        cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table.ident))
+    if force:
+        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table.ident))
+    for name, permissive, roles, command, using, check in old.policies:
+        statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
+            sql.Identifier(name), table.ident, sql.SQL(permissive), sql.SQL(command),
+            sql.SQL(", ").join(grantee_sql("PUBLIC" if role == "public" else role) for role in roles))
+        if using is not None:
+            statement += sql.SQL(" USING ({})").format(sql.SQL(using))
+        if check is not None:
+            statement += sql.SQL(" WITH CHECK ({})").format(sql.SQL(check))
+        cur.execute("SAVEPOINT copier_policy")
+        try:
+            cur.execute(statement)
+        except psycopg2.Error as exc:
+            if isinstance(exc, psycopg2.errors.LockNotAvailable | psycopg2.errors.DeadlockDetected):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT copier_policy")
+            raise TableCopyError(
+                f"row-level security policy {name} does not fit the new shape of "
+                f"{table.qualified}: {first_line(exc)}") from None
+        cur.execute("RELEASE SAVEPOINT copier_policy")
 
 
 def recreate_view(cur, table: TableName, view: DependentView) -> None:

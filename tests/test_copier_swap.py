@@ -133,6 +133,55 @@ def test_views_grants_owner_comments_and_options_survive_and_see_the_new_data(or
     assert staging_debris(orders) == []
 
 
+ROW_SECURITY = """
+CREATE ROLE limited_{n};
+CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total numeric(12, 2), placed date);
+GRANT SELECT ON orders TO limited_{n};
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orders FORCE ROW LEVEL SECURITY;
+CREATE POLICY two_customers ON orders FOR SELECT TO limited_{n} USING (customer IN ('c1', 'c2'));
+CREATE POLICY not_the_big_ones ON orders AS RESTRICTIVE FOR SELECT TO PUBLIC USING (total < 900);
+"""
+POLICIES = "SELECT policyname, permissive, roles, cmd, qual, with_check FROM pg_policies ORDER BY 1"
+
+
+def rows_seen_by(dbs, role: str) -> int:
+    return dbs.target_rows(f"SET ROLE {role}; SELECT count(*) FROM orders")[0][0]
+
+
+def test_row_level_security_and_its_policies_survive(orders, run_copier):
+    n = orders.target_name
+    orders.target(ROW_SECURITY.format(n=n))
+    policies = orders.target_rows(POLICIES)
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    assert orders.target_rows(POLICIES) == policies
+    assert orders.target_rows("SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+                              "WHERE relname = 'orders'") == [(True, True)]
+    expected = orders.source_rows("SELECT count(*) FROM orders WHERE customer IN ('c1', 'c2') "
+                                  "AND total < 900")[0][0]
+    assert 0 < expected < 1000
+    assert rows_seen_by(orders, f"limited_{n}") == expected
+
+
+def test_a_policy_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders, run_copier):
+    n = orders.target_name
+    orders.target(f"CREATE ROLE region_{n}; CREATE TABLE orders (id int, customer text, region text);"
+                  "INSERT INTO orders VALUES (1, 'old', 'eu'), (2, 'old', 'us');"
+                  f"GRANT SELECT ON orders TO region_{n}; ALTER TABLE orders ENABLE ROW LEVEL SECURITY;"
+                  f"CREATE POLICY eu_only ON orders TO region_{n} USING (region = 'eu')")
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 1
+    assert "row-level security policy eu_only does not fit the new shape of public.orders" in result.stderr
+    assert rows_seen_by(orders, f"region_{n}") == 1
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(2,)]
+    assert staging_debris(orders) == []
+
+
 def test_a_view_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders, run_copier):
     orders.target("CREATE TABLE orders (id int, customer text, gone text);"
                   "INSERT INTO orders VALUES (1, 'old', 'x');"
