@@ -1056,6 +1056,7 @@ class ReportingSide:
     options: list[str]  # reloptions such as autovacuum or fillfactor settings
     row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
     policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
+    triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
 
 
 DEPENDENT_VIEWS_QUERY = """
@@ -1094,6 +1095,15 @@ FROM pg_policies WHERE schemaname = %s AND tablename = %s
 ORDER BY policyname
 """
 
+# The table's own triggers: not those PostgreSQL made for constraints, nor partitions' clones.
+TRIGGERS_QUERY = """
+SELECT tgname, pg_get_triggerdef(oid), tgenabled FROM pg_trigger
+WHERE tgrelid = %s AND NOT tgisinternal AND tgparentid = 0
+ORDER BY tgname
+"""
+# pg_trigger.tgenabled -> how to set it after CREATE TRIGGER (which leaves it 'O': enabled).
+TRIGGER_STATES = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
+
 
 def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     """Lock the live reporting table and note what must survive its replacement."""
@@ -1110,6 +1120,8 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table.ident))
     cur.execute(POLICIES_QUERY, (table.schema, table.name))
     policies = cur.fetchall()
+    cur.execute(TRIGGERS_QUERY, (oid,))
+    triggers = cur.fetchall()
     cur.execute(GRANTS_QUERY, (oid,))
     grants = cur.fetchall()
     cur.execute(
@@ -1132,7 +1144,7 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
         views.append(DependentView(schema, name, kind, definition, list(options), v_owner,
                                    v_grants, v_comment, v_column_comments, indexes, populated))
     return ReportingSide(oid, owner, grants, column_grants, comment, column_comments, views,
-                         list(table_options), tuple(row_security), policies)
+                         list(table_options), tuple(row_security), policies, triggers)
 
 
 def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
@@ -1204,6 +1216,7 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
             table.ident, sql.Identifier(old.owner)))
     apply_grants(cur, "TABLE", table.ident, old.grants)
     apply_row_security(cur, table, old)
+    recreate_triggers(cur, table, old)
     if old.options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
             table.ident, sql.SQL(", ").join(sql.SQL(o) for o in old.options)))
@@ -1237,17 +1250,31 @@ def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:
             statement += sql.SQL(" USING ({})").format(sql.SQL(using))
         if check is not None:
             statement += sql.SQL(" WITH CHECK ({})").format(sql.SQL(check))
-        cur.execute("SAVEPOINT copier_policy")
-        try:
-            cur.execute(statement)
-        except psycopg2.Error as exc:
-            if isinstance(exc, psycopg2.errors.LockNotAvailable | psycopg2.errors.DeadlockDetected):
-                raise
-            cur.execute("ROLLBACK TO SAVEPOINT copier_policy")
-            raise TableCopyError(
-                f"row-level security policy {name} does not fit the new shape of "
-                f"{table.qualified}: {first_line(exc)}") from None
-        cur.execute("RELEASE SAVEPOINT copier_policy")
+        recreate_or_fail(cur, statement, f"row-level security policy {name}", table)
+
+
+def recreate_triggers(cur, table: TableName, old: ReportingSide) -> None:
+    """The old table's own triggers, recreated on the new one in the state they were in."""
+    for name, definition, state in old.triggers:
+        recreate_or_fail(cur, definition, f"trigger {name}", table)
+        if state in TRIGGER_STATES:
+            cur.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
+                table.ident, sql.SQL(TRIGGER_STATES[state]), sql.Identifier(name)))
+
+
+def recreate_or_fail(cur, statement, what: str, table: TableName) -> None:
+    """Recreate something of the reporting side on the new table, or fail this table's copy:
+    what the reporting side relies on must not silently disappear with last night's table."""
+    cur.execute("SAVEPOINT copier_recreate")
+    try:
+        cur.execute(statement)
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+        raise
+    except psycopg2.Error as exc:
+        cur.execute("ROLLBACK TO SAVEPOINT copier_recreate")
+        raise TableCopyError(
+            f"{what} does not fit the new shape of {table.qualified}: {first_line(exc)}") from None
+    cur.execute("RELEASE SAVEPOINT copier_recreate")
 
 
 def recreate_view(cur, table: TableName, view: DependentView) -> None:
@@ -1260,17 +1287,7 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
             ident, with_options, body, sql.SQL("" if view.populated else "NO "))
     else:
         statement = sql.SQL("CREATE VIEW {}{} AS {}").format(ident, with_options, body)
-    cur.execute("SAVEPOINT copier_view")
-    try:
-        cur.execute(statement)
-    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
-        raise
-    except psycopg2.Error as exc:
-        cur.execute("ROLLBACK TO SAVEPOINT copier_view")
-        raise TableCopyError(
-            f"view {view.schema}.{view.name} does not fit the new shape of "
-            f"{table.qualified}: {first_line(exc)}") from None
-    cur.execute("RELEASE SAVEPOINT copier_view")
+    recreate_or_fail(cur, statement, f"view {view.schema}.{view.name}", table)
     for index_sql in view.indexes:
         cur.execute(index_sql)
     keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"

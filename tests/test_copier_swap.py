@@ -182,6 +182,44 @@ def test_a_policy_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orde
     assert staging_debris(orders) == []
 
 
+TRIGGERS = """
+CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total numeric(12, 2), placed date);
+CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.customer := upper(NEW.customer); RETURN NEW; END $$;
+CREATE TRIGGER shout_on_update BEFORE UPDATE OF customer ON orders FOR EACH ROW EXECUTE FUNCTION shout();
+CREATE TRIGGER shout_when_asked BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION shout();
+ALTER TABLE orders DISABLE TRIGGER shout_when_asked;
+"""
+TRIGGERS_QUERY = ("SELECT tgname, pg_get_triggerdef(oid), tgenabled FROM pg_trigger "
+                  "WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal ORDER BY 1")
+
+
+def test_the_tables_own_triggers_survive_in_their_state(orders, run_copier):
+    orders.target(TRIGGERS)
+    triggers = orders.target_rows(TRIGGERS_QUERY)
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    assert orders.target_rows(TRIGGERS_QUERY) == triggers
+    assert [state for _, _, state in triggers] == ["O", "D"]
+    orders.target("UPDATE orders SET customer = 'quiet' WHERE id = 1")
+    assert orders.target_rows("SELECT customer FROM orders WHERE id = 1") == [("QUIET",)]
+
+
+def test_a_trigger_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders, run_copier):
+    orders.target(TRIGGERS.replace("UPDATE OF customer", "UPDATE OF customer, gone")
+                  .replace("placed date", "placed date, gone text")
+                  + "INSERT INTO orders VALUES (1, 'old', 5, '2020-01-01', 'x')")
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 1
+    assert "trigger shout_on_update does not fit the new shape of public.orders" in result.stderr
+    assert orders.target_rows("SELECT id, customer, gone FROM orders") == [(1, "old", "x")]
+    assert staging_debris(orders) == []
+
+
 def test_a_view_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders, run_copier):
     orders.target("CREATE TABLE orders (id int, customer text, gone text);"
                   "INSERT INTO orders VALUES (1, 'old', 'x');"
