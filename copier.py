@@ -58,6 +58,17 @@ CONNECTION_OPTIONS = {
     "keepalives_count": 6,
 }
 
+# Set on every session, as pg_dump does. search_path: catalog functions then print every name
+# schema-qualified, and nothing we run can be captured by an object on the user's search_path.
+# Timeouts meant for interactive users must not cut a nightly copy off: its statements are long
+# by design, and the connection holding the run's snapshot sits idle in its transaction (the
+# swap sets its own lock_timeout). idle_session_timeout exists from PostgreSQL 14 on.
+SESSION_SETTINGS = (
+    ("search_path", "pg_catalog"),
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+)
+
 STAGING_PREFIX = "_copier_"
 PIPE_CHUNK = 1 << 16
 # OIDs below this are built into PostgreSQL and identical in every database.
@@ -270,10 +281,12 @@ def connect(settings: dict):
     dsn = settings.pop("dsn", "")
     conn = psycopg2.connect(dsn, **{**CONNECTION_OPTIONS, **settings})
     conn.autocommit = True
+    session = list(SESSION_SETTINGS)
+    if conn.server_version >= 140000:
+        session.append(("idle_session_timeout", "0"))
     with conn.cursor() as cur:
-        # Catalog functions then print every name schema-qualified, and nothing we run
-        # can be captured by an object on the user's search_path.
-        cur.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)")
+        cur.execute("SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(session)),
+                    [value for setting in session for value in setting])
     return conn
 
 

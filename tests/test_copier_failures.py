@@ -164,6 +164,27 @@ def test_parallel_jobs_copy_everything(copier_env, run_copier):
         assert copier_env.target_rows(fingerprint) == copier_env.source_rows(fingerprint)
 
 
+# What a DBA sets for interactive users; pg_dump switches these off for its own sessions, too.
+SHORT_TIMEOUTS = ("statement_timeout = '50ms'", "idle_in_transaction_session_timeout = '100ms'",
+                  "idle_session_timeout = '100ms'")
+
+
+def test_timeouts_meant_for_interactive_users_do_not_cut_the_copy_off(copier_env, run_copier):
+    copier_env.source("CREATE TABLE wide (id int PRIMARY KEY, v text);"
+                      "INSERT INTO wide SELECT g, md5(g::text) FROM generate_series(1, 300000) g;"
+                      "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small VALUES (1), (2)")
+    for name in (copier_env.source_name, copier_env.target_name):
+        for timeout in SHORT_TIMEOUTS:
+            copier_env.source(f"ALTER DATABASE {name} SET {timeout}")
+
+    result = run_copier("TABLES=wide,small", "--jobs", "2")
+
+    for name in (copier_env.source_name, copier_env.target_name):
+        copier_env.source(f"ALTER DATABASE {name} RESET ALL")
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM wide") == [(300000,)]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_copy_rolls_back(big, signum):
     env = {**os.environ, "SOURCE_DSN": big.source_dsn, "TARGET_DSN": big.target_dsn}
