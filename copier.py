@@ -1619,6 +1619,19 @@ def drop_staged(dst, staged: list[StagedTable]) -> None:
 # The run
 
 
+def warn_if_recovery_may_cancel(conn) -> None:
+    """A read replica as the source is fine, but without hot_standby_feedback the replica
+    cancels a long COPY (and ends the session holding the run's snapshot) when it replays
+    the primary's cleanup of rows that COPY may still need."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'), "
+                    "current_setting('max_standby_streaming_delay')")
+        in_recovery, feedback, delay = cur.fetchone()
+    if in_recovery and feedback == "off" and delay != "-1":
+        say("copier: warning: the source is a standby with hot_standby_feedback off: a long copy "
+            "can be cancelled by a conflict with recovery; set hot_standby_feedback = on there")
+
+
 def export_snapshot(conn) -> str:
     """One snapshot for the whole run, so every table reflects the same moment (as pg_dump -j)."""
     with conn.cursor() as cur:
@@ -1669,6 +1682,7 @@ def run(options: Options, settings: dict) -> int:
     dst = None
     try:
         tables = resolve_tables(src, options.tables_text)
+        warn_if_recovery_may_cancel(src)
         dst = open_connection(settings["target"], "target")
         check_target(dst, tables)
         if options.dry_run:

@@ -91,6 +91,22 @@ class LocalCluster:
             cluster._initdb()
         return cluster
 
+    @classmethod
+    def standby_of(cls, primary: LocalCluster, datadir: Path) -> LocalCluster:
+        """A hot standby streaming from primary (pg_basebackup -R): a read replica to copy from."""
+        standby = cls(Path(datadir).resolve(), free_port(), primary.os_user, primary.bindir)
+        standby._make_datadir()
+        backup = subprocess.run(
+            standby._as_server_user([
+                str(standby.bindir / "pg_basebackup"), "-D", str(standby.datadir),
+                "-d", primary.dsn(), "-R", "-X", "stream", "--no-sync",
+            ]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        if backup.returncode != 0:
+            raise LocalPgError(f"pg_basebackup failed: {backup.stderr.strip()}")
+        return standby
+
     def _as_server_user(self, argv: list[str]) -> list[str]:
         if self.os_user is None:
             return argv
@@ -101,8 +117,8 @@ class LocalCluster:
             pw = pwd.getpwnam(self.os_user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
-    def _initdb(self) -> None:
-        self.datadir.mkdir(parents=True, exist_ok=True)
+    def _make_datadir(self) -> None:
+        self.datadir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._give_to_server_user(self.datadir)
         # The server user must be able to reach the data directory through its parents.
         for parent in self.datadir.parents:
@@ -111,6 +127,9 @@ class LocalCluster:
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o001)
+
+    def _initdb(self) -> None:
+        self._make_datadir()
         subprocess.run(
             self._as_server_user([
                 str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
