@@ -30,7 +30,9 @@ def one_value(dsn: str, query: str):
 
 
 def wait_for_replay(primary: LocalCluster, standby: LocalCluster) -> None:
-    lsn = one_value(primary.dsn(), "SELECT pg_current_wal_lsn()")
+    # The insert position: with synchronous_commit off (the test cluster's setting) the last
+    # commit may not be written yet, and the standby receives it only once it is.
+    lsn = one_value(primary.dsn(), "SELECT pg_current_wal_insert_lsn()")
     deadline = time.monotonic() + 30
     while one_value(standby.dsn(), f"SELECT pg_last_wal_replay_lsn() < '{lsn}'"):
         assert time.monotonic() < deadline, "the standby did not catch up in 30 s"
