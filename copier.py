@@ -519,6 +519,16 @@ class Constraint:
 
 
 @dataclass
+class ExtendedStatistics:
+    """A CREATE STATISTICS object on the table, in the parts needed to make it again."""
+
+    name: str
+    kinds: list[str]  # pg_statistic_ext.stxkind: d, f, m, e
+    columns: str  # the columns and expressions it covers, as PostgreSQL prints them
+    target: int | None  # its own statistics target, when set
+
+
+@dataclass
 class TableDefinition:
     source: SourceTable
     quoted_name: str  # schema.table as PostgreSQL prints it in definitions
@@ -528,6 +538,8 @@ class TableDefinition:
     comment: str | None
     column_comments: dict[str, str]
     user_types: list[int]  # OIDs of enums and domains the columns use
+    column_statistics: list[tuple[str, int | None, list[str] | None]]  # target, attoptions
+    extended_statistics: list[ExtendedStatistics]
 
     @property
     def table(self) -> TableName:
@@ -597,6 +609,33 @@ ORDER BY ic.relname
 """
 
 
+# Per-column planner settings: ALTER COLUMN ... SET STATISTICS n, SET (n_distinct = ...).
+COLUMN_STATISTICS_QUERY = """
+SELECT attname, CASE WHEN attstattarget >= 0 THEN attstattarget END, attoptions
+FROM pg_attribute
+WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+  AND (attstattarget >= 0 OR attoptions IS NOT NULL)
+ORDER BY attnum
+"""
+
+
+def extended_statistics_query(server_version: int) -> str:
+    """The table's CREATE STATISTICS objects. Expressions came with PostgreSQL 14, and so did
+    the function that prints what an object covers; before it, only plain columns exist."""
+    columns = "pg_get_statisticsobjdef_columns(s.oid)" if server_version >= 140000 else (
+        "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)"
+        " FROM unnest(s.stxkeys::int2[]) WITH ORDINALITY k(attnum, n)"
+        " JOIN pg_attribute a ON a.attrelid = s.stxrelid AND a.attnum = k.attnum)")
+    return (f"SELECT s.stxname, s.stxkind::text[], {columns}, "
+            "CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END "
+            "FROM pg_statistic_ext s WHERE s.stxrelid = %s ORDER BY s.stxname")
+
+
+def read_extended_statistics(cur, table_oid: int) -> list[ExtendedStatistics]:
+    cur.execute(extended_statistics_query(cur.connection.server_version), (table_oid,))
+    return [ExtendedStatistics(*row) for row in cur.fetchall()]
+
+
 COLUMN_COMMENTS_QUERY = """
 SELECT coalesce(json_object_agg(a.attname, d.description), '{}')
 FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
@@ -617,6 +656,9 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
         indexes = cur.fetchall()
         cur.execute(COLUMN_COMMENTS_QUERY, (source.oid,))
         column_comments = cur.fetchone()[0]
+        cur.execute(COLUMN_STATISTICS_QUERY, (source.oid,))
+        column_statistics = cur.fetchall()
+        extended_statistics = read_extended_statistics(cur, source.oid)
         # Quoted the way pg_get_indexdef quotes, to find the table's name in index definitions.
         cur.execute(
             "SELECT obj_description(c.oid, 'pg_class'), "
@@ -639,7 +681,7 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
     user_types = sorted(oid for oid, typtype, *_ in closure
                         if typtype in ("e", "d") and oid >= FIRST_NORMAL_OID)
     return TableDefinition(source, quoted_name, columns, constraints, indexes, comment,
-                           column_comments, user_types)
+                           column_comments, user_types, column_statistics, extended_statistics)
 
 
 def text_only_type_oids(closure: list[tuple]) -> set[int]:
@@ -737,7 +779,7 @@ def ensure_type(src, dst, type_oid: int) -> None:
 
 @dataclass
 class Rename:
-    kind: str  # "index", "constraint" or "sequence"
+    kind: str  # "index", "constraint", "sequence" or "statistics"
     temporary: str
     final: str
 
@@ -1000,6 +1042,67 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
         staged.renames.append(Rename("index", temporary, name))
 
 
+def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The source's per-column statistics settings and CREATE STATISTICS objects, and those
+    added on the reporting side, on the staged table before its ANALYZE fills them.
+
+    A reporting-side object that no longer fits the new shape is reported and left out, as a
+    reporting-side index is: it only helps the planner.
+    """
+    for column, target, options in definition.column_statistics:
+        if target is not None:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                staged.ident, sql.Identifier(column), sql.Literal(target)))
+        if options:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
+                staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
+    for n, statistics in enumerate(definition.extended_statistics, 1):
+        create_statistics(cur, statistics, f"{staged.staging}_s{n}", staged)
+    reporting = reporting_statistics(cur, definition)
+    for n, statistics in enumerate(reporting, 1):
+        cur.execute("SAVEPOINT copier_statistics")
+        try:
+            create_statistics(cur, statistics, f"{staged.staging}_rs{n}", staged)
+        except psycopg2.DatabaseError as exc:
+            if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT copier_statistics")
+            log_event("statistics_skipped", table=definition.table.qualified,
+                      statistics=statistics.name, error=describe_error(exc))
+            continue
+        cur.execute("RELEASE SAVEPOINT copier_statistics")
+
+
+def reporting_statistics(cur, definition: TableDefinition) -> list[ExtendedStatistics]:
+    """CREATE STATISTICS objects of the live reporting table that the source does not have."""
+    table = definition.table
+    cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                (table.schema, table.name))
+    row = cur.fetchone()
+    if row is None:
+        return []
+    source_names = {s.name for s in definition.extended_statistics}
+    return [s for s in read_extended_statistics(cur, row[0]) if s.name not in source_names]
+
+
+# pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
+STATISTICS_KINDS = {"d": "ndistinct", "f": "dependencies", "m": "mcv"}
+
+
+def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, staged: StagedTable) -> None:
+    kinds = [STATISTICS_KINDS[k] for k in statistics.kinds if k in STATISTICS_KINDS]
+    ident = sql.Identifier(staged.table.schema, temporary)
+    # A single expression's statistics take no list of kinds.
+    listed = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.SQL, kinds))) if kinds else sql.SQL("")
+    cur.execute(sql.SQL("CREATE STATISTICS {}{} ON {} FROM {}").format(
+        ident, listed, sql.SQL(statistics.columns), staged.ident))
+    if statistics.target is not None:
+        cur.execute(sql.SQL("ALTER STATISTICS {} SET STATISTICS {}").format(
+            ident, sql.Literal(statistics.target)))
+    staged.renames.append(Rename("statistics", temporary, statistics.name))
+
+
 def retarget_index(index_sql: str, table_prefix: str, new_name: str, staged: StagedTable) -> str:
     """Point the source's CREATE INDEX statement at the staging table, under a temporary name."""
     head, sep, tail = index_sql.partition(table_prefix)
@@ -1216,7 +1319,7 @@ def rename_parts(cur, staged: StagedTable) -> None:
             cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
                 table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
         else:
-            keyword = "INDEX" if rename.kind == "index" else "SEQUENCE"
+            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS"}[rename.kind]
             cur.execute(sql.SQL("ALTER {} {} RENAME TO {}").format(
                 sql.SQL(keyword), sql.Identifier(table.schema, rename.temporary),
                 sql.Identifier(rename.final)))
@@ -1456,6 +1559,7 @@ class TableCopier:
                 staged.rows, staged.bytes = loaded, nbytes
                 build_indexes(cur, definition, staged, self.options)
                 build_reporting_indexes(cur, definition, staged)
+                set_statistics(cur, definition, staged)
                 set_sequences(self.src, cur, definition, staged)
                 cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
                 if self.options.swap == "table":

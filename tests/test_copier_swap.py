@@ -477,3 +477,59 @@ def test_index_workers_must_not_be_negative(capsys):
     with pytest.raises(SystemExit):
         copier.parse_args(["TABLES=t", "--index-workers", "-1"])
     assert "--index-workers must not be negative" in capsys.readouterr().err
+
+
+STATISTICS = """
+ALTER TABLE orders ALTER COLUMN customer SET STATISTICS 500;
+ALTER TABLE orders ALTER COLUMN placed SET (n_distinct = 365);
+CREATE STATISTICS orders_dep (dependencies, ndistinct) ON customer, placed FROM orders;
+ALTER STATISTICS orders_dep SET STATISTICS 300;
+CREATE STATISTICS orders_lower ON (lower(customer)) FROM orders;
+"""
+COLUMN_SETTINGS = ("SELECT attname, attstattarget, attoptions FROM pg_attribute"
+                   " WHERE attrelid = 'orders'::regclass AND attnum > 0"
+                   " AND (attstattarget >= 0 OR attoptions IS NOT NULL) ORDER BY 1")
+EXTENDED = ("SELECT stxname, stxkind::text[], pg_get_statisticsobjdef_columns(oid), stxstattarget "
+            "FROM pg_statistic_ext WHERE stxrelid = 'orders'::regclass ORDER BY 1")
+BUILT = ("SELECT s.stxname FROM pg_statistic_ext s JOIN pg_statistic_ext_data d ON d.stxoid = s.oid "
+         "WHERE s.stxrelid = 'orders'::regclass AND (d.stxddependencies IS NOT NULL "
+         "OR d.stxdexpr IS NOT NULL) ORDER BY 1")
+
+
+def test_statistics_settings_and_objects_come_from_the_source_and_are_built(orders, run_copier):
+    orders.source(STATISTICS)
+
+    for _ in range(2):  # the second run replaces a table that already has them
+        result = run_copier("TABLES=orders")
+        assert result.code == 0, result.stderr
+
+    assert orders.target_rows(COLUMN_SETTINGS) == orders.source_rows(COLUMN_SETTINGS) == [
+        ("customer", 500, None), ("placed", -1, ["n_distinct=365"])]
+    assert orders.target_rows(EXTENDED) == orders.source_rows(EXTENDED)
+    assert orders.target_rows(BUILT) == [("orders_dep",), ("orders_lower",)]  # ANALYZE filled them
+
+
+def test_statistics_added_on_the_reporting_side_come_back(orders, run_copier):
+    assert run_copier("TABLES=orders").code == 0
+    orders.target("CREATE STATISTICS report_stats (mcv) ON customer, total FROM orders;"
+                  "ALTER TABLE orders ADD COLUMN legacy int;"
+                  "CREATE STATISTICS legacy_stats ON customer, legacy FROM orders")
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    assert orders.target_rows(EXTENDED) == [("report_stats", ["m"], "customer, total", -1)]
+    (skipped,) = result.of("statistics_skipped")
+    assert skipped["statistics"] == "legacy_stats"
+    assert 'column "legacy" does not exist' in skipped["error"]
+
+
+def test_the_query_for_servers_before_14_reads_column_statistics_the_same(orders):
+    """Servers before 14 lack pg_get_statisticsobjdef_columns; its stand-in runs on any version."""
+    orders.source("CREATE STATISTICS two (ndistinct) ON placed, customer FROM orders")
+    oid = orders.source_rows("SELECT 'orders'::regclass::oid")[0][0]
+
+    old, new = (orders.source_rows(copier.extended_statistics_query(version), (oid,))
+                for version in (130000, 150000))
+
+    assert old == new == [("two", ["d"], "customer, placed", None)]
