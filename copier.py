@@ -68,6 +68,10 @@ SESSION_SETTINGS = (
     ("statement_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
 )
+# On the source only, as pg_dump: a table whose row-level security would hide rows from the
+# copier's user raises an error instead of being copied without them (the row counts would
+# still agree, so nothing else would notice).
+SOURCE_SESSION_SETTINGS = (("row_security", "off"),)
 
 STAGING_PREFIX = "_copier_"
 PIPE_CHUNK = 1 << 16
@@ -275,13 +279,15 @@ def read_ssm_settings(prefix: str) -> dict[str, dict]:
     return settings
 
 
-def connect(settings: dict):
+def connect(settings: dict, role: str = "target"):
     """An autocommit connection: every transaction here is opened and closed explicitly."""
     settings = dict(settings)
     dsn = settings.pop("dsn", "")
     conn = psycopg2.connect(dsn, **{**CONNECTION_OPTIONS, **settings})
     conn.autocommit = True
     session = list(SESSION_SETTINGS)
+    if role == "source":
+        session.extend(SOURCE_SESSION_SETTINGS)
     if conn.server_version >= 140000:
         session.append(("idle_session_timeout", "0"))
     with conn.cursor() as cur:
@@ -292,7 +298,7 @@ def connect(settings: dict):
 
 def open_connection(settings: dict, role: str):
     try:
-        return connect(settings)
+        return connect(settings, role)
     except psycopg2.Error as exc:
         raise ConnectionLost(f"cannot connect to the {role} database: {first_line(exc)}") from exc
 
@@ -1454,11 +1460,19 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+# What to do about an error whose own text does not say it.
+ERROR_ADVICE = {
+    "query would be affected by row-level security policy":
+        "the source user must have BYPASSRLS (or own the table), so that no rows are left out",
+}
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, psycopg2.Error) and exc.diag.message_primary:
         text = exc.diag.message_primary
         if exc.diag.context:
             text += f" ({exc.diag.context.splitlines()[0]})"
+        text += "".join(f": {advice}" for start, advice in ERROR_ADVICE.items() if text.startswith(start))
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())

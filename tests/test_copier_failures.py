@@ -238,3 +238,27 @@ def test_disk_full_on_the_target_leaves_the_old_table(big, tiny_tablespace, run_
     assert "No space left on device" in result.stderr
     assert_old_contents(big)
     big.target(f"ALTER DATABASE {big.target_name} RESET default_tablespace")
+
+
+def test_a_source_table_whose_row_security_hides_rows_fails_instead_of_copying_some(
+        copier_env, run_copier, monkeypatch):
+    reader = f"reader_{copier_env.source_name}"
+    copier_env.source(f"CREATE ROLE {reader} LOGIN;"
+                      "CREATE TABLE accounts (id int PRIMARY KEY, tenant text);"
+                      "INSERT INTO accounts SELECT g, 't' || g % 3 FROM generate_series(1, 30) g;"
+                      f"GRANT SELECT ON accounts TO {reader};"
+                      "ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;"
+                      f"CREATE POLICY one_tenant ON accounts TO {reader} USING (tenant = 't1')")
+    monkeypatch.setenv("SOURCE_DSN", copier_env.cluster.dsn(copier_env.source_name, user=reader))
+
+    result = run_copier("TABLES=accounts")
+
+    assert result.code == 1
+    assert "row-level security" in result.stderr
+    assert "BYPASSRLS" in result.stderr  # what to do about it
+    assert copier_env.target_rows("SELECT count(*) FROM pg_class WHERE relname = 'accounts'") == [(0,)]
+
+    copier_env.source(f"ALTER ROLE {reader} BYPASSRLS")
+    result = run_copier("TABLES=accounts")
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM accounts") == [(30,)]
