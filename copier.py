@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -1460,10 +1461,13 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-# What to do about an error whose own text does not say it.
+# What to do about an error whose own text does not say it (patterns of the error's text).
 ERROR_ADVICE = {
-    "query would be affected by row-level security policy":
+    r"query would be affected by row-level security policy":
         "the source user must have BYPASSRLS (or own the table), so that no rows are left out",
+    r'type ".*" does not exist':
+        "the target database needs every type the source table uses; the copier creates enums "
+        "and domains, an extension's types need CREATE EXTENSION on the target",
 }
 
 
@@ -1472,7 +1476,8 @@ def describe_error(exc: BaseException) -> str:
         text = exc.diag.message_primary
         if exc.diag.context:
             text += f" ({exc.diag.context.splitlines()[0]})"
-        text += "".join(f": {advice}" for start, advice in ERROR_ADVICE.items() if text.startswith(start))
+        text += "".join(f": {advice}" for pattern, advice in ERROR_ADVICE.items()
+                        if re.match(pattern, text))
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())

@@ -87,3 +87,23 @@ def test_identity_and_serial_sequences_continue_where_the_source_is(copier_env, 
         (1, 1), (2, 2), (42, 3)]
     sequences = "SELECT relname FROM pg_class WHERE relkind = 'S' ORDER BY 1"
     assert copier_env.target_rows(sequences) == [("counters_id_seq",), ("counters_n_seq",)]
+
+
+def test_extension_types_need_the_extension_on_the_target_and_then_round_trip(copier_env, run_copier):
+    copier_env.source("CREATE EXTENSION citext; CREATE EXTENSION hstore;"
+                      "CREATE TABLE people (id int PRIMARY KEY, email citext, attrs hstore,"
+                      " aliases citext[]);"
+                      "INSERT INTO people VALUES (1, 'Ann@Example.org', 'plan=>gold, seats=>3', '{A@B,c@D}'),"
+                      " (2, NULL, '', '{}')")
+
+    result = run_copier("TABLES=people")
+    assert result.code == 1
+    assert 'type "public.citext" does not exist: the target database needs every type' in result.stderr
+    assert "CREATE EXTENSION" in result.stderr
+
+    copier_env.target("CREATE EXTENSION citext; CREATE EXTENSION hstore")
+    result = run_copier("TABLES=people")
+    assert result.code == 0, result.stderr
+    rows = "SELECT id, email::text, attrs::text, aliases::text FROM people ORDER BY id"
+    assert copier_env.target_rows(rows) == copier_env.source_rows(rows)
+    assert copier_env.target_rows("SELECT count(*) FROM people WHERE email = 'ann@example.org'") == [(1,)]
