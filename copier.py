@@ -63,7 +63,7 @@ CONNECTION_OPTIONS = {
 # schema-qualified, and nothing we run can be captured by an object on the user's search_path.
 # Timeouts meant for interactive users must not cut a nightly copy off: its statements are long
 # by design, and the connection holding the run's snapshot sits idle in its transaction (the
-# swap sets its own lock_timeout). idle_session_timeout exists from PostgreSQL 14 on.
+# swap sets its own lock_timeout). Some of these timeouts exist only from a version on.
 SESSION_SETTINGS = (
     ("search_path", "pg_catalog"),
     ("statement_timeout", "0"),
@@ -73,6 +73,10 @@ SESSION_SETTINGS = (
 # copier's user raises an error instead of being copied without them (the row counts would
 # still agree, so nothing else would notice).
 SOURCE_SESSION_SETTINGS = (("row_security", "off"),)
+VERSIONED_SESSION_SETTINGS = ((140000, "idle_session_timeout", "0"),
+                              (170000, "transaction_timeout", "0"))
+# The catalogs the copier reads (pg_trigger.tgparentid, pg_statistic_ext.stxstattarget).
+OLDEST_SERVER = 130000
 
 STAGING_PREFIX = "_copier_"
 PIPE_CHUNK = 1 << 16
@@ -165,7 +169,8 @@ def parse_args(argv: list[str]) -> Options:
         help="the tables to copy (or the TABLES environment variable): comma-separated, "
         "optional schema prefix (default public), double quotes for names with commas or dots",
     )
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("COPIER_JOBS", "1")),
+    # String defaults from the environment go through type=: a bad value is a usage error.
+    parser.add_argument("--jobs", type=int, default=os.environ.get("COPIER_JOBS", "1"),
                         help="worker processes; each takes the largest table left when it is "
                         "free (default 1)")
     parser.add_argument("--dry-run", action="store_true",
@@ -177,14 +182,14 @@ def parse_args(argv: list[str]) -> Options:
                         "'together': all tables go live in one transaction at the end, or none")
     parser.add_argument("--fail-fast", action="store_true",
                         help="stop at the first failed table instead of copying the rest")
-    parser.add_argument("--retries", type=int, default=int(os.environ.get("COPIER_RETRIES", "3")),
+    parser.add_argument("--retries", type=int, default=os.environ.get("COPIER_RETRIES", "3"),
                         help="retries of a table after a lost connection (default 3)")
     parser.add_argument("--lock-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="how long the swap waits for readers' locks per try (default 5)")
     parser.add_argument("--lock-retries", type=int, default=5,
                         help="tries after the first before the swap gives up (default 5)")
     parser.add_argument("--index-workers", type=int,
-                        default=int(os.environ.get("COPIER_INDEX_WORKERS", "0")),
+                        default=os.environ.get("COPIER_INDEX_WORKERS", "0"),
                         help="parallel workers the target may add to each index build "
                         "(max_parallel_maintenance_workers; default 0: the jobs already keep the "
                         "target's cores busy, and parallel builds then cost more CPU than they save; "
@@ -286,11 +291,16 @@ def connect(settings: dict, role: str = "target"):
     dsn = settings.pop("dsn", "")
     conn = psycopg2.connect(dsn, **{**CONNECTION_OPTIONS, **settings})
     conn.autocommit = True
+    if conn.server_version < OLDEST_SERVER:
+        version = conn.server_version
+        conn.close()
+        raise ConfigError(f"the {role} server runs PostgreSQL {version // 10000}: "
+                          f"the copier needs {OLDEST_SERVER // 10000} or later")
     session = list(SESSION_SETTINGS)
     if role == "source":
         session.extend(SOURCE_SESSION_SETTINGS)
-    if conn.server_version >= 140000:
-        session.append(("idle_session_timeout", "0"))
+    session += [(name, value) for since, name, value in VERSIONED_SESSION_SETTINGS
+                if conn.server_version >= since]
     with conn.cursor() as cur:
         cur.execute("SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(session)),
                     [value for setting in session for value in setting])
@@ -1464,7 +1474,8 @@ def is_connection_error(exc: BaseException) -> bool:
 # What to do about an error whose own text does not say it (patterns of the error's text).
 ERROR_ADVICE = {
     r"query would be affected by row-level security policy":
-        "the source user must have BYPASSRLS (or own the table), so that no rows are left out",
+        "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
+        "so that no rows are left out",
     r'type ".*" does not exist':
         "the target database needs every type the source table uses; the copier creates enums "
         "and domains, an extension's types need CREATE EXTENSION on the target",

@@ -26,7 +26,6 @@ def test_every_step_is_measured_and_the_fresh_tables_are_rolled_back(copier_env,
                                    lambda: cpu.cluster_cpu_seconds(copier_env.cluster))
 
     assert all(seconds > 0 for seconds in measured.seconds.values()), measured
-    assert measured.wall() == measured.total() / measured.cpus
     leftovers = "SELECT relname FROM pg_class WHERE relname LIKE '\\_floor\\_%'"
     assert copier_env.target_rows(leftovers) == []
     assert list(tmp_path.iterdir()) == []

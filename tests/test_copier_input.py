@@ -152,3 +152,21 @@ def test_json_lines_carry_the_run_and_job_the_state_machine_names(named_tables, 
     (copied,) = result.of("table_copied")
     assert (copied["run"], copied["job"]) == ("2026-11-27", "job-3")
     assert result.of("run_finished")[0]["run"] == "2026-11-27"
+
+
+def test_a_bad_number_in_the_environment_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setenv("COPIER_JOBS", "four")
+    with pytest.raises(SystemExit) as exit_info:
+        copier.parse_args(["TABLES=t"])
+    assert exit_info.value.code == 2
+    assert "--jobs: invalid int value: 'four'" in capsys.readouterr().err
+
+
+def test_a_server_older_than_the_copier_supports_is_named(named_tables, run_copier, monkeypatch):
+    monkeypatch.setattr(copier, "OLDEST_SERVER", 990000)
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 1
+    assert "the source server runs PostgreSQL" in result.stderr
+    assert "the copier needs 99 or later" in result.stderr

@@ -63,7 +63,7 @@ def from_replica(copier_env, standby, monkeypatch):
     return copier_env
 
 
-def test_copies_from_a_read_replica_with_one_snapshot_for_all_jobs(from_replica, standby, run_copier):
+def test_copies_from_a_read_replica_with_parallel_jobs(from_replica, standby, run_copier):
     set_feedback(standby, "off")
 
     result = run_copier("TABLES=orders,customers", "--jobs", "2")

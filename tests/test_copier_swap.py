@@ -486,11 +486,12 @@ CREATE STATISTICS orders_dep (dependencies, ndistinct) ON customer, placed FROM 
 ALTER STATISTICS orders_dep SET STATISTICS 300;
 CREATE STATISTICS orders_lower ON (lower(customer)) FROM orders;
 """
-COLUMN_SETTINGS = ("SELECT attname, attstattarget, attoptions FROM pg_attribute"
+# nullif: the default is -1 before PostgreSQL 17 and NULL from 17 on.
+COLUMN_SETTINGS = ("SELECT attname, nullif(attstattarget, -1), attoptions FROM pg_attribute"
                    " WHERE attrelid = 'orders'::regclass AND attnum > 0"
                    " AND (attstattarget >= 0 OR attoptions IS NOT NULL) ORDER BY 1")
-EXTENDED = ("SELECT stxname, stxkind::text[], pg_get_statisticsobjdef_columns(oid), stxstattarget "
-            "FROM pg_statistic_ext WHERE stxrelid = 'orders'::regclass ORDER BY 1")
+EXTENDED = ("SELECT stxname, stxkind::text[], pg_get_statisticsobjdef_columns(oid),"
+            " nullif(stxstattarget, -1) FROM pg_statistic_ext WHERE stxrelid = 'orders'::regclass ORDER BY 1")
 BUILT = ("SELECT s.stxname FROM pg_statistic_ext s JOIN pg_statistic_ext_data d ON d.stxoid = s.oid "
          "WHERE s.stxrelid = 'orders'::regclass AND (d.stxddependencies IS NOT NULL "
          "OR d.stxdexpr IS NOT NULL) ORDER BY 1")
@@ -504,7 +505,7 @@ def test_statistics_settings_and_objects_come_from_the_source_and_are_built(orde
         assert result.code == 0, result.stderr
 
     assert orders.target_rows(COLUMN_SETTINGS) == orders.source_rows(COLUMN_SETTINGS) == [
-        ("customer", 500, None), ("placed", -1, ["n_distinct=365"])]
+        ("customer", 500, None), ("placed", None, ["n_distinct=365"])]
     assert orders.target_rows(EXTENDED) == orders.source_rows(EXTENDED)
     assert orders.target_rows(BUILT) == [("orders_dep",), ("orders_lower",)]  # ANALYZE filled them
 
@@ -518,7 +519,7 @@ def test_statistics_added_on_the_reporting_side_come_back(orders, run_copier):
     result = run_copier("TABLES=orders")
 
     assert result.code == 0, result.stderr
-    assert orders.target_rows(EXTENDED) == [("report_stats", ["m"], "customer, total", -1)]
+    assert orders.target_rows(EXTENDED) == [("report_stats", ["m"], "customer, total", None)]
     (skipped,) = result.of("statistics_skipped")
     assert skipped["statistics"] == "legacy_stats"
     assert 'column "legacy" does not exist' in skipped["error"]
