@@ -540,9 +540,11 @@ class ExtendedStatistics:
     """A CREATE STATISTICS object on the table, in the parts needed to make it again."""
 
     name: str
+    schema: str  # its own: not always the table's
     kinds: list[str]  # pg_statistic_ext.stxkind: d, f, m, e
     columns: str  # the columns and expressions it covers, as PostgreSQL prints them
     target: int | None  # its own statistics target, when set
+    comment: str | None
 
 
 @dataclass
@@ -561,6 +563,11 @@ class TableDefinition:
     @property
     def table(self) -> TableName:
         return self.source.table
+
+    @property
+    def schemas(self) -> list[str]:
+        """Where its parts live on the target: the table's schema and its statistics' ones."""
+        return sorted({self.table.schema} | {s.schema for s in self.extended_statistics})
 
     @property
     def copied_columns(self) -> list[Column]:
@@ -643,9 +650,11 @@ def extended_statistics_query(server_version: int) -> str:
         "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)"
         " FROM unnest(s.stxkeys::int2[]) WITH ORDINALITY k(attnum, n)"
         " JOIN pg_attribute a ON a.attrelid = s.stxrelid AND a.attnum = k.attnum)")
-    return (f"SELECT s.stxname, s.stxkind::text[], {columns}, "
-            "CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END "
-            "FROM pg_statistic_ext s WHERE s.stxrelid = %s ORDER BY s.stxname")
+    return (f"SELECT s.stxname, n.nspname, s.stxkind::text[], {columns}, "
+            "CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END, "
+            "obj_description(s.oid, 'pg_statistic_ext') "
+            "FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace "
+            "WHERE s.stxrelid = %s ORDER BY n.nspname, s.stxname")
 
 
 def read_extended_statistics(cur, table_oid: int) -> list[ExtendedStatistics]:
@@ -734,8 +743,8 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
     for attempt in range(3):
         try:
             with dst.cursor() as cur:
-                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(definition.table.schema)))
+                for schema in definition.schemas:
+                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             for type_oid in definition.user_types:
                 ensure_type(src, dst, type_oid)
             return
@@ -799,6 +808,7 @@ class Rename:
     kind: str  # "index", "constraint", "sequence" or "statistics"
     temporary: str
     final: str
+    schema: str | None = None  # where it lives, when not in the table's schema
 
 
 @dataclass
@@ -1019,7 +1029,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
 
 
 REPORTING_INDEXES_QUERY = """
-SELECT ic.relname, pg_get_indexdef(i.indexrelid)
+SELECT ic.relname, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid, 'pg_class')
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_class t ON t.oid = i.indrelid
@@ -1041,8 +1051,8 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     table = definition.table
     source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
     cur.execute(REPORTING_INDEXES_QUERY, (table.schema, table.name))
-    extra = [(name, index_sql) for name, index_sql in cur.fetchall() if name not in source_names]
-    for n, (name, index_sql) in enumerate(extra, 1):
+    extra = [row for row in cur.fetchall() if row[0] not in source_names]
+    for n, (name, index_sql, comment) in enumerate(extra, 1):
         temporary = f"{staged.staging}_r{n}"
         cur.execute("SAVEPOINT copier_index")
         try:
@@ -1056,6 +1066,9 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
                       error=describe_error(exc))
             continue
         cur.execute("RELEASE SAVEPOINT copier_index")
+        if comment is not None:
+            cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(table.schema, temporary), sql.Literal(comment)))
         staged.renames.append(Rename("index", temporary, name))
 
 
@@ -1099,8 +1112,8 @@ def reporting_statistics(cur, definition: TableDefinition) -> list[ExtendedStati
     row = cur.fetchone()
     if row is None:
         return []
-    source_names = {s.name for s in definition.extended_statistics}
-    return [s for s in read_extended_statistics(cur, row[0]) if s.name not in source_names]
+    source_names = {(s.schema, s.name) for s in definition.extended_statistics}
+    return [s for s in read_extended_statistics(cur, row[0]) if (s.schema, s.name) not in source_names]
 
 
 # pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
@@ -1109,7 +1122,7 @@ STATISTICS_KINDS = {"d": "ndistinct", "f": "dependencies", "m": "mcv"}
 
 def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, staged: StagedTable) -> None:
     kinds = [STATISTICS_KINDS[k] for k in statistics.kinds if k in STATISTICS_KINDS]
-    ident = sql.Identifier(staged.table.schema, temporary)
+    ident = sql.Identifier(statistics.schema, temporary)
     # A single expression's statistics take no list of kinds.
     listed = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.SQL, kinds))) if kinds else sql.SQL("")
     cur.execute(sql.SQL("CREATE STATISTICS {}{} ON {} FROM {}").format(
@@ -1117,7 +1130,9 @@ def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, stage
     if statistics.target is not None:
         cur.execute(sql.SQL("ALTER STATISTICS {} SET STATISTICS {}").format(
             ident, sql.Literal(statistics.target)))
-    staged.renames.append(Rename("statistics", temporary, statistics.name))
+    if statistics.comment is not None:
+        cur.execute(sql.SQL("COMMENT ON STATISTICS {} IS {}").format(ident, sql.Literal(statistics.comment)))
+    staged.renames.append(Rename("statistics", temporary, statistics.name, statistics.schema))
 
 
 def retarget_index(index_sql: str, table_prefix: str, new_name: str, staged: StagedTable) -> str:
@@ -1338,7 +1353,7 @@ def rename_parts(cur, staged: StagedTable) -> None:
         else:
             keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS"}[rename.kind]
             cur.execute(sql.SQL("ALTER {} {} RENAME TO {}").format(
-                sql.SQL(keyword), sql.Identifier(table.schema, rename.temporary),
+                sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
                 sql.Identifier(rename.final)))
 
 

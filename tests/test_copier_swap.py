@@ -427,6 +427,7 @@ def test_a_type_created_meanwhile_by_another_job_is_not_an_error(copier_env, run
 def test_indexes_added_on_the_reporting_side_come_back(orders, run_copier):
     assert run_copier("TABLES=orders").code == 0
     orders.target("CREATE INDEX orders_total_idx ON orders (total) WHERE total > 100;"
+                  "COMMENT ON INDEX orders_total_idx IS 'for the monthly report';"
                   "ALTER TABLE orders ADD COLUMN legacy int;"
                   "CREATE INDEX orders_legacy_idx ON orders (legacy)")
     orders.source("UPDATE orders SET total = total + 1")
@@ -439,6 +440,8 @@ def test_indexes_added_on_the_reporting_side_come_back(orders, run_copier):
     assert names == ["orders_customer", "orders_pkey", "orders_placed_id", "orders_total_idx"]
     assert dict(orders.target_rows(indexes))["orders_total_idx"] == (
         "CREATE INDEX orders_total_idx ON public.orders USING btree (total) WHERE (total > (100)::numeric)")
+    assert orders.target_rows("SELECT obj_description('orders_total_idx'::regclass, 'pg_class')") == [
+        ("for the monthly report",)]
     (skipped,) = result.of("index_skipped")
     assert skipped["index"] == "orders_legacy_idx"
     assert 'column "legacy" does not exist' in skipped["error"]
@@ -510,9 +513,29 @@ def test_statistics_settings_and_objects_come_from_the_source_and_are_built(orde
     assert orders.target_rows(BUILT) == [("orders_dep",), ("orders_lower",)]  # ANALYZE filled them
 
 
+def test_statistics_objects_keep_their_own_schema(copier_env, run_copier):
+    """Same-named statistics objects in two schemas, on two tables in a third."""
+    copier_env.source("CREATE SCHEMA s1; CREATE SCHEMA s2;"
+                      "CREATE TABLE t1 (a int, b int); CREATE TABLE t2 (a int, b int);"
+                      "INSERT INTO t1 SELECT g, g % 10 FROM generate_series(1, 100) g;"
+                      "INSERT INTO t2 SELECT g, g % 10 FROM generate_series(1, 100) g;"
+                      "CREATE STATISTICS s1.st ON a, b FROM t1; CREATE STATISTICS s2.st ON a, b FROM t2;"
+                      "COMMENT ON STATISTICS s2.st IS 'for t2'")
+    where = ("SELECT stxnamespace::regnamespace::text, stxname, stxrelid::regclass::text,"
+             " obj_description(oid, 'pg_statistic_ext') FROM pg_statistic_ext ORDER BY 1")
+
+    for _ in range(2):
+        result = run_copier("TABLES=t1,t2")
+        assert result.code == 0, result.stderr
+
+    assert copier_env.target_rows(where) == copier_env.source_rows(where) == [
+        ("s1", "st", "t1", None), ("s2", "st", "t2", "for t2")]
+
+
 def test_statistics_added_on_the_reporting_side_come_back(orders, run_copier):
     assert run_copier("TABLES=orders").code == 0
     orders.target("CREATE STATISTICS report_stats (mcv) ON customer, total FROM orders;"
+                  "COMMENT ON STATISTICS report_stats IS 'for the dashboard';"
                   "ALTER TABLE orders ADD COLUMN legacy int;"
                   "CREATE STATISTICS legacy_stats ON customer, legacy FROM orders")
 
@@ -520,6 +543,8 @@ def test_statistics_added_on_the_reporting_side_come_back(orders, run_copier):
 
     assert result.code == 0, result.stderr
     assert orders.target_rows(EXTENDED) == [("report_stats", ["m"], "customer, total", None)]
+    assert orders.target_rows("SELECT obj_description(oid, 'pg_statistic_ext') FROM pg_statistic_ext") == [
+        ("for the dashboard",)]
     (skipped,) = result.of("statistics_skipped")
     assert skipped["statistics"] == "legacy_stats"
     assert 'column "legacy" does not exist' in skipped["error"]
@@ -533,4 +558,4 @@ def test_the_query_for_servers_before_14_reads_column_statistics_the_same(orders
     old, new = (orders.source_rows(copier.extended_statistics_query(version), (oid,))
                 for version in (130000, 150000))
 
-    assert old == new == [("two", ["d"], "customer, placed", None)]
+    assert old == new == [("two", "public", ["d"], "customer, placed", None, None)]
