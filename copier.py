@@ -1358,13 +1358,14 @@ def rename_parts(cur, staged: StagedTable) -> None:
 
 
 def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
-    cur.execute("SELECT current_user")
-    if old.owner != cur.fetchone()[0]:
+    # Policies and triggers first, while the copier still owns the new table: a member of the
+    # owner's role without INHERIT can hand the table over but not add them afterwards.
+    apply_row_security(cur, table, old)
+    recreate_triggers(cur, table, old)
+    if old.owner != current_user(cur):
         cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             table.ident, sql.Identifier(old.owner)))
     apply_grants(cur, "TABLE", table.ident, old.grants)
-    apply_row_security(cur, table, old)
-    recreate_triggers(cur, table, old)
     if old.options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
             table.ident, sql.SQL(", ").join(sql.SQL(o) for o in old.options)))
@@ -1420,6 +1421,9 @@ def recreate_or_fail(cur, statement, what: str, table: TableName) -> None:
         raise
     except psycopg2.Error as exc:
         cur.execute("ROLLBACK TO SAVEPOINT copier_recreate")
+        if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+            raise TableCopyError(
+                f"{what} cannot be recreated on the new {table.qualified}: {describe_error(exc)}") from None
         raise TableCopyError(
             f"{what} does not fit the new shape of {table.qualified}: {first_line(exc)}") from None
     cur.execute("RELEASE SAVEPOINT copier_recreate")
@@ -1431,20 +1435,28 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
         sql.SQL(o) for o in view.options)) if view.options else sql.SQL("")
     body = sql.SQL(view.definition.rstrip().rstrip(";"))
     if view.kind == "m":
-        statement = sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH {}DATA").format(
-            ident, with_options, body, sql.SQL("" if view.populated else "NO "))
+        statement = sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH NO DATA").format(
+            ident, with_options, body)
     else:
         statement = sql.SQL("CREATE VIEW {}{} AS {}").format(ident, with_options, body)
     recreate_or_fail(cur, statement, f"view {view.schema}.{view.name}", table)
     for index_sql in view.indexes:
         cur.execute(index_sql)
     keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"
-    cur.execute("SELECT current_user")
-    if view.owner != cur.fetchone()[0]:
+    if view.owner != current_user(cur):
         cur.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
             sql.SQL(keyword), ident, sql.Identifier(view.owner)))
     apply_grants(cur, "TABLE", ident, view.grants)
     apply_comments(cur, ident, view.comment, view.column_comments, keyword)
+    if view.kind == "m" and view.populated:
+        # Filled once it has its owner: REFRESH runs the query as the owner, so it holds the
+        # rows the owner may see (row-level security), not those the copier's user may see.
+        cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident))
+
+
+def current_user(cur) -> str:
+    cur.execute("SELECT current_user")
+    return cur.fetchone()[0]
 
 
 def apply_grants(cur, kind: str, ident: sql.Identifier, grants) -> None:

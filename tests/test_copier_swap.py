@@ -166,6 +166,24 @@ def test_row_level_security_and_its_policies_survive(orders, run_copier):
     assert rows_seen_by(orders, f"limited_{n}") == expected
 
 
+def test_a_materialized_view_is_filled_as_its_owner_fills_it(orders, run_copier):
+    """REFRESH runs the query as the view's owner: under row-level security, the owner's rows."""
+    n = orders.target_name
+    orders.target(ROW_SECURITY.format(n=n)
+                  + f"GRANT CREATE ON SCHEMA public TO limited_{n}; SET ROLE limited_{n};"
+                  "CREATE MATERIALIZED VIEW seen AS SELECT count(*) AS n FROM public.orders;"
+                  "RESET ROLE")
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    expected = orders.source_rows("SELECT count(*) FROM orders WHERE customer IN ('c1', 'c2') "
+                                  "AND total < 900")[0][0]
+    assert orders.target_rows("SELECT n FROM seen") == [(expected,)]
+    assert orders.target_rows("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'seen'") == [
+        (f"limited_{n}",)]
+
+
 def test_a_policy_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders, run_copier):
     n = orders.target_name
     orders.target(f"CREATE ROLE region_{n}; CREATE TABLE orders (id int, customer text, region text);"
