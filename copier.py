@@ -744,7 +744,7 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
         try:
             with dst.cursor() as cur:
                 for schema in definition.schemas:
-                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                    ensure_schema(cur, schema)
             for type_oid in definition.user_types:
                 ensure_type(src, dst, type_oid)
             return
@@ -754,6 +754,14 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
             # not cover a concurrent creation): the next look finds it.
             if attempt == 2:
                 raise
+
+
+def ensure_schema(cur, schema: str) -> None:
+    """Create the schema when it is missing, and only then: CREATE SCHEMA IF NOT EXISTS needs
+    CREATE on the database even when the schema exists, which a reporting user rarely has."""
+    cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+    if cur.fetchone() is None:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
 
 
 def ensure_type(src, dst, type_oid: int) -> None:
@@ -770,7 +778,7 @@ def ensure_type(src, dst, type_oid: int) -> None:
         schema, name, typtype, base_sql, not_null, default, labels, checks = cur.fetchone()
     type_ident = sql.Identifier(schema, name)
     with dst.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        ensure_schema(cur, schema)
         cur.execute(
             "SELECT (SELECT array_agg(enumlabel) FROM pg_enum WHERE enumtypid = t.oid) "
             "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "

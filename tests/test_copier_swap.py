@@ -577,3 +577,17 @@ def test_the_query_for_servers_before_14_reads_column_statistics_the_same(orders
                 for version in (130000, 150000))
 
     assert old == new == [("two", "public", ["d"], "customer, placed", None, None)]
+
+
+def test_a_target_user_with_create_on_the_schema_only_is_enough(orders, run_copier, monkeypatch):
+    """No CREATE on the database (a reporting user rarely has it): the schema exists already."""
+    writer = f"writer_{orders.target_name}"
+    orders.target(f"CREATE ROLE {writer} LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO {writer}")
+    monkeypatch.setenv("TARGET_DSN", orders.cluster.dsn(orders.target_name, user=writer))
+
+    for _ in range(2):  # creates the table, then replaces it
+        result = run_copier("TABLES=orders")
+        assert result.code == 0, result.stderr
+
+    owner = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'"
+    assert orders.target_rows(f"SELECT ({owner}), (SELECT count(*) FROM orders)") == [(writer, 1000)]
