@@ -591,3 +591,39 @@ def test_a_target_user_with_create_on_the_schema_only_is_enough(orders, run_copi
 
     owner = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'"
     assert orders.target_rows(f"SELECT ({owner}), (SELECT count(*) FROM orders)") == [(writer, 1000)]
+
+
+def test_the_least_privileges_the_readme_names_are_enough(copier_env, run_copier, monkeypatch):
+    """Source: SELECT on the tables and sequences. Target: CREATE in the schema, and membership
+    in the role that owns the reporting table and its views. Nobody is a superuser."""
+    n = copier_env.target_name
+    reader, writer, owner, analyst = (f"{role}_{n}" for role in ("reader", "writer", "owner", "analyst"))
+    copier_env.source(
+        f"CREATE ROLE {reader} LOGIN; CREATE SCHEMA sales; CREATE TYPE sales.mood AS ENUM ('ok', 'bad');"
+        "CREATE TABLE sales.orders (id serial PRIMARY KEY, n bigint GENERATED ALWAYS AS IDENTITY,"
+        " m sales.mood, note text);"
+        "INSERT INTO sales.orders (m, note) SELECT 'ok', 'x' FROM generate_series(1, 100);"
+        f"GRANT USAGE ON SCHEMA sales TO {reader}; GRANT SELECT ON ALL TABLES IN SCHEMA sales TO {reader};"
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA sales TO {reader}")
+    copier_env.target(
+        f"CREATE ROLE {writer} LOGIN; CREATE ROLE {owner}; CREATE ROLE {analyst}; GRANT {owner} TO {writer};"
+        f"CREATE SCHEMA sales AUTHORIZATION {owner}; GRANT CREATE, USAGE ON SCHEMA sales TO {writer}")
+    monkeypatch.setenv("SOURCE_DSN", copier_env.cluster.dsn(copier_env.source_name, user=reader))
+    monkeypatch.setenv("TARGET_DSN", copier_env.cluster.dsn(copier_env.target_name, user=writer))
+    assert run_copier("TABLES=sales.orders").code == 0
+    copier_env.target(
+        f"ALTER TABLE sales.orders OWNER TO {owner}; GRANT USAGE ON SCHEMA sales TO {analyst};"
+        f"GRANT SELECT ON sales.orders TO {analyst}; SET ROLE {owner};"
+        "CREATE VIEW sales.counted AS SELECT count(*) AS c FROM sales.orders;"
+        "CREATE MATERIALIZED VIEW sales.snapshot AS SELECT count(*) AS c FROM sales.orders;"
+        f"GRANT SELECT ON sales.counted TO {analyst}; RESET ROLE")
+    copier_env.source("ALTER TYPE sales.mood ADD VALUE 'great'")
+    copier_env.source("INSERT INTO sales.orders (m, note) VALUES ('great', 'y')")
+
+    result = run_copier("TABLES=sales.orders", "--jobs", "2")
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows(f"SET ROLE {analyst}; SELECT c FROM sales.counted") == [(101,)]
+    assert copier_env.target_rows("SELECT c FROM sales.snapshot") == [(101,)]
+    owner_query = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'"
+    assert copier_env.target_rows(owner_query) == [(owner,)]
