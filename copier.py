@@ -1240,7 +1240,7 @@ GRANTS_QUERY = """
 SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
        a.privilege_type, a.is_grantable
 FROM pg_class c, aclexplode(c.relacl) a
-WHERE c.oid = %s AND a.grantee <> c.relowner
+WHERE c.oid = %s::regclass AND a.grantee <> c.relowner
 ORDER BY 1, 2
 """
 
@@ -1468,6 +1468,12 @@ def current_user(cur) -> str:
 
 
 def apply_grants(cur, kind: str, ident: sql.Identifier, grants) -> None:
+    """Exactly the old object's grants: the new one may have been given more by default
+    privileges (ALTER DEFAULT PRIVILEGES), which someone may have revoked on the old one."""
+    cur.execute(GRANTS_QUERY, (ident.as_string(cur),))
+    for grantee in sorted({row[0] for row in cur.fetchall()}):
+        cur.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(
+            sql.SQL(kind), ident, grantee_sql(grantee)))
     for grantee, privilege, grantable in grants:
         cur.execute(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
             sql.SQL(privilege), sql.SQL(kind), ident, grantee_sql(grantee),

@@ -627,3 +627,24 @@ def test_the_least_privileges_the_readme_names_are_enough(copier_env, run_copier
     assert copier_env.target_rows("SELECT c FROM sales.snapshot") == [(101,)]
     owner_query = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'orders'"
     assert copier_env.target_rows(owner_query) == [(owner,)]
+
+
+def test_grants_are_exactly_the_old_ones_even_with_default_privileges(orders, run_copier):
+    """Default privileges give every new table and view a grant; one revoked stays revoked."""
+    n = orders.target_name
+    orders.target(f"CREATE ROLE everyone_{n}; CREATE ROLE analyst_{n};"
+                  f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO everyone_{n}")
+    assert run_copier("TABLES=orders").code == 0
+    orders.target(f"CREATE VIEW totals AS SELECT sum(total) FROM orders;"
+                  f"REVOKE SELECT ON orders, totals FROM everyone_{n};"
+                  f"GRANT SELECT ON orders, totals TO analyst_{n}")
+    privileges = (f"SELECT has_table_privilege('everyone_{n}', 'orders', 'SELECT'),"
+                  f" has_table_privilege('everyone_{n}', 'totals', 'SELECT'),"
+                  f" has_table_privilege('analyst_{n}', 'orders', 'SELECT'),"
+                  f" has_table_privilege('analyst_{n}', 'totals', 'SELECT')")
+    assert orders.target_rows(privileges) == [(False, False, True, True)]
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    assert orders.target_rows(privileges) == [(False, False, True, True)]
