@@ -556,7 +556,7 @@ class TableDefinition:
     indexes: list[tuple[str, str]]  # (name, CREATE INDEX ... statement)
     comment: str | None
     column_comments: dict[str, str]
-    user_types: list[int]  # OIDs of enums and domains the columns use
+    user_types: list[int]  # OIDs of the enums, domains, composites and ranges the columns use
     column_statistics: list[tuple[str, int | None, list[str] | None]]  # target, attoptions
     extended_statistics: list[ExtendedStatistics]
 
@@ -601,14 +601,25 @@ ORDER BY a.attnum
 """
 
 # For every type a column uses (through domains and arrays): whether binary COPY can carry it
-# between databases, and which enums and domains the target must have.
-TYPE_CLOSURE_QUERY = """
+# between databases, and which user-defined types the target must have.
+def type_closure_query(server_version: int) -> str:
+    """Every type the columns use, through domains, arrays, ranges and composite types'
+    attributes. Multiranges came with PostgreSQL 14."""
+    multirange = ("UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid"
+                  if server_version >= 140000 else "")
+    return f"""
 WITH RECURSIVE closure(oid) AS (
     SELECT unnest(%s::oid[])
     UNION
     SELECT x.next FROM closure c JOIN pg_type t ON t.oid = c.oid,
-    LATERAL (VALUES (nullif(t.typbasetype, 0)), (nullif(t.typelem, 0))) AS x(next)
-    WHERE x.next IS NOT NULL AND t.typtype <> 'c'
+    LATERAL (
+        SELECT nullif(t.typbasetype, 0) UNION ALL SELECT nullif(t.typelem, 0)
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        {multirange}
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+    ) AS x(next)
+    WHERE x.next IS NOT NULL
 )
 SELECT t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
 FROM closure c JOIN pg_type t ON t.oid = c.oid
@@ -674,7 +685,7 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
         cur.execute(COLUMNS_QUERY, (source.oid,))
         column_rows = cur.fetchall()
         type_oids = sorted({row[9] for row in column_rows})
-        cur.execute(TYPE_CLOSURE_QUERY, (type_oids,))
+        cur.execute(type_closure_query(conn.server_version), (type_oids,))
         closure = cur.fetchall()
         cur.execute(CONSTRAINTS_QUERY, (source.oid,))
         constraints = [Constraint(*row) for row in cur.fetchall()]
@@ -705,7 +716,7 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
              sequence_schema, type_oid) in column_rows
     ]
     user_types = sorted(oid for oid, typtype, *_ in closure
-                        if typtype in ("e", "d") and oid >= FIRST_NORMAL_OID)
+                        if typtype in USER_TYPE_KINDS and oid >= FIRST_NORMAL_OID)
     return TableDefinition(source, quoted_name, columns, constraints, indexes, comment,
                            column_comments, user_types, column_statistics, extended_statistics)
 
@@ -731,13 +742,13 @@ def text_only_type_oids(closure: list[tuple]) -> set[int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preparing the target: schema and the enums and domains the table's columns use.
+# Preparing the target: schemas and the user-defined types the table's columns use.
 
 
 def prepare_target(src, dst, definition: TableDefinition) -> None:
     """Create what the staging table needs on the target, in its own short transaction.
 
-    Missing enums and domains are created from the source's definition, and labels the source
+    Missing user-defined types are created from the source's definition, and labels the source
     added to an enum are added on the target; nothing here changes what readers see.
     """
     for attempt in range(3):
@@ -764,47 +775,154 @@ def ensure_schema(cur, schema: str) -> None:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
 
 
+# Kinds of user-defined types the copier makes on the target when missing: enums, domains,
+# composite types and ranges. An extension's base types need the extension there.
+USER_TYPE_KINDS = ("e", "d", "c", "r")
+
+SOURCE_TYPE_QUERY = """
+SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod), t.typbasetype,
+       t.typnotnull, t.typdefault,
+       (SELECT array_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid),
+       (SELECT array_agg(format('CONSTRAINT %%I %%s', conname, pg_get_constraintdef(oid))
+        ORDER BY conname) FROM pg_constraint WHERE contypid = t.oid),
+       (SELECT relkind FROM pg_class WHERE oid = t.typrelid)
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s
+"""
+
+# A composite type's attributes: name, type, collation when not the type's own, and the
+# user-defined type (arrays: their element's) that must exist first.
+COMPOSITE_ATTRIBUTES_QUERY = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+       CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
+           (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+            FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+            WHERE co.oid = a.attcollation) END,
+       coalesce(nullif(t.typelem, 0), t.oid)
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE oid = %s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+
+def range_query(server_version: int) -> str:
+    """A range type's subtype, its difference function when built in, its collation when not
+    the default, and (PostgreSQL 14 on) the name of its multirange type."""
+    multirange = "(SELECT typname FROM pg_type WHERE oid = r.rngmultitypid)" if server_version >= 140000 \
+        else "NULL"
+    return f"""
+SELECT format_type(r.rngsubtype, NULL), r.rngsubtype,
+       (SELECT p.oid::regprocedure::text FROM pg_proc p
+        WHERE p.oid = r.rngsubdiff AND p.pronamespace = 'pg_catalog'::regnamespace),
+       (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+        FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+        WHERE co.oid = r.rngcollation AND r.rngcollation <> 100),
+       {multirange}
+FROM pg_range r WHERE r.rngtypid = %s
+"""
+
+
+@dataclass
+class UserType:
+    """A user-defined type as the source has it, in the parts needed to make it again."""
+
+    schema: str
+    name: str
+    kind: str  # pg_type.typtype: e, d, c or r
+    base_sql: str | None  # a domain's
+    not_null: bool
+    default: str | None
+    labels: list[str] | None  # an enum's
+    checks: list[str] | None  # a domain's constraints
+    relkind: str | None  # a composite's: 'c' for a standalone type (not a table's row type)
+    attributes: list[tuple]  # a composite's: name, type, collation, the type it needs first
+    range: tuple | None  # a range's: subtype, its oid, difference function, collation, multirange
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+def read_user_type(cur, type_oid: int) -> tuple[UserType, list[int]]:
+    """The type, and the user-defined types it is made of (which must exist first)."""
+    cur.execute(SOURCE_TYPE_QUERY, (type_oid,))
+    (schema, name, kind, base_sql, base_oid, not_null, default, labels, checks,
+     relkind) = cur.fetchone()
+    attributes, range_row = [], None
+    if kind == "c":
+        cur.execute(COMPOSITE_ATTRIBUTES_QUERY, (type_oid,))
+        attributes = cur.fetchall()
+    elif kind == "r":
+        cur.execute(range_query(cur.connection.server_version), (type_oid,))
+        range_row = cur.fetchone()
+    parts = [base_oid] + [row[3] for row in attributes] + ([range_row[1]] if range_row else [])
+    cur.execute("SELECT oid FROM pg_type WHERE oid = ANY(%s) AND oid >= %s AND typtype = ANY(%s)",
+                (parts, FIRST_NORMAL_OID, list(USER_TYPE_KINDS)))
+    user_type = UserType(schema, name, kind, base_sql, not_null, default, labels, checks, relkind,
+                         attributes, range_row)
+    return user_type, [row[0] for row in cur.fetchall()]
+
+
 def ensure_type(src, dst, type_oid: int) -> None:
+    """Make a user-defined type the table uses on the target, after the types it is made of.
+
+    An enum gets the labels the source added; a domain, composite or range the target already
+    has is left as it is.
+    """
     with src.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod), "
-            "t.typnotnull, t.typdefault, "
-            "(SELECT array_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid), "
-            "(SELECT array_agg(format('CONSTRAINT %%I %%s', conname, pg_get_constraintdef(oid)) "
-            "  ORDER BY conname) FROM pg_constraint WHERE contypid = t.oid) "
-            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s",
-            (type_oid,),
-        )
-        schema, name, typtype, base_sql, not_null, default, labels, checks = cur.fetchone()
-    type_ident = sql.Identifier(schema, name)
+        user_type, dependencies = read_user_type(cur, type_oid)
+    for dependency in dependencies:
+        ensure_type(src, dst, dependency)
     with dst.cursor() as cur:
-        ensure_schema(cur, schema)
+        ensure_schema(cur, user_type.schema)
         cur.execute(
             "SELECT (SELECT array_agg(enumlabel) FROM pg_enum WHERE enumtypid = t.oid) "
             "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "WHERE n.nspname = %s AND t.typname = %s", (schema, name))
+            "WHERE n.nspname = %s AND t.typname = %s", (user_type.schema, user_type.name))
         existing = cur.fetchone()
-        if typtype == "e":
-            if existing is None:
-                cur.execute(sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
-                    type_ident, sql.SQL(", ").join(map(sql.Literal, labels))))
-            else:
-                have = set(existing[0] or [])
-                for before, label in zip([None, *labels], labels, strict=False):
-                    if label not in have:
-                        position = (sql.SQL(" AFTER {}").format(sql.Literal(before))
-                                    if before else sql.SQL(""))
-                        cur.execute(sql.SQL("ALTER TYPE {} ADD VALUE IF NOT EXISTS {}{}").format(
-                            type_ident, sql.Literal(label), position))
-        elif typtype == "d" and existing is None:
-            statement = sql.SQL("CREATE DOMAIN {} AS {}").format(type_ident, sql.SQL(base_sql))
-            if default is not None:
-                statement += sql.SQL(" DEFAULT {}").format(sql.SQL(default))
-            if not_null:
-                statement += sql.SQL(" NOT NULL")
-            for check in checks or []:
-                statement += sql.SQL(" ") + sql.SQL(check)
-            cur.execute(statement)
+        if user_type.kind == "e" and existing is not None:
+            add_enum_labels(cur, user_type, set(existing[0] or []))
+        elif existing is None:
+            create_type(cur, user_type)
+
+
+def add_enum_labels(cur, enum: UserType, have: set[str]) -> None:
+    for before, label in zip([None, *enum.labels], enum.labels, strict=False):
+        if label not in have:
+            position = sql.SQL(" AFTER {}").format(sql.Literal(before)) if before else sql.SQL("")
+            cur.execute(sql.SQL("ALTER TYPE {} ADD VALUE IF NOT EXISTS {}{}").format(
+                enum.ident, sql.Literal(label), position))
+
+
+def create_type(cur, user_type: UserType) -> None:
+    if user_type.kind == "e":
+        cur.execute(sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
+            user_type.ident, sql.SQL(", ").join(map(sql.Literal, user_type.labels))))
+    elif user_type.kind == "d":
+        statement = sql.SQL("CREATE DOMAIN {} AS {}").format(user_type.ident, sql.SQL(user_type.base_sql))
+        if user_type.default is not None:
+            statement += sql.SQL(" DEFAULT {}").format(sql.SQL(user_type.default))
+        if user_type.not_null:
+            statement += sql.SQL(" NOT NULL")
+        for check in user_type.checks or []:
+            statement += sql.SQL(" ") + sql.SQL(check)
+        cur.execute(statement)
+    elif user_type.kind == "c" and user_type.relkind == "c":  # a table's row type needs the table
+        cur.execute(sql.SQL("CREATE TYPE {} AS ({})").format(user_type.ident, sql.SQL(", ").join(
+            sql.SQL("{} {}{}").format(sql.Identifier(attribute), sql.SQL(type_sql),
+                                      sql.SQL(f" COLLATE {collation}" if collation else ""))
+            for attribute, type_sql, collation, _ in user_type.attributes)))
+    elif user_type.kind == "r":
+        subtype_sql, _, difference, collation, multirange = user_type.range
+        options = [sql.SQL("subtype = {}").format(sql.SQL(subtype_sql))]
+        if difference:
+            options.append(sql.SQL("subtype_diff = {}").format(sql.SQL(difference.split("(")[0])))
+        if collation:
+            options.append(sql.SQL("collation = {}").format(sql.SQL(collation)))
+        if multirange and cur.connection.server_version >= 140000:
+            options.append(sql.SQL("multirange_type_name = {}").format(
+                sql.Identifier(user_type.schema, multirange)))
+        cur.execute(sql.SQL("CREATE TYPE {} AS RANGE ({})").format(
+            user_type.ident, sql.SQL(", ").join(options)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1518,8 +1636,8 @@ ERROR_ADVICE = {
         "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
         "so that no rows are left out",
     r'type ".*" does not exist':
-        "the target database needs every type the source table uses; the copier creates enums "
-        "and domains, an extension's types need CREATE EXTENSION on the target",
+        "the target database needs every type the source table uses; the copier creates enums, "
+        "domains, composite and range types, an extension's types need CREATE EXTENSION on the target",
 }
 
 
