@@ -559,6 +559,7 @@ class TableDefinition:
     user_types: list[int]  # OIDs of the enums, domains, composites and ranges the columns use
     column_statistics: list[tuple[str, int | None, list[str] | None]]  # target, attoptions
     extended_statistics: list[ExtendedStatistics]
+    default_sequences: list[tuple[str, str]]  # (schema, name) of sequences defaults use, not owned
 
     @property
     def table(self) -> TableName:
@@ -644,6 +645,21 @@ ORDER BY ic.relname
 """
 
 
+# Sequences the columns' defaults use that the table does not own (a serial's is owned): a
+# shared sequence, or one made by hand without OWNED BY.
+DEFAULT_SEQUENCES_QUERY = """
+SELECT DISTINCT sn.nspname, s.relname
+FROM pg_attrdef d
+JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+     AND dep.refclassid = 'pg_class'::regclass
+JOIN pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+WHERE d.adrelid = %(table)s
+  AND NOT EXISTS (SELECT 1 FROM pg_depend o WHERE o.classid = 'pg_class'::regclass
+                  AND o.objid = s.oid AND o.refobjid = %(table)s AND o.deptype IN ('a', 'i'))
+ORDER BY 1, 2
+"""
+
 # Per-column planner settings: ALTER COLUMN ... SET STATISTICS n, SET (n_distinct = ...).
 COLUMN_STATISTICS_QUERY = """
 SELECT attname, CASE WHEN attstattarget >= 0 THEN attstattarget END, attoptions
@@ -695,6 +711,8 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
         column_comments = cur.fetchone()[0]
         cur.execute(COLUMN_STATISTICS_QUERY, (source.oid,))
         column_statistics = cur.fetchall()
+        cur.execute(DEFAULT_SEQUENCES_QUERY, {"table": source.oid})
+        default_sequences = cur.fetchall()
         extended_statistics = read_extended_statistics(cur, source.oid)
         # Quoted the way pg_get_indexdef quotes, to find the table's name in index definitions.
         cur.execute(
@@ -718,7 +736,8 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
     user_types = sorted(oid for oid, typtype, *_ in closure
                         if typtype in USER_TYPE_KINDS and oid >= FIRST_NORMAL_OID)
     return TableDefinition(source, quoted_name, columns, constraints, indexes, comment,
-                           column_comments, user_types, column_statistics, extended_statistics)
+                           column_comments, user_types, column_statistics, extended_statistics,
+                           default_sequences)
 
 
 def text_only_type_oids(closure: list[tuple]) -> set[int]:
@@ -758,9 +777,11 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
                     ensure_schema(cur, schema)
             for type_oid in definition.user_types:
                 ensure_type(src, dst, type_oid)
+            for schema, name in definition.default_sequences:
+                ensure_sequence(src, dst, schema, name)
             return
         except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject,
-                psycopg2.errors.DuplicateSchema):
+                psycopg2.errors.DuplicateSchema, psycopg2.errors.DuplicateTable):
             # Another job created the same schema or type a moment ago (IF NOT EXISTS does
             # not cover a concurrent creation): the next look finds it.
             if attempt == 2:
@@ -773,6 +794,38 @@ def ensure_schema(cur, schema: str) -> None:
     cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
     if cur.fetchone() is None:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+
+def ensure_sequence(src, dst, schema: str, name: str) -> None:
+    """A sequence a default uses, made on the target when missing, at the source's position."""
+    ident = sql.Identifier(schema, name)
+    with dst.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = %s", (schema, name))
+        if cur.fetchone() is not None:
+            return
+    with src.cursor() as cur:
+        cur.execute("SELECT format_type(seqtypid, NULL), seqincrement, seqmin, seqmax, seqstart, "
+                    "seqcache, seqcycle FROM pg_sequence WHERE seqrelid = %s::regclass",
+                    (ident.as_string(cur),))
+        type_sql, increment, minimum, maximum, start, cache, cycle = cur.fetchone()
+        cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(ident))
+        last_value, is_called = cur.fetchone()
+    with dst.cursor() as cur:
+        ensure_schema(cur, schema)
+        cur.execute("BEGIN")  # made and positioned together, or not at all
+        try:
+            cur.execute(sql.SQL(
+                "CREATE SEQUENCE {} AS {} INCREMENT BY {} MINVALUE {} MAXVALUE {} START WITH {} CACHE {} {}"
+            ).format(ident, sql.SQL(type_sql),
+                     *map(sql.Literal, (increment, minimum, maximum, start, cache)),
+                     sql.SQL("CYCLE" if cycle else "NO CYCLE")))
+            cur.execute("SELECT setval(%s::regclass, %s, %s)", (ident.as_string(cur), last_value, is_called))
+            cur.execute("COMMIT")
+        except BaseException:
+            if not dst.closed:
+                cur.execute("ROLLBACK")
+            raise
 
 
 # Kinds of user-defined types the copier makes on the target when missing: enums, domains,

@@ -648,3 +648,23 @@ def test_grants_are_exactly_the_old_ones_even_with_default_privileges(orders, ru
 
     assert result.code == 0, result.stderr
     assert orders.target_rows(privileges) == [(False, False, True, True)]
+
+
+def test_a_sequence_that_defaults_use_without_owning_it_is_made_on_the_target(copier_env, run_copier):
+    """A shared sequence, or one made by hand without OWNED BY: the defaults must still work."""
+    copier_env.source("CREATE SCHEMA ids;"
+                      "CREATE SEQUENCE ids.shared AS integer INCREMENT BY 10 START WITH 100;"
+                      "CREATE TABLE a (id int DEFAULT nextval('ids.shared') PRIMARY KEY, v text);"
+                      "CREATE TABLE b (id int DEFAULT nextval('ids.shared') PRIMARY KEY, v text);"
+                      "INSERT INTO a (v) VALUES ('x'), ('y'); INSERT INTO b (v) VALUES ('z')")
+
+    for _ in range(2):  # then it exists, and is left as it is
+        result = run_copier("TABLES=a,b", "--jobs", "2")
+        assert result.code == 0, result.stderr
+
+    definition = ("SELECT format_type(seqtypid, NULL), seqincrement, seqstart, last_value"
+                  " FROM pg_sequence, ids.shared WHERE seqrelid = 'ids.shared'::regclass")
+    assert copier_env.target_rows(definition) == copier_env.source_rows(definition) == [
+        ("integer", 10, 100, 120)]
+    copier_env.target("INSERT INTO b (v) VALUES ('new')")
+    assert copier_env.target_rows("SELECT id FROM b WHERE v = 'new'") == [(130,)]
