@@ -1688,6 +1688,11 @@ ERROR_ADVICE = {
     r"query would be affected by row-level security policy":
         "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
         "so that no rows are left out",
+    r"function .* does not exist":
+        "the target database needs the functions the table's defaults, checks, generated columns "
+        "and indexes use: create them there",
+    r'collation ".*" for encoding ".*" does not exist|collation ".*" does not exist':
+        "the target database needs the collations the table's columns use: create them there",
     r'type ".*" does not exist':
         "the target database needs every type the source table uses; the copier creates enums, "
         "domains, composite and range types, an extension's types need CREATE EXTENSION on the target",

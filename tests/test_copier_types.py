@@ -176,3 +176,19 @@ def test_the_type_queries_for_servers_before_14_run_and_agree(copier_env):
     assert ranges == [("double precision", 701, "float8mi(double precision,double precision)", None, None),
                       ("double precision", 701, "float8mi(double precision,double precision)", None,
                        "floatmultirange")]
+
+
+def test_a_function_the_table_needs_is_named_with_what_to_do(copier_env, run_copier):
+    shout = "CREATE FUNCTION shout(t text) RETURNS text IMMUTABLE LANGUAGE sql AS $$ SELECT upper(t) $$;"
+    copier_env.source(shout + "CREATE TABLE notes (id int PRIMARY KEY, t text,"
+                      " loud text GENERATED ALWAYS AS (shout(t)) STORED);"
+                      "INSERT INTO notes (id, t) VALUES (1, 'hi')")
+
+    result = run_copier("TABLES=notes")
+    assert result.code == 1
+    assert "public.shout(text) does not exist" in result.stderr
+    assert "the target database needs the functions the table's defaults, checks, generated" in result.stderr
+
+    copier_env.target(shout)
+    assert run_copier("TABLES=notes").code == 0
+    assert copier_env.target_rows("SELECT loud FROM notes") == [("HI",)]
