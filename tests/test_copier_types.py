@@ -192,3 +192,14 @@ def test_a_function_the_table_needs_is_named_with_what_to_do(copier_env, run_cop
     copier_env.target(shout)
     assert run_copier("TABLES=notes").code == 0
     assert copier_env.target_rows("SELECT loud FROM notes") == [("HI",)]
+
+
+def test_a_collation_missing_on_the_target_is_named_with_what_to_do(copier_env, run_copier):
+    copier_env.source("CREATE COLLATION plain_c (provider = libc, locale = 'C');"
+                      "CREATE TABLE words (w text COLLATE plain_c); INSERT INTO words VALUES ('b'), ('a')")
+
+    result = run_copier("TABLES=words")
+
+    assert result.code == 1
+    assert 'collation "public.plain_c"' in result.stderr
+    assert "the target database needs the collations the table's columns use" in result.stderr
