@@ -1115,14 +1115,15 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
     """
     columns = column_list(definition.copied_columns)
+    # A table with no columns (or only generated ones) still has rows: no column list then.
+    listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
     options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
     if definition.source.kind == "p":
         copy_out = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
             columns, definition.table.ident, options)
     else:
-        copy_out = sql.SQL("COPY {} ({}) TO STDOUT ({})").format(
-            definition.table.ident, columns, options)
-    copy_in = sql.SQL("COPY {} ({}) FROM STDIN ({}, FREEZE)").format(staged.ident, columns, options)
+        copy_out = sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
+    copy_in = sql.SQL("COPY {}{} FROM STDIN ({}, FREEZE)").format(staged.ident, listed, options)
 
     read_fd, write_fd = os.pipe()
     reader = PipeReader(read_fd, on_progress)

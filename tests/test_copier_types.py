@@ -203,3 +203,13 @@ def test_a_collation_missing_on_the_target_is_named_with_what_to_do(copier_env, 
     assert result.code == 1
     assert 'collation "public.plain_c"' in result.stderr
     assert "the target database needs the collations the table's columns use" in result.stderr
+
+
+def test_a_table_without_columns_keeps_its_rows(copier_env, run_copier):
+    copier_env.source("CREATE TABLE nothing (); INSERT INTO nothing DEFAULT VALUES;"
+                      "INSERT INTO nothing DEFAULT VALUES")
+
+    result = run_copier("TABLES=nothing")
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM nothing") == [(2,)]
