@@ -1033,7 +1033,9 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
         sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(c.name), sql.SQL(c.definition))
         for c in definition.constraints if c.kind == "c" and c.validated
     ]
-    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(staged.ident, sql.SQL(", ").join(column_sql)))
+    persistence = sql.SQL("UNLOGGED " if reporting_table_is_unlogged(cur, table) else "")
+    cur.execute(sql.SQL("CREATE {}TABLE {} ({})").format(
+        persistence, staged.ident, sql.SQL(", ").join(column_sql)))
     for column, sequence in sequences.items():
         cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
             sql.Identifier(table.schema, sequence), staged.ident, sql.Identifier(column)))
@@ -1046,6 +1048,16 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
                 (quote_qualified(table.schema, staged.staging), column.name))
             staged.renames.append(Rename("sequence", cur.fetchone()[0], column.sequence))
     return staged
+
+
+def reporting_table_is_unlogged(cur, table: TableName) -> bool:
+    """Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
+    nightly anyway): the new one stays so, and loads without WAL too."""
+    cur.execute("SELECT c.relpersistence = 'u' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                (table.schema, table.name))
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def create_owned_sequences(cur, definition: TableDefinition, staged: StagedTable) -> dict[str, str]:

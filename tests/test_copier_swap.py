@@ -668,3 +668,16 @@ def test_a_sequence_that_defaults_use_without_owning_it_is_made_on_the_target(co
         ("integer", 10, 100, 120)]
     copier_env.target("INSERT INTO b (v) VALUES ('new')")
     assert copier_env.target_rows("SELECT id FROM b WHERE v = 'new'") == [(130,)]
+
+
+def test_an_unlogged_reporting_table_stays_unlogged(orders, run_copier):
+    persistence = "SELECT relname, relpersistence FROM pg_class WHERE relname LIKE 'orders%' ORDER BY 1"
+    assert run_copier("TABLES=orders").code == 0
+    assert {p for _, p in orders.target_rows(persistence)} == {"p"}
+    orders.target("ALTER TABLE orders SET UNLOGGED")
+
+    result = run_copier("TABLES=orders")
+
+    assert result.code == 0, result.stderr
+    assert {p for _, p in orders.target_rows(persistence)} == {"u"}  # the table and its indexes
+    assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
