@@ -1992,8 +1992,10 @@ def warn_if_recovery_may_cancel(conn) -> None:
                     "current_setting('max_standby_streaming_delay')")
         in_recovery, feedback, delay = cur.fetchone()
     if in_recovery and feedback == "off" and delay != "-1":
-        say("copier: warning: the source is a standby with hot_standby_feedback off: a long copy "
-            "can be cancelled by a conflict with recovery; set hot_standby_feedback = on there")
+        warning = ("the source is a standby with hot_standby_feedback off: a long copy can be "
+                   "cancelled by a conflict with recovery; set hot_standby_feedback = on there")
+        log_event("warning", message=warning)
+        say(f"copier: warning: {warning}")
 
 
 def export_snapshot(conn) -> str:

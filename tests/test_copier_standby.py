@@ -72,6 +72,8 @@ def test_copies_from_a_read_replica_with_parallel_jobs(from_replica, standby, ru
     assert from_replica.target_rows("SELECT count(*), sum(total) FROM orders") == [(5000, 12502500)]
     assert from_replica.target_rows("SELECT count(*) FROM customers") == [(300,)]
     assert WARNING in result.stderr  # hot_standby_feedback is off by default
+    (event,) = result.of("warning")
+    assert event["message"].startswith("the source is a standby with hot_standby_feedback off")
 
 
 def test_no_warning_when_the_replica_keeps_the_rows_the_copy_needs(from_replica, standby, run_copier):
@@ -83,3 +85,4 @@ def test_no_warning_when_the_replica_keeps_the_rows_the_copy_needs(from_replica,
 
     assert result.code == 0, result.stderr
     assert WARNING not in result.stderr
+    assert result.of("warning") == []
