@@ -559,7 +559,7 @@ class TableDefinition:
     user_types: list[int]  # OIDs of the enums, domains, composites and ranges the columns use
     column_statistics: list[tuple[str, int | None, list[str] | None]]  # target, attoptions
     extended_statistics: list[ExtendedStatistics]
-    default_sequences: list[tuple[str, str]]  # (schema, name) of sequences defaults use, not owned
+    default_sequences: list[tuple[str, str, str | None]]  # schema, name, the table owning it
 
     @property
     def table(self) -> TableName:
@@ -648,7 +648,9 @@ ORDER BY ic.relname
 # Sequences the columns' defaults use that the table does not own (a serial's is owned): a
 # shared sequence, or one made by hand without OWNED BY.
 DEFAULT_SEQUENCES_QUERY = """
-SELECT DISTINCT sn.nspname, s.relname
+SELECT DISTINCT sn.nspname, s.relname,
+       (SELECT o.refobjid::regclass::text FROM pg_depend o WHERE o.classid = 'pg_class'::regclass
+        AND o.objid = s.oid AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))
 FROM pg_attrdef d
 JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
      AND dep.refclassid = 'pg_class'::regclass
@@ -777,8 +779,8 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
                     ensure_schema(cur, schema)
             for type_oid in definition.user_types:
                 ensure_type(src, dst, type_oid)
-            for schema, name in definition.default_sequences:
-                ensure_sequence(src, dst, schema, name)
+            for schema, name, owner in definition.default_sequences:
+                ensure_sequence(src, dst, schema, name, owner)
             return
         except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject,
                 psycopg2.errors.DuplicateSchema, psycopg2.errors.DuplicateTable):
@@ -796,14 +798,20 @@ def ensure_schema(cur, schema: str) -> None:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
 
 
-def ensure_sequence(src, dst, schema: str, name: str) -> None:
-    """A sequence a default uses, made on the target when missing, at the source's position."""
+def ensure_sequence(src, dst, schema: str, name: str, owner: str | None) -> None:
+    """A sequence a default uses, made on the target when missing, at the source's position.
+
+    One that another table owns (its serial) comes with that table's copy instead.
+    """
     ident = sql.Identifier(schema, name)
     with dst.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname = %s AND c.relname = %s", (schema, name))
         if cur.fetchone() is not None:
             return
+    if owner is not None:
+        raise TableCopyError(f"a default uses sequence {quote_qualified(schema, name)}, which belongs "
+                             f"to table {owner}: copy {owner} first")
     with src.cursor() as cur:
         cur.execute("SELECT format_type(seqtypid, NULL), seqincrement, seqmin, seqmax, seqstart, "
                     "seqcache, seqcycle FROM pg_sequence WHERE seqrelid = %s::regclass",
@@ -842,15 +850,14 @@ SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod),
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s
 """
 
-# A composite type's attributes: name, type, collation when not the type's own, and the
-# user-defined type (arrays: their element's) that must exist first.
+# A composite type's attributes: name, type, collation when not the type's own, type OID.
 COMPOSITE_ATTRIBUTES_QUERY = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod),
        CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
            (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
             FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
             WHERE co.oid = a.attcollation) END,
-       coalesce(nullif(t.typelem, 0), t.oid)
+       a.atttypid
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE oid = %s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
@@ -858,18 +865,21 @@ ORDER BY a.attnum
 
 
 def range_query(server_version: int) -> str:
-    """A range type's subtype, its difference function when built in, its collation when not
-    the default, and (PostgreSQL 14 on) the name of its multirange type."""
+    """A range type's subtype; its difference and canonical functions, operator class and
+    collation when set and not the default; and (PostgreSQL 14 on) its multirange's name."""
     multirange = "(SELECT typname FROM pg_type WHERE oid = r.rngmultitypid)" if server_version >= 140000 \
         else "NULL"
     return f"""
 SELECT format_type(r.rngsubtype, NULL), r.rngsubtype,
-       (SELECT p.oid::regprocedure::text FROM pg_proc p
-        WHERE p.oid = r.rngsubdiff AND p.pronamespace = 'pg_catalog'::regnamespace),
+       nullif(r.rngsubdiff, 0)::regproc::text,
        (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
         FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
         WHERE co.oid = r.rngcollation AND r.rngcollation <> 100),
-       {multirange}
+       {multirange},
+       (SELECT quote_ident(on_.nspname) || '.' || quote_ident(opc.opcname)
+        FROM pg_opclass opc JOIN pg_namespace on_ ON on_.oid = opc.opcnamespace
+        WHERE opc.oid = r.rngsubopc AND NOT opc.opcdefault),
+       nullif(r.rngcanonical, 0)::regproc::text
 FROM pg_range r WHERE r.rngtypid = %s
 """
 
@@ -908,7 +918,11 @@ def read_user_type(cur, type_oid: int) -> tuple[UserType, list[int]]:
         cur.execute(range_query(cur.connection.server_version), (type_oid,))
         range_row = cur.fetchone()
     parts = [base_oid] + [row[3] for row in attributes] + ([range_row[1]] if range_row else [])
-    cur.execute("SELECT oid FROM pg_type WHERE oid = ANY(%s) AND oid >= %s AND typtype = ANY(%s)",
+    # An array's element is what must exist (mood[] needs mood); a domain over an array is a
+    # type of its own, made after its element.
+    cur.execute("SELECT e.oid FROM pg_type t JOIN pg_type e ON e.oid = CASE WHEN t.typtype = 'b' "
+                "AND t.typcategory = 'A' THEN t.typelem ELSE t.oid END "
+                "WHERE t.oid = ANY(%s) AND e.oid >= %s AND e.typtype = ANY(%s)",
                 (parts, FIRST_NORMAL_OID, list(USER_TYPE_KINDS)))
     user_type = UserType(schema, name, kind, base_sql, not_null, default, labels, checks, relkind,
                          attributes, range_row)
@@ -965,10 +979,14 @@ def create_type(cur, user_type: UserType) -> None:
                                       sql.SQL(f" COLLATE {collation}" if collation else ""))
             for attribute, type_sql, collation, _ in user_type.attributes)))
     elif user_type.kind == "r":
-        subtype_sql, _, difference, collation, multirange = user_type.range
+        subtype_sql, _, difference, collation, multirange, opclass, canonical = user_type.range
         options = [sql.SQL("subtype = {}").format(sql.SQL(subtype_sql))]
+        if opclass:
+            options.append(sql.SQL("subtype_opclass = {}").format(sql.SQL(opclass)))
         if difference:
-            options.append(sql.SQL("subtype_diff = {}").format(sql.SQL(difference.split("(")[0])))
+            options.append(sql.SQL("subtype_diff = {}").format(sql.SQL(difference)))
+        if canonical:
+            options.append(sql.SQL("canonical = {}").format(sql.SQL(canonical)))
         if collation:
             options.append(sql.SQL("collation = {}").format(sql.SQL(collation)))
         if multirange and cur.connection.server_version >= 140000:
@@ -1550,8 +1568,7 @@ def rename_parts(cur, staged: StagedTable) -> None:
 
 
 def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
-    # Policies and triggers first, while the copier still owns the new table: a member of the
-    # owner's role without INHERIT can hand the table over but not add them afterwards.
+    # Policies and triggers first, while the copier's user still owns the new table.
     apply_row_security(cur, table, old)
     recreate_triggers(cur, table, old)
     if old.owner != current_user(cur):
@@ -1643,7 +1660,8 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
     if view.kind == "m" and view.populated:
         # Filled once it has its owner: REFRESH runs the query as the owner, so it holds the
         # rows the owner may see (row-level security), not those the copier's user may see.
-        cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident))
+        recreate_or_fail(cur, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident),
+                         f"materialized view {view.schema}.{view.name}", table)
 
 
 def current_user(cur) -> str:
@@ -1708,7 +1726,8 @@ ERROR_ADVICE = {
         "the target database needs the collations the table's columns use: create them there",
     r'type ".*" does not exist':
         "the target database needs every type the source table uses; the copier creates enums, "
-        "domains, composite and range types, an extension's types need CREATE EXTENSION on the target",
+        "domains, composite (not a table's row type) and range types, an extension's types need "
+        "CREATE EXTENSION on the target",
 }
 
 

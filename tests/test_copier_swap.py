@@ -681,3 +681,20 @@ def test_an_unlogged_reporting_table_stays_unlogged(orders, run_copier):
     assert result.code == 0, result.stderr
     assert {p for _, p in orders.target_rows(persistence)} == {"u"}  # the table and its indexes
     assert orders.target_rows("SELECT count(*) FROM orders") == [(1000,)]
+
+
+def test_a_default_on_another_tables_serial_asks_for_that_table_first(copier_env, run_copier):
+    copier_env.source("CREATE TABLE a (id serial PRIMARY KEY);"
+                      "CREATE TABLE b (id int DEFAULT nextval('a_id_seq') PRIMARY KEY, v text);"
+                      "INSERT INTO a DEFAULT VALUES; INSERT INTO b (v) VALUES ('x')")
+
+    result = run_copier("TABLES=b")
+    assert result.code == 1
+    assert ('a default uses sequence "public"."a_id_seq", which belongs to table public.a: '
+            'copy public.a first') in result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM pg_class WHERE relname = 'a_id_seq'") == [(0,)]
+
+    assert run_copier("TABLES=a").code == 0
+    result = run_copier("TABLES=b")
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT v FROM b") == [("x",)]

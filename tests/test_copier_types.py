@@ -110,27 +110,32 @@ def test_extension_types_need_the_extension_on_the_target_and_then_round_trip(co
 
 
 MORE_TYPES = """
+CREATE TYPE pair AS (a int, b text COLLATE "C");
 CREATE TYPE shade AS ENUM ('light', 'dark');
-CREATE TYPE pair AS (a int, b text COLLATE "C", tone shade);
+CREATE DOMAIN shades AS shade[];
+ALTER TYPE pair ADD ATTRIBUTE tones shades;  -- made of younger types, through a domain only
 CREATE TYPE floatrange AS RANGE (subtype = float8, subtype_diff = float8mi);
+CREATE TYPE textrange AS RANGE (subtype = text, subtype_opclass = text_pattern_ops);
 CREATE TABLE more (id int PRIMARY KEY, r int4range, tr tstzrange, mr int4multirange, ip inet,
   net cidr, mac macaddr, cash money, bits bit(3), vbits varbit, x xml, tsv tsvector, pt point,
-  t time, ttz timetz, pr pair, prs pair[], fr floatrange, frs floatmultirange, ranges int4range[]);
+  t time, ttz timetz, pr pair, prs pair[], fr floatrange, frs floatmultirange, ranges int4range[],
+  words textrange);
 INSERT INTO more VALUES
   (1, '[1,5)', '[2024-01-01,2024-02-01)', '{[1,3),[5,7)}', '192.168.0.1/24', '10.0.0.0/8',
    '08:00:2b:01:02:03', 12.34, B'101', B'1101', '<a>b</a>', 'a fat cat', '(1,2)', '12:34:56',
-   '12:34:56+02', ROW(1, 'x', 'dark'), ARRAY[ROW(2, 'y, "z"', 'light')::pair], '[1.5,2.5]',
-   '{[1,2],[3,4)}', '{"[1,2)",empty}'),
+   '12:34:56+02', ROW(1, 'x', '{light,dark}'), ARRAY[ROW(2, 'y, "z"', NULL)::pair],
+   '[1.5,2.5]', '{[1,2],[3,4)}', '{"[1,2)",empty}', '[a,b)'),
   (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-   NULL, NULL, NULL, NULL);
+   NULL, NULL, NULL, NULL, NULL);
 """
 TYPE_DEFINITIONS = """
 SELECT t.typname, t.typtype, format_type(r.rngsubtype, NULL), r.rngsubdiff::regproc::text,
+       (SELECT opcname FROM pg_opclass WHERE oid = r.rngsubopc),
        (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
                           || coalesce(a.attcollation::regcollation::text, ''), ', ' ORDER BY a.attnum)
         FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0)
 FROM pg_type t LEFT JOIN pg_range r ON r.rngtypid = t.oid
-WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'c', 'r', 'm')
+WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd', 'c', 'r', 'm')
   AND t.typname <> 'more' ORDER BY 1
 """
 
@@ -147,7 +152,7 @@ def test_composite_and_range_types_are_made_on_the_target_and_every_value_round_
     assert copier_env.target_rows(fingerprint) == copier_env.source_rows(fingerprint)
     assert copier_env.target_rows(TYPE_DEFINITIONS) == copier_env.source_rows(TYPE_DEFINITIONS)
     assert [row[0] for row in copier_env.target_rows(TYPE_DEFINITIONS)] == [
-        "floatmultirange", "floatrange", "pair", "shade"]
+        "floatmultirange", "floatrange", "pair", "shade", "shades", "textmultirange", "textrange"]
 
 
 def test_the_type_queries_for_servers_before_14_run_and_agree(copier_env):
@@ -173,9 +178,8 @@ def test_the_type_queries_for_servers_before_14_run_and_agree(copier_env):
         conn.close()
     assert closures[0] == closures[1]
     assert len(closures[0]) == 6  # pair, floatrange, its array, and int4, text, float8 within them
-    assert ranges == [("double precision", 701, "float8mi(double precision,double precision)", None, None),
-                      ("double precision", 701, "float8mi(double precision,double precision)", None,
-                       "floatmultirange")]
+    assert ranges == [("double precision", 701, "float8mi", None, None, None, None),
+                      ("double precision", 701, "float8mi", None, "floatmultirange", None, None)]
 
 
 def test_a_function_the_table_needs_is_named_with_what_to_do(copier_env, run_copier):
