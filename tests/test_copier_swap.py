@@ -698,3 +698,8 @@ def test_a_default_on_another_tables_serial_asks_for_that_table_first(copier_env
     result = run_copier("TABLES=b")
     assert result.code == 0, result.stderr
     assert copier_env.target_rows("SELECT v FROM b") == [("x",)]
+
+    result = run_copier("TABLES=a")  # b's default now holds on to a's sequence (README says so)
+    assert result.code == 1
+    assert "public.a cannot be replaced" in result.stderr
+    assert "column id of table public.b depends on sequence public.a_id_seq" in result.stderr
