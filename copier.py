@@ -19,6 +19,7 @@ human lines: progress notes, the summary, and errors. Exit status 1 when anythin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -1042,10 +1043,11 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
                          dict(definition.column_comments))
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staged.ident))
     sequences = create_owned_sequences(cur, definition, staged)
+    columns = repoint_defaults(definition.columns, sequences, table.schema)
     column_sql = [
         column_definition(c, quote_qualified(table.schema, sequences[c.name])
                           if c.name in sequences else None)
-        for c in definition.columns
+        for c in columns
     ]
     column_sql += [
         sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(c.name), sql.SQL(c.definition))
@@ -1076,6 +1078,29 @@ def reporting_table_is_unlogged(cur, table: TableName) -> bool:
                 (table.schema, table.name))
     row = cur.fetchone()
     return bool(row and row[0])
+
+
+# How a default names its sequence: nextval('public.orders_id_seq'::regclass).
+SEQUENCE_IN_DEFAULT = re.compile(r"nextval\(('(?:[^']|'')*'::regclass)\)")
+
+
+def repoint_defaults(columns: list[Column], sequences: dict[str, str], schema: str) -> list[Column]:
+    """Another column whose default uses a serial column's sequence uses its staging sequence
+    too: the source's name does not exist on the target, or belongs to the table being replaced."""
+    staging = {}
+    for column in columns:
+        match = SEQUENCE_IN_DEFAULT.search(column.default or "")
+        if column.name in sequences and match:
+            literal = "'" + quote_qualified(schema, sequences[column.name]).replace("'", "''") + "'"
+            staging[match.group(1)] = literal + "::regclass"
+    repointed = []
+    for column in columns:
+        default = column.default
+        if column.name not in sequences and default:
+            for source_name, staging_name in staging.items():
+                default = default.replace(source_name, staging_name)
+        repointed.append(dataclasses.replace(column, default=default))
+    return repointed
 
 
 def create_owned_sequences(cur, definition: TableDefinition, staged: StagedTable) -> dict[str, str]:

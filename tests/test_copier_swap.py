@@ -703,3 +703,19 @@ def test_a_default_on_another_tables_serial_asks_for_that_table_first(copier_env
     assert result.code == 1
     assert "public.a cannot be replaced" in result.stderr
     assert "column id of table public.b depends on sequence public.a_id_seq" in result.stderr
+
+
+def test_a_second_column_on_the_same_serial_sequence_follows_it(copier_env, run_copier):
+    copier_env.source("CREATE TABLE tickets (id serial PRIMARY KEY,"
+                      " shadow int DEFAULT nextval('tickets_id_seq'), v text);"
+                      "INSERT INTO tickets (v) VALUES ('a'), ('b')")
+
+    for _ in range(2):  # creates the table, then replaces it
+        result = run_copier("TABLES=tickets")
+        assert result.code == 0, result.stderr
+
+    defaults = ("SELECT attname, pg_get_expr(adbin, adrelid) FROM pg_attrdef JOIN pg_attribute"
+                " ON attrelid = adrelid AND attnum = adnum WHERE adrelid = 'tickets'::regclass ORDER BY 1")
+    assert copier_env.target_rows(defaults) == copier_env.source_rows(defaults)
+    copier_env.target("INSERT INTO tickets (v) VALUES ('c')")
+    assert copier_env.target_rows("SELECT id, shadow FROM tickets WHERE v = 'c'") == [(5, 6)]
