@@ -1070,14 +1070,23 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
     return staged
 
 
-def reporting_table_is_unlogged(cur, table: TableName) -> bool:
-    """Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
-    nightly anyway): the new one stays so, and loads without WAL too."""
-    cur.execute("SELECT c.relpersistence = 'u' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+def live_table_oid(cur, table: TableName) -> int | None:
+    """The reporting table as it is now on the target, if there is one."""
+    cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
                 (table.schema, table.name))
     row = cur.fetchone()
-    return bool(row and row[0])
+    return row[0] if row else None
+
+
+def reporting_table_is_unlogged(cur, table: TableName) -> bool:
+    """Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
+    nightly anyway): the new one stays so, and loads without WAL too."""
+    oid = live_table_oid(cur, table)
+    if oid is None:
+        return False
+    cur.execute("SELECT relpersistence = 'u' FROM pg_class WHERE oid = %s", (oid,))
+    return cur.fetchone()[0]
 
 
 # How a default names its sequence: nextval('public.orders_id_seq'::regclass).
@@ -1289,18 +1298,10 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     extra = [row for row in cur.fetchall() if row[0] not in source_names]
     for n, (name, index_sql, comment) in enumerate(extra, 1):
         temporary = f"{staged.staging}_r{n}"
-        cur.execute("SAVEPOINT copier_index")
-        try:
-            cur.execute(retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary,
-                                       staged))
-        except psycopg2.DatabaseError as exc:
-            if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
-                raise
-            cur.execute("ROLLBACK TO SAVEPOINT copier_index")
-            log_event("index_skipped", table=table.qualified, index=name,
-                      error=describe_error(exc))
+        statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged)
+        if not built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table,
+                                "index_skipped", index=name):
             continue
-        cur.execute("RELEASE SAVEPOINT copier_index")
         if comment is not None:
             cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
                 sql.Identifier(table.schema, temporary), sql.Literal(comment)))
@@ -1325,30 +1326,34 @@ def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> Non
         create_statistics(cur, statistics, f"{staged.staging}_s{n}", staged)
     reporting = reporting_statistics(cur, definition)
     for n, statistics in enumerate(reporting, 1):
-        cur.execute("SAVEPOINT copier_statistics")
-        try:
-            create_statistics(cur, statistics, f"{staged.staging}_rs{n}", staged)
-        except psycopg2.DatabaseError as exc:
-            if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
-                raise
-            cur.execute("ROLLBACK TO SAVEPOINT copier_statistics")
-            log_event("statistics_skipped", table=definition.table.qualified,
-                      statistics=statistics.name, error=describe_error(exc))
-            continue
-        cur.execute("RELEASE SAVEPOINT copier_statistics")
+        built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
+            cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
+            "statistics_skipped", statistics=statistics.name)
+
+
+def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool:
+    """Build something of the reporting side's own on the staged table, or, when it no longer
+    fits the new shape, report it and leave it out: it must not cost the night's data."""
+    cur.execute("SAVEPOINT copier_extra")
+    try:
+        build()
+    except psycopg2.DatabaseError as exc:
+        if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT copier_extra")
+        log_event(event, table=table.qualified, **fields, error=describe_error(exc))
+        return False
+    cur.execute("RELEASE SAVEPOINT copier_extra")
+    return True
 
 
 def reporting_statistics(cur, definition: TableDefinition) -> list[ExtendedStatistics]:
     """CREATE STATISTICS objects of the live reporting table that the source does not have."""
-    table = definition.table
-    cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-                (table.schema, table.name))
-    row = cur.fetchone()
-    if row is None:
+    oid = live_table_oid(cur, definition.table)
+    if oid is None:
         return []
     source_names = {(s.schema, s.name) for s in definition.extended_statistics}
-    return [s for s in read_extended_statistics(cur, row[0]) if (s.schema, s.name) not in source_names]
+    return [s for s in read_extended_statistics(cur, oid) if (s.schema, s.name) not in source_names]
 
 
 # pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
@@ -1490,16 +1495,14 @@ TRIGGER_STATES = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
 
 def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     """Lock the live reporting table and note what must survive its replacement."""
-    cur.execute(
-        "SELECT c.oid, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'), "
-        "coalesce(c.reloptions, '{}'), c.relrowsecurity, c.relforcerowsecurity "
-        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-        (table.schema, table.name))
-    row = cur.fetchone()
-    if row is None:
+    oid = live_table_oid(cur, table)
+    if oid is None:
         return None
-    oid, owner, comment, table_options, *row_security = row
+    cur.execute(
+        "SELECT pg_get_userbyid(relowner), obj_description(oid, 'pg_class'), "
+        "coalesce(reloptions, '{}'), relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s",
+        (oid,))
+    owner, comment, table_options, *row_security = cur.fetchone()
     cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table.ident))
     cur.execute(POLICIES_QUERY, (table.schema, table.name))
     policies = cur.fetchall()
