@@ -561,6 +561,7 @@ class TableDefinition:
     column_statistics: list[tuple[str, int | None, list[str] | None]]  # target, attoptions
     extended_statistics: list[ExtendedStatistics]
     default_sequences: list[tuple[str, str, str | None]]  # schema, name, the table owning it
+    partitions: PartitionLayout | None  # the source's, when it is partitioned
 
     @property
     def table(self) -> TableName:
@@ -717,6 +718,7 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
         cur.execute(DEFAULT_SEQUENCES_QUERY, {"table": source.oid})
         default_sequences = cur.fetchall()
         extended_statistics = read_extended_statistics(cur, source.oid)
+        partitions = read_partition_layout(cur, source.oid) if source.kind == "p" else None
         # Quoted the way pg_get_indexdef quotes, to find the table's name in index definitions.
         cur.execute(
             "SELECT obj_description(c.oid, 'pg_class'), "
@@ -740,7 +742,7 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
                         if typtype in USER_TYPE_KINDS and oid >= FIRST_NORMAL_OID)
     return TableDefinition(source, quoted_name, columns, constraints, indexes, comment,
                            column_comments, user_types, column_statistics, extended_statistics,
-                           default_sequences)
+                           default_sequences, partitions)
 
 
 def text_only_type_oids(closure: list[tuple]) -> set[int]:
@@ -1018,10 +1020,18 @@ class StagedTable:
     column_comments: dict[str, str]
     rows: int = 0
     bytes: int = 0
+    foreign_keys: list = dataclasses.field(default_factory=list)  # ForeignKeys still to validate
+    partitioned: bool = False
+    # (schema, temporary name, final name) of each partition
+    partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.table.schema, self.staging)
+
+    @property
+    def quoted(self) -> str:
+        return quote_qualified(self.table.schema, self.staging)
 
 
 @dataclass
@@ -1034,6 +1044,7 @@ class TableResult:
     error: str = ""
     attempts: int = 1
     staged: StagedTable | None = None
+    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
 
 
 def stage_table(cur, definition: TableDefinition) -> StagedTable:
@@ -1054,8 +1065,21 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
         for c in definition.constraints if c.kind == "c" and c.validated
     ]
     persistence = sql.SQL("UNLOGGED " if reporting_table_is_unlogged(cur, table) else "")
-    cur.execute(sql.SQL("CREATE {}TABLE {} ({})").format(
-        persistence, staged.ident, sql.SQL(", ").join(column_sql)))
+    layout = staged_layout(cur, definition)
+    statement = sql.SQL("CREATE {}TABLE {} ({})").format(
+        persistence, staged.ident, sql.SQL(", ").join(column_sql))
+    if layout is None:
+        cur.execute(statement)
+    else:
+        staged.partitioned = True
+        try:
+            cur.execute(statement + sql.SQL(" PARTITION BY {}").format(sql.SQL(layout.key)))
+            create_partitions(cur, staged, layout)
+        except psycopg2.ProgrammingError as exc:
+            raise Refused(
+                f"the partitioning of the reporting table {table.qualified} (PARTITION BY {layout.key}) "
+                f"does not fit the source's columns: {first_line(exc)}; change it on the reporting side, "
+                f"or drop the reporting table to get the source's shape") from None
     for column, sequence in sequences.items():
         cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
             sql.Identifier(table.schema, sequence), staged.ident, sql.Identifier(column)))
@@ -1187,7 +1211,9 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
             columns, definition.table.ident, options)
     else:
         copy_out = sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
-    copy_in = sql.SQL("COPY {}{} FROM STDIN ({}, FREEZE)").format(staged.ident, listed, options)
+    # FREEZE is refused on a partitioned table: its rows are routed to the partitions instead.
+    freeze = sql.SQL("" if staged.partitioned else ", FREEZE")
+    copy_in = sql.SQL("COPY {}{} FROM STDIN ({}{})").format(staged.ident, listed, options, freeze)
 
     read_fd, write_fd = os.pipe()
     reader = PipeReader(read_fd, on_progress)
@@ -1242,6 +1268,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
                 "set_config('max_parallel_maintenance_workers', %s, true)",
                 (options.maintenance_work_mem, str(options.index_workers)))
     table_prefix = f" ON {definition.quoted_name} "
+    kept_keys = dict(reporting_keys(cur, definition.table)) if staged.partitioned else {}
     n = 0
     for constraint in definition.constraints:
         if constraint.kind == "c" and not constraint.validated:
@@ -1252,11 +1279,20 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
             continue
         n += 1
         temporary = f"{staged.staging}_k{n}"
-        if constraint.kind == "x":
-            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                staged.ident, sql.Identifier(temporary), sql.SQL(constraint.definition)))
+        add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            staged.ident, sql.Identifier(temporary),
+            sql.SQL(kept_keys.get(constraint.name, constraint.definition)))
+        if staged.partitioned:
+            # A key of a partitioned table must include the partition key (and cannot take a
+            # ready index): the reporting side's own key of that name is kept, as pg_dump made
+            # it; a source key that does not fit the partitioning is reported and left out.
+            if not built_or_skipped(cur, lambda add=add: cur.execute(add), definition.table,
+                                    "index_skipped", index=constraint.name):
+                continue
+        elif constraint.kind == "x":
+            cur.execute(add)
         else:
-            index_sql = retarget_index(constraint.index_definition, table_prefix, temporary, staged)
+            index_sql = retarget_index(constraint.index_definition, table_prefix, temporary, staged.quoted)
             cur.execute(index_sql)
             kind = "PRIMARY KEY" if constraint.kind == "p" else "UNIQUE"
             deferrable = (" DEFERRABLE INITIALLY " + ("DEFERRED" if constraint.deferred
@@ -1268,7 +1304,13 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
     for name, definition_sql in definition.indexes:
         n += 1
         temporary = f"{staged.staging}_i{n}"
-        cur.execute(retarget_index(definition_sql, table_prefix, temporary, staged))
+        statement = retarget_index(definition_sql, table_prefix, temporary, staged.quoted)
+        if staged.partitioned:  # a unique index must cover the reporting side's partition key
+            if not built_or_skipped(cur, lambda s=statement: cur.execute(s), definition.table,
+                                    "index_skipped", index=name):
+                continue
+        else:
+            cur.execute(statement)
         staged.renames.append(Rename("index", temporary, name))
 
 
@@ -1298,7 +1340,7 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     extra = [row for row in cur.fetchall() if row[0] not in source_names]
     for n, (name, index_sql, comment) in enumerate(extra, 1):
         temporary = f"{staged.staging}_r{n}"
-        statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged)
+        statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)
         if not built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table,
                                 "index_skipped", index=name):
             continue
@@ -1306,6 +1348,36 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
             cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
                 sql.Identifier(table.schema, temporary), sql.Literal(comment)))
         staged.renames.append(Rename("index", temporary, name))
+    build_reporting_keys(cur, definition, staged, source_names)
+    build_partition_indexes(cur, staged)
+
+
+# Keys the reporting side has and the source does not (a partitioned table's key that includes
+# the partition key, say).
+REPORTING_KEYS_QUERY = """
+SELECT con.conname, pg_get_constraintdef(con.oid)
+FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %s AND t.relname = %s AND t.relkind IN ('r', 'p') AND con.contype IN ('p', 'u', 'x')
+ORDER BY con.contype, con.conname
+"""
+
+
+def reporting_keys(cur, table: TableName) -> list[tuple[str, str]]:
+    cur.execute(REPORTING_KEYS_QUERY, (table.schema, table.name))
+    return cur.fetchall()
+
+
+def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
+                         source_names: set[str]) -> None:
+    table = definition.table
+    extra = [row for row in reporting_keys(cur, table) if row[0] not in source_names]
+    for n, (name, definition_sql) in enumerate(extra, 1):
+        temporary = f"{staged.staging}_rk{n}"
+        add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            staged.ident, sql.Identifier(temporary), sql.SQL(definition_sql))
+        if built_or_skipped(cur, lambda add=add: cur.execute(add), table, "index_skipped", index=name):
+            staged.renames.append(Rename("constraint", temporary, name))
 
 
 def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -1375,15 +1447,14 @@ def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, stage
     staged.renames.append(Rename("statistics", temporary, statistics.name, statistics.schema))
 
 
-def retarget_index(index_sql: str, table_prefix: str, new_name: str, staged: StagedTable) -> str:
-    """Point the source's CREATE INDEX statement at the staging table, under a temporary name."""
+def retarget_index(index_sql: str, table_prefix: str, new_name: str, target: str) -> str:
+    """Point a CREATE INDEX statement at a staging table (quoted, qualified), under a temporary name."""
     head, sep, tail = index_sql.partition(table_prefix)
     if not sep:
         head, sep, tail = index_sql.partition(table_prefix.replace(" ON ", " ON ONLY "))
     if not sep:
         raise TableCopyError(f"cannot read index definition {index_sql!r}")
     unique = "UNIQUE " if head.startswith("CREATE UNIQUE INDEX") else ""
-    target = quote_qualified(staged.table.schema, staged.staging)
     return f"CREATE {unique}INDEX {quote_ident(new_name)} ON {target} {tail}"
 
 
@@ -1412,7 +1483,169 @@ def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable
 
 
 # ---------------------------------------------------------------------------------------------
-# The swap: the only moment readers are involved, kept short.
+# Partitions: a partitioned reporting table stays partitioned, with its own partitions.
+
+
+@dataclass
+class Partition:
+    """One partition, as it is made under the staged table: its parent is a (schema, name)."""
+
+    schema: str
+    name: str
+    parent: tuple[str, str]
+    bound: str  # FOR VALUES ... or DEFAULT
+    key: str | None  # PARTITION BY of a partition that is partitioned in turn
+    options: list[str]
+
+
+@dataclass
+class PartitionLayout:
+    key: str  # the table's PARTITION BY
+    partitions: list[Partition]  # parents before their children
+
+
+@dataclass
+class PartitionSide:
+    """What belongs to a partition beyond its rows, kept across the swap."""
+
+    schema: str
+    name: str
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+    index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
+
+
+PARTITIONS_QUERY = """
+SELECT n.nspname, c.relname, pn.nspname, p.relname, pg_get_expr(c.relpartbound, c.oid),
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}')
+FROM pg_partition_tree(%s) t
+JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class p ON p.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+WHERE t.level > 0
+ORDER BY t.level, n.nspname, c.relname
+"""
+
+
+def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
+    cur.execute("SELECT pg_get_partkeydef(oid) FROM pg_class WHERE oid = %s AND relkind = 'p'", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    cur.execute(PARTITIONS_QUERY, (oid,))
+    return PartitionLayout(row[0], [
+        Partition(schema, name, (parent_schema, parent), bound, key, list(options))
+        for schema, name, parent_schema, parent, bound, key, options in cur.fetchall()])
+
+
+def staged_layout(cur, definition: TableDefinition) -> PartitionLayout | None:
+    """The reporting table's own partitioning, when it has one; partitions the source added
+    since (same key, a name the reporting side lacks) join it, so a new month appears the
+    same night on both sides."""
+    oid = live_table_oid(cur, definition.table)
+    layout = read_partition_layout(cur, oid) if oid is not None else None
+    source = definition.partitions
+    if layout is None or source is None or source.key != layout.key:
+        return layout
+    have = {(p.schema, p.name) for p in layout.partitions}
+    have.add((definition.table.schema, definition.table.name))
+    for partition in source.partitions:
+        if (partition.schema, partition.name) not in have and partition.parent in have:
+            layout.partitions.append(partition)
+            have.add((partition.schema, partition.name))
+    return layout
+
+
+def create_partitions(cur, staged: StagedTable, layout: PartitionLayout) -> None:
+    table = staged.table
+    made = {(table.schema, table.name): staged.ident}
+    for n, partition in enumerate(layout.partitions, 1):
+        temporary = sql.Identifier(partition.schema, f"{staged.staging}_p{n}")
+        statement = sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+            temporary, made[partition.parent], sql.SQL(partition.bound))
+        if partition.key:
+            statement += sql.SQL(" PARTITION BY {}").format(sql.SQL(partition.key))
+        if partition.options:
+            statement += sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, partition.options)))
+        cur.execute(statement)
+        made[(partition.schema, partition.name)] = temporary
+        staged.renames.append(Rename("table", f"{staged.staging}_p{n}", partition.name, partition.schema))
+        staged.partitions.append((partition.schema, f"{staged.staging}_p{n}", partition.name))
+
+
+# A partition's own indexes (not its share of an index of the whole table), as the reporting
+# side added them.
+PARTITION_INDEXES_QUERY = """
+SELECT ic.relname, pg_get_indexdef(x.indexrelid), quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM pg_index x
+JOIN pg_class ic ON ic.oid = x.indexrelid
+JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND NOT ic.relispartition
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = x.indexrelid)
+ORDER BY ic.relname
+"""
+
+
+def build_partition_indexes(cur, staged: StagedTable) -> None:
+    for schema, temporary, name in staged.partitions:
+        cur.execute(PARTITION_INDEXES_QUERY, (schema, name))
+        for n, (index, index_sql, quoted) in enumerate(cur.fetchall(), 1):
+            temporary_index = f"{temporary}_r{n}"
+            statement = retarget_index(index_sql, f" ON {quoted} ", temporary_index,
+                                       sql.Identifier(schema, temporary).as_string(cur))
+            if built_or_skipped(cur, lambda statement=statement: cur.execute(statement), staged.table,
+                                "index_skipped", index=index):
+                staged.renames.append(Rename("index", temporary_index, index, schema))
+
+
+PARTITION_SIDE_QUERY = """
+SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'),
+       (SELECT coalesce(json_agg(json_build_array(ic.relname, pi.relname)), '[]')
+        FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
+        JOIN pg_inherits i ON i.inhrelid = x.indexrelid JOIN pg_class pi ON pi.oid = i.inhparent
+        WHERE x.indrelid = c.oid)
+FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.level > 0
+"""
+
+
+def capture_partitions(cur, oid: int) -> list[PartitionSide]:
+    cur.execute(PARTITION_SIDE_QUERY, (oid,))
+    sides = []
+    for schema, name, owner, comment, index_names in cur.fetchall():
+        grants = table_grants(cur, sql.Identifier(schema, name))
+        sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names]))
+    return sides
+
+
+def restore_partitions(cur, partitions: list[PartitionSide]) -> None:
+    """Each partition that is there again gets its owner, grants and comment back, and its
+    share of the table's indexes gets back the name it had."""
+    for side in partitions:
+        ident = sql.Identifier(side.schema, side.name)
+        if live_table_oid(cur, TableName(side.schema, side.name)) is None:
+            continue
+        if side.owner != current_user(cur):
+            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ident, sql.Identifier(side.owner)))
+        apply_grants(cur, "TABLE", ident, side.grants, table_grants(cur, ident))
+        apply_comments(cur, ident, side.comment, {})
+        for index, parent_index in side.index_names:
+            cur.execute("SELECT ic.relname FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid "
+                        "JOIN pg_inherits i ON i.inhrelid = x.indexrelid "
+                        "JOIN pg_class pi ON pi.oid = i.inhparent "
+                        "WHERE x.indrelid = %s::regclass AND pi.relname = %s",
+                        (ident.as_string(cur), parent_index))
+            row = cur.fetchone()
+            if row and row[0] != index:
+                cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(side.schema, row[0]), sql.Identifier(index)))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the reporting side built on a table. pg_depend names everything that a DROP TABLE would
+# refuse over or take along; each kind is either carried through the swap or refused, with the
+# statement that resolves it, before anything is written.
 
 
 @dataclass
@@ -1428,6 +1661,111 @@ class DependentView:
     column_comments: dict[str, str]
     indexes: list[str]
     populated: bool
+    extras: list[str]  # the view's own rules and triggers, made again after it
+
+    @property
+    def what(self) -> str:
+        kind = "materialized view" if self.kind == "m" else "view"
+        return f"{kind} {TableName(self.schema, self.name).qualified}"
+
+    def drop(self, cur) -> None:
+        keyword = "MATERIALIZED VIEW" if self.kind == "m" else "VIEW"
+        cur.execute(sql.SQL("DROP {} {}").format(sql.SQL(keyword), sql.Identifier(self.schema, self.name)))
+
+    def recreate(self, cur, table: TableName) -> None:
+        recreate_view(cur, table, self)
+
+
+@dataclass
+class Routine:
+    """A function, procedure or aggregate whose arguments, result or SQL-standard body use the
+    table or its row type: dropped with it, so made again from its definition."""
+
+    signature: str  # schema.name(argument types), as regprocedure prints it
+    kind: str  # pg_proc.prokind: f, p, a, w
+    definition: str  # CREATE FUNCTION / PROCEDURE / AGGREGATE
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+
+    @property
+    def what(self) -> str:
+        return f"{ROUTINE_KINDS.get(self.kind, 'function')} {self.signature}"
+
+    def drop(self, cur) -> None:
+        cur.execute(f"DROP ROUTINE {self.signature}")
+
+    def recreate(self, cur, table: TableName) -> None:
+        # As pg_dump: a body kept as text is checked when it runs (with its caller's or its own
+        # search_path), not now under the copier's; an SQL-standard body is checked all the same.
+        cur.execute("SELECT set_config('check_function_bodies', 'off', true)")
+        recreate_or_fail(cur, sql.SQL(self.definition), self.what, table,
+                         f"DROP ROUTINE {self.signature}")
+        cur.execute("SELECT set_config('check_function_bodies', 'on', true)")
+        ident = sql.SQL(self.signature)
+        if self.owner != current_user(cur):
+            cur.execute(sql.SQL("ALTER ROUTINE {} OWNER TO {}").format(ident, sql.Identifier(self.owner)))
+        cur.execute(ROUTINE_GRANTS_QUERY, (self.signature,))
+        apply_grants(cur, "ROUTINE", ident, self.grants, cur.fetchall())
+        if self.comment is not None:
+            cur.execute(sql.SQL("COMMENT ON ROUTINE {} IS {}").format(ident, sql.Literal(self.comment)))
+
+
+ROUTINE_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window function"}
+
+
+@dataclass
+class ForeignKey:
+    """A foreign key of the reporting side, to or from a copied table. Tables are replaced one by
+    one, each from the run's snapshot, so a key is made again NOT VALID (no scan under the swap's
+    lock, and a reporting database takes no writes it would guard) and validated once both of
+    its tables hold the same night's rows."""
+
+    table: str  # the referencing table, schema-qualified and quoted
+    name: str
+    definition: str  # FOREIGN KEY (...) REFERENCES ..., without NOT VALID
+    valid: bool
+    comment: str | None
+    partitioned: bool  # before PostgreSQL 18 a partitioned table takes no NOT VALID key
+
+    @property
+    def what(self) -> str:
+        return f"foreign key {display_ident(self.name)} of {self.table}"
+
+    @property
+    def remedy(self) -> str:
+        return f"ALTER TABLE {self.table} DROP CONSTRAINT {display_ident(self.name)}"
+
+    def drop(self, cur) -> None:
+        cur.execute(f"ALTER TABLE {self.table} DROP CONSTRAINT {display_ident(self.name)}")
+
+    def add(self, cur, table: TableName) -> bool:
+        """Make the key again; True when it must still be validated."""
+        not_valid = not (self.partitioned and cur.connection.server_version < 180000)
+        statement = f"ALTER TABLE {self.table} ADD CONSTRAINT {display_ident(self.name)} {self.definition}"
+        recreate_or_fail(cur, sql.SQL(statement + (" NOT VALID" if not_valid else "")), self.what,
+                         table, self.remedy)
+        if self.comment is not None:
+            cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(self.name), sql.SQL(self.table), sql.Literal(self.comment)))
+        return self.valid and not_valid
+
+
+@dataclass
+class Restatement:
+    """Something of another table's that names the copied table (a rule, a policy, a column
+    default on its sequence, an inheritance child): taken off before the swap, put back after."""
+
+    what: str
+    remove: str
+    restore: str
+    remedy: str
+
+    def drop(self, cur) -> None:
+        cur.execute(self.remove)
+
+    def recreate(self, cur, table: TableName) -> None:
+        recreate_or_fail(cur, sql.SQL(self.restore), self.what, table, self.remedy)
 
 
 @dataclass
@@ -1440,33 +1778,368 @@ class ReportingSide:
     column_grants: list[tuple[str, str, str, bool]]
     comment: str | None
     column_comments: dict[str, str]
-    views: list[DependentView]
     options: list[str]  # reloptions such as autovacuum or fillfactor settings
     row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
     policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
     triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
+    own: list[Restatement]  # its rules, inheritance parents and publications
+    foreign_keys: list[ForeignKey]  # its own and other tables' keys to it
+    dependents: list  # views, routines and Restatements, in the order they are made again
+    partitions: list[PartitionSide]
 
 
-DEPENDENT_VIEWS_QUERY = """
-WITH RECURSIVE deps(oid, depth) AS (
-    SELECT r.ev_class, 1
-    FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-      AND d.refobjid = %(oid)s AND r.ev_class <> %(oid)s
-    UNION
-    SELECT r.ev_class, deps.depth + 1
-    FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
-    JOIN pg_rewrite r ON r.oid = d.objid
-    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-      AND r.ev_class <> deps.oid
-)
-SELECT c.oid, n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid),
-       coalesce(c.reloptions, '{}'), pg_get_userbyid(c.relowner), c.relispopulated,
-       obj_description(c.oid, 'pg_class'), max(deps.depth)
-FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-GROUP BY c.oid, n.nspname
-ORDER BY max(deps.depth), n.nspname, c.relname
+class Refused(TableCopyError):
+    """Something on the reporting side depends on the table and cannot survive its replacement."""
+
+
+# Everything that depends on a relation, a type or a routine in the given list, by the object's
+# own catalog; `relation` is the table it belongs to, where it belongs to one.
+DEPENDENTS_QUERY = """
+SELECT DISTINCT d.classid::regclass::text, d.objid,
+       CASE WHEN d.classid = 'pg_class'::regclass THEN d.objsubid ELSE 0 END,
+       pg_describe_object(d.classid, d.objid, d.objsubid),
+       (pg_identify_object(d.classid, d.objid, d.objsubid)).type,
+       (pg_identify_object(d.classid, d.objid, d.objsubid)).identity,
+       CASE d.classid
+           WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid)
+           WHEN 'pg_constraint'::regclass THEN (SELECT conrelid FROM pg_constraint WHERE oid = d.objid)
+           WHEN 'pg_policy'::regclass THEN (SELECT polrelid FROM pg_policy WHERE oid = d.objid)
+           WHEN 'pg_attrdef'::regclass THEN (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)
+           WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = d.objid)
+           WHEN 'pg_class'::regclass THEN d.objid
+       END
+FROM pg_depend d
+JOIN unnest(%(catalogs)s::regclass[], %(oids)s::oid[]) AS ref(classid, objid)
+  ON d.refclassid = ref.classid AND d.refobjid = ref.objid
+WHERE d.deptype = 'n'
 """
+
+# A relation as something others depend on: itself, its row type and that type's array type.
+RELATION_SEEDS_QUERY = """
+SELECT c.oid, c.reltype, t.typarray FROM pg_class c LEFT JOIN pg_type t ON t.oid = c.reltype
+WHERE c.oid = ANY(%s)
+"""
+
+# The reporting table and its partitions, and the sequences their columns own.
+FAMILY_QUERY = """
+WITH tree AS (SELECT %(oid)s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%(oid)s))
+SELECT relid FROM tree
+UNION
+SELECT d.objid FROM pg_depend d JOIN tree t ON d.refobjid = t.relid
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.deptype IN ('a', 'i') AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
+"""
+
+# Advice for what cannot be carried, by pg_identify_object's type: how to remove it.
+DROP_ADVICE = {
+    "table column": "give the column another type, e.g. ALTER TABLE {table} ALTER COLUMN {column} "
+                    "TYPE jsonb USING to_jsonb({column})",
+    "table constraint": "ALTER TABLE {table} DROP CONSTRAINT {name}",
+    "domain constraint": "ALTER DOMAIN {table} DROP CONSTRAINT {name}",
+    "trigger": "DROP TRIGGER {name} ON {table}",
+}
+
+
+def sweep_dependents(cur, table: TableName, table_oid: int) -> tuple[list, list[ForeignKey]]:
+    """Everything outside the table that depends on it, its partitions, its row type or its
+    sequences, and, in turn, on the views and routines among them: (what is made again, in
+    dependency order; the other tables' foreign keys to it). Raises Refused for what cannot be."""
+    cur.execute(FAMILY_QUERY, {"oid": table_oid})
+    family = {row[0] for row in cur.fetchall()}
+    found: dict[tuple, tuple[int, tuple]] = {}  # (catalog, oid, column) -> (depth, row)
+    seeds = relation_seeds(cur, sorted(family))
+    depth = 0
+    while seeds and depth < 50:
+        depth += 1
+        cur.execute(DEPENDENTS_QUERY, {"catalogs": [c for c, _ in seeds], "oids": [o for _, o in seeds]})
+        views, routines = [], []
+        for row in cur.fetchall():
+            catalog, oid, column, _description, _type, _identity, relation = row
+            if relation in family:
+                continue  # the table's own: carried with it, below
+            found[(catalog, oid, column)] = (depth, row)
+            if catalog == "pg_rewrite" and is_view_rule(cur, oid):
+                views.append(relation)
+            elif catalog == "pg_proc":
+                routines.append(("pg_proc", oid))
+        seeds = relation_seeds(cur, views) + routines
+    ordered = sorted(found.values(), key=lambda item: item[0])
+    recreated_views = {row[6] for _, row in ordered if row[0] == "pg_rewrite" and is_view_rule(cur, row[1])}
+    dependents, foreign_keys = [], []
+    for _, row in ordered:
+        catalog, oid, column, description, kind, identity, relation = row
+        if catalog == "pg_rewrite":
+            if is_view_rule(cur, oid):
+                dependents.append(capture_view(cur, relation))
+            elif relation not in recreated_views:  # a view's own rules come with the view
+                dependents.append(capture_rule(cur, oid, description))
+        elif catalog == "pg_proc":
+            dependents.append(capture_routine(cur, oid))
+        elif catalog == "pg_constraint" and constraint_kind(cur, oid) == ("f", 0):
+            foreign_keys.append(capture_foreign_key(cur, oid))
+        elif catalog == "pg_constraint" and constraint_kind(cur, oid)[0] == "f":
+            continue  # a partition's copy of a key, made again with the key itself
+        elif catalog == "pg_policy":
+            dependents.append(capture_policy(cur, oid, description))
+        elif catalog == "pg_attrdef":
+            dependents.append(capture_default(cur, oid, description))
+        elif catalog == "pg_class" and column == 0 and (parent := inheritance_parent(cur, oid, family)):
+            child = regclass_text(cur, oid)
+            dependents.append(Restatement(
+                f"inheritance child {child}", f"ALTER TABLE {child} NO INHERIT {parent}",
+                f"ALTER TABLE {child} INHERIT {parent}", f"ALTER TABLE {child} NO INHERIT {parent}"))
+        else:
+            raise refusal(cur, table, description, kind, identity)
+    # Dedupe views reached along several paths: the deepest place is the one that counts.
+    seen, unique = set(), []
+    for dependent in reversed(dependents):
+        if dependent.what not in seen:
+            seen.add(dependent.what)
+            unique.append(dependent)
+    return list(reversed(unique)), foreign_keys
+
+
+def relation_seeds(cur, relations: list[int]) -> list[tuple[str, int]]:
+    if not relations:
+        return []
+    cur.execute(RELATION_SEEDS_QUERY, (relations,))
+    seeds = []
+    for oid, row_type, array_type in cur.fetchall():
+        seeds += [("pg_class", oid)] + [("pg_type", t) for t in (row_type, array_type) if t]
+    return seeds
+
+
+def is_view_rule(cur, rule_oid: int) -> bool:
+    cur.execute("SELECT r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') FROM pg_rewrite r "
+                "JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = %s", (rule_oid,))
+    return cur.fetchone()[0]
+
+
+def constraint_kind(cur, oid: int) -> tuple[str, int]:
+    cur.execute("SELECT contype, conparentid FROM pg_constraint WHERE oid = %s", (oid,))
+    return tuple(cur.fetchone())
+
+
+def regclass_text(cur, oid: int) -> str:
+    cur.execute("SELECT %s::regclass::text", (oid,))
+    return cur.fetchone()[0]
+
+
+def inheritance_parent(cur, child: int, family: set[int]) -> str | None:
+    cur.execute("SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhrelid = %s AND i.inhparent = ANY(%s) AND NOT c.relispartition",
+                (child, sorted(family)))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def refusal(cur, table: TableName, description: str, kind: str, identity: str) -> Refused:
+    """What to say about a dependent the copier cannot keep: which object, and how to resolve it."""
+    name, _, owner = identity.rpartition(" on ")
+    fields = {"table": owner, "name": name, "column": identity.rpartition(".")[2]}
+    if kind == "table column":
+        fields["table"] = identity.rpartition(".")[0]
+    advice = DROP_ADVICE.get(kind, f"DROP {kind.upper()} {identity}").format(**fields)
+    return Refused(f"{table.qualified} cannot be replaced: {description} depends on it and would "
+                   f"not survive the refresh; resolve it on the reporting side ({advice}), "
+                   f"or stop copying {table.qualified}")
+
+
+VIEW_EXTRAS_QUERY = """
+SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = %(oid)s AND rulename <> '_RETURN'
+UNION ALL
+SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %(oid)s AND NOT tgisinternal
+"""
+
+
+def capture_view(cur, oid: int) -> DependentView:
+    cur.execute(
+        "SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid), coalesce(c.reloptions, '{}'), "
+        "pg_get_userbyid(c.relowner), c.relispopulated, obj_description(c.oid, 'pg_class') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
+    schema, name, kind, definition, options, owner, populated, comment = cur.fetchone()
+    cur.execute(GRANTS_QUERY, (oid,))
+    grants = cur.fetchall()
+    cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
+    column_comments = cur.fetchone()[0]
+    cur.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s", (oid,))
+    indexes = [r[0] for r in cur.fetchall()]
+    cur.execute(VIEW_EXTRAS_QUERY, {"oid": oid})
+    extras = [r[0] for r in cur.fetchall()]
+    return DependentView(schema, name, kind, definition, list(options), owner, grants, comment,
+                         column_comments, indexes, populated, extras)
+
+
+ROUTINE_QUERY = """
+SELECT p.oid::regprocedure::text, p.prokind, pg_get_userbyid(p.proowner),
+       obj_description(p.oid, 'pg_proc'),
+       CASE WHEN p.prokind <> 'a' THEN pg_get_functiondef(p.oid) END
+FROM pg_proc p WHERE p.oid = %s
+"""
+
+# Grants of a routine to others, PUBLIC's default EXECUTE included.
+ROUTINE_GRANTS_QUERY = """
+SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type, a.is_grantable
+FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+WHERE p.oid = %s::regprocedure AND a.grantee <> p.proowner
+ORDER BY 1, 2
+"""
+
+
+def capture_routine(cur, oid: int) -> Routine:
+    cur.execute(ROUTINE_QUERY, (oid,))
+    signature, kind, owner, comment, definition = cur.fetchone()
+    if kind == "a":
+        definition = aggregate_definition(cur, oid, signature)
+    cur.execute(ROUTINE_GRANTS_QUERY, (signature,))
+    return Routine(signature, kind, definition, owner, cur.fetchall(), comment)
+
+
+AGGREGATE_QUERY = """
+SELECT a.aggkind, a.aggmtransfn <> 0 OR a.aggsortop <> 0,
+       quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_function_arguments(p.oid),
+       a.aggtransfn::regproc::text, format_type(a.aggtranstype, NULL), a.aggtransspace,
+       nullif(a.aggfinalfn, 0)::regproc::text, a.aggfinalextra, a.aggfinalmodify,
+       nullif(a.aggcombinefn, 0)::regproc::text, nullif(a.aggserialfn, 0)::regproc::text,
+       nullif(a.aggdeserialfn, 0)::regproc::text, a.agginitval, p.proparallel
+FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE a.aggfnoid = %s
+"""
+FINAL_MODIFY = {"r": "READ_ONLY", "s": "SHAREABLE", "w": "READ_WRITE"}
+PARALLEL = {"s": "SAFE", "r": "RESTRICTED", "u": "UNSAFE"}
+
+
+def aggregate_definition(cur, oid: int, signature: str) -> str:
+    """CREATE AGGREGATE for an ordinary aggregate (pg_get_functiondef does not print them)."""
+    cur.execute(AGGREGATE_QUERY, (oid,))
+    (kind, unusual, name, arguments, transition, state_type, state_space, final, final_extra,
+     final_modify, combine, serialize, deserialize, initial, parallel) = cur.fetchone()
+    if kind != "n" or unusual:
+        raise Refused(f"aggregate {signature} depends on the copied table and is of a kind the "
+                      f"copier does not make again (ordered-set, moving or with a sort operator): "
+                      f"DROP AGGREGATE {signature} before the copy, and make it again after")
+    parts = [f"SFUNC = {transition}", f"STYPE = {state_type}"]
+    parts += [f"SSPACE = {state_space}"] if state_space else []
+    parts += [f"FINALFUNC = {final}", f"FINALFUNC_MODIFY = {FINAL_MODIFY[final_modify]}"] if final else []
+    parts += ["FINALFUNC_EXTRA"] if final_extra else []
+    parts += [f"COMBINEFUNC = {combine}"] if combine else []
+    parts += [f"SERIALFUNC = {serialize}", f"DESERIALFUNC = {deserialize}"] if serialize else []
+    parts += [f"INITCOND = {quote_literal(initial)}"] if initial is not None else []
+    parts.append(f"PARALLEL = {PARALLEL[parallel]}")
+    return f"CREATE AGGREGATE {name}({arguments}) ({', '.join(parts)})"
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+FOREIGN_KEY_QUERY = """
+SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.convalidated,
+       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p'
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+WHERE {}
+ORDER BY 1, 2
+"""
+
+
+def capture_foreign_key(cur, oid: int) -> ForeignKey:
+    cur.execute(FOREIGN_KEY_QUERY.format("c.oid = %s"), (oid,))
+    return foreign_key(*cur.fetchone())
+
+
+def foreign_key(table, name, definition, valid, comment, partitioned) -> ForeignKey:
+    definition = definition.removesuffix(" NOT VALID")
+    return ForeignKey(table, name, definition, valid, comment, partitioned)
+
+
+def capture_rule(cur, oid: int, description: str) -> Restatement:
+    cur.execute("SELECT quote_ident(rulename), ev_class::regclass::text, pg_get_ruledef(oid) "
+                "FROM pg_rewrite WHERE oid = %s", (oid,))
+    name, relation, definition = cur.fetchone()
+    drop = f"DROP RULE {name} ON {relation}"
+    return Restatement(description, drop, definition, drop)
+
+
+def capture_policy(cur, oid: int, description: str) -> Restatement:
+    cur.execute(
+        "SELECT p.policyname, p.permissive, p.roles::text[], p.cmd, p.qual, p.with_check, "
+        "pol.polrelid::regclass::text FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_policies p ON p.schemaname = n.nspname "
+        "AND p.tablename = c.relname AND p.policyname = pol.polname WHERE pol.oid = %s", (oid,))
+    *policy, relation = cur.fetchone()
+    drop = f"DROP POLICY {quote_ident(policy[0])} ON {relation}"
+    return Restatement(description, drop, policy_statement(sql.SQL(relation), policy).as_string(cur), drop)
+
+
+def capture_default(cur, oid: int, description: str) -> Restatement:
+    cur.execute("SELECT d.adrelid::regclass::text, quote_ident(a.attname), pg_get_expr(d.adbin, d.adrelid) "
+                "FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+                "WHERE d.oid = %s", (oid,))
+    relation, column, expression = cur.fetchone()
+    alter = f"ALTER TABLE {relation} ALTER COLUMN {column}"
+    return Restatement(description, f"{alter} DROP DEFAULT", f"{alter} SET DEFAULT {expression}",
+                       f"{alter} DROP DEFAULT")
+
+
+# The table's own rules, inheritance parents and publications: they go with the old table.
+OWN_RULES_QUERY = """
+SELECT quote_ident(rulename), pg_get_ruledef(oid) FROM pg_rewrite
+WHERE ev_class = %s AND rulename <> '_RETURN' ORDER BY rulename
+"""
+OWN_PARENTS_QUERY = """
+SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s ORDER BY inhseqno
+"""
+
+
+def publications_query(server_version: int) -> str:
+    """Publications the table is in; row filters and column lists came with PostgreSQL 15."""
+    extra = ("pg_get_expr(pr.prqual, pr.prrelid), (SELECT string_agg(quote_ident(attname), ', ' "
+             "ORDER BY attnum) FROM pg_attribute WHERE attrelid = pr.prrelid AND attnum = ANY(pr.prattrs))"
+             if server_version >= 150000 else "NULL, NULL")
+    return (f"SELECT quote_ident(p.pubname), {extra} FROM pg_publication_rel pr "
+            "JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %s ORDER BY 1")
+
+
+def capture_own(cur, table: TableName, oid: int) -> list[Restatement]:
+    ident = table.ident.as_string(cur)
+    own = []
+    cur.execute(OWN_RULES_QUERY, (oid,))
+    for name, definition in cur.fetchall():
+        own.append(Restatement(f"rule {name} on {ident}", "", definition, f"DROP RULE {name} ON {ident}"))
+    cur.execute(OWN_PARENTS_QUERY, (oid,))
+    for (parent,) in cur.fetchall():
+        own.append(Restatement(f"inheritance from {parent}", "", f"ALTER TABLE {ident} INHERIT {parent}",
+                               f"ALTER TABLE {ident} NO INHERIT {parent}"))
+    cur.execute(publications_query(cur.connection.server_version), (oid,))
+    for publication, row_filter, columns in cur.fetchall():
+        listed = f" ({columns})" if columns else ""
+        where = f" WHERE ({row_filter})" if row_filter else ""
+        own.append(Restatement(f"publication {publication}", "",
+                               f"ALTER PUBLICATION {publication} ADD TABLE {ident}{listed}{where}",
+                               f"ALTER PUBLICATION {publication} DROP TABLE {ident}"))
+    return own
+
+
+def refuse_what_cannot_survive(cur, table: TableName) -> None:
+    """Before anything is written: a table that is itself a partition of another reporting
+    table, or with a dependent that cannot be made again, is refused with what to do."""
+    oid = live_table_oid(cur, table)
+    if oid is None:
+        return
+    cur.execute("SELECT inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhrelid = %s AND c.relispartition", (oid,))
+    row = cur.fetchone()
+    if row:
+        raise Refused(f"{table.qualified} is a partition of {row[0]} on the reporting side: copy {row[0]} "
+                      f"instead (its partitions come along), or ALTER TABLE {row[0]} DETACH PARTITION "
+                      f"{table.qualified}")
+    sweep_dependents(cur, table, oid)
+
+
+# ---------------------------------------------------------------------------------------------
+# The swap: the only moment readers are involved, kept short.
+
 
 GRANTS_QUERY = """
 SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
@@ -1518,35 +2191,31 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     column_grants = cur.fetchall()
     cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
     column_comments = cur.fetchone()[0]
-    cur.execute(DEPENDENT_VIEWS_QUERY, {"oid": oid})
-    views = []
-    for v_oid, schema, name, kind, definition, options, v_owner, populated, v_comment, _ in cur.fetchall():
-        cur.execute(GRANTS_QUERY, (v_oid,))
-        v_grants = cur.fetchall()
-        cur.execute(COLUMN_COMMENTS_QUERY, (v_oid,))
-        v_column_comments = cur.fetchone()[0]
-        cur.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s", (v_oid,))
-        indexes = [r[0] for r in cur.fetchall()]
-        views.append(DependentView(schema, name, kind, definition, list(options), v_owner,
-                                   v_grants, v_comment, v_column_comments, indexes, populated))
-    return ReportingSide(oid, owner, grants, column_grants, comment, column_comments, views,
-                         list(table_options), tuple(row_security), policies, triggers)
+    dependents, foreign_keys = sweep_dependents(cur, table, oid)
+    cur.execute(FOREIGN_KEY_QUERY.format("c.conrelid = %s AND c.contype = 'f' AND c.conparentid = 0"),
+                (oid,))
+    own_keys = [foreign_key(*row) for row in cur.fetchall()]
+    return ReportingSide(oid, owner, grants, column_grants, comment, column_comments,
+                         list(table_options), tuple(row_security), policies, triggers,
+                         capture_own(cur, table, oid), own_keys + foreign_keys, dependents,
+                         capture_partitions(cur, oid))
 
 
-def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
+def swap_into_place(cur, staged: StagedTable, options: Options) -> list[ForeignKey]:
     """Replace the reporting table by the staged one; retried while readers hold locks.
 
     Runs inside the caller's transaction: nothing is visible to readers until it commits.
+    Returns the foreign keys to make again once the tables they join are in place.
     """
     cur.execute("SAVEPOINT copier_swap")
     for attempt in range(options.lock_retries + 1):
         try:
             cur.execute("SELECT set_config('lock_timeout', %s, true)",
                         (f"{int(options.lock_timeout * 1000)}ms",))
-            replace_table(cur, staged)
+            foreign_keys = replace_table(cur, staged)
             cur.execute("SELECT set_config('lock_timeout', '0', true)")
             cur.execute("RELEASE SAVEPOINT copier_swap")
-            return
+            return foreign_keys
         except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
             # Readers hold the table, or another job is swapping a table that shares a view
             # with this one: let go of everything, wait, try again.
@@ -1557,16 +2226,18 @@ def swap_into_place(cur, staged: StagedTable, options: Options) -> None:
                     f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
                 ) from None
             time.sleep(backoff(attempt, 0.5))
+    raise AssertionError("unreachable")
 
 
-def replace_table(cur, staged: StagedTable) -> None:
+def replace_table(cur, staged: StagedTable) -> list[ForeignKey]:
     table = staged.table
     old = capture_reporting_side(cur, table)
     if old:
-        for view in reversed(old.views):
-            keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"
-            cur.execute(sql.SQL("DROP {} {}").format(
-                sql.SQL(keyword), sql.Identifier(view.schema, view.name)))
+        for dependent in reversed(old.dependents):
+            dependent.drop(cur)
+        for key in old.foreign_keys:
+            if key.table != table.ident.as_string(cur):
+                key.drop(cur)
         try:
             cur.execute(sql.SQL("DROP TABLE {}").format(table.ident))
         except psycopg2.errors.DependentObjectsStillExist as exc:
@@ -1576,10 +2247,55 @@ def replace_table(cur, staged: StagedTable) -> None:
     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
         staged.ident, sql.Identifier(table.name)))
     rename_parts(cur, staged)
-    if old:
-        restore_reporting_side(cur, table, old)
-    else:
+    if not old:
         apply_comments(cur, table.ident, staged.comment, staged.column_comments)
+        return []
+    restore_reporting_side(cur, table, old)
+    for dependent in old.dependents:
+        dependent.recreate(cur, table)
+    return old.foreign_keys
+
+
+def add_foreign_keys(cur, keys: list[ForeignKey], table: TableName) -> list[ForeignKey]:
+    """Make the keys again; returns those that were valid and are still to be validated."""
+    return [key for key in keys if key.add(cur, table)]
+
+
+def validate_foreign_keys(cur, keys: list[ForeignKey]) -> None:
+    """--swap together: every table holds the same night's rows now, so a key that was valid is
+    validated, as pg_restore does; a row that breaks one fails the whole swap."""
+    for key in keys:
+        try:
+            cur.execute(f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
+        except psycopg2.errors.ForeignKeyViolation as exc:
+            raise TableCopyError(
+                f"tonight's rows break {key.what}: {describe_error(exc)}; fix the data on the source, "
+                f"or {key.remedy}") from None
+
+
+def validate_after_run(dst, keys: list[ForeignKey], lock_timeout: float) -> None:
+    """Per-table swaps: once every table is in place, a key that was valid before the run is
+    validated again (a scan that readers do not wait for). One that tonight's rows break stays
+    NOT VALID, with a warning: the data itself is already live."""
+    done = set()
+    with dst.cursor() as cur:
+        for key in keys:
+            if (key.table, key.name) in done:
+                continue
+            done.add((key.table, key.name))
+            try:
+                cur.execute("BEGIN")
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
+                cur.execute(f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
+                cur.execute("COMMIT")
+            except psycopg2.Error as exc:
+                cur.execute("ROLLBACK")
+                if is_connection_error(exc):
+                    raise
+                warning = (f"{key.what} stays NOT VALID: {describe_error(exc)}; once the rows agree, "
+                           f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
+                log_event("warning", message=warning)
+                say(f"copier: warning: {warning}")
 
 
 def rename_parts(cur, staged: StagedTable) -> None:
@@ -1589,20 +2305,23 @@ def rename_parts(cur, staged: StagedTable) -> None:
             cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
                 table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
         else:
-            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS"}[rename.kind]
+            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS",
+                       "table": "TABLE"}[rename.kind]
             cur.execute(sql.SQL("ALTER {} {} RENAME TO {}").format(
                 sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
                 sql.Identifier(rename.final)))
 
 
 def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
-    # Policies and triggers first, while the copier's user still owns the new table.
+    # Policies, triggers and rules first, while the copier's user still owns the new table.
     apply_row_security(cur, table, old)
     recreate_triggers(cur, table, old)
+    for own in old.own:
+        own.recreate(cur, table)
     if old.owner != current_user(cur):
         cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             table.ident, sql.Identifier(old.owner)))
-    apply_grants(cur, "TABLE", table.ident, old.grants)
+    apply_grants(cur, "TABLE", table.ident, old.grants, table_grants(cur, table.ident))
     if old.options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
             table.ident, sql.SQL(", ").join(sql.SQL(o) for o in old.options)))
@@ -1616,8 +2335,7 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
                 sql.SQL(" WITH GRANT OPTION" if grantable else "")))
     apply_comments(cur, table.ident, old.comment,
                    {c: text for c, text in old.column_comments.items() if c in columns})
-    for view in old.views:
-        recreate_view(cur, table, view)
+    restore_partitions(cur, old.partitions)
 
 
 def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:
@@ -1628,15 +2346,21 @@ def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:
         cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table.ident))
     if force:
         cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table.ident))
-    for name, permissive, roles, command, using, check in old.policies:
-        statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
-            sql.Identifier(name), table.ident, sql.SQL(permissive), sql.SQL(command),
-            sql.SQL(", ").join(grantee_sql("PUBLIC" if role == "public" else role) for role in roles))
-        if using is not None:
-            statement += sql.SQL(" USING ({})").format(sql.SQL(using))
-        if check is not None:
-            statement += sql.SQL(" WITH CHECK ({})").format(sql.SQL(check))
-        recreate_or_fail(cur, statement, f"row-level security policy {name}", table)
+    for policy in old.policies:
+        recreate_or_fail(cur, policy_statement(table.ident, policy),
+                         f"row-level security policy {policy[0]}", table)
+
+
+def policy_statement(relation: sql.Composable, policy) -> sql.Composable:
+    name, permissive, roles, command, using, check = policy
+    statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
+        sql.Identifier(name), relation, sql.SQL(permissive), sql.SQL(command),
+        sql.SQL(", ").join(grantee_sql("PUBLIC" if role == "public" else role) for role in roles))
+    if using is not None:
+        statement += sql.SQL(" USING ({})").format(sql.SQL(using))
+    if check is not None:
+        statement += sql.SQL(" WITH CHECK ({})").format(sql.SQL(check))
+    return statement
 
 
 def recreate_triggers(cur, table: TableName, old: ReportingSide) -> None:
@@ -1648,7 +2372,7 @@ def recreate_triggers(cur, table: TableName, old: ReportingSide) -> None:
                 table.ident, sql.SQL(TRIGGER_STATES[state]), sql.Identifier(name)))
 
 
-def recreate_or_fail(cur, statement, what: str, table: TableName) -> None:
+def recreate_or_fail(cur, statement, what: str, table: TableName, remedy: str | None = None) -> None:
     """Recreate something of the reporting side on the new table, or fail this table's copy:
     what the reporting side relies on must not silently disappear with last night's table."""
     cur.execute("SAVEPOINT copier_recreate")
@@ -1661,8 +2385,9 @@ def recreate_or_fail(cur, statement, what: str, table: TableName) -> None:
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
             raise TableCopyError(
                 f"{what} cannot be recreated on the new {table.qualified}: {describe_error(exc)}") from None
+        way_out = f"; change it, or remove it on the reporting side: {remedy}" if remedy else ""
         raise TableCopyError(
-            f"{what} does not fit the new shape of {table.qualified}: {first_line(exc)}") from None
+            f"{what} does not fit the new shape of {table.qualified}: {first_line(exc)}{way_out}") from None
     cur.execute("RELEASE SAVEPOINT copier_recreate")
 
 
@@ -1676,20 +2401,22 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
             ident, with_options, body)
     else:
         statement = sql.SQL("CREATE VIEW {}{} AS {}").format(ident, with_options, body)
-    recreate_or_fail(cur, statement, f"view {view.schema}.{view.name}", table)
+    keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"
+    remedy = f"DROP {keyword} {TableName(view.schema, view.name).qualified}"
+    recreate_or_fail(cur, statement, view.what, table, remedy)
     for index_sql in view.indexes:
         cur.execute(index_sql)
-    keyword = "MATERIALIZED VIEW" if view.kind == "m" else "VIEW"
+    for extra in view.extras:  # its own rules and INSTEAD OF triggers
+        recreate_or_fail(cur, extra, view.what, table, remedy)
     if view.owner != current_user(cur):
         cur.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
             sql.SQL(keyword), ident, sql.Identifier(view.owner)))
-    apply_grants(cur, "TABLE", ident, view.grants)
+    apply_grants(cur, "TABLE", ident, view.grants, table_grants(cur, ident))
     apply_comments(cur, ident, view.comment, view.column_comments, keyword)
     if view.kind == "m" and view.populated:
         # Filled once it has its owner: REFRESH runs the query as the owner, so it holds the
         # rows the owner may see (row-level security), not those the copier's user may see.
-        recreate_or_fail(cur, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident),
-                         f"materialized view {view.schema}.{view.name}", table)
+        recreate_or_fail(cur, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident), view.what, table)
 
 
 def current_user(cur) -> str:
@@ -1697,11 +2424,17 @@ def current_user(cur) -> str:
     return cur.fetchone()[0]
 
 
-def apply_grants(cur, kind: str, ident: sql.Identifier, grants) -> None:
-    """Exactly the old object's grants: the new one may have been given more by default
-    privileges (ALTER DEFAULT PRIVILEGES), which someone may have revoked on the old one."""
+def table_grants(cur, ident: sql.Composable) -> list[tuple[str, str, bool]]:
     cur.execute(GRANTS_QUERY, (ident.as_string(cur),))
-    for grantee in sorted({row[0] for row in cur.fetchall()}):
+    return cur.fetchall()
+
+
+def apply_grants(cur, kind: str, ident: sql.Composable, grants, current) -> None:
+    """Exactly the old object's grants: the new one (current) may have been given more by
+    default privileges (ALTER DEFAULT PRIVILEGES), which someone may have revoked on the old one."""
+    if sorted(map(tuple, current)) == sorted(map(tuple, grants)):
+        return  # an ACL left at its default stays so
+    for grantee in sorted({row[0] for row in current}):
         cur.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(
             sql.SQL(kind), ident, grantee_sql(grantee)))
     for grantee, privilege, grantable in grants:
@@ -1848,20 +2581,21 @@ class TableCopier:
             else:
                 log_event("table_copied", table=name, job=self.job, rows=staged.rows,
                           bytes=staged.bytes, seconds=seconds)
+            result.foreign_keys = staged.foreign_keys
             return result
         raise AssertionError("unreachable")
 
     def copy_once(self, source: SourceTable) -> StagedTable:
         """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
         definition = read_definition(self.src, source)
+        with self.dst.cursor() as cur:
+            refuse_what_cannot_survive(cur, definition.table)
         prepare_target(self.src, self.dst, definition)
         with self.dst.cursor() as cur:
             cur.execute("BEGIN")
             try:
                 staged = stage_table(cur, definition)
-                source_rows, loaded, nbytes = load_rows(
-                    self.src, self.dst, definition, staged, self.snapshot,
-                    self.progress_reporter(source.table.qualified))
+                source_rows, loaded, nbytes = self.load(definition, staged)
                 verify_counts(definition.table, source_rows, loaded)
                 staged.rows, staged.bytes = loaded, nbytes
                 build_indexes(cur, definition, staged, self.options)
@@ -1870,7 +2604,8 @@ class TableCopier:
                 set_sequences(self.src, cur, definition, staged)
                 cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
                 if self.options.swap == "table":
-                    swap_into_place(cur, staged, self.options)
+                    keys = swap_into_place(cur, staged, self.options)
+                    staged.foreign_keys = add_foreign_keys(cur, keys, staged.table)
                 cur.execute("COMMIT")
             except BaseException:
                 if not self.dst.closed:
@@ -1880,6 +2615,19 @@ class TableCopier:
                         pass
                 raise
         return staged
+
+    def load(self, definition: TableDefinition, staged: StagedTable) -> tuple[int, int, int]:
+        try:
+            return load_rows(self.src, self.dst, definition, staged, self.snapshot,
+                             self.progress_reporter(definition.table.qualified))
+        except psycopg2.errors.CheckViolation as exc:
+            if not staged.partitioned or "no partition" not in str(exc):
+                raise
+            raise TableCopyError(
+                f"a row of {definition.table.qualified} fits none of the reporting table's partitions "
+                f"({exc.diag.message_detail or first_line(exc)}): add a partition for it on the reporting "
+                f"side, or a default one (CREATE TABLE ... PARTITION OF {definition.table.qualified} "
+                f"DEFAULT)") from None
 
     def progress_reporter(self, table: str):
         started = time.monotonic()
@@ -1996,8 +2744,10 @@ def swap_together(dst, results: list[TableResult], options: Options) -> list[Tab
         with dst.cursor() as cur:
             cur.execute("BEGIN")
             try:
-                for table in staged:
-                    swap_into_place(cur, table, options)
+                # Keys between the tables are made again once all of them are in place, then
+                # validated: they see one night's rows on both sides.
+                keys = [(table, key) for table in staged for key in swap_into_place(cur, table, options)]
+                validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
                 cur.execute("COMMIT")
             except BaseException as exc:
                 cur.execute("ROLLBACK")
@@ -2106,6 +2856,9 @@ def run(options: Options, settings: dict) -> int:
         results = run_tables(tables, settings, options, snapshot)
         if options.swap == "together":
             results = swap_together(dst, results, options)
+        else:
+            validate_after_run(dst, [key for r in results if r.ok for key in r.foreign_keys],
+                               options.lock_timeout)
     finally:
         for conn in (src, dst):
             if conn is not None:

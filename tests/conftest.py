@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import psycopg2
@@ -11,6 +13,23 @@ import pytest
 from dev.localpg import LocalCluster
 
 _db_numbers = itertools.count(1)
+
+
+def pytest_configure(config):
+    """A temporary folder of this run's own: pytest's default keeps the three newest runs of
+    the machine and deletes older ones, clusters and all, even while another suite still uses
+    them (two suites at once crashed each other's servers)."""
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="nightly-copy-tests-")
+        config.stash[_own_basetemp] = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    if _own_basetemp in config.stash:
+        shutil.rmtree(config.stash[_own_basetemp], ignore_errors=True)
+
+
+_own_basetemp = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,304 @@
+"""What the reporting side built on a copied table survives every refresh exactly (functions,
+foreign keys, partitions, rules, other tables' policies and defaults, inheritance, publications),
+or the table is refused before anything is written, with the object and the statement to run."""
+
+import pytest
+
+CUSTOMERS = (
+    "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, score int);"
+    "INSERT INTO customers SELECT g, 'c' || g, g % 10 FROM generate_series(1, 100) g;"
+)
+
+
+def debris(dbs):
+    return dbs.target_rows("SELECT relname FROM pg_class WHERE relname LIKE '\\_copier\\_%'")
+
+
+@pytest.fixture
+def customers(copier_env, run_copier):
+    copier_env.source(CUSTOMERS)
+    assert run_copier("TABLES=customers").code == 0
+    return copier_env
+
+
+ROUTINES = """
+CREATE ROLE fn_owner_{n}; CREATE ROLE fn_user_{n};
+GRANT ALL ON SCHEMA public TO fn_owner_{n}; GRANT SELECT ON customers TO fn_owner_{n};
+CREATE FUNCTION best_customers(min_score int) RETURNS SETOF customers
+    LANGUAGE sql STABLE SECURITY DEFINER SET work_mem = '8MB'
+    AS 'SELECT * FROM customers WHERE score >= min_score';
+CREATE FUNCTION label(c customers) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT c.name || '!' $$;
+CREATE FUNCTION customer_count() RETURNS bigint LANGUAGE sql STABLE
+    BEGIN ATOMIC SELECT count(*) FROM customers; END;
+CREATE PROCEDURE touch(c customers) LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE FUNCTION keep_top(a customers, b customers) RETURNS customers LANGUAGE sql IMMUTABLE STRICT
+    AS $$ SELECT CASE WHEN b.score > a.score THEN b ELSE a END $$;
+CREATE AGGREGATE top_customer(customers) (SFUNC = keep_top, STYPE = customers);
+CREATE VIEW labelled AS SELECT label(c) AS l FROM best_customers(9) c;
+ALTER FUNCTION best_customers(int) OWNER TO fn_owner_{n};
+REVOKE ALL ON FUNCTION best_customers(int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION best_customers(int) TO fn_user_{n};
+COMMENT ON FUNCTION best_customers(int) IS 'the best ones';
+"""
+ROUTINE_FACTS = """
+SELECT p.oid::regprocedure::text, p.prokind, pg_get_userbyid(p.proowner), p.proacl::text[],
+       obj_description(p.oid, 'pg_proc'), p.prosecdef, p.proconfig,
+       CASE WHEN p.prokind <> 'a' THEN pg_get_functiondef(p.oid) END
+FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1
+"""
+
+
+def test_functions_procedures_and_aggregates_on_the_row_type_survive(customers, run_copier):
+    customers.target(ROUTINES.format(n=customers.target_name))
+    before = customers.target_rows(ROUTINE_FACTS)
+    customers.source("UPDATE customers SET score = 9 WHERE id <= 3;"
+                     "ALTER TABLE customers ADD COLUMN note text")
+
+    for _ in range(2):
+        result = run_copier("TABLES=customers")
+        assert result.code == 0, result.stderr
+
+    after = customers.target_rows(ROUTINE_FACTS)
+    assert [row[:7] for row in after] == [row[:7] for row in before]
+    assert len(after) == 6
+    assert customers.target_rows("SELECT count(*) FROM best_customers(9)") == [(13,)]
+    assert customers.target_rows("SELECT customer_count(), (SELECT count(*) FROM labelled)") == [(100, 13)]
+    assert customers.target_rows("SELECT (top_customer(c)).score FROM customers c") == [(9,)]
+    assert debris(customers) == []
+
+
+def test_a_function_that_no_longer_fits_is_named_with_its_remedy_and_nothing_changes(customers, run_copier):
+    customers.target("CREATE FUNCTION scores() RETURNS bigint LANGUAGE sql STABLE"
+                     " BEGIN ATOMIC SELECT sum(score) FROM customers; END")
+    customers.source("ALTER TABLE customers DROP COLUMN score; DELETE FROM customers WHERE id > 1")
+
+    result = run_copier("TABLES=customers")
+
+    assert result.code == 1
+    assert ("function public.scores() does not fit the new shape of public.customers: "
+            "column customers.score does not exist") in result.stderr
+    assert "remove it on the reporting side: DROP ROUTINE public.scores()" in result.stderr
+    assert customers.target_rows("SELECT scores(), count(*) FROM customers") == [(450, 100)]
+    assert debris(customers) == []
+
+
+FOREIGN_KEYS = """
+CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers (id),
+                     parent_id int REFERENCES orders (id) DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO orders SELECT g, g % 100 + 1, NULLIF(g - 1, 0) FROM generate_series(1, 300) g;
+"""
+NOTES = "CREATE TABLE notes (customer_id int REFERENCES customers); INSERT INTO notes VALUES (100)"
+KEYS = ("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated"
+        " FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2")
+
+
+def test_foreign_keys_to_and_from_copied_tables_survive_and_are_validated_again(customers, run_copier):
+    customers.source(FOREIGN_KEYS)
+    customers.target(FOREIGN_KEYS.split("INSERT")[0] + "CREATE TABLE notes (customer_id int REFERENCES"
+                     " customers ON DELETE CASCADE); INSERT INTO notes VALUES (1), (2);"
+                     "COMMENT ON CONSTRAINT notes_customer_id_fkey ON notes IS 'kept'")
+    before = customers.target_rows(KEYS)
+    assert len(before) == 3 and all(valid for *_, valid in before)
+    customers.source("INSERT INTO customers VALUES (101, 'new', 1);"
+                     "INSERT INTO orders VALUES (301, 101, 300)")
+
+    for _ in range(2):
+        result = run_copier("TABLES=customers,orders", "--jobs", "2")
+        assert result.code == 0, result.stderr
+        assert customers.target_rows(KEYS) == before
+    assert customers.target_rows("SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint"
+                                 " WHERE conname = 'notes_customer_id_fkey'") == [("kept",)]
+    assert customers.target_rows("SELECT count(*) FROM orders WHERE customer_id = 101") == [(1,)]
+
+
+def test_a_key_that_tonights_rows_break_stays_not_valid_with_a_warning(customers, run_copier):
+    customers.target(NOTES)
+    customers.source("DELETE FROM customers WHERE id = 100")
+
+    result = run_copier("TABLES=customers")
+
+    assert result.code == 0, result.stderr
+    assert customers.target_rows("SELECT count(*) FROM customers") == [(99,)]
+    assert customers.target_rows(KEYS) == [
+        ("notes", "notes_customer_id_fkey", "FOREIGN KEY (customer_id) REFERENCES customers(id) NOT VALID",
+         False)]
+    (warning,) = result.of("warning")
+    assert warning["message"].startswith("foreign key notes_customer_id_fkey of public.notes stays NOT "
+                                         'VALID: insert or update on table "notes" violates foreign key')
+    assert warning["message"].endswith("ALTER TABLE public.notes VALIDATE CONSTRAINT notes_customer_id_fkey")
+
+
+def test_swap_together_validates_the_keys_and_fails_all_when_one_is_broken(customers, run_copier):
+    customers.source(FOREIGN_KEYS)
+    customers.target(FOREIGN_KEYS.split("INSERT")[0])
+    assert run_copier("TABLES=customers,orders", "--swap", "together").code == 0
+    assert all(valid for *_, valid in customers.target_rows(KEYS))
+    customers.target(NOTES)
+    customers.source("UPDATE orders SET customer_id = 1 WHERE customer_id = 100;"
+                     "DELETE FROM customers WHERE id = 100")
+
+    result = run_copier("TABLES=customers,orders", "--swap", "together")
+
+    assert result.code == 1
+    assert ("swap of all tables failed, none changed: tonight's rows break foreign key "
+            "notes_customer_id_fkey of public.notes") in result.stderr
+    assert "or ALTER TABLE public.notes DROP CONSTRAINT notes_customer_id_fkey" in result.stderr
+    assert customers.target_rows("SELECT count(*) FROM customers") == [(100,)]
+    assert customers.target_rows("SELECT count(*) FROM orders") == [(300,)]
+    assert all(valid for *_, valid in customers.target_rows(KEYS))
+    assert debris(customers) == []
+
+
+PARTITIONED = """
+CREATE TABLE events (id int NOT NULL, at date NOT NULL, kind text, PRIMARY KEY (id, at))
+    PARTITION BY RANGE (at);
+CREATE TABLE events_2023 PARTITION OF events FOR VALUES FROM ('2023-01-01') TO ('2024-01-01')
+    WITH (fillfactor = 70);
+CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+    PARTITION BY RANGE (at);
+CREATE TABLE events_2024_h1 PARTITION OF events_2024 FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+CREATE TABLE events_2024_rest PARTITION OF events_2024 DEFAULT;
+CREATE TABLE events_other PARTITION OF events DEFAULT;
+CREATE INDEX events_kind ON events (kind);
+CREATE INDEX events_2023_only ON events_2023 (kind, id);
+CREATE ROLE partition_reader_{n};
+GRANT SELECT ON events_2023 TO partition_reader_{n};
+COMMENT ON TABLE events_2024_h1 IS 'first half';
+"""
+PARTITION_FACTS = """
+SELECT c.relname, c.relkind, pg_get_expr(c.relpartbound, c.oid), c.reloptions, c.relacl::text[],
+       obj_description(c.oid, 'pg_class')
+FROM pg_partition_tree('events') t JOIN pg_class c ON c.oid = t.relid ORDER BY 1
+"""
+EVENT_INDEXES = ("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'events%'"
+                 " ORDER BY 1, 2")
+
+
+def test_a_partitioned_reporting_table_stays_partitioned(copier_env, run_copier):
+    copier_env.source("CREATE TABLE events (id int PRIMARY KEY, at date NOT NULL, kind text);"
+                      "INSERT INTO events SELECT g, date '2023-06-01' + g, substr('abc', g % 3 + 1, 1)"
+                      " FROM generate_series(1, 900) g")
+    copier_env.target(PARTITIONED.format(n=copier_env.target_name))
+    before = copier_env.target_rows(PARTITION_FACTS)
+    indexes = copier_env.target_rows(EVENT_INDEXES)
+
+    for _ in range(2):
+        result = run_copier("TABLES=events")
+        assert result.code == 0, result.stderr
+
+    assert copier_env.target_rows(PARTITION_FACTS) == before
+    assert copier_env.target_rows(EVENT_INDEXES) == indexes
+    assert result.of("index_skipped") == []  # the reporting side's key of that name is kept
+    assert copier_env.target_rows("SELECT count(*), sum(id) FROM events") == [(900, 405450)]
+    assert copier_env.target_rows("SELECT count(*) FROM events_2024_h1") == [(182,)]
+    assert debris(copier_env) == []
+
+
+def test_a_row_no_partition_takes_fails_the_table_with_advice(copier_env, run_copier):
+    copier_env.source("CREATE TABLE readings (at date NOT NULL, v int);"
+                      "INSERT INTO readings VALUES ('2024-05-01', 1)")
+    copier_env.target("CREATE TABLE readings (at date NOT NULL, v int) PARTITION BY RANGE (at);"
+                      "CREATE TABLE readings_2024 PARTITION OF readings"
+                      " FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+                      "INSERT INTO readings VALUES ('2024-02-02', 7)")
+    assert run_copier("TABLES=readings").code == 0
+    copier_env.source("INSERT INTO readings VALUES ('2031-01-01', 2)")
+
+    result = run_copier("TABLES=readings")
+
+    assert result.code == 1
+    assert ("a row of public.readings fits none of the reporting table's partitions (Partition key of the "
+            "failing row contains (at) = (2031-01-01).): add a partition for it on the reporting side, "
+            "or a default one (CREATE TABLE ... PARTITION OF public.readings DEFAULT)") in result.stderr
+    assert copier_env.target_rows("SELECT at::text, v FROM readings") == [("2024-05-01", 1)]
+    assert debris(copier_env) == []
+
+
+def test_a_partition_the_source_adds_appears_on_the_reporting_side(copier_env, run_copier):
+    schema = ("CREATE TABLE m (at date NOT NULL, v int) PARTITION BY RANGE (at);"
+              "CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');")
+    copier_env.source(schema + "INSERT INTO m VALUES ('2023-03-03', 1)")
+    copier_env.target(schema + "GRANT SELECT ON m_2023 TO PUBLIC")
+    copier_env.source("CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+                      "INSERT INTO m VALUES ('2024-04-04', 2)")
+
+    result = run_copier("TABLES=m")
+
+    assert result.code == 0, result.stderr
+    bounds = ("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_partition_tree('m') t"
+              " JOIN pg_class c ON c.oid = t.relid ORDER BY 1")
+    assert copier_env.target_rows(bounds) == copier_env.source_rows(bounds)
+    assert copier_env.target_rows("SELECT tableoid::regclass::text, v FROM m ORDER BY v") == [
+        ("m_2023", 1), ("m_2024", 2)]
+    grants = "SELECT relacl IS NOT NULL FROM pg_class WHERE relname = 'm_2023'"
+    assert copier_env.target_rows(grants) == [(True,)]
+
+
+OTHERS = """
+CREATE TABLE audit (customer_id int DEFAULT nextval('customers_seq'), what text);
+CREATE RULE no_delete AS ON DELETE TO customers DO INSTEAD NOTHING;
+CREATE RULE log_insert AS ON INSERT TO audit DO ALSO SELECT count(*) FROM customers;
+ALTER TABLE audit ENABLE ROW LEVEL SECURITY;
+CREATE POLICY known ON audit USING (customer_id IN (SELECT id FROM customers));
+CREATE TABLE vip_customers (level int) INHERITS (customers);
+INSERT INTO vip_customers VALUES (500, 'vip', 9, 3);
+CREATE PUBLICATION reporting_pub FOR TABLE customers;
+"""
+OTHERS_FACTS = """
+SELECT 'rule', pg_get_ruledef(r.oid) FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+    WHERE r.rulename <> '_RETURN' AND c.relnamespace = 'public'::regnamespace
+UNION ALL SELECT 'policy', policyname || ' ' || qual FROM pg_policies
+UNION ALL SELECT 'default', pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'audit'::regclass
+UNION ALL SELECT 'child', inhrelid::regclass || ' of ' || inhparent::regclass FROM pg_inherits
+UNION ALL SELECT 'publication', pubname || ' ' || tablename FROM pg_publication_tables
+ORDER BY 1, 2
+"""
+
+
+def test_rules_policies_defaults_children_and_publications_survive(customers, run_copier):
+    customers.source("CREATE SEQUENCE customers_seq; ALTER TABLE customers ALTER COLUMN id"
+                     " SET DEFAULT nextval('customers_seq')")
+    assert run_copier("TABLES=customers").code == 0
+    customers.target(OTHERS)
+    before = customers.target_rows(OTHERS_FACTS)
+    assert len(before) == 7  # the publication has the inheritance child too
+    customers.source("DELETE FROM customers WHERE id > 50")
+
+    result = run_copier("TABLES=customers")
+
+    assert result.code == 0, result.stderr
+    assert customers.target_rows(OTHERS_FACTS) == before
+    assert customers.target_rows("SELECT count(*) FROM customers") == [(51,)]  # the child's row too
+    assert customers.target_rows("SELECT count(*) FROM ONLY customers") == [(50,)]
+
+
+def test_a_column_of_the_tables_row_type_is_refused_before_anything_is_written(customers, run_copier):
+    customers.target("CREATE TABLE snapshots (c customers); INSERT INTO snapshots SELECT c FROM customers c")
+    customers.source("DELETE FROM customers; CREATE TYPE mood AS ENUM ('ok')")
+    customers.source("ALTER TABLE customers ADD COLUMN m mood")
+
+    result = run_copier("TABLES=customers")
+
+    assert result.code == 1
+    assert ("public.customers cannot be replaced: column c of table public.snapshots depends on it and "
+            "would not survive the refresh; resolve it on the reporting side (give the column another "
+            "type, e.g. ALTER TABLE public.snapshots ALTER COLUMN c TYPE jsonb USING to_jsonb(c)), "
+            "or stop copying public.customers") in result.stderr
+    assert customers.target_rows("SELECT count(*) FROM customers") == [(100,)]
+    assert customers.target_rows("SELECT count(*) FROM pg_type WHERE typname = 'mood'") == [(0,)]
+    assert debris(customers) == []
+
+
+def test_a_partition_of_a_reporting_table_is_refused(copier_env, run_copier):
+    copier_env.source("CREATE TABLE y2024 (at date, v int); INSERT INTO y2024 VALUES ('2024-01-01', 1)")
+    copier_env.target("CREATE TABLE years (at date, v int) PARTITION BY RANGE (at);"
+                      "CREATE TABLE y2024 PARTITION OF years"
+                      " FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+
+    result = run_copier("TABLES=y2024")
+
+    assert result.code == 1
+    assert ("public.y2024 is a partition of public.years on the reporting side: copy public.years instead "
+            "(its partitions come along), or ALTER TABLE public.years DETACH PARTITION public.y2024"
+            ) in result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM years") == [(0,)]
