@@ -152,6 +152,11 @@ class Options:
     progress_seconds: float = 30.0
     maintenance_work_mem: str = "512MB"
     index_workers: int = 0
+    # Tables staged and swapped together at the end of a per-table run (see late_swaps).
+    late_swap: frozenset[str] = frozenset()
+
+    def swaps_late(self, table: str) -> bool:
+        return self.swap == "together" or table in self.late_swap
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -1807,6 +1812,23 @@ SELECT DISTINCT d.classid::regclass::text, d.objid,
            WHEN 'pg_attrdef'::regclass THEN (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)
            WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = d.objid)
            WHEN 'pg_class'::regclass THEN d.objid
+       END,
+       CASE
+           WHEN d.classid = 'pg_rewrite'::regclass THEN (
+               SELECT CASE WHEN r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') THEN 'view' ELSE 'rule' END
+               FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+           WHEN d.classid = 'pg_proc'::regclass THEN 'routine'
+           WHEN d.classid = 'pg_constraint'::regclass THEN (
+               SELECT CASE WHEN contype <> 'f' THEN 'other' WHEN conparentid = 0 THEN 'foreign key'
+                           ELSE 'partition share of a key' END
+               FROM pg_constraint WHERE oid = d.objid)
+           WHEN d.classid = 'pg_policy'::regclass THEN 'policy'
+           WHEN d.classid = 'pg_attrdef'::regclass THEN 'default'
+           WHEN d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND EXISTS (
+               SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhrelid = d.objid AND i.inhparent = ANY(%(family)s) AND NOT c.relispartition)
+               THEN 'inheritance child'
+           ELSE 'other'
        END
 FROM pg_depend d
 JOIN unnest(%(catalogs)s::regclass[], %(oids)s::oid[]) AS ref(classid, objid)
@@ -1840,63 +1862,64 @@ DROP_ADVICE = {
 }
 
 
-def sweep_dependents(cur, table: TableName, table_oid: int) -> tuple[list, list[ForeignKey]]:
+def sweep_dependents(cur, table: TableName, table_oid: int,
+                     capture: bool = True) -> tuple[list, list[ForeignKey]]:
     """Everything outside the table that depends on it, its partitions, its row type or its
     sequences, and, in turn, on the views and routines among them: (what is made again, in
-    dependency order; the other tables' foreign keys to it). Raises Refused for what cannot be."""
+    dependency order; the other tables' foreign keys to it). Raises Refused for what cannot be.
+
+    Other jobs may replace views meanwhile: what is gone by the time it is read is passed over.
+    Without capture, only the refusals: reading a view's definition locks what it reads.
+    """
     cur.execute(FAMILY_QUERY, {"oid": table_oid})
-    family = {row[0] for row in cur.fetchall()}
+    family = sorted(row[0] for row in cur.fetchall())
     found: dict[tuple, tuple[int, tuple]] = {}  # (catalog, oid, column) -> (depth, row)
-    seeds = relation_seeds(cur, sorted(family))
+    seeds = relation_seeds(cur, family)
     depth = 0
     while seeds and depth < 50:
         depth += 1
-        cur.execute(DEPENDENTS_QUERY, {"catalogs": [c for c, _ in seeds], "oids": [o for _, o in seeds]})
+        cur.execute(DEPENDENTS_QUERY, {"catalogs": [c for c, _ in seeds], "oids": [o for _, o in seeds],
+                                       "family": family})
         views, routines = [], []
         for row in cur.fetchall():
-            catalog, oid, column, _description, _type, _identity, relation = row
-            if relation in family:
-                continue  # the table's own: carried with it, below
+            catalog, oid, column, _description, _type, _identity, relation, role = row
+            if relation in family or role is None:
+                continue  # the table's own (carried with it), or gone meanwhile
             found[(catalog, oid, column)] = (depth, row)
-            if catalog == "pg_rewrite" and is_view_rule(cur, oid):
+            if role == "view":
                 views.append(relation)
-            elif catalog == "pg_proc":
+            elif role == "routine":
                 routines.append(("pg_proc", oid))
         seeds = relation_seeds(cur, views) + routines
-    ordered = sorted(found.values(), key=lambda item: item[0])
-    recreated_views = {row[6] for _, row in ordered if row[0] == "pg_rewrite" and is_view_rule(cur, row[1])}
+    ordered = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
+    recreated_views = {row[6] for row in ordered if row[7] == "view"}
     dependents, foreign_keys = [], []
-    for _, row in ordered:
-        catalog, oid, column, description, kind, identity, relation = row
-        if catalog == "pg_rewrite":
-            if is_view_rule(cur, oid):
-                dependents.append(capture_view(cur, relation))
-            elif relation not in recreated_views:  # a view's own rules come with the view
-                dependents.append(capture_rule(cur, oid, description))
-        elif catalog == "pg_proc":
-            dependents.append(capture_routine(cur, oid))
-        elif catalog == "pg_constraint" and constraint_kind(cur, oid) == ("f", 0):
-            foreign_keys.append(capture_foreign_key(cur, oid))
-        elif catalog == "pg_constraint" and constraint_kind(cur, oid)[0] == "f":
-            continue  # a partition's copy of a key, made again with the key itself
-        elif catalog == "pg_policy":
-            dependents.append(capture_policy(cur, oid, description))
-        elif catalog == "pg_attrdef":
-            dependents.append(capture_default(cur, oid, description))
-        elif catalog == "pg_class" and column == 0 and (parent := inheritance_parent(cur, oid, family)):
-            child = regclass_text(cur, oid)
-            dependents.append(Restatement(
-                f"inheritance child {child}", f"ALTER TABLE {child} NO INHERIT {parent}",
-                f"ALTER TABLE {child} INHERIT {parent}", f"ALTER TABLE {child} NO INHERIT {parent}"))
-        else:
+    for _catalog, oid, _column, description, kind, identity, relation, role in ordered:
+        if role == "other":
             raise refusal(cur, table, description, kind, identity)
-    # Dedupe views reached along several paths: the deepest place is the one that counts.
+        if not capture:
+            continue
+        if role == "view":
+            dependents.append(capture_view(cur, relation))
+        elif role == "rule" and relation not in recreated_views:  # a view's own come with it
+            dependents.append(capture_rule(cur, oid, description))
+        elif role == "routine":
+            dependents.append(capture_routine(cur, oid))
+        elif role == "foreign key":
+            foreign_keys.append(capture_foreign_key(cur, oid))
+        elif role == "policy":
+            dependents.append(capture_policy(cur, oid, description))
+        elif role == "default":
+            dependents.append(capture_default(cur, oid, description))
+        elif role == "inheritance child":
+            dependents.append(capture_child(cur, oid, family))
+    # Views reached along several paths: the deepest place is the one that counts.
     seen, unique = set(), []
     for dependent in reversed(dependents):
-        if dependent.what not in seen:
+        if dependent is not None and dependent.what not in seen:
             seen.add(dependent.what)
             unique.append(dependent)
-    return list(reversed(unique)), foreign_keys
+    return list(reversed(unique)), [key for key in foreign_keys if key is not None]
 
 
 def relation_seeds(cur, relations: list[int]) -> list[tuple[str, int]]:
@@ -1909,28 +1932,15 @@ def relation_seeds(cur, relations: list[int]) -> list[tuple[str, int]]:
     return seeds
 
 
-def is_view_rule(cur, rule_oid: int) -> bool:
-    cur.execute("SELECT r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') FROM pg_rewrite r "
-                "JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = %s", (rule_oid,))
-    return cur.fetchone()[0]
-
-
-def constraint_kind(cur, oid: int) -> tuple[str, int]:
-    cur.execute("SELECT contype, conparentid FROM pg_constraint WHERE oid = %s", (oid,))
-    return tuple(cur.fetchone())
-
-
-def regclass_text(cur, oid: int) -> str:
-    cur.execute("SELECT %s::regclass::text", (oid,))
-    return cur.fetchone()[0]
-
-
-def inheritance_parent(cur, child: int, family: set[int]) -> str | None:
-    cur.execute("SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhrelid = %s AND i.inhparent = ANY(%s) AND NOT c.relispartition",
-                (child, sorted(family)))
+def capture_child(cur, oid: int, family: list[int]) -> Restatement | None:
+    cur.execute("SELECT i.inhrelid::regclass::text, i.inhparent::regclass::text FROM pg_inherits i "
+                "WHERE i.inhrelid = %s AND i.inhparent = ANY(%s)", (oid, family))
     row = cur.fetchone()
-    return row[0] if row else None
+    if row is None:
+        return None
+    child, parent = row
+    return Restatement(f"inheritance child {child}", f"ALTER TABLE {child} NO INHERIT {parent}",
+                       f"ALTER TABLE {child} INHERIT {parent}", f"ALTER TABLE {child} NO INHERIT {parent}")
 
 
 def refusal(cur, table: TableName, description: str, kind: str, identity: str) -> Refused:
@@ -1952,12 +1962,15 @@ SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %(oid)s AND NOT tg
 """
 
 
-def capture_view(cur, oid: int) -> DependentView:
+def capture_view(cur, oid: int) -> DependentView | None:
     cur.execute(
         "SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid), coalesce(c.reloptions, '{}'), "
         "pg_get_userbyid(c.relowner), c.relispopulated, obj_description(c.oid, 'pg_class') "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
-    schema, name, kind, definition, options, owner, populated, comment = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        return None
+    schema, name, kind, definition, options, owner, populated, comment = row
     cur.execute(GRANTS_QUERY, (oid,))
     grants = cur.fetchall()
     cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
@@ -1987,9 +2000,12 @@ ORDER BY 1, 2
 """
 
 
-def capture_routine(cur, oid: int) -> Routine:
+def capture_routine(cur, oid: int) -> Routine | None:
     cur.execute(ROUTINE_QUERY, (oid,))
-    signature, kind, owner, comment, definition = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        return None
+    signature, kind, owner, comment, definition = row
     if kind == "a":
         definition = aggregate_definition(cur, oid, signature)
     cur.execute(ROUTINE_GRANTS_QUERY, (signature,))
@@ -2043,9 +2059,10 @@ ORDER BY 1, 2
 """
 
 
-def capture_foreign_key(cur, oid: int) -> ForeignKey:
+def capture_foreign_key(cur, oid: int) -> ForeignKey | None:
     cur.execute(FOREIGN_KEY_QUERY.format("c.oid = %s"), (oid,))
-    return foreign_key(*cur.fetchone())
+    row = cur.fetchone()
+    return foreign_key(*row) if row else None
 
 
 def foreign_key(table, name, definition, valid, comment, partitioned) -> ForeignKey:
@@ -2053,30 +2070,39 @@ def foreign_key(table, name, definition, valid, comment, partitioned) -> Foreign
     return ForeignKey(table, name, definition, valid, comment, partitioned)
 
 
-def capture_rule(cur, oid: int, description: str) -> Restatement:
+def capture_rule(cur, oid: int, description: str) -> Restatement | None:
     cur.execute("SELECT quote_ident(rulename), ev_class::regclass::text, pg_get_ruledef(oid) "
                 "FROM pg_rewrite WHERE oid = %s", (oid,))
-    name, relation, definition = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        return None
+    name, relation, definition = row
     drop = f"DROP RULE {name} ON {relation}"
     return Restatement(description, drop, definition, drop)
 
 
-def capture_policy(cur, oid: int, description: str) -> Restatement:
+def capture_policy(cur, oid: int, description: str) -> Restatement | None:
     cur.execute(
         "SELECT p.policyname, p.permissive, p.roles::text[], p.cmd, p.qual, p.with_check, "
         "pol.polrelid::regclass::text FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_policies p ON p.schemaname = n.nspname "
         "AND p.tablename = c.relname AND p.policyname = pol.polname WHERE pol.oid = %s", (oid,))
-    *policy, relation = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        return None
+    *policy, relation = row
     drop = f"DROP POLICY {quote_ident(policy[0])} ON {relation}"
     return Restatement(description, drop, policy_statement(sql.SQL(relation), policy).as_string(cur), drop)
 
 
-def capture_default(cur, oid: int, description: str) -> Restatement:
+def capture_default(cur, oid: int, description: str) -> Restatement | None:
     cur.execute("SELECT d.adrelid::regclass::text, quote_ident(a.attname), pg_get_expr(d.adbin, d.adrelid) "
                 "FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
                 "WHERE d.oid = %s", (oid,))
-    relation, column, expression = cur.fetchone()
+    row = cur.fetchone()
+    if row is None:
+        return None
+    relation, column, expression = row
     alter = f"ALTER TABLE {relation} ALTER COLUMN {column}"
     return Restatement(description, f"{alter} DROP DEFAULT", f"{alter} SET DEFAULT {expression}",
                        f"{alter} DROP DEFAULT")
@@ -2134,7 +2160,7 @@ def refuse_what_cannot_survive(cur, table: TableName) -> None:
         raise Refused(f"{table.qualified} is a partition of {row[0]} on the reporting side: copy {row[0]} "
                       f"instead (its partitions come along), or ALTER TABLE {row[0]} DETACH PARTITION "
                       f"{table.qualified}")
-    sweep_dependents(cur, table, oid)
+    sweep_dependents(cur, table, oid, capture=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2201,11 +2227,12 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
                          capture_partitions(cur, oid))
 
 
-def swap_into_place(cur, staged: StagedTable, options: Options) -> list[ForeignKey]:
+def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False) -> list[ForeignKey]:
     """Replace the reporting table by the staged one; retried while readers hold locks.
 
     Runs inside the caller's transaction: nothing is visible to readers until it commits.
-    Returns the foreign keys to make again once the tables they join are in place.
+    Returns the foreign keys to validate once both of their tables are in place, or with
+    defer_keys, those still to make (once all the tables they join are in place).
     """
     cur.execute("SAVEPOINT copier_swap")
     for attempt in range(options.lock_retries + 1):
@@ -2213,6 +2240,8 @@ def swap_into_place(cur, staged: StagedTable, options: Options) -> list[ForeignK
             cur.execute("SELECT set_config('lock_timeout', %s, true)",
                         (f"{int(options.lock_timeout * 1000)}ms",))
             foreign_keys = replace_table(cur, staged)
+            if not defer_keys:  # inside the retries: a key locks the table at its other end
+                foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
             cur.execute("SELECT set_config('lock_timeout', '0', true)")
             cur.execute("RELEASE SAVEPOINT copier_swap")
             return foreign_keys
@@ -2574,7 +2603,7 @@ class TableCopier:
             seconds = round(time.monotonic() - started, 2)
             result = TableResult(name, True, staged.rows, staged.bytes, seconds,
                                  attempts=attempt + 1)
-            if self.options.swap == "together":
+            if self.options.swaps_late(name):
                 result.staged = staged
                 log_event("table_staged", table=name, job=self.job, rows=staged.rows,
                           bytes=staged.bytes, seconds=seconds)
@@ -2603,9 +2632,8 @@ class TableCopier:
                 set_statistics(cur, definition, staged)
                 set_sequences(self.src, cur, definition, staged)
                 cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
-                if self.options.swap == "table":
-                    keys = swap_into_place(cur, staged, self.options)
-                    staged.foreign_keys = add_foreign_keys(cur, keys, staged.table)
+                if not self.options.swaps_late(definition.table.qualified):
+                    staged.foreign_keys = swap_into_place(cur, staged, self.options)
                 cur.execute("COMMIT")
             except BaseException:
                 if not self.dst.closed:
@@ -2737,7 +2765,8 @@ def run_tables(tables: list[SourceTable], settings: dict, options: Options,
     return [by_name[t.table.qualified] for t in ordered]
 
 
-def swap_together(dst, results: list[TableResult], options: Options) -> list[TableResult]:
+def swap_together(dst, results: list[TableResult], options: Options,
+                  why: str = "--swap together") -> list[TableResult]:
     """--swap together: every staged table goes live in one transaction, or none does."""
     staged = [r.staged for r in results if r.ok]
     if len(staged) == len(results):
@@ -2746,7 +2775,8 @@ def swap_together(dst, results: list[TableResult], options: Options) -> list[Tab
             try:
                 # Keys between the tables are made again once all of them are in place, then
                 # validated: they see one night's rows on both sides.
-                keys = [(table, key) for table in staged for key in swap_into_place(cur, table, options)]
+                keys = [(table, key) for table in staged
+                        for key in swap_into_place(cur, table, options, defer_keys=True)]
                 validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
                 cur.execute("COMMIT")
             except BaseException as exc:
@@ -2765,9 +2795,33 @@ def swap_together(dst, results: list[TableResult], options: Options) -> list[Tab
     drop_staged(dst, staged)
     for r in results:
         if r.ok:
-            r.ok, r.error = False, "not swapped: another table of the run failed (--swap together)"
+            r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
             log_event("table_failed", table=r.table, error=r.error)
     return results
+
+
+# Foreign keys of partitioned tables on the target whose two ends are both tables.
+PARTITIONED_KEYS_QUERY = """
+SELECT rn.nspname, r.relname, fn.nspname, f.relname
+FROM pg_constraint c
+JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
+WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
+"""
+
+
+def late_swaps(dst, tables: list[SourceTable]) -> frozenset[str]:
+    """Before PostgreSQL 18 a partitioned table's foreign key cannot be made NOT VALID, so it is
+    checked when it is made again: the tables it joins go live together at the end of the run,
+    when both hold the same night's rows, instead of each at its own moment."""
+    if dst.server_version >= 180000:
+        return frozenset()
+    names = {(t.table.schema, t.table.name): t.table.qualified for t in tables}
+    with dst.cursor() as cur:
+        cur.execute(PARTITIONED_KEYS_QUERY)
+        ends = [((a, b), (c, d)) for a, b, c, d in cur.fetchall()]
+    return frozenset(names[end] for pair in ends if any(e in names for e in pair)
+                     for end in pair if end in names)
 
 
 def drop_staged(dst, staged: list[StagedTable]) -> None:
@@ -2852,11 +2906,16 @@ def run(options: Options, settings: dict) -> int:
             print_plan(plan_jobs(tables, options.jobs))
             return 0
         lock_tables(dst, tables)
+        if options.swap == "table":
+            options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
         snapshot = export_snapshot(src)
         results = run_tables(tables, settings, options, snapshot)
         if options.swap == "together":
             results = swap_together(dst, results, options)
         else:
+            late = [r for r in results if r.table in options.late_swap]
+            if late:
+                swap_together(dst, late, options, "tables joined by a partitioned table's foreign key")
             validate_after_run(dst, [key for r in results if r.ok for key in r.foreign_keys],
                                options.lock_timeout)
     finally:
