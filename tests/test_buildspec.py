@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,14 @@ def test_the_ecr_buildspec_runs_the_copier_from_the_image():
 
 @pytest.fixture(scope="module")
 def build_python(tmp_path_factory) -> Path:
-    """A fresh venv seeing the system's packages, so pip needs no network."""
+    """A fresh venv seeing the packages of the Python running the tests (itself often .venv,
+    whose packages --system-site-packages would not see), so pip needs no network."""
     venv = tmp_path_factory.mktemp("codebuild") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "tests_python.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return venv / "bin"
 
 
