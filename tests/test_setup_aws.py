@@ -28,7 +28,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 import copier
-import deployment
+import deploy
 import setup_aws
 import teardown_aws
 
@@ -144,7 +144,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert configuration["Environment"]["Variables"] == {
         "WEBHOOK_PARAMETER": f"/{prefix}-notify/slack_webhook_url"}
     assert function["Tags"]["project"] == prefix
-    zipped = deployment.zip_notify_function()
+    zipped = deploy.resources.zip_notify_function()
     assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py"]
     assert configuration["CodeSha256"] == base64.b64encode(
         __import__("hashlib").sha256(zipped).digest()).decode()
@@ -355,7 +355,7 @@ def test_two_prefixes_live_side_by_side(aws, config, capsys):
 
 
 def test_default_prefix_matches_the_copier_default():
-    assert deployment.Names(deployment.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
+    assert deploy.Names(deploy.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
 
 
 def test_manual_start_is_named_after_the_date_and_runs_once(aws, config, capsys):
@@ -402,13 +402,13 @@ class Flaky:
 @pytest.fixture
 def delays(monkeypatch) -> list[float]:
     recorded: list[float] = []
-    monkeypatch.setattr(deployment, "_sleep", recorded.append)
+    monkeypatch.setattr(deploy.aws, "sleep", recorded.append)
     return recorded
 
 
 def test_throttling_is_retried_with_growing_jittered_delays(delays):
     call = Flaky(*[client_error("ThrottlingException", "ListRoles")] * 4)
-    assert deployment.with_aws_retries(call)() == "done"
+    assert deploy.aws.with_aws_retries(call)() == "done"
     assert call.calls == 5 and len(delays) == 4
     for attempt, delay in enumerate(delays, start=1):
         ceiling = min(20, 0.5 * 2 ** (attempt - 1))
@@ -427,7 +427,7 @@ def test_throttling_is_retried_with_growing_jittered_delays(delays):
 ])
 def test_a_role_still_propagating_is_retried(delays, error):
     call = Flaky(error, error)
-    assert deployment.with_aws_retries(call)() == "done"
+    assert deploy.aws.with_aws_retries(call)() == "done"
     assert call.calls == 3
 
 
@@ -440,7 +440,7 @@ def test_a_role_still_propagating_is_retried(delays, error):
 def test_other_errors_are_not_retried(delays, error):
     call = Flaky(error)
     with pytest.raises(ClientError):
-        deployment.with_aws_retries(call)()
+        deploy.aws.with_aws_retries(call)()
     assert call.calls == 1 and delays == []
 
 
@@ -448,8 +448,8 @@ def test_retries_give_up_after_a_bounded_number_of_attempts(delays):
     error = client_error("InvalidParameterValueException", "CreateFunction", "cannot be assumed")
     call = Flaky(*[error] * 50)
     with pytest.raises(ClientError):
-        deployment.with_aws_retries(call)()
-    assert call.calls == deployment.ROLE_PROPAGATION_ATTEMPTS
+        deploy.aws.with_aws_retries(call)()
+    assert call.calls == deploy.aws.ROLE_PROPAGATION_ATTEMPTS
     assert 30 <= sum(delays) <= 90  # about a minute of waiting for IAM, not forever
 
 
@@ -457,26 +457,26 @@ def test_retries_give_up_after_a_bounded_number_of_attempts(delays):
 
 
 def test_saved_query_is_created_once_and_then_left_unchanged(aws, config):
-    settings = deployment.Settings(tables=["public.a"], github_url="https://x", region=REGION)
-    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options())
-    (query,) = [r for r in d.resources() if isinstance(r, deployment.QueryDefinition)]
+    settings = deploy.Settings(tables=["public.a"], github_url="https://x", region=REGION)
+    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options())
+    (query,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.resources.QueryDefinition)]
     logs = boto3.client("logs", region_name=REGION)
-    d.aws._clients["logs"] = deployment.RetryingClient(logs)
+    d.aws._clients["logs"] = deploy.aws.RetryingClient(logs)
     expected_query = {"name": "nightly-copy/table-durations",
-                      "queryString": deployment.DURATIONS_QUERY,
+                      "queryString": deploy.resources.DURATIONS_QUERY,
                       "logGroupNames": ["/aws/codebuild/nightly-copy"]}
     with Stubber(logs) as stub:
         stub.add_response("describe_query_definitions", {"queryDefinitions": []},
                           {"queryDefinitionNamePrefix": "nightly-copy/table-durations"})
         stub.add_response("put_query_definition", {"queryDefinitionId": "q-1"}, expected_query)
-        assert deployment.ensure_present(query, dry_run=False).status == "created"
+        assert deploy.ensure_present(query, dry_run=False).status == "created"
         stub.add_response("describe_query_definitions", {"queryDefinitions": [
             {**expected_query, "queryDefinitionId": "q-1"}]},
             {"queryDefinitionNamePrefix": "nightly-copy/table-durations"})
-        assert deployment.ensure_present(query, dry_run=False).status == "unchanged"
+        assert deploy.ensure_present(query, dry_run=False).status == "unchanged"
         stub.assert_no_pending_responses()
-    assert 'filter event = "table_copied"' in deployment.DURATIONS_QUERY
-    assert "seconds" in deployment.DURATIONS_QUERY
+    assert 'filter event = "table_copied"' in deploy.resources.DURATIONS_QUERY
+    assert "seconds" in deploy.resources.DURATIONS_QUERY
 
 
 # --- the scripts as separate processes against moto_server
@@ -522,7 +522,7 @@ def test_flags_override_the_config_file(tmp_path):
     args = setup_aws.build_parser().parse_args([
         "--config", str(config), "--jobs", "2", "--target-host", "other.internal",
         "--subnets", "subnet-1,subnet-2"])
-    settings = deployment.load_settings(args)
+    settings = deploy.load_settings(args)
     assert settings.jobs == 2
     assert settings.tables == ["public.x", "public.y"]
     assert settings.subnets == ["subnet-1", "subnet-2"]
@@ -617,16 +617,16 @@ def test_builds_in_a_vpc_get_network_interface_permissions(aws, tmp_path, capsys
 
 def test_a_custom_ecr_image_runs_without_source_and_may_pull_only_its_repository(aws):
     image = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/nightly-copy:2026-11"
-    settings = deployment.Settings(tables=["public.a"], ecr_image=image, region=REGION)
+    settings = deploy.Settings(tables=["public.a"], ecr_image=image, region=REGION)
     settings.validate_for_setup()
-    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options(), [["a"]])
-    (project,) = [r for r in d.resources() if isinstance(r, deployment.CodeBuildProject)]
+    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options(), [["a"]])
+    (project,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.resources.CodeBuildProject)]
     spec = project.spec()
-    assert spec["source"] == {"type": "NO_SOURCE", "buildspec": deployment.ECR_BUILDSPEC}
+    assert spec["source"] == {"type": "NO_SOURCE", "buildspec": deploy.resources.ECR_BUILDSPEC}
     assert "sourceVersion" not in spec
     assert (spec["environment"]["image"], spec["environment"]["imagePullCredentialsType"]) == (
         image, "SERVICE_ROLE")
-    pulls = statements_by_action(d.codebuild_permissions())
+    pulls = statements_by_action(deploy.permissions.codebuild(d))
     assert pulls["ecr:BatchGetImage"] == [
         "arn:aws:ecr:eu-west-1:210987654321:repository/nightly-copy"]
     assert pulls["ecr:GetAuthorizationToken"] == ["*"]  # the action has no resource type
