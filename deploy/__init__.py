@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 import copier
 from deploy import batch, permissions
-from deploy.aws import Aws, AwsError, describe_error, error_code, is_server_error
+from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.batch import ComputeEnvironment, InstanceProfile, JobDefinition, JobQueue, ServiceLinkedRole
 from deploy.deployment import Deployment, Options
 from deploy.names import BATCH_SERVICE_LINKED_ROLE, TAG_KEY, Names, execution_input, execution_name
@@ -168,8 +168,6 @@ def _aws_step(resource: Resource, step: Callable[[], Any]) -> Any:
         return step()
     except (ClientError, BotoCoreError) as err:
         raise AwsError(f"{resource.label}: {describe_error(err)}") from err
-    except NotImplementedError as err:  # moto, in process, for APIs it lacks
-        raise AwsError(f"{resource.label}: not implemented by this endpoint: {err}") from err
 
 
 @dataclass
@@ -185,43 +183,23 @@ class Outcome:
         return f"{status:>18}  {label}" + (f"  ({self.detail})" if self.detail else "")
 
 
-def _unavailable(resource: Resource, err: AwsError, status: str) -> Outcome | None:
-    """The saved query is a convenience (and an API moto lacks): a server error there is
-    reported, not fatal. Any other error, or an error on any other resource, stops the walk."""
-    if isinstance(resource, QueryDefinition) and is_server_error(err.__cause__):
-        return Outcome(status, f"{describe_error(err.__cause__)}; docs/aws.md has the query")
-    return None
-
-
 def ensure_present(resource: Resource, dry_run: bool) -> Outcome:
     """Create or update one resource; return what happened (or, in a dry run, would)."""
-    try:
-        current = _aws_step(resource, resource.find)
-        if current is None:
-            if not dry_run:
-                _aws_step(resource, resource.create)
-            return Outcome("created")
-        changed = resource.differences(current)
-        if not changed:
-            return Outcome("unchanged")
+    current = _aws_step(resource, resource.find)
+    if current is None:
         if not dry_run:
-            _aws_step(resource, lambda: resource.update(current, changed))
-        return Outcome("updated", ", ".join(changed))
-    except AwsError as err:
-        unavailable = _unavailable(resource, err, "not saved")
-        if unavailable is None:
-            raise
-        return unavailable
+            _aws_step(resource, resource.create)
+        return Outcome("created")
+    changed = resource.differences(current)
+    if not changed:
+        return Outcome("unchanged")
+    if not dry_run:
+        _aws_step(resource, lambda: resource.update(current, changed))
+    return Outcome("updated", ", ".join(changed))
 
 
 def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
-    try:
-        current = _aws_step(resource, resource.find)
-    except AwsError as err:
-        unavailable = _unavailable(resource, err, "not checked")
-        if unavailable is None:
-            raise
-        return unavailable
+    current = _aws_step(resource, resource.find)
     if current is None:
         return Outcome("absent")
     if not resource.owned(current):

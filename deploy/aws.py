@@ -128,12 +128,3 @@ def describe_error(err: Exception) -> str:
 
 def error_code(err: ClientError) -> str:
     return err.response.get("Error", {}).get("Code", "")
-
-
-def is_server_error(err: BaseException | None) -> bool:
-    """A 5xx answer or, with moto in process, an API it does not implement."""
-    if isinstance(err, NotImplementedError):
-        return True
-    if isinstance(err, ClientError):
-        return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
-    return False
