@@ -42,8 +42,8 @@ from deploy.names import job_name
 from deploy.plan import deployed_assignment, table_weights
 from deploy.resources import StateMachine
 
-COPIED, FAILED, STAGED, FINISHED = "table_copied", "table_failed", "table_staged", "run_finished"
-PARALLEL_STATE = "Copy tables"  # the Parallel state of state_machine.json
+COPIED, FAILED, STAGED, FINISHED = (copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED,
+                                    copier.EVENT_TABLE_STAGED, copier.EVENT_RUN_FINISHED)
 # Log lines are written while the builds run, inside the execution's start and stop; the
 # margin covers clock skew and a build still flushing its last lines.
 LOG_WINDOW_MARGIN = dt.timedelta(minutes=15)
@@ -154,7 +154,7 @@ def parallel_results(nightly: Nightly, execution_arn: str) -> list[dict] | None:
     for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True):
         for event in page["events"]:
             details = event.get("stateExitedEventDetails") or {}
-            if event["type"] == "ParallelStateExited" and details.get("name") == PARALLEL_STATE:
+            if event["type"] == "ParallelStateExited" and details.get("name") == Names.copy_state:
                 return json.loads(details.get("output") or "{}").get("jobs")
     return None
 

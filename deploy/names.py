@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 TAG_KEY = "project"
 CODEBUILD_SYNC_RULE = "StepFunctionsGetEventForCodeBuildStartBuildRule"
@@ -19,6 +20,8 @@ class Names:
     """Every name the deployment uses, derived from the prefix: written here and nowhere else."""
 
     prefix: str
+    # The Parallel state of state_machine.json that runs the copy jobs.
+    copy_state: ClassVar[str] = "Copy tables"
 
     @property
     def ssm_prefix(self) -> str:

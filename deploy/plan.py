@@ -24,11 +24,12 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[
 
         params = {**{k: v for k, v in copier.CONNECTION_SETTINGS.items() if v is not None},
                   **settings.source, "password": password}
-        try:
-            conn = psycopg2.connect(connect_timeout=5, **params)
+        try:  # the copier's own connection: its keepalives, session settings, version check
+            conn = copier.connect({**params, "connect_timeout": 5}, "source")
         except psycopg2.Error as err:
-            out(f"source not reachable ({str(err).strip().splitlines()[0]}); "
-                "using configured weights")
+            out(f"source not reachable ({copier.first_line(err)}); using configured weights")
+        except copier.CopierError as err:  # a server too old for the copier
+            raise SettingsError(f"source: {err}") from err
         else:
             try:
                 sizes = copier.source_table_sizes(conn, ",".join(settings.tables))
@@ -48,18 +49,10 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[
 
 
 def split_tables_value(text: str) -> list[str]:
-    """A TABLES value back into the names it was joined from (commas inside quotes stay)."""
-    names, current, quoted = [], "", False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted  # a doubled quote toggles twice: still inside
-        if ch == "," and not quoted:
-            names.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    names.append(current.strip())
-    return [name for name in names if name]
+    """A TABLES value back into the names it was joined from, by the copier's own parser."""
+    return [".".join(f'"{part.replace(chr(34), chr(34) * 2)}"' if quoted else part
+                     for part, quoted in parts)
+            for parts in copier.split_table_list(text)]
 
 
 def _tables_value(node: Any) -> str | None:
@@ -81,7 +74,7 @@ def _tables_value(node: Any) -> str | None:
 
 def assignment_of(definition: dict) -> list[list[str]] | None:
     """The tables of each job in a rendered nightly definition, or None if it has none."""
-    branches = definition.get("States", {}).get("Copy tables", {}).get("Branches") or []
+    branches = definition.get("States", {}).get(Names.copy_state, {}).get("Branches") or []
     values = [_tables_value(branch) for branch in branches]
     if not values or None in values:
         return None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+import copier
 from deploy.aws import Aws, AwsError, error_code
 from deploy.names import TAG_KEY
 from deploy.permissions import policy
@@ -40,7 +41,7 @@ phases:
 """
 DURATIONS_QUERY = (
     "fields @timestamp, @logStream, table, rows, bytes, seconds\n"
-    '| filter event = "table_copied"\n'
+    f'| filter event = "{copier.EVENT_TABLE_COPIED}"\n'
     "| sort seconds desc"
 )
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from deploy.names import job_name
+from deploy.names import Names, job_name
 from deploy.settings import SettingsError
 
 HERE = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
         return node
 
     definition = copy.deepcopy(template)
-    parallel = definition["States"]["Copy tables"]
+    parallel = definition["States"][Names.copy_state]
     (branch,) = parallel["Branches"]
     parallel["Branches"] = [
         fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(tables)})
@@ -57,7 +57,7 @@ def with_batch_task(template: dict, batch_task: dict) -> dict:
     without "Type": both runners get the same variables, written once.
     """
     definition = copy.deepcopy(template)
-    (branch,) = definition["States"]["Copy tables"]["Branches"]
+    (branch,) = definition["States"][Names.copy_state]["Branches"]
     task = branch["States"][branch["StartAt"]]
     environment = []
     for variable in task["Parameters"]["EnvironmentVariablesOverride"]:

@@ -230,7 +230,7 @@ def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict
     then the task's own ResultSelector as a Pass; a failing job's task becomes an sns:publish
     to a missing topic, which fails and goes to the branch's own Catch."""
     rewritten = copy.deepcopy(definition)
-    for branch in rewritten["States"]["Copy tables"]["Branches"]:
+    for branch in rewritten["States"][deploy.Names.copy_state]["Branches"]:
         name = branch["StartAt"]
         task = branch["States"][name]
         job = task["ResultSelector"]["job"]

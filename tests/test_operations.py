@@ -314,7 +314,7 @@ def test_rebalance_proposes_from_medians_and_points_out_the_bounding_table(histo
     assert result["bounding"] == [{"table": "public.a", "job": "job-1", "seconds": 2400,
                                    "rest_seconds": 0}]
     assert result["applied"] is None
-    assert definition()["States"]["Copy tables"]["Branches"][1]["States"]["job-2"][
+    assert definition()["States"][deploy.Names.copy_state]["Branches"][1]["States"]["job-2"][
         "Parameters"]["EnvironmentVariablesOverride"][0]["Value"] == "public.b,public.g"
 
 
@@ -374,7 +374,7 @@ def test_apply_updates_the_state_machine_and_a_later_setup_keeps_it(history, cap
     assert code == 0
     assert out.splitlines()[-1] == "updated  state machine nightly-copy  (definition)"
     assert deploy.plan.assignment_of(definition()) == PROPOSED
-    task = definition()["States"]["Copy tables"]["Branches"][2]["States"]["job-3"]
+    task = definition()["States"][deploy.Names.copy_state]["Branches"][2]["States"]["job-3"]
     assert task["Parameters"]["EnvironmentVariablesOverride"][0]["Value"] == (
         "public.d,public.g,public.f")
 

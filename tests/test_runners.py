@@ -321,7 +321,7 @@ def assert_batch_configuration(net: dict, jobs: int = 3, compute: str = "FARGATE
 
     machine = boto3.client("stepfunctions").describe_state_machine(
         stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy")
-    branches = json.loads(machine["definition"])["States"]["Copy tables"]["Branches"]
+    branches = json.loads(machine["definition"])["States"][deploy.Names.copy_state]["Branches"]
     assert len(branches) == jobs
     for branch in branches:
         task = branch["States"][branch["StartAt"]]
@@ -569,8 +569,8 @@ def test_batch_definition_has_a_valid_job_per_branch_and_every_table_once(engine
             assert all(error.startswith("Batch.") for error in retry["ErrorEquals"])
     assert sorted(assigned) == sorted(TABLES)
     # everything after the jobs is the CodeBuild version's, to the letter
-    assert {k: v for k, v in definition["States"].items() if k != "Copy tables"} == {
-        k: v for k, v in codebuild["States"].items() if k != "Copy tables"}
+    assert {k: v for k, v in definition["States"].items() if k != deploy.Names.copy_state} == {
+        k: v for k, v in codebuild["States"].items() if k != deploy.Names.copy_state}
 
 
 def test_a_non_plaintext_override_cannot_go_to_batch():

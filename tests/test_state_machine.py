@@ -41,7 +41,7 @@ def render(aws, jobs: int, prefix: str = "nightly-copy", tables=TABLES) -> dict:
 
 
 def branches(definition: dict) -> list[dict]:
-    return definition["States"]["Copy tables"]["Branches"]
+    return definition["States"][deploy.Names.copy_state]["Branches"]
 
 
 def copy_task(branch: dict) -> dict:
