@@ -116,6 +116,12 @@ class Interrupted(KeyboardInterrupt):
 # ---------------------------------------------------------------------------------------------
 # Logging: JSON lines on stdout for machines, short lines on stderr for people.
 
+# The events other code reads (operations.py, the saved Logs Insights query in deploy/).
+EVENT_TABLE_COPIED = "table_copied"
+EVENT_TABLE_FAILED = "table_failed"
+EVENT_TABLE_STAGED = "table_staged"
+EVENT_RUN_FINISHED = "run_finished"
+
 
 def log_event(event: str, **fields) -> None:
     # On AWS the state machine names the run and the job, so a report can find their lines.
@@ -2597,7 +2603,7 @@ class TableCopier:
                     time.sleep(delay)
                     continue
                 seconds = round(time.monotonic() - started, 2)
-                log_event("table_failed", table=name, job=self.job, error=error,
+                log_event(EVENT_TABLE_FAILED, table=name, job=self.job, error=error,
                           seconds=seconds, attempts=attempt + 1)
                 return TableResult(name, False, seconds=seconds, error=error, attempts=attempt + 1)
             seconds = round(time.monotonic() - started, 2)
@@ -2605,10 +2611,10 @@ class TableCopier:
                                  attempts=attempt + 1)
             if self.options.swaps_late(name):
                 result.staged = staged
-                log_event("table_staged", table=name, job=self.job, rows=staged.rows,
+                log_event(EVENT_TABLE_STAGED, table=name, job=self.job, rows=staged.rows,
                           bytes=staged.bytes, seconds=seconds)
             else:
-                log_event("table_copied", table=name, job=self.job, rows=staged.rows,
+                log_event(EVENT_TABLE_COPIED, table=name, job=self.job, rows=staged.rows,
                           bytes=staged.bytes, seconds=seconds)
             result.foreign_keys = staged.foreign_keys
             return result
@@ -2760,7 +2766,7 @@ def run_tables(tables: list[SourceTable], settings: dict, options: Options,
         name = source.table.qualified
         if name not in by_name:
             error = f"a worker process died before copying it (exit codes {codes})"
-            log_event("table_failed", table=name, error=error)
+            log_event(EVENT_TABLE_FAILED, table=name, error=error)
             by_name[name] = TableResult(name, False, error=error)
     return [by_name[t.table.qualified] for t in ordered]
 
@@ -2786,17 +2792,17 @@ def swap_together(dst, results: list[TableResult], options: Options,
                     error = f"swap of all tables failed, none changed: {describe_error(exc)}"
                     for r in results:
                         r.ok, r.error = False, error
-                        log_event("table_failed", table=r.table, error=error)
+                        log_event(EVENT_TABLE_FAILED, table=r.table, error=error)
                     return results
                 raise
         for r in results:
-            log_event("table_copied", table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
+            log_event(EVENT_TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
         return results
     drop_staged(dst, staged)
     for r in results:
         if r.ok:
             r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
-            log_event("table_failed", table=r.table, error=r.error)
+            log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
     return results
 
 
@@ -2924,7 +2930,7 @@ def run(options: Options, settings: dict) -> int:
                 conn.close()
     seconds = time.monotonic() - started
     failed = [r for r in results if not r.ok]
-    log_event("run_finished", tables=len(results), failed=len(failed), seconds=round(seconds, 2))
+    log_event(EVENT_RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2))
     print_summary(results, seconds)
     for r in failed:
         say(f"copier: error: {r.table}: {r.error}")

@@ -99,7 +99,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     if is_run_summary(event):
         payload, failed = summary_message(event)
         post_to_slack(webhook_url(), payload, seconds_left=_seconds_left(context))
-        log_event("summary_posted", execution=_get(event.get("execution"), "name"),
+        log_event("summary_posted", execution=either_case(event.get("execution"), "name"),
                   jobs=len(event["jobs"]), failed_jobs=failed)
         return {"posted": True, "failed_jobs": failed}
 
@@ -259,20 +259,20 @@ def summary_message(event: dict[str, Any]) -> tuple[dict[str, Any], int]:
     jobs = [job_result(i, job) for i, job in enumerate(event["jobs"], start=1)]
     failed = sum(job.failed for job in jobs)
     total = len(jobs)
-    name = str(_get(execution, "name") or "unnamed execution")
-    started = parse_time(_get(execution, "start_time") or _get(execution, "startTime"))
+    name = str(either_case(execution, "name") or "unnamed execution")
+    started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
     finished = now()
     took = (finished - started).total_seconds() if started else _span_of(event["jobs"])
 
     if total == 0:
         emoji, verdict = ":warning:", "no job results were reported"
     elif failed == 0:
-        emoji, verdict = ":white_check_mark:", f"all {total} job{_s(total)} succeeded"
+        emoji, verdict = ":white_check_mark:", f"all {total} job{plural(total)} succeeded"
     else:
-        emoji, verdict = ":x:", f"{failed} of {total} job{_s(total)} failed"
+        emoji, verdict = ":x:", f"{failed} of {total} job{plural(total)} failed"
     headline = f"Nightly copy {name}: {verdict}"
 
-    execution_link = execution_console_url(_get(execution, "id"))
+    execution_link = execution_console_url(either_case(execution, "id"))
     run_facts = [
         f"*Execution:* {_link(execution_link, name)}",
         f"*Started:* {format_time(started)}",
@@ -343,20 +343,20 @@ def parse_build(cause: Any) -> dict[str, Any] | None:
             return None
     if not isinstance(cause, dict):
         return None
-    build = _get(cause, "build")
+    build = either_case(cause, "build")
     if not isinstance(build, dict):
         build = cause
-    status = _get(build, "buildStatus")
-    logs = _get(build, "logs")
-    if status is None and logs is None and _get(build, "phases") is None:
+    status = either_case(build, "buildStatus")
+    logs = either_case(build, "logs")
+    if status is None and logs is None and either_case(build, "phases") is None:
         return None
     failed_phase = None
-    for phase in _get(build, "phases") or []:
-        if isinstance(phase, dict) and _get(phase, "phaseStatus") not in (None, SUCCEEDED):
-            messages = [str(_get(c, "message")) for c in _get(phase, "contexts") or []
-                        if isinstance(c, dict) and _get(c, "message")]
-            phase_status = str(_get(phase, "phaseStatus")).upper()
-            failed_phase = str(_get(phase, "phaseType") or "?")
+    for phase in either_case(build, "phases") or []:
+        if isinstance(phase, dict) and either_case(phase, "phaseStatus") not in (None, SUCCEEDED):
+            messages = [str(either_case(c, "message")) for c in either_case(phase, "contexts") or []
+                        if isinstance(c, dict) and either_case(c, "message")]
+            phase_status = str(either_case(phase, "phaseStatus")).upper()
+            failed_phase = str(either_case(phase, "phaseType") or "?")
             if phase_status not in ("FAILED", str(status).upper()):
                 failed_phase += f" ({phase_status})"
             if messages:
@@ -364,9 +364,9 @@ def parse_build(cause: Any) -> dict[str, Any] | None:
             break
     return {
         "status": str(status).upper() if status else None,
-        "log_link": _get(logs, "deepLink") if isinstance(logs, dict) else None,
-        "start": parse_time(_get(build, "startTime")),
-        "end": parse_time(_get(build, "endTime")),
+        "log_link": either_case(logs, "deepLink") if isinstance(logs, dict) else None,
+        "start": parse_time(either_case(build, "startTime")),
+        "end": parse_time(either_case(build, "endTime")),
         "failed_phase": failed_phase,
     }
 
@@ -393,7 +393,7 @@ def _job_blocks(jobs: list[JobResult], room: int) -> list[dict[str, Any]]:
     shown = sorted(jobs, key=lambda job: not job.failed)[: room - 1]
     hidden = [job for job in jobs if job not in shown]
     hidden_failed = sum(job.failed for job in hidden)
-    rest = f"…and {len(hidden)} more job{_s(len(hidden))} ({hidden_failed} failed): " + ", ".join(
+    rest = f"…and {len(hidden)} more job{plural(len(hidden))} ({hidden_failed} failed): " + ", ".join(
         _escape(job.name) for job in hidden
     )
     return [_section(_job_mrkdwn(job)) for job in shown] + [_section(rest)]
@@ -614,7 +614,7 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _get(mapping: Any, key: str) -> Any:
+def either_case(mapping: Any, key: str) -> Any:
     """mapping[key] ignoring the case of its first letter (startTime / StartTime)."""
     if not isinstance(mapping, dict):
         return None
@@ -624,5 +624,5 @@ def _get(mapping: Any, key: str) -> Any:
     return mapping.get(other)
 
 
-def _s(n: int) -> str:
+def plural(n: int) -> str:
     return "" if n == 1 else "s"

@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass, field
 from botocore.exceptions import BotoCoreError, ClientError
 
 import copier
-import deployment
 import notify_lambda
-from deployment import (
+from deploy import (
     SETTING_FIELDS,
     Aws,
     AwsError,
@@ -34,15 +33,17 @@ from deployment import (
     Settings,
     SettingsError,
     add_settings_arguments,
-    deployed_assignment,
-    describe_error,
     ensure_present,
-    job_name,
     load_settings,
+    resource_list,
 )
+from deploy.aws import describe_error, error_code
+from deploy.names import job_name
+from deploy.plan import deployed_assignment, table_weights
+from deploy.resources import StateMachine
 
-COPIED, FAILED, STAGED, FINISHED = "table_copied", "table_failed", "table_staged", "run_finished"
-PARALLEL_STATE = "Copy tables"  # the Parallel state of state_machine.json
+COPIED, FAILED, STAGED, FINISHED = (copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED,
+                                    copier.EVENT_TABLE_STAGED, copier.EVENT_RUN_FINISHED)
 # Log lines are written while the builds run, inside the execution's start and stop; the
 # margin covers clock skew and a build still flushing its last lines.
 LOG_WINDOW_MARGIN = dt.timedelta(minutes=15)
@@ -141,7 +142,7 @@ def find_execution(nightly: Nightly, name: str) -> dict | None:
     try:
         return sfn.describe_execution(executionArn=nightly.execution_arn(name))
     except ClientError as err:
-        if deployment.error_code(err) in ("ExecutionDoesNotExist", "StateMachineDoesNotExist"):
+        if error_code(err) in ("ExecutionDoesNotExist", "StateMachineDoesNotExist"):
             return None
         raise
 
@@ -153,7 +154,7 @@ def parallel_results(nightly: Nightly, execution_arn: str) -> list[dict] | None:
     for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True):
         for event in page["events"]:
             details = event.get("stateExitedEventDetails") or {}
-            if event["type"] == "ParallelStateExited" and details.get("name") == PARALLEL_STATE:
+            if event["type"] == "ParallelStateExited" and details.get("name") == Names.copy_state:
                 return json.loads(details.get("output") or "{}").get("jobs")
     return None
 
@@ -190,7 +191,7 @@ def log_lines(nightly: Nightly, run: str, events: Iterable[str],
                     lines.append({**line, "@stream": event.get("logStreamName", ""),
                                   "@timestamp": event.get("timestamp", 0)})
     except ClientError as err:
-        if deployment.error_code(err) == "ResourceNotFoundException":
+        if error_code(err) == "ResourceNotFoundException":
             return []  # no log group: nothing was ever logged
         raise
     lines.sort(key=lambda line: line["@timestamp"])
@@ -414,7 +415,7 @@ def logged_name(table: str, logged: Iterable[str]) -> str:
 
 def source_sizes(settings: Settings, out: Callable[[str], None]) -> dict[str, float] | None:
     """Bytes per configured table when the source is reachable (as setup measures them)."""
-    weights, basis = deployment.table_weights(settings, out)
+    weights, basis = table_weights(settings, out)
     return weights if basis == "source table sizes" else None
 
 
@@ -474,9 +475,9 @@ def assignment_view(assignment: list[list[str]], estimates: dict[str, Estimate])
 
 def apply_assignment(settings: Settings, aws: Aws, assignment: list[list[str]]) -> str:
     """Re-render the nightly state machine with this assignment and update it, as setup does."""
-    d = Deployment(settings, aws, Options(), assignment)
-    (machine,) = [r for r in d.resources() if isinstance(r, deployment.StateMachine)
-                  and r.name == d.names.state_machine]
+    deployment = Deployment(settings, aws, Options(), assignment)
+    (machine,) = [r for r in resource_list(deployment) if isinstance(r, StateMachine)
+                  and r.name == deployment.names.state_machine]
     return ensure_present(machine, dry_run=False).line(machine.label, dry_run=False)
 
 

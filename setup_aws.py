@@ -14,7 +14,7 @@ import argparse
 import datetime as dt
 import sys
 
-from deployment import (
+from deploy import (
     SETTING_FIELDS,
     Aws,
     AwsError,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deployment import (
+from deploy import (
     Aws,
     AwsError,
     Deployment,

@@ -1,8 +1,8 @@
 """The main job on a local default: a sample operational database copied into a reporting one.
 
-    dev/install.sh && python3 dev/demo.py          # start (or reuse) the cluster, copy, report
-    python3 dev/demo.py --mb 500                     # a bigger sample
-    python3 dev/demo.py --stop                       # stop the local cluster
+    dev/install.sh && .venv/bin/python dev/demo.py   # start (or reuse) the cluster, copy, report
+    .venv/bin/python dev/demo.py --mb 500              # a bigger sample
+    .venv/bin/python dev/demo.py --stop                # stop the local cluster
 
 A persistent PostgreSQL cluster lives in .local/pg (gitignored), on 127.0.0.1 with trust
 authentication. The database ``operational`` is filled with dev/sample_data's sample; on the
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Run as `python3 dev/demo.py`: make the repository's packages importable.
+# Run as `.venv/bin/python dev/demo.py`: make the repository's packages importable.
 sys.path.insert(0, str(REPO))
 
 import psycopg2  # noqa: E402
@@ -169,7 +169,17 @@ def show_views_survived(cluster: LocalCluster) -> None:
         f"sales.unpaid_invoices: {invoices} rows")
 
 
+def shown_python() -> str:
+    """The interpreter running the demo, as the user would type it (.venv/bin/python)."""
+    path = Path(sys.executable)
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def print_how_to_rerun(cluster: LocalCluster, tables: list[str]) -> None:
+    python = shown_python()
     print(f"""
 operational (source): {cluster.dsn(SOURCE_DB)}
 reporting (target):   {cluster.dsn(TARGET_DB)}
@@ -177,11 +187,11 @@ reporting (target):   {cluster.dsn(TARGET_DB)}
 Run the copier by hand:
   SOURCE_DSN='{cluster.dsn(SOURCE_DB)}' \\
   TARGET_DSN='{cluster.dsn(TARGET_DB)}' \\
-  python3 copier.py TABLES='{",".join(tables)}' --jobs {JOBS}
+  {python} copier.py TABLES='{",".join(tables)}' --jobs {JOBS}
 
 Against real databases, set SOURCE_DSN/TARGET_DSN to their connection strings (or leave them
 unset to read the settings from SSM Parameter Store). Stop the local cluster with:
-  python3 dev/demo.py --stop""", file=sys.stderr)
+  {python} dev/demo.py --stop""", file=sys.stderr)
 
 
 def run_demo(mb: float) -> int:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+import moto_gaps
 import psycopg2
 import pytest
 
@@ -30,6 +31,12 @@ def pytest_unconfigure(config):
 
 
 _own_basetemp = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def moto_with_its_gaps_filled():
+    """moto lacks the Logs query definitions the deployment saves: tests/moto_gaps.py adds them."""
+    moto_gaps.install()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import deployment
+import deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,17 +47,21 @@ def test_buildspec_installs_the_requirements_then_runs_the_copier(buildspec):
 
 
 def test_the_ecr_buildspec_runs_the_copier_from_the_image():
-    inline = yaml.safe_load(deployment.ECR_BUILDSPEC)
+    inline = yaml.safe_load(deploy.resources.ECR_BUILDSPEC)
     assert str(inline["version"]) == "0.2"
     assert inline["phases"]["build"]["commands"] == ["cd /app && python copier.py"]
 
 
 @pytest.fixture(scope="module")
 def build_python(tmp_path_factory) -> Path:
-    """A fresh venv seeing the system's packages, so pip needs no network."""
+    """A fresh venv seeing the packages of the Python running the tests (itself often .venv,
+    whose packages --system-site-packages would not see), so pip needs no network."""
     venv = tmp_path_factory.mktemp("codebuild") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "tests_python.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return venv / "bin"
 
 
@@ -79,7 +84,7 @@ def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_pyt
         "PATH": f"{build_python}:{os.environ['PATH']}",
         "HOME": str(tmp_path),
         "CODEBUILD_SRC_DIR": str(checkout),
-        "COPIER_SSM_PREFIX": deployment.Names("nightly-copy").ssm_prefix,  # project env
+        "COPIER_SSM_PREFIX": deploy.Names("nightly-copy").ssm_prefix,  # project env
         "TABLES": "public.orders,sales.invoices",  # the state machine's override
         "SOURCE_DSN": dbs.source_dsn,
         "TARGET_DSN": dbs.target_dsn,
@@ -113,14 +118,14 @@ def test_setup_splits_tables_by_their_size_on_a_reachable_source(dbs, monkeypatc
     for name in ("small_1", "small_2", "small_3"):
         dbs.source(f"CREATE TABLE {name} AS SELECT g AS id FROM generate_series(1, 100) g")
     params = dict(item.split("=", 1) for item in dbs.source_dsn.split())
-    settings = deployment.Settings(
+    settings = deploy.Settings(
         tables=["public.big", "public.small_1", "public.small_2", "public.small_3"], jobs=2,
         table_weights={"public.small_1": 1000},  # ignored: the source is reachable
         source={"host": params["host"], "port": params["port"], "dbname": params["dbname"],
                 "user": params["user"], "sslmode": "disable"})
     monkeypatch.setenv("COPIER_SOURCE_PASSWORD", "unused-by-a-trust-cluster")
     lines = []
-    assert deployment.plan_jobs(settings, lines.append) == [
+    assert deploy.plan_jobs(settings, lines.append) == [
         ["public.big"], ["public.small_1", "public.small_2", "public.small_3"]]
     assert lines[0] == "table assignment (source table sizes):"
 
@@ -128,10 +133,10 @@ def test_setup_splits_tables_by_their_size_on_a_reachable_source(dbs, monkeypatc
 def test_setup_refuses_a_table_the_reachable_source_lacks(dbs, monkeypatch):
     dbs.source("CREATE TABLE orders (id int)")
     params = dict(item.split("=", 1) for item in dbs.source_dsn.split())
-    settings = deployment.Settings(
+    settings = deploy.Settings(
         tables=["orders", "public.ordres"], jobs=2,
         source={"host": params["host"], "port": params["port"], "dbname": params["dbname"],
                 "user": params["user"], "sslmode": "disable"})
     monkeypatch.setenv("COPIER_SOURCE_PASSWORD", "unused-by-a-trust-cluster")
-    with pytest.raises(deployment.SettingsError, match="ordres"):
-        deployment.plan_jobs(settings, lambda line: None)
+    with pytest.raises(deploy.SettingsError, match="ordres"):
+        deploy.plan_jobs(settings, lambda line: None)

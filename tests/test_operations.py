@@ -26,7 +26,7 @@ from aws_helpers import (
 from moto import mock_aws
 from moto.stepfunctions.parser.backend.execution import Execution
 
-import deployment
+import deploy
 import operations
 import setup_aws
 
@@ -314,7 +314,7 @@ def test_rebalance_proposes_from_medians_and_points_out_the_bounding_table(histo
     assert result["bounding"] == [{"table": "public.a", "job": "job-1", "seconds": 2400,
                                    "rest_seconds": 0}]
     assert result["applied"] is None
-    assert definition()["States"]["Copy tables"]["Branches"][1]["States"]["job-2"][
+    assert definition()["States"][deploy.Names.copy_state]["Branches"][1]["States"]["job-2"][
         "Parameters"]["EnvironmentVariablesOverride"][0]["Value"] == "public.b,public.g"
 
 
@@ -356,7 +356,7 @@ def test_rebalance_over_fewer_runs_takes_their_median(history, capsys):
 def test_a_table_without_history_is_estimated_from_its_size_when_the_source_answers(
         history, capsys, monkeypatch):
     sizes = {**{t: float(b) for t, b in BYTES.items()}, "public.g": 2e9}
-    monkeypatch.setattr(deployment, "table_weights",
+    monkeypatch.setattr(operations, "table_weights",
                         lambda settings, out: (sizes, "source table sizes"))
     code, out, _ = run(["rebalance", "--json", "--config", str(history)], capsys)
     result = json.loads(out)
@@ -373,8 +373,8 @@ def test_apply_updates_the_state_machine_and_a_later_setup_keeps_it(history, cap
     code, out, _ = run(["rebalance", "--apply", "--config", str(history)], capsys)
     assert code == 0
     assert out.splitlines()[-1] == "updated  state machine nightly-copy  (definition)"
-    assert deployment.assignment_of(definition()) == PROPOSED
-    task = definition()["States"]["Copy tables"]["Branches"][2]["States"]["job-3"]
+    assert deploy.plan.assignment_of(definition()) == PROPOSED
+    task = definition()["States"][deploy.Names.copy_state]["Branches"][2]["States"]["job-3"]
     assert task["Parameters"]["EnvironmentVariablesOverride"][0]["Value"] == (
         "public.d,public.g,public.f")
 
@@ -384,7 +384,7 @@ def test_apply_updates_the_state_machine_and_a_later_setup_keeps_it(history, cap
             "operations.py rebalance changes it):") in out
     assert "  job-2  public.c,public.e,public.b" in out.splitlines()
     assert "unchanged  state machine nightly-copy" in out
-    assert deployment.assignment_of(definition()) == PROPOSED
+    assert deploy.plan.assignment_of(definition()) == PROPOSED
 
     code, out, _ = run(["rebalance", "--json", "--config", str(history)], capsys)
     assert [j["tables"] for j in json.loads(out)["current"]["jobs"]] == PROPOSED
@@ -395,12 +395,12 @@ def test_setup_plans_again_when_the_jobs_or_tables_change(history, capsys):
     assert setup_aws.main(["--config", str(history), "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     assert "table assignment (configured table_weights):" in out
-    assert len(deployment.assignment_of(definition())) == 2
+    assert len(deploy.plan.assignment_of(definition())) == 2
 
     assert setup_aws.main(["--config", str(history), "--jobs", "3", "--tables",
                            "public.a,public.b,public.c"]) == 0
     assert "table assignment (configured table_weights):" in capsys.readouterr().out
-    assert deployment.assignment_of(definition()) == [["public.a"], ["public.b"], ["public.c"]]
+    assert deploy.plan.assignment_of(definition()) == [["public.a"], ["public.b"], ["public.c"]]
 
 
 def test_rebalance_without_measured_runs_says_so(config, capsys):
@@ -411,12 +411,12 @@ def test_rebalance_without_measured_runs_says_so(config, capsys):
 
 
 def test_the_tables_value_splits_back_into_the_configured_names():
-    assert deployment.split_tables_value('public.a,"odd.schema"."a,b", "X""y"') == [
+    assert deploy.plan.split_tables_value('public.a,"odd.schema"."a,b", "X""y"') == [
         "public.a", '"odd.schema"."a,b"', '"X""y"']
 
 
 def test_the_log_group_follows_the_runner():
-    settings = deployment.Settings(tables=["public.a"])
+    settings = deploy.Settings(tables=["public.a"])
     assert operations.Nightly.of(settings, None).log_group == "/aws/codebuild/nightly-copy"
     settings.runner = "batch"
     assert operations.Nightly.of(settings, None).log_group == "/aws/batch/nightly-copy"

@@ -32,7 +32,7 @@ from aws_helpers import (
 )
 from moto import mock_aws
 
-import deployment
+import deploy
 import setup_aws
 import teardown_aws
 
@@ -91,7 +91,7 @@ def test_dockerfile_bakes_in_the_copier_runs_it_as_a_user_and_needs_only_tables(
     assert ops.index("USER") > max(i for i, op in enumerate(ops) if op == "RUN")
     (workdir,) = [args for op, args in instructions if op == "WORKDIR"]
     # CodeBuild ignores ENTRYPOINT and runs the inline buildspec, which cds to /app
-    assert workdir == "/app" and "cd /app" in deployment.ECR_BUILDSPEC
+    assert workdir == "/app" and "cd /app" in deploy.resources.ECR_BUILDSPEC
     (entrypoint,) = [args for op, args in instructions if op == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["python", "copier.py"]
     assert not [op for op in ops if op in ("CMD", "ADD", "EXPOSE")]
@@ -111,14 +111,14 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs():
 def aws(monkeypatch, tmp_path):
     set_fake_aws_env(monkeypatch)
     monkeypatch.chdir(tmp_path)  # no deploy.toml from the working tree
-    monkeypatch.setattr(deployment, "_sleep", lambda seconds: None)
+    monkeypatch.setattr(deploy.aws, "sleep", lambda seconds: None)
     with mock_aws(config=MOTO_CONFIG):
         # The account's Batch service-linked role, as AWS names it (moto's
         # create_service_linked_role would call it "AWSServiceRoleForbatch").
         boto3.client("iam").create_role(
-            RoleName=deployment.BATCH_SERVICE_LINKED_ROLE,
+            RoleName=deploy.names.BATCH_SERVICE_LINKED_ROLE,
             Path="/aws-service-role/batch.amazonaws.com/",
-            AssumeRolePolicyDocument=json.dumps(deployment.policy(
+            AssumeRolePolicyDocument=json.dumps(deploy.permissions.policy(
                 {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"},
                  "Action": "sts:AssumeRole"})))
         yield
@@ -128,7 +128,7 @@ def aws(monkeypatch, tmp_path):
 def moto_accepts_no_source(monkeypatch):
     """moto rejects a NO_SOURCE project without a source location, which AWS does not need:
     the tests add a dummy one on the way to moto only (the comparison ignores it)."""
-    spec = deployment.CodeBuildProject.spec
+    spec = deploy.resources.CodeBuildProject.spec
 
     def with_dummy_location(self):
         found = spec(self)
@@ -136,7 +136,7 @@ def moto_accepts_no_source(monkeypatch):
             found["source"] = {**found["source"], "location": "moto-needs-a-location"}
         return found
 
-    monkeypatch.setattr(deployment.CodeBuildProject, "spec", with_dummy_location)
+    monkeypatch.setattr(deploy.resources.CodeBuildProject, "spec", with_dummy_location)
 
 
 def network() -> dict:
@@ -237,7 +237,7 @@ def test_custom_image_creates_the_repository_and_a_project_without_source(
         resourceArn=repository["repositoryArn"])["tags"]
     (project,) = boto3.client("codebuild").batch_get_projects(names=["nightly-copy"])["projects"]
     assert project["source"]["type"] == "NO_SOURCE"
-    assert project["source"]["buildspec"] == deployment.ECR_BUILDSPEC
+    assert project["source"]["buildspec"] == deploy.resources.ECR_BUILDSPEC
     assert "sourceVersion" not in project  # no GitHub involved
     assert (project["environment"]["image"], project["environment"]["imagePullCredentialsType"]) \
         == (IMAGE_URI, "SERVICE_ROLE")
@@ -247,7 +247,7 @@ def test_custom_image_creates_the_repository_and_a_project_without_source(
         assert pulls[action] == [REPOSITORY_ARN]
 
     second = run(setup_aws.main, ["--config", config], capsys)
-    assert {status for status in second.values()} <= {"unchanged", "not saved"}
+    assert set(second.values()) == {"unchanged"}
 
     # an image was pushed: setup sees it; teardown keeps the repository unless told
     boto3.client("ecr").put_image(repositoryName="nightly-copy", imageTag="latest",
@@ -321,7 +321,7 @@ def assert_batch_configuration(net: dict, jobs: int = 3, compute: str = "FARGATE
 
     machine = boto3.client("stepfunctions").describe_state_machine(
         stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy")
-    branches = json.loads(machine["definition"])["States"]["Copy tables"]["Branches"]
+    branches = json.loads(machine["definition"])["States"][deploy.Names.copy_state]["Branches"]
     assert len(branches) == jobs
     for branch in branches:
         task = branch["States"][branch["StartAt"]]
@@ -338,7 +338,6 @@ def test_batch_runner_setup_twice_then_teardown_leaves_nothing(aws, tmp_path, ca
         EventPattern=json.dumps({"source": ["aws.batch"]}))["RuleArn"]
 
     first = run(setup_aws.main, ["--config", config], capsys)
-    assert first.pop("Logs Insights query nightly-copy/table-durations") == "not saved"
     assert first.pop("service-linked role AWSServiceRoleForBatch") == "unchanged"  # the account's
     assert set(first.values()) == {"created"}, first
     assert "CodeBuild project nightly-copy" not in first
@@ -347,12 +346,10 @@ def test_batch_runner_setup_twice_then_teardown_leaves_nothing(aws, tmp_path, ca
     assert_batch_configuration(net)
 
     second = run(setup_aws.main, ["--config", config], capsys)
-    second.pop("Logs Insights query nightly-copy/table-durations")
     second.pop("service-linked role AWSServiceRoleForBatch")
     assert second == dict.fromkeys(first, "unchanged")
 
     down = run(teardown_aws.main, ["--config", config, "--remove-secrets"], capsys)
-    down.pop("Logs Insights query nightly-copy/table-durations")
     assert down.pop("service-linked role AWSServiceRoleForBatch") == "kept"
     assert set(down.values()) == {"removed"}
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
@@ -393,7 +390,6 @@ def test_switching_runner_and_back_leaves_no_orphans(aws, tmp_path, capsys):
     assert "batch:" not in json.dumps(definition)
 
     again = run(setup_aws.main, ["--config", codebuild], capsys)
-    again.pop("Logs Insights query nightly-copy/table-durations")
     assert set(again.values()) == {"unchanged"}  # nothing of Batch is even mentioned
     run(teardown_aws.main, ["--config", codebuild, "--remove-secrets"], capsys)
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
@@ -455,11 +451,11 @@ def test_teardown_disables_and_deletes_the_queue_before_the_compute_environment(
     net = network()
     config = config_for(tmp_path, runner="batch", **net)
     run(setup_aws.main, ["--config", config], capsys)
-    settings = deployment.load_settings(setup_aws.build_parser().parse_args(["--config", config]))
-    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options())
+    settings = deploy.load_settings(setup_aws.build_parser().parse_args(["--config", config]))
+    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options())
     calls: list = []
     d.aws._clients["batch"] = Recorder(d.aws.client("batch"), calls)
-    deployment.teardown(d, out=lambda line: None)
+    deploy.teardown(d, out=lambda line: None)
     changes = [(name, kwargs.get("state")) for name, kwargs in calls
                if not name.startswith(("describe", "list"))]
     assert changes == [
@@ -476,13 +472,13 @@ def test_teardown_disables_and_deletes_the_queue_before_the_compute_environment(
 
 def test_waiting_for_batch_polls_until_settled_and_gives_up_with_a_clear_error(monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr(deployment, "_sleep", delays.append)
+    monkeypatch.setattr(deploy.aws, "sleep", delays.append)
     answers = iter([False, False, True])
-    deployment.wait_until("Batch job queue q", "disabled", lambda: next(answers))
+    deploy.batch.wait_until("Batch job queue q", "disabled", lambda: next(answers))
     assert len(delays) == 2
-    with pytest.raises(deployment.AwsError, match="Batch job queue q: still not deleted"):
-        deployment.wait_until("Batch job queue q", "deleted", lambda: False)
-    assert len(delays) == 2 + deployment.BATCH_WAIT_ATTEMPTS
+    with pytest.raises(deploy.AwsError, match="Batch job queue q: still not deleted"):
+        deploy.batch.wait_until("Batch job queue q", "deleted", lambda: False)
+    assert len(delays) == 2 + deploy.batch.BATCH_WAIT_ATTEMPTS
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -501,20 +497,20 @@ def test_bad_runner_settings_are_one_line(tmp_path, capsys, settings, message):
 
 
 def test_batch_needs_no_github_url(tmp_path):
-    settings = deployment.Settings(tables=["public.a"], runner="batch", vpc_id="v",
+    settings = deploy.Settings(tables=["public.a"], runner="batch", vpc_id="v",
                                    subnets=["s"], security_groups=["g"])
     settings.validate_for_setup()
     assert settings.uses_own_repository
-    with pytest.raises(deployment.SettingsError, match="github_url is required"):
-        deployment.Settings(tables=["public.a"]).validate_for_setup()
+    with pytest.raises(deploy.SettingsError, match="github_url is required"):
+        deploy.Settings(tables=["public.a"]).validate_for_setup()
 
 
 def test_custom_image_flag_overrides_the_file(tmp_path):
     config = config_for(tmp_path, custom_image=True)
     args = setup_aws.build_parser().parse_args(["--config", config, "--no-custom-image"])
-    assert deployment.load_settings(args).custom_image is False
+    assert deploy.load_settings(args).custom_image is False
     args = setup_aws.build_parser().parse_args(["--config", config])
-    assert deployment.load_settings(args).custom_image is True
+    assert deploy.load_settings(args).custom_image is True
 
 
 # --- the Batch-flavoured state machine: shape, statelint, logic in moto's engine
@@ -524,14 +520,14 @@ def test_custom_image_flag_overrides_the_file(tmp_path):
 def engine(monkeypatch):
     set_fake_aws_env(monkeypatch)
     with mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}}):
-        yield deployment.Aws(REGION)
+        yield deploy.Aws(REGION)
 
 
-def render(aws: deployment.Aws, jobs: int, runner: str = "batch", tables=TABLES) -> dict:
-    settings = deployment.Settings(tables=list(tables), jobs=jobs, runner=runner,
+def render(aws: deploy.Aws, jobs: int, runner: str = "batch", tables=TABLES) -> dict:
+    settings = deploy.Settings(tables=list(tables), jobs=jobs, runner=runner,
                                    github_url="https://github.com/example/x.git")
-    plan = deployment.plan_jobs(settings, lambda line: None)
-    return deployment.Deployment(settings, aws, deployment.Options(), plan) \
+    plan = deploy.plan_jobs(settings, lambda line: None)
+    return deploy.Deployment(settings, aws, deploy.Options(), plan) \
         .state_machine_definition()
 
 
@@ -573,18 +569,18 @@ def test_batch_definition_has_a_valid_job_per_branch_and_every_table_once(engine
             assert all(error.startswith("Batch.") for error in retry["ErrorEquals"])
     assert sorted(assigned) == sorted(TABLES)
     # everything after the jobs is the CodeBuild version's, to the letter
-    assert {k: v for k, v in definition["States"].items() if k != "Copy tables"} == {
-        k: v for k, v in codebuild["States"].items() if k != "Copy tables"}
+    assert {k: v for k, v in definition["States"].items() if k != deploy.Names.copy_state} == {
+        k: v for k, v in codebuild["States"].items() if k != deploy.Names.copy_state}
 
 
 def test_a_non_plaintext_override_cannot_go_to_batch():
-    template = json.loads(deployment.STATE_MACHINE_TEMPLATE.read_text())
+    template = json.loads(deploy.state_machine.STATE_MACHINE_TEMPLATE.read_text())
     task = sm.copy_task(sm.branches(template)[0])
     task["Parameters"]["EnvironmentVariablesOverride"].append(
         {"Name": "X", "Value": "/p", "Type": "PARAMETER_STORE"})
-    batch_task = json.loads(deployment.BATCH_TASK_TEMPLATE.read_text())
-    with pytest.raises(deployment.SettingsError, match="X is PARAMETER_STORE"):
-        deployment.with_batch_task(template, batch_task)
+    batch_task = json.loads(deploy.state_machine.BATCH_TASK_TEMPLATE.read_text())
+    with pytest.raises(deploy.SettingsError, match="X is PARAMETER_STORE"):
+        deploy.state_machine.with_batch_task(template, batch_task)
 
 
 def canned_job(job: str) -> dict:
@@ -704,7 +700,7 @@ def test_batch_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
     set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
     env = subprocess_env(moto_server.url)
     boto3.client("iam").create_role(
-        RoleName=deployment.BATCH_SERVICE_LINKED_ROLE,
+        RoleName=deploy.names.BATCH_SERVICE_LINKED_ROLE,
         Path="/aws-service-role/batch.amazonaws.com/", AssumeRolePolicyDocument="{}")
     net = network()
     batch = config_for(tmp_path, runner="batch", **net)
@@ -732,14 +728,14 @@ def test_an_invalid_compute_environment_stops_setup_at_once_with_batch_s_reason(
         aws, tmp_path, capsys, monkeypatch):
     net = network()
     reason = "CLIENT_ERROR - not authorized to perform: ecs:DescribeClusters"
-    monkeypatch.setattr(deployment.ComputeEnvironment, "describe", lambda self: {
+    monkeypatch.setattr(deploy.batch.ComputeEnvironment, "describe", lambda self: {
         "status": "INVALID", "state": "ENABLED", "statusReason": reason})
     delays: list[float] = []
-    monkeypatch.setattr(deployment, "_sleep", delays.append)
-    settings = deployment.Settings(tables=["public.a"], runner="batch", **net)
-    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options(), [["a"]])
-    (environment,) = [r for r in d.resources() if isinstance(r, deployment.ComputeEnvironment)]
-    with pytest.raises(deployment.AwsError, match=f"INVALID: {reason}"):
+    monkeypatch.setattr(deploy.aws, "sleep", delays.append)
+    settings = deploy.Settings(tables=["public.a"], runner="batch", **net)
+    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options(), [["a"]])
+    (environment,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.batch.ComputeEnvironment)]
+    with pytest.raises(deploy.AwsError, match=f"INVALID: {reason}"):
         environment.settled()
     assert environment.settled("DISABLED") is False and delays == []
 
@@ -749,7 +745,7 @@ def test_an_invalid_compute_environment_is_revalidated_by_the_next_setup(aws, tm
     net = network()
     config = config_for(tmp_path, runner="batch", **net)
     run(setup_aws.main, ["--config", config], capsys)
-    describe = deployment.ComputeEnvironment.describe
+    describe = deploy.batch.ComputeEnvironment.describe
     states = iter(["UPDATING", "INVALID", "INVALID", "VALID"])  # then whatever moto says
 
     def invalid_for_a_while(self):
@@ -757,7 +753,7 @@ def test_an_invalid_compute_environment_is_revalidated_by_the_next_setup(aws, tm
         return found and {**found, "status": next(states, found["status"]),
                           "statusReason": "CLIENT_ERROR - a role was missing"}
 
-    monkeypatch.setattr(deployment.ComputeEnvironment, "describe", invalid_for_a_while)
+    monkeypatch.setattr(deploy.batch.ComputeEnvironment, "describe", invalid_for_a_while)
     again = run(setup_aws.main, ["--config", config], capsys)
     # it waited for the change in progress, saw INVALID, updated it, and waited for VALID
     assert again["Batch compute environment nightly-copy"] == "updated"
@@ -768,9 +764,9 @@ def test_public_ip_is_a_choice_for_fargate_only(aws):
     def job_definition(**settings) -> dict:
         base = {"tables": ["public.a"], "runner": "batch", "subnets": ["s"],
                 "security_groups": ["g"], "vpc_id": "v"}
-        d = deployment.Deployment(deployment.Settings(**base | settings),
-                                  deployment.Aws(REGION), deployment.Options(), [["a"]])
-        (found,) = [r for r in d.resources() if isinstance(r, deployment.JobDefinition)]
+        d = deploy.Deployment(deploy.Settings(**base | settings),
+                                  deploy.Aws(REGION), deploy.Options(), [["a"]])
+        (found,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.batch.JobDefinition)]
         return found.request()
 
     container = job_definition()["containerProperties"]

@@ -16,6 +16,7 @@ from aws_helpers import (
     MotoServer,
     expected_inventory,
     inventory,
+    needed_labels,
     nothing_left,
     outcomes,
     run_script,
@@ -28,12 +29,11 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 import copier
-import deployment
+import deploy
 import setup_aws
 import teardown_aws
 
 ACCOUNT = "123456789012"  # moto's default account
-QUERY_LABEL = "Logs Insights query nightly-copy/table-durations"
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert configuration["Environment"]["Variables"] == {
         "WEBHOOK_PARAMETER": f"/{prefix}-notify/slack_webhook_url"}
     assert function["Tags"]["project"] == prefix
-    zipped = deployment.zip_notify_function()
+    zipped = deploy.resources.zip_notify_function()
     assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py"]
     assert configuration["CodeSha256"] == base64.b64encode(
         __import__("hashlib").sha256(zipped).digest()).decode()
@@ -152,7 +152,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     sfn = boto3.client("stepfunctions")
     machine = sfn.describe_state_machine(stateMachineArn=machine_arn)
     definition = json.loads(machine["definition"])
-    branches = definition["States"]["Copy tables"]["Branches"]
+    branches = definition["States"][deploy.Names.copy_state]["Branches"]
     assert len(branches) == 3
     assert sorted(t for b in branches for t in b["States"][b["StartAt"]]["Parameters"][
         "EnvironmentVariablesOverride"][0]["Value"].split(",")) == sorted(
@@ -203,8 +203,10 @@ def test_setup_twice_then_teardown_twice_in_process(aws, config, capsys):
     code, out, err = run(setup_aws.main, ["--config", str(config)], capsys)
     assert (code, err) == (0, "")
     first = outcomes(out)
-    assert first.pop(QUERY_LABEL) == "not saved"  # moto lacks the Logs query definition API
-    assert set(first.values()) == {"created"} and len(first) == 30
+    assert first == dict.fromkeys(needed_labels(config), "created")
+    (query,) = boto3.client("logs").describe_query_definitions()["queryDefinitions"]
+    assert (query["name"], query["logGroupNames"]) == (
+        "nightly-copy/table-durations", ["/aws/codebuild/nightly-copy"])
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
     assert_deployed_configuration()
     assert "job-1" in out and "configured table_weights" in out
@@ -213,12 +215,10 @@ def test_setup_twice_then_teardown_twice_in_process(aws, config, capsys):
 
     code, out, _ = run(setup_aws.main, ["--config", str(config)], capsys)
     second = outcomes(out)
-    second.pop(QUERY_LABEL)
     assert code == 0 and second == dict.fromkeys(first, "unchanged")
 
     code, out, _ = run(teardown_aws.main, ["--config", str(config), "--remove-secrets"], capsys)
     removed = outcomes(out)
-    assert removed.pop(QUERY_LABEL) == "not checked"
     assert code == 0 and removed == dict.fromkeys(first, "removed")
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
     rules = boto3.client("events").list_rules()["Rules"]
@@ -226,15 +226,13 @@ def test_setup_twice_then_teardown_twice_in_process(aws, config, capsys):
 
     code, out, _ = run(teardown_aws.main, ["--config", str(config), "--remove-secrets"], capsys)
     again = outcomes(out)
-    again.pop(QUERY_LABEL)
     assert code == 0 and again == dict.fromkeys(first, "absent")
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(aws, config, capsys):
     code, out, _ = run(setup_aws.main, ["--config", str(config), "--dry-run"], capsys)
     planned = outcomes(out)
-    planned.pop(QUERY_LABEL)
-    assert code == 0 and set(planned.values()) == {"would be created"} and len(planned) == 30
+    assert code == 0 and planned == dict.fromkeys(needed_labels(config), "would be created")
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
 
     run(setup_aws.main, ["--config", str(config)], capsys)
@@ -242,7 +240,6 @@ def test_dry_run_prints_the_plan_and_changes_nothing(aws, config, capsys):
                                         "--schedule", "cron(30 4 * * ? *)"], capsys)
     planned = outcomes(out)
     assert planned.pop("schedule nightly-copy/nightly") == "would be updated"
-    planned.pop(QUERY_LABEL)
     assert set(planned.values()) == {"unchanged"}
     schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
     assert schedule["ScheduleExpression"] == "cron(0 3 * * ? *)"
@@ -261,7 +258,7 @@ def test_a_changed_setting_updates_only_what_it_touches(aws, config, capsys):
                                         "--log-retention-days", "14",
                                         "--source-host", "db.example.internal"], capsys)
     changed = {label: status for label, status in outcomes(out).items()
-               if status not in ("unchanged", "not saved")}
+               if status != "unchanged"}
     assert code == 0 and changed == {
         "schedule nightly-copy/nightly": "updated",
         "log group /aws/codebuild/nightly-copy": "updated",
@@ -284,7 +281,7 @@ def test_a_changed_split_updates_the_state_machine(aws, config, capsys):
     assert outcomes(out)["state machine nightly-copy"] == "updated"
     machine = boto3.client("stepfunctions").describe_state_machine(
         stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy")
-    assert len(json.loads(machine["definition"])["States"]["Copy tables"]["Branches"]) == 2
+    assert len(json.loads(machine["definition"])["States"][deploy.Names.copy_state]["Branches"]) == 2
 
 
 def test_existing_secrets_are_left_alone_unless_overwrite_is_asked(aws, config, capsys):
@@ -355,7 +352,7 @@ def test_two_prefixes_live_side_by_side(aws, config, capsys):
 
 
 def test_default_prefix_matches_the_copier_default():
-    assert deployment.Names(deployment.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
+    assert deploy.Names(deploy.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
 
 
 def test_manual_start_is_named_after_the_date_and_runs_once(aws, config, capsys):
@@ -402,13 +399,13 @@ class Flaky:
 @pytest.fixture
 def delays(monkeypatch) -> list[float]:
     recorded: list[float] = []
-    monkeypatch.setattr(deployment, "_sleep", recorded.append)
+    monkeypatch.setattr(deploy.aws, "sleep", recorded.append)
     return recorded
 
 
 def test_throttling_is_retried_with_growing_jittered_delays(delays):
     call = Flaky(*[client_error("ThrottlingException", "ListRoles")] * 4)
-    assert deployment.with_aws_retries(call)() == "done"
+    assert deploy.aws.with_aws_retries(call)() == "done"
     assert call.calls == 5 and len(delays) == 4
     for attempt, delay in enumerate(delays, start=1):
         ceiling = min(20, 0.5 * 2 ** (attempt - 1))
@@ -427,7 +424,7 @@ def test_throttling_is_retried_with_growing_jittered_delays(delays):
 ])
 def test_a_role_still_propagating_is_retried(delays, error):
     call = Flaky(error, error)
-    assert deployment.with_aws_retries(call)() == "done"
+    assert deploy.aws.with_aws_retries(call)() == "done"
     assert call.calls == 3
 
 
@@ -440,7 +437,7 @@ def test_a_role_still_propagating_is_retried(delays, error):
 def test_other_errors_are_not_retried(delays, error):
     call = Flaky(error)
     with pytest.raises(ClientError):
-        deployment.with_aws_retries(call)()
+        deploy.aws.with_aws_retries(call)()
     assert call.calls == 1 and delays == []
 
 
@@ -448,35 +445,33 @@ def test_retries_give_up_after_a_bounded_number_of_attempts(delays):
     error = client_error("InvalidParameterValueException", "CreateFunction", "cannot be assumed")
     call = Flaky(*[error] * 50)
     with pytest.raises(ClientError):
-        deployment.with_aws_retries(call)()
-    assert call.calls == deployment.ROLE_PROPAGATION_ATTEMPTS
+        deploy.aws.with_aws_retries(call)()
+    assert call.calls == deploy.aws.ROLE_PROPAGATION_ATTEMPTS
     assert 30 <= sum(delays) <= 90  # about a minute of waiting for IAM, not forever
 
 
-# --- the saved Logs Insights query, against a stub of the Logs API (moto lacks it)
+# --- the saved Logs Insights query, call by call against a stub of the Logs API
 
 
 def test_saved_query_is_created_once_and_then_left_unchanged(aws, config):
-    settings = deployment.Settings(tables=["public.a"], github_url="https://x", region=REGION)
-    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options())
-    (query,) = [r for r in d.resources() if isinstance(r, deployment.QueryDefinition)]
+    settings = deploy.Settings(tables=["public.a"], github_url="https://x", region=REGION)
+    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options())
+    (query,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.resources.QueryDefinition)]
     logs = boto3.client("logs", region_name=REGION)
-    d.aws._clients["logs"] = deployment.RetryingClient(logs)
+    d.aws._clients["logs"] = deploy.aws.RetryingClient(logs)
     expected_query = {"name": "nightly-copy/table-durations",
-                      "queryString": deployment.DURATIONS_QUERY,
+                      "queryString": deploy.resources.DURATIONS_QUERY,
                       "logGroupNames": ["/aws/codebuild/nightly-copy"]}
     with Stubber(logs) as stub:
         stub.add_response("describe_query_definitions", {"queryDefinitions": []},
                           {"queryDefinitionNamePrefix": "nightly-copy/table-durations"})
         stub.add_response("put_query_definition", {"queryDefinitionId": "q-1"}, expected_query)
-        assert deployment.ensure_present(query, dry_run=False).status == "created"
+        assert deploy.ensure_present(query, dry_run=False).status == "created"
         stub.add_response("describe_query_definitions", {"queryDefinitions": [
             {**expected_query, "queryDefinitionId": "q-1"}]},
             {"queryDefinitionNamePrefix": "nightly-copy/table-durations"})
-        assert deployment.ensure_present(query, dry_run=False).status == "unchanged"
+        assert deploy.ensure_present(query, dry_run=False).status == "unchanged"
         stub.assert_no_pending_responses()
-    assert 'filter event = "table_copied"' in deployment.DURATIONS_QUERY
-    assert "seconds" in deployment.DURATIONS_QUERY
 
 
 # --- the scripts as separate processes against moto_server
@@ -497,21 +492,18 @@ def test_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
     first = run_script("setup_aws.py", ["--config", config], env, tmp_path)
     assert first.returncode == 0, first.stderr
     created = outcomes(first.stdout)
-    assert created.pop(QUERY_LABEL) == "not saved"
-    assert set(created.values()) == {"created"} and len(created) == 30
+    assert created == dict.fromkeys(needed_labels(config), "created")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
     assert_deployed_configuration()
 
     second = run_script("setup_aws.py", ["--config", config], env, tmp_path)
     unchanged = outcomes(second.stdout)
-    unchanged.pop(QUERY_LABEL)
     assert second.returncode == 0 and unchanged == dict.fromkeys(created, "unchanged")
 
     for expected in ("removed", "absent"):
         down = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"], env,
                           tmp_path)
         result = outcomes(down.stdout)
-        result.pop(QUERY_LABEL)
         assert down.returncode == 0 and result == dict.fromkeys(created, expected), down.stderr
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
 
@@ -522,7 +514,7 @@ def test_flags_override_the_config_file(tmp_path):
     args = setup_aws.build_parser().parse_args([
         "--config", str(config), "--jobs", "2", "--target-host", "other.internal",
         "--subnets", "subnet-1,subnet-2"])
-    settings = deployment.load_settings(args)
+    settings = deploy.load_settings(args)
     assert settings.jobs == 2
     assert settings.tables == ["public.x", "public.y"]
     assert settings.subnets == ["subnet-1", "subnet-2"]
@@ -556,7 +548,7 @@ def test_dry_run_shows_which_part_of_the_project_and_role_would_change(aws, conf
     role = next(line for line in out.splitlines() if "IAM role nightly-copy-codebuild" in line)
     assert "would be updated" in role and "(permissions)" in role
     changed = {label for label, status in outcomes(out).items()
-               if status not in ("unchanged", "not saved")}
+               if status != "unchanged"}
     assert changed == {"CodeBuild project nightly-copy", "IAM role nightly-copy-codebuild"}
 
 
@@ -617,16 +609,16 @@ def test_builds_in_a_vpc_get_network_interface_permissions(aws, tmp_path, capsys
 
 def test_a_custom_ecr_image_runs_without_source_and_may_pull_only_its_repository(aws):
     image = "210987654321.dkr.ecr.eu-west-1.amazonaws.com/nightly-copy:2026-11"
-    settings = deployment.Settings(tables=["public.a"], ecr_image=image, region=REGION)
+    settings = deploy.Settings(tables=["public.a"], ecr_image=image, region=REGION)
     settings.validate_for_setup()
-    d = deployment.Deployment(settings, deployment.Aws(REGION), deployment.Options(), [["a"]])
-    (project,) = [r for r in d.resources() if isinstance(r, deployment.CodeBuildProject)]
+    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options(), [["a"]])
+    (project,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.resources.CodeBuildProject)]
     spec = project.spec()
-    assert spec["source"] == {"type": "NO_SOURCE", "buildspec": deployment.ECR_BUILDSPEC}
+    assert spec["source"] == {"type": "NO_SOURCE", "buildspec": deploy.resources.ECR_BUILDSPEC}
     assert "sourceVersion" not in spec
     assert (spec["environment"]["image"], spec["environment"]["imagePullCredentialsType"]) == (
         image, "SERVICE_ROLE")
-    pulls = statements_by_action(d.codebuild_permissions())
+    pulls = statements_by_action(deploy.permissions.codebuild(d))
     assert pulls["ecr:BatchGetImage"] == [
         "arn:aws:ecr:eu-west-1:210987654321:repository/nightly-copy"]
     assert pulls["ecr:GetAuthorizationToken"] == ["*"]  # the action has no resource type

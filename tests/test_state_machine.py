@@ -20,7 +20,7 @@ from aws_helpers import (
 )
 from moto import mock_aws
 
-import deployment
+import deploy
 
 CODEBUILD_SYNC = "arn:aws:states:::codebuild:startBuild.sync"
 
@@ -29,19 +29,19 @@ CODEBUILD_SYNC = "arn:aws:states:::codebuild:startBuild.sync"
 def aws(monkeypatch):
     set_fake_aws_env(monkeypatch)
     with mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}}):
-        yield deployment.Aws(REGION)
+        yield deploy.Aws(REGION)
 
 
 def render(aws, jobs: int, prefix: str = "nightly-copy", tables=TABLES) -> dict:
-    settings = deployment.Settings(prefix=prefix, tables=list(tables), jobs=jobs,
+    settings = deploy.Settings(prefix=prefix, tables=list(tables), jobs=jobs,
                                    github_url="https://github.com/example/x.git")
-    plan = deployment.plan_jobs(settings, lambda line: None)
-    return deployment.Deployment(settings, aws, deployment.Options(), plan) \
+    plan = deploy.plan_jobs(settings, lambda line: None)
+    return deploy.Deployment(settings, aws, deploy.Options(), plan) \
         .state_machine_definition()
 
 
 def branches(definition: dict) -> list[dict]:
-    return definition["States"]["Copy tables"]["Branches"]
+    return definition["States"][deploy.Names.copy_state]["Branches"]
 
 
 def copy_task(branch: dict) -> dict:
@@ -141,9 +141,9 @@ def test_summary_goes_to_the_function_and_a_failure_ends_in_fail(aws):
 
 
 def test_a_template_value_left_out_is_an_error():
-    template = json.loads(deployment.STATE_MACHINE_TEMPLATE.read_text())
-    with pytest.raises(deployment.SettingsError, match="NotifyFunctionArn"):
-        deployment.render_state_machine(template, [["public.a"]], {
+    template = json.loads(deploy.state_machine.STATE_MACHINE_TEMPLATE.read_text())
+    with pytest.raises(deploy.SettingsError, match="NotifyFunctionArn"):
+        deploy.state_machine.render_state_machine(template, [["public.a"]], {
             "ProjectName": "p", "JobTimeoutSeconds": 60, "ExecutionTimeoutSeconds": 120})
 
 
@@ -183,7 +183,7 @@ def test_all_jobs_succeed_one_summary_execution_succeeded(aws):
     definition = render(aws, 3)
     machine = create(sfn, "nightly-copy", rewritten_for_moto(definition, failing=set()))
     queue_lambda_result({"posted": True, "failed_jobs": 0})
-    described = run_to_end(sfn, machine, "2026-11-27", deployment.execution_input(
+    described = run_to_end(sfn, machine, "2026-11-27", deploy.names.execution_input(
         dt.date(2026, 11, 27)))
     assert described["status"] == "SUCCEEDED"
     summary = summary_sent(history(sfn, described["executionArn"]))
@@ -249,7 +249,7 @@ def test_starter_builds_a_start_request_named_after_the_scheduled_date(aws, sche
                                                                        day):
     sfn = boto3.client("stepfunctions")
     nightly = f"arn:aws:states:{REGION}:123456789012:stateMachine:nightly-copy"
-    starter = deployment.starter_definition(nightly)
+    starter = deploy.state_machine.starter_definition(nightly)
     task = starter["States"][starter["StartAt"]]
     assert task["Resource"] == "arn:aws:states:::states:startExecution"
     as_pass = copy.deepcopy(starter)
@@ -261,12 +261,12 @@ def test_starter_builds_a_start_request_named_after_the_scheduled_date(aws, sche
     assert described["status"] == "SUCCEEDED"
     request = json.loads(described["output"])
     assert request["StateMachineArn"] == nightly
-    assert request["Name"] == deployment.execution_name(day)
-    assert request["Input"] == json.loads(deployment.execution_input(day))
+    assert request["Name"] == deploy.names.execution_name(day)
+    assert request["Input"] == json.loads(deploy.names.execution_input(day))
 
 
 def test_starter_treats_an_existing_run_for_the_date_as_done():
-    starter = deployment.starter_definition("arn:aws:states:r:1:stateMachine:m")
+    starter = deploy.state_machine.starter_definition("arn:aws:states:r:1:stateMachine:m")
     task = starter["States"][starter["StartAt"]]
     (catch,) = task["Catch"]
     # Step Functions names service errors "StepFunctions.<Code>Exception"; StartExecution
@@ -277,6 +277,6 @@ def test_starter_treats_an_existing_run_for_the_date_as_done():
 
 
 def test_starter_definition_passes_statelint(tmp_path):
-    starter = deployment.starter_definition("arn:aws:states:us-east-1:1:stateMachine:m")
+    starter = deploy.state_machine.starter_definition("arn:aws:states:us-east-1:1:stateMachine:m")
     result = statelint(starter, tmp_path)
     assert result.returncode == 0, result.stdout

@@ -1,0 +1,266 @@
+"""The nightly copy on AWS: the ordered list of resources, and the two walks over it.
+
+setup_aws.py walks the list forwards and makes every resource present; teardown_aws.py walks
+it backwards and removes what setup created. Each resource knows how to find, create, update
+and remove itself; `--dry-run` runs the same walk without the calls that change anything.
+See docs/aws.md for what gets created and why.
+
+    settings.py       deploy.toml and its flags         names.py          every name, from the prefix
+    aws.py            clients, retries, errors          deployment.py     one deployment's ARNs
+    plan.py           which tables each job copies      state_machine.py  the rendered definitions
+    permissions.py    one IAM policy per role           resources.py      the resources every runner needs
+    batch.py          the AWS Batch runner, as one unit
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+import copier
+from deploy import batch, permissions
+from deploy.aws import Aws, AwsError, describe_error, error_code
+from deploy.batch import ComputeEnvironment, InstanceProfile, JobDefinition, JobQueue, ServiceLinkedRole
+from deploy.deployment import Deployment, Options
+from deploy.names import BATCH_SERVICE_LINKED_ROLE, TAG_KEY, Names, execution_input, execution_name
+from deploy.plan import plan_jobs
+from deploy.resources import (
+    Alarm,
+    CodeBuildProject,
+    EcrRepository,
+    LogGroup,
+    NotifyFunction,
+    Parameter,
+    QueryDefinition,
+    Resource,
+    Role,
+    Schedule,
+    ScheduleGroup,
+    StateMachine,
+    Topic,
+    TopicInvokePermission,
+    TopicSubscription,
+)
+from deploy.settings import (
+    SETTING_FIELDS,
+    WEBHOOK_ENV_VAR,
+    Settings,
+    SettingsError,
+    add_settings_arguments,
+    load_settings,
+    secret_env_var,
+)
+from deploy.state_machine import starter_definition
+
+# What the scripts and operations.py use; the rest lives in the modules named above.
+__all__ = [
+    "SETTING_FIELDS", "Aws", "AwsError", "Deployment", "Names", "Options", "Outcome", "Settings",
+    "SettingsError", "add_settings_arguments", "ensure_absent", "ensure_present", "image_status",
+    "load_settings", "plan_jobs", "resource_list", "setup", "start_run", "teardown",
+]
+
+
+def resource_list(deployment: Deployment) -> list[Resource]:
+    """Every resource, in the order setup creates them (teardown goes backwards)."""
+    names, settings = deployment.names, deployment.settings
+    parameters: list[Resource] = []
+    for database in copier.DATABASES:
+        configured = getattr(settings, database)
+        for setting, default in copier.CONNECTION_SETTINGS.items():
+            secret = setting in copier.SECRET_SETTINGS
+            parameters.append(Parameter(
+                deployment, names.parameter(database, setting),
+                value=None if secret else configured.get(setting, default),
+                secret=secret, env_var=secret_env_var(database, setting)))
+    parameters.append(Parameter(deployment, names.webhook_parameter, value=None, secret=True,
+                                env_var=WEBHOOK_ENV_VAR))
+    codebuild, batch_runner = settings.runner == "codebuild", settings.runner == "batch"
+    ec2 = batch_runner and settings.batch_compute == "EC2"
+    tasks = "ecs-tasks.amazonaws.com"
+    return [
+        *parameters,
+        LogGroup(deployment, names.project_log_group, needed=codebuild),
+        LogGroup(deployment, names.batch_log_group, needed=batch_runner),
+        LogGroup(deployment, names.notify_log_group),
+        EcrRepository(deployment, names.repository, needed=settings.uses_own_repository),
+        Role(deployment, names.role("codebuild"), "codebuild.amazonaws.com",
+             partial(permissions.codebuild, deployment), needed=codebuild),
+        Role(deployment, names.role("batch-execution"), tasks,
+             partial(batch.execution_permissions, deployment), needed=batch_runner),
+        Role(deployment, names.role("batch-job"), tasks,
+             partial(batch.job_permissions, deployment), needed=batch_runner),
+        Role(deployment, names.role("batch-instance"), "ec2.amazonaws.com",
+             partial(batch.instance_permissions, deployment), needed=ec2),
+        InstanceProfile(deployment, names.instance_profile, needed=ec2),
+        ServiceLinkedRole(deployment, BATCH_SERVICE_LINKED_ROLE, needed=batch_runner),
+        Role(deployment, names.role("lambda"), "lambda.amazonaws.com",
+             partial(permissions.notify_function, deployment)),
+        Role(deployment, names.role("states"), "states.amazonaws.com",
+             partial(permissions.state_machine, deployment)),
+        Role(deployment, names.role("starter"), "states.amazonaws.com",
+             partial(permissions.starter, deployment)),
+        Role(deployment, names.role("scheduler"), "scheduler.amazonaws.com",
+             partial(permissions.scheduler, deployment), source_account=True),
+        CodeBuildProject(deployment, names.project, needed=codebuild),
+        ComputeEnvironment(deployment, names.compute_environment, needed=batch_runner),
+        JobQueue(deployment, names.job_queue, needed=batch_runner),
+        JobDefinition(deployment, names.job_definition, needed=batch_runner),
+        NotifyFunction(deployment, names.notify_function),
+        StateMachine(deployment, names.state_machine, "states", deployment.state_machine_definition),
+        StateMachine(deployment, names.starter, "starter",
+                     lambda: starter_definition(deployment.state_machine_arn(names.state_machine))),
+        ScheduleGroup(deployment, names.schedule_group),
+        Schedule(deployment, names.schedule),
+        Topic(deployment, names.alarm_topic),
+        TopicInvokePermission(deployment, names.alarm_permission),
+        TopicSubscription(deployment, f"{names.alarm_topic} -> {names.notify_function}"),
+        Alarm(deployment, names.alarm),
+        QueryDefinition(deployment, names.durations_query),
+    ]
+
+
+def setup(deployment: Deployment, out: Callable[[str], None] = print) -> dict[str, Outcome]:
+    """Make every needed resource present, in order; then remove, newest first, those of the
+    runner or image no longer in use (the new runner is in place before the old one goes).
+    Return each resource's outcome by label."""
+    dry_run = deployment.options.dry_run
+    every = resource_list(deployment)
+    needed = [r for r in every if r.needed]
+    for resource in needed:
+        _aws_step(resource, lambda r=resource: r.prepare(dry_run))
+    outcomes = {}
+    for resource in needed:
+        outcomes[resource.label] = ensure_present(resource, dry_run)
+        out(outcomes[resource.label].line(resource.label, dry_run))
+    for resource in reversed([r for r in every if not r.needed]):
+        outcome = ensure_absent(resource, dry_run)
+        if _worth_reporting(resource, outcome):
+            outcomes[resource.label] = outcome
+            out(outcome.line(resource.label, dry_run))
+    note = image_status(deployment)
+    if note:
+        out(note)
+    return outcomes
+
+
+def teardown(deployment: Deployment, out: Callable[[str], None] = print) -> dict[str, Outcome]:
+    """Remove every resource setup created, in reverse order, whichever runner it was for."""
+    dry_run = deployment.options.dry_run
+    outcomes = {}
+    for resource in reversed(resource_list(deployment)):
+        outcome = ensure_absent(resource, dry_run)
+        if _worth_reporting(resource, outcome):
+            outcomes[resource.label] = outcome
+            out(outcome.line(resource.label, dry_run))
+    return outcomes
+
+
+# --------------------------------------------------------------------------- one resource
+
+
+def _aws_step(resource: Resource, step: Callable[[], Any]) -> Any:
+    try:
+        return step()
+    except (ClientError, BotoCoreError) as err:
+        raise AwsError(f"{resource.label}: {describe_error(err)}") from err
+
+
+@dataclass
+class Outcome:
+    """What happened to one resource: created, updated, unchanged, removed, absent, ..."""
+
+    status: str
+    detail: str = ""
+
+    def line(self, label: str, dry_run: bool) -> str:
+        status = f"would be {self.status}" if dry_run and self.status in (
+            "created", "updated", "removed") else self.status
+        return f"{status:>18}  {label}" + (f"  ({self.detail})" if self.detail else "")
+
+
+def ensure_present(resource: Resource, dry_run: bool) -> Outcome:
+    """Create or update one resource; return what happened (or, in a dry run, would)."""
+    current = _aws_step(resource, resource.find)
+    if current is None:
+        if not dry_run:
+            _aws_step(resource, resource.create)
+        return Outcome("created")
+    changed = resource.differences(current)
+    if not changed:
+        return Outcome("unchanged")
+    if not dry_run:
+        _aws_step(resource, lambda: resource.update(current, changed))
+    return Outcome("updated", ", ".join(changed))
+
+
+def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
+    current = _aws_step(resource, resource.find)
+    if current is None:
+        return Outcome("absent")
+    if not resource.owned(current):
+        return Outcome("left alone",
+                       f"no tag {TAG_KEY}={resource.deployment.names.prefix}: setup did not create it")
+    kept = resource.kept_on_teardown(current)
+    if kept:
+        return Outcome("kept", kept)
+    if not dry_run:
+        _aws_step(resource, lambda: resource.remove(current))
+    return Outcome("removed")
+
+
+def image_status(deployment: Deployment) -> str | None:
+    """One line about the image the jobs run, if they run one: its URI, and whether the tag
+    is in the project's repository yet (a job without its image fails at night)."""
+    settings = deployment.settings
+    if not settings.runs_an_image:
+        return None
+    uri = deployment.image_uri()
+    if not settings.uses_own_repository:
+        return f"image: {uri}"
+    try:
+        deployment.aws.client("ecr").describe_images(repositoryName=deployment.names.repository,
+                                                     imageIds=[{"imageTag": settings.image_tag}])
+    except ClientError as err:
+        if error_code(err) not in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            raise AwsError(f"ECR repository {deployment.names.repository}: "
+                           f"{describe_error(err)}") from err
+        return (f"image: {uri} is not pushed yet: build and push it before the first run "
+                "(docs/aws.md, Custom image)")
+    return f"image: {uri}"
+
+
+def _worth_reporting(resource: Resource, outcome: Outcome) -> bool:
+    """Resources of the runner or image not in use are named only when something is there."""
+    return resource.needed or (outcome.status != "absent" and not resource.shared)
+
+
+def start_run(deployment: Deployment, day: dt.date, out: Callable[[str], None] = print) -> str:
+    """Start the run for one day by hand, named exactly as the schedule names it."""
+    sfn = deployment.aws.client("stepfunctions")
+    machine = deployment.state_machine_arn(deployment.names.state_machine)
+    name = execution_name(day)
+    execution = machine.replace(":stateMachine:", ":execution:") + f":{name}"
+    label = f"state machine {deployment.names.state_machine}"
+    try:
+        existing = sfn.describe_execution(executionArn=execution)
+    except ClientError as err:
+        if error_code(err) not in ("ExecutionDoesNotExist", "StateMachineDoesNotExist"):
+            raise AwsError(f"{label}: {describe_error(err)}") from err
+    else:
+        out(f"not started: the run for {name} exists already ({existing['status']}): {execution}")
+        return "exists"
+    try:
+        started = sfn.start_execution(stateMachineArn=machine, name=name,
+                                      input=execution_input(day))
+    except ClientError as err:
+        if error_code(err) == "ExecutionAlreadyExists":
+            out(f"not started: the run for {name} exists already: {execution}")
+            return "exists"
+        raise AwsError(f"{label}: {describe_error(err)}") from err
+    out(f"started {started['executionArn']}")
+    return "started"

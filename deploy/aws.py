@@ -1,0 +1,130 @@
+"""AWS calls: one client per service, throttling and IAM propagation retried with jittered backoff."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from deploy.settings import SettingsError
+
+
+class AwsError(Exception):
+    """An AWS call failed; the message names the resource it concerns."""
+
+
+
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException",
+    "RequestLimitExceeded", "RequestThrottled", "SlowDown",
+})
+THROTTLE_ATTEMPTS = 8
+ROLE_PROPAGATION_ATTEMPTS = 10  # about a minute of backoff in total
+sleep = time.sleep  # tests replace this to record the delays
+
+
+def is_throttling(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") in THROTTLING_CODES
+
+
+def is_role_not_yet_usable(err: ClientError) -> bool:
+    """The errors a service gives while a role it was just handed is still propagating."""
+    code = err.response.get("Error", {}).get("Code", "")
+    message = err.response.get("Error", {}).get("Message", "")
+    operation = err.operation_name
+    if operation in ("CreateFunction", "UpdateFunctionConfiguration"):
+        return code == "InvalidParameterValueException" and "cannot be assumed" in message
+    if operation in ("CreateProject", "UpdateProject"):
+        return code == "InvalidInputException" and "sts:AssumeRole" in message
+    if operation in ("CreateStateMachine", "UpdateStateMachine"):
+        return code == "AccessDeniedException"
+    if operation in ("CreateSchedule", "UpdateSchedule"):
+        # Scheduler checks the new role's trust policy and can see an older version of it
+        # (aws-sdk-js-v3 issue 6494): the same role passes a few seconds later.
+        return code == "ValidationException" and "EventBridge Scheduler to assume" in message
+    return False
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: between half and all of min(cap, base * 2**attempt)."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def with_aws_retries(call: Callable) -> Callable:
+    """Retry throttling and IAM propagation errors with jittered backoff; raise the rest."""
+
+    @functools.wraps(call)
+    def retrying(*args, **kwargs):
+        attempt = 0
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except ClientError as err:
+                attempt += 1
+                if is_throttling(err) and attempt < THROTTLE_ATTEMPTS:
+                    sleep(backoff_delay(attempt, base=0.5, cap=20))
+                elif is_role_not_yet_usable(err) and attempt < ROLE_PROPAGATION_ATTEMPTS:
+                    sleep(backoff_delay(attempt, base=1.5, cap=12))
+                else:
+                    raise
+
+    return retrying
+
+
+class RetryingClient:
+    """A boto3 client whose API calls all go through with_aws_retries."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if name.startswith(("get_paginator", "get_waiter", "can_paginate")) or not callable(attr):
+            return attr
+        return with_aws_retries(attr)
+
+
+class Aws:
+    """Clients for one account and region; the retry policy lives in with_aws_retries only."""
+
+    def __init__(self, region: str = ""):
+        self.session = boto3.Session(region_name=region or None)
+        self.region = self.session.region_name
+        if not self.region:
+            raise SettingsError("no AWS region: set region in the config, --region or AWS_REGION")
+        self._clients: dict[str, RetryingClient] = {}
+        try:
+            self.account = self.client("sts").get_caller_identity()["Account"]
+        except (ClientError, BotoCoreError) as err:
+            raise AwsError(f"AWS credentials: {describe_error(err)}") from err
+
+    def client(self, service: str) -> RetryingClient:
+        if service not in self._clients:
+            config = Config(retries={"mode": "standard", "total_max_attempts": 1})
+            self._clients[service] = RetryingClient(self.session.client(service, config=config))
+        return self._clients[service]
+
+    def arn(self, service: str, resource: str, region: bool = True) -> str:
+        return f"arn:aws:{service}:{self.region if region else ''}:{self.account}:{resource}"
+
+
+def describe_error(err: Exception) -> str:
+    """One line: the API operation, the error code and its message."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        message = " ".join(str(error.get("Message", "")).split())
+        if message.startswith("<"):  # an HTML error page, not an AWS error
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = f"HTTP {status} without error details"
+        return f"{err.operation_name}: {error.get('Code', '?')}: {message[:300]}"
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def error_code(err: ClientError) -> str:
+    return err.response.get("Error", {}).get("Code", "")

@@ -1,0 +1,884 @@
+"""The resources every runner needs: each finds, creates, updates and removes itself.
+
+Resource.find() returns a view of the current state with the same keys as desired(), or None;
+the walks in deploy/__init__.py compare the two."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import io
+import json
+import os
+import sys
+import urllib.parse
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+import copier
+from deploy.aws import Aws, AwsError, error_code
+from deploy.names import TAG_KEY
+from deploy.permissions import policy
+from deploy.settings import SettingsError
+
+if TYPE_CHECKING:
+    from deploy.deployment import Deployment
+
+
+HERE = Path(__file__).resolve().parent.parent
+NOTIFY_SOURCE = HERE / "notify_lambda.py"
+# A custom image holds the project at /app with its requirements installed.
+ECR_BUILDSPEC = """version: 0.2
+phases:
+  build:
+    commands:
+      - cd /app && python copier.py
+"""
+DURATIONS_QUERY = (
+    "fields @timestamp, @logStream, table, rows, bytes, seconds\n"
+    f'| filter event = "{copier.EVENT_TABLE_COPIED}"\n'
+    "| sort seconds desc"
+)
+
+
+
+class Resource:
+    """One AWS resource: find it, say how it differs from what we want, create/update/remove it.
+
+    find() returns a view of the current state with the same keys as desired(), or None.
+    """
+
+    kind = "resource"
+    taggable = True
+    # Shared with the rest of the account (the Batch service-linked role): ensured present
+    # when needed, never removed.
+    shared = False
+
+    def __init__(self, deployment: Deployment, name: str, needed: bool = True):
+        self.deployment = deployment
+        self.name = name
+        # False for the resources of the runner or image not in use: setup removes them.
+        self.needed = needed
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    @property
+    def aws(self) -> Aws:
+        return self.deployment.aws
+
+    def prepare(self, dry_run: bool) -> None:
+        """Gather what create/update need (for example a secret) before anything changes."""
+
+    def find(self) -> dict | None:
+        raise NotImplementedError
+
+    def desired(self) -> dict:
+        raise NotImplementedError
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        raise NotImplementedError
+
+    def remove(self, current: dict) -> None:
+        raise NotImplementedError
+
+    def differences(self, current: dict) -> list[str]:
+        want = self.desired()
+        return [key for key, value in want.items() if normalized(current.get(key)) != normalized(
+            value)]
+
+    def owned(self, current: dict) -> bool:
+        return not self.taggable or current.get("tags", {}).get(TAG_KEY) == self.deployment.names.prefix
+
+    def kept_on_teardown(self, current: dict) -> str | None:
+        return None
+
+    def our_tags(self) -> dict[str, str]:
+        return {TAG_KEY: self.deployment.names.prefix}
+
+
+
+def only_our_tag(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k == TAG_KEY}
+
+
+def normalized(document: Any) -> Any:
+    return json.loads(json.dumps(document, sort_keys=True))
+
+
+def as_document(document: str | dict | None) -> dict | None:
+    """IAM returns policies as dicts through boto3; some endpoints leave them JSON strings."""
+    if isinstance(document, str):
+        return json.loads(urllib.parse.unquote(document))
+    return document
+
+
+
+def zip_notify_function() -> bytes:
+    """notify_lambda.py alone in a zip with fixed timestamps, so the hash is reproducible."""
+    if not NOTIFY_SOURCE.exists():
+        raise SettingsError(f"{NOTIFY_SOURCE.name} is missing in {HERE}")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        info = zipfile.ZipInfo(NOTIFY_SOURCE.name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        archive.writestr(info, NOTIFY_SOURCE.read_bytes())
+    return buffer.getvalue()
+
+
+
+class Parameter(Resource):
+    kind = "SSM parameter"
+
+    def __init__(self, deployment, name, value: str | None, secret: bool, env_var: str = ""):
+        super().__init__(deployment, name)
+        self.value = value
+        self.secret = secret
+        self.env_var = env_var
+        self.secret_value: str | None = None
+
+    def prepare(self, dry_run: bool) -> None:
+        current = self.find()
+        if not self.secret:
+            if self.value is None and current is None:
+                raise SettingsError(f"{self.name}: no value; set it in the config file or by flag")
+            return
+        # A secret is read only when it has to be written: missing, stored as plain text,
+        # or an overwrite was asked for. A dry run never asks.
+        needed = (current is None or current["type"] != "SecureString"
+                  or self.deployment.options.overwrite_secrets)
+        if needed and not dry_run:
+            self.secret_value = read_secret(self.env_var, self.name)
+
+    def find(self) -> dict | None:
+        ssm = self.aws.client("ssm")
+        try:
+            parameter = ssm.get_parameter(Name=self.name)["Parameter"]
+        except ClientError as err:
+            if error_code(err) == "ParameterNotFound":
+                return None
+            raise
+        tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=self.name)
+        view = {"type": parameter["Type"],
+                "tags": only_our_tag({t["Key"]: t["Value"] for t in tags.get("TagList", [])})}
+        if not self.secret:
+            view["value"] = parameter["Value"]
+        return view
+
+    def desired(self) -> dict:
+        want = {"type": "SecureString" if self.secret else "String", "tags": self.our_tags()}
+        if not self.secret and self.value is not None:
+            want["value"] = self.value
+        return want
+
+    def differences(self, current: dict) -> list[str]:
+        changed = super().differences(current)
+        if self.secret and self.deployment.options.overwrite_secrets:
+            changed.append("value (overwrite asked)")
+        return changed
+
+    def _value(self) -> str:
+        return self.secret_value if self.secret else self.value
+
+    def create(self) -> None:
+        self.aws.client("ssm").put_parameter(
+            Name=self.name, Value=self._value(), Type=self.desired()["type"],
+            Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        ssm = self.aws.client("ssm")
+        if any(c != "tags" for c in changed):
+            ssm.put_parameter(Name=self.name, Value=self._value(), Type=self.desired()["type"],
+                              Overwrite=True)
+        ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId=self.name,
+                                 Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("ssm").delete_parameter(Name=self.name)
+
+    def kept_on_teardown(self, current: dict) -> str | None:
+        if self.secret and not self.deployment.options.remove_secrets:
+            return "a secret; pass --remove-secrets to delete it"
+        return None
+
+
+def read_secret(env_var: str, parameter: str) -> str:
+    value = os.environ.get(env_var)
+    if value:
+        return value
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"{parameter} (input hidden; or set {env_var}): ")
+        if value:
+            return value
+    raise SettingsError(f"{parameter}: set {env_var} or run setup on a terminal to type it")
+
+
+class LogGroup(Resource):
+    kind = "log group"
+
+    def find(self) -> dict | None:
+        logs = self.aws.client("logs")
+        groups = logs.describe_log_groups(logGroupNamePrefix=self.name)["logGroups"]
+        group = next((g for g in groups if g["logGroupName"] == self.name), None)
+        if group is None:
+            return None
+        arn = group["arn"].removesuffix(":*")
+        tags = logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
+        return {"retention_days": group.get("retentionInDays"), "tags": only_our_tag(tags),
+                "arn": arn}
+
+    def desired(self) -> dict:
+        return {"retention_days": self.deployment.settings.log_retention_days, "tags": self.our_tags()}
+
+    def create(self) -> None:
+        logs = self.aws.client("logs")
+        logs.create_log_group(logGroupName=self.name, tags=self.our_tags())
+        logs.put_retention_policy(logGroupName=self.name,
+                                  retentionInDays=self.deployment.settings.log_retention_days)
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        logs = self.aws.client("logs")
+        if "retention_days" in changed:
+            logs.put_retention_policy(logGroupName=self.name,
+                                      retentionInDays=self.deployment.settings.log_retention_days)
+        if "tags" in changed:
+            logs.tag_resource(resourceArn=current["arn"], tags=self.our_tags())
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("logs").delete_log_group(logGroupName=self.name)
+
+
+class Role(Resource):
+    kind = "IAM role"
+    POLICY_NAME = "permissions"
+
+    def __init__(self, deployment, name, service: str, permissions: Callable[[], dict],
+                 source_account: bool = False, needed: bool = True):
+        super().__init__(deployment, name, needed)
+        self.service = service
+        self.permissions = permissions
+        self.source_account = source_account
+
+    def trust(self) -> dict:
+        statement = {"Effect": "Allow", "Principal": {"Service": self.service},
+                     "Action": "sts:AssumeRole"}
+        if self.source_account:
+            statement["Condition"] = {"StringEquals": {"aws:SourceAccount": self.aws.account}}
+        return policy(statement)
+
+    def find(self) -> dict | None:
+        iam = self.aws.client("iam")
+        try:
+            role = iam.get_role(RoleName=self.name)["Role"]
+        except ClientError as err:
+            if error_code(err) == "NoSuchEntity":
+                return None
+            raise
+        try:
+            inline = iam.get_role_policy(RoleName=self.name, PolicyName=self.POLICY_NAME)
+            permissions = inline["PolicyDocument"]
+        except ClientError as err:
+            if error_code(err) != "NoSuchEntity":
+                raise
+            permissions = None
+        tags = iam.list_role_tags(RoleName=self.name)["Tags"]
+        return {"trust": as_document(role["AssumeRolePolicyDocument"]),
+                "permissions": as_document(permissions),
+                "tags": only_our_tag({t["Key"]: t["Value"] for t in tags})}
+
+    def desired(self) -> dict:
+        return {"trust": self.trust(), "permissions": self.permissions(), "tags": self.our_tags()}
+
+    def create(self) -> None:
+        iam = self.aws.client("iam")
+        iam.create_role(RoleName=self.name, AssumeRolePolicyDocument=json.dumps(self.trust()),
+                        Description=f"{self.deployment.names.prefix}: used by {self.service}",
+                        Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+        iam.put_role_policy(RoleName=self.name, PolicyName=self.POLICY_NAME,
+                            PolicyDocument=json.dumps(self.permissions()))
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        iam = self.aws.client("iam")
+        if "trust" in changed:
+            iam.update_assume_role_policy(RoleName=self.name,
+                                          PolicyDocument=json.dumps(self.trust()))
+        if "permissions" in changed:
+            iam.put_role_policy(RoleName=self.name, PolicyName=self.POLICY_NAME,
+                                PolicyDocument=json.dumps(self.permissions()))
+        if "tags" in changed:
+            iam.tag_role(RoleName=self.name, Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        iam = self.aws.client("iam")
+        for name in iam.list_role_policies(RoleName=self.name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=self.name, PolicyName=name)
+        for attached in iam.list_attached_role_policies(RoleName=self.name)["AttachedPolicies"]:
+            iam.detach_role_policy(RoleName=self.name, PolicyArn=attached["PolicyArn"])
+        iam.delete_role(RoleName=self.name)
+
+
+class CodeBuildProject(Resource):
+    kind = "CodeBuild project"
+
+    def spec(self) -> dict:
+        settings, names = self.deployment.settings, self.deployment.names
+        if settings.runs_an_image:
+            # The code is in the image: no GitHub at 3 a.m. The role pulls (SERVICE_ROLE), with
+            # permissions scoped to the one repository; the repository needs no policy.
+            source = {"type": "NO_SOURCE", "buildspec": ECR_BUILDSPEC}
+            image, pull = self.deployment.image_uri(), "SERVICE_ROLE"
+        else:
+            source = {"type": "GITHUB", "location": settings.github_url, "buildspec": "buildspec.yml"}
+            image, pull = settings.image, "CODEBUILD"
+        spec = {
+            "name": self.name,
+            "description": f"{names.prefix}: copy tables (TABLES set per job by the state machine)",
+            "source": source,
+            "artifacts": {"type": "NO_ARTIFACTS"},
+            "environment": {
+                "type": "LINUX_CONTAINER", "image": image, "computeType": settings.compute_type,
+                "imagePullCredentialsType": pull,
+                "environmentVariables": [
+                    {"name": "COPIER_SSM_PREFIX", "value": names.ssm_prefix, "type": "PLAINTEXT"},
+                ],
+            },
+            "serviceRole": self.deployment.role_arn("codebuild"),
+            "timeoutInMinutes": settings.build_timeout_minutes,
+            "queuedTimeoutInMinutes": settings.queued_timeout_minutes,
+            "logsConfig": {"cloudWatchLogs": {"status": "ENABLED",
+                                              "groupName": names.project_log_group}},
+            "tags": [{"key": TAG_KEY, "value": names.prefix}],
+        }
+        if not settings.runs_an_image:
+            spec["sourceVersion"] = settings.branch
+        if settings.vpc_id:
+            spec["vpcConfig"] = {"vpcId": settings.vpc_id, "subnets": settings.subnets,
+                                 "securityGroupIds": settings.security_groups}
+        return spec
+
+    @staticmethod
+    def view(project: dict) -> dict:
+        source = project.get("source", {})
+        environment = project.get("environment", {})
+        vpc = project.get("vpcConfig") or None
+        # A NO_SOURCE project has no location; moto insists on one (the tests add a dummy).
+        keys = ("type", "buildspec") if source.get("type") == "NO_SOURCE" else (
+            "type", "location", "buildspec")
+        return {
+            "source": {k: source.get(k) for k in keys if source.get(k) is not None},
+            "sourceVersion": project.get("sourceVersion"),
+            "environment": {k: environment.get(k) for k in (
+                "type", "image", "computeType", "imagePullCredentialsType",
+                "environmentVariables")},
+            "serviceRole": project.get("serviceRole"),
+            "timeoutInMinutes": project.get("timeoutInMinutes"),
+            "queuedTimeoutInMinutes": project.get("queuedTimeoutInMinutes"),
+            "logs": project.get("logsConfig", {}).get("cloudWatchLogs", {}).get("groupName"),
+            "vpcConfig": vpc and {k: vpc.get(k) for k in ("vpcId", "subnets", "securityGroupIds")},
+            "tags": only_our_tag({t["key"]: t["value"] for t in project.get("tags") or []}),
+        }
+
+    def find(self) -> dict | None:
+        projects = self.aws.client("codebuild").batch_get_projects(names=[self.name])["projects"]
+        return self.view(projects[0]) if projects else None
+
+    def desired(self) -> dict:
+        return self.view(self.spec())
+
+    def create(self) -> None:
+        self.aws.client("codebuild").create_project(**self.spec())
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("codebuild").update_project(**self.spec())
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("codebuild").delete_project(name=self.name)
+
+
+class NotifyFunction(Resource):
+    kind = "Lambda function"
+    HANDLER = "notify_lambda.handler"
+    TIMEOUT_SECONDS = 60
+
+    zipped: bytes = b""
+
+    def prepare(self, dry_run: bool) -> None:
+        self.zipped = zip_notify_function()
+
+    def configuration(self) -> dict:
+        return {
+            "Runtime": self.deployment.settings.lambda_runtime,
+            "Role": self.deployment.role_arn("lambda"),
+            "Handler": self.HANDLER,
+            "Timeout": self.TIMEOUT_SECONDS,
+            "MemorySize": 128,
+            "Environment": {"Variables": {"WEBHOOK_PARAMETER": self.deployment.names.webhook_parameter}},
+            "LoggingConfig": {"LogFormat": "Text", "LogGroup": self.deployment.names.notify_log_group},
+        }
+
+    def find(self) -> dict | None:
+        try:
+            found = self.aws.client("lambda").get_function(FunctionName=self.name)
+        except ClientError as err:
+            if error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        config = found["Configuration"]
+        return {
+            "code_sha256": config.get("CodeSha256"),
+            "configuration": {k: config.get(k) for k in self.configuration() if k not in (
+                "Environment", "LoggingConfig")}
+            | {"Environment": {"Variables": config.get("Environment", {}).get("Variables", {})}},
+            "tags": only_our_tag(found.get("Tags", {})),
+        }
+
+    def desired(self) -> dict:
+        config = {k: v for k, v in self.configuration().items() if k != "LoggingConfig"}
+        return {
+            "code_sha256": base64.b64encode(hashlib.sha256(self.zipped).digest()).decode(),
+            "configuration": config,
+            "tags": self.our_tags(),
+        }
+
+    def create(self) -> None:
+        self.aws.client("lambda").create_function(
+            FunctionName=self.name, Code={"ZipFile": self.zipped},
+            Description=f"{self.deployment.names.prefix}: Slack summary of the nightly copy and alarms",
+            Tags=self.our_tags(), **self.configuration())
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        client = self.aws.client("lambda")
+        if "configuration" in changed:
+            client.update_function_configuration(FunctionName=self.name, **self.configuration())
+            client.get_waiter("function_updated_v2").wait(FunctionName=self.name)
+        if "code_sha256" in changed:
+            client.update_function_code(FunctionName=self.name, ZipFile=self.zipped)
+        if "tags" in changed:
+            client.tag_resource(Resource=self.deployment.function_arn(), Tags=self.our_tags())
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("lambda").delete_function(FunctionName=self.name)
+
+
+class StateMachine(Resource):
+    kind = "state machine"
+
+    def __init__(self, deployment, name, role: str, definition: Callable[[], dict]):
+        super().__init__(deployment, name)
+        self.role = role
+        self.definition = definition
+
+    def find(self) -> dict | None:
+        sfn = self.aws.client("stepfunctions")
+        arn = self.deployment.state_machine_arn(self.name)
+        try:
+            found = sfn.describe_state_machine(stateMachineArn=arn)
+        except ClientError as err:
+            if error_code(err) == "StateMachineDoesNotExist":
+                return None
+            raise
+        if found.get("status") == "DELETING":
+            return None
+        tags = sfn.list_tags_for_resource(resourceArn=arn)["tags"]
+        return {"definition": json.loads(found["definition"]), "role": found["roleArn"],
+                "type": found.get("type", "STANDARD"),
+                "tags": only_our_tag({t["key"]: t["value"] for t in tags})}
+
+    def desired(self) -> dict:
+        return {"definition": self.definition(), "role": self.deployment.role_arn(self.role),
+                "type": "STANDARD", "tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("stepfunctions").create_state_machine(
+            name=self.name, definition=json.dumps(self.definition(), indent=2),
+            roleArn=self.deployment.role_arn(self.role), type="STANDARD",
+            tags=[{"key": TAG_KEY, "value": self.deployment.names.prefix}])
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        sfn = self.aws.client("stepfunctions")
+        arn = self.deployment.state_machine_arn(self.name)
+        if "type" in changed:
+            raise AwsError(f"{self.label}: exists with type {current['type']}; "
+                           "run teardown_aws.py first")
+        if {"definition", "role"} & set(changed):
+            sfn.update_state_machine(stateMachineArn=arn,
+                                     definition=json.dumps(self.definition(), indent=2),
+                                     roleArn=self.deployment.role_arn(self.role))
+        if "tags" in changed:
+            sfn.tag_resource(resourceArn=arn,
+                             tags=[{"key": TAG_KEY, "value": self.deployment.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("stepfunctions").delete_state_machine(
+            stateMachineArn=self.deployment.state_machine_arn(self.name))
+
+
+class ScheduleGroup(Resource):
+    kind = "schedule group"
+
+    def find(self) -> dict | None:
+        scheduler = self.aws.client("scheduler")
+        try:
+            group = scheduler.get_schedule_group(Name=self.name)
+        except ClientError as err:
+            if error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        if group.get("State") == "DELETING":
+            return None
+        tags = scheduler.list_tags_for_resource(ResourceArn=group["Arn"])["Tags"]
+        return {"tags": only_our_tag({t["Key"]: t["Value"] for t in tags}), "arn": group["Arn"]}
+
+    def desired(self) -> dict:
+        return {"tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("scheduler").create_schedule_group(
+            Name=self.name, Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("scheduler").tag_resource(
+            ResourceArn=current["arn"], Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("scheduler").delete_schedule_group(Name=self.name)
+
+
+class Schedule(Resource):
+    """Schedules cannot be tagged; this one lives in the project's tagged schedule group."""
+
+    kind = "schedule"
+    taggable = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.deployment.names.schedule_group}/{self.name}"
+
+    def request(self) -> dict:
+        settings = self.deployment.settings
+        return {
+            "Name": self.name,
+            "GroupName": self.deployment.names.schedule_group,
+            "ScheduleExpression": settings.schedule,
+            "ScheduleExpressionTimezone": settings.timezone,
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "State": "ENABLED",
+            "Description": f"{self.deployment.names.prefix}: start the nightly copy, named after the date",
+            "Target": {
+                "Arn": self.deployment.state_machine_arn(self.deployment.names.starter),
+                "RoleArn": self.deployment.role_arn("scheduler"),
+                "Input": json.dumps({"scheduled_time": "<aws.scheduler.scheduled-time>"}),
+                "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600},
+            },
+        }
+
+    @staticmethod
+    def view(schedule: dict) -> dict:
+        target = schedule.get("Target", {})
+        return {
+            "expression": schedule.get("ScheduleExpression"),
+            "timezone": schedule.get("ScheduleExpressionTimezone"),
+            "state": schedule.get("State"),
+            "target": {k: target.get(k) for k in ("Arn", "RoleArn", "Input")},
+        }
+
+    def find(self) -> dict | None:
+        try:
+            found = self.aws.client("scheduler").get_schedule(
+                GroupName=self.deployment.names.schedule_group, Name=self.name)
+        except ClientError as err:
+            if error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        return self.view(found)
+
+    def desired(self) -> dict:
+        return self.view(self.request())
+
+    def create(self) -> None:
+        self.aws.client("scheduler").create_schedule(**self.request())
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("scheduler").update_schedule(**self.request())
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("scheduler").delete_schedule(GroupName=self.deployment.names.schedule_group,
+                                                     Name=self.name)
+
+
+class Topic(Resource):
+    kind = "SNS topic"
+
+    def find(self) -> dict | None:
+        sns = self.aws.client("sns")
+        arn = self.deployment.topic_arn()
+        try:
+            sns.get_topic_attributes(TopicArn=arn)
+        except ClientError as err:
+            if error_code(err) in ("NotFound", "NotFoundException"):
+                return None
+            raise
+        tags = sns.list_tags_for_resource(ResourceArn=arn)["Tags"]
+        return {"tags": only_our_tag({t["Key"]: t["Value"] for t in tags})}
+
+    def desired(self) -> dict:
+        return {"tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("sns").create_topic(
+            Name=self.name, Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("sns").tag_resource(
+            ResourceArn=self.deployment.topic_arn(),
+            Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("sns").delete_topic(TopicArn=self.deployment.topic_arn())
+
+
+class TopicInvokePermission(Resource):
+    """The statement in the function's resource policy that lets the alarm topic invoke it."""
+
+    kind = "Lambda permission"
+    taggable = False
+
+    def find(self) -> dict | None:
+        try:
+            found = self.aws.client("lambda").get_policy(FunctionName=self.deployment.names.notify_function)
+        except ClientError as err:
+            if error_code(err) == "ResourceNotFoundException":
+                return None
+            raise
+        statements = json.loads(found["Policy"]).get("Statement", [])
+        statement = next((found for found in statements if found.get("Sid") == self.name), None)
+        if statement is None:
+            return None
+        principal = statement.get("Principal", {})
+        condition = statement.get("Condition", {}).get("ArnLike", {})
+        return {"principal": principal.get("Service") if isinstance(principal, dict)
+                else principal, "source_arn": condition.get("AWS:SourceArn")}
+
+    def desired(self) -> dict:
+        return {"principal": "sns.amazonaws.com", "source_arn": self.deployment.topic_arn()}
+
+    def create(self) -> None:
+        self.aws.client("lambda").add_permission(
+            FunctionName=self.deployment.names.notify_function, StatementId=self.name,
+            Action="lambda:InvokeFunction", Principal="sns.amazonaws.com",
+            SourceArn=self.deployment.topic_arn())
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.remove(current)
+        self.create()
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("lambda").remove_permission(
+            FunctionName=self.deployment.names.notify_function, StatementId=self.name)
+
+
+class TopicSubscription(Resource):
+    kind = "SNS subscription"
+    taggable = False
+
+    def find(self) -> dict | None:
+        try:
+            subscriptions = self.aws.client("sns").list_subscriptions_by_topic(
+                TopicArn=self.deployment.topic_arn())["Subscriptions"]
+        except ClientError as err:
+            if error_code(err) in ("NotFound", "NotFoundException"):
+                return None
+            raise
+        for subscription in subscriptions:
+            if (subscription["Protocol"] == "lambda"
+                    and subscription["Endpoint"] == self.deployment.function_arn()):
+                return {"endpoint": subscription["Endpoint"],
+                        "arn": subscription["SubscriptionArn"]}
+        return None
+
+    def desired(self) -> dict:
+        return {"endpoint": self.deployment.function_arn()}
+
+    def create(self) -> None:
+        self.aws.client("sns").subscribe(TopicArn=self.deployment.topic_arn(), Protocol="lambda",
+                                         Endpoint=self.deployment.function_arn())
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("sns").unsubscribe(SubscriptionArn=current["arn"])
+
+
+class Alarm(Resource):
+    kind = "CloudWatch alarm"
+    PERIOD_SECONDS = 300
+
+    def metrics(self) -> list[dict]:
+        def metric(metric_id: str, name: str, state_machine: str) -> dict:
+            return {"Id": metric_id, "ReturnData": False, "MetricStat": {
+                "Metric": {"Namespace": "AWS/States", "MetricName": name, "Dimensions": [
+                    {"Name": "StateMachineArn",
+                     "Value": self.deployment.state_machine_arn(state_machine)}]},
+                "Period": self.PERIOD_SECONDS, "Stat": "Sum"}}
+
+        names = self.deployment.names
+        return [
+            metric("failed", "ExecutionsFailed", names.state_machine),
+            metric("timedout", "ExecutionsTimedOut", names.state_machine),
+            metric("aborted", "ExecutionsAborted", names.state_machine),
+            metric("starterfailed", "ExecutionsFailed", names.starter),
+            {"Id": "problems", "ReturnData": True, "Label": "failed, timed-out or aborted runs",
+             "Expression": "FILL(failed, 0) + FILL(timedout, 0) + FILL(aborted, 0)"
+                           " + FILL(starterfailed, 0)"},
+        ]
+
+    def request(self) -> dict:
+        return {
+            "AlarmName": self.name,
+            "AlarmDescription": f"{self.deployment.names.prefix}: a nightly run failed, timed out or was "
+                                "aborted (or the starter failed)",
+            "ActionsEnabled": True,
+            "AlarmActions": [self.deployment.topic_arn()],
+            "Metrics": self.metrics(),
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": 1,
+            "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "notBreaching",
+        }
+
+    @staticmethod
+    def view(alarm: dict) -> dict:
+        """The fields setup sets, in the same shape whether read back from AWS or not."""
+
+        def metric(query: dict) -> dict:
+            stat = query.get("MetricStat")
+            found = {k: query.get(k) for k in ("Id", "Expression", "ReturnData")
+                     if query.get(k) is not None}
+            if stat:
+                found["MetricStat"] = {
+                    "Metric": {k: stat["Metric"].get(k) for k in (
+                        "Namespace", "MetricName", "Dimensions")},
+                    "Period": stat.get("Period"), "Stat": stat.get("Stat")}
+            return found
+
+        view = {k: alarm.get(k) for k in (
+            "AlarmActions", "EvaluationPeriods", "ComparisonOperator", "TreatMissingData")}
+        return view | {"Threshold": float(alarm.get("Threshold", 0)),
+                       "Metrics": [metric(m) for m in alarm.get("Metrics", [])]}
+
+    def find(self) -> dict | None:
+        cloudwatch = self.aws.client("cloudwatch")
+        alarms = cloudwatch.describe_alarms(AlarmNames=[self.name])["MetricAlarms"]
+        if not alarms:
+            return None
+        tags = cloudwatch.list_tags_for_resource(ResourceARN=alarms[0]["AlarmArn"])["Tags"]
+        return self.view(alarms[0]) | {
+            "tags": only_our_tag({t["Key"]: t["Value"] for t in tags}),
+            "arn": alarms[0]["AlarmArn"]}
+
+    def desired(self) -> dict:
+        return self.view(self.request()) | {"tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("cloudwatch").put_metric_alarm(
+            **self.request(), Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        cloudwatch = self.aws.client("cloudwatch")
+        cloudwatch.put_metric_alarm(**self.request())
+        if "tags" in changed:
+            cloudwatch.tag_resource(ResourceARN=current["arn"],
+                                    Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("cloudwatch").delete_alarms(AlarmNames=[self.name])
+
+
+class QueryDefinition(Resource):
+    """The saved Logs Insights query. Query definitions cannot be tagged: found by name."""
+
+    kind = "Logs Insights query"
+    taggable = False
+
+    def find(self) -> dict | None:
+        found = self.aws.client("logs").describe_query_definitions(
+            queryDefinitionNamePrefix=self.name)["queryDefinitions"]
+        query = next((q for q in found if q["name"] == self.name), None)
+        if query is None:
+            return None
+        return {"query": query["queryString"], "log_groups": sorted(query.get("logGroupNames", [])),
+                "id": query["queryDefinitionId"]}
+
+    def desired(self) -> dict:
+        return {"query": DURATIONS_QUERY, "log_groups": [self.deployment.copier_log_group()]}
+
+    def create(self) -> None:
+        self.aws.client("logs").put_query_definition(
+            name=self.name, queryString=DURATIONS_QUERY,
+            logGroupNames=[self.deployment.copier_log_group()])
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("logs").put_query_definition(
+            name=self.name, queryDefinitionId=current["id"], queryString=DURATIONS_QUERY,
+            logGroupNames=[self.deployment.copier_log_group()])
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("logs").delete_query_definition(queryDefinitionId=current["id"])
+
+
+def tag_dict(tags: list[dict] | dict | None) -> dict[str, str]:
+    """Our tag from a list of {Key, Value} or a plain dict, as different APIs return them."""
+    if isinstance(tags, dict):
+        return only_our_tag(tags)
+    return only_our_tag({t["Key"]: t["Value"] for t in tags or []})
+
+
+class EcrRepository(Resource):
+    """The project's image repository. No repository policy: the CodeBuild role and the Batch
+    execution role pull with identity permissions scoped to this repository."""
+
+    kind = "ECR repository"
+
+    def find(self) -> dict | None:
+        ecr = self.aws.client("ecr")
+        try:
+            (repository,) = ecr.describe_repositories(repositoryNames=[self.name])["repositories"]
+        except ClientError as err:
+            if error_code(err) == "RepositoryNotFoundException":
+                return None
+            raise
+        tags = ecr.list_tags_for_resource(resourceArn=repository["repositoryArn"])["tags"]
+        images = ecr.list_images(repositoryName=self.name, maxResults=1000)["imageIds"]
+        return {"tags": tag_dict(tags), "arn": repository["repositoryArn"],
+                "images": len(images)}
+
+    def desired(self) -> dict:
+        return {"tags": self.our_tags()}
+
+    def create(self) -> None:
+        self.aws.client("ecr").create_repository(
+            repositoryName=self.name, tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}],
+            imageScanningConfiguration={"scanOnPush": True})
+
+    def update(self, current: dict, changed: list[str]) -> None:
+        self.aws.client("ecr").tag_resource(
+            resourceArn=current["arn"], tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+
+    def kept_on_teardown(self, current: dict) -> str | None:
+        # Images are what the user built and pushed: deleting them takes an explicit flag.
+        if current["images"] and not self.deployment.options.remove_images:
+            return (f"holds {current['images']} image(s); teardown_aws.py --remove-images "
+                    "deletes it with them")
+        return None
+
+    def remove(self, current: dict) -> None:
+        self.aws.client("ecr").delete_repository(repositoryName=self.name,
+                                                 force=bool(current["images"]))

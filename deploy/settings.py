@@ -1,0 +1,213 @@
+"""Settings: deploy.toml and the flags that override it, checked before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import copier
+
+DEFAULT_CONFIG = Path("deploy.toml")
+RUNNERS = ("codebuild", "batch")
+BATCH_COMPUTE_TYPES = ("FARGATE", "EC2")
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
+WEBHOOK_ENV_VAR = "SLACK_WEBHOOK_URL"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid: fix the config file or the flag named in the message."""
+
+
+
+@dataclass
+class Settings:
+    """Everything setup needs besides secrets. Config file keys and flags use these names."""
+
+    prefix: str = field(default="nightly-copy", metadata={"help": "name prefix and tag value"})
+    region: str = field(default="", metadata={"help": "AWS region (default: AWS_REGION etc.)"})
+    tables: list[str] = field(default_factory=list, metadata={"help": "tables to copy"})
+    jobs: int = field(default=5, metadata={"help": "parallel CodeBuild jobs"})
+    table_weights: dict[str, float] = field(default_factory=dict, metadata={"file_only": True})
+    github_url: str = field(default="", metadata={"help": "GitHub repository URL"})
+    branch: str = field(default="main", metadata={"help": "branch the builds check out"})
+    image: str = field(default="aws/codebuild/standard:7.0", metadata={"help": "build image"})
+    ecr_image: str = field(default="", metadata={"help": "custom ECR image URI (NO_SOURCE)"})
+    custom_image: bool = field(default=False, metadata={
+        "help": "create the ECR repository <prefix> and run its image (NO_SOURCE, no GitHub)"})
+    image_tag: str = field(default="latest",
+                           metadata={"help": "tag of the image in that repository"})
+    runner: str = field(default="codebuild", metadata={"help": "codebuild or batch"})
+    batch_compute: str = field(default="FARGATE", metadata={"help": "FARGATE or EC2"})
+    batch_vcpus: int = field(default=1, metadata={"help": "vCPUs per Batch job"})
+    batch_memory_mib: int = field(default=2048, metadata={"help": "MiB of memory per Batch job"})
+    assign_public_ip: bool = field(default=False, metadata={
+        "help": "Fargate jobs get a public IP (a public subnet instead of a NAT gateway)"})
+    compute_type: str = field(default="BUILD_GENERAL1_SMALL",
+                              metadata={"help": "CodeBuild compute type"})
+    build_timeout_minutes: int = field(default=90,
+                                       metadata={"help": "minutes before a build is stopped"})
+    queued_timeout_minutes: int = field(
+        default=60, metadata={"help": "minutes a build may wait in the queue"})
+    vpc_id: str = field(default="", metadata={"help": "VPC for the builds (optional)"})
+    subnets: list[str] = field(default_factory=list, metadata={"help": "private subnet ids"})
+    security_groups: list[str] = field(default_factory=list,
+                                       metadata={"help": "security group ids"})
+    schedule: str = field(default="cron(0 3 * * ? *)",
+                          metadata={"help": "EventBridge Scheduler expression"})
+    timezone: str = field(default="UTC", metadata={"help": "IANA time zone of the schedule"})
+    log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
+    lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
+    source: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
+    target: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", self.prefix):
+            raise SettingsError(
+                f"prefix {self.prefix!r}: use 1-32 lowercase letters, digits or '-'")
+        if self.log_retention_days not in LOG_RETENTION_DAYS:
+            raise SettingsError(f"log_retention_days {self.log_retention_days} is not one of "
+                                f"{', '.join(map(str, LOG_RETENTION_DAYS))}")
+        for database in copier.DATABASES:
+            unknown = set(getattr(self, database)) - set(copier.CONNECTION_SETTINGS)
+            if unknown:
+                raise SettingsError(f"[{database}] has unknown keys {sorted(unknown)}")
+            if set(getattr(self, database)) & copier.SECRET_SETTINGS:
+                raise SettingsError(f"[{database}] must not hold secrets; set "
+                                    f"{secret_env_var(database, 'password')} instead")
+
+    def validate_for_setup(self) -> None:
+        self.validate()
+        if not self.tables:
+            raise SettingsError("tables: give at least one table (config file or --tables)")
+        if len(set(self.tables)) != len(self.tables):
+            raise SettingsError("tables: a table is listed twice")
+        if self.jobs < 1:
+            raise SettingsError("jobs must be at least 1")
+        if not self.github_url and not self.runs_an_image:
+            raise SettingsError("github_url is required (or custom_image = true, or ecr_image)")
+        self.validate_runner()
+        if not 5 <= self.build_timeout_minutes <= 2160:
+            raise SettingsError("build_timeout_minutes must be between 5 and 2160")
+        if not 5 <= self.queued_timeout_minutes <= 480:
+            raise SettingsError("queued_timeout_minutes must be between 5 and 480")
+        if bool(self.vpc_id) != bool(self.subnets) or bool(self.subnets) != bool(
+                self.security_groups):
+            raise SettingsError("vpc_id, subnets and security_groups go together")
+        unknown = set(self.table_weights) - set(self.tables)
+        if unknown:
+            raise SettingsError(f"table_weights names tables not in tables: {sorted(unknown)}")
+
+    @property
+    def uses_own_repository(self) -> bool:
+        """Setup creates the ECR repository: asked for, or Batch needs an image and none is given."""
+        return self.custom_image or (self.runner == "batch" and not self.ecr_image)
+
+    @property
+    def runs_an_image(self) -> bool:
+        return bool(self.ecr_image) or self.uses_own_repository
+
+    def validate_runner(self) -> None:
+        if self.runner not in RUNNERS:
+            raise SettingsError(f"runner {self.runner!r}: use one of {', '.join(RUNNERS)}")
+        if self.custom_image and self.ecr_image:
+            raise SettingsError("custom_image and ecr_image exclude each other: pick one image")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", self.image_tag):
+            raise SettingsError(f"image_tag {self.image_tag!r} is not a valid image tag")
+        if self.runner != "batch":
+            return
+        if self.batch_compute not in BATCH_COMPUTE_TYPES:
+            raise SettingsError(f"batch_compute {self.batch_compute!r}: use one of "
+                                f"{', '.join(BATCH_COMPUTE_TYPES)}")
+        if not self.subnets or not self.security_groups:
+            raise SettingsError("runner batch needs subnets and security_groups (and vpc_id): "
+                                "Batch jobs always run in a VPC")
+        if self.batch_vcpus < 1 or self.batch_memory_mib < 512:
+            raise SettingsError("batch_vcpus must be at least 1 and batch_memory_mib at least 512")
+
+
+SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def secret_env_var(database: str, setting: str) -> str:
+    return f"COPIER_{database.upper()}_{setting.upper()}"
+
+
+def _flag_setting_name(database: str, setting: str) -> str:
+    return f"{database}_{setting}"
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add --config and one flag per setting; a flag overrides the config file."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists)")
+    for name in names:
+        if name in copier.DATABASES:
+            for setting in copier.CONNECTION_SETTINGS:
+                if setting not in copier.SECRET_SETTINGS:
+                    parser.add_argument(f"--{name}-{setting}",
+                                        dest=_flag_setting_name(name, setting),
+                                        help=f"{name} database {setting}")
+            continue
+        f = SETTING_FIELDS[name]
+        if f.metadata.get("file_only"):
+            continue
+        if f.type == "bool":
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f.metadata.get("help", name) + f" (default {f.default})")
+            continue
+        notes = ["comma-separated"] if f.type == "list[str]" else []
+        if f.default not in (dataclasses.MISSING, ""):
+            notes.append(f"default {f.default}")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name,
+                            type=int if f.type == "int" else str,
+                            help=f.metadata.get("help", name)
+                            + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Read the config file, then apply the flags given on the command line."""
+    path = args.config
+    values: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise SettingsError(f"config file {path}: {err}") from err
+    unknown = set(values) - set(SETTING_FIELDS)
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown settings {sorted(unknown)}")
+    settings = Settings(**values)
+    for name in SETTING_FIELDS:
+        if name in copier.DATABASES:
+            for setting in copier.CONNECTION_SETTINGS:
+                value = getattr(args, _flag_setting_name(name, setting), None)
+                if value is not None:
+                    getattr(settings, name)[setting] = value
+            continue
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        setattr(settings, name, value)
+    for name, f in SETTING_FIELDS.items():
+        if f.type == "list[str]" and isinstance(getattr(settings, name), str):
+            items = getattr(settings, name).split(",")
+            setattr(settings, name, [item.strip() for item in items if item.strip()])
+    for database in copier.DATABASES:  # port = 5432 in TOML is a number; SSM holds text
+        setattr(settings, database, {k: str(v) for k, v in getattr(settings, database).items()})
+    for name, f in SETTING_FIELDS.items():
+        value = getattr(settings, name)
+        if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise SettingsError(f"{name} must be a whole number, not {value!r}")
+        if f.type == "bool" and not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, not {value!r}")
+    return settings

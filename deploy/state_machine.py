@@ -1,0 +1,107 @@
+"""The nightly state machine, rendered from state_machine.json (and state_machine_batch.json for
+Batch), and the starter that names each run after its date."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from deploy.names import Names, job_name
+from deploy.settings import SettingsError
+
+HERE = Path(__file__).resolve().parent.parent
+STATE_MACHINE_TEMPLATE = HERE / "state_machine.json"
+# The copy task's runner-specific fields for runner = "batch" (see with_batch_task).
+BATCH_TASK_TEMPLATE = HERE / "state_machine_batch.json"
+
+
+def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str, Any]) -> dict:
+    """Fill the template: one copy of the branch template per job, then every ${Name}."""
+
+    def value(names: dict[str, Any], name: str) -> Any:
+        if name not in names:
+            raise SettingsError(f"state_machine.json: no value for ${{{name}}}")
+        return names[name]
+
+    def fill(node, names: dict[str, Any]):
+        if isinstance(node, dict):
+            return {fill(k, names): fill(v, names) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v, names) for v in node]
+        if isinstance(node, str):
+            whole = re.fullmatch(r"\$\{(\w+)\}", node)
+            if whole:
+                return value(names, whole.group(1))
+            return re.sub(r"\$\{(\w+)\}", lambda m: str(value(names, m.group(1))), node)
+        return node
+
+    definition = copy.deepcopy(template)
+    parallel = definition["States"][Names.copy_state]
+    (branch,) = parallel["Branches"]
+    parallel["Branches"] = [
+        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(tables)})
+        for n, tables in enumerate(jobs, start=1)
+    ]
+    return fill(definition, values)
+
+
+def with_batch_task(template: dict, batch_task: dict) -> dict:
+    """The template with its copy task run by AWS Batch instead of CodeBuild.
+
+    Only the runner-specific fields change: Resource, Parameters and Retry come from the Batch
+    file, and the ResultSelector keeps the template's fixed entries (job, tables) with the
+    Batch file's paths. TimeoutSeconds, Catch and End stay, and so do the states after the
+    Parallel. The container's environment is the CodeBuild task's EnvironmentVariablesOverride
+    without "Type": both runners get the same variables, written once.
+    """
+    definition = copy.deepcopy(template)
+    (branch,) = definition["States"][Names.copy_state]["Branches"]
+    task = branch["States"][branch["StartAt"]]
+    environment = []
+    for variable in task["Parameters"]["EnvironmentVariablesOverride"]:
+        if variable.get("Type", "PLAINTEXT") != "PLAINTEXT":
+            raise SettingsError(f"state_machine.json: {variable['Name']} is "
+                                f"{variable['Type']}; Batch overrides take plain values only")
+        environment.append({k: v for k, v in variable.items() if k != "Type"})
+    parts = {k: copy.deepcopy(v) for k, v in batch_task.items() if k != "Comment"}
+    parts["Parameters"]["ContainerOverrides"]["Environment"] = environment
+    parts["ResultSelector"] = {
+        **{k: v for k, v in task["ResultSelector"].items() if not k.endswith(".$")},
+        **parts["ResultSelector"]}
+    branch["States"][branch["StartAt"]] = {
+        **{k: parts.get(k, v) for k, v in task.items()}, **parts}
+    return definition
+
+
+def starter_definition(state_machine_arn: str) -> dict:
+    """A two-state workflow that starts the nightly run named after the scheduled date.
+
+    EventBridge Scheduler cannot format a date, but it can pass its scheduled time
+    ("2026-11-27T03:00:00Z"); States.StringSplit turns that into "2026-11-27".
+    """
+    date_of_scheduled_time = "States.ArrayGetItem(States.StringSplit($.scheduled_time, 'T'), 0)"
+    return {
+        "Comment": "Start the nightly copy once per date: the execution is named after it.",
+        "StartAt": "Start nightly copy",
+        "States": {
+            "Start nightly copy": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution",
+                "Parameters": {
+                    "StateMachineArn": state_machine_arn,
+                    "Name.$": date_of_scheduled_time,
+                    "Input": {"date.$": date_of_scheduled_time},
+                },
+                "TimeoutSeconds": 60,
+                "Catch": [{
+                    "ErrorEquals": ["StepFunctions.ExecutionAlreadyExistsException"],
+                    "ResultPath": "$.already_started",
+                    "Next": "Already started for this date",
+                }],
+                "End": True,
+            },
+            "Already started for this date": {"Type": "Succeed"},
+        },
+    }
