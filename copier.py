@@ -1899,12 +1899,13 @@ def sweep_dependents(cur, table: TableName, table_oid: int,
         seeds = relation_seeds(cur, views) + routines
     ordered = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
     recreated_views = {row[6] for row in ordered if row[7] == "view"}
+    refused = [row for row in ordered if row[7] == "other"]
+    if refused:
+        raise refusal(cur, table, refused)
     dependents, foreign_keys = [], []
-    for _catalog, oid, _column, description, kind, identity, relation, role in ordered:
-        if role == "other":
-            raise refusal(cur, table, description, kind, identity)
+    for _catalog, oid, _column, description, _kind, _identity, relation, role in ordered:
         if not capture:
-            continue
+            break
         if role == "view":
             dependents.append(capture_view(cur, relation))
         elif role == "rule" and relation not in recreated_views:  # a view's own come with it
@@ -1949,15 +1950,23 @@ def capture_child(cur, oid: int, family: list[int]) -> Restatement | None:
                        f"ALTER TABLE {child} INHERIT {parent}", f"ALTER TABLE {child} NO INHERIT {parent}")
 
 
-def refusal(cur, table: TableName, description: str, kind: str, identity: str) -> Refused:
-    """What to say about a dependent the copier cannot keep: which object, and how to resolve it."""
+def refusal(cur, table: TableName, refused: list[tuple]) -> Refused:
+    """What to say about dependents the copier cannot keep: which objects, and how to resolve
+    the first (an object before its own constraints: dropping a domain drops its checks)."""
+    refused = sorted(refused, key=lambda row: row[4].endswith("constraint"))
+    _catalog, oid, _column, description, kind, identity, _relation, _role = refused[0]
+    if kind == "type":
+        cur.execute("SELECT typtype = 'd' FROM pg_type WHERE oid = %s", (oid,))
+        kind = "domain" if (cur.fetchone() or [False])[0] else kind
     name, _, owner = identity.rpartition(" on ")
     fields = {"table": owner, "name": name, "column": identity.rpartition(".")[2]}
     if kind == "table column":
         fields["table"] = identity.rpartition(".")[0]
     advice = DROP_ADVICE.get(kind, f"DROP {kind.upper()} {identity}").format(**fields)
+    others = [row[3] for row in refused[1:]]
+    more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
     return Refused(f"{table.qualified} cannot be replaced: {description} depends on it and would "
-                   f"not survive the refresh; resolve it on the reporting side ({advice}), "
+                   f"not survive the refresh{more}; resolve it on the reporting side ({advice}), "
                    f"or stop copying {table.qualified}")
 
 

@@ -302,3 +302,28 @@ def test_a_partition_of_a_reporting_table_is_refused(copier_env, run_copier):
             "(its partitions come along), or ALTER TABLE public.years DETACH PARTITION public.y2024"
             ) in result.stderr
     assert copier_env.target_rows("SELECT count(*) FROM years") == [(0,)]
+
+
+@pytest.mark.parametrize("reporting_side, named, remedy", [
+    ("CREATE DOMAIN good_customer AS customers CHECK ((VALUE).score > 0)",
+     "type public.good_customer", "DROP DOMAIN public.good_customer"),
+    ("CREATE FUNCTION score_of(c customers) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT c.score $$;"
+     "CREATE TABLE picks (c customers CHECK (score_of(c) >= 0))",
+     "column c of table public.picks", "give the column another type, e.g. ALTER TABLE public.picks"),
+    ("CREATE FUNCTION best(c customers) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT c.score > 5 $$;"
+     "CREATE TABLE flags (id int, CONSTRAINT sane CHECK (best(ROW(id, 'x', 1)::customers)))",
+     "constraint sane on table public.flags", "ALTER TABLE public.flags DROP CONSTRAINT sane"),
+], ids=["domain over the row type", "column of the row type", "check calling a function remade"])
+def test_what_cannot_be_kept_is_refused_with_its_remedy_and_nothing_changes(
+        customers, run_copier, reporting_side, named, remedy):
+    customers.target(reporting_side)
+    customers.source("DELETE FROM customers WHERE id > 10")
+
+    result = run_copier("TABLES=customers")
+
+    assert result.code == 1
+    (failed,) = result.of("table_failed")
+    assert failed["error"].startswith(f"public.customers cannot be replaced: {named} depends on it")
+    assert f"resolve it on the reporting side ({remedy}" in failed["error"]
+    assert customers.target_rows("SELECT count(*) FROM customers") == [(100,)]
+    assert debris(customers) == []
