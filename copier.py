@@ -1525,6 +1525,7 @@ class PartitionSide:
     grants: list[tuple[str, str, bool]]
     comment: str | None
     index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
+    triggers: list[str]  # its own (not its share of the table's), as CREATE TRIGGER statements
 
 
 PARTITIONS_QUERY = """
@@ -1614,7 +1615,9 @@ SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), obj_description(c.oid,
        (SELECT coalesce(json_agg(json_build_array(ic.relname, pi.relname)), '[]')
         FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
         JOIN pg_inherits i ON i.inhrelid = x.indexrelid JOIN pg_class pi ON pi.oid = i.inhparent
-        WHERE x.indrelid = c.oid)
+        WHERE x.indrelid = c.oid),
+       (SELECT coalesce(json_agg(pg_get_triggerdef(g.oid) ORDER BY g.tgname), '[]') FROM pg_trigger g
+        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
 FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE t.level > 0
@@ -1624,19 +1627,23 @@ WHERE t.level > 0
 def capture_partitions(cur, oid: int) -> list[PartitionSide]:
     cur.execute(PARTITION_SIDE_QUERY, (oid,))
     sides = []
-    for schema, name, owner, comment, index_names in cur.fetchall():
+    for schema, name, owner, comment, index_names, triggers in cur.fetchall():
         grants = table_grants(cur, sql.Identifier(schema, name))
-        sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names]))
+        sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names],
+                                   triggers))
     return sides
 
 
-def restore_partitions(cur, partitions: list[PartitionSide]) -> None:
-    """Each partition that is there again gets its owner, grants and comment back, and its
-    share of the table's indexes gets back the name it had."""
+def restore_partitions(cur, table: TableName, partitions: list[PartitionSide]) -> None:
+    """Each partition that is there again gets its owner, grants, comment and own triggers
+    back, and its share of the table's indexes gets back the name it had."""
     for side in partitions:
         ident = sql.Identifier(side.schema, side.name)
         if live_table_oid(cur, TableName(side.schema, side.name)) is None:
             continue
+        for trigger in side.triggers:
+            partition = TableName(side.schema, side.name).qualified
+            recreate_or_fail(cur, trigger, f"trigger of partition {partition}", table)
         if side.owner != current_user(cur):
             cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ident, sql.Identifier(side.owner)))
         apply_grants(cur, "TABLE", ident, side.grants, table_grants(cur, ident))
@@ -2233,8 +2240,9 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
     column_comments = cur.fetchone()[0]
     dependents, foreign_keys = sweep_dependents(cur, table, oid)
-    cur.execute(FOREIGN_KEY_QUERY.format("c.conrelid = %s AND c.contype = 'f' AND c.conparentid = 0"),
-                (oid,))
+    cur.execute(FOREIGN_KEY_QUERY.format(
+        "c.conrelid IN (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s)) "
+        "AND c.contype = 'f' AND c.conparentid = 0"), {"oid": oid})
     own_keys = [foreign_key(*row) for row in cur.fetchall()]
     return ReportingSide(oid, owner, grants, column_grants, comment, column_comments,
                          list(table_options), tuple(row_security), policies, triggers,
@@ -2280,8 +2288,7 @@ def replace_table(cur, staged: StagedTable) -> list[ForeignKey]:
         for dependent in reversed(old.dependents):
             dependent.drop(cur)
         for key in old.foreign_keys:
-            if key.table != table.ident.as_string(cur):
-                key.drop(cur)
+            key.drop(cur)
         try:
             cur.execute(sql.SQL("DROP TABLE {}").format(table.ident))
         except psycopg2.errors.DependentObjectsStillExist as exc:
@@ -2379,7 +2386,7 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
                 sql.SQL(" WITH GRANT OPTION" if grantable else "")))
     apply_comments(cur, table.ident, old.comment,
                    {c: text for c, text in old.column_comments.items() if c in columns})
-    restore_partitions(cur, old.partitions)
+    restore_partitions(cur, table, old.partitions)
 
 
 def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:

@@ -164,12 +164,15 @@ CREATE INDEX events_2023_only ON events_2023 (kind, id);
 CREATE ROLE partition_reader_{n};
 GRANT SELECT ON events_2023 TO partition_reader_{n};
 COMMENT ON TABLE events_2024_h1 IS 'first half';
+CREATE FUNCTION no_op() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER only_2023 BEFORE INSERT ON events_2023 FOR EACH ROW EXECUTE FUNCTION no_op();
 """
 PARTITION_FACTS = """
 SELECT c.relname, c.relkind, pg_get_expr(c.relpartbound, c.oid), c.reloptions, c.relacl::text[],
        obj_description(c.oid, 'pg_class')
 FROM pg_partition_tree('events') t JOIN pg_class c ON c.oid = t.relid ORDER BY 1
 """
+EVENT_TRIGGERS = "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"
 EVENT_INDEXES = ("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'events%'"
                  " ORDER BY 1, 2")
 
@@ -181,6 +184,8 @@ def test_a_partitioned_reporting_table_stays_partitioned(copier_env, run_copier)
     copier_env.target(PARTITIONED.format(n=copier_env.target_name))
     before = copier_env.target_rows(PARTITION_FACTS)
     indexes = copier_env.target_rows(EVENT_INDEXES)
+    triggers = copier_env.target_rows(EVENT_TRIGGERS)
+    assert triggers == [("events_2023", "only_2023")]
 
     for _ in range(2):
         result = run_copier("TABLES=events")
@@ -188,6 +193,7 @@ def test_a_partitioned_reporting_table_stays_partitioned(copier_env, run_copier)
 
     assert copier_env.target_rows(PARTITION_FACTS) == before
     assert copier_env.target_rows(EVENT_INDEXES) == indexes
+    assert copier_env.target_rows(EVENT_TRIGGERS) == triggers
     assert result.of("index_skipped") == []  # the reporting side's key of that name is kept
     assert copier_env.target_rows("SELECT count(*), sum(id) FROM events") == [(900, 405450)]
     assert copier_env.target_rows("SELECT count(*) FROM events_2024_h1") == [(182,)]
