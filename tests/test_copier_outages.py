@@ -179,14 +179,16 @@ def spare_cluster(tmp_path_factory, name: str) -> LocalCluster:
 def long_outages(pg_cluster, tmp_path_factory):
     """The four long outages, started together the first time a test asks for one."""
     spares = [spare_cluster(tmp_path_factory, f"spare{n}") for n in range(4)]
+    scenarios = {}
     try:
-        yield {
-            "source 30 s": source_outage_scenario(pg_cluster, spares[0], 30, 1),
-            "source 90 s": source_outage_scenario(pg_cluster, spares[1], 90, 2),
-            "target during a load": target_outage_scenario(pg_cluster, spares[2], "load", 3),
-            "target during a swap": target_outage_scenario(pg_cluster, spares[3], "swap", 4),
-        }
+        scenarios["source 30 s"] = source_outage_scenario(pg_cluster, spares[0], 30, 1)
+        scenarios["source 90 s"] = source_outage_scenario(pg_cluster, spares[1], 90, 2)
+        scenarios["target during a load"] = target_outage_scenario(pg_cluster, spares[2], "load", 3)
+        scenarios["target during a swap"] = target_outage_scenario(pg_cluster, spares[3], "swap", 4)
+        yield scenarios
     finally:
+        for scenario in scenarios.values():
+            scenario.outcome.exception()  # each run (and its restart of a cluster) is over
         for cluster in spares:
             cluster.stop()
         for n in range(1, 5):
@@ -231,7 +233,7 @@ def test_a_target_outage_mid_table_rolls_back_waits_and_redoes_it(long_outages, 
     assert result.code == 0, result.stderr
     assert [e["at"] for e in result.of("test_outage")] == [at]
     (retry,) = result.of("table_retry")
-    assert retry["table"] == "public.t02"  # the largest, copied first
+    assert retry["table"] in ("public.t01", "public.t02")  # the first one, mid-load or mid-swap
     assert retry["error"].startswith("lost the connection to the target database")
     assert result.of("waiting") and {e["database"] for e in result.of("waiting")} == {"target"}
     assert_equal_to_source(scenario.source_dsn, scenario.target_dsn, TABLES[:2])
