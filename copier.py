@@ -2774,7 +2774,7 @@ class SnapshotHolder:
 
     def stop(self) -> None:
         self.done.set()
-        self.thread.join()
+        self.thread.join(5)  # not through a renewal's wait for the source (Ctrl-C during it)
         self.close()
 
 
@@ -2821,6 +2821,8 @@ class TableCopier:
             self.snapshot, generation = self.shared.snapshot.current()
             try:
                 self.connect(name)
+                if attempt:
+                    source = self.found_again(source)
                 staged = self.copy_once(source)
             except KeyboardInterrupt:
                 self.close()
@@ -2860,6 +2862,18 @@ class TableCopier:
             result.foreign_keys = staged.foreign_keys
             return result
         raise AssertionError("unreachable")
+
+    def found_again(self, source: SourceTable) -> SourceTable:
+        """The table looked up by name again: after a lost connection the source may be another
+        server (a failover to a logical replica, say), where the OID read at the start is not it."""
+        with self.src.cursor() as cur:
+            cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                        (source.table.schema, source.table.name))
+            row = cur.fetchone()
+        if row is None:
+            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+        return dataclasses.replace(source, oid=row[0])
 
     def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
                        error: str, generation: int) -> bool:
