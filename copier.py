@@ -109,6 +109,14 @@ class SourceStreamError(CopierError):
     """The source stopped sending before the end of the table."""
 
 
+class DatabaseUnreachable(CopierError):
+    """A database stayed unreachable for longer than the outage budget."""
+
+
+class SnapshotLost(CopierError):
+    """The run's exported snapshot is gone: its holder's connection or server went away."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C so every open transaction is rolled back."""
 
@@ -163,6 +171,8 @@ class Options:
 
     def swaps_late(self, table: str) -> bool:
         return self.swap == "together" or table in self.late_swap
+    outage_budget: float = 600.0
+    snapshot: str = "renew"
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -208,6 +218,16 @@ def parse_args(argv: list[str]) -> Options:
                         "raise it when the target has idle cores)")
     parser.add_argument("--progress-seconds", type=float, default=30.0, metavar="SECONDS",
                         help="interval of progress lines for long tables (default 30)")
+    parser.add_argument("--outage-budget", type=float,
+                        default=os.environ.get("COPIER_OUTAGE_BUDGET", "600"), metavar="SECONDS",
+                        help="how long the jobs wait for a database that became unreachable "
+                        "(a failover, a restart, a network cut) before its tables fail (default "
+                        "600: a managed database's failover with margin)")
+    parser.add_argument("--snapshot", choices=("renew", "strict"),
+                        default=os.environ.get("COPIER_SNAPSHOT", "renew"),
+                        help="'renew': when the run's snapshot is lost (source restarted or failed "
+                        "over, its connection cut), take a new one and say which tables came from "
+                        "which (default); 'strict': fail the tables not yet read instead")
     args = parser.parse_args(argv)
 
     tables_text = os.environ.get("TABLES", "")
@@ -220,11 +240,14 @@ def parse_args(argv: list[str]) -> Options:
         parser.error("--jobs must be at least 1")
     if args.retries < 0 or args.lock_retries < 0 or args.index_workers < 0:
         parser.error("--retries, --lock-retries and --index-workers must not be negative")
+    if args.outage_budget < 0:
+        parser.error("--outage-budget must not be negative")
     return Options(
         tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
         lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
-        index_workers=args.index_workers,
+        index_workers=args.index_workers, outage_budget=args.outage_budget,
+        snapshot=args.snapshot,
     )
 
 
@@ -247,8 +270,9 @@ environment:
   TABLES                   the table list, when no TABLES= argument is given
   SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
   COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
-  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS
-                           defaults for --jobs, --swap, --retries, --index-workers
+  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS, COPIER_OUTAGE_BUDGET,
+  COPIER_SNAPSHOT          defaults for --jobs, --swap, --retries, --index-workers,
+                           --outage-budget, --snapshot
   COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine)
 """
 
@@ -323,11 +347,16 @@ def open_connection(settings: dict, role: str):
     try:
         return connect(settings, role)
     except psycopg2.Error as exc:
-        raise ConnectionLost(f"cannot connect to the {role} database: {first_line(exc)}") from exc
+        raise ConnectionLost(f"cannot connect to the {role} database: {first_line(exc)}",
+                             role) from exc
 
 
 class ConnectionLost(CopierError):
     """A connection could not be opened or was lost: worth retrying."""
+
+    def __init__(self, message: str, role: str | None = None):
+        super().__init__(message)
+        self.role = role
 
 
 def first_line(exc: BaseException) -> str:
@@ -1056,6 +1085,7 @@ class TableResult:
     attempts: int = 1
     staged: StagedTable | None = None
     foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
+    snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
 
 
 def stage_table(cur, definition: TableDefinition) -> StagedTable:
@@ -1267,10 +1297,24 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     return outcome["rows"], loaded, reader.bytes
 
 
+# What SET TRANSACTION SNAPSHOT answers when the exported snapshot is gone: no such file
+# (invalid_parameter_value "invalid snapshot identifier" up to PostgreSQL 17, undefined_object
+# "snapshot does not exist" from 18), or its exporting transaction has ended
+# (object_not_in_prerequisite_state "could not import the requested snapshot").
+SNAPSHOT_GONE_SQLSTATES = frozenset({"22023", "42704", "55000"})
+
+
 def begin_snapshot(cur, snapshot: str | None) -> None:
     cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     if snapshot:
-        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        try:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        except psycopg2.Error as exc:
+            if exc.pgcode in SNAPSHOT_GONE_SQLSTATES:
+                raise SnapshotLost(
+                    f"the run's snapshot {snapshot} is gone (the source restarted or failed "
+                    f"over, or the connection holding it was cut): {first_line(exc)}") from exc
+            raise
 
 
 def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options: Options) -> None:
@@ -2559,6 +2603,188 @@ def backoff(attempt: int, base: float) -> float:
     return min(60.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Outages and the run's snapshot: states of the run, shared by all its jobs
+
+
+WAIT_STEP_MAX = 5.0  # the longest pause between two tries to reach a database that is down
+WAITING_NOTE_SECONDS = 10.0  # how often a job waiting for a database says so
+
+
+class OutageClock:
+    """Since when each database has been unreachable, and how long the run has waited for it.
+
+    Shared by the jobs (processes) of a run: an outage is the run's state, not one table's.
+    The budget counts from the moment the first job found the database down, and the summary
+    counts each outage once, however many jobs waited through it.
+    """
+
+    def __init__(self, context, budget: float):
+        self.budget = budget
+        self.lock = context.Lock()
+        # time.monotonic() is one clock for every process of the machine (CLOCK_MONOTONIC).
+        self.since = context.Array("d", len(DATABASES), lock=False)  # 0: reachable
+        self.waited = context.Array("d", len(DATABASES), lock=False)
+        self.outages = context.Array("i", len(DATABASES), lock=False)
+
+    def down(self, role: str) -> float:
+        """Seconds the database has been unreachable, counted from the first job that noticed."""
+        i, now = DATABASES.index(role), time.monotonic()
+        with self.lock:
+            if not self.since[i]:
+                self.since[i] = now
+                self.outages[i] += 1
+            return now - self.since[i]
+
+    def up(self, role: str) -> None:
+        i = DATABASES.index(role)
+        with self.lock:
+            if self.since[i]:
+                self.waited[i] += time.monotonic() - self.since[i]
+                self.since[i] = 0.0
+
+    def waited_seconds(self) -> dict[str, tuple[int, float]]:
+        """Per database: (outages, seconds unreachable), an outage still going included."""
+        now = time.monotonic()
+        with self.lock:
+            return {role: (self.outages[i],
+                           self.waited[i] + (now - self.since[i] if self.since[i] else 0.0))
+                    for i, role in enumerate(DATABASES)}
+
+
+def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
+    """A connection to the database, waiting out an outage up to the run's outage budget."""
+    delay, noted = 0.5, None
+    while True:
+        try:
+            conn = open_connection(settings, role)
+        except ConnectionLost as exc:
+            down = outages.down(role)
+            if down >= outages.budget:
+                raise DatabaseUnreachable(
+                    f"the {role} database was unreachable for {down:.0f} s "
+                    f"(--outage-budget {outages.budget:g}): {exc}") from None
+            if noted is None or down - noted >= WAITING_NOTE_SECONDS:
+                noted = down
+                log_event("waiting", database=role, seconds=round(down, 1),
+                          budget=outages.budget, error=str(exc), **context)
+                say(f"copier: waiting for the {role} database, unreachable for {down:.0f} s "
+                    f"(budget {outages.budget:g} s): {exc}")
+            time.sleep(max(0.0, min(delay, outages.budget - down)))
+            delay = min(2 * delay, WAIT_STEP_MAX)
+        else:
+            outages.up(role)
+            return conn
+
+
+class SharedSnapshot:
+    """The name of the run's exported snapshot, as every job imports it now, and its generation.
+
+    A job that finds it gone asks for a new one (one request per generation, however many jobs
+    notice) and waits; the SnapshotHolder in the run's process exports it and bumps the
+    generation. Nothing assumes the source that comes back is the same server.
+    """
+
+    def __init__(self, context, name: str):
+        self.lock = context.Lock()
+        self.name = context.Array("c", 256, lock=False)
+        self.generation = context.Value("i", 1, lock=False)
+        self.wanted = context.Value("i", 0, lock=False)  # the generation a job found gone
+        self.failure = context.Array("c", 1024, lock=False)  # why the holder could not renew
+        self.name.value = name.encode()
+
+    def current(self) -> tuple[str, int]:
+        with self.lock:
+            return self.name.value.decode(), self.generation.value
+
+    def renew(self, lost_generation: int) -> None:
+        """Ask for a snapshot newer than lost_generation and wait for it (SnapshotLost if not)."""
+        with self.lock:
+            if self.generation.value == lost_generation and self.wanted.value != lost_generation:
+                self.wanted.value, self.failure.value = lost_generation, b""
+        while True:
+            with self.lock:
+                if self.generation.value > lost_generation:
+                    return
+                if self.wanted.value != lost_generation:
+                    raise SnapshotLost(f"the run's snapshot was lost and no new one could be "
+                                       f"taken: {self.failure.value.decode(errors='replace')}")
+            time.sleep(0.1)
+
+    def renewal_wanted(self) -> bool:
+        with self.lock:
+            return self.wanted.value == self.generation.value
+
+    def renewed(self, name: str) -> int:
+        with self.lock:
+            self.name.value = name.encode()
+            self.generation.value += 1
+            return self.generation.value
+
+    def renewal_failed(self, error: str) -> None:
+        with self.lock:
+            self.failure.value = error.encode()[:1000]
+            self.wanted.value = 0
+
+
+@dataclass
+class RunShared:
+    """What every job of the run shares: the outage clock and the snapshot's name."""
+
+    outages: OutageClock
+    snapshot: SharedSnapshot
+
+    @classmethod
+    def create(cls, options: Options, snapshot: str) -> RunShared:
+        context = get_context("spawn")
+        return cls(OutageClock(context, options.outage_budget), SharedSnapshot(context, snapshot))
+
+
+class SnapshotHolder:
+    """The run's process keeps the exported snapshot's transaction open, and exports a new one
+    when a job finds the old one gone (the connection holding it was cut, the source restarted
+    or failed over). A thread, so it answers while the run's own process copies (--jobs 1)."""
+
+    def __init__(self, settings: dict, shared: RunShared, conn):
+        self.settings, self.shared, self.conn = settings, shared, conn
+        self.renewals: list[str] = []  # when each new snapshot was taken (UTC, ISO)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.serve, name="snapshot-holder", daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.done.wait(0.1):
+            if self.shared.snapshot.renewal_wanted():
+                try:
+                    self.renew()
+                except Exception as exc:  # noqa: BLE001 - the waiting jobs report it
+                    self.shared.snapshot.renewal_failed(describe_error(exc))
+
+    def renew(self) -> None:
+        self.close()
+        self.conn = connect_waiting(self.settings["source"], "source", self.shared.outages)
+        generation = self.shared.snapshot.renewed(export_snapshot(self.conn))
+        self.renewals.append(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        message = (f"the run's snapshot was lost (the source restarted or failed over, or the "
+                   f"connection holding it was cut): tables read from now on come from "
+                   f"snapshot {generation}, a later moment than the tables read before")
+        log_event("snapshot_renewed", snapshot=generation, message=message)
+        say(f"copier: warning: {message}")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg2.Error:
+                pass
+            self.conn = None
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)  # not through a renewal's wait for the source (Ctrl-C during it)
+        self.close()
+
+
 def report_progress(table: str, nbytes: int, seconds: float) -> None:
     log_event("table_progress", table=table, bytes=nbytes, seconds=round(seconds, 1),
               mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
@@ -2567,15 +2793,19 @@ def report_progress(table: str, nbytes: int, seconds: float) -> None:
 class TableCopier:
     """One worker's pair of connections and the copy of each of its tables."""
 
-    def __init__(self, settings: dict, options: Options, snapshot: str | None, job: int):
-        self.settings, self.options, self.snapshot, self.job = settings, options, snapshot, job
+    def __init__(self, settings: dict, options: Options, shared: RunShared, job: int):
+        self.settings, self.options, self.shared, self.job = settings, options, shared, job
+        self.snapshot: str | None = None  # the name this try imports
         self.src = self.dst = None
 
-    def connect(self) -> None:
+    def connect(self, table: str) -> None:
+        """Both connections, waiting out an outage of either database (up to the budget)."""
         if self.src is None:
-            self.src = open_connection(self.settings["source"], "source")
+            self.src = connect_waiting(self.settings["source"], "source", self.shared.outages,
+                                       job=self.job, table=table)
         if self.dst is None:
-            self.dst = open_connection(self.settings["target"], "target")
+            self.dst = connect_waiting(self.settings["target"], "target", self.shared.outages,
+                                       job=self.job, table=table)
 
     def close(self) -> None:
         for conn in (self.src, self.dst):
@@ -2595,8 +2825,11 @@ class TableCopier:
         name = source.table.qualified
         started = time.monotonic()
         for attempt in range(self.options.retries + 1):
+            self.snapshot, generation = self.shared.snapshot.current()
             try:
-                self.connect()
+                self.connect(name)
+                if attempt:
+                    source = self.found_again(source)
                 staged = self.copy_once(source)
             except KeyboardInterrupt:
                 self.close()
@@ -2608,33 +2841,67 @@ class TableCopier:
                 lost = self.lost_connections()
                 # A failed copy can leave a connection mid-COPY: start the next try afresh.
                 self.close()
-                retryable = bool(lost) or is_connection_error(exc)
                 error = describe_error(exc)
                 if lost:
                     error = f"lost the connection to the {' and '.join(lost)} database: {error}"
-                if retryable and attempt < self.options.retries:
-                    delay = backoff(attempt, self.options.retry_delay)
-                    log_event("table_retry", table=name, attempt=attempt + 1,
-                              error=error, wait_seconds=round(delay, 1))
-                    time.sleep(delay)
-                    continue
+                if isinstance(exc, SnapshotLost) and self.options.snapshot == "strict":
+                    error += " (--snapshot strict: no table may come from a later snapshot)"
+                try:
+                    if attempt < self.options.retries and self.ready_to_retry(
+                            exc, lost, name, attempt, error, generation):
+                        continue
+                except CopierError as renewal:
+                    error = str(renewal)
                 seconds = round(time.monotonic() - started, 2)
                 log_event(EVENT_TABLE_FAILED, table=name, job=self.job, error=error,
                           seconds=seconds, attempts=attempt + 1)
                 return TableResult(name, False, seconds=seconds, error=error, attempts=attempt + 1)
             seconds = round(time.monotonic() - started, 2)
             result = TableResult(name, True, staged.rows, staged.bytes, seconds,
-                                 attempts=attempt + 1)
+                                 attempts=attempt + 1, snapshot=generation)
             if self.options.swaps_late(name):
                 result.staged = staged
                 log_event(EVENT_TABLE_STAGED, table=name, job=self.job, rows=staged.rows,
-                          bytes=staged.bytes, seconds=seconds)
+                          bytes=staged.bytes, seconds=seconds, snapshot=generation)
             else:
                 log_event(EVENT_TABLE_COPIED, table=name, job=self.job, rows=staged.rows,
-                          bytes=staged.bytes, seconds=seconds)
+                          bytes=staged.bytes, seconds=seconds, snapshot=generation)
             result.foreign_keys = staged.foreign_keys
             return result
         raise AssertionError("unreachable")
+
+    def found_again(self, source: SourceTable) -> SourceTable:
+        """The table looked up by name again: after a lost connection the source may be another
+        server (a failover to a logical replica, say), where the OID read at the start is not it."""
+        with self.src.cursor() as cur:
+            cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                        (source.table.schema, source.table.name))
+            row = cur.fetchone()
+        if row is None:
+            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+        return dataclasses.replace(source, oid=row[0])
+
+    def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
+                       error: str, generation: int) -> bool:
+        """Whether another try can succeed where this one failed; waits for what it needs.
+
+        A lost connection is retried after a backoff, and the next try's connect() waits out
+        an outage; a lost snapshot is renewed first (unless --snapshot strict).
+        """
+        if isinstance(exc, SnapshotLost):
+            if self.options.snapshot == "strict":
+                return False
+            log_event("table_retry", table=name, attempt=attempt + 1, error=error, wait_seconds=0)
+            self.shared.snapshot.renew(generation)
+            return True
+        if lost or is_connection_error(exc):
+            delay = backoff(attempt, self.options.retry_delay)
+            log_event("table_retry", table=name, attempt=attempt + 1,
+                      error=error, wait_seconds=round(delay, 1))
+            time.sleep(delay)
+            return True
+        return False
 
     def copy_once(self, source: SourceTable) -> StagedTable:
         """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
@@ -2708,10 +2975,10 @@ def largest_first(tables: list[SourceTable]) -> list[SourceTable]:
     return sorted(tables, key=lambda t: (-t.size_bytes, t.table.qualified))
 
 
-def run_job(job: int, settings: dict, options: Options, snapshot: str | None,
+def run_job(job: int, settings: dict, options: Options, shared: RunShared,
             next_table, report, stop) -> None:
     """Copy tables until next_table() says there are none left (returns None)."""
-    copier = TableCopier(settings, options, snapshot, job)
+    copier = TableCopier(settings, options, shared, job)
     try:
         while (source := next_table()) is not None:
             if stop.is_set():
@@ -2726,16 +2993,16 @@ def run_job(job: int, settings: dict, options: Options, snapshot: str | None,
         copier.close()
 
 
-def job_process(job, settings, options, snapshot, todo, results, stop) -> None:
+def job_process(job, settings, options, shared, todo, results, stop) -> None:
     handle_signals()
     try:
-        run_job(job, settings, options, snapshot, todo.get, results.put, stop)
+        run_job(job, settings, options, shared, todo.get, results.put, stop)
     except KeyboardInterrupt:
         sys.exit(1)
 
 
 def run_tables(tables: list[SourceTable], settings: dict, options: Options,
-               snapshot: str | None) -> list[TableResult]:
+               shared: RunShared) -> list[TableResult]:
     """Copy the tables, largest first, each taken by whichever job is free next.
 
     A shared queue beats a fixed plan: sizes only predict times, and a job that finishes
@@ -2746,14 +3013,14 @@ def run_tables(tables: list[SourceTable], settings: dict, options: Options,
     if jobs == 1:
         remaining = iter(ordered)
         results: list[TableResult] = []
-        run_job(1, settings, options, snapshot, lambda: next(remaining, None), results.append,
+        run_job(1, settings, options, shared, lambda: next(remaining, None), results.append,
                 threading.Event())
         return results
     context = get_context("spawn")
     todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
     processes = [
         context.Process(target=job_process, name=f"copier-job-{n}",
-                        args=(n, settings, options, snapshot, todo, done, stop))
+                        args=(n, settings, options, shared, todo, done, stop))
         for n in range(1, jobs + 1)
     ]
     for process in processes:
@@ -2915,10 +3182,91 @@ def print_summary(results: list[TableResult], seconds: float) -> None:
     say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
 
 
+def restage_from_one_snapshot(tables: list[SourceTable], results: list[TableResult],
+                              settings: dict, options: Options,
+                              shared: RunShared) -> list[TableResult]:
+    """--swap together promises one moment for every table: a table staged from a snapshot that
+    was lost since is staged again from the current one before anything is swapped."""
+    if not all(r.ok for r in results):
+        return results  # nothing will be swapped
+    by_name = {t.table.qualified: t for t in tables}
+    for _ in range(options.retries + 1):
+        generation = shared.snapshot.current()[1]
+        stale = [r.table for r in results if r.snapshot != generation]
+        if not stale:
+            return results
+        message = (f"staging {len(stale)} table(s) again from snapshot {generation}, so that all "
+                   f"go live from one moment (--swap together): {', '.join(stale)}")
+        log_event("warning", message=message)
+        say(f"copier: warning: {message}")
+        again = run_tables([by_name[name] for name in stale], settings, options, shared)
+        redone = {r.table: r for r in again}
+        results = [redone.get(r.table, r) for r in results]
+        if not all(r.ok for r in results):
+            return results
+    stale = [r for r in results if r.snapshot != shared.snapshot.current()[1]]
+    for r in stale:
+        r.ok, r.error = False, "the run's snapshot kept being lost: not staged from one moment"
+        log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
+    return results
+
+
+def is_alive(conn) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return True
+    except psycopg2.Error:
+        return False
+
+
+def swap_together_through_outages(dst, tables: list[SourceTable], results: list[TableResult],
+                                  settings: dict, options: Options, shared: RunShared):
+    """swap_together, on a new target connection when the run's was lost (its advisory locks
+    with it: they are taken again), and redone when the target goes away during the swap
+    (its transaction is rolled back by the server; the staged tables are committed and stay)."""
+    for attempt in range(options.retries + 1):
+        if dst is None or not is_alive(dst):
+            if dst is not None:
+                dst.close()
+            dst = None
+            dst = connect_waiting(settings["target"], "target", shared.outages)
+            lock_tables(dst, tables)
+        try:
+            return swap_together(dst, results, options), dst
+        except Exception as exc:
+            if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
+                raise
+            log_event("warning", message=f"the target went away during the swap of all tables, "
+                      f"none changed; swapping again: {describe_error(exc)}")
+    raise AssertionError("unreachable")
+
+
+def report_outages(results: list[TableResult], shared: RunShared,
+                   holder: SnapshotHolder) -> dict[str, float]:
+    """The summary's lines on waiting and snapshots; the seconds waited per database."""
+    waited = shared.outages.waited_seconds()
+    for role, (outages, seconds) in waited.items():
+        if outages:
+            say(f"waited {seconds:.1f}s for the {role} database ({outages} outage"
+                f"{'s' if outages != 1 else ''}, budget {shared.outages.budget:g}s)")
+    if holder.renewals:
+        by_snapshot: dict[int, list[str]] = {}
+        for r in results:
+            if r.ok:
+                by_snapshot.setdefault(r.snapshot, []).append(r.table)
+        parts = "; ".join(f"snapshot {n}: {', '.join(names)}"
+                          for n, names in sorted(by_snapshot.items()))
+        say(f"copier: warning: the run's snapshot was lost and renewed {len(holder.renewals)} "
+            f"time(s) (at {', '.join(holder.renewals)}); the tables copied come from "
+            f"{parts or 'none'}")
+    return {role: round(seconds, 1) for role, (_, seconds) in waited.items()}
+
+
 def run(options: Options, settings: dict) -> int:
     started = time.monotonic()
     src = open_connection(settings["source"], "source")
-    dst = None
+    dst = holder = None
     try:
         tables = resolve_tables(src, options.tables_text)
         warn_if_recovery_may_cancel(src)
@@ -2930,24 +3278,37 @@ def run(options: Options, settings: dict) -> int:
         lock_tables(dst, tables)
         if options.swap == "table":
             options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
-        snapshot = export_snapshot(src)
-        results = run_tables(tables, settings, options, snapshot)
+        shared = RunShared.create(options, export_snapshot(src))
+        holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
+        results = run_tables(tables, settings, options, shared)
         if options.swap == "together":
-            results = swap_together(dst, results, options)
+            results = restage_from_one_snapshot(tables, results, settings, options, shared)
+            results, dst = swap_together_through_outages(dst, tables, results, settings,
+                                                         options, shared)
         else:
             late = [r for r in results if r.table in options.late_swap]
+            keys = [key for r in results if r.ok for key in r.foreign_keys]
+            if (late or keys) and not is_alive(dst):  # the target went away: its locks with it
+                dst.close()
+                dst = connect_waiting(settings["target"], "target", shared.outages)
+                lock_tables(dst, tables)
             if late:
                 swap_together(dst, late, options, "tables joined by a partitioned table's foreign key")
-            validate_after_run(dst, [key for r in results if r.ok for key in r.foreign_keys],
-                               options.lock_timeout)
+            validate_after_run(dst, keys, options.lock_timeout)
     finally:
+        if holder is not None:
+            holder.stop()
         for conn in (src, dst):
             if conn is not None:
                 conn.close()
     seconds = time.monotonic() - started
     failed = [r for r in results if not r.ok]
-    log_event(EVENT_RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2))
     print_summary(results, seconds)
+    waited = report_outages(results, shared, holder)
+    log_event(EVENT_RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
+              waited_seconds=round(sum(waited.values()), 1),
+              source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
+              snapshots=shared.snapshot.current()[1])
     for r in failed:
         say(f"copier: error: {r.table}: {r.error}")
     return 1 if failed else 0
