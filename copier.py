@@ -166,13 +166,15 @@ class Options:
     progress_seconds: float = 30.0
     maintenance_work_mem: str = "512MB"
     index_workers: int = 0
+    outage_budget: float = 600.0
+    snapshot: str = "renew"
+    lock_budget: float = 300.0
+    kill_readers: bool = True
     # Tables staged and swapped together at the end of a per-table run (see late_swaps).
     late_swap: frozenset[str] = frozenset()
 
     def swaps_late(self, table: str) -> bool:
         return self.swap == "together" or table in self.late_swap
-    outage_budget: float = 600.0
-    snapshot: str = "renew"
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -210,6 +212,14 @@ def parse_args(argv: list[str]) -> Options:
                         help="how long the swap waits for readers' locks per try (default 5)")
     parser.add_argument("--lock-retries", type=int, default=5,
                         help="tries after the first before the swap gives up (default 5)")
+    parser.add_argument("--lock-budget", type=float,
+                        default=os.environ.get("COPIER_LOCK_BUDGET", "300"), metavar="SECONDS",
+                        help="how long, in all, the run keeps trying the swaps that readers blocked, "
+                        "after the other tables (default 300)")
+    parser.add_argument("--no-kill-readers", dest="kill_readers", action="store_false",
+                        help="only wait for the sessions that block a swap; by default they are "
+                        "ended as pg_repack does: idle-in-transaction sessions and running queries "
+                        "first, then any session still in the way")
     parser.add_argument("--index-workers", type=int,
                         default=os.environ.get("COPIER_INDEX_WORKERS", "0"),
                         help="parallel workers the target may add to each index build "
@@ -240,14 +250,14 @@ def parse_args(argv: list[str]) -> Options:
         parser.error("--jobs must be at least 1")
     if args.retries < 0 or args.lock_retries < 0 or args.index_workers < 0:
         parser.error("--retries, --lock-retries and --index-workers must not be negative")
-    if args.outage_budget < 0:
-        parser.error("--outage-budget must not be negative")
+    if args.outage_budget < 0 or args.lock_budget < 0:
+        parser.error("--outage-budget and --lock-budget must not be negative")
     return Options(
         tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
         lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
         index_workers=args.index_workers, outage_budget=args.outage_budget,
-        snapshot=args.snapshot,
+        snapshot=args.snapshot, lock_budget=args.lock_budget, kill_readers=args.kill_readers,
     )
 
 
@@ -1061,6 +1071,7 @@ class StagedTable:
     rows: int = 0
     bytes: int = 0
     foreign_keys: list = dataclasses.field(default_factory=list)  # ForeignKeys still to validate
+    blocked: str = ""  # why its swap waits for the end of the run (readers held the table)
     partitioned: bool = False
     # (schema, temporary name, final name) of each partition
     partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
@@ -1850,6 +1861,10 @@ class ReportingSide:
     partitions: list[PartitionSide]
 
 
+class SwapBlocked(TableCopyError):
+    """Sessions on the reporting side held what the swap must lock, through every try."""
+
+
 class Refused(TableCopyError):
     """Something on the reporting side depends on the table and cannot survive its replacement."""
 
@@ -2317,7 +2332,7 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
             # with this one: let go of everything, wait, try again.
             cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
             if attempt == options.lock_retries:
-                raise TableCopyError(
+                raise SwapBlocked(
                     f"could not lock {staged.table.qualified} for the swap after "
                     f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
                 ) from None
@@ -2859,7 +2874,10 @@ class TableCopier:
             seconds = round(time.monotonic() - started, 2)
             result = TableResult(name, True, staged.rows, staged.bytes, seconds,
                                  attempts=attempt + 1, snapshot=generation)
-            if self.options.swaps_late(name):
+            if staged.blocked:
+                result.staged = staged
+                log_event("swap_deferred", table=name, job=self.job, reason=staged.blocked)
+            elif self.options.swaps_late(name):
                 result.staged = staged
                 log_event(EVENT_TABLE_STAGED, table=name, job=self.job, rows=staged.rows,
                           bytes=staged.bytes, seconds=seconds, snapshot=generation)
@@ -2922,7 +2940,10 @@ class TableCopier:
                 set_sequences(self.src, cur, definition, staged)
                 cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
                 if not self.options.swaps_late(definition.table.qualified):
-                    staged.foreign_keys = swap_into_place(cur, staged, self.options)
+                    try:
+                        staged.foreign_keys = swap_into_place(cur, staged, self.options)
+                    except SwapBlocked as exc:  # kept staged: swapped after the other tables
+                        staged.blocked = str(exc)
                 cur.execute("COMMIT")
             except BaseException:
                 if not self.dst.closed:
@@ -3087,6 +3108,128 @@ def swap_together(dst, results: list[TableResult], options: Options,
             r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
             log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers in the way of a swap: waited for, then ended as pg_repack does.
+
+
+class BlockerWatch:
+    """While a swap waits for its locks, another connection notes who blocks it."""
+
+    def __init__(self, watcher, pid: int):
+        self.watcher, self.pid, self.blockers = watcher, pid, set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="blocker-watch", daemon=True)
+
+    def watch(self) -> None:
+        with self.watcher.cursor() as cur:
+            while not self.done.wait(0.1):
+                cur.execute("SELECT pg_blocking_pids(%s)", (self.pid,))
+                self.blockers.update(cur.fetchone()[0])
+
+    def __enter__(self) -> BlockerWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+BLOCKERS_QUERY = """
+SELECT pid, usename, application_name, state,
+       round(extract(epoch FROM now() - coalesce(state_change, backend_start)))::int,
+       left(split_part(query, E'\n', 1), 120)
+FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid
+"""
+
+
+def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options) -> None:
+    """The swaps that readers blocked, after every other table: each is tried again and, unless
+    --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
+    queries at the first blocked try, any other at the next), within --lock-budget in all."""
+    deadline = time.monotonic() + options.lock_budget
+    watcher = open_connection(settings["target"], "target")
+    try:
+        for result in results:
+            swap_one_past_readers(dst, watcher, result, options, deadline)
+    finally:
+        watcher.close()
+
+
+def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, deadline: float) -> None:
+    staged, one_try = result.staged, dataclasses.replace(options, lock_retries=0)
+    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
+    with dst.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            for attempt in range(1_000_000):
+                try:
+                    with BlockerWatch(watcher, dst.get_backend_pid()) as watch:
+                        result.foreign_keys = swap_into_place(cur, staged, one_try)
+                    break
+                except SwapBlocked:
+                    seen.update(describe_sessions(watcher, watch.blockers))
+                    if time.monotonic() >= deadline:
+                        raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
+                    if options.kill_readers:
+                        end_sessions(watcher, watch.blockers, attempt, staged.table)
+                    time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
+            cur.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
+            if not is_connection_error(exc):
+                cur.execute("ROLLBACK")
+                drop_staged(dst, [staged])  # a lost target's are dropped by the next run
+            result.ok, result.error = False, describe_error(exc)
+            log_event(EVENT_TABLE_FAILED, table=result.table, error=result.error)
+            return
+    log_event(EVENT_TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
+              seconds=result.seconds)
+
+
+def describe_sessions(watcher, pids) -> dict[int, str]:
+    with watcher.cursor() as cur:
+        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
+        return {pid: f"{pid} (user {user}, application {app or '-'}, " + (
+                    f"{state} for {idle} s: {query})" if state
+                    else "its state hidden from the copier's user)")
+                for pid, user, app, state, idle, query in cur.fetchall()}
+
+
+def end_sessions(watcher, pids, attempt: int, table: TableName) -> None:
+    """pg_repack's policy: cancel the queries in the way, end idle-in-transaction sessions (a
+    cancel does nothing to them), and at the next blocked try end whoever is still there.
+    Another copier run is waited for, never ended."""
+    with watcher.cursor() as cur:
+        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
+        for pid, user, app, state, idle, query in cur.fetchall():
+            if app == CONNECTION_OPTIONS["application_name"]:
+                continue
+            idle_in_transaction = (state or "").startswith("idle in transaction")
+            action = "terminate" if idle_in_transaction or attempt > 0 else "cancel"
+            try:
+                cur.execute(f"SELECT pg_{action}_backend(%s)", (pid,))
+                ended = cur.fetchone()[0]
+            except psycopg2.errors.InsufficientPrivilege as exc:
+                say(f"copier: warning: session {pid} (user {user}) blocks the swap of {table.qualified} "
+                    f"and may not be ended: {first_line(exc)}; grant pg_signal_backend to the copier's user")
+                continue
+            if ended:
+                log_event("session_ended", table=table.qualified, pid=pid, user=user, application=app,
+                          state=state, seconds_in_state=idle, query=query, action=ENDED[action])
+                say(f"copier: warning: {ENDED[action]} session {pid} (user {user}, application {app or '-'}, "
+                    f"{state} for {idle} s: {query}): it blocked the swap of {table.qualified}")
+
+
+ENDED = {"cancel": "cancelled the query of", "terminate": "terminated"}
+
+
+def blocked_error(table: TableName, sessions: dict[int, str], options: Options) -> str:
+    who = "; ".join(sessions.values()) or "sessions that had gone by the time they were looked up"
+    why = " (--no-kill-readers)" if not options.kill_readers else ""
+    return (f"could not lock {table.qualified} for the swap within --lock-budget {options.lock_budget:g} s"
+            f"{why}; in the way: {who}")
 
 
 # Foreign keys of partitioned tables on the target whose two ends are both tables.
@@ -3287,13 +3430,17 @@ def run(options: Options, settings: dict) -> int:
                                                          options, shared)
         else:
             late = [r for r in results if r.table in options.late_swap]
+            blocked = [r for r in results if r.ok and r.staged and r.staged.blocked]
             keys = [key for r in results if r.ok for key in r.foreign_keys]
-            if (late or keys) and not is_alive(dst):  # the target went away: its locks with it
+            if (late or blocked or keys) and not is_alive(dst):  # the target went away: its locks with it
                 dst.close()
                 dst = connect_waiting(settings["target"], "target", shared.outages)
                 lock_tables(dst, tables)
             if late:
                 swap_together(dst, late, options, "tables joined by a partitioned table's foreign key")
+            if blocked:
+                swap_past_readers(dst, settings, blocked, options)
+            keys += [key for r in blocked if r.ok for key in r.foreign_keys]
             validate_after_run(dst, keys, options.lock_timeout)
     finally:
         if holder is not None:
