@@ -151,7 +151,7 @@ def without_multiranges(ddl: str) -> str:
 
 def test_composite_and_range_types_are_made_on_the_target_and_every_value_round_trips(
         copier_env, run_copier):
-    multiranges = copier_env.source_version >= 140000
+    multiranges = min(copier_env.source_version, copier_env.target_version) >= 140000
     copier_env.source(MORE_TYPES if multiranges else without_multiranges(MORE_TYPES))
 
     for _ in range(2):  # then the types exist and are left as they are
@@ -160,8 +160,11 @@ def test_composite_and_range_types_are_made_on_the_target_and_every_value_round_
 
     fingerprint = "SELECT id, md5(more::text) FROM more ORDER BY id"
     assert copier_env.target_rows(fingerprint) == copier_env.source_rows(fingerprint)
-    assert copier_env.target_rows(TYPE_DEFINITIONS) == copier_env.source_rows(TYPE_DEFINITIONS)
-    assert [row[0] for row in copier_env.target_rows(TYPE_DEFINITIONS)] == [
+    # Ranges come with multiranges from 14 on: compared only when both servers have them.
+    source, target = ([row for row in rows(TYPE_DEFINITIONS) if multiranges or row[1] != "m"]
+                      for rows in (copier_env.source_rows, copier_env.target_rows))
+    assert target == source
+    assert [row[0] for row in target] == [
         *["floatmultirange"] * multiranges, "floatrange", "pair", "shade", "shades",
         *["textmultirange"] * multiranges, "textrange"]
 
