@@ -19,7 +19,9 @@ from test_copier_standby import (  # noqa: F401  (the replica test and its fixtu
 )
 from test_copier_swap import (  # noqa: F401  (the swap tests and their fixture)
     orders,
+    test_missing_target_table_is_created_with_keys_indexes_and_checks,
     test_row_level_security_and_its_policies_survive,
+    test_statistics_settings_and_objects_come_from_the_source_and_are_built,
     test_the_tables_own_triggers_survive_in_their_state,
     test_views_grants_owner_comments_and_options_survive_and_see_the_new_data,
 )
@@ -105,8 +107,11 @@ class AcrossServers(Databases):
         return self.target_cluster.dsn(self.target_name)
 
 
-@pytest.fixture(params=[(OLDEST, NEWEST), (NEWEST, OLDEST)],
-                ids=lambda pair: f"source{pair[0]}-target{pair[1]}")
+def pair_id(pair: tuple[int, int]) -> str:
+    return f"source{pair[0]}-target{pair[1]}"
+
+
+@pytest.fixture(params=[(OLDEST, NEWEST), (NEWEST, OLDEST)], ids=pair_id)
 def across(request, servers):
     source, target = servers[request.param[0]], servers[request.param[1]]
     n = next(_db_numbers)
@@ -119,7 +124,7 @@ def across(request, servers):
 
 
 class TestAcrossMajors:
-    """The same tests with the source and the target on servers of different majors."""
+    """The same tests but the replica, with the source and the target on different majors."""
 
     @pytest.fixture
     def dbs(self, across):
@@ -130,6 +135,8 @@ class TestAcrossMajors:
         test_composite_and_range_types_are_made_on_the_target_and_every_value_round_trips)
     test_views_grants_owner_comments_and_options_survive = staticmethod(
         test_views_grants_owner_comments_and_options_survive_and_see_the_new_data)
+    test_row_level_security_and_its_policies_survive = staticmethod(
+        test_row_level_security_and_its_policies_survive)
     test_the_tables_own_triggers_survive_in_their_state = staticmethod(
         test_the_tables_own_triggers_survive_in_their_state)
     test_every_job_reads_the_runs_one_snapshot = staticmethod(test_every_job_reads_the_runs_one_snapshot)
@@ -152,6 +159,23 @@ class TestAcrossMajors:
             assert copied == copier_env.target_rows(names, (f"made_here.{long_name}",))
         if copier_env.target_version >= 180000:
             assert sorted(contype for _, contype in copied) == ["n", "n", "p"]
+
+    @staticmethod
+    @pytest.mark.parametrize("across", [(NEWEST, OLDEST)], indirect=True, ids=pair_id)
+    def test_a_type_the_targets_major_lacks_fails_that_table_naming_it(copier_env, run_copier):
+        copier_env.source("CREATE TABLE spans (id int, r int4multirange); CREATE TABLE fine (id int);"
+                          "INSERT INTO spans VALUES (1, '{[1,3)}'); INSERT INTO fine VALUES (1)")
+
+        result = run_copier("TABLES=spans,fine")
+
+        assert result.code == 1
+        assert [e["table"] for e in result.of("table_failed")] == ["public.spans"]
+        assert 'public.spans: type "int4multirange" does not exist' in result.stderr
+        assert copier_env.target_rows("SELECT id FROM fine") == [(1,)]
+
+
+def test_the_tier_starts_at_the_oldest_server_the_copier_accepts():
+    assert OLDEST * 10000 == copier.OLDEST_SERVER
 
 
 def test_a_major_missing_from_the_machine_is_an_error_that_says_how_to_install_it(monkeypatch, tmp_path):
