@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import Databases, _db_numbers, admin_execute
+from test_copier_reporting_side import (  # noqa: F401  (what the reporting side built, and its fixture)
+    customers,
+    test_a_partitioned_reporting_table_stays_partitioned,
+    test_foreign_keys_to_and_from_copied_tables_survive_and_are_validated_again,
+    test_rules_policies_defaults_children_and_publications_survive,
+)
 from test_copier_standby import (  # noqa: F401  (the replica test and its fixtures)
     from_replica,
     standby,
