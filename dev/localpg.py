@@ -84,18 +84,25 @@ class LocalCluster:
     bindir: Path
 
     @classmethod
-    def create(cls, datadir: Path, port: int | None = None) -> LocalCluster:
+    def create(cls, datadir: Path, port: int | None = None, bindir: Path | None = None) -> LocalCluster:
+        """A cluster of the newest installed server, or of the one in bindir (dev/pg_majors.py)."""
         datadir = Path(datadir).resolve()
-        cluster = cls(datadir, port or free_port(), server_os_user(), server_bindir())
+        cluster = cls(datadir, port or free_port(), server_os_user(), bindir or server_bindir())
         if not (datadir / "PG_VERSION").exists():
             cluster._initdb()
         return cluster
 
     @classmethod
     def standby_of(cls, primary: LocalCluster, datadir: Path) -> LocalCluster:
-        """A hot standby streaming from primary (pg_basebackup -R): a read replica to copy from."""
+        """A hot standby streaming from primary (pg_basebackup -R): a read replica to copy from.
+
+        Server binaries without pg_basebackup (dev/pg_majors.py's npm ones) get a copy of the
+        primary's files taken while it is stopped for a moment, set up as -R would."""
         standby = cls(Path(datadir).resolve(), free_port(), primary.os_user, primary.bindir)
         standby._make_datadir()
+        if not (standby.bindir / "pg_basebackup").exists():
+            standby._copy_stopped(primary)
+            return standby
         backup = subprocess.run(
             standby._as_server_user([
                 str(standby.bindir / "pg_basebackup"), "-D", str(standby.datadir),
@@ -106,6 +113,23 @@ class LocalCluster:
         if backup.returncode != 0:
             raise LocalPgError(f"pg_basebackup failed: {backup.stderr.strip()}")
         return standby
+
+    def _copy_stopped(self, primary: LocalCluster) -> None:
+        running = primary.is_running()
+        primary.stop()
+        try:
+            subprocess.run(self._as_server_user(["cp", "-a", f"{primary.datadir}/.", str(self.datadir)]),
+                           check=True)
+        finally:
+            if running:
+                primary.start()
+        for leftover in ("server.log", "postmaster.opts"):
+            (self.datadir / leftover).unlink(missing_ok=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        (self.datadir / "standby.signal").touch()
+        self._give_to_server_user(self.datadir / "standby.signal")
+        with open(self.datadir / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"primary_conninfo = '{primary.dsn()}'\n")
 
     def _as_server_user(self, argv: list[str]) -> list[str]:
         if self.os_user is None:
@@ -120,13 +144,14 @@ class LocalCluster:
     def _make_datadir(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._give_to_server_user(self.datadir)
-        # The server user must be able to reach the data directory through its parents.
-        for parent in self.datadir.parents:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o001)
+        # The server user must be able to reach the data directory and the binaries.
+        for path in (self.datadir, self.bindir):
+            for parent in path.parents:
+                if parent == Path("/"):
+                    break
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
 
     def _initdb(self) -> None:
         self._make_datadir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import moto_gaps
 import psycopg2
 import pytest
 
+from dev import pg_majors
 from dev.localpg import LocalCluster
 
 _db_numbers = itertools.count(1)
@@ -41,7 +43,10 @@ def moto_with_its_gaps_filled():
 
 @pytest.fixture(scope="session")
 def pg_cluster(tmp_path_factory):
-    cluster = LocalCluster.create(tmp_path_factory.mktemp("pg") / "data")
+    """The newest installed server, or the major PG_MAJOR names (PG_MAJOR=13 python3 -m pytest)."""
+    major = os.environ.get("PG_MAJOR")
+    bindir = pg_majors.bindir(int(major)) if major else None
+    cluster = LocalCluster.create(tmp_path_factory.mktemp("pg") / "data", bindir=bindir)
     cluster.start()
     yield cluster
     cluster.stop()
@@ -88,6 +93,14 @@ class Databases:
 
     def target(self, statement: str, params=None):
         self._run(self.target_dsn, statement, params)
+
+    @property
+    def source_version(self) -> int:
+        return int(self.source_rows("SHOW server_version_num")[0][0])
+
+    @property
+    def target_version(self) -> int:
+        return int(self.target_rows("SHOW server_version_num")[0][0])
 
     def source_rows(self, query: str, params=None) -> list[tuple]:
         return self._run(self.source_dsn, query, params, fetch=True)

@@ -165,8 +165,8 @@ def test_parallel_jobs_copy_everything(copier_env, run_copier):
 
 
 # What a DBA sets for interactive users; pg_dump switches these off for its own sessions, too.
-SHORT_TIMEOUTS = ("statement_timeout = '50ms'", "idle_in_transaction_session_timeout = '100ms'",
-                  "idle_session_timeout = '100ms'")
+SHORT_TIMEOUTS = ((0, "statement_timeout = '50ms'"), (0, "idle_in_transaction_session_timeout = '100ms'"),
+                  (140000, "idle_session_timeout = '100ms'"), (170000, "transaction_timeout = '200ms'"))
 
 
 def test_timeouts_meant_for_interactive_users_do_not_cut_the_copy_off(copier_env, run_copier):
@@ -174,8 +174,9 @@ def test_timeouts_meant_for_interactive_users_do_not_cut_the_copy_off(copier_env
                       "INSERT INTO wide SELECT g, md5(g::text) FROM generate_series(1, 300000) g;"
                       "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small VALUES (1), (2)")
     for name in (copier_env.source_name, copier_env.target_name):
-        for timeout in SHORT_TIMEOUTS:
-            copier_env.source(f"ALTER DATABASE {name} SET {timeout}")
+        for since, timeout in SHORT_TIMEOUTS:
+            if copier_env.source_version >= since:  # each setting the server has
+                copier_env.source(f"ALTER DATABASE {name} SET {timeout}")
 
     result = run_copier("TABLES=wide,small", "--jobs", "2")
 
