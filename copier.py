@@ -3309,6 +3309,19 @@ def export_snapshot(conn) -> str:
         return cur.fetchone()[0]
 
 
+def report_refusals(dst, tables: list[SourceTable]) -> int:
+    """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
+    refused = 0
+    with dst.cursor() as cur:
+        for t in tables:
+            try:
+                refuse_what_cannot_survive(cur, t.table)
+            except Refused as exc:
+                say(f"copier: error: {t.table.qualified}: {exc}")
+                refused += 1
+    return 1 if refused else 0
+
+
 def lock_tables(dst, tables: list[SourceTable]) -> None:
     """Hold an advisory lock per table for the run, so two runs never copy the same table."""
     with dst.cursor() as cur:
@@ -3437,7 +3450,7 @@ def run(options: Options, settings: dict) -> int:
         check_target(dst, tables)
         if options.dry_run:
             print_plan(plan_jobs(tables, options.jobs))
-            return 0
+            return report_refusals(dst, tables)
         lock_tables(dst, tables)
         if options.swap == "table":
             options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))

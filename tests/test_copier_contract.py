@@ -37,7 +37,8 @@ def test_operations_reads_what_the_copier_writes(dbs, run_copier):
     try:
         reader.cursor().execute("LOCK TABLE locked IN ACCESS SHARE MODE")
         run = run_copier("TABLES=orders,customers,locked", "--jobs", "2",
-                         "--lock-timeout", "0.2", "--lock-retries", "0")
+                         "--lock-timeout", "0.2", "--lock-retries", "0", "--lock-budget", "0",
+                         "--no-kill-readers")
     finally:
         reader.close()
     assert run.code == 1

@@ -333,3 +333,14 @@ def test_what_cannot_be_kept_is_refused_with_its_remedy_and_nothing_changes(
     assert f"resolve it on the reporting side ({remedy}" in failed["error"]
     assert customers.target_rows("SELECT count(*) FROM customers") == [(100,)]
     assert debris(customers) == []
+
+
+def test_a_dry_run_names_what_would_be_refused_tonight(customers, run_copier):
+    customers.target("CREATE TABLE snapshots (c customers)")
+
+    result = run_copier("TABLES=customers", "--dry-run")
+
+    assert result.code == 1
+    assert ("copier: error: public.customers: public.customers cannot be replaced: column c of table "
+            "public.snapshots depends on it") in result.stderr
+    assert result.of("table_failed") == []
