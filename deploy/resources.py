@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import importlib.resources
 import io
 import json
 import os
 import sys
 import urllib.parse
 import zipfile
+import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,15 +125,32 @@ def as_document(document: str | dict | None) -> dict | None:
 
 
 
-def zip_notify_function() -> bytes:
-    """notify_lambda.py alone in a zip with fixed timestamps, so the hash is reproducible."""
+def zone_file(key: str) -> bytes:
+    """The compiled IANA zone file of `key`, from the system's database or the tzdata package."""
+    for directory in zoneinfo.TZPATH:
+        candidate = Path(directory, key)
+        if candidate.is_file():
+            return candidate.read_bytes()
+    try:
+        return importlib.resources.files("tzdata").joinpath("zoneinfo", *key.split("/")).read_bytes()
+    except (ModuleNotFoundError, OSError) as err:
+        raise SettingsError(f"timezone {key!r}: no zone file on this machine to bundle with the "
+                            "Lambda (install tzdata)") from err
+
+
+def zip_notify_function(timezone: str = "UTC") -> bytes:
+    """notify_lambda.py and the schedule's zone file (tz/<key>, so the run's local date is
+    computed with the rules setup checked) in a zip with fixed timestamps: the hash is
+    reproducible."""
     if not NOTIFY_SOURCE.exists():
         raise SettingsError(f"{NOTIFY_SOURCE.name} is missing in {HERE}")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        info = zipfile.ZipInfo(NOTIFY_SOURCE.name, date_time=(1980, 1, 1, 0, 0, 0))
-        info.external_attr = 0o644 << 16
-        archive.writestr(info, NOTIFY_SOURCE.read_bytes())
+        for name, content in ((NOTIFY_SOURCE.name, NOTIFY_SOURCE.read_bytes()),
+                              (f"tz/{timezone}", zone_file(timezone))):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, content)
     return buffer.getvalue()
 
 
@@ -412,7 +431,7 @@ class NotifyFunction(Resource):
     zipped: bytes = b""
 
     def prepare(self, dry_run: bool) -> None:
-        self.zipped = zip_notify_function()
+        self.zipped = zip_notify_function(self.deployment.settings.timezone)
 
     def configuration(self) -> dict:
         return {
@@ -576,7 +595,9 @@ class Schedule(Resource):
             "Target": {
                 "Arn": self.deployment.state_machine_arn(self.deployment.names.starter),
                 "RoleArn": self.deployment.role_arn("scheduler"),
-                "Input": json.dumps({"scheduled_time": "<aws.scheduler.scheduled-time>"}),
+                # UTC; the starter names the run after its local date in this time zone
+                "Input": json.dumps({"scheduled_time": "<aws.scheduler.scheduled-time>",
+                                     "timezone": settings.timezone}),
                 "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600},
             },
         }
