@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args)
         options = Options(dry_run=args.dry_run, overwrite_secrets=args.overwrite_secrets)
         if args.start:
-            settings.validate()
+            settings.validate_for_start()
             aws = Aws(settings.region)
             start_run(Deployment(settings, aws, options), args.date)
             return 0
