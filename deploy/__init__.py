@@ -41,6 +41,7 @@ from deploy.resources import (
     CodeBuildProject,
     EcrRepository,
     LogGroup,
+    MissedRunAlarm,
     NotifyFunction,
     Parameter,
     QueryDefinition,
@@ -128,6 +129,7 @@ def resource_list(deployment: Deployment) -> list[Resource]:
         TopicInvokePermission(deployment, names.alarm_permission),
         TopicSubscription(deployment, f"{names.alarm_topic} -> {names.notify_function}"),
         Alarm(deployment, names.alarm),
+        MissedRunAlarm(deployment, names.missed_run_alarm),
         QueryDefinition(deployment, names.durations_query),
     ]
 

@@ -82,6 +82,10 @@ class Names:
         return f"{self.prefix}-run-failed"
 
     @property
+    def missed_run_alarm(self) -> str:
+        return f"{self.prefix}-no-successful-run"
+
+    @property
     def alarm_permission(self) -> str:
         return f"{self.prefix}-alarm-topic"
 

@@ -767,6 +767,7 @@ class Alarm(Resource):
                                 "aborted (or the starter failed)",
             "ActionsEnabled": True,
             "AlarmActions": [self.deployment.topic_arn()],
+            "OKActions": [self.deployment.topic_arn()],  # the "back to normal" message
             "Metrics": self.metrics(),
             "EvaluationPeriods": 1,
             "DatapointsToAlarm": 1,
@@ -790,10 +791,12 @@ class Alarm(Resource):
                     "Period": stat.get("Period"), "Stat": stat.get("Stat")}
             return found
 
-        view = {k: alarm.get(k) for k in (
-            "AlarmActions", "EvaluationPeriods", "ComparisonOperator", "TreatMissingData")}
+        # A metric-math alarm reads back with empty single-metric fields ([] or None)
+        view = {k: alarm.get(k) or None for k in (
+            "AlarmActions", "OKActions", "EvaluationPeriods", "ComparisonOperator",
+            "TreatMissingData", "Namespace", "MetricName", "Dimensions", "Period", "Statistic")}
         return view | {"Threshold": float(alarm.get("Threshold", 0)),
-                       "Metrics": [metric(m) for m in alarm.get("Metrics", [])]}
+                       "Metrics": [metric(m) for m in alarm.get("Metrics") or []]}
 
     def find(self) -> dict | None:
         cloudwatch = self.aws.client("cloudwatch")
@@ -821,6 +824,38 @@ class Alarm(Resource):
 
     def remove(self, current: dict) -> None:
         self.aws.client("cloudwatch").delete_alarms(AlarmNames=[self.name])
+
+
+class MissedRunAlarm(Alarm):
+    """No successful nightly run for a little longer than the schedule's longest gap.
+
+    Step Functions publishes ExecutionsSucceeded only when a run succeeds, so a night without
+    any run (a broken schedule or starter role, a deleted starter, a start refused) is missing
+    data: treated as breaching. The window is the longest gap between two scheduled runs plus
+    the execution timeout (a run may succeed that much later), in whole hours."""
+
+    def request(self) -> dict:
+        deployment = self.deployment
+        window = deployment.settings.missed_run_window_seconds()
+        return {
+            "AlarmName": self.name,
+            "AlarmDescription": f"{deployment.names.prefix}: no successful nightly run in the "
+                                f"last {window // 3600} hours (a night was missed, or failed)",
+            "ActionsEnabled": True,
+            "AlarmActions": [deployment.topic_arn()],
+            "OKActions": [deployment.topic_arn()],
+            "Namespace": "AWS/States",
+            "MetricName": "ExecutionsSucceeded",
+            "Dimensions": [{"Name": "StateMachineArn",
+                            "Value": deployment.state_machine_arn(deployment.names.state_machine)}],
+            "Statistic": "Sum",
+            "Period": window,
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": 1,
+            "Threshold": 1.0,
+            "ComparisonOperator": "LessThanThreshold",
+            "TreatMissingData": "breaching",
+        }
 
 
 class QueryDefinition(Resource):
