@@ -40,6 +40,8 @@ from deploy.resources import (
     Alarm,
     CodeBuildProject,
     EcrRepository,
+    EmailSubscription,
+    FunctionErrorsAlarm,
     LogGroup,
     MissedRunAlarm,
     NotifyFunction,
@@ -129,7 +131,9 @@ def resource_list(deployment: Deployment) -> list[Resource]:
         TopicInvokePermission(deployment, names.alarm_permission),
         TopicSubscription(deployment, f"{names.alarm_topic} -> {names.notify_function}"),
         Alarm(deployment, names.alarm),
+        *[EmailSubscription(deployment, address) for address in settings.alarm_emails],
         MissedRunAlarm(deployment, names.missed_run_alarm),
+        FunctionErrorsAlarm(deployment, names.function_errors_alarm),
         QueryDefinition(deployment, names.durations_query),
     ]
 

@@ -86,6 +86,10 @@ class Names:
         return f"{self.prefix}-no-successful-run"
 
     @property
+    def function_errors_alarm(self) -> str:
+        return f"{self.prefix}-notify-errors"
+
+    @property
     def alarm_permission(self) -> str:
         return f"{self.prefix}-alarm-topic"
 

@@ -737,6 +737,39 @@ class TopicSubscription(Resource):
         self.aws.client("sns").unsubscribe(SubscriptionArn=current["arn"])
 
 
+class EmailSubscription(Resource):
+    """One address the alarm topic also mails: it works when Slack does not. SNS mails a
+    confirmation link first; until it is clicked the subscription is pending. Teardown's
+    deletion of the topic removes every subscription with it."""
+
+    kind = "SNS e-mail subscription"
+    taggable = False
+
+    def find(self) -> dict | None:
+        try:
+            subscriptions = self.aws.client("sns").list_subscriptions_by_topic(
+                TopicArn=self.deployment.topic_arn())["Subscriptions"]
+        except ClientError as err:
+            if error_code(err) in ("NotFound", "NotFoundException"):
+                return None
+            raise
+        for subscription in subscriptions:
+            if subscription["Protocol"] == "email" and subscription["Endpoint"] == self.name:
+                return {"endpoint": self.name, "arn": subscription["SubscriptionArn"]}
+        return None
+
+    def desired(self) -> dict:
+        return {"endpoint": self.name}
+
+    def create(self) -> None:
+        self.aws.client("sns").subscribe(TopicArn=self.deployment.topic_arn(), Protocol="email",
+                                         Endpoint=self.name)
+
+    def remove(self, current: dict) -> None:
+        if current["arn"].startswith("arn:"):  # a pending one goes with the topic
+            self.aws.client("sns").unsubscribe(SubscriptionArn=current["arn"])
+
+
 class Alarm(Resource):
     kind = "CloudWatch alarm"
     PERIOD_SECONDS = 300
@@ -855,6 +888,33 @@ class MissedRunAlarm(Alarm):
             "Threshold": 1.0,
             "ComparisonOperator": "LessThanThreshold",
             "TreatMissingData": "breaching",
+        }
+
+
+class FunctionErrorsAlarm(MissedRunAlarm):
+    """The notify Lambda failed (Slack refused a message, the webhook was revoked): the topic
+    mails it to alarm_emails, since the Lambda cannot tell Slack about itself."""
+
+    def request(self) -> dict:
+        deployment = self.deployment
+        return {
+            "AlarmName": self.name,
+            "AlarmDescription": f"{deployment.names.prefix}: the Slack notifier failed; Slack "
+                                "may not have heard about the nightly copy (see its log group "
+                                f"{deployment.names.notify_log_group})",
+            "ActionsEnabled": True,
+            "AlarmActions": [deployment.topic_arn()],
+            "OKActions": [deployment.topic_arn()],
+            "Namespace": "AWS/Lambda",
+            "MetricName": "Errors",
+            "Dimensions": [{"Name": "FunctionName", "Value": deployment.names.notify_function}],
+            "Statistic": "Sum",
+            "Period": 300,
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": 1,
+            "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "notBreaching",
         }
 
 

@@ -74,6 +74,8 @@ class Settings:
                           metadata={"help": "EventBridge Scheduler expression"})
     timezone: str = field(default="UTC", metadata={"help": "IANA time zone of the schedule"})
     log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
+    alarm_emails: list[str] = field(default_factory=list, metadata={
+        "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
     source: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
     target: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
@@ -138,6 +140,9 @@ class Settings:
             raise SettingsError(f"image {self.image!r}: buildspec.yml asks for Python 3.11 "
                                 f"through runtime-versions, which needs one of "
                                 f"{', '.join(CURATED_IMAGES)} (or custom_image / ecr_image)")
+        for address in self.alarm_emails:
+            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", address):
+                raise SettingsError(f"alarm_emails: {address!r} is not an e-mail address")
         runtimes = lambda_python_runtimes()
         if self.lambda_runtime not in runtimes:
             raise SettingsError(f"lambda_runtime {self.lambda_runtime!r}: use one of "

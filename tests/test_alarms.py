@@ -56,3 +56,52 @@ def test_the_failed_run_alarm_says_when_it_is_back_to_normal(aws, tmp_path):
     failed = alarm("nightly-copy-run-failed")
     assert failed["AlarmActions"] == failed["OKActions"] == [TOPIC]
     assert failed["TreatMissingData"] == "notBreaching"
+
+
+def email_subscriptions() -> list[str]:
+    return sorted(s["Endpoint"] for s in boto3.client("sns").list_subscriptions()["Subscriptions"]
+                  if s["Protocol"] == "email")
+
+
+def test_e_mail_is_a_second_channel_listed_in_dry_run_idempotent_and_torn_down(aws, tmp_path,
+                                                                               capsys):
+    from aws_helpers import inventory, nothing_left, outcomes
+
+    import teardown_aws
+
+    config = write_config(tmp_path / "deploy.toml", alarm_emails=["ops@example.com"])
+    flags = ["--config", str(config), "--alarm-emails", "ops@example.com,dba@example.org"]
+    assert setup_aws.main([*flags, "--dry-run"]) == 0
+    planned = outcomes(capsys.readouterr().out)
+    assert planned["SNS e-mail subscription ops@example.com"] == "would be created"
+    assert planned["SNS e-mail subscription dba@example.org"] == "would be created"
+    assert email_subscriptions() == []
+
+    assert setup_aws.main(flags) == 0
+    assert email_subscriptions() == ["dba@example.org", "ops@example.com"]
+    capsys.readouterr()
+    assert setup_aws.main(flags) == 0
+    second = outcomes(capsys.readouterr().out)
+    assert second["SNS e-mail subscription ops@example.com"] == "unchanged"
+    assert set(second.values()) == {"unchanged"}
+    assert email_subscriptions() == ["dba@example.org", "ops@example.com"]
+
+    # the notifier's own failures go to the topic too: e-mail hears when Slack cannot
+    errors = alarm("nightly-copy-notify-errors")
+    assert (errors["Namespace"], errors["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": "nightly-copy-notify"}]
+    assert errors["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert errors["AlarmActions"] == errors["OKActions"] == [TOPIC]
+
+    # the address given only by flag goes with the topic
+    assert teardown_aws.main(["--config", str(config), "--remove-secrets"]) == 0
+    assert email_subscriptions() == []
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def test_a_bad_e_mail_address_is_refused_before_aws(aws, tmp_path, capsys):
+    config = write_config(tmp_path / "deploy.toml", alarm_emails=["ops at example.com"])
+    assert setup_aws.main(["--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: alarm_emails: 'ops at example.com' is not an e-mail address\n"
+    assert email_subscriptions() == []
