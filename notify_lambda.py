@@ -1,13 +1,18 @@
 """Post the nightly copy's outcome to Slack.
 
-AWS Lambda handler for two kinds of event:
+AWS Lambda handler for four kinds of event:
 
 * the run summary the state machine sends after its Parallel state
   (``{"execution": {...}, "jobs": [...]}``): one message listing every job; the handler
   returns ``{"posted": True, "failed_jobs": N}`` and the state machine fails the execution
   when ``N > 0``;
 * an SNS notification wrapping a CloudWatch alarm (the state machine failed, timed out or
-  was aborted, or the alarm recovered): one message per record; returns ``{"posted": True}``.
+  was aborted, or the alarm recovered): one message per record; returns ``{"posted": True}``;
+* ``{"name_run": {"scheduled_time": ..., "timezone": ...}}`` from the starter state machine:
+  returns the run's name and date, the date being the scheduled time's **local** date in the
+  schedule's time zone (``run_date``; ``setup_aws.py --start`` uses the same function);
+* ``{"already_started": {"name": ..., "state_machine": ...}}`` from the starter when the run
+  for that date exists already: one message saying so; returns ``{"posted": True}``.
 
 The Slack incoming-webhook URL is read once per cold start from the SSM SecureString named by
 ``WEBHOOK_PARAMETER``; ``SLACK_WEBHOOK_URL`` overrides it (tests, local runs). Only the
@@ -26,8 +31,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import boto3
 
@@ -87,6 +94,19 @@ def log_event(event: str, **fields: Any) -> None:
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
+    if isinstance(event, dict) and isinstance(event.get("name_run"), dict):
+        request = event["name_run"]
+        day = run_date(parse_time(request.get("scheduled_time")), request.get("timezone"))
+        log_event("run_named", name=run_name(day), scheduled_time=request.get("scheduled_time"),
+                  timezone=request.get("timezone"))
+        return {"name": run_name(day), "date": day.isoformat()}
+
+    if isinstance(event, dict) and isinstance(event.get("already_started"), dict):
+        post_to_slack(webhook_url(), already_started_message(event["already_started"]),
+                      seconds_left=_seconds_left(context))
+        log_event("already_started_posted", name=event["already_started"].get("name"))
+        return {"posted": True}
+
     if is_sns_event(event):
         records = event["Records"]
         url = webhook_url()
@@ -454,6 +474,63 @@ def execution_console_url(arn: Any) -> str | None:
     region = parts[3]
     return (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
             f"#/v2/executions/details/{arn}")
+
+
+# --------------------------------------------------------------------------- run names
+
+# setup_aws.py puts the schedule's zone file here (tz/<key>), so the date is computed with the
+# same time zone rules setup checked, whatever the Lambda runtime ships.
+BUNDLED_ZONES = Path(__file__).resolve().parent / "tz"
+
+
+def zone(key: Any) -> ZoneInfo:
+    """The IANA time zone `key`: the zone file bundled with the function, else the system's."""
+    if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
+        raise NotifyError(f"not a time zone name: {key!r}")
+    bundled = BUNDLED_ZONES / key
+    if bundled.is_file():
+        with bundled.open("rb") as tzfile:
+            return ZoneInfo.from_file(tzfile, key=key)
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise NotifyError(f"unknown time zone {key!r}") from err
+
+
+def run_date(moment: datetime | None, timezone: Any) -> date:
+    """The date a run is for: the local calendar date of `moment` in the schedule's time zone.
+
+    One run per local date, whatever the UTC offset that night (days of 23 and 25 hours
+    included): 19:30 in New York is 00:30Z the next day in winter and 23:30Z in summer, and
+    both are the local date they fire on."""
+    if moment is None:
+        raise NotifyError("name_run needs a scheduled_time such as 2027-03-14T23:30:00Z")
+    return moment.astimezone(zone(timezone)).date()
+
+
+def run_name(day: date) -> str:
+    """The execution name of the run for one date: at most one run per name, so per date."""
+    return day.isoformat()
+
+
+def already_started_message(started: dict[str, Any]) -> dict[str, Any]:
+    """The schedule fired, but the run for its date exists already: nothing was copied."""
+    name = str(started.get("name") or "?")
+    machine = started.get("state_machine")
+    execution = (machine.replace(":stateMachine:", ":execution:") + f":{name}"
+                 if isinstance(machine, str) else None)
+    headline = f"Nightly copy {name}: not started again, the run for this date exists"
+    detail = ("The schedule fired, but a run with this date's name was already started "
+              "(by hand with `setup_aws.py --start`, or by an earlier trigger). Nothing was "
+              "copied a second time; that run's own summary says how it went: "
+              + _link(execution_console_url(execution), name) + ".")
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "emoji": True,
+                                    "text": _short(f":information_source: {headline}",
+                                                   HEADER_TEXT_LIMIT)}},
+        _section(detail),
+    ]
+    return {"text": _escape(headline), "blocks": blocks}
 
 
 # --------------------------------------------------------------------------- alarms

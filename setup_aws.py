@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", action="store_true",
                         help="only start one run of the deployed state machine")
     parser.add_argument("--date", type=parse_date, default=None,
-                        help="with --start: the date the run is for (default: today, UTC)")
+                        help="with --start: the date the run is for (default: today in the "
+                             "schedule's time zone)")
     return parser
 
 
@@ -58,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args)
         options = Options(dry_run=args.dry_run, overwrite_secrets=args.overwrite_secrets)
         if args.start:
-            settings.validate()
+            settings.validate_for_start()
             aws = Aws(settings.region)
-            day = args.date or dt.datetime.now(dt.UTC).date()
-            start_run(Deployment(settings, aws, options), day)
+            start_run(Deployment(settings, aws, options), args.date)
             return 0
         if args.date:
             raise SettingsError("--date goes with --start")

@@ -24,16 +24,26 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 import copier
 from deploy import batch, permissions
+from deploy import names as naming
 from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.batch import ComputeEnvironment, InstanceProfile, JobDefinition, JobQueue, ServiceLinkedRole
 from deploy.deployment import Deployment, Options
-from deploy.names import BATCH_SERVICE_LINKED_ROLE, TAG_KEY, Names, execution_input, execution_name
+from deploy.names import (
+    BATCH_SERVICE_LINKED_ROLE,
+    TAG_KEY,
+    Names,
+    execution_input,
+    execution_name,
+)
 from deploy.plan import plan_jobs
 from deploy.resources import (
     Alarm,
     CodeBuildProject,
     EcrRepository,
+    EmailSubscription,
+    FunctionErrorsAlarm,
     LogGroup,
+    MissedRunAlarm,
     NotifyFunction,
     Parameter,
     QueryDefinition,
@@ -113,13 +123,17 @@ def resource_list(deployment: Deployment) -> list[Resource]:
         NotifyFunction(deployment, names.notify_function),
         StateMachine(deployment, names.state_machine, "states", deployment.state_machine_definition),
         StateMachine(deployment, names.starter, "starter",
-                     lambda: starter_definition(deployment.state_machine_arn(names.state_machine))),
+                     lambda: starter_definition(deployment.state_machine_arn(names.state_machine),
+                                                deployment.function_arn())),
         ScheduleGroup(deployment, names.schedule_group),
         Schedule(deployment, names.schedule),
         Topic(deployment, names.alarm_topic),
         TopicInvokePermission(deployment, names.alarm_permission),
         TopicSubscription(deployment, f"{names.alarm_topic} -> {names.notify_function}"),
         Alarm(deployment, names.alarm),
+        *[EmailSubscription(deployment, address) for address in settings.alarm_emails],
+        MissedRunAlarm(deployment, names.missed_run_alarm),
+        FunctionErrorsAlarm(deployment, names.function_errors_alarm),
         QueryDefinition(deployment, names.durations_query),
     ]
 
@@ -239,8 +253,14 @@ def _worth_reporting(resource: Resource, outcome: Outcome) -> bool:
     return resource.needed or (outcome.status != "absent" and not resource.shared)
 
 
-def start_run(deployment: Deployment, day: dt.date, out: Callable[[str], None] = print) -> str:
-    """Start the run for one day by hand, named exactly as the schedule names it."""
+def start_run(deployment: Deployment, day: dt.date | None = None,
+              out: Callable[[str], None] = print) -> str:
+    """Start the run for one day by hand, named exactly as the schedule names it: by default
+    the run for today's date in the schedule's time zone."""
+    if day is None:
+        day = naming.run_date(naming.now(), deployment.settings.timezone)
+        out(f"run for {day.isoformat()}: today in {deployment.settings.timezone}, the "
+            "schedule's time zone (--date picks another)")
     sfn = deployment.aws.client("stepfunctions")
     machine = deployment.state_machine_arn(deployment.names.state_machine)
     name = execution_name(day)

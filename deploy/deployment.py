@@ -104,12 +104,11 @@ class Deployment:
             raise SettingsError("no table assignment: setup plans the jobs first")
         template = json.loads(STATE_MACHINE_TEMPLATE.read_text())
         settings = self.settings
-        job_timeout = (settings.build_timeout_minutes + settings.queued_timeout_minutes + 10) * 60
         values = {
             "ProjectName": self.names.project,
             "NotifyFunctionArn": self.function_arn(),
-            "JobTimeoutSeconds": job_timeout,
-            "ExecutionTimeoutSeconds": job_timeout + 3600,
+            "JobTimeoutSeconds": settings.job_timeout_seconds,
+            "ExecutionTimeoutSeconds": settings.execution_timeout_seconds,
         }
         if settings.runner == "batch":
             template = with_batch_task(template, json.loads(BATCH_TASK_TEMPLATE.read_text()))

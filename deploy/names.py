@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
+import notify_lambda
+
 TAG_KEY = "project"
 CODEBUILD_SYNC_RULE = "StepFunctionsGetEventForCodeBuildStartBuildRule"
 BATCH_SYNC_RULE = "StepFunctionsGetEventsForBatchJobsRule"  # plural, unlike CodeBuild's
@@ -80,6 +82,14 @@ class Names:
         return f"{self.prefix}-run-failed"
 
     @property
+    def missed_run_alarm(self) -> str:
+        return f"{self.prefix}-no-successful-run"
+
+    @property
+    def function_errors_alarm(self) -> str:
+        return f"{self.prefix}-notify-errors"
+
+    @property
     def alarm_permission(self) -> str:
         return f"{self.prefix}-alarm-topic"
 
@@ -113,8 +123,19 @@ class Names:
 
 
 def execution_name(day: dt.date) -> str:
-    """The name of the run for one day: at most one run per name, so one per day."""
-    return day.isoformat()
+    """The name of the run for one day: at most one run per name, so one per day. The starter
+    names scheduled runs through the Lambda, with the same function."""
+    return notify_lambda.run_name(day)
+
+
+def run_date(moment: dt.datetime, timezone: str) -> dt.date:
+    """The date a run started at `moment` is for: its local date in the schedule's time zone
+    (the rule the starter applies to the scheduled time, and --start to now)."""
+    return notify_lambda.run_date(moment, timezone)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def execution_input(day: dt.date) -> str:

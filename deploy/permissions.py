@@ -96,8 +96,11 @@ def state_machine(deployment: Deployment) -> dict:
 
 
 def starter(deployment: Deployment) -> dict:
+    # the notify Lambda names the run after its local date, and says when it exists already
     return policy(allow(["states:StartExecution"],
-                        [deployment.state_machine_arn(deployment.names.state_machine)]))
+                        [deployment.state_machine_arn(deployment.names.state_machine)]),
+                  allow(["lambda:InvokeFunction"],
+                        [deployment.function_arn(), f"{deployment.function_arn()}:*"]))
 
 
 def scheduler(deployment: Deployment) -> dict:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import importlib.resources
 import io
 import json
 import os
 import sys
 import urllib.parse
 import zipfile
+import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,15 +125,32 @@ def as_document(document: str | dict | None) -> dict | None:
 
 
 
-def zip_notify_function() -> bytes:
-    """notify_lambda.py alone in a zip with fixed timestamps, so the hash is reproducible."""
+def zone_file(key: str) -> bytes:
+    """The compiled IANA zone file of `key`, from the system's database or the tzdata package."""
+    for directory in zoneinfo.TZPATH:
+        candidate = Path(directory, key)
+        if candidate.is_file():
+            return candidate.read_bytes()
+    try:
+        return importlib.resources.files("tzdata").joinpath("zoneinfo", *key.split("/")).read_bytes()
+    except (ModuleNotFoundError, OSError) as err:
+        raise SettingsError(f"timezone {key!r}: no zone file on this machine to bundle with the "
+                            "Lambda (install tzdata)") from err
+
+
+def zip_notify_function(timezone: str = "UTC") -> bytes:
+    """notify_lambda.py and the schedule's zone file (tz/<key>, so the run's local date is
+    computed with the rules setup checked) in a zip with fixed timestamps: the hash is
+    reproducible."""
     if not NOTIFY_SOURCE.exists():
         raise SettingsError(f"{NOTIFY_SOURCE.name} is missing in {HERE}")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        info = zipfile.ZipInfo(NOTIFY_SOURCE.name, date_time=(1980, 1, 1, 0, 0, 0))
-        info.external_attr = 0o644 << 16
-        archive.writestr(info, NOTIFY_SOURCE.read_bytes())
+        for name, content in ((NOTIFY_SOURCE.name, NOTIFY_SOURCE.read_bytes()),
+                              (f"tz/{timezone}", zone_file(timezone))):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, content)
     return buffer.getvalue()
 
 
@@ -412,7 +431,7 @@ class NotifyFunction(Resource):
     zipped: bytes = b""
 
     def prepare(self, dry_run: bool) -> None:
-        self.zipped = zip_notify_function()
+        self.zipped = zip_notify_function(self.deployment.settings.timezone)
 
     def configuration(self) -> dict:
         return {
@@ -576,7 +595,9 @@ class Schedule(Resource):
             "Target": {
                 "Arn": self.deployment.state_machine_arn(self.deployment.names.starter),
                 "RoleArn": self.deployment.role_arn("scheduler"),
-                "Input": json.dumps({"scheduled_time": "<aws.scheduler.scheduled-time>"}),
+                # UTC; the starter names the run after its local date in this time zone
+                "Input": json.dumps({"scheduled_time": "<aws.scheduler.scheduled-time>",
+                                     "timezone": settings.timezone}),
                 "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600},
             },
         }
@@ -716,6 +737,39 @@ class TopicSubscription(Resource):
         self.aws.client("sns").unsubscribe(SubscriptionArn=current["arn"])
 
 
+class EmailSubscription(Resource):
+    """One address the alarm topic also mails: it works when Slack does not. SNS mails a
+    confirmation link first; until it is clicked the subscription is pending. Teardown's
+    deletion of the topic removes every subscription with it."""
+
+    kind = "SNS e-mail subscription"
+    taggable = False
+
+    def find(self) -> dict | None:
+        try:
+            subscriptions = self.aws.client("sns").list_subscriptions_by_topic(
+                TopicArn=self.deployment.topic_arn())["Subscriptions"]
+        except ClientError as err:
+            if error_code(err) in ("NotFound", "NotFoundException"):
+                return None
+            raise
+        for subscription in subscriptions:
+            if subscription["Protocol"] == "email" and subscription["Endpoint"] == self.name:
+                return {"endpoint": self.name, "arn": subscription["SubscriptionArn"]}
+        return None
+
+    def desired(self) -> dict:
+        return {"endpoint": self.name}
+
+    def create(self) -> None:
+        self.aws.client("sns").subscribe(TopicArn=self.deployment.topic_arn(), Protocol="email",
+                                         Endpoint=self.name)
+
+    def remove(self, current: dict) -> None:
+        if current["arn"].startswith("arn:"):  # a pending one goes with the topic
+            self.aws.client("sns").unsubscribe(SubscriptionArn=current["arn"])
+
+
 class Alarm(Resource):
     kind = "CloudWatch alarm"
     PERIOD_SECONDS = 300
@@ -746,6 +800,7 @@ class Alarm(Resource):
                                 "aborted (or the starter failed)",
             "ActionsEnabled": True,
             "AlarmActions": [self.deployment.topic_arn()],
+            "OKActions": [self.deployment.topic_arn()],  # the "back to normal" message
             "Metrics": self.metrics(),
             "EvaluationPeriods": 1,
             "DatapointsToAlarm": 1,
@@ -769,10 +824,12 @@ class Alarm(Resource):
                     "Period": stat.get("Period"), "Stat": stat.get("Stat")}
             return found
 
-        view = {k: alarm.get(k) for k in (
-            "AlarmActions", "EvaluationPeriods", "ComparisonOperator", "TreatMissingData")}
+        # A metric-math alarm reads back with empty single-metric fields ([] or None)
+        view = {k: alarm.get(k) or None for k in (
+            "AlarmActions", "OKActions", "EvaluationPeriods", "ComparisonOperator",
+            "TreatMissingData", "Namespace", "MetricName", "Dimensions", "Period", "Statistic")}
         return view | {"Threshold": float(alarm.get("Threshold", 0)),
-                       "Metrics": [metric(m) for m in alarm.get("Metrics", [])]}
+                       "Metrics": [metric(m) for m in alarm.get("Metrics") or []]}
 
     def find(self) -> dict | None:
         cloudwatch = self.aws.client("cloudwatch")
@@ -800,6 +857,65 @@ class Alarm(Resource):
 
     def remove(self, current: dict) -> None:
         self.aws.client("cloudwatch").delete_alarms(AlarmNames=[self.name])
+
+
+class MissedRunAlarm(Alarm):
+    """No successful nightly run for a little longer than the schedule's longest gap.
+
+    Step Functions publishes ExecutionsSucceeded only when a run succeeds, so a night without
+    any run (a broken schedule or starter role, a deleted starter, a start refused) is missing
+    data: treated as breaching. The window is the longest gap between two scheduled runs plus
+    the execution timeout (a run may succeed that much later), in whole hours."""
+
+    def request(self) -> dict:
+        deployment = self.deployment
+        window = deployment.settings.missed_run_window_seconds()
+        return {
+            "AlarmName": self.name,
+            "AlarmDescription": f"{deployment.names.prefix}: no successful nightly run in the "
+                                f"last {window // 3600} hours (a night was missed, or failed)",
+            "ActionsEnabled": True,
+            "AlarmActions": [deployment.topic_arn()],
+            "OKActions": [deployment.topic_arn()],
+            "Namespace": "AWS/States",
+            "MetricName": "ExecutionsSucceeded",
+            "Dimensions": [{"Name": "StateMachineArn",
+                            "Value": deployment.state_machine_arn(deployment.names.state_machine)}],
+            "Statistic": "Sum",
+            "Period": window,
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": 1,
+            "Threshold": 1.0,
+            "ComparisonOperator": "LessThanThreshold",
+            "TreatMissingData": "breaching",
+        }
+
+
+class FunctionErrorsAlarm(MissedRunAlarm):
+    """The notify Lambda failed (Slack refused a message, the webhook was revoked): the topic
+    mails it to alarm_emails, since the Lambda cannot tell Slack about itself."""
+
+    def request(self) -> dict:
+        deployment = self.deployment
+        return {
+            "AlarmName": self.name,
+            "AlarmDescription": f"{deployment.names.prefix}: the Slack notifier failed; Slack "
+                                "may not have heard about the nightly copy (see its log group "
+                                f"{deployment.names.notify_log_group})",
+            "ActionsEnabled": True,
+            "AlarmActions": [deployment.topic_arn()],
+            "OKActions": [deployment.topic_arn()],
+            "Namespace": "AWS/Lambda",
+            "MetricName": "Errors",
+            "Dimensions": [{"Name": "FunctionName", "Value": deployment.names.notify_function}],
+            "Statistic": "Sum",
+            "Period": 300,
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": 1,
+            "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "notBreaching",
+        }
 
 
 class QueryDefinition(Resource):

@@ -19,6 +19,17 @@ BATCH_COMPUTE_TYPES = ("FARGATE", "EC2")
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
                       1827, 2192, 2557, 2922, 3288, 3653)
 WEBHOOK_ENV_VAR = "SLACK_WEBHOOK_URL"
+# CodeBuild compute types for LINUX_CONTAINER (the project's environment type)
+COMPUTE_TYPES = ("BUILD_GENERAL1_SMALL", "BUILD_GENERAL1_MEDIUM", "BUILD_GENERAL1_LARGE",
+                 "BUILD_GENERAL1_XLARGE", "BUILD_GENERAL1_2XLARGE")
+# Curated x86 images whose runtime-versions offer buildspec.yml's Python 3.11
+CURATED_IMAGES = ("aws/codebuild/standard:7.0", "aws/codebuild/standard:8.0",
+                  "aws/codebuild/amazonlinux-x86_64-standard:5.0")
+ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+"
+                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?")
+OLDEST_LAMBDA_PYTHON = (3, 11)  # notify_lambda.py uses datetime.UTC
+PLAIN_IDENTIFIER = re.compile(r"[^\W\d][\w$]*")
+ALARM_WINDOW_LIMIT_SECONDS = 7 * 24 * 3600  # CloudWatch: Period x EvaluationPeriods
 
 
 class SettingsError(Exception):
@@ -63,6 +74,8 @@ class Settings:
                           metadata={"help": "EventBridge Scheduler expression"})
     timezone: str = field(default="UTC", metadata={"help": "IANA time zone of the schedule"})
     log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
+    alarm_emails: list[str] = field(default_factory=list, metadata={
+        "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
     source: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
     target: dict[str, str] = field(default_factory=dict, metadata={"file_only": True})
@@ -82,10 +95,22 @@ class Settings:
                 raise SettingsError(f"[{database}] must not hold secrets; set "
                                     f"{secret_env_var(database, 'password')} instead")
 
+    def validate_for_start(self) -> None:
+        """--start names the run after today's date in the schedule's time zone."""
+        self.validate()
+        from deploy import schedule
+
+        schedule.time_zone(self.timezone)
+
     def validate_for_setup(self) -> None:
+        """Everything AWS or the nightly run would refuse later, refused now: nothing is
+        created with a setting that cannot work."""
         self.validate()
         if not self.tables:
             raise SettingsError("tables: give at least one table (config file or --tables)")
+        self.validate_placeholders()
+        for table in self.tables:
+            validate_table_name(table)
         if len(set(self.tables)) != len(self.tables):
             raise SettingsError("tables: a table is listed twice")
         if self.jobs < 1:
@@ -103,6 +128,59 @@ class Settings:
         unknown = set(self.table_weights) - set(self.tables)
         if unknown:
             raise SettingsError(f"table_weights names tables not in tables: {sorted(unknown)}")
+        self.missed_run_window_seconds()  # checks schedule and timezone
+        if self.runner == "codebuild" and self.compute_type not in COMPUTE_TYPES:
+            raise SettingsError(f"compute_type {self.compute_type!r}: use one of "
+                                f"{', '.join(COMPUTE_TYPES)}")
+        if self.ecr_image and not ECR_IMAGE.fullmatch(self.ecr_image):
+            raise SettingsError(f"ecr_image {self.ecr_image!r}: use an ECR image URI, "
+                                "<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>")
+        if self.runner == "codebuild" and not self.runs_an_image and (
+                self.image not in CURATED_IMAGES):
+            raise SettingsError(f"image {self.image!r}: buildspec.yml asks for Python 3.11 "
+                                f"through runtime-versions, which needs one of "
+                                f"{', '.join(CURATED_IMAGES)} (or custom_image / ecr_image)")
+        for address in self.alarm_emails:
+            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", address):
+                raise SettingsError(f"alarm_emails: {address!r} is not an e-mail address")
+        runtimes = lambda_python_runtimes()
+        if self.lambda_runtime not in runtimes:
+            raise SettingsError(f"lambda_runtime {self.lambda_runtime!r}: use one of "
+                                f"{', '.join(runtimes)}")
+
+    def validate_placeholders(self) -> None:
+        """state_machine.json is filled by replacing ${Name}: a setting that holds one would
+        be rewritten on the way (a table named ${ProjectName} would copy another table)."""
+        for name in SETTING_FIELDS:
+            value = getattr(self, name)
+            items = (value if isinstance(value, list) else list(value.items())
+                     if isinstance(value, dict) else [value])
+            for item in items:
+                if "${" in str(item):
+                    raise SettingsError(f"{name}: {item!r} contains '${{', which the state "
+                                        "machine template reserves for its placeholders")
+
+    @property
+    def job_timeout_seconds(self) -> int:
+        """How long the state machine waits for one job: build, queue and a margin."""
+        return (self.build_timeout_minutes + self.queued_timeout_minutes + 10) * 60
+
+    @property
+    def execution_timeout_seconds(self) -> int:
+        return self.job_timeout_seconds + 3600
+
+    def missed_run_window_seconds(self) -> int:
+        """The missed-night alarm's window: the longest gap between two scheduled runs, plus
+        the longest a run may take (a success can end that much later), in whole hours."""
+        from deploy import schedule
+
+        gap = schedule.check(self.schedule, self.timezone).total_seconds()
+        window = -(-int(gap + self.execution_timeout_seconds) // 3600) * 3600
+        if window > ALARM_WINDOW_LIMIT_SECONDS:
+            raise SettingsError(
+                f"schedule {self.schedule!r}: up to {gap / 86400:g} days between runs; the "
+                "missed-night alarm can watch at most 7 days (runs and their timeouts included)")
+        return window
 
     @property
     def uses_own_repository(self) -> bool:
@@ -133,6 +211,35 @@ class Settings:
 
 
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def validate_table_name(table: str) -> None:
+    """One table per item, as the copier parses it, each unquoted part a plain SQL identifier:
+    anything else is a name the copier would look for and not find, every night."""
+    try:
+        names = copier.split_table_list(table)
+    except copier.TableListError as err:
+        raise SettingsError(f"tables: {err}") from None
+    if len(names) != 1:
+        raise SettingsError(f"tables: {table!r} holds {len(names)} names; give one table per "
+                            "list item (double-quote a name that contains a comma)")
+    for part, quoted in names[0]:
+        if not quoted and not PLAIN_IDENTIFIER.fullmatch(part):
+            raise SettingsError(f"tables: {table!r}: {part!r} is not a plain SQL name; "
+                                "double-quote a name that really contains such characters")
+
+
+def lambda_python_runtimes() -> list[str]:
+    """The Python runtimes Lambda's API knows (botocore's model) that run notify_lambda.py."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("lambda")
+    found = []
+    for runtime in model.shape_for("Runtime").enum:
+        version = re.fullmatch(r"python(\d+)\.(\d+)", runtime)
+        if version and tuple(map(int, version.groups())) >= OLDEST_LAMBDA_PYTHON:
+            found.append(runtime)
+    return found
 
 
 def secret_env_var(database: str, setting: str) -> str:

@@ -75,24 +75,46 @@ def with_batch_task(template: dict, batch_task: dict) -> dict:
     return definition
 
 
-def starter_definition(state_machine_arn: str) -> dict:
-    """A two-state workflow that starts the nightly run named after the scheduled date.
+LAMBDA_RETRY = {
+    "ErrorEquals": ["Lambda.ServiceException", "Lambda.AWSLambdaException",
+                    "Lambda.SdkClientException", "Lambda.TooManyRequestsException"],
+    "IntervalSeconds": 2, "MaxAttempts": 6, "BackoffRate": 2.0,
+}
 
-    EventBridge Scheduler cannot format a date, but it can pass its scheduled time
-    ("2026-11-27T03:00:00Z"); States.StringSplit turns that into "2026-11-27".
+
+def starter_definition(state_machine_arn: str, function_arn: str) -> dict:
+    """The workflow the schedule starts: it starts the nightly run named after its date.
+
+    EventBridge Scheduler passes its scheduled time in UTC ("2027-03-14T23:30:00Z") and the
+    schedule's time zone; the notify Lambda turns them into the local date ("2027-03-14"),
+    which Step Functions cannot compute (no time zones in its intrinsic functions). When the
+    run for that date exists already, the Lambda says so in Slack and the starter succeeds.
     """
-    date_of_scheduled_time = "States.ArrayGetItem(States.StringSplit($.scheduled_time, 'T'), 0)"
     return {
-        "Comment": "Start the nightly copy once per date: the execution is named after it.",
-        "StartAt": "Start nightly copy",
+        "Comment": "Start the nightly copy once per local date: the execution is named after it.",
+        "StartAt": "Name the run",
         "States": {
+            "Name the run": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {
+                    "FunctionName": function_arn,
+                    "Payload": {"name_run": {"scheduled_time.$": "$.scheduled_time",
+                                             "timezone.$": "$.timezone"}},
+                },
+                "ResultSelector": {"name.$": "$.Payload.name", "date.$": "$.Payload.date"},
+                "ResultPath": "$.run",
+                "TimeoutSeconds": 60,
+                "Retry": [LAMBDA_RETRY],
+                "Next": "Start nightly copy",
+            },
             "Start nightly copy": {
                 "Type": "Task",
                 "Resource": "arn:aws:states:::states:startExecution",
                 "Parameters": {
                     "StateMachineArn": state_machine_arn,
-                    "Name.$": date_of_scheduled_time,
-                    "Input": {"date.$": date_of_scheduled_time},
+                    "Name.$": "$.run.name",
+                    "Input": {"date.$": "$.run.date"},
                 },
                 "TimeoutSeconds": 60,
                 "Catch": [{
@@ -102,6 +124,18 @@ def starter_definition(state_machine_arn: str) -> dict:
                 }],
                 "End": True,
             },
-            "Already started for this date": {"Type": "Succeed"},
+            "Already started for this date": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {
+                    "FunctionName": function_arn,
+                    "Payload": {"already_started": {"name.$": "$.run.name",
+                                                    "state_machine": state_machine_arn}},
+                },
+                "ResultPath": None,
+                "TimeoutSeconds": 120,
+                "Retry": [LAMBDA_RETRY],
+                "End": True,
+            },
         },
     }

@@ -206,7 +206,8 @@ def expected_inventory(prefix: str) -> dict[str, list[str]]:
         "schedules": ["nightly"],
         "topics": [f"{prefix}-alarms"],
         "subscriptions": [f"{prefix}-notify"],
-        "alarms": [f"{prefix}-run-failed"],
+        "alarms": sorted([f"{prefix}-run-failed", f"{prefix}-no-successful-run",
+                          f"{prefix}-notify-errors"]),
         "log groups": sorted([f"/aws/codebuild/{prefix}", f"/aws/lambda/{prefix}-notify"]),
     }
 

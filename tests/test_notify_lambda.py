@@ -548,3 +548,24 @@ def test_module_imports_without_requests(tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- run names
+
+
+def test_a_run_already_started_for_the_date_is_posted(webhook_env):
+    machine = "arn:aws:states:eu-west-1:123456789012:stateMachine:copy-nightly"
+    answer = notify_lambda.handler(
+        {"already_started": {"name": "2026-11-27", "state_machine": machine}}, None)
+    assert answer == {"posted": True}
+    (payload,) = webhook_env.payloads
+    assert "2026-11-27: not started again, the run for this date exists" in header_text(payload)
+    (text,) = section_texts(payload)
+    assert "Nothing was copied a second time" in text
+    assert f"#/v2/executions/details/{EXECUTION_ARN}" in text
+
+
+def test_naming_a_run_needs_a_scheduled_time(webhook_env):
+    with pytest.raises(notify_lambda.NotifyError, match="scheduled_time"):
+        notify_lambda.handler({"name_run": {"timezone": "UTC"}}, None)
+    assert webhook_env.payloads == []

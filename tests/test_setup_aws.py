@@ -111,7 +111,8 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     machine_arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{prefix}"
     starter_arn = f"{machine_arn}-starter"
     assert statements_by_action(policy_of(f"{prefix}-starter")) == {
-        "states:StartExecution": [machine_arn]}
+        "states:StartExecution": [machine_arn],  # and its Lambda names the run after the date
+        "lambda:InvokeFunction": [function_arn, f"{function_arn}:*"]}
     assert statements_by_action(policy_of(f"{prefix}-scheduler")) == {
         "states:StartExecution": [starter_arn]}
     lambda_policy = statements_by_action(policy_of(f"{prefix}-lambda"))
@@ -144,8 +145,8 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert configuration["Environment"]["Variables"] == {
         "WEBHOOK_PARAMETER": f"/{prefix}-notify/slack_webhook_url"}
     assert function["Tags"]["project"] == prefix
-    zipped = deploy.resources.zip_notify_function()
-    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py"]
+    zipped = deploy.resources.zip_notify_function("UTC")
+    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "tz/UTC"]
     assert configuration["CodeSha256"] == base64.b64encode(
         __import__("hashlib").sha256(zipped).digest()).decode()
 
@@ -168,7 +169,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert schedule["Target"]["Arn"] == starter_arn
     assert schedule["Target"]["RoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/{prefix}-scheduler"
     assert json.loads(schedule["Target"]["Input"]) == {
-        "scheduled_time": "<aws.scheduler.scheduled-time>"}
+        "scheduled_time": "<aws.scheduler.scheduled-time>", "timezone": "UTC"}
 
     topic_arn = f"arn:aws:sns:{REGION}:{ACCOUNT}:{prefix}-alarms"
     (alarm,) = boto3.client("cloudwatch").describe_alarms(
@@ -264,6 +265,9 @@ def test_a_changed_setting_updates_only_what_it_touches(aws, config, capsys):
         "log group /aws/codebuild/nightly-copy": "updated",
         "log group /aws/lambda/nightly-copy-notify": "updated",
         "SSM parameter /nightly-copy/source/host": "updated",
+        "Lambda function nightly-copy-notify": "updated",  # it bundles the zone file
+        # Berlin has a night of 25 hours: the window grows from 28 to 29 hours
+        "CloudWatch alarm nightly-copy-no-successful-run": "updated",
     }
     schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
     assert (schedule["ScheduleExpression"], schedule["ScheduleExpressionTimezone"]) == (
@@ -310,9 +314,16 @@ def test_a_missing_secret_without_a_terminal_is_one_clear_error(aws, config, cap
     assert inventory("nightly-copy") == nothing_left("nightly-copy")  # asked before changing
 
 
-def test_an_aws_error_is_one_line_naming_the_resource(aws, config, capsys):
-    code, _, err = run(setup_aws.main, ["--config", str(config), "--compute-type",
-                                        "BUILD_GENERAL1_HUGE"], capsys)
+def test_an_aws_error_is_one_line_naming_the_resource(aws, config, capsys, monkeypatch):
+    # a bad compute type is refused before AWS now (tests/test_settings_checked.py): AWS
+    # refusing something setup cannot check stands in for it
+    def refused(self):
+        raise ClientError({"Error": {"Code": "InvalidInputException",
+                                     "Message": "Unknown account limit\n for this project"}},
+                          "CreateProject")
+
+    monkeypatch.setattr(deploy.resources.CodeBuildProject, "create", refused)
+    code, _, err = run(setup_aws.main, ["--config", str(config)], capsys)
     assert code == 1
     assert err.count("\n") == 1
     assert err.startswith("error: CodeBuild project nightly-copy: CreateProject: "

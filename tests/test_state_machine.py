@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import subprocess
@@ -232,51 +231,11 @@ def test_a_failing_summary_fails_the_execution(aws):
     assert described["status"] == "FAILED"
 
 
-# --- the starter: how the schedule names executions after the date
-#
-# moto's engine cannot run the states:startExecution integration (it passes the
-# PascalCase parameters straight to boto3), so the test runs the starter's own Parameters,
-# intrinsic functions included, in a Pass state and checks the StartExecution request it
-# builds; setup's manual start (tests/test_setup_aws.py) uses the same name and input.
-
-
-@pytest.mark.parametrize("scheduled_time, day", [
-    ("2026-11-27T03:00:00Z", dt.date(2026, 11, 27)),
-    ("2026-12-31T23:30:00Z", dt.date(2026, 12, 31)),
-    ("2027-01-01T00:00:00Z", dt.date(2027, 1, 1)),
-])
-def test_starter_builds_a_start_request_named_after_the_scheduled_date(aws, scheduled_time,
-                                                                       day):
-    sfn = boto3.client("stepfunctions")
-    nightly = f"arn:aws:states:{REGION}:123456789012:stateMachine:nightly-copy"
-    starter = deploy.state_machine.starter_definition(nightly)
-    task = starter["States"][starter["StartAt"]]
-    assert task["Resource"] == "arn:aws:states:::states:startExecution"
-    as_pass = copy.deepcopy(starter)
-    as_pass["States"][starter["StartAt"]] = {"Type": "Pass", "Parameters": task["Parameters"],
-                                             "End": True}
-    machine = create(sfn, "nightly-copy-starter", as_pass)
-    described = run_to_end(sfn, machine, "fire-1",
-                           json.dumps({"scheduled_time": scheduled_time}))
-    assert described["status"] == "SUCCEEDED"
-    request = json.loads(described["output"])
-    assert request["StateMachineArn"] == nightly
-    assert request["Name"] == deploy.names.execution_name(day)
-    assert request["Input"] == json.loads(deploy.names.execution_input(day))
-
-
-def test_starter_treats_an_existing_run_for_the_date_as_done():
-    starter = deploy.state_machine.starter_definition("arn:aws:states:r:1:stateMachine:m")
-    task = starter["States"][starter["StartAt"]]
-    (catch,) = task["Catch"]
-    # Step Functions names service errors "StepFunctions.<Code>Exception"; StartExecution
-    # answers ExecutionAlreadyExists for a name used in the last 90 days.
-    assert catch["ErrorEquals"] == ["StepFunctions.ExecutionAlreadyExistsException"]
-    assert starter["States"][catch["Next"]]["Type"] == "Succeed"
-    assert isinstance(task["TimeoutSeconds"], int)
+# --- the starter: tests/test_run_names.py runs it in moto's engine
 
 
 def test_starter_definition_passes_statelint(tmp_path):
-    starter = deploy.state_machine.starter_definition("arn:aws:states:us-east-1:1:stateMachine:m")
+    starter = deploy.state_machine.starter_definition(
+        "arn:aws:states:us-east-1:1:stateMachine:m", "arn:aws:lambda:us-east-1:1:function:f")
     result = statelint(starter, tmp_path)
     assert result.returncode == 0, result.stdout

@@ -1,0 +1,107 @@
+"""The alarms: a missed night (no successful run in a window a little longer than the
+schedule's longest gap), failed runs, their recovery messages, and the second channel."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env, write_config
+from moto import mock_aws
+
+import setup_aws
+
+ACCOUNT = "123456789012"
+TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:nightly-copy-alarms"
+MACHINE = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy"
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    set_fake_aws_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with mock_aws(config=MOTO_CONFIG):
+        yield
+
+
+def alarm(name: str) -> dict:
+    (found,) = boto3.client("cloudwatch").describe_alarms(AlarmNames=[name])["MetricAlarms"]
+    return found
+
+
+@pytest.mark.parametrize("schedule, timezone, hours", [
+    # 24 h between runs, plus the execution timeout: (90 + 60 + 10) min of job, 60 min more
+    ("cron(0 3 * * ? *)", "UTC", 28),
+    # 19:30 in New York: 25 h from the night before the autumn change to the next
+    ("cron(30 19 * * ? *)", "America/New_York", 29),
+    # weekdays only: Friday to Monday is 72 h (73 across a DST change)
+    ("cron(0 2 ? * MON-FRI *)", "Europe/Berlin", 77),
+])
+def test_the_missed_night_alarm_waits_a_little_longer_than_the_schedule(aws, tmp_path, schedule,
+                                                                       timezone, hours):
+    config = write_config(tmp_path / "deploy.toml", schedule=schedule, timezone=timezone)
+    assert setup_aws.main(["--config", str(config)]) == 0
+    missed = alarm("nightly-copy-no-successful-run")
+    assert (missed["Namespace"], missed["MetricName"], missed["Statistic"]) == (
+        "AWS/States", "ExecutionsSucceeded", "Sum")
+    assert missed["Dimensions"] == [{"Name": "StateMachineArn", "Value": MACHINE}]
+    assert missed["Period"] == hours * 3600 and missed["EvaluationPeriods"] == 1
+    assert (missed["ComparisonOperator"], missed["Threshold"]) == ("LessThanThreshold", 1.0)
+    assert missed["TreatMissingData"] == "breaching"  # no run at all is no data
+    assert missed["AlarmActions"] == missed["OKActions"] == [TOPIC]
+    assert f"last {hours} hours" in missed["AlarmDescription"]
+
+
+def test_the_failed_run_alarm_says_when_it_is_back_to_normal(aws, tmp_path):
+    assert setup_aws.main(["--config", str(write_config(tmp_path / "deploy.toml"))]) == 0
+    failed = alarm("nightly-copy-run-failed")
+    assert failed["AlarmActions"] == failed["OKActions"] == [TOPIC]
+    assert failed["TreatMissingData"] == "notBreaching"
+
+
+def email_subscriptions() -> list[str]:
+    return sorted(s["Endpoint"] for s in boto3.client("sns").list_subscriptions()["Subscriptions"]
+                  if s["Protocol"] == "email")
+
+
+def test_e_mail_is_a_second_channel_listed_in_dry_run_idempotent_and_torn_down(aws, tmp_path,
+                                                                               capsys):
+    from aws_helpers import inventory, nothing_left, outcomes
+
+    import teardown_aws
+
+    config = write_config(tmp_path / "deploy.toml", alarm_emails=["ops@example.com"])
+    flags = ["--config", str(config), "--alarm-emails", "ops@example.com,dba@example.org"]
+    assert setup_aws.main([*flags, "--dry-run"]) == 0
+    planned = outcomes(capsys.readouterr().out)
+    assert planned["SNS e-mail subscription ops@example.com"] == "would be created"
+    assert planned["SNS e-mail subscription dba@example.org"] == "would be created"
+    assert email_subscriptions() == []
+
+    assert setup_aws.main(flags) == 0
+    assert email_subscriptions() == ["dba@example.org", "ops@example.com"]
+    capsys.readouterr()
+    assert setup_aws.main(flags) == 0
+    second = outcomes(capsys.readouterr().out)
+    assert second["SNS e-mail subscription ops@example.com"] == "unchanged"
+    assert set(second.values()) == {"unchanged"}
+    assert email_subscriptions() == ["dba@example.org", "ops@example.com"]
+
+    # the notifier's own failures go to the topic too: e-mail hears when Slack cannot
+    errors = alarm("nightly-copy-notify-errors")
+    assert (errors["Namespace"], errors["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": "nightly-copy-notify"}]
+    assert errors["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert errors["AlarmActions"] == errors["OKActions"] == [TOPIC]
+
+    # the address given only by flag goes with the topic
+    assert teardown_aws.main(["--config", str(config), "--remove-secrets"]) == 0
+    assert email_subscriptions() == []
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+
+def test_a_bad_e_mail_address_is_refused_before_aws(aws, tmp_path, capsys):
+    config = write_config(tmp_path / "deploy.toml", alarm_emails=["ops at example.com"])
+    assert setup_aws.main(["--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: alarm_emails: 'ops at example.com' is not an e-mail address\n"
+    assert email_subscriptions() == []

@@ -1,0 +1,125 @@
+"""Every setting AWS or the nightly run would refuse later is refused before the first AWS
+call, in a real run and in --dry-run: one line on stderr, exit 1, nothing created."""
+
+from __future__ import annotations
+
+import pytest
+from aws_helpers import MOTO_CONFIG, inventory, set_fake_aws_env, write_config
+from moto import mock_aws
+
+import deploy
+import setup_aws
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    set_fake_aws_env(monkeypatch)
+    with mock_aws(config=MOTO_CONFIG):
+        yield
+
+
+@pytest.fixture
+def aws_calls(monkeypatch) -> list[str]:
+    """Every Aws() setup makes: the first AWS call comes with it."""
+    made: list[str] = []
+    real = setup_aws.Aws
+
+    def recorded(region=""):
+        made.append(region)
+        return real(region)
+
+    monkeypatch.setattr(setup_aws, "Aws", recorded)
+    return made
+
+
+def count(found: dict[str, list[str]]) -> int:
+    return sum(len(names) for names in found.values())
+
+
+BAD_SETTINGS = [
+    ({"schedule": "cron(0 3 * * *)"}, "cron takes six fields"),
+    ({"schedule": "every night"}, "schedule 'every night': use cron("),
+    ({"schedule": "cron(0 3 * * * *)"}, "exactly one of day-of-month and day-of-week must be '?'"),
+    ({"schedule": "cron(0 3 ? * ? *)"}, "exactly one of day-of-month and day-of-week must be '?'"),
+    ({"schedule": "cron(0 27 * * ? *)"}, "hours field '27': 27 is outside 0-23"),
+    ({"schedule": "rate(1 days)"}, "write rate(1 day)"),
+    ({"schedule": "rate(0 hours)"}, "rate takes a positive whole number"),
+    ({"schedule": "cron(0 3 30 2 ? *)"}, "fires on no days in the next two years"),
+    ({"schedule": "cron(0 3 1 1 ? *)"}, "the missed-night alarm can watch at most 7 days"),
+    ({"timezone": "Europe/Berln"}, "timezone 'Europe/Berln' is not an IANA time zone"),
+    ({"compute_type": "BUILD_GENERAL1_HUGE"}, "compute_type 'BUILD_GENERAL1_HUGE': use one of"),
+    ({"image": "ubuntu:22.04"}, "image 'ubuntu:22.04': buildspec.yml asks for Python 3.11"),
+    ({"ecr_image": "nightly-copy:latest"}, "ecr_image 'nightly-copy:latest': use an ECR image URI"),
+    ({"lambda_runtime": "python3.9"}, "lambda_runtime 'python3.9': use one of python3.11"),
+    ({"lambda_runtime": "nodejs20.x"}, "lambda_runtime 'nodejs20.x'"),
+    ({"tables": ["public.orders; DROP TABLE x; --"]},
+     "'orders; DROP TABLE x; --' is not a plain SQL name"),
+    ({"tables": ["public.a", "public.b,public.c"]}, "holds 2 names; give one table per list item"),
+    ({"tables": ['"unclosed']}, "unclosed quote"),
+    ({"tables": ["a.b.c"]}, "at most schema.table"),
+    ({"tables": ["public.a", "public.${ProjectName}"]},
+     "tables: 'public.${ProjectName}' contains '${'"),
+    ({"branch": "release-${JobName}"}, "branch: 'release-${JobName}' contains '${'"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["setup", "dry-run"])
+@pytest.mark.parametrize("overrides, message", BAD_SETTINGS,
+                         ids=[m for _, m in BAD_SETTINGS])
+def test_a_bad_setting_is_one_line_and_nothing_is_created(aws, aws_calls, tmp_path, monkeypatch,
+                                                          capsys, overrides, message, dry_run):
+    monkeypatch.chdir(tmp_path)
+    if "tables" in overrides:  # the weights in the config must name listed tables
+        overrides = {**overrides, "tables": overrides["tables"] + ["public.a", "public.b"]}
+        overrides["tables"] = list(dict.fromkeys(overrides["tables"]))
+    config = write_config(tmp_path / "deploy.toml", **overrides)
+    before = inventory("nightly-copy")
+    code = setup_aws.main(["--config", str(config), *(["--dry-run"] if dry_run else [])])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and captured.err.startswith("error: ")
+    assert aws_calls == []  # refused before the first AWS call
+    assert count(inventory("nightly-copy")) == count(before) == 0
+
+
+def test_a_bad_setting_changes_nothing_in_a_deployment(aws, aws_calls, tmp_path, monkeypatch,
+                                                       capsys):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml")
+    assert setup_aws.main(["--config", str(config)]) == 0
+    before = inventory("nightly-copy")
+    assert count(before) > 10
+    bad = write_config(tmp_path / "bad.toml", compute_type="BUILD_GENERAL1_HUGE")
+    capsys.readouterr()
+    assert setup_aws.main(["--config", str(bad)]) == 1
+    assert "compute_type" in capsys.readouterr().err
+    assert inventory("nightly-copy") == before
+    assert len(aws_calls) == 1  # the good setup's
+
+
+def test_start_checks_the_time_zone_before_any_aws_call(aws_calls, tmp_path, capsys):
+    config = write_config(tmp_path / "deploy.toml", timezone="Mars/Olympus_Mons")
+    assert setup_aws.main(["--config", str(config), "--start"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "timezone 'Mars/Olympus_Mons'" in err
+    assert aws_calls == []
+
+
+@pytest.mark.parametrize("overrides", [
+    {"schedule": "cron(0 3 ? * MON-FRI *)", "timezone": "Europe/Berlin"},
+    {"schedule": "cron(15 2 ? * 6L *)", "build_timeout_minutes": 30},  # last Friday: 35 days
+    {"schedule": "rate(12 hours)", "tables": ['"Mixed Case"', 'sales."a,b"', "public.a",
+                                              "public.b"]},
+    {"schedule": "cron(*/30 1-5 ? * MON-FRI *)"},
+], ids=["weekdays", "monthly-refused", "rate-and-quoted-names", "every-half-hour-at-night"])
+def test_good_settings_pass(tmp_path, overrides):
+    import argparse
+
+    settings = deploy.load_settings(argparse.Namespace(
+        config=write_config(tmp_path / "deploy.toml", **overrides)))
+    if "6L" in overrides["schedule"]:  # monthly: longer than an alarm can watch
+        with pytest.raises(deploy.SettingsError, match="up to 35 days between runs"):
+            settings.validate_for_setup()
+        return
+    settings.validate_for_setup()
+    assert 3600 <= settings.missed_run_window_seconds() <= 7 * 86400
