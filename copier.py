@@ -1830,7 +1830,7 @@ class ForeignKey:
         return f"ALTER TABLE {self.table} DROP CONSTRAINT {display_ident(self.name)}"
 
     def drop(self, cur) -> None:
-        cur.execute(f"ALTER TABLE {self.table} DROP CONSTRAINT {display_ident(self.name)}")
+        cur.execute(self.remedy)
 
     def add(self, cur, table: TableName) -> bool:
         """Make the key again; True when it must still be validated."""

@@ -7,6 +7,8 @@ import threading
 import psycopg2
 import pytest
 
+from copier import is_alive
+
 # Quick tries: the first phase (inside the job) gives up after 2 x 0.2 s, the second (after the
 # other tables) has a few seconds in all.
 QUICK = ("--lock-timeout", "0.2", "--lock-retries", "1")
@@ -30,15 +32,6 @@ def idle_reader(dsn: str):
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM orders")
     return conn
-
-
-def is_alive(conn) -> bool:
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        return True
-    except psycopg2.Error:
-        return False
 
 
 def test_an_idle_transaction_in_the_way_is_ended_and_the_table_copied(refreshed, run_copier):
