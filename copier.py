@@ -1939,9 +1939,10 @@ FAMILY_QUERY = """
 WITH tree AS (SELECT %(oid)s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%(oid)s))
 SELECT relid FROM tree
 UNION
-SELECT d.objid FROM pg_depend d JOIN tree t ON d.refobjid = t.relid
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.deptype IN ('a', 'i') AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
+SELECT d.objid FROM pg_depend d
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(ARRAY(SELECT relid FROM tree))
+  AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
 """
 
 # Advice for what cannot be carried, by pg_identify_object's type: how to remove it.
@@ -2248,11 +2249,40 @@ def capture_own(cur, table: TableName, oid: int) -> list[Restatement]:
     return own
 
 
+# Whether anything but the table's own indexes, constraints, triggers, policies and statistics
+# is tied to it: most reporting tables have nothing else, and their swap needs no sweep (a
+# table's own default on its own sequence does not count). Partitions of the table say so too.
+TIED_QUERY = """
+SELECT c.relkind = 'p' OR c.relispartition
+    OR EXISTS (SELECT 1 FROM pg_depend d
+               WHERE d.deptype = 'n' AND (d.refclassid, d.refobjid) IN (
+                     ('pg_class'::regclass, c.oid), ('pg_type'::regclass, c.reltype),
+                     ('pg_type'::regclass, t.typarray)))
+    OR EXISTS (SELECT 1 FROM pg_depend s JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass
+                    AND d.refobjid = s.objid AND d.deptype = 'n'
+               WHERE s.refclassid = 'pg_class'::regclass AND s.refobjid = c.oid
+                 AND s.classid = 'pg_class'::regclass AND s.deptype IN ('a', 'i')
+                 AND NOT (d.classid = 'pg_attrdef'::regclass
+                          AND (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid) = c.oid))
+    OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = c.oid AND contype = 'f')
+    OR EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = c.oid AND rulename <> '_RETURN')
+    OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
+    OR EXISTS (SELECT 1 FROM pg_publication_rel WHERE prrelid = c.oid)
+FROM pg_class c JOIN pg_type t ON t.oid = c.reltype WHERE c.oid = %s
+"""
+
+
+def is_tied(cur, oid: int) -> bool:
+    cur.execute(TIED_QUERY, (oid,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def refuse_what_cannot_survive(cur, table: TableName) -> None:
     """Before anything is written: a table that is itself a partition of another reporting
     table, or with a dependent that cannot be made again, is refused with what to do."""
     oid = live_table_oid(cur, table)
-    if oid is None:
+    if oid is None or not is_tied(cur, oid):
         return
     cur.execute("SELECT inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                 "WHERE i.inhrelid = %s AND c.relispartition", (oid,))
@@ -2318,15 +2348,17 @@ def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
     column_grants = cur.fetchall()
     cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
     column_comments = cur.fetchone()[0]
-    dependents, foreign_keys = sweep_dependents(cur, table, oid)
-    cur.execute(FOREIGN_KEY_QUERY.format(
-        "c.conrelid IN (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s)) "
-        "AND c.contype = 'f' AND c.conparentid = 0"), {"oid": oid})
-    own_keys = [foreign_key(*row) for row in cur.fetchall()]
-    return ReportingSide(oid, owner, grants, column_grants, comment, column_comments,
-                         list(table_options), tuple(row_security), policies, triggers,
-                         capture_own(cur, table, oid), own_keys + foreign_keys, dependents,
-                         capture_partitions(cur, oid))
+    side = ReportingSide(oid, owner, grants, column_grants, comment, column_comments,
+                         list(table_options), tuple(row_security), policies, triggers, [], [], [], [])
+    if is_tied(cur, oid):
+        side.dependents, foreign_keys = sweep_dependents(cur, table, oid)
+        cur.execute(FOREIGN_KEY_QUERY.format(
+            "c.conrelid IN (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s)) "
+            "AND c.contype = 'f' AND c.conparentid = 0"), {"oid": oid})
+        side.foreign_keys = [foreign_key(*row) for row in cur.fetchall()] + foreign_keys
+        side.own = capture_own(cur, table, oid)
+        side.partitions = capture_partitions(cur, oid)
+    return side
 
 
 def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False) -> list[ForeignKey]:
