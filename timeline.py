@@ -28,16 +28,20 @@ from dataclasses import dataclass, field
 from copier import EVENT_RUN_FINISHED, EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED
 
 EVENT_RETRY, EVENT_WAITING, EVENT_SNAPSHOT_RENEWED = "table_retry", "waiting", "snapshot_renewed"
-NOTE_EVENTS = ("warning", "index_skipped", "statistics_skipped")
+EVENT_SWAP_DEFERRED, EVENT_SESSION_ENDED = "swap_deferred", "session_ended"
+NOTE_EVENTS = ("warning", "index_skipped", "statistics_skipped", EVENT_SESSION_ENDED)
 # Every event the page uses: what operations.py asks CloudWatch Logs for.
-EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_RUN_FINISHED,
-          EVENT_RETRY, EVENT_WAITING, EVENT_SNAPSHOT_RENEWED, *NOTE_EVENTS)
-TABLE_EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED)
+EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED,
+          EVENT_RUN_FINISHED, EVENT_RETRY, EVENT_WAITING, EVENT_SNAPSHOT_RENEWED, *NOTE_EVENTS)
+# A table's end in its job: copied, failed, or staged to be swapped at the end of the run
+# (--swap together, or a swap that readers blocked).
+TABLE_EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED)
+LATE_EVENTS = (EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED)
 
 OUTCOMES = {  # class: what the legend says
     "copied": "copied",
     "failed": "failed (the reporting table kept last night's data)",
-    "staged": "staged, then swapped with the others at the end",
+    "staged": "staged, then swapped at the end (with the others, or once readers let go)",
     "restaged": "staged, then staged again from a renewed snapshot",
 }
 SLOWEST = 10
@@ -58,7 +62,9 @@ class Bar:
     bytes: int | None = None
     snapshot: int | None = None
     error: str | None = None
-    late: bool = False  # staged, to be swapped with the others at the end
+    late: bool = False  # staged, to be swapped at the end of the run
+    deferred: str | None = None  # why: readers blocked its swap
+    sessions: list[str] = field(default_factory=list)  # sessions ended for its swap
     swapped: bool = False
     retries: list[str] = field(default_factory=list)
     waits: dict[str, list[float]] = field(default_factory=dict)  # database: seconds noted
@@ -134,7 +140,8 @@ def read_night(lines: list[dict]) -> Night:
     """Bars, stretches and marks from the copier's lines, in the order they were written."""
     table_lines = [line for line in lines if line.get("event") in TABLE_EVENTS]
     if not table_lines:
-        raise NoTables("no table_copied, table_failed or table_staged line among them")
+        raise NoTables("no table_copied, table_failed, table_staged or swap_deferred line "
+                       "among them")
     timed = all("@timestamp" in line for line in lines)
     stream_jobs = {line["@stream"]: line["job"] for line in lines
                    if line.get("@stream") and line.get("job") is not None}
@@ -155,7 +162,7 @@ def read_night(lines: list[dict]) -> Night:
         now = line["@timestamp"] / 1000 if timed else max(lane_end.values(), default=0.0)
         if event in TABLE_EVENTS and table:
             bar = latest.get(table)
-            if event != EVENT_TABLE_STAGED and line.get("job") is None and bar is not None \
+            if event not in LATE_EVENTS and line.get("job") is None and bar is not None \
                     and bar.late:
                 # The swap of the staged tables: it went live, or it did not.
                 bar.swapped = event == EVENT_TABLE_COPIED
@@ -171,11 +178,12 @@ def read_night(lines: list[dict]) -> Night:
                     bar.outcome = "restaged"
                 round_start = max(lane_end.values(), default=0.0)
             start = now - seconds if timed else max(lane_end.get(lane, 0.0), round_start)
-            bar = Bar(table, lane, {EVENT_TABLE_COPIED: "copied", EVENT_TABLE_FAILED: "failed",
-                                    EVENT_TABLE_STAGED: "staged"}[event],
+            bar = Bar(table, lane, "failed" if event == EVENT_TABLE_FAILED else
+                      "staged" if event in LATE_EVENTS else "copied",
                       start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
                       line.get("error"), retries=retries.pop(table, []),
-                      waits=waits.pop((lane, table), {}), late=event == EVENT_TABLE_STAGED)
+                      waits=waits.pop((lane, table), {}), late=event in LATE_EVENTS,
+                      deferred=line.get("reason") if event == EVENT_SWAP_DEFERRED else None)
             lane_end[lane] = bar.end
             latest[table] = bar
             bars.append(bar)
@@ -188,6 +196,8 @@ def read_night(lines: list[dict]) -> Night:
             night.renewals.append((now, line.get("snapshot")))
         elif event in NOTE_EVENTS:
             night.notes.append(note_text(line))
+            if event == EVENT_SESSION_ENDED and table in latest:
+                latest[table].sessions.append(note_text(line).split(": ", 1)[1])
         elif event == EVENT_RUN_FINISHED:
             night.finished.append(line)
             ended = now if timed else float(line.get("seconds") or 0)
@@ -207,18 +217,27 @@ def read_night(lines: list[dict]) -> Night:
 
 
 def after_the_tables(lane: str, start: float, end: float, bars: list[Bar], timed: bool) -> Stretch:
-    staged = [b for b in bars if b.late and b.outcome != "restaged"]
+    deferred = [b for b in bars if b.deferred]
+    staged = [b for b in bars if b.late and not b.deferred and b.outcome != "restaged"]
     parts = [] if timed else ["start-up (resolving and checking the tables, exporting the snapshot)"]
     if staged:
         parts.append(f"the swap of {len(staged)} staged table(s) together")
+    if deferred:
+        parts.append(f"the swaps readers blocked, tried again ({len(deferred)} table(s))")
     parts.append("foreign keys validated again, the locks released")
-    label = "swap together" if staged else ("after the tables" if timed else "outside the tables")
+    label = ("swap together" if staged else "blocked swaps" if deferred
+             else "after the tables" if timed else "outside the tables")
     return Stretch(lane, start, end, label, "the run's own time outside its tables: " + ", ".join(parts))
 
 
 def note_text(line: dict) -> str:
     if line["event"] == "warning":
         return str(line.get("message", ""))
+    if line["event"] == EVENT_SESSION_ENDED:
+        return (f"{line.get('table', '?')}: {line.get('action', 'ended')} session {line.get('pid')} "
+                f"(user {line.get('user')}, application {line.get('application') or '-'}, "
+                f"{line.get('state')} for {line.get('seconds_in_state')} s: {line.get('query')}): "
+                "it blocked the swap")
     what = line.get("index") or line.get("statistics") or "?"
     kind = "index" if line["event"] == "index_skipped" else "statistics object"
     return f"{line.get('table', '?')}: {kind} {what} left out: {line.get('error', '')}"
@@ -277,6 +296,9 @@ def bar_title(bar: Bar, origin: float) -> str:
         lines.append(f"{bar.seconds:.1f} s")
     if bar.snapshot is not None:
         lines.append(f"snapshot {bar.snapshot}")
+    if bar.deferred:
+        lines.append(f"swap blocked by readers, tried again after the other tables: {bar.deferred}")
+    lines += [f"{session}" for session in bar.sessions]
     if bar.outcome == "staged":
         lines.append("went live in the swap at the end" if bar.swapped
                      else "not swapped (no later line)")

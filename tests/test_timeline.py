@@ -67,7 +67,8 @@ def job_lanes(lines: list[dict]) -> set[str]:
 
 @pytest.fixture
 def night(dbs, run_copier):
-    """The contract test's night: two jobs, two tables copied, one whose swap a reader blocks."""
+    """The contract test's night: two jobs, two tables copied, one whose swap a reader blocks
+    (it fails with --no-kill-readers --lock-budget 0; by default the reader is ended)."""
     dbs.source("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
     dbs.source("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 3000) g")
     dbs.source("CREATE TABLE customers (id int PRIMARY KEY, name text)")
@@ -87,8 +88,11 @@ def night(dbs, run_copier):
     return run
 
 
+FAILING = ("--no-kill-readers", "--lock-budget", "0")
+
+
 def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
-    run = night()
+    run = night(*FAILING)
     assert run.code == 1
     root = parsed(timeline.render_html(run.events, "a night"))
 
@@ -97,13 +101,16 @@ def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
     assert {table: outcome(bar) for table, bar in found.items()} == {
         "public.orders": "copied", "public.customers": "copied", "public.locked": "failed"}
     for table, bar in found.items():
-        (line,) = [e for e in run.events if e.get("table") == table]
-        assert f"job {line['job']}" in title(bar)
+        (job,) = {e["job"] for e in run.events if e.get("table") == table and "job" in e}
+        assert f"job {job}" in title(bar)
     orders = title(found["public.orders"])
     assert "3,000 rows" in orders and " MB in " in orders and "MB/s" in orders
     (failed,) = run.of(copier.EVENT_TABLE_FAILED)
-    assert f"error: {failed['error']}" in title(found["public.locked"])
-    assert "lock" in failed["error"]
+    (deferred,) = run.of("swap_deferred")
+    locked = title(found["public.locked"])
+    assert f"swap blocked by readers, tried again after the other tables: {deferred['reason']}" in locked
+    assert f"error: {failed['error']}" in locked
+    assert "could not lock public.locked" in failed["error"]
 
     assert (total(root, "tables"), total(root, "copied"), total(root, "failed")) == ("3", "2", "1")
     assert total(root, "rows copied") == "3,200"
@@ -115,11 +122,30 @@ def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
     assert [td.text for td in failures.find("tr")][0] == "public.locked"
 
 
-def test_without_a_clock_a_job_runs_its_tables_back_to_back_from_the_start(night):
+def test_a_reader_ended_for_a_swap_is_on_the_bar_of_its_table(night):
     run = night()
+    assert run.code == 0, run.stderr
+    (ended,) = run.of("session_ended")
     root = parsed(timeline.render_html(run.events, "a night"))
     found = bars(root)
-    lines = [e for e in run.events if e["event"] in timeline.TABLE_EVENTS]
+    assert {table: outcome(bar) for table, bar in found.items()} == {
+        "public.orders": "copied", "public.customers": "copied", "public.locked": "staged"}
+    locked = title(found["public.locked"])
+    assert f"terminated session {ended['pid']} (user {ended['user']}" in locked
+    assert locked.endswith("went live in the swap at the end")
+    (stretch,) = groups(root, "stretch")
+    assert stretch.get("data-label") == "blocked swaps"
+    assert "the swaps readers blocked, tried again (1 table(s))" in title(stretch)
+    notes = [li.text for li in root.iter("li")]
+    assert f"public.locked: terminated session {ended['pid']}" in " ".join(notes)
+    assert total(root, "copied") == "3"
+
+
+def test_without_a_clock_a_job_runs_its_tables_back_to_back_from_the_start(night):
+    run = night(*FAILING)
+    root = parsed(timeline.render_html(run.events, "a night"))
+    found = bars(root)
+    lines = [e for e in run.events if e["event"] in timeline.TABLE_EVENTS and "job" in e]
     for lane in job_lanes(lines):
         mine = [found[e["table"]].find("rect") for e in lines if f"job {e['job']}" == lane]
         starts = [float(r.get("x")) for r in mine]
@@ -150,7 +176,7 @@ def test_swap_together_draws_staged_bars_and_the_swap_at_the_end(dbs, run_copier
 
 
 def test_a_swap_together_that_fails_turns_every_staged_bar_red(night):
-    run = night("--swap", "together")
+    run = night("--swap", "together", *FAILING)
     assert run.code == 1
     root = parsed(timeline.render_html(run.events, "together"))
     found = bars(root)
@@ -272,7 +298,7 @@ def operations(*args: str, stdin: str) -> subprocess.CompletedProcess:
 
 
 def test_operations_timeline_writes_the_page_of_a_run_piped_in(night, tmp_path):
-    run = night()
+    run = night(*FAILING)
     stdout = "".join(json.dumps(e) + "\n" for e in run.events)
     page = tmp_path / "night.html"
     done = operations("timeline", "--html", str(page), stdin="copier: a stray line\n" + stdout)
@@ -284,10 +310,11 @@ def test_operations_timeline_writes_the_page_of_a_run_piped_in(night, tmp_path):
 
 
 @pytest.mark.parametrize("stdin, path, error", [
-    ("", "night.html", "error: nothing to draw: no table_copied, table_failed or table_staged "
-                       "line among them\n"),
+    ("", "night.html", "error: nothing to draw: no table_copied, table_failed, table_staged or "
+                       "swap_deferred line among them\n"),
     ('{"event": "run_finished", "seconds": 1}\nnot json\n', "night.html",
-     "error: nothing to draw: no table_copied, table_failed or table_staged line among them\n"),
+     "error: nothing to draw: no table_copied, table_failed, table_staged or swap_deferred "
+     "line among them\n"),
     ('{"event": "table_copied", "table": "public.a", "job": 1, "seconds": 1}\n',
      "missing/night.html", "error: cannot write {tmp}/missing/night.html: No such file or "
                            "directory\n"),
