@@ -2928,7 +2928,8 @@ class TableCopier:
                                  attempts=attempt + 1, snapshot=generation)
             if staged.blocked:
                 result.staged = staged
-                log_event("swap_deferred", table=name, job=self.job, reason=staged.blocked)
+                log_event("swap_deferred", table=name, job=self.job, reason=staged.blocked,
+                          rows=staged.rows, bytes=staged.bytes, seconds=seconds, snapshot=generation)
             elif self.options.swaps_late(name):
                 result.staged = staged
                 log_event(EVENT_TABLE_STAGED, table=name, job=self.job, rows=staged.rows,

@@ -5,6 +5,8 @@
     python operations.py report --last 30 --json    # the same for scripts
     python operations.py rebalance                  # current and proposed split, from run times
     python operations.py rebalance --apply          # update the state machine with the proposal
+    python operations.py report 2026-11-27 --html night.html    # and a page: that run's timeline
+    python operations.py timeline --html night.html < lines     # a local run's, from its stdout
 
 Settings as for setup_aws.py (--config deploy.toml and flags). See docs/aws.md, "Operations".
 """
@@ -23,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 import copier
 import notify_lambda
+import timeline
 from deploy import (
     SETTING_FIELDS,
     Aws,
@@ -270,17 +273,36 @@ def report_runs(nightly: Nightly, last: int) -> list[ExecutionRun]:
     return [execution_run(nightly, e) for e in recent_executions(nightly, last)]
 
 
-def report_tables(nightly: Nightly, name: str) -> list[TableRun]:
+def run_lines(nightly: Nightly, name: str, events: Iterable[str]) -> list[dict]:
+    """One run's copier lines of these events; an error when no table was logged."""
     execution = find_execution(nightly, name)
     start = execution["startDate"] if execution else None
     stop = execution.get("stopDate") if execution else None
-    tables = table_runs(log_lines(nightly, name, (COPIED, FAILED, STAGED), start, stop))
-    if not tables:
+    lines = log_lines(nightly, name, events, start, stop)
+    if not any(line["event"] in (COPIED, FAILED, STAGED) for line in lines):
         known = "" if execution else f" and no execution named {name}"
         raise OperationsError(
             f"no copier log lines for run {name!r}{known} in {nightly.log_group}: "
             "`operations.py report` lists the recent runs")
-    return tables
+    return lines
+
+
+def report_tables(nightly: Nightly, name: str) -> list[TableRun]:
+    return table_runs(run_lines(nightly, name, (COPIED, FAILED, STAGED)))
+
+
+def write_timeline(lines: list[dict], path: str, title: str) -> str:
+    """The night's page (timeline.py) written to path; the line that says so."""
+    try:
+        page = timeline.render_html(lines, title)
+    except timeline.NoTables as err:
+        raise OperationsError(f"nothing to draw: {err}") from None
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as err:
+        raise OperationsError(f"cannot write {path}: {err.strerror or err}") from None
+    return f"wrote {path}: the timeline of {title}"
 
 
 def duration(seconds: float | None) -> str:
@@ -547,12 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--json", action="store_true", help="JSON on stdout, for scripts")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+                                     epilog="\n".join(__doc__.splitlines()[2:10]))
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", parents=[settings],
                                  help="recent runs, or one run's tables slowest first")
     report.add_argument("execution", nargs="?", help="a run's name (its date): per-table figures")
     report.add_argument("--last", type=positive, default=7, help="how many runs (default 7)")
+    report.add_argument("--html", metavar="FILE",
+                        help="with a run's name: also write its timeline page to FILE")
+    picture = commands.add_parser("timeline", help="a local run's timeline page: the copier's "
+                                  "JSON lines on stdin")
+    picture.add_argument("--html", metavar="FILE", required=True, help="the page to write")
     balance = commands.add_parser("rebalance", parents=[settings],
                                   help="split the tables over the jobs by measured times")
     balance.add_argument("--runs", type=positive, default=7,
@@ -565,8 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
 def report_command(settings: Settings, args: argparse.Namespace) -> list[str]:
     settings.validate()
     nightly = Nightly.of(settings, Aws(settings.region))
+    if args.html and not args.execution:
+        raise OperationsError("--html draws one run: name it (`operations.py report DATE --html "
+                              "FILE`; `operations.py report` lists the recent runs)")
     if args.execution:
-        tables = report_tables(nightly, args.execution)
+        if args.html:
+            lines = run_lines(nightly, args.execution, timeline.EVENTS)
+            print(write_timeline(lines, args.html, f"nightly-copy run {args.execution}"),
+                  file=sys.stderr)
+            tables = table_runs(lines)
+        else:
+            tables = report_tables(nightly, args.execution)
         return ([json.dumps(tables_json(args.execution, tables), indent=2)] if args.json
                 else tables_table(tables))
     runs = report_runs(nightly, args.last)
@@ -587,8 +623,20 @@ def rebalance_command(settings: Settings, args: argparse.Namespace) -> list[str]
     return rebalance_lines(result, Names(settings.prefix))
 
 
+def timeline_command(args: argparse.Namespace) -> list[str]:
+    lines = [line for line in map(parse_line, sys.stdin) if line and line.get("event")]
+    return [write_timeline(lines, args.html, "nightly-copy: a local run")]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "timeline":
+        try:
+            print("\n".join(timeline_command(args)))
+        except OperationsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     command = rebalance_command if args.command == "rebalance" else report_command
     try:
         lines = command(load_settings(args), args)

@@ -14,6 +14,7 @@ view and grants are created there. Every run then does what the nightly job does
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
+import timeline  # noqa: E402
 from dev import sample_data  # noqa: E402
 from dev.localpg import LocalCluster, LocalPgError, free_port  # noqa: E402
 
@@ -37,6 +39,7 @@ PORT_FILE = REPO / ".local" / "pg.port"
 SOURCE_DB = "operational"
 TARGET_DB = "reporting"
 JOBS = 5
+NIGHT_PAGE = REPO / ".local" / "night.html"
 
 
 class DemoError(Exception):
@@ -131,14 +134,26 @@ def copier_env(cluster: LocalCluster) -> dict[str, str]:
 
 
 def run_copier(cluster: LocalCluster, tables: list[str], quiet: bool = False) -> None:
-    """Run copier.py; its JSON lines and summary stream through unless quiet."""
-    output = subprocess.PIPE if quiet else None
-    result = subprocess.run(copier_command(tables), env=copier_env(cluster), cwd=REPO,
-                            stdout=output, stderr=output, text=True)
-    if result.returncode != 0:
-        if quiet:
+    """Run copier.py; its JSON lines and summary stream through unless quiet. The night's
+    picture is drawn from its JSON lines (NIGHT_PAGE), whether it succeeded or not."""
+    if quiet:
+        result = subprocess.run(copier_command(tables), env=copier_env(cluster), cwd=REPO,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
             sys.stderr.write(result.stdout + result.stderr)
-        raise DemoError(f"the copier failed (exit {result.returncode})")
+            raise DemoError(f"the copier failed (exit {result.returncode})")
+        return
+    lines = []
+    with subprocess.Popen(copier_command(tables), env=copier_env(cluster), cwd=REPO,
+                          stdout=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            # Stamped as they arrive (the copier flushes each line): the bars sit where they ran.
+            lines.append({**json.loads(line), "@timestamp": time.time() * 1000})
+    NIGHT_PAGE.write_text(timeline.render_html(lines, "nightly-copy: the demo's run"))
+    say(f"the night's timeline: {NIGHT_PAGE.relative_to(REPO)} (open it in a browser)")
+    if process.returncode != 0:
+        raise DemoError(f"the copier failed (exit {process.returncode})")
 
 
 def has_reporting_views(cluster: LocalCluster) -> bool:

@@ -25,6 +25,7 @@ from aws_helpers import (
 )
 from moto import mock_aws
 from moto.stepfunctions.parser.backend.execution import Execution
+from test_timeline import bars, lanes, outcome, parsed, title, total
 
 import deploy
 import operations
@@ -217,6 +218,38 @@ def test_report_of_an_unknown_run_is_one_line_and_exit_1(history, capsys):
     assert err == ("error: no copier log lines for run '2026-01-01' and no execution named "
                    "2026-01-01 in /aws/codebuild/nightly-copy: `operations.py report` lists "
                    "the recent runs\n")
+
+
+def test_report_of_one_run_writes_its_timeline_page(history, capsys, tmp_path):
+    page = tmp_path / "night.html"
+    _, table, _ = run(["report", "2026-11-28", "--config", str(history)], capsys)
+    code, out, err = run(["report", "2026-11-28", "--html", str(page), "--config", str(history)],
+                         capsys)
+    assert (code, out) == (0, table)  # the tables as without --html
+    assert err == f"wrote {page}: the timeline of nightly-copy run 2026-11-28\n"
+    root = parsed(page.read_text(encoding="utf-8"))
+    assert lanes(root) == ["job-1", "job-2", "job-3"]
+    found = bars(root)  # not public.zz: another run's line
+    assert {t: (outcome(b), title(b).splitlines()[1].split(",")[0]) for t, b in found.items()} == {
+        "public.a": ("copied", "job-1"), "public.b": ("copied", "job-2"),
+        "public.g": ("failed", "job-2"), "public.c": ("copied", "job-3"),
+        "public.d": ("copied", "job-3")}
+    assert "error: value too long for type character varying(20)" in title(found["public.g"])
+    assert "5,000,000 rows, 1,200.0 MB in 2500.0 s: 0.48 MB/s" in title(found["public.a"])
+    assert (total(root, "tables"), total(root, "failed")) == ("5", "1")
+
+    code, out, err = run(["report", "2026-11-28", "--json", "--html", str(page),
+                          "--config", str(history)], capsys)
+    assert code == 0 and json.loads(out)["execution"] == "2026-11-28"
+
+
+def test_report_html_needs_a_run(history, capsys, tmp_path):
+    code, out, err = run(["report", "--html", str(tmp_path / "x.html"), "--config", str(history)],
+                         capsys)
+    assert (code, out) == (1, "")
+    assert err == ("error: --html draws one run: name it (`operations.py report DATE --html "
+                   "FILE`; `operations.py report` lists the recent runs)\n")
+    assert list(tmp_path.iterdir()) == [tmp_path / "deploy.toml"]
 
 
 # --- report: the recent runs
