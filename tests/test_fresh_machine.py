@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,3 +29,18 @@ def test_the_readme_commands_use_the_environment_install_sh_makes():
     assert ".venv/bin/python -m pip install" in install
     for command in readme_commands():
         assert command.startswith("dev/install.sh && .venv/bin/python ")
+
+
+def test_a_hung_test_fails_the_run_instead_of_hanging_it(tmp_path):
+    """pyproject.toml's per-test timeout is on (pytest-timeout, thread method): a test that
+    never returns ends the run with a failure and the stacks, as a hung copier would."""
+    (tmp_path / "test_hangs.py").write_text(
+        "import threading\nimport pytest\n\n\n@pytest.mark.timeout(2)\n"
+        "def test_never_returns():\n    threading.Event().wait()\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"),
+         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", str(tmp_path / "test_hangs.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "timeout: 300.0s" in done.stdout and "timeout method: thread" in done.stdout
+    assert " Timeout +" in done.stdout and "in test_never_returns" in done.stdout  # its stack
