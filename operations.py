@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 import copier
 import notify_lambda
@@ -29,18 +29,17 @@ import timeline
 from deploy import (
     SETTING_FIELDS,
     Aws,
-    AwsError,
     Deployment,
     Names,
     Options,
     Settings,
-    SettingsError,
     add_settings_arguments,
     ensure_present,
     load_settings,
     resource_list,
 )
-from deploy.aws import describe_error, error_code
+from deploy.aws import error_code
+from deploy.cli import EXIT_DONE, Parser, exit_codes, run_guarded
 from deploy.names import job_name
 from deploy.plan import deployed_assignment, table_weights
 from deploy.resources import StateMachine
@@ -500,7 +499,7 @@ def apply_assignment(settings: Settings, aws: Aws, assignment: list[list[str]]) 
     deployment = Deployment(settings, aws, Options(), assignment)
     (machine,) = [r for r in resource_list(deployment) if isinstance(r, StateMachine)
                   and r.name == deployment.names.state_machine]
-    return ensure_present(machine, dry_run=False).line(machine.label, dry_run=False)
+    return ensure_present(machine, dry_run=False).line(dry_run=False)
 
 
 def rebalance(settings: Settings, aws: Aws, runs: int, apply: bool,
@@ -567,9 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     settings = argparse.ArgumentParser(add_help=False)
     add_settings_arguments(settings, SETTING_FIELDS)
     settings.add_argument("--json", action="store_true", help="JSON on stdout, for scripts")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:10]))
+    parser = Parser(description=__doc__.splitlines()[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog="\n".join(__doc__.splitlines()[2:10]) + "\n\n"
+                    + exit_codes(dry_run=False))
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", parents=[settings],
                                  help="recent runs, or one run's tables slowest first")
@@ -630,24 +630,16 @@ def timeline_command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "timeline":
-        try:
-            print("\n".join(timeline_command(args)))
-        except OperationsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        return 0
     command = rebalance_command if args.command == "rebalance" else report_command
-    try:
-        lines = command(load_settings(args), args)
-    except (SettingsError, AwsError, OperationsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ClientError, BotoCoreError) as err:
-        print(f"error: {describe_error(err)}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+
+    def run() -> int:
+        if args.command == "timeline":  # a local run's lines on stdin: no settings, no AWS
+            print("\n".join(timeline_command(args)))
+        else:
+            print("\n".join(command(load_settings(args), args)))
+        return EXIT_DONE
+
+    return run_guarded(run, also=(OperationsError,))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python setup_aws.py --config deploy.toml             # create / update, resource by resource
     python setup_aws.py --config deploy.toml --dry-run   # print the plan, change nothing
+    python setup_aws.py --config deploy.toml --dry-run --json   # the plan, a JSON object a line
     python setup_aws.py --config deploy.toml --start --date 2026-11-27   # start one run by hand
 
 Secrets come from COPIER_SOURCE_PASSWORD, COPIER_TARGET_PASSWORD and SLACK_WEBHOOK_URL, or
@@ -12,21 +13,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 
 from deploy import (
     SETTING_FIELDS,
     Aws,
-    AwsError,
     Deployment,
     Options,
     SettingsError,
     add_settings_arguments,
+    changes_pending,
     load_settings,
     plan_jobs,
     setup,
     start_run,
 )
+from deploy.cli import EXIT_CHANGES_PENDING, EXIT_DONE, Parser, exit_codes, run_guarded
 
 
 def parse_date(text: str) -> dt.date:
@@ -37,12 +40,17 @@ def parse_date(text: str) -> dt.date:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Settings: a TOML file (see deploy.example.toml); flags override it.")
+    parser = Parser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Settings: a TOML file (see deploy.example.toml); flags override it.\n\n"
+               + "\n".join(__doc__.splitlines()[2:6]) + "\n\n" + exit_codes(dry_run=True))
     add_settings_arguments(parser, SETTING_FIELDS)
     parser.add_argument("--dry-run", action="store_true",
-                        help="print what would be created or updated; change nothing")
+                        help="print what would be created or updated; change nothing; exit 2 "
+                             "when something would change, 0 when nothing would")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object a line on stdout per resource (name, kind, "
+                             "status, changed, detail, dry_run); the rest goes to stderr")
     parser.add_argument("--overwrite-secrets", action="store_true",
                         help="replace existing secret parameters (passwords, webhook URL)")
     parser.add_argument("--start", action="store_true",
@@ -53,28 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    options = Options(dry_run=args.dry_run, overwrite_secrets=args.overwrite_secrets)
+    if args.start:
+        if args.dry_run or args.json:
+            raise SettingsError("--start goes without --dry-run and --json")
+        settings.validate_for_start()
+        aws = Aws(settings.region)
+        start_run(Deployment(settings, aws, options), args.date)
+        return EXIT_DONE
+    if args.date:
+        raise SettingsError("--date goes with --start")
+    settings.validate_for_setup()
+    aws = Aws(settings.region)
+    # With --json, stdout holds the resources' objects only; people's lines go to stderr.
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    jobs = plan_jobs(settings, say, aws)  # keeps a rebalanced split (operations.py)
+    say(f"{'dry run: ' if args.dry_run else ''}prefix {settings.prefix}, "
+        f"account {aws.account}, region {aws.region}")
+    report = (lambda outcome: print(json.dumps(outcome.as_json(args.dry_run)), flush=True)
+              ) if args.json else None
+    outcomes = setup(Deployment(settings, aws, options, jobs), say, report)
+    return EXIT_CHANGES_PENDING if args.dry_run and changes_pending(outcomes) else EXIT_DONE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = load_settings(args)
-        options = Options(dry_run=args.dry_run, overwrite_secrets=args.overwrite_secrets)
-        if args.start:
-            settings.validate_for_start()
-            aws = Aws(settings.region)
-            start_run(Deployment(settings, aws, options), args.date)
-            return 0
-        if args.date:
-            raise SettingsError("--date goes with --start")
-        settings.validate_for_setup()
-        aws = Aws(settings.region)
-        jobs = plan_jobs(settings, print, aws)  # keeps a rebalanced split (operations.py)
-        print(f"{'dry run: ' if args.dry_run else ''}prefix {settings.prefix}, "
-              f"account {aws.account}, region {aws.region}")
-        setup(Deployment(settings, aws, options, jobs))
-    except (SettingsError, AwsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_guarded(lambda: run(args))
 
 
 if __name__ == "__main__":

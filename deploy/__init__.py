@@ -70,8 +70,9 @@ from deploy.state_machine import starter_definition
 # What the scripts and operations.py use; the rest lives in the modules named above.
 __all__ = [
     "SETTING_FIELDS", "Aws", "AwsError", "Deployment", "Names", "Options", "Outcome", "Settings",
-    "SettingsError", "add_settings_arguments", "ensure_absent", "ensure_present", "image_status",
-    "load_settings", "plan_jobs", "resource_list", "setup", "start_run", "teardown",
+    "SettingsError", "add_settings_arguments", "changes_pending", "ensure_absent",
+    "ensure_present", "image_status", "load_settings", "plan_jobs", "resource_list", "setup",
+    "start_run", "teardown",
 ]
 
 
@@ -138,11 +139,17 @@ def resource_list(deployment: Deployment) -> list[Resource]:
     ]
 
 
-def setup(deployment: Deployment, out: Callable[[str], None] = print) -> dict[str, Outcome]:
+Report = Callable[["Outcome"], None]
+
+
+def setup(deployment: Deployment, out: Callable[[str], None] = print,
+          report: Report | None = None) -> dict[str, Outcome]:
     """Make every needed resource present, in order; then remove, newest first, those of the
     runner or image no longer in use (the new runner is in place before the old one goes).
-    Return each resource's outcome by label."""
+    Each outcome goes to `report` as it happens (default: its line to `out`); return them all
+    by label."""
     dry_run = deployment.options.dry_run
+    report = report or (lambda outcome: out(outcome.line(dry_run)))
     every = resource_list(deployment)
     needed = [r for r in every if r.needed]
     for resource in needed:
@@ -150,27 +157,29 @@ def setup(deployment: Deployment, out: Callable[[str], None] = print) -> dict[st
     outcomes = {}
     for resource in needed:
         outcomes[resource.label] = ensure_present(resource, dry_run)
-        out(outcomes[resource.label].line(resource.label, dry_run))
+        report(outcomes[resource.label])
     for resource in reversed([r for r in every if not r.needed]):
         outcome = ensure_absent(resource, dry_run)
         if _worth_reporting(resource, outcome):
             outcomes[resource.label] = outcome
-            out(outcome.line(resource.label, dry_run))
+            report(outcome)
     note = image_status(deployment)
     if note:
         out(note)
     return outcomes
 
 
-def teardown(deployment: Deployment, out: Callable[[str], None] = print) -> dict[str, Outcome]:
+def teardown(deployment: Deployment, out: Callable[[str], None] = print,
+             report: Report | None = None) -> dict[str, Outcome]:
     """Remove every resource setup created, in reverse order, whichever runner it was for."""
     dry_run = deployment.options.dry_run
+    report = report or (lambda outcome: out(outcome.line(dry_run)))
     outcomes = {}
     for resource in reversed(resource_list(deployment)):
         outcome = ensure_absent(resource, dry_run)
         if _worth_reporting(resource, outcome):
             outcomes[resource.label] = outcome
-            out(outcome.line(resource.label, dry_run))
+            report(outcome)
     return outcomes
 
 
@@ -184,17 +193,44 @@ def _aws_step(resource: Resource, step: Callable[[], Any]) -> Any:
         raise AwsError(f"{resource.label}: {describe_error(err)}") from err
 
 
+CHANGES = ("created", "updated", "removed")
+
+
 @dataclass
 class Outcome:
-    """What happened to one resource: created, updated, unchanged, removed, absent, ..."""
+    """What happened to one resource (in a dry run: would happen): created, updated,
+    unchanged, removed, absent, kept or left alone."""
 
     status: str
+    kind: str
+    label: str
     detail: str = ""
 
-    def line(self, label: str, dry_run: bool) -> str:
-        status = f"would be {self.status}" if dry_run and self.status in (
-            "created", "updated", "removed") else self.status
-        return f"{status:>18}  {label}" + (f"  ({self.detail})" if self.detail else "")
+    @classmethod
+    def of(cls, resource: Resource, status: str, detail: str = "") -> Outcome:
+        return cls(status, resource.kind, resource.label, detail)
+
+    @property
+    def name(self) -> str:
+        """The label without its kind: the resource's name (a schedule's with its group)."""
+        return self.label.removeprefix(self.kind).strip()
+
+    @property
+    def changed(self) -> bool:
+        return self.status in CHANGES
+
+    def line(self, dry_run: bool) -> str:
+        status = f"would be {self.status}" if dry_run and self.changed else self.status
+        return f"{status:>18}  {self.label}" + (f"  ({self.detail})" if self.detail else "")
+
+    def as_json(self, dry_run: bool) -> dict[str, Any]:
+        """One object for --json: in a dry run, status and changed say what would happen."""
+        return {"name": self.name, "kind": self.kind, "status": self.status,
+                "changed": self.changed, "detail": self.detail, "dry_run": dry_run}
+
+
+def changes_pending(outcomes: dict[str, Outcome]) -> bool:
+    return any(outcome.changed for outcome in outcomes.values())
 
 
 def ensure_present(resource: Resource, dry_run: bool) -> Outcome:
@@ -203,28 +239,28 @@ def ensure_present(resource: Resource, dry_run: bool) -> Outcome:
     if current is None:
         if not dry_run:
             _aws_step(resource, resource.create)
-        return Outcome("created")
+        return Outcome.of(resource, "created")
     changed = resource.differences(current)
     if not changed:
-        return Outcome("unchanged")
+        return Outcome.of(resource, "unchanged")
     if not dry_run:
         _aws_step(resource, lambda: resource.update(current, changed))
-    return Outcome("updated", ", ".join(changed))
+    return Outcome.of(resource, "updated", ", ".join(changed))
 
 
 def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
     current = _aws_step(resource, resource.find)
     if current is None:
-        return Outcome("absent")
+        return Outcome.of(resource, "absent")
     if not resource.owned(current):
-        return Outcome("left alone",
-                       f"no tag {TAG_KEY}={resource.deployment.names.prefix}: setup did not create it")
+        return Outcome.of(resource, "left alone", f"no tag {TAG_KEY}="
+                          f"{resource.deployment.names.prefix}: setup did not create it")
     kept = resource.kept_on_teardown(current)
     if kept:
-        return Outcome("kept", kept)
+        return Outcome.of(resource, "kept", kept)
     if not dry_run:
         _aws_step(resource, lambda: resource.remove(current))
-    return Outcome("removed")
+    return Outcome.of(resource, "removed")
 
 
 def image_status(deployment: Deployment) -> str | None:
@@ -239,8 +275,9 @@ def image_status(deployment: Deployment) -> str | None:
     try:
         deployment.aws.client("ecr").describe_images(repositoryName=deployment.names.repository,
                                                      imageIds=[{"imageTag": settings.image_tag}])
-    except ClientError as err:
-        if error_code(err) not in ("ImageNotFoundException", "RepositoryNotFoundException"):
+    except (ClientError, BotoCoreError) as err:
+        if not isinstance(err, ClientError) or error_code(err) not in (
+                "ImageNotFoundException", "RepositoryNotFoundException"):
             raise AwsError(f"ECR repository {deployment.names.repository}: "
                            f"{describe_error(err)}") from err
         return (f"image: {uri} is not pushed yet: build and push it before the first run "
@@ -268,8 +305,9 @@ def start_run(deployment: Deployment, day: dt.date | None = None,
     label = f"state machine {deployment.names.state_machine}"
     try:
         existing = sfn.describe_execution(executionArn=execution)
-    except ClientError as err:
-        if error_code(err) not in ("ExecutionDoesNotExist", "StateMachineDoesNotExist"):
+    except (ClientError, BotoCoreError) as err:
+        if not isinstance(err, ClientError) or error_code(err) not in (
+                "ExecutionDoesNotExist", "StateMachineDoesNotExist"):
             raise AwsError(f"{label}: {describe_error(err)}") from err
     else:
         out(f"not started: the run for {name} exists already ({existing['status']}): {execution}")
@@ -277,8 +315,8 @@ def start_run(deployment: Deployment, day: dt.date | None = None,
     try:
         started = sfn.start_execution(stateMachineArn=machine, name=name,
                                       input=execution_input(day))
-    except ClientError as err:
-        if error_code(err) == "ExecutionAlreadyExists":
+    except (ClientError, BotoCoreError) as err:
+        if isinstance(err, ClientError) and error_code(err) == "ExecutionAlreadyExists":
             out(f"not started: the run for {name} exists already: {execution}")
             return "exists"
         raise AwsError(f"{label}: {describe_error(err)}") from err

@@ -8,8 +8,20 @@ import time
 from collections.abc import Callable
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
 
 from deploy.settings import SettingsError
 
@@ -94,15 +106,16 @@ class Aws:
     """Clients for one account and region; the retry policy lives in with_aws_retries only."""
 
     def __init__(self, region: str = ""):
-        self.session = boto3.Session(region_name=region or None)
-        self.region = self.session.region_name
-        if not self.region:
-            raise SettingsError("no AWS region: set region in the config, --region or AWS_REGION")
         self._clients: dict[str, RetryingClient] = {}
         try:
+            self.session = boto3.Session(region_name=region or None)
+            self.region = self.session.region_name
+            if not self.region:
+                raise SettingsError(
+                    "no AWS region: set region in the config, --region or AWS_REGION")
             self.account = self.client("sts").get_caller_identity()["Account"]
         except (ClientError, BotoCoreError) as err:
-            raise AwsError(f"AWS credentials: {describe_error(err)}") from err
+            raise AwsError(f"AWS account: {describe_error(err)}") from err
 
     def client(self, service: str) -> RetryingClient:
         if service not in self._clients:
@@ -114,16 +127,45 @@ class Aws:
         return f"arn:aws:{service}:{self.region if region else ''}:{self.account}:{resource}"
 
 
+# What to do about the errors of the credentials, the network and the caller's permissions.
+CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError,
+                     ProfileNotFound)
+NETWORK_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+                  botocore.exceptions.ConnectionClosedError)
+CREDENTIALS_ADVICE = ("set AWS_PROFILE (aws sso login), or AWS_ACCESS_KEY_ID and "
+                      "AWS_SECRET_ACCESS_KEY, then run again")
+ADVICE_BY_CODE = {
+    **dict.fromkeys(("ExpiredToken", "ExpiredTokenException", "RequestExpired"),
+                    "the AWS credentials have expired: renew them (aws sso login) and run again"),
+    **dict.fromkeys(("InvalidClientTokenId", "UnrecognizedClientException",
+                     "SignatureDoesNotMatch", "AuthFailure", "InvalidAccessKeyId"),
+                    "the AWS credentials are not valid: " + CREDENTIALS_ADVICE),
+    **dict.fromkeys(("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"),
+                    "the AWS credentials lack this permission: docs/aws.md, Permissions for the "
+                    "person running setup"),
+}
+
+
 def describe_error(err: Exception) -> str:
-    """One line: the API operation, the error code and its message."""
+    """One line: the API operation, the error code and its message, and what to do when the
+    credentials, the network or the caller's permissions are the cause."""
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
         message = " ".join(str(error.get("Message", "")).split())
         if message.startswith("<"):  # an HTML error page, not an AWS error
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             message = f"HTTP {status} without error details"
-        return f"{err.operation_name}: {error.get('Code', '?')}: {message[:300]}"
-    return " ".join(str(err).split())[:300] or type(err).__name__
+        code = error.get("Code", "?")
+        advice = ADVICE_BY_CODE.get(code)
+        return f"{err.operation_name}: {code}: {message[:300]}" + (f"; {advice}" if advice else "")
+    text = " ".join(str(err).split())[:300] or type(err).__name__
+    if isinstance(err, CREDENTIAL_ERRORS):
+        return f"{text}: {CREDENTIALS_ADVICE}"
+    if isinstance(err, NoRegionError):
+        return f"{text}: set region in the config, --region or AWS_REGION"
+    if isinstance(err, NETWORK_ERRORS):
+        return f"{text}: check the network, the region and AWS_ENDPOINT_URL, then run again"
+    return text
 
 
 def error_code(err: ClientError) -> str:

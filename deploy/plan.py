@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 import copier
 from deploy.aws import Aws, AwsError, describe_error, error_code
@@ -86,8 +86,8 @@ def deployed_assignment(aws: Aws, names: Names) -> list[list[str]] | None:
     arn = aws.arn("states", f"stateMachine:{names.state_machine}")
     try:
         found = aws.client("stepfunctions").describe_state_machine(stateMachineArn=arn)
-    except ClientError as err:
-        if error_code(err) == "StateMachineDoesNotExist":
+    except (ClientError, BotoCoreError) as err:
+        if isinstance(err, ClientError) and error_code(err) == "StateMachineDoesNotExist":
             return None
         raise AwsError(f"state machine {names.state_machine}: {describe_error(err)}") from err
     return assignment_of(json.loads(found["definition"]))

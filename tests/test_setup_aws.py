@@ -233,13 +233,15 @@ def test_setup_twice_then_teardown_twice_in_process(aws, config, capsys):
 def test_dry_run_prints_the_plan_and_changes_nothing(aws, config, capsys):
     code, out, _ = run(setup_aws.main, ["--config", str(config), "--dry-run"], capsys)
     planned = outcomes(out)
-    assert code == 0 and planned == dict.fromkeys(needed_labels(config), "would be created")
+    assert code == 2  # changes pending
+    assert planned == dict.fromkeys(needed_labels(config), "would be created")
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
 
     run(setup_aws.main, ["--config", str(config)], capsys)
     code, out, _ = run(setup_aws.main, ["--config", str(config), "--dry-run",
                                         "--schedule", "cron(30 4 * * ? *)"], capsys)
     planned = outcomes(out)
+    assert code == 2
     assert planned.pop("schedule nightly-copy/nightly") == "would be updated"
     assert set(planned.values()) == {"unchanged"}
     schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
@@ -247,6 +249,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(aws, config, capsys):
 
     code, out, _ = run(teardown_aws.main, ["--config", str(config), "--dry-run"], capsys)
     planned = outcomes(out)
+    assert code == 2
     assert planned["IAM role nightly-copy-states"] == "would be removed"
     assert planned["SSM parameter /nightly-copy/source/password"] == "kept"
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
@@ -553,7 +556,7 @@ def test_dry_run_shows_which_part_of_the_project_and_role_would_change(aws, conf
     code, out, _ = run(setup_aws.main, [
         "--config", str(config), "--dry-run", "--branch", "develop", "--vpc-id", "vpc-1",
         "--subnets", "subnet-1", "--security-groups", "sg-1"], capsys)
-    assert code == 0
+    assert code == 2
     project = next(line for line in out.splitlines() if "CodeBuild project" in line)
     assert "would be updated" in project and "sourceVersion" in project and "vpcConfig" in project
     role = next(line for line in out.splitlines() if "IAM role nightly-copy-codebuild" in line)
