@@ -10,6 +10,7 @@ See docs/aws.md for what gets created and why.
     plan.py           which tables each job copies      state_machine.py  the rendered definitions
     permissions.py    one IAM policy per role           resources.py      the resources every runner needs
     batch.py          the AWS Batch runner, as one unit
+    cli.py            the scripts' error boundary and exit codes
 """
 
 from __future__ import annotations

@@ -498,28 +498,84 @@ def moto_server():
     server.stop()
 
 
+SECRET_PARAMETERS = ["SSM parameter /nightly-copy/source/password",
+                     "SSM parameter /nightly-copy/target/password",
+                     "SSM parameter /nightly-copy-notify/slack_webhook_url"]
+
+
+def walked(result) -> dict[str, dict]:
+    """--json output: every stdout line one object per resource, by its label."""
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    for found in objects:
+        assert set(found) == {"name", "kind", "status", "changed", "detail", "dry_run"}, found
+    return {f"{o['kind']} {o['name']}": o for o in objects}
+
+
+def statuses(objects: dict[str, dict]) -> dict[str, tuple[str, bool, bool]]:
+    return {label: (o["status"], o["changed"], o["dry_run"]) for label, o in objects.items()}
+
+
 def test_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
+    """The walks as processes: --dry-run exits 2 while changes are pending and 0 once there
+    are none (terraform plan -detailed-exitcode); --json prints one object per resource."""
     set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
     env = subprocess_env(moto_server.url)
     config = str(write_config(tmp_path / "deploy.toml"))
+    labels = needed_labels(config)
+
+    plan = run_script("setup_aws.py", ["--config", config, "--dry-run", "--json"], env, tmp_path)
+    assert plan.returncode == 2, plan.stderr
+    assert statuses(walked(plan)) == dict.fromkeys(labels, ("created", True, True))
+    assert "table assignment" in plan.stderr  # the people's lines, off stdout
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
 
     first = run_script("setup_aws.py", ["--config", config], env, tmp_path)
     assert first.returncode == 0, first.stderr
-    created = outcomes(first.stdout)
-    assert created == dict.fromkeys(needed_labels(config), "created")
+    assert outcomes(first.stdout) == dict.fromkeys(labels, "created")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
     assert_deployed_configuration()
 
-    second = run_script("setup_aws.py", ["--config", config], env, tmp_path)
-    unchanged = outcomes(second.stdout)
-    assert second.returncode == 0 and unchanged == dict.fromkeys(created, "unchanged")
+    plan = run_script("setup_aws.py", ["--config", config, "--dry-run"], env, tmp_path)
+    assert plan.returncode == 0, plan.stderr  # nothing pending
+    assert outcomes(plan.stdout) == dict.fromkeys(labels, "unchanged")
 
-    for expected in ("removed", "absent"):
-        down = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"], env,
-                          tmp_path)
-        result = outcomes(down.stdout)
-        assert down.returncode == 0 and result == dict.fromkeys(created, expected), down.stderr
+    second = run_script("setup_aws.py", ["--config", config, "--json"], env, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert statuses(walked(second)) == dict.fromkeys(labels, ("unchanged", False, False))
+
+    plan = run_script("teardown_aws.py", ["--config", config, "--dry-run", "--json"], env,
+                      tmp_path)
+    assert plan.returncode == 2, plan.stderr
+    planned = walked(plan)
+    assert statuses(planned) == {label: ("kept", False, True) if label in SECRET_PARAMETERS
+                                 else ("removed", True, True) for label in labels}
+    assert "--remove-secrets" in planned[SECRET_PARAMETERS[0]]["detail"]
+    assert inventory("nightly-copy") == expected_inventory("nightly-copy")
+
+    down = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"], env, tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert outcomes(down.stdout) == dict.fromkeys(labels, "removed")
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+    again = run_script("teardown_aws.py", ["--config", config, "--remove-secrets", "--dry-run",
+                                           "--json"], env, tmp_path)
+    assert again.returncode == 0, again.stderr  # safe to run twice: nothing left to remove
+    assert statuses(walked(again)) == dict.fromkeys(labels, ("absent", False, True))
+
+
+def test_an_aws_error_mid_walk_is_one_line_from_the_process(moto_server, tmp_path,
+                                                           monkeypatch):
+    set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
+    config = str(write_config(tmp_path / "deploy.toml", compute_type="BUILD_GENERAL1_HUGE",
+                              prefix="huge-copy"))
+    done = run_script("setup_aws.py", ["--config", config], subprocess_env(moto_server.url),
+                      tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: CodeBuild project huge-copy: CreateProject: "
+                                  "InvalidInputException")
+    teardown = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"],
+                          subprocess_env(moto_server.url), tmp_path)
+    assert teardown.returncode == 0 and inventory("huge-copy") == nothing_left("huge-copy")
 
 
 def test_flags_override_the_config_file(tmp_path):
