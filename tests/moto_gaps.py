@@ -1,10 +1,14 @@
-"""What moto (5.2) lacks and the deployment uses: CloudWatch Logs' saved query definitions.
+"""What moto (5.2) lacks and the deployment uses: CloudWatch Logs' saved query definitions, and
+Batch's UpdateComputeEnvironment keeping the new compute resources.
 
 install() adds PutQueryDefinition, DescribeQueryDefinitions and DeleteQueryDefinition to moto's
 Logs responses, kept per account and region like moto's own state, so setup and teardown walk
 the saved query as they do on AWS. The definitions live on moto's Logs backend, so moto's reset
-clears them. The tests install it in process (conftest) and in moto_server (aws_helpers.MotoServer
-starts the server through this module).
+clears them. moto's UpdateComputeEnvironment accepts computeResources and drops them (a TODO in
+moto): install() stores what AWS stores (maxvCpus, subnets, security groups, min and desired
+vCPUs), so an update of maxvCpus shows in DescribeComputeEnvironments. The tests install it in
+process (conftest) and in moto_server (aws_helpers.MotoServer starts the server through this
+module).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import sys
 import uuid
 
+from moto.batch.models import BatchBackend
 from moto.logs.responses import LogsResponse
 
 
@@ -44,7 +49,24 @@ def delete_query_definition(self: LogsResponse) -> str:
     return json.dumps({"success": removed is not None})
 
 
+UPDATABLE_COMPUTE_RESOURCES = ("maxvCpus", "minvCpus", "desiredvCpus", "subnets",
+                               "securityGroupIds")
+_moto_update_compute_environment = BatchBackend.update_compute_environment
+
+
+def update_compute_environment(self: BatchBackend, compute_environment_name: str, state,
+                               compute_resources, service_role) -> tuple[str, str]:
+    found = _moto_update_compute_environment(self, compute_environment_name, state,
+                                             compute_resources, service_role)
+    environment = self.get_compute_environment(compute_environment_name)
+    for key in UPDATABLE_COMPUTE_RESOURCES:
+        if key in (compute_resources or {}):
+            environment.compute_resources[key] = compute_resources[key]
+    return found
+
+
 def install() -> None:
+    BatchBackend.update_compute_environment = update_compute_environment
     LogsResponse.put_query_definition = put_query_definition
     LogsResponse.describe_query_definitions = describe_query_definitions
     LogsResponse.delete_query_definition = delete_query_definition

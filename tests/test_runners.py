@@ -602,7 +602,9 @@ def test_batch_all_jobs_succeed_one_summary_execution_succeeded(engine):
     sfn = boto3.client("stepfunctions")
     definition = render(engine, 3)
     machine = sm.create(sfn, "nightly-copy", rewritten_batch_for_moto(definition, set()))
-    sm.queue_lambda_result({"posted": True, "failed_jobs": 0})
+    # The function's reply is dropped (ResultPath null): the jobs' statuses decide, so a
+    # reply counting failures that did not happen changes nothing.
+    sm.queue_lambda_result({"posted": True, "failed_jobs": 3})
     described = sm.run_to_end(sfn, machine, "2026-11-27", '{"date":"2026-11-27"}')
     assert described["status"] == "SUCCEEDED"
     summary = sm.summary_sent(sm.history(sfn, described["executionArn"]))
@@ -624,7 +626,7 @@ def test_batch_one_job_fails_the_others_finish_summary_lists_it_execution_failed
     sfn = boto3.client("stepfunctions")
     machine = sm.create(sfn, "nightly-copy",
                         rewritten_batch_for_moto(render(engine, 3), failing={"job-2"}))
-    sm.queue_lambda_result({"posted": True, "failed_jobs": 1})
+    sm.queue_lambda_result({"posted": True, "failed_jobs": 0})  # ignored, as above
     described = sm.run_to_end(sfn, machine, "2026-11-28", '{"date":"2026-11-28"}')
     assert (described["status"], described["error"]) == ("FAILED", "CopyJobsFailed")
     events = sm.history(sfn, described["executionArn"])
@@ -655,24 +657,29 @@ def test_changed_batch_settings_update_in_place_or_register_a_new_revision(aws, 
     net = network()
     config = config_for(tmp_path, runner="batch", **net)
     run(setup_aws.main, ["--config", config], capsys)
+    batch = boto3.client("batch")
+    (environment,) = batch.describe_compute_environments(
+        computeEnvironments=["nightly-copy"])["computeEnvironments"]
+    assert environment["computeResources"]["maxvCpus"] == 3  # 3 jobs of 1 vCPU
+    arn_before = environment["computeEnvironmentArn"]
     changed = run(setup_aws.main, ["--config", config, "--batch-memory-mib", "4096",
                                    "--jobs", "2"], capsys)
     assert changed["Batch job definition nightly-copy"] == "updated"
     assert changed["Batch compute environment nightly-copy"] == "updated"  # max vCPUs
     assert changed["Batch job queue nightly-copy"] == "unchanged"
-    batch = boto3.client("batch")
     (definition,) = batch.describe_job_definitions(jobDefinitionName="nightly-copy",
                                                    status="ACTIVE")["jobDefinitions"]
     assert definition["revision"] == 2  # the old revision is retired, not left to pile up
     assert {"type": "MEMORY", "value": "4096"} in definition["containerProperties"][
         "resourceRequirements"]
-    # (moto accepts the new maxvCpus but does not store it, so only the call is checked)
     (environment,) = batch.describe_compute_environments(
         computeEnvironments=["nightly-copy"])["computeEnvironments"]
+    assert environment["computeResources"]["maxvCpus"] == 2  # 2 jobs of 1 vCPU, was 3
+    assert (environment["state"], environment["status"]) == ("ENABLED", "VALID")
+    assert environment["computeEnvironmentArn"] == arn_before  # in place, not made again
     again = run(setup_aws.main, ["--config", config, "--batch-memory-mib", "4096",
                                  "--jobs", "2"], capsys)
-    assert again["Batch job definition nightly-copy"] == "unchanged"
-    assert environment["state"] == "ENABLED"
+    assert set(again.values()) == {"unchanged"}
 
 
 def test_fargate_and_ec2_cannot_be_swapped_in_place(aws, tmp_path, capsys):
@@ -727,17 +734,29 @@ def test_batch_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
 def test_an_invalid_compute_environment_stops_setup_at_once_with_batch_s_reason(
         aws, tmp_path, capsys, monkeypatch):
     net = network()
+    config = config_for(tmp_path, runner="batch", **net)
     reason = "CLIENT_ERROR - not authorized to perform: ecs:DescribeClusters"
-    monkeypatch.setattr(deploy.batch.ComputeEnvironment, "describe", lambda self: {
-        "status": "INVALID", "state": "ENABLED", "statusReason": reason})
+    describe = deploy.batch.ComputeEnvironment.describe
+
+    def invalid_once_created(self):  # what Batch says of one whose role it cannot use
+        found = describe(self)
+        return found and {**found, "status": "INVALID", "statusReason": reason}
+
+    monkeypatch.setattr(deploy.batch.ComputeEnvironment, "describe", invalid_once_created)
     delays: list[float] = []
     monkeypatch.setattr(deploy.aws, "sleep", delays.append)
-    settings = deploy.Settings(tables=["public.a"], runner="batch", **net)
-    d = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options(), [["a"]])
-    (environment,) = [r for r in deploy.resource_list(d) if isinstance(r, deploy.batch.ComputeEnvironment)]
-    with pytest.raises(deploy.AwsError, match=f"INVALID: {reason}"):
-        environment.settled()
-    assert environment.settled("DISABLED") is False and delays == []
+    code = setup_aws.main(["--config", config])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err == (
+        f"error: Batch compute environment nightly-copy: INVALID: {reason}\n")
+    assert delays == []  # at once: no waiting for a state that will not come
+    walked = outcomes(captured.out)
+    assert "Batch compute environment nightly-copy" not in walked  # it stopped there
+    assert "Batch job queue nightly-copy" not in walked
+    assert batch_inventory("nightly-copy")["job queues"] == []
+    # an invalid one can still be disabled and removed
+    assert run(teardown_aws.main, ["--config", config, "--remove-secrets"], capsys)[
+        "Batch compute environment nightly-copy"] == "removed"
 
 
 def test_an_invalid_compute_environment_is_revalidated_by_the_next_setup(aws, tmp_path,
