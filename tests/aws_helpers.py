@@ -114,6 +114,11 @@ class MotoServer:
                                          headers={"Content-Type": "application/json"})
         urllib.request.urlopen(request, timeout=5).close()
 
+    def reset(self) -> None:
+        """Forget every resource (moto's reset; the configuration stays)."""
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

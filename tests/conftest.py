@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import moto_gaps
 import psycopg2
 import pytest
+from aws_helpers import MotoServer
 
 from dev import pg_majors
 from dev.localpg import LocalCluster
@@ -39,6 +40,22 @@ _own_basetemp = pytest.StashKey[str]()
 def moto_with_its_gaps_filled():
     """moto lacks the Logs query definitions the deployment saves: tests/moto_gaps.py adds them."""
     moto_gaps.install()
+
+
+@pytest.fixture(scope="session")
+def moto_server_process():
+    """One moto_server for the session (it takes seconds to start); tests get it reset."""
+    server = MotoServer().start()
+    server.configure({"batch": {"use_docker": False}})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto_server(moto_server_process) -> MotoServer:
+    """moto_server in its own process, empty: nothing another test made is left in it."""
+    moto_server_process.reset()
+    return moto_server_process
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,16 @@
 """What users type: the TABLES list, the settings, the plan. Bad input changes nothing."""
 
+import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
+from aws_helpers import set_fake_aws_env, subprocess_env
 
 import copier
 
@@ -136,12 +141,78 @@ def test_assign_to_jobs_puts_largest_first_on_the_least_loaded_job():
     assert copier.assign_to_jobs({"x": 1}, 3) == [["x"], [], []]
 
 
-def test_help_documents_the_examples():
-    result = run_cli(["--help"], {})
-    assert result.returncode == 0
-    for text in ("TABLES=orders,customers", "--dry-run", "--swap together", "SOURCE_DSN",
-                 "COPIER_SSM_PREFIX"):
-        assert text in result.stdout
+def help_examples() -> list[str]:
+    """The commands under "examples:" in copier.py --help, continuation lines joined."""
+    text = run_cli(["--help"], {}).stdout
+    section = text.split("examples:\n", 1)[1].split("\nenvironment:", 1)[0]
+    commands, current = [], ""
+    for line in section.splitlines():
+        if not line.strip() or line.startswith("      "):  # a gap, or what the example does
+            continue
+        current += line.strip()
+        if current.endswith("\\"):
+            current = current[:-1]
+            continue
+        commands.append(current)
+        current = ""
+    return commands
+
+
+def as_run_here(command: str, dbs) -> str:
+    """The example with this Python and copier.py, and the test databases for its DSNs."""
+    command = command.replace("python copier.py",
+                              f"{shlex.quote(sys.executable)} {shlex.quote(str(REPO / 'copier.py'))}")
+    dsns = {"SOURCE_DSN": dbs.source_dsn, "TARGET_DSN": dbs.target_dsn}
+    return re.sub(r"\b(SOURCE_DSN|TARGET_DSN)=\S+",
+                  lambda m: f"{m.group(1)}={shlex.quote(dsns[m.group(1)])}", command)
+
+
+def test_every_help_example_runs(copier_env, moto_server, monkeypatch):
+    """Each example of copier.py --help, run by the shell as typed; the ones without DSNs read
+    their settings from Parameter Store (moto_server), as on AWS."""
+    dbs = copier_env
+    dbs.source("CREATE SCHEMA sales")
+    for table in ("orders", "customers", "order_lines", "sales.orders", '"Mixed Case"'):
+        dbs.source(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        dbs.source(f"INSERT INTO {table} SELECT generate_series(1, {len(table)})")
+    for name in ("SOURCE_DSN", "TARGET_DSN"):
+        monkeypatch.delenv(name)
+    set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
+    ssm = boto3.client("ssm")
+    for database, dbname in (("source", dbs.source_name), ("target", dbs.target_name)):
+        for setting, value in {"host": "127.0.0.1", "port": str(dbs.cluster.port),
+                               "dbname": dbname, "user": "postgres", "password": "unused",
+                               "sslmode": "disable"}.items():
+            ssm.put_parameter(Name=f"{copier.DEFAULT_SSM_PREFIX}{database}/{setting}",
+                              Value=value, Type="String")
+    env = subprocess_env(moto_server.url)
+
+    def counts(rows) -> dict[str, int]:
+        """Rows per user table, by the name the copier logs (quoted where needed)."""
+        names = rows("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) "
+                     "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+        return {name: rows(f"SELECT count(*) FROM {name}")[0][0] for (name,) in names}
+
+    examples = help_examples()
+    assert len(examples) == 4, examples
+    for example in examples:
+        before = counts(dbs.target_rows)
+        done = subprocess.run(["/bin/sh", "-c", as_run_here(example, dbs)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{example}\n{done.stderr}"
+        copied = {e["table"]: e["rows"] for e in map(json.loads, (
+            line for line in done.stdout.splitlines() if line.startswith("{")))
+                  if e["event"] == "table_copied"}
+        if "--dry-run" in example:
+            assert copied == {} and "orders" in done.stdout + done.stderr
+            assert counts(dbs.target_rows) == before
+            continue
+        (tables,) = [word.removeprefix("TABLES=") for word in shlex.split(example)
+                     if word.startswith("TABLES=")]
+        assert len(copied) == len(copier.split_table_list(tables)), (example, copied)
+        source, target = counts(dbs.source_rows), counts(dbs.target_rows)
+        for table, rows in copied.items():
+            assert source[table] == target[table] == rows, (example, table)
 
 
 def test_json_lines_carry_the_run_and_job_the_state_machine_names(named_tables, run_copier, monkeypatch):

@@ -19,7 +19,6 @@ from aws_helpers import (
     REGION,
     ROOT,
     TABLES,
-    MotoServer,
     expected_inventory,
     inventory,
     nothing_left,
@@ -693,14 +692,6 @@ def test_fargate_and_ec2_cannot_be_swapped_in_place(aws, tmp_path, capsys):
 
 
 # --- the scripts as separate processes against moto_server
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = MotoServer().start()
-    server.configure({"batch": {"use_docker": False}})
-    yield server
-    server.stop()
 
 
 def test_batch_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shlex
 import zipfile
 
 import boto3
@@ -12,8 +13,8 @@ import pytest
 from aws_helpers import (
     MOTO_CONFIG,
     REGION,
+    ROOT,
     SECRETS,
-    MotoServer,
     expected_inventory,
     inventory,
     needed_labels,
@@ -491,13 +492,6 @@ def test_saved_query_is_created_once_and_then_left_unchanged(aws, config):
 # --- the scripts as separate processes against moto_server
 
 
-@pytest.fixture(scope="module")
-def moto_server():
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
 SECRET_PARAMETERS = ["SSM parameter /nightly-copy/source/password",
                      "SSM parameter /nightly-copy/target/password",
                      "SSM parameter /nightly-copy-notify/slack_webhook_url"]
@@ -515,52 +509,73 @@ def statuses(objects: dict[str, dict]) -> dict[str, tuple[str, bool, bool]]:
     return {label: (o["status"], o["changed"], o["dry_run"]) for label, o in objects.items()}
 
 
-def test_scripts_against_moto_server(moto_server, tmp_path, monkeypatch):
-    """The walks as processes: --dry-run exits 2 while changes are pending and 0 once there
-    are none (terraform plan -detailed-exitcode); --json prints one object per resource."""
+def help_examples(script: str, env: dict[str, str]) -> list[list[str]]:
+    """The arguments of each `python <script> ...` example in the script's --help."""
+    shown = run_script(script, ["--help"], env, ROOT).stdout
+    return [shlex.split(line.split("#")[0])[2:] for line in shown.splitlines()
+            if line.strip().startswith(f"python {script} ")]
+
+
+def test_the_help_examples_run_against_moto_server(moto_server, tmp_path, monkeypatch):
+    """Every example of setup_aws.py --help, then of teardown_aws.py --help, in the order
+    shown, as processes. --dry-run exits 2 while changes are pending and 0 when there are
+    none (terraform plan -detailed-exitcode); --json prints one object per resource."""
     set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
     env = subprocess_env(moto_server.url)
-    config = str(write_config(tmp_path / "deploy.toml"))
+    config = str(write_config(tmp_path / "deploy.toml"))  # the examples' --config deploy.toml
     labels = needed_labels(config)
 
     plan = run_script("setup_aws.py", ["--config", config, "--dry-run", "--json"], env, tmp_path)
-    assert plan.returncode == 2, plan.stderr
+    assert plan.returncode == 2, plan.stderr  # everything to create
     assert statuses(walked(plan)) == dict.fromkeys(labels, ("created", True, True))
     assert "table assignment" in plan.stderr  # the people's lines, off stdout
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
 
-    first = run_script("setup_aws.py", ["--config", config], env, tmp_path)
+    create, plan, plan_json, start = help_examples("setup_aws.py", env)
+    first = run_script("setup_aws.py", create, env, tmp_path)
     assert first.returncode == 0, first.stderr
     assert outcomes(first.stdout) == dict.fromkeys(labels, "created")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
     assert_deployed_configuration()
 
-    plan = run_script("setup_aws.py", ["--config", config, "--dry-run"], env, tmp_path)
-    assert plan.returncode == 0, plan.stderr  # nothing pending
-    assert outcomes(plan.stdout) == dict.fromkeys(labels, "unchanged")
+    done = run_script("setup_aws.py", plan, env, tmp_path)
+    assert done.returncode == 0, done.stderr  # nothing pending after setup
+    assert outcomes(done.stdout) == dict.fromkeys(labels, "unchanged")
+    done = run_script("setup_aws.py", plan_json, env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert statuses(walked(done)) == dict.fromkeys(labels, ("unchanged", False, True))
+    done = run_script("setup_aws.py", start, env, tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("started "), done.stderr
+    assert done.stdout.rstrip().endswith(":2026-11-27")
 
-    second = run_script("setup_aws.py", ["--config", config, "--json"], env, tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert statuses(walked(second)) == dict.fromkeys(labels, ("unchanged", False, False))
-
-    plan = run_script("teardown_aws.py", ["--config", config, "--dry-run", "--json"], env,
-                      tmp_path)
-    assert plan.returncode == 2, plan.stderr
-    planned = walked(plan)
+    plan, plan_json, remove, remove_secrets, remove_images = help_examples("teardown_aws.py", env)
+    done = run_script("teardown_aws.py", plan, env, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert outcomes(done.stdout) == {label: "kept" if label in SECRET_PARAMETERS
+                                     else "would be removed" for label in labels}
+    done = run_script("teardown_aws.py", plan_json, env, tmp_path)
+    assert done.returncode == 2, done.stderr
+    planned = walked(done)
     assert statuses(planned) == {label: ("kept", False, True) if label in SECRET_PARAMETERS
                                  else ("removed", True, True) for label in labels}
     assert "--remove-secrets" in planned[SECRET_PARAMETERS[0]]["detail"]
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
 
-    down = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"], env, tmp_path)
-    assert down.returncode == 0, down.stderr
-    assert outcomes(down.stdout) == dict.fromkeys(labels, "removed")
+    done = run_script("teardown_aws.py", remove, env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert outcomes(done.stdout) == {label: "kept" if label in SECRET_PARAMETERS
+                                     else "removed" for label in labels}
+    done = run_script("teardown_aws.py", remove_secrets, env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert outcomes(done.stdout) == {label: "removed" if label in SECRET_PARAMETERS
+                                     else "absent" for label in labels}
     assert inventory("nightly-copy") == nothing_left("nightly-copy")
+    done = run_script("teardown_aws.py", remove_images, env, tmp_path)
+    assert done.returncode == 0, done.stderr  # safe to run again: nothing left to remove
+    assert outcomes(done.stdout) == dict.fromkeys(labels, "absent")
 
-    again = run_script("teardown_aws.py", ["--config", config, "--remove-secrets", "--dry-run",
-                                           "--json"], env, tmp_path)
-    assert again.returncode == 0, again.stderr  # safe to run twice: nothing left to remove
-    assert statuses(walked(again)) == dict.fromkeys(labels, ("absent", False, True))
+    plan = run_script("teardown_aws.py", ["--config", config, "--dry-run"], env, tmp_path)
+    assert plan.returncode == 0, plan.stderr  # nothing pending
 
 
 def test_an_aws_error_mid_walk_is_one_line_from_the_process(moto_server, tmp_path,
