@@ -1,24 +1,33 @@
 """What moto (5.2) lacks and the deployment uses: CloudWatch Logs' saved query definitions, and
-Batch's UpdateComputeEnvironment keeping the new compute resources.
+Batch's UpdateComputeEnvironment keeping the new compute resources, and the Step Functions
+engine's states:startExecution task.
 
 install() adds PutQueryDefinition, DescribeQueryDefinitions and DeleteQueryDefinition to moto's
 Logs responses, kept per account and region like moto's own state, so setup and teardown walk
 the saved query as they do on AWS. The definitions live on moto's Logs backend, so moto's reset
 clears them. moto's UpdateComputeEnvironment accepts computeResources and drops them (a TODO in
 moto): install() stores what AWS stores (maxvCpus, subnets, security groups, min and desired
-vCPUs), so an update of maxvCpus shows in DescribeComputeEnvironments. The tests install it in
+vCPUs), so an update of maxvCpus shows in DescribeComputeEnvironments. moto's engine hands a
+states:startExecution task's parameters (StateMachineArn, Name, Input) to boto3 as they are
+written, which boto3 refuses, and keeps the answer's StartDate a datetime, which its
+DescribeExecution cannot serialise: install() passes the parameters by boto3's names and the
+date as text, so the starter runs in the engine. The tests install it in
 process (conftest) and in moto_server (aws_helpers.MotoServer starts the server through this
 module).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import uuid
 
 from moto.batch.models import BatchBackend
 from moto.logs.responses import LogsResponse
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+    state_task_service_sfn,
+)
 
 
 def _definitions(response: LogsResponse) -> dict[str, dict]:
@@ -65,8 +74,29 @@ def update_compute_environment(self: BatchBackend, compute_environment_name: str
     return found
 
 
+_StateTaskServiceSfn = state_task_service_sfn.StateTaskServiceSfn
+_moto_normalise_sfn_parameters = _StateTaskServiceSfn._normalise_parameters
+
+
+def normalise_sfn_parameters(self, parameters: dict, boto_service_name=None,
+                             service_action_name=None) -> None:
+    _moto_normalise_sfn_parameters(self, parameters, boto_service_name, service_action_name)
+    for key in [k for k in parameters if k[:1].isupper()]:
+        parameters[key[0].lower() + key[1:]] = parameters.pop(key)
+
+
+def normalise_sfn_response(self, response, boto_service_name=None,
+                           service_action_name=None) -> None:
+    if isinstance(response, dict):
+        for key, value in response.items():
+            if isinstance(value, dt.datetime):
+                response[key] = value.isoformat()
+
+
 def install() -> None:
     BatchBackend.update_compute_environment = update_compute_environment
+    _StateTaskServiceSfn._normalise_parameters = normalise_sfn_parameters
+    _StateTaskServiceSfn._normalise_response = normalise_sfn_response
     LogsResponse.put_query_definition = put_query_definition
     LogsResponse.describe_query_definitions = describe_query_definitions
     LogsResponse.delete_query_definition = delete_query_definition

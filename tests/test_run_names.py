@@ -20,6 +20,7 @@ from aws_helpers import (
     write_config,
 )
 from moto import mock_aws
+from moto.stepfunctions.parser.backend.execution import Execution
 
 import deploy
 import notify_lambda
@@ -143,16 +144,41 @@ def test_the_starter_asks_the_lambda_for_the_name_and_starts_the_run_under_it(en
                        "Input": {"date": f"2027-03-{night}"}}
 
 
-def test_the_starter_says_so_when_the_run_for_the_date_exists():
-    starter = deploy.state_machine.starter_definition(NIGHTLY, FUNCTION)
-    (catch,) = starter["States"]["Start nightly copy"]["Catch"]
-    # Step Functions names service errors "StepFunctions.<Code>Exception"; StartExecution
-    # answers ExecutionAlreadyExists for a name used in the last 90 days.
-    assert catch["ErrorEquals"] == ["StepFunctions.ExecutionAlreadyExistsException"]
-    said = starter["States"][catch["Next"]]
-    assert said["Resource"] == "arn:aws:states:::lambda:invoke"
-    assert said["Parameters"]["Payload"] == {"already_started": {
-        "name.$": "$.run.name", "state_machine": NIGHTLY}}
+def test_the_starter_says_so_when_the_run_for_the_date_exists(engine, monkeypatch):
+    """The whole starter, its startExecution task included (tests/moto_gaps.py lets moto's
+    engine run it): a second firing for the same date is caught, says so through the Lambda,
+    and succeeds without a second run."""
+    # moto 5.2 deep-copies a state machine with its executions (and their thread locks) on
+    # every start: a second start of one machine fails to pickle.
+    monkeypatch.setattr(Execution, "__deepcopy__", lambda self, memo: self, raising=False)
+    role = "arn:aws:iam::123456789012:role/nightly-copy-states"
+    assert engine.create_state_machine(name="nightly-copy", roleArn=role, definition=json.dumps(
+        {"StartAt": "Copy", "States": {"Copy": {"Type": "Pass", "End": True}}}))[
+        "stateMachineArn"] == NIGHTLY
+    starter = engine.create_state_machine(
+        name="nightly-copy-starter", roleArn=role,
+        definition=json.dumps(deploy.state_machine.starter_definition(NIGHTLY, FUNCTION)))[
+        "stateMachineArn"]
+    schedule_input = {"scheduled_time": fire_time(dt.date(2027, 3, 14), 19, 30, NEW_YORK),
+                      "timezone": NEW_YORK}
+    sent = []
+    for firing in (1, 2):  # the schedule's firing, then a retried one
+        queue_lambda_result(notify_lambda.handler({"name_run": schedule_input}, None))
+        if firing == 2:
+            queue_lambda_result({"posted": True})  # its "already started" message
+        described = run_to_end(engine, starter, f"fire-{firing}", json.dumps(schedule_input))
+        assert described["status"] == "SUCCEEDED", described
+        events = engine.get_execution_history(executionArn=described["executionArn"])["events"]
+        sent.append([json.loads(e["taskScheduledEventDetails"]["parameters"])["Payload"]
+                     for e in events if e["type"] == "TaskScheduled"
+                     and e["taskScheduledEventDetails"]["resourceType"] == "lambda"])
+    assert sent == [[{"name_run": schedule_input}],
+                    [{"name_run": schedule_input},
+                     {"already_started": {"name": "2027-03-14", "state_machine": NIGHTLY}}]]
+    assert executions() == ["2027-03-14"]
+    (run,) = engine.list_executions(stateMachineArn=NIGHTLY)["executions"]
+    assert json.loads(engine.describe_execution(executionArn=run["executionArn"])["input"]) == {
+        "date": "2027-03-14"}
 
 
 # --- a manual start: the same rule, applied to now
