@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 
 import boto3
@@ -475,3 +476,20 @@ def test_only_a_table_beyond_an_even_share_bounds_the_run():
         {"table": "big", "job": "job-1", "seconds": 100, "rest_seconds": 0}]
     assert operations.bounding_tables([["big", "x"], ["mid"], ["small"]], estimates) == [
         {"table": "big", "job": "job-1", "seconds": 100, "rest_seconds": 50}]
+
+
+def test_every_help_example_runs(history, capsys):
+    """The examples of operations.py --help, in the order shown, on the runs above."""
+    with pytest.raises(SystemExit):
+        operations.main(["--help"])
+    shown = capsys.readouterr().out
+    examples = [shlex.split(line.split("#")[0])[2:] for line in shown.splitlines()
+                if line.strip().startswith("python operations.py ")]
+    assert [e[0] for e in examples] == ["report"] * 3 + ["rebalance"] * 2
+    for example in examples:
+        code, out, err = run([*example, "--config", str(history)], capsys)
+        assert (code, err.count("error")) == (0, 0), (example, err)
+        if "--json" in example:
+            assert [r["execution"] for r in json.loads(out)][:2] == ["2026-11-28", "2026-11-27"]
+    assert out.splitlines()[-1] == "updated  state machine nightly-copy  (definition)"
+    assert deploy.plan.assignment_of(definition()) == PROPOSED
