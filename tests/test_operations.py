@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -58,23 +59,29 @@ BUILD_TIMES = {"job-1": ("2026-11-27T03:00:05Z", "2026-11-27T03:40:05Z"),
                "job-3": ("2026-11-27T03:00:09Z", "2026-11-27T03:50:09Z")}
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    set_fake_aws_env(monkeypatch)
+def moto_with_executions(patch: pytest.MonkeyPatch):
+    set_fake_aws_env(patch)
     # moto 5.2 deep-copies the state machine, its finished executions (and their thread
     # locks) included, on every start: a second execution of one machine fails to pickle.
-    monkeypatch.setattr(Execution, "__deepcopy__", lambda self, memo: self, raising=False)
-    with mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}}):
-        yield
+    patch.setattr(Execution, "__deepcopy__", lambda self, memo: self, raising=False)
+    return mock_aws(config={**MOTO_CONFIG, "stepfunctions": {"execute_state_machine": True}})
+
+
+def deployed(directory: Path, prefix: str = "nightly-copy") -> Path:
+    """setup_aws.py's deployment of write_config's settings, from that directory."""
+    path = write_config(directory / "deploy.toml", prefix=prefix)
+    assert setup_aws.main(["--config", str(path)]) == 0
+    return path
 
 
 @pytest.fixture
-def config(tmp_path, monkeypatch, aws, capsys):
-    monkeypatch.chdir(tmp_path)
-    path = write_config(tmp_path / "deploy.toml")
-    assert setup_aws.main(["--config", str(path)]) == 0
-    capsys.readouterr()
-    return path
+def config(tmp_path, monkeypatch, capsys):
+    """A deployment with no runs yet, in an account of its own."""
+    with moto_with_executions(monkeypatch):
+        monkeypatch.chdir(tmp_path)  # no deploy.toml from the working tree
+        path = deployed(tmp_path, prefix="unmeasured-copy")
+        capsys.readouterr()
+        yield path
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -145,9 +152,18 @@ def log_successful_run(run_name: str, split=SETUP_SPLIT) -> None:
                    "seconds": 1.0, "run": run_name})
 
 
-@pytest.fixture
-def history(config):
-    """Three successful runs, one failed run and one that never got past its builds."""
+@pytest.fixture(scope="module")
+def recorded_history(tmp_path_factory):
+    """Setup, then three successful runs, one failed run and one that never got past its
+    builds: made once for the module (it takes seconds); `history` hands it to each test."""
+    directory = tmp_path_factory.mktemp("history")
+    with pytest.MonkeyPatch.context() as patch, moto_with_executions(patch):
+        patch.chdir(directory)
+        path = deployed(directory)
+        yield record_runs(path)
+
+
+def record_runs(path: Path) -> Path:
     for day in SECONDS:
         assert run_in_moto(day)["status"] == "SUCCEEDED"
         log_successful_run(day)
@@ -171,7 +187,16 @@ def history(config):
                "bytes": 1, "seconds": 1.0, "run": "2026-11-14"},  # another run's line
               {"event": "table_progress", "table": "public.a", "job": "job-1",
                "bytes": 5, "seconds": 3.0, "run": "2026-11-26"})
-    return config
+    return path
+
+
+@pytest.fixture
+def history(recorded_history, capsys):
+    """The recorded runs; whatever a test deploys (rebalance --apply, setup) is undone after."""
+    capsys.readouterr()
+    before = definition()
+    yield recorded_history
+    set_definition(before)
 
 
 # --- report: one run's tables
