@@ -71,7 +71,7 @@ def test_e_mail_is_a_second_channel_listed_in_dry_run_idempotent_and_torn_down(a
 
     config = write_config(tmp_path / "deploy.toml", alarm_emails=["ops@example.com"])
     flags = ["--config", str(config), "--alarm-emails", "ops@example.com,dba@example.org"]
-    assert setup_aws.main([*flags, "--dry-run"]) == 0
+    assert setup_aws.main([*flags, "--dry-run"]) == 2  # changes pending
     planned = outcomes(capsys.readouterr().out)
     assert planned["SNS e-mail subscription ops@example.com"] == "would be created"
     assert planned["SNS e-mail subscription dba@example.org"] == "would be created"
