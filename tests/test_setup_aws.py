@@ -578,21 +578,6 @@ def test_the_help_examples_run_against_moto_server(moto_server, tmp_path, monkey
     assert plan.returncode == 0, plan.stderr  # nothing pending
 
 
-def test_an_aws_error_mid_walk_is_one_line_from_the_process(moto_server, tmp_path,
-                                                           monkeypatch):
-    set_fake_aws_env(monkeypatch, endpoint=moto_server.url)
-    config = str(write_config(tmp_path / "deploy.toml", compute_type="BUILD_GENERAL1_HUGE",
-                              prefix="huge-copy"))
-    done = run_script("setup_aws.py", ["--config", config], subprocess_env(moto_server.url),
-                      tmp_path)
-    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith("error: CodeBuild project huge-copy: CreateProject: "
-                                  "InvalidInputException")
-    teardown = run_script("teardown_aws.py", ["--config", config, "--remove-secrets"],
-                          subprocess_env(moto_server.url), tmp_path)
-    assert teardown.returncode == 0 and inventory("huge-copy") == nothing_left("huge-copy")
-
-
 def test_flags_override_the_config_file(tmp_path):
     config = write_config(tmp_path / "deploy.toml", jobs=4, tables="public.x, public.y")
     config.write_text(config.read_text().replace('port = "1"', "port = 6543"))
