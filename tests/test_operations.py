@@ -8,6 +8,7 @@ are written with put_log_events, one stream per job as CodeBuild does.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -503,18 +504,34 @@ def test_only_a_table_beyond_an_even_share_bounds_the_run():
         {"table": "big", "job": "job-1", "seconds": 100, "rest_seconds": 50}]
 
 
-def test_every_help_example_runs(history, capsys):
-    """The examples of operations.py --help, in the order shown, on the runs above."""
+def test_every_help_example_runs(history, capsys, monkeypatch, tmp_path):
+    """The examples of operations.py --help, in the order shown, on the runs above (the
+    timeline's `< lines` is a local run's stdout)."""
+    monkeypatch.chdir(tmp_path)  # the pages they write
     with pytest.raises(SystemExit):
         operations.main(["--help"])
     shown = capsys.readouterr().out
     examples = [shlex.split(line.split("#")[0])[2:] for line in shown.splitlines()
                 if line.strip().startswith("python operations.py ")]
-    assert [e[0] for e in examples] == ["report"] * 3 + ["rebalance"] * 2
+    assert [e[0] for e in examples] == [
+        "report", "report", "report", "rebalance", "rebalance", "report", "timeline"]
+    local_run = "".join(json.dumps(line) + "\n" for line in (
+        copied("local", "1", "public.a", 12.5), copied("local", "2", "public.b", 3.0),
+        {"event": "run_finished", "tables": 2, "failed": 0, "seconds": 13.0, "run": "local"}))
     for example in examples:
-        code, out, err = run([*example, "--config", str(history)], capsys)
+        if example[0] == "timeline":
+            example = example[:example.index("<")]
+            monkeypatch.setattr("sys.stdin", io.StringIO(local_run))
+        else:
+            example = [*example, "--config", str(history)]
+        code, out, err = run(example, capsys)
         assert (code, err.count("error")) == (0, 0), (example, err)
         if "--json" in example:
             assert [r["execution"] for r in json.loads(out)][:2] == ["2026-11-28", "2026-11-27"]
-    assert out.splitlines()[-1] == "updated  state machine nightly-copy  (definition)"
-    assert deploy.plan.assignment_of(definition()) == PROPOSED
+        if "--apply" in example:
+            assert out.splitlines()[-1] == "updated  state machine nightly-copy  (definition)"
+            assert deploy.plan.assignment_of(definition()) == PROPOSED
+        if "--html" in example:
+            page = tmp_path / example[example.index("--html") + 1]
+            assert "public.a" in page.read_text()
+            page.unlink()
