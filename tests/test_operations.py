@@ -276,7 +276,7 @@ def test_report_html_needs_a_run(history, capsys, tmp_path):
     assert (code, out) == (1, "")
     assert err == ("error: --html draws one run: name it (`operations.py report DATE --html "
                    "FILE`; `operations.py report` lists the recent runs)\n")
-    assert list(tmp_path.iterdir()) == [tmp_path / "deploy.toml"]
+    assert list(tmp_path.iterdir()) == []  # no page written
 
 
 # --- report: the recent runs
