@@ -560,10 +560,16 @@ def test_the_help_examples_run_against_moto_server(moto_server, tmp_path, monkey
     assert statuses(planned) == {label: ("kept", False, True) if label in SECRET_PARAMETERS
                                  else ("removed", True, True) for label in labels}
     assert "--remove-secrets" in planned[SECRET_PARAMETERS[0]]["detail"]
+    # the run --start began is still running (moto_server's engine is off)
+    assert planned["state machine nightly-copy"]["detail"] == (
+        "would stop 1 running run: 2026-11-27")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
 
     done = run_script("teardown_aws.py", remove, env, tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "           stopped  run 2026-11-27  (arn:aws:states:" in done.stdout.splitlines()[
+        done.stdout.splitlines().index("state machine nightly-copy: stopping 1 running run "
+                                       "before deleting it (error nightly-copy.Teardown)") + 1]
     assert outcomes(done.stdout) == {label: "kept" if label in SECRET_PARAMETERS
                                      else "removed" for label in labels}
     done = run_script("teardown_aws.py", remove_secrets, env, tmp_path)
