@@ -873,3 +873,46 @@ def test_teardown_gives_up_on_a_state_machine_that_stays_deleting(aws, config, c
     assert len(slept) == deploy.resources.DELETE_POLLS
     assert "           removed  state machine nightly-copy" not in lines
     assert "removed  state machine nightly-copy-starter" in lines[-1]  # the walk stopped there
+
+
+class DeletingAlready:
+    """The Step Functions client while an earlier teardown's delete of `machine` is pending
+    (interrupted while it waited): DELETING for `polls` answers, then gone."""
+
+    def __init__(self, client, machine: str, polls: int):
+        self._client, self.machine, self.polls = client, machine, polls
+        self.deletes = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def delete_state_machine(self, **kwargs):
+        self.deletes += 1
+        return self._client.delete_state_machine(**kwargs)
+
+    def describe_state_machine(self, **kwargs):
+        found = self._client.describe_state_machine(**kwargs)
+        if not kwargs["stateMachineArn"].endswith(f":{self.machine}"):
+            return found
+        if self.polls == 0:  # the runs have ended: Step Functions deletes it
+            self._client.delete_state_machine(**kwargs)
+            return self._client.describe_state_machine(**kwargs)
+        self.polls -= 1
+        return {**found, "status": "DELETING"}
+
+
+def test_teardown_finishes_a_delete_an_earlier_teardown_asked_for(aws, config, capsys,
+                                                                  monkeypatch):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    (started,) = start_runs("nightly-copy", ["2026-11-27"])
+    monkeypatch.setattr(deploy.resources, "sleep", lambda seconds: None)
+    d = deployment_for(config)
+    stub = DeletingAlready(d.aws.client("stepfunctions"), "nightly-copy", polls=4)
+    d.aws._clients["stepfunctions"] = stub
+    lines: list[str] = []
+    found = deploy.teardown(d, out=lines.append)
+    assert found["state machine nightly-copy"].status == "removed"  # not "absent": it was there
+    assert found["state machine nightly-copy"].detail == "stopped 1 running run: 2026-11-27"
+    assert f"           stopped  run 2026-11-27  ({started})" in lines
+    assert stub.deletes == 1  # the starter's only: the nightly one was asked for already
+    assert stub.polls == 0  # it waited through every DELETING answer
