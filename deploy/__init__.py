@@ -160,7 +160,7 @@ def setup(deployment: Deployment, out: Callable[[str], None] = print,
         outcomes[resource.label] = ensure_present(resource, dry_run)
         report(outcomes[resource.label])
     for resource in reversed([r for r in every if not r.needed]):
-        outcome = ensure_absent(resource, dry_run)
+        outcome = ensure_absent(resource, dry_run, out)
         if _worth_reporting(resource, outcome):
             outcomes[resource.label] = outcome
             report(outcome)
@@ -177,7 +177,7 @@ def teardown(deployment: Deployment, out: Callable[[str], None] = print,
     report = report or (lambda outcome: out(outcome.line(dry_run)))
     outcomes = {}
     for resource in reversed(resource_list(deployment)):
-        outcome = ensure_absent(resource, dry_run)
+        outcome = ensure_absent(resource, dry_run, out)
         if _worth_reporting(resource, outcome):
             outcomes[resource.label] = outcome
             report(outcome)
@@ -249,8 +249,11 @@ def ensure_present(resource: Resource, dry_run: bool) -> Outcome:
     return Outcome.of(resource, "updated", ", ".join(changed))
 
 
-def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
-    current = _aws_step(resource, resource.find)
+def ensure_absent(resource: Resource, dry_run: bool,
+                  out: Callable[[str], None] = print) -> Outcome:
+    """Remove one resource, once what keeps it (a state machine's running runs) is stopped,
+    and return when it is really gone; return what happened (or, in a dry run, would)."""
+    current = _aws_step(resource, resource.find_for_removal)
     if current is None:
         return Outcome.of(resource, "absent")
     if not resource.owned(current):
@@ -259,9 +262,11 @@ def ensure_absent(resource: Resource, dry_run: bool) -> Outcome:
     kept = resource.kept_on_teardown(current)
     if kept:
         return Outcome.of(resource, "kept", kept)
+    detail = _aws_step(resource, lambda: resource.before_removal(current, dry_run, out))
     if not dry_run:
         _aws_step(resource, lambda: resource.remove(current))
-    return Outcome.of(resource, "removed")
+        _aws_step(resource, resource.wait_until_removed)
+    return Outcome.of(resource, "removed", detail)
 
 
 def image_status(deployment: Deployment) -> str | None:

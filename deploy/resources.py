@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sys
+import time
 import urllib.parse
 import zipfile
 import zoneinfo
@@ -103,6 +104,18 @@ class Resource:
 
     def kept_on_teardown(self, current: dict) -> str | None:
         return None
+
+    def find_for_removal(self) -> dict | None:
+        """find(), except that a resource AWS is still deleting counts as present."""
+        return self.find()
+
+    def before_removal(self, current: dict, dry_run: bool, out: Callable[[str], None]) -> str:
+        """Stop what would keep remove() from taking effect (in a dry run: only look), saying
+        so on `out`, a line each; return the outcome's detail ('' when there was nothing)."""
+        return ""
+
+    def wait_until_removed(self) -> None:
+        """Return once remove() has taken effect (AWS deletes some resources asynchronously)."""
 
     def our_tags(self) -> dict[str, str]:
         return {TAG_KEY: self.deployment.names.prefix}
@@ -488,6 +501,13 @@ class NotifyFunction(Resource):
         self.aws.client("lambda").delete_function(FunctionName=self.name)
 
 
+# Teardown stops the runs in flight with this error, so that their history says who did.
+STOP_ERROR = "nightly-copy.Teardown"
+DELETE_POLLS = 60
+DELETE_POLL_SECONDS = 2.0
+sleep = time.sleep  # tests replace this to count the polls
+
+
 class StateMachine(Resource):
     kind = "state machine"
 
@@ -497,6 +517,12 @@ class StateMachine(Resource):
         self.definition = definition
 
     def find(self) -> dict | None:
+        found = self.find_for_removal()
+        return None if found is None or found["deleting"] else found
+
+    def find_for_removal(self) -> dict | None:
+        """The state machine, also while it is DELETING: Step Functions deletes one only once
+        its runs have ended, and the name stays taken until then."""
         sfn = self.aws.client("stepfunctions")
         arn = self.deployment.state_machine_arn(self.name)
         try:
@@ -505,16 +531,39 @@ class StateMachine(Resource):
             if error_code(err) == "StateMachineDoesNotExist":
                 return None
             raise
-        if found.get("status") == "DELETING":
-            return None
         tags = sfn.list_tags_for_resource(resourceArn=arn)["tags"]
         return {"definition": json.loads(found["definition"]), "role": found["roleArn"],
                 "type": found.get("type", "STANDARD"),
-                "tags": only_our_tag({t["key"]: t["value"] for t in tags})}
+                "tags": only_our_tag({t["key"]: t["value"] for t in tags}),
+                "deleting": found.get("status") == "DELETING"}
 
     def desired(self) -> dict:
         return {"definition": self.definition(), "role": self.deployment.role_arn(self.role),
                 "type": "STANDARD", "tags": self.our_tags()}
+
+    def running(self) -> list[dict]:
+        """The runs in flight, newest first (ListExecutions, every page)."""
+        pages = self.aws.client("stepfunctions").get_paginator("list_executions").paginate(
+            stateMachineArn=self.deployment.state_machine_arn(self.name), statusFilter="RUNNING")
+        return [run for page in pages for run in page["executions"]]
+
+    def before_removal(self, current: dict, dry_run: bool, out: Callable[[str], None]) -> str:
+        """Stop the runs in flight: Step Functions only marks a state machine DELETING while
+        runs go on (for hours, for a night's copy), and its name stays taken until they end."""
+        runs = self.running()
+        if not runs:
+            return ""
+        count = f"{len(runs)} running run{'' if len(runs) == 1 else 's'}"
+        names = ", ".join(run["name"] for run in runs)
+        if dry_run:
+            return f"would stop {count}: {names}"
+        out(f"{self.label}: stopping {count} before deleting it (error {STOP_ERROR})")
+        sfn = self.aws.client("stepfunctions")
+        for run in runs:
+            sfn.stop_execution(executionArn=run["executionArn"], error=STOP_ERROR,
+                               cause=f"teardown_aws.py removes {self.label}")
+            out(f"{'stopped':>18}  run {run['name']}  ({run['executionArn']})")
+        return f"stopped {count}: {names}"
 
     def create(self) -> None:
         self.aws.client("stepfunctions").create_state_machine(
@@ -537,8 +586,27 @@ class StateMachine(Resource):
                              tags=[{"key": TAG_KEY, "value": self.deployment.names.prefix}])
 
     def remove(self, current: dict) -> None:
-        self.aws.client("stepfunctions").delete_state_machine(
-            stateMachineArn=self.deployment.state_machine_arn(self.name))
+        if not current["deleting"]:  # an earlier teardown asked already
+            self.aws.client("stepfunctions").delete_state_machine(
+                stateMachineArn=self.deployment.state_machine_arn(self.name))
+
+    def wait_until_removed(self) -> None:
+        """Poll until the state machine is gone, so that a setup right after finds its name
+        free; at most DELETE_POLLS polls DELETE_POLL_SECONDS apart."""
+        sfn = self.aws.client("stepfunctions")
+        arn = self.deployment.state_machine_arn(self.name)
+        for _ in range(DELETE_POLLS):
+            try:
+                status = sfn.describe_state_machine(stateMachineArn=arn).get("status")
+            except ClientError as err:
+                if error_code(err) == "StateMachineDoesNotExist":
+                    return
+                raise
+            sleep(DELETE_POLL_SECONDS)
+        raise AwsError(
+            f"{self.label}: still {status} after {DELETE_POLLS * DELETE_POLL_SECONDS:g} s; Step "
+            "Functions deletes it once its runs have ended: check for runs that ignored the stop "
+            "(console, or aws stepfunctions list-executions), then run teardown again")
 
 
 class ScheduleGroup(Resource):

@@ -9,6 +9,7 @@ import shlex
 import zipfile
 
 import boto3
+import botocore.client
 import pytest
 from aws_helpers import (
     MOTO_CONFIG,
@@ -559,10 +560,16 @@ def test_the_help_examples_run_against_moto_server(moto_server, tmp_path, monkey
     assert statuses(planned) == {label: ("kept", False, True) if label in SECRET_PARAMETERS
                                  else ("removed", True, True) for label in labels}
     assert "--remove-secrets" in planned[SECRET_PARAMETERS[0]]["detail"]
+    # the run --start began is still running (moto_server's engine is off)
+    assert planned["state machine nightly-copy"]["detail"] == (
+        "would stop 1 running run: 2026-11-27")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
 
     done = run_script("teardown_aws.py", remove, env, tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "           stopped  run 2026-11-27  (arn:aws:states:" in done.stdout.splitlines()[
+        done.stdout.splitlines().index("state machine nightly-copy: stopping 1 running run "
+                                       "before deleting it (error nightly-copy.Teardown)") + 1]
     assert outcomes(done.stdout) == {label: "kept" if label in SECRET_PARAMETERS
                                      else "removed" for label in labels}
     done = run_script("teardown_aws.py", remove_secrets, env, tmp_path)
@@ -692,3 +699,220 @@ def test_a_custom_ecr_image_runs_without_source_and_may_pull_only_its_repository
     assert pulls["ecr:BatchGetImage"] == [
         "arn:aws:ecr:eu-west-1:210987654321:repository/nightly-copy"]
     assert pulls["ecr:GetAuthorizationToken"] == ["*"]  # the action has no resource type
+
+
+# --- teardown with runs in flight
+
+
+def start_runs(machine: str, names: list[str]) -> list[str]:
+    sfn = boto3.client("stepfunctions")
+    arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{machine}"
+    return [sfn.start_execution(stateMachineArn=arn, name=name, input="{}")["executionArn"]
+            for name in names]
+
+
+def test_teardown_stops_the_running_runs_then_the_state_machines_are_gone(aws, config, capsys,
+                                                                          monkeypatch):
+    """moto keeps a run RUNNING (its engine is off here) and deletes a state machine at once."""
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    sfn = boto3.client("stepfunctions")
+    nightly = start_runs("nightly-copy", ["2026-11-26", "2026-11-27"])
+    starter = start_runs("nightly-copy-starter", ["manual"])
+    finished = start_runs("nightly-copy", ["2026-11-25"])[0]
+    sfn.stop_execution(executionArn=finished)  # over already: nothing to stop
+
+    code, out, _ = run(teardown_aws.main, ["--config", str(config), "--dry-run"], capsys)
+    planned = outcomes(out)
+    assert code == 2
+    assert planned["state machine nightly-copy"] == "would be removed"
+    assert ("would be removed  state machine nightly-copy  "
+            "(would stop 2 running runs: 2026-11-27, 2026-11-26)") in out
+    assert ("would be removed  state machine nightly-copy-starter  "
+            "(would stop 1 running run: manual)") in out
+    code, out, err = run(teardown_aws.main, ["--config", str(config), "--dry-run", "--json"],
+                         capsys)
+    objects = {(o["kind"], o["name"]): o for o in map(json.loads, out.splitlines())}
+    assert objects["state machine", "nightly-copy"] == {
+        "name": "nightly-copy", "kind": "state machine", "status": "removed", "changed": True,
+        "detail": "would stop 2 running runs: 2026-11-27, 2026-11-26", "dry_run": True}
+    for arn in nightly + starter:  # a dry run stops nothing
+        assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
+
+    at_delete: dict[str, dict] = {}  # each run as the delete of its state machine finds it
+    remove = deploy.resources.StateMachine.remove
+
+    def recording_remove(machine, current):
+        for arn in nightly + starter + [finished]:
+            if f":{machine.name}:" in arn:
+                at_delete[arn] = sfn.describe_execution(executionArn=arn)
+        remove(machine, current)
+
+    monkeypatch.setattr(deploy.resources.StateMachine, "remove", recording_remove)
+    stops: list[dict] = []  # moto keeps no error or cause of a stopped run: the calls say them
+    call = botocore.client.BaseClient._make_api_call
+
+    def recording_call(client, operation, params):
+        if operation == "StopExecution":
+            stops.append(params)
+        return call(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording_call)
+    code, out, _ = run(teardown_aws.main, ["--config", str(config), "--remove-secrets"], capsys)
+    assert code == 0
+    removed = outcomes(out)
+    assert set(removed.values()) == {"removed"}
+    lines = out.splitlines()
+    said = lines.index("state machine nightly-copy: stopping 2 running runs before deleting it "
+                       "(error nightly-copy.Teardown)")
+    assert lines[said + 1:said + 4] == [
+        f"           stopped  run 2026-11-27  ({nightly[1]})",
+        f"           stopped  run 2026-11-26  ({nightly[0]})",
+        "           removed  state machine nightly-copy  "
+        "(stopped 2 running runs: 2026-11-27, 2026-11-26)"]
+    assert ("           removed  state machine nightly-copy-starter  "
+            "(stopped 1 running run: manual)") in lines
+    assert set(at_delete) == {*nightly, *starter, finished}
+    for arn in nightly + starter:
+        assert at_delete[arn]["status"] == "ABORTED"
+    assert sorted(stops, key=lambda p: p["executionArn"]) == [  # not the run over before
+        {"executionArn": arn, "error": "nightly-copy.Teardown",
+         "cause": f"teardown_aws.py removes state machine {machine}"}
+        for arn, machine in sorted([(nightly[0], "nightly-copy"), (nightly[1], "nightly-copy"),
+                                    (starter[0], "nightly-copy-starter")])]
+    assert sfn.list_state_machines()["stateMachines"] == []
+    assert inventory("nightly-copy") == nothing_left("nightly-copy")
+
+    code, out, _ = run(teardown_aws.main, ["--config", str(config), "--remove-secrets"], capsys)
+    assert code == 0 and set(outcomes(out).values()) == {"absent"}
+    assert "stop" not in out
+    code, out, _ = run(setup_aws.main, ["--config", str(config)], capsys)  # the names are free
+    assert code == 0 and set(outcomes(out).values()) == {"created"}
+
+
+def test_teardown_stops_every_page_of_running_runs(aws, config, capsys, monkeypatch):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    started = start_runs("nightly-copy", [f"run-{n:03}" for n in range(105)])  # pages of 100
+    sfn = boto3.client("stepfunctions")
+    statuses_at_delete: set[str] = set()
+    remove = deploy.resources.StateMachine.remove
+
+    def recording_remove(machine, current):
+        if machine.name == "nightly-copy":
+            statuses_at_delete.update(sfn.describe_execution(executionArn=arn)["status"]
+                                      for arn in started)
+        remove(machine, current)
+
+    monkeypatch.setattr(deploy.resources.StateMachine, "remove", recording_remove)
+    code, out, _ = run(teardown_aws.main, ["--config", str(config)], capsys)
+    assert code == 0
+    assert sum(line.strip().startswith("stopped  run ") for line in out.splitlines()) == 105
+    assert "(stopped 105 running runs: run-104, run-103, " in out
+    assert statuses_at_delete == {"ABORTED"}
+
+
+class DeletingFor:
+    """The Step Functions client, except that describe_state_machine answers DELETING for
+    `polls` calls after the delete of `machine` (AWS while the runs end), or forever (None)."""
+
+    def __init__(self, client, machine: str, polls: int | None):
+        self._client, self.machine, self.polls = client, machine, polls
+        self.deleted = False
+        self.answered_deleting = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def delete_state_machine(self, **kwargs):
+        if kwargs["stateMachineArn"].endswith(f":{self.machine}"):
+            self.deleted = True
+            self._saved = self._client.describe_state_machine(**kwargs)
+        return self._client.delete_state_machine(**kwargs)
+
+    def describe_state_machine(self, **kwargs):
+        if self.deleted and (self.polls is None or self.answered_deleting < self.polls):
+            self.answered_deleting += 1
+            return {**self._saved, "status": "DELETING"}
+        return self._client.describe_state_machine(**kwargs)
+
+
+def deployment_for(config) -> deploy.Deployment:
+    settings = deploy.load_settings(teardown_aws.build_parser().parse_args(["--config",
+                                                                           str(config)]))
+    return deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options())
+
+
+def test_teardown_waits_while_the_state_machine_is_deleting(aws, config, capsys, monkeypatch):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    slept: list[float] = []
+    monkeypatch.setattr(deploy.resources, "sleep", slept.append)
+    d = deployment_for(config)
+    stub = DeletingFor(d.aws.client("stepfunctions"), "nightly-copy", polls=3)
+    d.aws._clients["stepfunctions"] = stub
+    lines: list[str] = []
+    found = deploy.teardown(d, out=lines.append)
+    assert found["state machine nightly-copy"].status == "removed"
+    assert stub.answered_deleting == 3
+    assert slept == [deploy.resources.DELETE_POLL_SECONDS] * 3  # then it was gone
+    assert lines.index("           removed  state machine nightly-copy") > 0
+
+
+def test_teardown_gives_up_on_a_state_machine_that_stays_deleting(aws, config, capsys,
+                                                                  monkeypatch):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    slept: list[float] = []
+    monkeypatch.setattr(deploy.resources, "sleep", slept.append)
+    d = deployment_for(config)
+    d.aws._clients["stepfunctions"] = DeletingFor(d.aws.client("stepfunctions"), "nightly-copy",
+                                                  polls=None)
+    lines: list[str] = []
+    with pytest.raises(deploy.AwsError) as raised:
+        deploy.teardown(d, out=lines.append)
+    assert str(raised.value).startswith(
+        "state machine nightly-copy: still DELETING after 120 s; Step Functions deletes it once "
+        "its runs have ended")
+    assert len(slept) == deploy.resources.DELETE_POLLS
+    assert "           removed  state machine nightly-copy" not in lines
+    assert "removed  state machine nightly-copy-starter" in lines[-1]  # the walk stopped there
+
+
+class DeletingAlready:
+    """The Step Functions client while an earlier teardown's delete of `machine` is pending
+    (interrupted while it waited): DELETING for `polls` answers, then gone."""
+
+    def __init__(self, client, machine: str, polls: int):
+        self._client, self.machine, self.polls = client, machine, polls
+        self.deletes = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def delete_state_machine(self, **kwargs):
+        self.deletes += 1
+        return self._client.delete_state_machine(**kwargs)
+
+    def describe_state_machine(self, **kwargs):
+        found = self._client.describe_state_machine(**kwargs)
+        if not kwargs["stateMachineArn"].endswith(f":{self.machine}"):
+            return found
+        if self.polls == 0:  # the runs have ended: Step Functions deletes it
+            self._client.delete_state_machine(**kwargs)
+            return self._client.describe_state_machine(**kwargs)
+        self.polls -= 1
+        return {**found, "status": "DELETING"}
+
+
+def test_teardown_finishes_a_delete_an_earlier_teardown_asked_for(aws, config, capsys,
+                                                                  monkeypatch):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    (started,) = start_runs("nightly-copy", ["2026-11-27"])
+    monkeypatch.setattr(deploy.resources, "sleep", lambda seconds: None)
+    d = deployment_for(config)
+    stub = DeletingAlready(d.aws.client("stepfunctions"), "nightly-copy", polls=4)
+    d.aws._clients["stepfunctions"] = stub
+    lines: list[str] = []
+    found = deploy.teardown(d, out=lines.append)
+    assert found["state machine nightly-copy"].status == "removed"  # not "absent": it was there
+    assert found["state machine nightly-copy"].detail == "stopped 1 running run: 2026-11-27"
+    assert f"           stopped  run 2026-11-27  ({started})" in lines
+    assert stub.deletes == 1  # the starter's only: the nightly one was asked for already
+    assert stub.polls == 0  # it waited through every DELETING answer
