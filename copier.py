@@ -3128,18 +3128,20 @@ def run_tables(tables: list[SourceTable], settings: dict, options: Options,
     return [by_name[t.table.qualified] for t in ordered]
 
 
-def swap_together(dst, results: list[TableResult], options: Options,
+def swap_together(dst, results: list[TableResult], options: Options, settings: dict,
                   why: str = "--swap together") -> list[TableResult]:
-    """--swap together: every staged table goes live in one transaction, or none does."""
+    """--swap together: every staged table goes live in one transaction, or none does. A table
+    whose readers hold it through --lock-retries is swapped past them, as after a per-table run."""
     staged = [r.staged for r in results if r.ok]
     if len(staged) == len(results):
-        with dst.cursor() as cur:
+        with dst.cursor() as cur, ReadersWatcher(settings) as watcher:
             cur.execute("BEGIN")
             try:
                 # Keys between the tables are made again once all of them are in place, then
                 # validated: they see one night's rows on both sides.
+                deadline = time.monotonic() + options.lock_budget
                 keys = [(table, key) for table in staged
-                        for key in swap_into_place(cur, table, options, defer_keys=True)]
+                        for key in swap_or_past(cur, watcher, table, options, deadline)]
                 validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
                 cur.execute("COMMIT")
             except BaseException as exc:
@@ -3198,6 +3200,33 @@ FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid
 """
 
 
+class ReadersWatcher:
+    """A second target connection for BlockerWatch, opened only when a swap is blocked."""
+
+    def __init__(self, settings: dict):
+        self.settings, self.conn = settings, None
+
+    def get(self):
+        if self.conn is None:
+            self.conn = open_connection(self.settings["target"], "target")
+        return self.conn
+
+    def __enter__(self) -> ReadersWatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def swap_or_past(cur, watcher: ReadersWatcher, staged: StagedTable, options: Options,
+                 deadline: float) -> list[ForeignKey]:
+    try:
+        return swap_into_place(cur, staged, options, defer_keys=True)
+    except SwapBlocked:
+        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True)
+
+
 def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options) -> None:
     """The swaps that readers blocked, after every other table: each is tried again and, unless
     --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
@@ -3212,23 +3241,11 @@ def swap_past_readers(dst, settings: dict, results: list[TableResult], options: 
 
 
 def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, deadline: float) -> None:
-    staged, one_try = result.staged, dataclasses.replace(options, lock_retries=0)
-    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
+    staged = result.staged
     with dst.cursor() as cur:
         cur.execute("BEGIN")
         try:
-            for attempt in range(1_000_000):
-                try:
-                    with BlockerWatch(watcher, dst.get_backend_pid()) as watch:
-                        result.foreign_keys = swap_into_place(cur, staged, one_try)
-                    break
-                except SwapBlocked:
-                    seen.update(describe_sessions(watcher, watch.blockers))
-                    if time.monotonic() >= deadline:
-                        raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
-                    if options.kill_readers:
-                        end_sessions(watcher, watch.blockers, attempt, staged.table)
-                    time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
+            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline)
             cur.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
             if not is_connection_error(exc):
@@ -3239,6 +3256,26 @@ def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, d
             return
     log_event(EVENT_TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
               seconds=result.seconds)
+
+
+def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: float,
+              defer_keys: bool = False) -> list[ForeignKey]:
+    """swap_into_place, one try at a time until the deadline, ending the sessions in the way
+    between tries (unless --no-kill-readers); the error names them."""
+    one_try = dataclasses.replace(options, lock_retries=0)
+    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
+    for attempt in range(1_000_000):
+        try:
+            with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
+                return swap_into_place(cur, staged, one_try, defer_keys)
+        except SwapBlocked:
+            seen.update(describe_sessions(watcher, watch.blockers))
+            if time.monotonic() >= deadline:
+                raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
+            if options.kill_readers:
+                end_sessions(watcher, watch.blockers, attempt, staged.table)
+            time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
+    raise AssertionError("unreachable")
 
 
 def describe_sessions(watcher, pids) -> dict[int, str]:
@@ -3442,7 +3479,7 @@ def swap_together_through_outages(dst, tables: list[SourceTable], results: list[
             dst = connect_waiting(settings["target"], "target", shared.outages)
             lock_tables(dst, tables)
         try:
-            return swap_together(dst, results, options), dst
+            return swap_together(dst, results, options, settings), dst
         except Exception as exc:
             if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
                 raise
@@ -3503,7 +3540,8 @@ def run(options: Options, settings: dict) -> int:
                 dst = connect_waiting(settings["target"], "target", shared.outages)
                 lock_tables(dst, tables)
             if late:
-                swap_together(dst, late, options, "tables joined by a partitioned table's foreign key")
+                swap_together(dst, late, options, settings,
+                              "tables joined by a partitioned table's foreign key")
             if blocked:
                 swap_past_readers(dst, settings, blocked, options)
             keys += [key for r in blocked if r.ok for key in r.foreign_keys]

@@ -122,3 +122,18 @@ def test_a_session_the_copier_may_not_end_fails_the_table_with_advice(refreshed,
     assert failed["error"].endswith(
         "(user postgres, application bi-tool, its state hidden from the copier's user)")
     assert refreshed.target_rows("SELECT count(*) FROM orders") == [(100,)]
+
+
+def test_swap_together_ends_the_reader_in_the_way_too(refreshed, run_copier):
+    reader = idle_reader(refreshed.target_dsn)
+    try:
+        result = run_copier(TABLES, *QUICK, "--swap", "together", "--lock-budget", "30")
+    finally:
+        alive = is_alive(reader)
+        reader.close()
+
+    assert result.code == 0, result.stderr
+    (ended,) = result.of("session_ended")
+    assert ended["action"] == "terminated" and ended["application"] == "bi-tool"
+    assert not alive
+    assert refreshed.target_rows("SELECT count(*) FROM orders") == [(50,)]
