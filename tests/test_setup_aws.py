@@ -591,7 +591,8 @@ def test_flags_override_the_config_file(tmp_path):
     assert settings.tables == ["public.x", "public.y"]
     assert settings.subnets == ["subnet-1", "subnet-2"]
     assert settings.target == {"host": "other.internal", "dbname": "reporting",
-                               "user": "writer", "sslmode": "verify-full"}
+                               "user": "writer", "sslmode": "verify-full",
+                               "sslrootcert": "reporting-ca.pem"}
     assert settings.branch == "release"
     assert settings.source["port"] == "6543"
 
