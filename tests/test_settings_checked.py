@@ -164,3 +164,30 @@ def test_rds_and_aurora_hosts_are_verified_by_default(aws, tmp_path, monkeypatch
     assert stored == {"sslmode": sslmode, "sslrootcert": sslrootcert}
     assert sslrootcert in ("default", deploy.settings.RDS_CA_BUNDLE)
 
+
+@pytest.mark.parametrize("region, message", [
+    ("eu-west-9", "AWS region 'eu-west-9' is not a region AWS has (known: eu-central-1,"),
+    ("Frankfurt", "AWS region 'Frankfurt' is not a region AWS has"),
+])
+def test_a_wrong_region_is_a_region_error_not_a_credential_error(aws, tmp_path, monkeypatch,
+                                                                 capsys, region, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml", region=region)
+    code = setup_aws.main(["--config", str(config), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert "credential" not in err.lower()
+    assert count(inventory("nightly-copy")) == 0
+
+
+def test_an_unreachable_region_endpoint_is_a_region_error(tmp_path, monkeypatch, capsys):
+    from aws_helpers import free_port
+
+    set_fake_aws_env(monkeypatch, endpoint=f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml")
+    code = setup_aws.main(["--config", str(config), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "error: AWS region us-east-1: Could not connect to the endpoint URL" in err, err
+    assert "credential" not in err.lower()
