@@ -543,9 +543,14 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
         return TableReport([], expected, "the summary names no execution, so its log lines "
                                          "cannot be found")
     started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
+    # a line without a job (a swap readers blocked, failed at the end) in a stream without
+    # other lines: the job the state machine gave the table
+    listed = {(t if "." in t else f"public.{t}"): str(j.get("job") or f"job-{n}")
+              for n, j in enumerate(event["jobs"], start=1) if isinstance(j, dict)
+              for t in split_tables(j.get("tables"))}
     report = TableReport([], expected)
     for attempt in range(1, LOG_READ_ATTEMPTS + 1):
-        report = read_table_report(group, str(run), started, expected)
+        report = read_table_report(group, str(run), started, expected, listed)
         if len(report.outcomes) >= expected or attempt == LOG_READ_ATTEMPTS or (
                 report.problem and "may not read" in report.problem):
             break
@@ -557,7 +562,8 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
     return report
 
 
-def read_table_report(group: str, run: str, started: datetime | None, expected: int) -> TableReport:
+def read_table_report(group: str, run: str, started: datetime | None, expected: int,
+                      listed: dict[str, str] | None = None) -> TableReport:
     events = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED)
     either = " || ".join(f'($.event = "{name}")' for name in events)
     request: dict[str, Any] = {"logGroupName": group,
@@ -593,7 +599,7 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
             last[str(line["table"])] = (stream, line)
     outcomes = [TableOutcome(
         table=table,
-        job=str(line.get("job") or job_of_stream.get(stream, "?")),
+        job=str(line.get("job") or job_of_stream.get(stream) or (listed or {}).get(table, "?")),
         copied=line["event"] == EVENT_TABLE_COPIED,
         seconds=line.get("seconds") if isinstance(line.get("seconds"), int | float) else None,
         error=_short(" ".join(str(line.get("error") or "no error logged").split()), ERROR_LINE_LIMIT),
