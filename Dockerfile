@@ -19,6 +19,11 @@ RUN python -m pip install --no-cache-dir -r requirements.txt
 
 COPY copier.py ./
 
+# AWS's CA bundle for RDS and Aurora, fetched when the image is built: setup stores
+# sslrootcert=rds-global-bundle.pem (relative to /app) for *.rds.amazonaws.com hosts.
+RUN python -c "import urllib.request as u; u.urlretrieve('https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem', 'rds-global-bundle.pem')" \
+    && chmod 644 rds-global-bundle.pem
+
 # The copier writes nothing to disk: it runs as an unprivileged user with no home.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin copier
 USER copier

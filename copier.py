@@ -47,6 +47,10 @@ CONNECTION_SETTINGS = {
     "user": None,
     "password": None,
     "sslmode": "require",
+    # The CA file that sslmode verify-ca / verify-full checks the server's certificate against;
+    # "default" leaves it to libpq (~/.postgresql/root.crt). setup_aws.py sets verify-full and
+    # the RDS CA bundle for RDS and Aurora hosts (docs/aws.md, "TLS").
+    "sslrootcert": "default",
 }
 SECRET_SETTINGS = frozenset({"password"})
 
@@ -335,6 +339,8 @@ def connect(settings: dict, role: str = "target"):
     """An autocommit connection: every transaction here is opened and closed explicitly."""
     settings = dict(settings)
     dsn = settings.pop("dsn", "")
+    if settings.get("sslrootcert") == CONNECTION_SETTINGS["sslrootcert"]:
+        del settings["sslrootcert"]
     conn = psycopg2.connect(dsn, **{**CONNECTION_OPTIONS, **settings})
     conn.autocommit = True
     if conn.server_version < OLDEST_SERVER:

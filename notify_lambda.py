@@ -38,6 +38,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import boto3
 
+try:  # the Lambda's zip: deploy/resources.py writes copier_events.py from copier.py's EVENT_* lines
+    from copier_events import EVENT_TABLE_COPIED, EVENT_TABLE_FAILED
+except ImportError:  # a checkout, where copier.py itself is importable
+    from copier import EVENT_TABLE_COPIED, EVENT_TABLE_FAILED
+
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
 
@@ -53,6 +58,15 @@ TABLES_LIMIT = 800
 ERROR_BODY_LIMIT = 500
 
 SUCCEEDED = "SUCCEEDED"
+
+# The per-table part of the summary, read from the copier's JSON lines in CloudWatch Logs.
+LOG_GROUP_VARIABLE = "COPIER_LOG_GROUP"  # set by setup_aws.py: where the copier's lines land
+LOG_READ_ATTEMPTS = 3  # a build's last lines can reach CloudWatch Logs seconds after it ends
+LOG_READ_WAIT_SECONDS = 5
+LOG_WINDOW_MARGIN_MS = 5 * 60 * 1000  # read from a little before the execution's start
+SLOWEST_SHOWN = 5
+FAILED_TABLE_SECTIONS = 6  # blocks for the failed tables at most; the rest are counted
+ERROR_LINE_LIMIT = 300
 
 # Sleep between 429 retries; tests replace it to record the wait instead of sleeping.
 sleep = time.sleep
@@ -117,7 +131,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"posted": True}
 
     if is_run_summary(event):
-        payload, failed = summary_message(event)
+        report = table_report(event, _seconds_left(context))
+        payload, failed = summary_message(event, report)
         post_to_slack(webhook_url(), payload, seconds_left=_seconds_left(context))
         log_event("summary_posted", execution=either_case(event.get("execution"), "name"),
                   jobs=len(event["jobs"]), failed_jobs=failed)
@@ -273,8 +288,10 @@ class JobResult:
         return self.status != SUCCEEDED
 
 
-def summary_message(event: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The Slack payload for a run summary, and the number of failed jobs."""
+def summary_message(event: dict[str, Any],
+                    report: TableReport | None = None) -> tuple[dict[str, Any], int]:
+    """The Slack payload for a run summary, and the number of failed jobs; with the tables'
+    results from the logs (`report`), the failed tables and the slowest ones too."""
     execution = event.get("execution") or {}
     jobs = [job_result(i, job) for i, job in enumerate(event["jobs"], start=1)]
     failed = sum(job.failed for job in jobs)
@@ -303,11 +320,15 @@ def summary_message(event: dict[str, Any]) -> tuple[dict[str, Any], int]:
          "text": {"type": "plain_text", "emoji": True,
                   "text": _short(f"{emoji} {headline}", HEADER_TEXT_LIMIT)}},
         _section("\n".join(run_facts)),
+        *_table_blocks(report, name),
         {"type": "divider"},
     ]
     blocks += _job_blocks(jobs, MAX_BLOCKS - len(blocks))
 
     text_lines = [f"{headline} (started {format_time(started)}, took {format_duration(took)})"]
+    if report and report.failed:
+        text_lines.append(f"Failed tables ({len(report.failed)}): "
+                          + ", ".join(t.table for t in report.failed))
     text_lines += [_job_text_line(job) for job in jobs]
     text = _escape(_short("\n".join(text_lines), FALLBACK_TEXT_LIMIT))
     payload = {"text": text, "blocks": blocks}
@@ -474,6 +495,167 @@ def execution_console_url(arn: Any) -> str | None:
     region = parts[3]
     return (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
             f"#/v2/executions/details/{arn}")
+
+
+# --------------------------------------------------------------------------- tables of the run
+
+
+@dataclass
+class TableOutcome:
+    table: str
+    job: str
+    copied: bool
+    seconds: float | None
+    error: str | None
+
+
+@dataclass
+class TableReport:
+    """What the copier's log lines say about each table; ``problem`` says why some or all of
+    it is missing (logs not readable, or not there yet)."""
+
+    outcomes: list[TableOutcome]
+    expected: int
+    problem: str | None = None
+
+    @property
+    def failed(self) -> list[TableOutcome]:
+        return sorted((t for t in self.outcomes if not t.copied), key=lambda t: t.table)
+
+    @property
+    def slowest(self) -> list[TableOutcome]:
+        copied = [t for t in self.outcomes if t.copied and t.seconds is not None]
+        return sorted(copied, key=lambda t: (-t.seconds, t.table))[:SLOWEST_SHOWN]
+
+
+def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None:
+    """The run's tables from its copier lines in COPIER_LOG_GROUP; None when that is not set.
+
+    Read again (up to LOG_READ_ATTEMPTS times) while fewer tables than the jobs list are found:
+    the last lines of a build may not have reached CloudWatch Logs yet."""
+    group = os.environ.get(LOG_GROUP_VARIABLE)
+    if not group:
+        return None
+    execution = event.get("execution") or {}
+    run = either_case(execution, "name")
+    expected = sum(len(split_tables(j.get("tables"))) for j in event["jobs"] if isinstance(j, dict))
+    if not run:
+        return TableReport([], expected, "the summary names no execution, so its log lines "
+                                         "cannot be found")
+    started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
+    # a line without a job (a swap readers blocked, failed at the end) in a stream without
+    # other lines: the job the state machine gave the table
+    listed = {(t if "." in t else f"public.{t}"): str(j.get("job") or f"job-{n}")
+              for n, j in enumerate(event["jobs"], start=1) if isinstance(j, dict)
+              for t in split_tables(j.get("tables"))}
+    report = TableReport([], expected)
+    for attempt in range(1, LOG_READ_ATTEMPTS + 1):
+        report = read_table_report(group, str(run), started, expected, listed)
+        if len(report.outcomes) >= expected or attempt == LOG_READ_ATTEMPTS or (
+                report.problem and "may not read" in report.problem):
+            break
+        if seconds_left is not None and seconds_left() < LOG_READ_WAIT_SECONDS + 2 * HTTP_TIMEOUT_SECONDS:
+            break
+        sleep(LOG_READ_WAIT_SECONDS)
+    log_event("tables_read", log_group=group, run=run, found=len(report.outcomes),
+              expected=expected, problem=report.problem)
+    return report
+
+
+def read_table_report(group: str, run: str, started: datetime | None, expected: int,
+                      listed: dict[str, str] | None = None) -> TableReport:
+    events = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED)
+    either = " || ".join(f'($.event = "{name}")' for name in events)
+    request: dict[str, Any] = {"logGroupName": group,
+                               "filterPattern": f'{{ ($.run = "{run}") && ({either}) }}'}
+    if started:
+        request["startTime"] = int(started.timestamp() * 1000) - LOG_WINDOW_MARGIN_MS
+    lines: list[tuple[int, str, dict[str, Any]]] = []
+    try:
+        for page in boto3.client("logs").get_paginator("filter_log_events").paginate(**request):
+            for found in page["events"]:
+                try:
+                    line = json.loads(found.get("message", ""))
+                except ValueError:
+                    continue
+                # the filter pattern does this on AWS; checked again for any other reader
+                if isinstance(line, dict) and line.get("run") == run and line.get("event") in events:
+                    lines.append((found.get("timestamp", 0), found.get("logStreamName", ""), line))
+    except Exception as err:  # noqa: BLE001 - the summary is sent whatever the logs say
+        code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)
+        if code in ("AccessDeniedException", "AccessDenied"):
+            why = f"this function may not read log group {group} ({code})"
+        elif code == "ResourceNotFoundException":
+            why = f"log group {group} does not exist yet"
+        else:
+            why = f"reading log group {group} failed: {code}: {_short(str(err), 200)}"
+        return TableReport([], expected, why)
+
+    lines.sort(key=lambda item: item[0])
+    job_of_stream = {stream: str(line["job"]) for _, stream, line in lines if line.get("job")}
+    last: dict[str, tuple[str, dict[str, Any]]] = {}
+    for _, stream, line in lines:
+        if line.get("table"):
+            last[str(line["table"])] = (stream, line)
+    outcomes = [TableOutcome(
+        table=table,
+        job=str(line.get("job") or job_of_stream.get(stream) or (listed or {}).get(table, "?")),
+        copied=line["event"] == EVENT_TABLE_COPIED,
+        seconds=line.get("seconds") if isinstance(line.get("seconds"), int | float) else None,
+        error=_short(" ".join(str(line.get("error") or "no error logged").split()), ERROR_LINE_LIMIT),
+    ) for table, (stream, line) in last.items()]
+    problem = None
+    if not outcomes:
+        problem = (f"no table lines for run {run} in log group {group} yet (CloudWatch Logs "
+                   "can lag behind a build by a minute)")
+    elif len(outcomes) < expected:
+        problem = (f"only {len(outcomes)} of {expected} tables have a result line in the logs "
+                   "so far")
+    return TableReport(outcomes, expected, problem)
+
+
+def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]:
+    """Failed tables with their error line, then the slowest tables; the fallback note when the
+    logs could not (yet) be read. At most FAILED_TABLE_SECTIONS + 2 blocks."""
+    if report is None:
+        return []
+    blocks: list[dict[str, Any]] = []
+    if report.problem:
+        blocks.append(_section(
+            f":hourglass_flowing_sand: *Per-table results incomplete:* {_escape(report.problem)}. "
+            "Each job's logs link below has them; later, "
+            f"`python3 operations.py report {_escape(name)}` lists every table."))
+    failed = report.failed
+    if failed:
+        lines = [f"`{_escape(t.table)}` ({_escape(t.job)}): {_escape(t.error or '')}" for t in failed]
+        blocks += _packed_sections(f":x: *Failed tables ({len(failed)}):*", lines,
+                                   FAILED_TABLE_SECTIONS, "failed table")
+    slowest = report.slowest
+    if slowest:
+        blocks.append(_section(":snail: *Slowest tables:* " + ", ".join(
+            f"`{_escape(t.table)}` {format_duration(t.seconds)} ({_escape(t.job)})"
+            for t in slowest)))
+    return blocks
+
+
+def _packed_sections(title: str, lines: list[str], most: int, noun: str) -> list[dict[str, Any]]:
+    """`lines` in at most `most` sections of at most SECTION_TEXT_LIMIT characters each; the
+    lines that do not fit are counted in an "…and N more" line."""
+    room = SECTION_TEXT_LIMIT - 60  # kept free for the "…and N more" line
+    sections: list[list[str]] = [[title]]
+    shown = 0
+    for line in lines:
+        line = _short(line, room - 10)
+        if len("\n".join(sections[-1] + [line])) > room:
+            if len(sections) == most:
+                break
+            sections.append([])
+        sections[-1].append(line)
+        shown += 1
+    if shown < len(lines):
+        rest = len(lines) - shown
+        sections[-1].append(f"…and {rest} more {noun}{plural(rest)}")
+    return [_section("\n".join(text)) for text in sections]
 
 
 # --------------------------------------------------------------------------- run names

@@ -63,6 +63,7 @@ from deploy.settings import (
     Settings,
     SettingsError,
     add_settings_arguments,
+    connection_defaults,
     load_settings,
     secret_env_var,
 )
@@ -83,11 +84,12 @@ def resource_list(deployment: Deployment) -> list[Resource]:
     parameters: list[Resource] = []
     for database in copier.DATABASES:
         configured = getattr(settings, database)
-        for setting, default in copier.CONNECTION_SETTINGS.items():
+        defaults = connection_defaults(configured)  # verify-full for RDS and Aurora hosts
+        for setting in copier.CONNECTION_SETTINGS:
             secret = setting in copier.SECRET_SETTINGS
             parameters.append(Parameter(
                 deployment, names.parameter(database, setting),
-                value=None if secret else configured.get(setting, default),
+                value=None if secret else configured.get(setting, defaults[setting]),
                 secret=secret, env_var=secret_env_var(database, setting)))
     parameters.append(Parameter(deployment, names.webhook_parameter, value=None, secret=True,
                                 env_var=WEBHOOK_ENV_VAR))

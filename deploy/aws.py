@@ -102,6 +102,17 @@ class RetryingClient:
         return with_aws_retries(attr)
 
 
+def check_region(session: boto3.Session, region: str) -> None:
+    """A region name botocore knows in any partition (aws, aws-cn, aws-us-gov, ...): a typo is
+    a region error here, not a credential or connection error at the first call."""
+    known = {name for partition in session.get_available_partitions()
+             for name in session.get_available_regions("sts", partition_name=partition)}
+    if region not in known:
+        close = sorted(name for name in known if name.split("-")[0] == region.split("-")[0])
+        hint = f" (known: {', '.join(close)})" if close else ""
+        raise SettingsError(f"AWS region {region!r} is not a region AWS has{hint}")
+
+
 class Aws:
     """Clients for one account and region; the retry policy lives in with_aws_retries only."""
 
@@ -113,7 +124,10 @@ class Aws:
             if not self.region:
                 raise SettingsError(
                     "no AWS region: set region in the config, --region or AWS_REGION")
+            check_region(self.session, self.region)
             self.account = self.client("sts").get_caller_identity()["Account"]
+        except EndpointConnectionError as err:  # a region error, not one of the account's
+            raise AwsError(f"AWS region {self.region}: {describe_error(err)}") from err
         except (ClientError, BotoCoreError) as err:
             raise AwsError(f"AWS account: {describe_error(err)}") from err
 

@@ -67,9 +67,12 @@ def codebuild(deployment: Deployment) -> dict:
 
 def notify_function(deployment: Deployment) -> dict:
     group = deployment.log_group_arn(deployment.names.notify_log_group)
+    copier_logs = deployment.log_group_arn(deployment.copier_log_group())
     return policy(
         allow(["ssm:GetParameter"], [deployment.parameter_arn(deployment.names.webhook_parameter)]),
         allow(["logs:CreateLogStream", "logs:PutLogEvents"], [group, f"{group}:*"]),
+        # the summary's failed and slowest tables: the copier's lines, and nothing else
+        allow(["logs:FilterLogEvents"], [copier_logs, f"{copier_logs}:*"]),
     )
 
 

@@ -5,6 +5,7 @@ the walks in deploy/__init__.py compare the two."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import getpass
 import hashlib
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent.parent
 NOTIFY_SOURCE = HERE / "notify_lambda.py"
+COPIER_SOURCE = HERE / "copier.py"
 # A custom image holds the project at /app with its requirements installed.
 ECR_BUILDSPEC = """version: 0.2
 phases:
@@ -151,15 +153,30 @@ def zone_file(key: str) -> bytes:
                             "Lambda (install tzdata)") from err
 
 
+def copier_events_module() -> bytes:
+    """copier.py's EVENT_* assignments, alone: the Lambda reads the copier's log lines by
+    these names, and cannot import copier.py itself (no psycopg2 in its runtime)."""
+    source = COPIER_SOURCE.read_text(encoding="utf-8")
+    lines = [ast.get_source_segment(source, node) for node in ast.parse(source).body
+             if isinstance(node, ast.Assign) and len(node.targets) == 1
+             and isinstance(node.targets[0], ast.Name) and node.targets[0].id.startswith("EVENT_")
+             and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)]
+    if not lines:
+        raise SettingsError(f"{COPIER_SOURCE.name} defines no EVENT_* names for the Lambda")
+    head = '"""The copier\'s event names, taken from copier.py by setup_aws.py."""\n'
+    return (head + "\n".join(lines) + "\n").encode()
+
+
 def zip_notify_function(timezone: str = "UTC") -> bytes:
-    """notify_lambda.py and the schedule's zone file (tz/<key>, so the run's local date is
-    computed with the rules setup checked) in a zip with fixed timestamps: the hash is
-    reproducible."""
+    """notify_lambda.py, the copier's event names (copier_events.py) and the schedule's zone
+    file (tz/<key>, so the run's local date is computed with the rules setup checked) in a zip
+    with fixed timestamps: the hash is reproducible."""
     if not NOTIFY_SOURCE.exists():
         raise SettingsError(f"{NOTIFY_SOURCE.name} is missing in {HERE}")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, content in ((NOTIFY_SOURCE.name, NOTIFY_SOURCE.read_bytes()),
+                              ("copier_events.py", copier_events_module()),
                               (f"tz/{timezone}", zone_file(timezone))):
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
@@ -453,7 +470,9 @@ class NotifyFunction(Resource):
             "Handler": self.HANDLER,
             "Timeout": self.TIMEOUT_SECONDS,
             "MemorySize": 128,
-            "Environment": {"Variables": {"WEBHOOK_PARAMETER": self.deployment.names.webhook_parameter}},
+            "Environment": {"Variables": {
+                "WEBHOOK_PARAMETER": self.deployment.names.webhook_parameter,
+                "COPIER_LOG_GROUP": self.deployment.copier_log_group()}},
             "LoggingConfig": {"LogFormat": "Text", "LogGroup": self.deployment.names.notify_log_group},
         }
 

@@ -30,6 +30,13 @@ ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-
 OLDEST_LAMBDA_PYTHON = (3, 11)  # notify_lambda.py uses datetime.UTC
 PLAIN_IDENTIFIER = re.compile(r"[^\W\d][\w$]*")
 ALARM_WINDOW_LIMIT_SECONDS = 7 * 24 * 3600  # CloudWatch: Period x EvaluationPeriods
+# TLS against RDS and Aurora: buildspec.yml fetches AWS's CA bundle into the checkout at build
+# time, the Dockerfile into /app; the copier runs in that directory, so libpq finds it by this
+# relative path (docs/aws.md, "TLS").
+RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
+RDS_CA_BUNDLE = "rds-global-bundle.pem"
+RDS_HOST_SUFFIXES = (".rds.amazonaws.com", ".rds.amazonaws.com.cn")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class SettingsError(Exception):
@@ -94,6 +101,14 @@ class Settings:
             if set(getattr(self, database)) & copier.SECRET_SETTINGS:
                 raise SettingsError(f"[{database}] must not hold secrets; set "
                                     f"{secret_env_var(database, 'password')} instead")
+            effective = connection_defaults(getattr(self, database)) | getattr(self, database)
+            if effective["sslmode"] not in SSL_MODES:
+                raise SettingsError(f"[{database}] sslmode {effective['sslmode']!r} is not one of "
+                                    f"{', '.join(SSL_MODES)}")
+            if effective["sslmode"].startswith("verify-") and (
+                    effective["sslrootcert"] == copier.CONNECTION_SETTINGS["sslrootcert"]):
+                raise SettingsError(f"[{database}] sslmode {effective['sslmode']} needs sslrootcert: "
+                                    "the CA file the build checks the server's certificate against")
 
     def validate_for_start(self) -> None:
         """--start names the run after today's date in the schedule's time zone."""
@@ -211,6 +226,19 @@ class Settings:
 
 
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def is_rds_host(host: Any) -> bool:
+    return isinstance(host, str) and host.lower().rstrip(".").endswith(RDS_HOST_SUFFIXES)
+
+
+def connection_defaults(configured: dict[str, str]) -> dict[str, str | None]:
+    """The copier's defaults for one database's settings, except that an RDS or Aurora host is
+    verified: sslmode verify-full against the AWS RDS CA bundle the build fetches."""
+    defaults = dict(copier.CONNECTION_SETTINGS)
+    if is_rds_host(configured.get("host")):
+        defaults |= {"sslmode": "verify-full", "sslrootcert": RDS_CA_BUNDLE}
+    return defaults
 
 
 def validate_table_name(table: str) -> None:

@@ -73,7 +73,8 @@ def write_config(path: Path, **overrides) -> Path:
               "[source]", 'host = "127.0.0.1"', 'port = "1"', 'dbname = "shop"',
               'user = "reader"',
               "[target]", 'host = "reporting.example.internal"', 'dbname = "reporting"',
-              'user = "writer"', 'sslmode = "verify-full"']
+              'user = "writer"', 'sslmode = "verify-full"',
+              'sslrootcert = "reporting-ca.pem"']
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -198,7 +199,7 @@ def inventory(prefix: str) -> dict[str, list[str]]:
 
 def expected_inventory(prefix: str) -> dict[str, list[str]]:
     databases = ("source", "target")
-    settings = ("dbname", "host", "password", "port", "sslmode", "user")
+    settings = ("dbname", "host", "password", "port", "sslmode", "sslrootcert", "user")
     return {
         "parameters": sorted([f"/{prefix}/{d}/{s}" for d in databases for s in settings]
                              + [f"/{prefix}-notify/slack_webhook_url"]),

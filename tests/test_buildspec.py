@@ -39,9 +39,12 @@ def test_buildspec_installs_the_requirements_then_runs_the_copier(buildspec):
     assert buildspec["phases"]["install"]["runtime-versions"]["python"] == (
         f"{sys.version_info.major}.{sys.version_info.minor}")  # the version the tests run on
     steps = commands(buildspec)
-    assert len(steps) == 2
+    assert len(steps) == 3
     assert "pip install" in steps[0] and "-r requirements.txt" in steps[0]
-    assert steps[1] == "python copier.py"
+    # the RDS CA bundle, where the RDS default sslrootcert (relative to the checkout) finds it
+    assert steps[1].split() == ["curl", "-fsS", "--retry", "3", "-o", deploy.settings.RDS_CA_BUNDLE,
+                                deploy.settings.RDS_CA_BUNDLE_URL]
+    assert steps[2] == "python copier.py"
     # TABLES comes from the state machine, COPIER_SSM_PREFIX from the project: not from here
     assert "env" not in buildspec
 
@@ -80,8 +83,16 @@ def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_pyt
     checkout.mkdir()
     for name in ("buildspec.yml", "requirements.txt", "copier.py"):
         shutil.copy(ROOT / name, checkout / name)
+    # curl stands in for the download of the RDS CA bundle: nothing here reaches the internet
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    (fakes / "curl").write_text('#!/bin/sh\n'
+                                'echo "$@" > "$CODEBUILD_SRC_DIR/curl.args"\n'
+                                'while [ "$1" != "-o" ]; do shift; done\n'
+                                'echo "-----BEGIN CERTIFICATE-----" > "$2"\n')
+    (fakes / "curl").chmod(0o755)
     env = {
-        "PATH": f"{build_python}:{os.environ['PATH']}",
+        "PATH": f"{fakes}:{build_python}:{os.environ['PATH']}",
         "HOME": str(tmp_path),
         "CODEBUILD_SRC_DIR": str(checkout),
         "COPIER_SSM_PREFIX": deploy.Names("nightly-copy").ssm_prefix,  # project env
@@ -97,6 +108,8 @@ def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_pyt
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         output.append(result.stdout)
 
+    assert (checkout / "curl.args").read_text().split()[-1] == deploy.settings.RDS_CA_BUNDLE_URL
+    assert (checkout / deploy.settings.RDS_CA_BUNDLE).read_text().startswith("-----BEGIN")
     assert dbs.target_rows("SELECT count(*), sum(id), sum(total) FROM orders") == (
         dbs.source_rows("SELECT count(*), sum(id), sum(total) FROM orders"))
     assert dbs.target_rows("SELECT count(*), count(*) FILTER (WHERE paid) FROM sales.invoices") \

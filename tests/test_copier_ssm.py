@@ -49,7 +49,7 @@ def test_defaults_fill_optional_settings(monkeypatch):
             client.put_parameter(Name=name, Value=value, Type="String")
         read = copier.read_ssm_settings("/p/")
     assert read["source"] == {"host": "x", "port": "5432", "dbname": "x", "user": "x",
-                              "password": "x", "sslmode": "require"}
+                              "password": "x", "sslmode": "require", "sslrootcert": "default"}
 
 
 def test_a_missing_parameter_is_named(ssm, copier_env, run_copier):

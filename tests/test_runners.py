@@ -94,6 +94,10 @@ def test_dockerfile_bakes_in_the_copier_runs_it_as_a_user_and_needs_only_tables(
     (entrypoint,) = [args for op, args in instructions if op == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["python", "copier.py"]
     assert not [op for op in ops if op in ("CMD", "ADD", "EXPOSE")]
+    # the RDS CA bundle, where the RDS default sslrootcert (relative to /app) finds it
+    (fetch,) = [args for op, args in instructions if op == "RUN" and "truststore" in args]
+    assert (f"'{deploy.settings.RDS_CA_BUNDLE_URL}', '{deploy.settings.RDS_CA_BUNDLE}'" in fetch
+            and f"chmod 644 {deploy.settings.RDS_CA_BUNDLE}" in fetch)
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_needs():

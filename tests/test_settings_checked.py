@@ -123,3 +123,71 @@ def test_good_settings_pass(tmp_path, overrides):
         return
     settings.validate_for_setup()
     assert 3600 <= settings.missed_run_window_seconds() <= 7 * 86400
+
+
+TLS_SETTINGS = [
+    ('sslmode = "verify-full"', "[source] sslmode verify-full needs sslrootcert: the CA file"),
+    ('sslmode = "verify"',
+     "[source] sslmode 'verify' is not one of disable, allow, prefer, require, verify-ca, verify-full"),
+]
+
+
+@pytest.mark.parametrize("line, message", TLS_SETTINGS, ids=[m for _, m in TLS_SETTINGS])
+def test_a_source_tls_setting_the_build_cannot_use_is_refused(aws, aws_calls, tmp_path, monkeypatch,
+                                                              capsys, line, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml")
+    config.write_text(config.read_text().replace('user = "reader"', f'user = "reader"\n{line}'))
+    code = setup_aws.main(["--config", str(config), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and captured.err.startswith("error: ")
+    assert aws_calls == [] and count(inventory("nightly-copy")) == 0
+
+
+@pytest.mark.parametrize("host, sslmode, sslrootcert", [
+    ("shop.cluster-abc123.eu-west-1.rds.amazonaws.com", "verify-full", "rds-global-bundle.pem"),
+    ("shop.abc123.cn-north-1.rds.amazonaws.com.cn", "verify-full", "rds-global-bundle.pem"),
+    ("127.0.0.1", "require", "default"),
+])
+def test_rds_and_aurora_hosts_are_verified_by_default(aws, tmp_path, monkeypatch, capsys,
+                                                      host, sslmode, sslrootcert):
+    import boto3
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml")
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', f'host = "{host}"'))
+    assert setup_aws.main(["--config", str(config)]) == 0, capsys.readouterr().err
+    ssm = boto3.client("ssm")
+    stored = {name: ssm.get_parameter(Name=f"/nightly-copy/source/{name}")["Parameter"]["Value"]
+              for name in ("sslmode", "sslrootcert")}
+    assert stored == {"sslmode": sslmode, "sslrootcert": sslrootcert}
+    assert sslrootcert in ("default", deploy.settings.RDS_CA_BUNDLE)
+
+
+@pytest.mark.parametrize("region, message", [
+    ("eu-west-9", "AWS region 'eu-west-9' is not a region AWS has (known: eu-central-1,"),
+    ("Frankfurt", "AWS region 'Frankfurt' is not a region AWS has"),
+])
+def test_a_wrong_region_is_a_region_error_not_a_credential_error(aws, tmp_path, monkeypatch,
+                                                                 capsys, region, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml", region=region)
+    code = setup_aws.main(["--config", str(config), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert "credential" not in err.lower()
+    assert count(inventory("nightly-copy")) == 0
+
+
+def test_an_unreachable_region_endpoint_is_a_region_error(tmp_path, monkeypatch, capsys):
+    from aws_helpers import free_port
+
+    set_fake_aws_env(monkeypatch, endpoint=f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml")
+    code = setup_aws.main(["--config", str(config), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "error: AWS region us-east-1: Could not connect to the endpoint URL" in err, err
+    assert "credential" not in err.lower()

@@ -145,10 +145,12 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert configuration["Handler"] == "notify_lambda.handler"
     assert configuration["Runtime"] == "python3.12"
     assert configuration["Environment"]["Variables"] == {
-        "WEBHOOK_PARAMETER": f"/{prefix}-notify/slack_webhook_url"}
+        "WEBHOOK_PARAMETER": f"/{prefix}-notify/slack_webhook_url",
+        "COPIER_LOG_GROUP": f"/aws/codebuild/{prefix}"}
     assert function["Tags"]["project"] == prefix
     zipped = deploy.resources.zip_notify_function("UTC")
-    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "tz/UTC"]
+    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "copier_events.py",
+                                                              "tz/UTC"]
     assert configuration["CodeSha256"] == base64.b64encode(
         __import__("hashlib").sha256(zipped).digest()).decode()
 
@@ -596,7 +598,8 @@ def test_flags_override_the_config_file(tmp_path):
     assert settings.tables == ["public.x", "public.y"]
     assert settings.subnets == ["subnet-1", "subnet-2"]
     assert settings.target == {"host": "other.internal", "dbname": "reporting",
-                               "user": "writer", "sslmode": "verify-full"}
+                               "user": "writer", "sslmode": "verify-full",
+                               "sslrootcert": "reporting-ca.pem"}
     assert settings.branch == "release"
     assert settings.source["port"] == "6543"
 

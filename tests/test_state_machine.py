@@ -241,3 +241,23 @@ def test_starter_definition_passes_statelint(tmp_path):
         "arn:aws:states:us-east-1:1:stateMachine:m", "arn:aws:lambda:us-east-1:1:function:f")
     result = statelint(starter, tmp_path)
     assert result.returncode == 0, result.stdout
+
+
+def test_the_build_retries_name_only_errors_codebuild_defines(aws):
+    """Step Functions names a service error ServiceName.ErrorName, with the names of the
+    service's API reference (docs/aws.md, "Retry error names"); botocore's model is that list."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("codebuild")
+    start_build = {shape.name for shape in model.operation_model("StartBuild").error_shapes}
+    defined = {name for name in model.shape_names if model.shape_for(name).metadata.get("exception")}
+    assert "AccountLimitExceededException" in start_build
+    retried = [e for branch in branches(render(aws, 2))
+               for retry in copy_task(branch)["Retry"] for e in retry["ErrorEquals"]]
+    assert set(retried) == {"CodeBuild.AccountLimitExceededException",
+                            "CodeBuild.AWSCodeBuildException"}
+    for error in retried:
+        service, name = error.split(".")
+        assert service == "CodeBuild"
+        # the SDK's base exception for the service, or one of the errors its model defines
+        assert name == "AWSCodeBuildException" or name in defined & start_build, error
