@@ -794,19 +794,23 @@ class TopicInvokePermission(Resource):
             FunctionName=self.deployment.names.notify_function, StatementId=self.name)
 
 
+def topic_subscriptions(resource: Resource) -> list[dict]:
+    """The alarm topic's subscriptions; none while the topic does not exist."""
+    try:
+        return resource.aws.client("sns").list_subscriptions_by_topic(
+            TopicArn=resource.deployment.topic_arn())["Subscriptions"]
+    except ClientError as err:
+        if error_code(err) in ("NotFound", "NotFoundException"):
+            return []
+        raise
+
+
 class TopicSubscription(Resource):
     kind = "SNS subscription"
     taggable = False
 
     def find(self) -> dict | None:
-        try:
-            subscriptions = self.aws.client("sns").list_subscriptions_by_topic(
-                TopicArn=self.deployment.topic_arn())["Subscriptions"]
-        except ClientError as err:
-            if error_code(err) in ("NotFound", "NotFoundException"):
-                return None
-            raise
-        for subscription in subscriptions:
+        for subscription in topic_subscriptions(self):
             if (subscription["Protocol"] == "lambda"
                     and subscription["Endpoint"] == self.deployment.function_arn()):
                 return {"endpoint": subscription["Endpoint"],
@@ -833,14 +837,7 @@ class EmailSubscription(Resource):
     taggable = False
 
     def find(self) -> dict | None:
-        try:
-            subscriptions = self.aws.client("sns").list_subscriptions_by_topic(
-                TopicArn=self.deployment.topic_arn())["Subscriptions"]
-        except ClientError as err:
-            if error_code(err) in ("NotFound", "NotFoundException"):
-                return None
-            raise
-        for subscription in subscriptions:
+        for subscription in topic_subscriptions(self):
             if subscription["Protocol"] == "email" and subscription["Endpoint"] == self.name:
                 return {"endpoint": self.name, "arn": subscription["SubscriptionArn"]}
         return None
