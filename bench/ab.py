@@ -13,49 +13,23 @@ bench/results/pgdata-ab (gitignored).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import psycopg2  # noqa: E402
+
+from timed import admin, ensure_database, run_copier  # noqa: E402
 
 from dev import sample_data  # noqa: E402
 from dev.localpg import LocalCluster  # noqa: E402
 
 DATADIR = REPO / "bench" / "results" / "pgdata-ab"
 SOURCE = "ab_source"
-
-
-def admin(cluster: LocalCluster, statement: str) -> list[tuple]:
-    conn = psycopg2.connect(cluster.dsn())
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
-def ensure_database(cluster: LocalCluster, name: str) -> None:
-    if not admin(cluster, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
-        admin(cluster, f"CREATE DATABASE {name}")
-
-
-def run_copier(script: Path, cluster: LocalCluster, target: str, tables: list[str]) -> float:
-    env = {**os.environ, "SOURCE_DSN": cluster.dsn(SOURCE), "TARGET_DSN": cluster.dsn(target),
-           "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    subprocess.run([sys.executable, str(script), "TABLES=" + ",".join(tables), "--jobs", "2"], env=env,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
             tables = sample_data.create_sample(cluster.dsn(SOURCE), args.mb)
             for script, target in copiers.values():
                 ensure_database(cluster, target)
-                run_copier(script, cluster, target, tables)  # untimed: the target is populated
+                run_copier(cluster, SOURCE, target, tables, "--jobs", "2", script=script)  # untimed
             times: dict[str, list[float]] = {name: [] for name in copiers}
             order = list(copiers)
             for _ in range(args.rounds):
                 for name in order:
                     admin(cluster, "CHECKPOINT")
                     script, target = copiers[name]
-                    times[name].append(run_copier(script, cluster, target, tables))
+                    times[name].append(run_copier(cluster, SOURCE, target, tables, "--jobs", "2",
+                                                  script=script))
                 order.reverse()
         finally:
             cluster.stop()

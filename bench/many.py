@@ -12,38 +12,20 @@ lives in bench/results/pgdata-many (gitignored).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import psycopg2  # noqa: E402
+
+from timed import admin, fresh_database, run_copier, run_dump_restore  # noqa: E402
 
 from dev.localpg import LocalCluster  # noqa: E402
 
 DATADIR = REPO / "bench" / "results" / "pgdata-many"
 SOURCE, COPIED, DUMPED = "many_source", "many_copier", "many_dumped"
-
-
-def admin(cluster: LocalCluster, statement: str, db: str = "postgres"):
-    conn = psycopg2.connect(cluster.dsn(db))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
-
-
-def fresh_database(cluster: LocalCluster, name: str) -> None:
-    admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin(cluster, f"CREATE DATABASE {name}")
 
 
 def fill_source(cluster: LocalCluster, tables: int) -> list[str]:
@@ -59,21 +41,11 @@ def fill_source(cluster: LocalCluster, tables: int) -> list[str]:
 
 
 def copier(cluster: LocalCluster, names: list[str]) -> float:
-    env = {**os.environ, "SOURCE_DSN": cluster.dsn(SOURCE), "TARGET_DSN": cluster.dsn(COPIED)}
-    started = time.monotonic()
-    subprocess.run([sys.executable, str(REPO / "copier.py"), "TABLES=" + ",".join(names), "--jobs", "2"],
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - started
+    return run_copier(cluster, SOURCE, COPIED, names, "--jobs", "2")
 
 
 def dump_restore(cluster: LocalCluster, names: list[str]) -> float:
-    started = time.monotonic()
-    dump = subprocess.Popen([cluster.bin("pg_dump"), "--clean", "--if-exists", cluster.dsn(SOURCE)],
-                            stdout=subprocess.PIPE)
-    subprocess.run([cluster.bin("psql"), "-q", "-v", "ON_ERROR_STOP=1", cluster.dsn(DUMPED)],
-                   stdin=dump.stdout, check=True, stdout=subprocess.DEVNULL)
-    dump.wait()
-    return time.monotonic() - started
+    return run_dump_restore(cluster, SOURCE, DUMPED)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,17 +15,15 @@ The cluster lives in bench/results/pgdata-partitioned (gitignored).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import psycopg2  # noqa: E402
+
+from timed import admin, fresh_database, run_copier, run_dump_restore  # noqa: E402
 
 from dev.localpg import LocalCluster  # noqa: E402
 
@@ -48,22 +46,12 @@ def partitioned_ddl() -> str:
     return ";".join(parts)
 
 
-def admin(cluster: LocalCluster, statement: str, db: str = "postgres"):
-    conn = psycopg2.connect(cluster.dsn(db))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
+def copier(cluster: LocalCluster, target: str) -> float:
+    return run_copier(cluster, SOURCE, target, ["events"])
 
 
-def fresh_database(cluster: LocalCluster, name: str, ddl: str | None = None) -> None:
-    admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin(cluster, f"CREATE DATABASE {name}")
-    if ddl:
-        admin(cluster, ddl, name)
+def dump_restore(cluster: LocalCluster, target: str) -> float:
+    return run_dump_restore(cluster, SOURCE, target, "-t", "events")
 
 
 def fill_source(cluster: LocalCluster, mb: float) -> int:
@@ -74,24 +62,6 @@ def fill_source(cluster: LocalCluster, mb: float) -> int:
                    f" FROM generate_series(1, {rows}) g", SOURCE)
     admin(cluster, "VACUUM ANALYZE events", SOURCE)
     return rows
-
-
-def copier(cluster: LocalCluster, target: str) -> float:
-    env = {**os.environ, "SOURCE_DSN": cluster.dsn(SOURCE), "TARGET_DSN": cluster.dsn(target)}
-    started = time.monotonic()
-    subprocess.run([sys.executable, str(REPO / "copier.py"), "TABLES=events"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - started
-
-
-def dump_restore(cluster: LocalCluster, target: str) -> float:
-    started = time.monotonic()
-    dump = subprocess.Popen([cluster.bin("pg_dump"), "--clean", "--if-exists", "-t", "events",
-                             cluster.dsn(SOURCE)], stdout=subprocess.PIPE)
-    subprocess.run([cluster.bin("psql"), "-q", "-v", "ON_ERROR_STOP=1", cluster.dsn(target)],
-                   stdin=dump.stdout, check=True, stdout=subprocess.DEVNULL)
-    dump.wait()
-    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,59 @@
+"""What the side benchmarks (ab.py, partitioned.py, many.py) share: their cluster's admin
+connection, fresh databases, and the two timed refreshes, the copier and `pg_dump | psql`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def admin(cluster, statement: str, db: str = "postgres") -> list[tuple]:
+    conn = psycopg2.connect(cluster.dsn(db))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def fresh_database(cluster, name: str, ddl: str | None = None) -> None:
+    admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin(cluster, f"CREATE DATABASE {name}")
+    if ddl:
+        admin(cluster, ddl, name)
+
+
+def ensure_database(cluster, name: str) -> None:
+    if not admin(cluster, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+        admin(cluster, f"CREATE DATABASE {name}")
+
+
+def run_copier(cluster, source: str, target: str, tables: list[str], *options: str,
+               script: Path = REPO / "copier.py") -> float:
+    """Seconds one copier run takes, start-up included."""
+    env = {**os.environ, "SOURCE_DSN": cluster.dsn(source), "TARGET_DSN": cluster.dsn(target),
+           "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    subprocess.run([sys.executable, str(script), "TABLES=" + ",".join(tables), *options], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - started
+
+
+def run_dump_restore(cluster, source: str, target: str, *dump_options: str) -> float:
+    """Seconds `pg_dump --clean --if-exists | psql` takes."""
+    started = time.monotonic()
+    dump = subprocess.Popen([cluster.bin("pg_dump"), "--clean", "--if-exists", *dump_options,
+                             cluster.dsn(source)], stdout=subprocess.PIPE)
+    subprocess.run([cluster.bin("psql"), "-q", "-v", "ON_ERROR_STOP=1", cluster.dsn(target)],
+                   stdin=dump.stdout, check=True, stdout=subprocess.DEVNULL)
+    dump.wait()
+    return time.monotonic() - started
