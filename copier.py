@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -132,6 +134,8 @@ class Interrupted(KeyboardInterrupt):
 EVENT_TABLE_COPIED = "table_copied"
 EVENT_TABLE_FAILED = "table_failed"
 EVENT_TABLE_STAGED = "table_staged"
+EVENT_TABLE_LOADED = "table_loaded"  # --phase load: a whole table staged for the publish phase
+EVENT_SLICE_LOADED = "slice_loaded"  # one key range of a table loaded into its staging table
 EVENT_RUN_FINISHED = "run_finished"
 
 
@@ -174,6 +178,13 @@ class Options:
     snapshot: str = "renew"
     lock_budget: float = 300.0
     kill_readers: bool = True
+    phase: str = "all"  # "load" and "publish": the two halves of a run split over machines
+    split: bool = True  # --jobs N may cut a big table into slices loaded side by side
+    split_larger_than: int | None = None  # bytes; None: heavier than a job's mean share
+    run: str = ""  # the run's name: the staging tables' notes are matched by it across phases
+    one_snapshot: str = ""  # load phase: "hold" exports the run's snapshot, "join" imports it
+    load_jobs: int = 1  # load phase: how many jobs import the held snapshot
+    snapshot_wait: float = 1800.0
     # Tables staged and swapped together at the end of a per-table run (see late_swaps).
     late_swap: frozenset[str] = frozenset()
 
@@ -242,6 +253,17 @@ def parse_args(argv: list[str]) -> Options:
                         help="'renew': when the run's snapshot is lost (source restarted or failed "
                         "over, its connection cut), take a new one and say which tables came from "
                         "which (default); 'strict': fail the tables not yet read instead")
+    parser.add_argument("--split-larger-than", type=size_in_bytes, metavar="SIZE",
+                        default=os.environ.get("COPIER_SPLIT_LARGER_THAN") or None,
+                        help="with --jobs N, cut tables larger than SIZE (e.g. 10GB) into key ranges "
+                        "loaded side by side; by default a table is cut when it is larger than a "
+                        "job's mean share of the run, so that one table does not set the run's length")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="never cut a table into slices")
+    parser.add_argument("--phase", choices=PHASES, default=os.environ.get("COPIER_PHASE", "all"),
+                        help="'all': load and publish each table (default); 'load': load this job's "
+                        "tables and slices into staging tables and stop; 'publish': index, verify, "
+                        "analyze and swap in what the run's load jobs staged (both need COPIER_RUN)")
     args = parser.parse_args(argv)
 
     tables_text = os.environ.get("TABLES", "")
@@ -256,13 +278,50 @@ def parse_args(argv: list[str]) -> Options:
         parser.error("--retries, --lock-retries and --index-workers must not be negative")
     if args.outage_budget < 0 or args.lock_budget < 0:
         parser.error("--outage-budget and --lock-budget must not be negative")
-    return Options(
+    phases = phase_settings(args.phase, parser.error)
+    return Options(**phases,
         tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
         lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
         index_workers=args.index_workers, outage_budget=args.outage_budget,
         snapshot=args.snapshot, lock_budget=args.lock_budget, kill_readers=args.kill_readers,
+        split=args.split, split_larger_than=args.split_larger_than,
     )
+
+
+PHASES = ("all", "load", "publish")
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def size_in_bytes(text: str) -> int:
+    """'10GB' -> 10_000_000_000 (argparse type: a bad value is a usage error)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", text.upper())
+    if not match or match.group(2) not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500MB, 10GB)")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+
+
+def phase_settings(phase: str, error) -> dict:
+    """The load and publish phases' settings from the environment the state machine gives."""
+    run = os.environ.get("COPIER_RUN", "")
+    one_snapshot = os.environ.get("COPIER_ONE_SNAPSHOT", "")
+    if phase != "all" and not run:
+        error(f"--phase {phase} needs COPIER_RUN: the run's name, the same for every job and the publish")
+    if one_snapshot not in ("", "hold", "join"):
+        error(f"COPIER_ONE_SNAPSHOT must be 'hold' or 'join', not {one_snapshot!r}")
+    if one_snapshot and phase != "load":
+        error("COPIER_ONE_SNAPSHOT is for --phase load")
+    try:
+        load_jobs = int(os.environ.get("COPIER_LOAD_JOBS", "1"))
+        wait = float(os.environ.get("COPIER_SNAPSHOT_WAIT", "1800"))
+    except ValueError:
+        error("COPIER_LOAD_JOBS and COPIER_SNAPSHOT_WAIT must be numbers")
+    if load_jobs < 1 or wait < 0:
+        error("COPIER_LOAD_JOBS must be at least 1 and COPIER_SNAPSHOT_WAIT not negative")
+    # A run of its own for a local run: its staging notes can never match another's.
+    token = run if phase != "all" else f"local-{os.getpid()}-{time.time_ns()}"
+    return {"phase": phase, "run": token, "one_snapshot": one_snapshot, "load_jobs": load_jobs,
+            "snapshot_wait": wait}
 
 
 EXAMPLES = """\
@@ -287,7 +346,12 @@ environment:
   COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS, COPIER_OUTAGE_BUDGET,
   COPIER_SNAPSHOT          defaults for --jobs, --swap, --retries, --index-workers,
                            --outage-budget, --snapshot
-  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine)
+  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine);
+                           COPIER_RUN also names the run whose staging --phase publish swaps in
+  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN   defaults for --phase, --split-larger-than
+  COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
+                           it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
+                           wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
 """
 
 
@@ -423,9 +487,25 @@ def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
 
     Each name is a list of parts (schema, table), each part with whether it was quoted.
     """
-    names: list[list[tuple[str, bool]]] = []
+    units = split_units(text)
+    for parts, part in units:
+        if part is not None:
+            raise TableListError(f"malformed TABLES value {text!r}: a slice ({unit_text(parts, part)}) "
+                                 f"where only table names are expected")
+    return [parts for parts, _ in units]
+
+
+Slice = tuple[int, int]  # (k, n): the k-th of n key ranges of a table, 1-based
+
+
+def split_units(text: str) -> list[tuple[list[tuple[str, bool]], Slice | None]]:
+    """Like split_table_list, where a name may end in #k/n: slice k of n ('events#2/4').
+
+    '#' cannot occur in an unquoted name, and comes after the closing quote of a quoted one.
+    """
+    names: list[tuple[list[tuple[str, bool]], Slice | None]] = []
     parts: list[tuple[str, bool]] = []
-    current, quoted, in_quotes, i = "", False, False, 0
+    current, quoted, in_quotes, suffix, i = "", False, False, None, 0
 
     def end_part() -> None:
         nonlocal current, quoted
@@ -435,9 +515,17 @@ def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
         parts.append((value, quoted))
         current, quoted = "", False
 
+    def end_name() -> None:
+        nonlocal parts, suffix
+        end_part()
+        names.append((parts, parse_slice(text, suffix) if suffix is not None else None))
+        parts, suffix = [], None
+
     while i < len(text):
         ch = text[i]
-        if in_quotes:
+        if suffix is not None and ch != ",":
+            suffix += ch
+        elif in_quotes:
             if ch == '"' and text[i + 1:i + 2] == '"':
                 current += '"'
                 i += 1
@@ -452,9 +540,9 @@ def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
         elif ch == ".":
             end_part()
         elif ch == ",":
-            end_part()
-            names.append(parts)
-            parts = []
+            end_name()
+        elif ch == "#":
+            suffix = ""
         elif quoted and not ch.isspace():
             raise TableListError(f"malformed TABLES value {text!r}: text after a quoted name")
         else:
@@ -462,13 +550,25 @@ def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
         i += 1
     if in_quotes:
         raise TableListError(f"malformed TABLES value {text!r}: unclosed quote")
-    end_part()
-    names.append(parts)
-    for name in names:
+    end_name()
+    for name, _ in names:
         if len(name) > 2:
             written = ".".join(part for part, _ in name)
             raise TableListError(f"malformed table name {written!r}: at most schema.table")
     return names
+
+
+def parse_slice(text: str, suffix: str) -> Slice:
+    match = re.fullmatch(r"\s*(\d+)/(\d+)\s*", suffix)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise TableListError(f"malformed TABLES value {text!r}: {'#' + suffix.strip()!r} is not a "
+                             f"slice (#k/n, 1 <= k <= n)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def unit_text(parts: list[tuple[str, bool]], part: Slice | None) -> str:
+    name = ".".join(display_ident(p) if q else p for p, q in parts)
+    return f"{name}#{part[0]}/{part[1]}" if part else name
 
 
 SOURCE_TABLES_QUERY = """
@@ -542,6 +642,93 @@ def assign_to_jobs(weights: dict[str, float], jobs: int) -> list[list[str]]:
         assignment[lightest].append(name)
         loads[lightest] += weights[name]
     return assignment
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a job's work: a step applied to a table, or to one slice of it.
+
+    "copy" stages, loads, builds and swaps a table in one transaction; "load" stages and loads
+    it for a later "finish" (the publish phase); "slice" loads one key range of it into the
+    run's shared staging table; "finish" builds, verifies, analyzes and swaps what was loaded.
+    """
+
+    source: SourceTable
+    step: str
+    part: Slice | None = None
+    key: str | None = None  # the column a slice's range is of
+
+    @property
+    def name(self) -> str:
+        table = self.source.table.qualified
+        return f"{table}#{self.part[0]}/{self.part[1]}" if self.part else table
+
+    @property
+    def weight(self) -> float:
+        return self.source.size_bytes / (self.part[1] if self.part else 1)
+
+
+SLICE_KEYS_QUERY = """
+SELECT DISTINCT ON (i.indrelid) i.indrelid, a.attname
+FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+WHERE i.indrelid = ANY(%s) AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
+  AND i.indexprs IS NULL AND i.indpred IS NULL AND a.attnotnull
+  AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+ORDER BY i.indrelid, i.indisprimary DESC, i.indexrelid
+"""
+
+
+def slice_keys(conn, tables: list[SourceTable]) -> dict[str, str]:
+    """The column each table can be cut into key ranges by: a single-column integer primary
+    key or unique index on a NOT NULL column (no row falls outside every range, none into two).
+    Other keys are left whole: ranges of text or uuid values cannot be cut evenly by arithmetic."""
+    with conn.cursor() as cur:
+        cur.execute(SLICE_KEYS_QUERY, ([t.oid for t in tables],))
+        by_oid = dict(cur.fetchall())
+    return {t.table.qualified: by_oid[t.oid] for t in tables if t.oid in by_oid}
+
+
+def sliceable_tables(conn, tables_text: str) -> set[str]:
+    """The listed tables that can be cut into slices (for planning the cloud's jobs)."""
+    return set(slice_keys(conn, resolve_tables(conn, tables_text)))
+
+
+def slice_counts(weights: dict[str, float], jobs: int, sliceable: Iterable[str] = (),
+                 split_larger_than: float | None = None) -> dict[str, int]:
+    """How many slices each table is cut into: a sliceable table heavier than a job's mean
+    load (or than split_larger_than, in the weights' unit) would keep one job busy while the
+    others idle, so it becomes slices of at most half a mean job's load each."""
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    mean = sum(weights.values()) / jobs
+    threshold = mean if split_larger_than is None else split_larger_than
+    sliceable = set(sliceable)
+    return {name: slice_count(weight, mean, threshold) if name in sliceable else 1
+            for name, weight in weights.items()}
+
+
+def plan_units(weights: dict[str, float], jobs: int, sliceable: Iterable[str] = (),
+               split_larger_than: float | None = None) -> list[list[str]]:
+    """Split tables over jobs as assign_to_jobs does, a big table first cut into slices
+    ('name#k/n', see slice_counts). The same function plans local --jobs runs, setup's split
+    of the nightly run and rebalancing from measured times."""
+    units: dict[str, float] = {}
+    for name, count in slice_counts(weights, jobs, sliceable, split_larger_than).items():
+        if count == 1:
+            units[name] = weights[name]
+        for k in range(1, count + 1) if count > 1 else ():
+            units[f"{name}#{k}/{count}"] = weights[name] / count
+    return assign_to_jobs(units, jobs)
+
+
+MAX_SLICES = 64
+
+
+def slice_count(weight: float, mean: float, threshold: float) -> int:
+    if weight <= 0 or weight <= threshold:
+        return 1
+    return max(2, min(MAX_SLICES, math.ceil(weight / max(mean / 2, 1e-9))))
 
 
 def plan_jobs(tables: list[SourceTable], jobs: int) -> list[list[SourceTable]]:
