@@ -24,13 +24,17 @@ import hashlib
 import json
 import math
 import os
+import queue
 import random
 import re
+import select
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -592,10 +596,7 @@ def resolve_tables(conn, tables_text: str) -> list[SourceTable]:
     if not tables_text.strip():
         raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
     requested = split_table_list(tables_text)
-    with conn.cursor() as cur:
-        cur.execute(SOURCE_TABLES_QUERY)
-        rows = cur.fetchall()
-    by_name = {(r[0], r[1]): SourceTable(TableName(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows}
+    by_name = source_tables(conn)
     resolved: list[SourceTable] = []
     seen: set[TableName] = set()
     for parts in requested:
@@ -608,6 +609,13 @@ def resolve_tables(conn, tables_text: str) -> list[SourceTable]:
         seen.add(found.table)
         resolved.append(found)
     return resolved
+
+
+def source_tables(conn) -> dict[tuple[str, str], SourceTable]:
+    with conn.cursor() as cur:
+        cur.execute(SOURCE_TABLES_QUERY)
+        rows = cur.fetchall()
+    return {(r[0], r[1]): SourceTable(TableName(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
 
 def find_table(by_name: dict, parts: list[tuple[str, bool]]) -> SourceTable | None:
@@ -657,6 +665,7 @@ class Unit:
     step: str
     part: Slice | None = None
     key: str | None = None  # the column a slice's range is of
+    attempt: int = 0  # a sliced table loaded again gets a staging table of its own
 
     @property
     def name(self) -> str:
@@ -731,23 +740,27 @@ def slice_count(weight: float, mean: float, threshold: float) -> int:
     return max(2, min(MAX_SLICES, math.ceil(weight / max(mean / 2, 1e-9))))
 
 
-def plan_jobs(tables: list[SourceTable], jobs: int) -> list[list[SourceTable]]:
-    by_name = {t.table.qualified: t for t in tables}
-    names = assign_to_jobs({name: t.size_bytes for name, t in by_name.items()}, jobs)
-    return [[by_name[name] for name in job] for job in names if job]
-
-
-def print_plan(plan: list[list[SourceTable]]) -> None:
+def print_plan(units: list[Unit], jobs: int) -> None:
+    """--dry-run: each unit with the job it is expected to land on, and each job's share."""
+    by_name = {u.name: u for u in units}
+    plan = assign_to_jobs({u.name: u.weight for u in units}, jobs)
     rows = [
-        (t.table.qualified, f"{t.size_bytes / 1e6:.1f}",
-         str(t.estimated_rows) if t.estimated_rows >= 0 else "?", str(job))
-        for job, tables in enumerate(plan, 1) for t in tables
+        (name, f"{by_name[name].weight / 1e6:.1f}",
+         str(by_name[name].source.estimated_rows // (by_name[name].part or (1, 1))[1])
+         if by_name[name].source.estimated_rows >= 0 else "?", str(job))
+        for job, names in enumerate(plan, 1) for name in names
     ]
     header = ("table", "MB", "rows (est.)", "job")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    total = sum(u.weight for u in units) or 1
+    for job, names in enumerate(plan, 1):
+        if names:
+            share = sum(by_name[name].weight for name in names)
+            print(f"job {job}: {len(names)} unit(s), {share / 1e6:.1f} MB, "
+                  f"{100 * share / total:.0f}% of the run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1272,6 +1285,7 @@ class StagedTable:
     partitioned: bool = False
     # (schema, temporary name, final name) of each partition
     partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    slices: int = 1  # how many key ranges it was loaded in
 
     @property
     def ident(self) -> sql.Identifier:
@@ -1294,6 +1308,99 @@ class TableResult:
     staged: StagedTable | None = None
     foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
     snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
+    unit: str = ""  # the unit's name: the table's, or 'table#k/n' for a slice
+    part: Slice | None = None
+
+
+# A run split over machines (or a table cut into slices) leaves its staging tables committed
+# between the steps: each carries a note, as its comment, of what was loaded into it and by which
+# run, so the step that finishes the table can tell complete from partial, or from another run's.
+STAGING_NOTE = "nightly-copy staging: "
+
+
+@dataclass
+class StagingNote:
+    run: str
+    slices: int
+    columns: str  # fingerprint of the source's columns when it was staged
+    staged: dict  # the staged table's parts to rename at the swap
+    loaded: dict[str, dict] = dataclasses.field(default_factory=dict)  # "k": rows, bytes, bounds, snapshot
+
+    @classmethod
+    def new(cls, run: str, slices: int, definition: TableDefinition, staged: StagedTable) -> StagingNote:
+        parts = {"renames": [dataclasses.asdict(r) for r in staged.renames],
+                 "partitioned": staged.partitioned, "partitions": staged.partitions}
+        return cls(run, slices, columns_fingerprint(definition), parts)
+
+    def staged_table(self, definition: TableDefinition) -> StagedTable:
+        table = definition.table
+        staged = StagedTable(table, table.staging_name(), [Rename(**r) for r in self.staged["renames"]],
+                             definition.comment, dict(definition.column_comments),
+                             partitioned=self.staged["partitioned"],
+                             partitions=[tuple(p) for p in self.staged["partitions"]])
+        staged.slices = self.slices
+        staged.rows = sum(part["rows"] for part in self.loaded.values())
+        staged.bytes = sum(part["bytes"] for part in self.loaded.values())
+        return staged
+
+    def write(self, cur, staged: StagedTable) -> None:
+        cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+            staged.ident, sql.Literal(STAGING_NOTE + json.dumps(dataclasses.asdict(self)))))
+
+
+def read_note(cur, table: TableName) -> StagingNote | None:
+    cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')",
+                (quote_qualified(table.schema, table.staging_name()),))
+    text = cur.fetchone()[0]
+    if not text or not text.startswith(STAGING_NOTE):
+        return None
+    return StagingNote(**json.loads(text[len(STAGING_NOTE):]))
+
+
+def columns_fingerprint(definition: TableDefinition) -> str:
+    shape = [(c.name, c.type_sql, c.generated) for c in definition.columns]
+    return hashlib.md5(json.dumps(shape).encode()).hexdigest()
+
+
+def staged_of_run(cur, definition: TableDefinition, run: str) -> StagedTable:
+    """The table's staging as the run's loads left it, when complete and consistent: every slice
+    loaded, from one snapshot, with the same boundaries, in the source's current shape."""
+    table = definition.table.qualified
+    note = read_note(cur, definition.table)
+    if note is None or note.run != run:
+        raise TableCopyError(f"nothing was staged for {table} in run {run}: its load failed or did "
+                             f"not run (see the load jobs' lines)")
+    missing = [f"{k}/{note.slices}" for k in range(1, note.slices + 1) if str(k) not in note.loaded]
+    if missing:
+        raise TableCopyError(f"{table} was not loaded completely in run {run}: slice(s) "
+                             f"{', '.join(missing)} missing (their load job failed)")
+    if note.columns != columns_fingerprint(definition):
+        raise TableCopyError(f"the source's columns of {table} changed after it was loaded in run "
+                             f"{run}: nothing goes live for it tonight; the next run copies the new shape")
+    snapshots = {part["snapshot"] for part in note.loaded.values()}
+    bounds = {json.dumps(part["bounds"]) for part in note.loaded.values()}
+    if len(snapshots) > 1 or len(bounds) > 1:
+        raise TableCopyError(f"the slices of {table} were read from different snapshots of the source "
+                             f"({len(snapshots)}), so they may overlap or miss rows: give the load jobs "
+                             f"one snapshot (COPIER_ONE_SNAPSHOT) or do not cut the table")
+    return note.staged_table(definition)
+
+
+@contextmanager
+def transaction(conn):
+    """A cursor inside BEGIN ... COMMIT, rolled back on any error (when the connection lives)."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if not conn.closed:
+                try:
+                    cur.execute("ROLLBACK")
+                except psycopg2.Error:
+                    pass
+            raise
 
 
 def stage_table(cur, definition: TableDefinition) -> StagedTable:
@@ -1460,8 +1567,40 @@ class PipeReader:
         self.file.close()
 
 
+class Slicer:
+    """A slice's key range, worked out inside the source's snapshot: every job that reads the
+    same snapshot works out the same boundaries, so the slices neither overlap nor leave a gap.
+
+    The ranges cut min..max of the key evenly (balanced for the dense integer keys that serial
+    and identity columns give), and the first and last are open-ended: whatever boundaries the
+    jobs use, together the n ranges cover every integer exactly once.
+    """
+
+    def __init__(self, key: str, part: Slice):
+        self.key, self.part = key, part
+        self.bounds: list[int] = []
+
+    def condition(self, cur, table: TableName, only: str) -> sql.Composable:
+        key = sql.Identifier(self.key)
+        cur.execute(sql.SQL("SELECT min({}), max({}) FROM {}{}").format(
+            key, key, sql.SQL(only), table.ident))
+        self.bounds = slice_bounds(*cur.fetchone(), self.part[1])
+        k, n = self.part
+        parts = [sql.SQL("{} >= {}").format(key, sql.Literal(self.bounds[k - 2]))] if k > 1 else []
+        parts += [sql.SQL("{} < {}").format(key, sql.Literal(self.bounds[k - 1]))] if k < n else []
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+
+def slice_bounds(low: int | None, high: int | None, count: int) -> list[int]:
+    """The count - 1 boundaries between count even ranges of low..high."""
+    if low is None:  # an empty table: any boundaries do
+        return [0] * (count - 1)
+    span = high - low + 1
+    return [low + span * i // count for i in range(1, count)]
+
+
 def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
-              on_progress) -> tuple[int, int, int]:
+              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int]:
     """Stream the source's rows into the staging table: (source rows, loaded rows, bytes).
 
     Source and target talk through an OS pipe between two threads, so memory stays at a few
@@ -1471,13 +1610,22 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     # A table with no columns (or only generated ones) still has rows: no column list then.
     listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
     options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
-    if definition.source.kind == "p":
-        copy_out = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
-            columns, definition.table.ident, options)
-    else:
-        copy_out = sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
-    # FREEZE is refused on a partitioned table: its rows are routed to the partitions instead.
-    freeze = sql.SQL("" if staged.partitioned else ", FREEZE")
+    # A plain table's inheritance children are tables of their own; a partitioned one's are its rows.
+    only = "" if definition.source.kind == "p" else "ONLY "
+
+    def copy_out(cur) -> sql.Composable:
+        if slicer is not None:
+            return sql.SQL("COPY (SELECT {} FROM {}{} WHERE {}) TO STDOUT ({})").format(
+                columns, sql.SQL(only), definition.table.ident,
+                slicer.condition(cur, definition.table, only), options)
+        if definition.source.kind == "p":
+            return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
+                columns, definition.table.ident, options)
+        return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
+
+    # FREEZE is refused on a partitioned table (its rows are routed to the partitions), and on a
+    # table made in another transaction (a slice loads into the run's shared staging table).
+    freeze = sql.SQL("" if staged.partitioned or slicer else ", FREEZE")
     copy_in = sql.SQL("COPY {}{} FROM STDIN ({}{})").format(staged.ident, listed, options, freeze)
 
     read_fd, write_fd = os.pipe()
@@ -1489,7 +1637,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
         try:
             with src.cursor() as cur:
                 begin_snapshot(cur, snapshot)
-                cur.copy_expert(copy_out.as_string(src), writer, size=PIPE_CHUNK)
+                cur.copy_expert(copy_out(cur).as_string(src), writer, size=PIPE_CHUNK)
                 outcome["rows"] = cur.rowcount
                 writer.flush()
                 cur.execute("COMMIT")
@@ -2993,11 +3141,19 @@ class RunShared:
 
     outages: OutageClock
     snapshot: SharedSnapshot
+    origin: str = ""  # the snapshot a load job imported from the run's first job, if any
 
     @classmethod
-    def create(cls, options: Options, snapshot: str) -> RunShared:
+    def create(cls, options: Options, snapshot: str, origin: str = "") -> RunShared:
         context = get_context("spawn")
-        return cls(OutageClock(context, options.outage_budget), SharedSnapshot(context, snapshot))
+        return cls(OutageClock(context, options.outage_budget), SharedSnapshot(context, snapshot),
+                   origin)
+
+    def snapshot_identity(self) -> str:
+        """The same for every unit read from the same moment, in any job of the run: slices
+        of one table must all have it."""
+        name, generation = self.snapshot.current()
+        return f"{self.origin}@{generation}" if self.origin else name
 
 
 class SnapshotHolder:
@@ -3081,8 +3237,9 @@ class TableCopier:
         pairs = (("source", self.src), ("target", self.dst))
         return [role for role, conn in pairs if conn is not None and conn.closed == 2]
 
-    def copy(self, source: SourceTable) -> TableResult:
-        name = source.table.qualified
+    def copy(self, unit: Unit) -> TableResult:
+        """One unit, tried again after a lost connection or snapshot: its result and its line."""
+        source, name = unit.source, unit.name
         started = time.monotonic()
         for attempt in range(self.options.retries + 1):
             self.snapshot, generation = self.shared.snapshot.current()
@@ -3090,11 +3247,11 @@ class TableCopier:
                 self.connect(name)
                 if attempt:
                     source = self.found_again(source)
-                staged = self.copy_once(source)
+                staged = self.step(dataclasses.replace(unit, source=source))
             except KeyboardInterrupt:
                 self.close()
                 raise
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this table's result
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this unit's result
                 if INTERRUPTED.is_set():  # psycopg2 turns a signal inside COPY into its own error
                     self.close()
                     raise Interrupted() from None
@@ -3113,26 +3270,37 @@ class TableCopier:
                 except CopierError as renewal:
                     error = str(renewal)
                 seconds = round(time.monotonic() - started, 2)
-                log_event(EVENT_TABLE_FAILED, table=name, job=self.job, error=error,
-                          seconds=seconds, attempts=attempt + 1)
-                return TableResult(name, False, seconds=seconds, error=error, attempts=attempt + 1)
+                log_event(EVENT_TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
+                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.options))
+                return TableResult(source.table.qualified, False, seconds=seconds, error=error,
+                                   attempts=attempt + 1, unit=name, part=unit.part)
             seconds = round(time.monotonic() - started, 2)
-            result = TableResult(name, True, staged.rows, staged.bytes, seconds,
-                                 attempts=attempt + 1, snapshot=generation)
-            if staged.blocked:
-                result.staged = staged
-                log_event("swap_deferred", table=name, job=self.job, reason=staged.blocked,
-                          rows=staged.rows, bytes=staged.bytes, seconds=seconds, snapshot=generation)
-            elif self.options.swaps_late(name):
-                result.staged = staged
-                log_event(EVENT_TABLE_STAGED, table=name, job=self.job, rows=staged.rows,
-                          bytes=staged.bytes, seconds=seconds, snapshot=generation)
-            else:
-                log_event(EVENT_TABLE_COPIED, table=name, job=self.job, rows=staged.rows,
-                          bytes=staged.bytes, seconds=seconds, snapshot=generation)
-            result.foreign_keys = staged.foreign_keys
+            result = TableResult(source.table.qualified, True, staged.rows, staged.bytes, seconds,
+                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part)
+            self.report(unit, staged, result)
             return result
         raise AssertionError("unreachable")
+
+    def report(self, unit: Unit, staged: StagedTable, result: TableResult) -> None:
+        """The unit's line; a table still to be swapped keeps its staged table in the result."""
+        fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
+                  "seconds": result.seconds, "snapshot": result.snapshot,
+                  **unit_fields(unit, self.options)}
+        if unit.step == "finish":
+            fields["slices"] = staged.slices
+        if unit.step == "load":
+            log_event(EVENT_TABLE_LOADED, **fields)
+        elif unit.step == "slice":
+            log_event(EVENT_SLICE_LOADED, **fields)
+        elif staged.blocked:
+            result.staged = staged
+            log_event("swap_deferred", reason=staged.blocked, **fields)
+        elif self.options.swaps_late(result.table):
+            result.staged = staged
+            log_event(EVENT_TABLE_STAGED, **fields)
+        else:
+            log_event(EVENT_TABLE_COPIED, **fields)
+        result.foreign_keys = staged.foreign_keys
 
     def found_again(self, source: SourceTable) -> SourceTable:
         """The table looked up by name again: after a lost connection the source may be another
@@ -3167,43 +3335,122 @@ class TableCopier:
             return True
         return False
 
-    def copy_once(self, source: SourceTable) -> StagedTable:
+    def step(self, unit: Unit) -> StagedTable:
+        return {"copy": self.copy_once, "load": self.load_whole, "slice": self.load_slice,
+                "finish": self.finish}[unit.step](unit)
+
+    def copy_once(self, unit: Unit) -> StagedTable:
         """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
+        definition = self.prepared(unit.source)
+        with transaction(self.dst) as cur:
+            staged = stage_table(cur, definition)
+            self.load_verified(definition, staged)
+            self.complete(cur, definition, staged)
+        return staged
+
+    def load_whole(self, unit: Unit) -> StagedTable:
+        """The load phase: stage and load a table, and leave it for the publish phase."""
+        definition = self.prepared(unit.source)
+        with transaction(self.dst) as cur:
+            staged = stage_table(cur, definition)
+            self.load_verified(definition, staged)
+            note = StagingNote.new(self.note_run(unit), 1, definition, staged)
+            note.loaded["1"] = self.loaded_part(staged, [])
+            note.write(cur, staged)
+        return staged
+
+    def load_slice(self, unit: Unit) -> StagedTable:
+        """One key range of a table, into the staging table the run's slices of it share."""
+        definition = self.prepared(unit.source)
+        if unit.key is None:
+            raise TableCopyError(
+                f"{definition.table.qualified} cannot be cut into slices: it has no single-column "
+                f"integer key (primary key or unique index on a NOT NULL column); plan it whole "
+                f"(setup_aws.py plans again from the source)")
+        (k, n), run = unit.part, self.note_run(unit)
+        staged = self.shared_staging(definition, n, run)
+        with transaction(self.dst) as cur:
+            slicer = Slicer(unit.key, unit.part)
+            self.load_verified(definition, staged, slicer)
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
+                        (definition.table.qualified,))
+            note = read_note(cur, definition.table)
+            if note is None or note.run != run:
+                raise TableCopyError(f"the staging table of {definition.table.qualified} was replaced "
+                                     f"by another run while slice {k}/{n} loaded")
+            if str(k) in note.loaded:
+                raise TableCopyError(f"slice {k}/{n} of {definition.table.qualified} was already "
+                                     f"loaded in run {run}: the unit is listed twice")
+            note.loaded[str(k)] = self.loaded_part(staged, slicer.bounds)
+            note.write(cur, staged)
+        return staged
+
+    def shared_staging(self, definition: TableDefinition, slices: int, run: str) -> StagedTable:
+        """The run's staging table for a sliced table: made by the first slice to come (in its
+        own committed transaction, so the others can load into it), found by the others."""
+        with transaction(self.dst) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
+                        (definition.table.qualified,))
+            note = read_note(cur, definition.table)
+            if (note is not None and note.run == run and note.slices == slices
+                    and note.columns == columns_fingerprint(definition)):
+                staged = note.staged_table(definition)
+                staged.rows = staged.bytes = 0
+                return staged
+            staged = stage_table(cur, definition)  # drops what a crashed run left
+            StagingNote.new(run, slices, definition, staged).write(cur, staged)
+        return staged
+
+    def finish(self, unit: Unit) -> StagedTable:
+        """The publish step of a table the run loaded (whole or in slices): index, verify,
+        analyze and swap it in, in one transaction, as copy_once does after its load."""
+        definition = read_definition(self.src, unit.source)
+        with transaction(self.dst) as cur:
+            staged = staged_of_run(cur, definition, self.note_run(unit))
+            cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
+            self.complete(cur, definition, staged)
+        return staged
+
+    def note_run(self, unit: Unit) -> str:
+        # A table loaded again (its slices came from two snapshots) gets a staging of its own.
+        return f"{self.options.run}/{unit.attempt}" if unit.attempt else self.options.run
+
+    def loaded_part(self, staged: StagedTable, bounds: list[int]) -> dict:
+        return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
+                "snapshot": self.shared.snapshot_identity()}
+
+    def prepared(self, source: SourceTable) -> TableDefinition:
+        """The table's definition, refused or with what its staging table needs on the target."""
         definition = read_definition(self.src, source)
         with self.dst.cursor() as cur:
             refuse_what_cannot_survive(cur, definition.table)
         prepare_target(self.src, self.dst, definition)
-        with self.dst.cursor() as cur:
-            cur.execute("BEGIN")
-            try:
-                staged = stage_table(cur, definition)
-                source_rows, loaded, nbytes = self.load(definition, staged)
-                verify_counts(definition.table, source_rows, loaded)
-                staged.rows, staged.bytes = loaded, nbytes
-                build_indexes(cur, definition, staged, self.options)
-                build_reporting_indexes(cur, definition, staged)
-                set_statistics(cur, definition, staged)
-                set_sequences(self.src, cur, definition, staged)
-                cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
-                if not self.options.swaps_late(definition.table.qualified):
-                    try:
-                        staged.foreign_keys = swap_into_place(cur, staged, self.options)
-                    except SwapBlocked as exc:  # kept staged: swapped after the other tables
-                        staged.blocked = str(exc)
-                cur.execute("COMMIT")
-            except BaseException:
-                if not self.dst.closed:
-                    try:
-                        cur.execute("ROLLBACK")
-                    except psycopg2.Error:
-                        pass
-                raise
-        return staged
+        return definition
 
-    def load(self, definition: TableDefinition, staged: StagedTable) -> tuple[int, int, int]:
+    def load_verified(self, definition: TableDefinition, staged: StagedTable,
+                      slicer: Slicer | None = None) -> None:
+        source_rows, loaded, nbytes = self.load(definition, staged, slicer)
+        verify_counts(definition.table, source_rows, loaded)
+        staged.rows, staged.bytes = loaded, nbytes
+
+    def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
+        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap."""
+        build_indexes(cur, definition, staged, self.options)
+        build_reporting_indexes(cur, definition, staged)
+        set_statistics(cur, definition, staged)
+        set_sequences(self.src, cur, definition, staged)
+        cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
+        if not self.options.swaps_late(definition.table.qualified):
+            try:
+                staged.foreign_keys = swap_into_place(cur, staged, self.options)
+            except SwapBlocked as exc:  # kept staged: swapped after the other tables
+                staged.blocked = str(exc)
+
+    def load(self, definition: TableDefinition, staged: StagedTable,
+             slicer: Slicer | None = None) -> tuple[int, int, int]:
         try:
             return load_rows(self.src, self.dst, definition, staged, self.snapshot,
-                             self.progress_reporter(definition.table.qualified))
+                             self.progress_reporter(definition.table.qualified), slicer)
         except psycopg2.errors.CheckViolation as exc:
             if not staged.partitioned or "no partition" not in str(exc):
                 raise
@@ -3227,6 +3474,12 @@ class TableCopier:
         return on_progress
 
 
+def unit_fields(unit: Unit, options: Options) -> dict:
+    """What a unit's JSON line says beyond its table: the slice, and the phase of a split run."""
+    fields = {"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {}
+    return {**fields, "phase": options.phase} if options.phase != "all" else fields
+
+
 def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
     if source_rows != loaded:
         raise TableCopyError(
@@ -3238,22 +3491,85 @@ def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
 # Running the copy: one job in this process, or one process per job
 
 
-def largest_first(tables: list[SourceTable]) -> list[SourceTable]:
-    return sorted(tables, key=lambda t: (-t.size_bytes, t.table.qualified))
+class WorkList:
+    """The run's units in the order the jobs take them, and what follows from each result.
+
+    Largest first, each taken by whichever job is free next: sizes only predict times, and a
+    job that finishes early picks up the next unit instead of idling while another still has
+    a list. When the last slice of a table is loaded, its finish comes next, before any other
+    unit, so that its indexes are built while the other jobs still load. A table whose slices
+    came from two snapshots (one was lost and renewed) is loaded again, into a staging of its own.
+    """
+
+    def __init__(self, units: list[Unit], options: Options):
+        self.options = options
+        self.waiting = deque(sorted(units, key=lambda u: (-u.weight, u.name)))
+        self.first: deque[Unit] = deque()
+        self.order = list(dict.fromkeys(self.result_name(u) for u in self.waiting))
+        self.results: dict[str, TableResult] = {}
+        self.slices: dict[str, list[TableResult]] = {}
+        self.read_from: dict[str, int] = {}  # the snapshot a sliced table's slices came from
+        self.abandoned: list[SourceTable] = []  # sliced tables that failed: their staging goes
+
+    def result_name(self, unit: Unit) -> str:
+        """Locally a sliced table has one result (its finish's); a load job has one per unit."""
+        return unit.source.table.qualified if self.options.phase == "all" else unit.name
+
+    def next(self) -> Unit | None:
+        if self.first:
+            return self.first.popleft()
+        return self.waiting.popleft() if self.waiting else None
+
+    def done(self, unit: Unit, result: TableResult) -> None:
+        if unit.step != "slice" or self.options.phase != "all":
+            if unit.step == "finish" and unit.source.table.qualified in self.read_from:
+                result.snapshot = self.read_from[unit.source.table.qualified]  # its slices' moment
+            self.results[self.result_name(unit)] = result
+            return
+        table, (_, count) = unit.source.table.qualified, unit.part
+        loaded = self.slices.setdefault(f"{table}/{unit.attempt}", [])
+        loaded.append(result)
+        if len(loaded) < count:
+            return
+        failed = [r for r in loaded if not r.ok]
+        if failed:
+            self.results[table] = TableResult(table, False, seconds=max(r.seconds for r in loaded),
+                                              error=f"slice {failed[0].unit}: {failed[0].error}")
+            self.abandoned.append(unit.source)
+        elif len({r.snapshot for r in loaded}) > 1 and unit.attempt < self.options.retries:
+            log_event("table_retry", table=table, attempt=unit.attempt + 1, wait_seconds=0,
+                      error="its slices were read from two snapshots (one was lost): loading it again")
+            self.first.extend(dataclasses.replace(u, attempt=unit.attempt + 1)
+                              for u in self.units_of(unit, count))
+        else:
+            self.read_from[table] = loaded[0].snapshot
+            self.first.append(Unit(unit.source, "finish", attempt=unit.attempt))
+
+    @staticmethod
+    def units_of(unit: Unit, count: int) -> list[Unit]:
+        return [dataclasses.replace(unit, part=(k, count)) for k in range(1, count + 1)]
+
+    def outcome(self, failure: str) -> list[TableResult]:
+        """Every unit's result, in order; those no job reported fail with the given reason."""
+        for name in self.order:
+            if name not in self.results:
+                log_event(EVENT_TABLE_FAILED, table=name, error=failure)
+                self.results[name] = TableResult(name, False, error=failure)
+        return [self.results[name] for name in self.order]
 
 
 def run_job(job: int, settings: dict, options: Options, shared: RunShared,
-            next_table, report, stop) -> None:
-    """Copy tables until next_table() says there are none left (returns None)."""
+            next_unit, report, stop) -> None:
+    """Copy units until next_unit() says there are none left (returns None)."""
     copier = TableCopier(settings, options, shared, job)
     try:
-        while (source := next_table()) is not None:
+        while (unit := next_unit()) is not None:
             if stop.is_set():
-                report(TableResult(source.table.qualified, False,
-                                   error="not copied: an earlier table failed (--fail-fast)"))
+                report(unit, TableResult(unit.source.table.qualified, False, unit=unit.name,
+                                         error="not copied: an earlier table failed (--fail-fast)"))
                 continue
-            result = copier.copy(source)
-            report(result)
+            result = copier.copy(unit)
+            report(unit, result)
             if not result.ok and options.fail_fast:
                 stop.set()
     finally:
@@ -3263,26 +3579,20 @@ def run_job(job: int, settings: dict, options: Options, shared: RunShared,
 def job_process(job, settings, options, shared, todo, results, stop) -> None:
     handle_signals()
     try:
-        run_job(job, settings, options, shared, todo.get, results.put, stop)
+        run_job(job, settings, options, shared, todo.get,
+                lambda unit, result: results.put((unit, result)), stop)
     except KeyboardInterrupt:
         sys.exit(1)
 
 
-def run_tables(tables: list[SourceTable], settings: dict, options: Options,
-               shared: RunShared) -> list[TableResult]:
-    """Copy the tables, largest first, each taken by whichever job is free next.
-
-    A shared queue beats a fixed plan: sizes only predict times, and a job that finishes
-    early picks up the next table instead of idling while another job still has a list.
-    """
-    ordered = largest_first(tables)
-    jobs = min(options.jobs, len(ordered))
-    if jobs == 1:
-        remaining = iter(ordered)
-        results: list[TableResult] = []
-        run_job(1, settings, options, shared, lambda: next(remaining, None), results.append,
-                threading.Event())
-        return results
+def run_units(units: list[Unit], settings: dict, options: Options,
+              shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
+    """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
+    work = WorkList(units, options)
+    jobs = min(options.jobs, len(units))
+    if jobs <= 1:
+        run_job(1, settings, options, shared, work.next, work.done, threading.Event())
+        return work.outcome("not copied"), work.abandoned
     context = get_context("spawn")
     todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
     processes = [
@@ -3292,17 +3602,33 @@ def run_tables(tables: list[SourceTable], settings: dict, options: Options,
     ]
     for process in processes:
         process.start()
-    for source in [*ordered, *[None] * jobs]:  # one None per job: nothing left
-        todo.put(source)
-    by_name: dict[str, TableResult] = {}
+    busy = 0
+
+    def hand_out() -> None:  # one unit per free job: a finish can still come first
+        nonlocal busy
+        while busy < jobs and (unit := work.next()) is not None:
+            todo.put(unit)
+            busy += 1
+
     try:
-        while len(by_name) < len(ordered):
+        hand_out()
+        while busy:
             try:
-                result = done.get(timeout=0.5)
-                by_name[result.table] = result
-            except Exception:  # noqa: BLE001 - queue.Empty: see whether a worker died
-                if not any(p.is_alive() for p in processes) and done.empty():
-                    break
+                unit, result = done.get(timeout=0.5)
+            except queue.Empty:
+                if any(p.exitcode is not None for p in processes):
+                    break  # a worker died (no unit told it to stop): the others finish theirs
+                continue
+            busy -= 1
+            work.done(unit, result)
+            hand_out()
+        for _ in processes:
+            todo.put(None)
+        while any(p.is_alive() for p in processes) or not done.empty():
+            try:
+                work.done(*done.get(timeout=0.5))
+            except queue.Empty:
+                pass
     except KeyboardInterrupt:
         for process in processes:
             process.terminate()  # each worker rolls back its open transaction
@@ -3312,13 +3638,7 @@ def run_tables(tables: list[SourceTable], settings: dict, options: Options,
     for process in processes:
         process.join()
     codes = ", ".join(str(p.exitcode) for p in processes)
-    for source in ordered:
-        name = source.table.qualified
-        if name not in by_name:
-            error = f"a worker process died before copying it (exit codes {codes})"
-            log_event(EVENT_TABLE_FAILED, table=name, error=error)
-            by_name[name] = TableResult(name, False, error=error)
-    return [by_name[t.table.qualified] for t in ordered]
+    return work.outcome(f"a worker process died before copying it (exit codes {codes})"), work.abandoned
 
 
 def swap_together(dst, results: list[TableResult], options: Options, settings: dict,
@@ -3572,6 +3892,94 @@ def export_snapshot(conn) -> str:
         return cur.fetchone()[0]
 
 
+def take_snapshot(src, dst, units: list[Unit], options: Options) -> RunShared:
+    """The moment the run reads: its own exported snapshot, none for the publish phase, or,
+    for load jobs with one snapshot, the one the run's first job exports and the others import.
+
+    The jobs meet on the source: the holding job names the snapshot in its session's
+    application_name, where every job can read it (pg_stat_activity shows it to every user);
+    each job that imported it says so with a NOTIFY on the target, so the holder knows when it
+    may let go (the source may be a standby, where NOTIFY is refused).
+    """
+    if options.phase == "publish":
+        return RunShared.create(options, "")
+    if options.one_snapshot == "hold":
+        with dst.cursor() as cur:
+            cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(snapshot_channel(options.run))))
+        name = export_snapshot(src)
+        with src.cursor() as cur:
+            cur.execute("SELECT set_config('application_name', %s, false)",
+                        (snapshot_marker(options.run) + name,))
+        log_event("snapshot_shared", jobs=options.load_jobs)
+        return RunShared.create(options, name, origin=name)
+    if options.one_snapshot == "join":
+        try:
+            origin = find_shared_snapshot(src, options)
+            with src.cursor() as cur:
+                begin_snapshot(cur, origin)
+                cur.execute("SELECT pg_export_snapshot()")
+                local = cur.fetchone()[0]
+        except CopierError as exc:
+            for unit in units:
+                log_event(EVENT_TABLE_FAILED, table=unit.source.table.qualified, error=str(exc),
+                          **unit_fields(unit, options))
+            raise
+        with dst.cursor() as cur:
+            cur.execute("SELECT pg_notify(%s, %s)",
+                        (snapshot_channel(options.run), os.environ.get("COPIER_JOB") or str(os.getpid())))
+        log_event("snapshot_imported")
+        return RunShared.create(options, local, origin=origin)
+    return RunShared.create(options, export_snapshot(src))
+
+
+def snapshot_marker(run: str) -> str:
+    return f"nightly-copy {hashlib.md5(run.encode()).hexdigest()[:12]} "
+
+
+def snapshot_channel(run: str) -> str:
+    return f"nightly_copy_{hashlib.md5(run.encode()).hexdigest()[:16]}"
+
+
+def find_shared_snapshot(src, options: Options) -> str:
+    deadline = time.monotonic() + options.snapshot_wait
+    marker = snapshot_marker(options.run)
+    with src.cursor() as cur:
+        while True:
+            cur.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                        (marker + "%",))
+            row = cur.fetchone()
+            if row:
+                return row[0][len(marker):]
+            if time.monotonic() >= deadline:
+                raise SnapshotLost(
+                    f"no snapshot was shared for run {options.run} within {options.snapshot_wait:g}s: "
+                    f"the run's first load job (COPIER_ONE_SNAPSHOT=hold) did not start, or failed; "
+                    f"nothing of this job was loaded")
+            time.sleep(1)
+
+
+def wait_for_joiners(dst, options: Options, started: float) -> None:
+    """The holding job keeps the run's snapshot until every other load job has imported it
+    (a job that imported re-exports it for its own workers), or until COPIER_SNAPSHOT_WAIT."""
+    needed, imported = options.load_jobs - 1, set()
+    deadline = started + options.snapshot_wait
+    try:
+        while len(imported) < needed and time.monotonic() < deadline:
+            select.select([dst], [], [], 1.0)
+            dst.poll()
+            imported |= {note.payload for note in dst.notifies}
+            dst.notifies.clear()
+    except psycopg2.Error as exc:
+        say(f"copier: warning: lost the target while waiting for the load jobs to import the "
+            f"run's snapshot: {first_line(exc)}")
+    if len(imported) < needed:
+        message = (f"only {len(imported)} of the {needed} other load jobs imported the run's snapshot "
+                   f"within {options.snapshot_wait:g}s: the others fail their tables")
+        log_event("warning", message=message)
+        say(f"copier: warning: {message}")
+    log_event("snapshot_released", imported=len(imported) + 1, jobs=options.load_jobs)
+
+
 def report_refusals(dst, tables: list[SourceTable]) -> int:
     """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
     refused = 0
@@ -3585,11 +3993,13 @@ def report_refusals(dst, tables: list[SourceTable]) -> int:
     return 1 if refused else 0
 
 
-def lock_tables(dst, tables: list[SourceTable]) -> None:
-    """Hold an advisory lock per table for the run, so two runs never copy the same table."""
+def lock_tables(dst, tables: list[SourceTable], shared: bool = False) -> None:
+    """Hold an advisory lock per table for the run, so two runs never copy the same table
+    (shared between the load jobs of one run, which load slices of the same tables)."""
+    lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
     with dst.cursor() as cur:
         for t in tables:
-            cur.execute("SELECT pg_try_advisory_lock(hashtext('nightly-copier'), hashtext(%s))",
+            cur.execute(f"SELECT {lock}(hashtext('nightly-copier'), hashtext(%s))",
                         (f"{t.table.schema}.{t.table.name}",))
             if not cur.fetchone()[0]:
                 raise CopierError(f"another copier run is copying {t.table.qualified} right now")
@@ -3621,14 +4031,13 @@ def print_summary(results: list[TableResult], seconds: float) -> None:
     say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
 
 
-def restage_from_one_snapshot(tables: list[SourceTable], results: list[TableResult],
+def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
                               settings: dict, options: Options,
                               shared: RunShared) -> list[TableResult]:
     """--swap together promises one moment for every table: a table staged from a snapshot that
     was lost since is staged again from the current one before anything is swapped."""
     if not all(r.ok for r in results):
         return results  # nothing will be swapped
-    by_name = {t.table.qualified: t for t in tables}
     for _ in range(options.retries + 1):
         generation = shared.snapshot.current()[1]
         stale = [r.table for r in results if r.snapshot != generation]
@@ -3638,7 +4047,8 @@ def restage_from_one_snapshot(tables: list[SourceTable], results: list[TableResu
                    f"go live from one moment (--swap together): {', '.join(stale)}")
         log_event("warning", message=message)
         say(f"copier: warning: {message}")
-        again = run_tables([by_name[name] for name in stale], settings, options, shared)
+        again, _ = run_units([u for u in units if u.source.table.qualified in stale],
+                             settings, options, shared)
         redone = {r.table: r for r in again}
         results = [redone.get(r.table, r) for r in results]
         if not all(r.ok for r in results):
@@ -3689,7 +4099,7 @@ def report_outages(results: list[TableResult], shared: RunShared,
         if outages:
             say(f"waited {seconds:.1f}s for the {role} database ({outages} outage"
                 f"{'s' if outages != 1 else ''}, budget {shared.outages.budget:g}s)")
-    if holder.renewals:
+    if holder is not None and holder.renewals:
         by_snapshot: dict[int, list[str]] = {}
         for r in results:
             if r.ok:
@@ -3707,21 +4117,31 @@ def run(options: Options, settings: dict) -> int:
     src = open_connection(settings["source"], "source")
     dst = holder = None
     try:
-        tables = resolve_tables(src, options.tables_text)
+        units = plan_run(src, options)
+        tables = list({u.source.table: u.source for u in units}.values())
         warn_if_recovery_may_cancel(src)
         dst = open_connection(settings["target"], "target")
         check_target(dst, tables)
         if options.dry_run:
-            print_plan(plan_jobs(tables, options.jobs))
+            print_plan(units, options.jobs)
             return report_refusals(dst, tables)
-        lock_tables(dst, tables)
-        if options.swap == "table":
+        # The load jobs of one run share their tables; anything else copying them is refused.
+        lock_tables(dst, tables, shared=options.phase == "load")
+        if options.swap == "table" and options.phase != "load":
             options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
-        shared = RunShared.create(options, export_snapshot(src))
-        holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
-        results = run_tables(tables, settings, options, shared)
-        if options.swap == "together":
-            results = restage_from_one_snapshot(tables, results, settings, options, shared)
+        shared = take_snapshot(src, dst, units, options)
+        if options.phase != "publish":
+            holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
+        results, abandoned = run_units(units, settings, options, shared)
+        if options.one_snapshot == "hold":
+            wait_for_joiners(dst, options, started)
+        if abandoned:
+            drop_staged(dst, [StagedTable(t.table, t.table.staging_name(), [], None, {})
+                              for t in abandoned])
+        if options.phase == "load":
+            pass  # the publish phase swaps
+        elif options.swap == "together":
+            results = restage_from_one_snapshot(units, results, settings, options, shared)
             results, dst = swap_together_through_outages(dst, tables, results, settings,
                                                          options, shared)
         else:
@@ -3752,10 +4172,51 @@ def run(options: Options, settings: dict) -> int:
     log_event(EVENT_RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
               waited_seconds=round(sum(waited.values()), 1),
               source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
-              snapshots=shared.snapshot.current()[1])
+              snapshots=shared.snapshot.current()[1],
+              **({"phase": options.phase} if options.phase != "all" else {}))
     for r in failed:
-        say(f"copier: error: {r.table}: {r.error}")
+        say(f"copier: error: {r.unit or r.table}: {r.error}")
     return 1 if failed else 0
+
+
+def plan_run(src, options: Options) -> list[Unit]:
+    """The run's units: this load job's tables and slices, the tables to publish, or, for a
+    whole local run, each table (the big ones cut into slices when there are jobs to share them)."""
+    if options.phase == "load":
+        return resolve_units(src, options.tables_text)
+    tables = resolve_tables(src, options.tables_text)
+    if options.phase == "publish":
+        return [Unit(t, "finish") for t in tables]
+    keys = slice_keys(src, tables) if options.jobs > 1 and options.split else {}
+    counts = slice_counts({t.table.qualified: t.size_bytes for t in tables}, options.jobs, keys,
+                          options.split_larger_than)
+    units = []
+    for t in tables:
+        count = counts[t.table.qualified]
+        if count == 1:
+            units.append(Unit(t, "copy"))
+        else:
+            units += [Unit(t, "slice", (k, count), keys[t.table.qualified]) for k in range(1, count + 1)]
+    return units
+
+
+def resolve_units(conn, tables_text: str) -> list[Unit]:
+    """A load job's TABLES: tables and slices (name#k/n), each listed once."""
+    if not tables_text.strip():
+        raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
+    by_name = source_tables(conn)
+    units: list[Unit] = []
+    for parts, part in split_units(tables_text):
+        found = find_table(by_name, parts)
+        if found is None:
+            raise TableListError(f"unknown table {unit_text(parts, part)!r}: no such table on the source")
+        unit = Unit(found, "slice" if part else "load", part)
+        for other in units:
+            if other.source.table == found.table and (other.name == unit.name or not (part and other.part)):
+                raise TableListError(f"{found.table.qualified} is listed twice ({other.name}, {unit.name})")
+        units.append(unit)
+    keys = slice_keys(conn, [u.source for u in units if u.part])
+    return [dataclasses.replace(u, key=keys.get(u.source.table.qualified)) if u.part else u for u in units]
 
 
 INTERRUPTED = threading.Event()

@@ -121,15 +121,29 @@ def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
     named_tables.source("INSERT INTO orders SELECT g, repeat('x', 500) FROM generate_series(3, 5000) g;"
                         "ANALYZE orders")
     env = {"SOURCE_DSN": named_tables.source_dsn, "TARGET_DSN": named_tables.target_dsn}
-    result = run_cli(["TABLES=orders,sales.invoices,Mixed Case", "--jobs", "2", "--dry-run"], env)
+    tables = "TABLES=orders,sales.invoices,Mixed Case"
+    result = run_cli([tables, "--jobs", "2", "--dry-run", "--no-split"], env)
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["table", "MB", "rows", "(est.)", "job"]
-    plan = {line.split()[0]: line.split() for line in lines[1:]}
+    plan = {line.split()[0]: line.split() for line in lines[1:] if not line.startswith("job ")}
     assert plan["public.orders"][2:] == ["5000", "1"]  # the largest table gets job 1 alone
     assert plan["sales.invoices"][-1] == "2"
     assert plan['public."Mixed'][-1] == "2"
+    assert lines[-2].startswith("job 1: 1 unit(s)")
+    assert lines[-1].startswith("job 2: 2 unit(s)")
+
+    # Without --no-split, orders (nearly all the bytes, an integer key) is cut in key ranges of
+    # at most half a job's mean share each, spread over both jobs.
+    result = run_cli([tables, "--jobs", "2", "--dry-run"], env)
+    assert result.returncode == 0, result.stderr
+    plan = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]
+            if not line.startswith("job ")}
+    slices = sorted(name for name in plan if name.startswith("public.orders"))
+    assert slices == [f"public.orders#{k}/4" for k in range(1, 5)], plan
+    assert sorted(plan[name][-1] for name in slices) == ["1", "1", "2", "2"]
+    assert [int(plan[name][2]) for name in slices] == [1250] * 4
     assert target_tables(named_tables) == [("public.y",)]
 
 
