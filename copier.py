@@ -1349,9 +1349,15 @@ class StagingNote:
 
 
 def read_note(cur, table: TableName) -> StagingNote | None:
-    cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')",
-                (quote_qualified(table.schema, table.staging_name()),))
-    text = cur.fetchone()[0]
+    # Plain catalog reads under the statement's snapshot: to_regclass() could resolve the name
+    # from a cache that still knows the staging table another job has just replaced.
+    cur.execute("SELECT d.description FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass "
+                "AND d.objsubid = 0 WHERE n.nspname = %s AND c.relname = %s",
+                (table.schema, table.staging_name()))
+    row = cur.fetchone()
+    text = row[0] if row else None
     if not text or not text.startswith(STAGING_NOTE):
         return None
     return StagingNote(**json.loads(text[len(STAGING_NOTE):]))
@@ -4018,7 +4024,7 @@ def check_target(dst, tables: list[SourceTable]) -> None:
 
 
 def print_summary(results: list[TableResult], seconds: float) -> None:
-    rows = [(r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
+    rows = [(r.unit or r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
              f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
              "ok" if r.ok else "FAILED") for r in results]
     header = ("table", "rows", "MB", "seconds", "MB/s", "")

@@ -338,3 +338,32 @@ def test_phases_need_a_run_name(dbs):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2  # a usage error, as every bad option
     assert "--phase publish needs COPIER_RUN" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_table_whose_slices_straddle_a_renewed_snapshot_is_loaded_again(copier_env):
+    from tests.test_copier_outages import run_copier_process, terminate_snapshot_holder
+
+    dbs = copier_env
+    fill_accounts(dbs, rows_a=120000, rows_b=600)
+    terminated = []
+
+    def on_event(event):  # the first slice is in: the snapshot goes while the others load
+        if event["event"] == "slice_loaded" and not terminated:
+            terminated.append(terminate_snapshot_holder(dbs.source_dsn))
+
+    result = run_copier_process(["copier.py", "TABLES=acc_a,acc_b", "--jobs", "3",
+                                 "--split-larger-than", "100kB"],
+                                dbs.source_dsn, dbs.target_dsn, on_event=on_event)
+
+    assert result.code == 0, result.stderr
+    assert result.of("snapshot_renewed")
+    (again,) = [e for e in result.of("table_retry") if "two snapshots" in e["error"]]
+    assert again["table"] == "public.acc_a"
+    # Every slice of the copy that went live came from the renewed snapshot.
+    slices = result.of("slice_loaded")
+    count = len({e["slice"] for e in slices})
+    assert {e["snapshot"] for e in slices[-count:]} == {2}
+    assert [e["slices"] for e in result.of("table_copied") if e["table"] == "public.acc_a"] == [count]
+    for table in ("acc_a", "acc_b"):
+        assert dbs.target_rows(CONTENT.format(table)) == dbs.source_rows(CONTENT.format(table))
+    assert staging_debris(dbs) == []
