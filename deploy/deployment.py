@@ -110,7 +110,7 @@ class Deployment:
             "JobTimeoutSeconds": settings.job_timeout_seconds,
             "ExecutionTimeoutSeconds": settings.execution_timeout_seconds,
             # the copy jobs read one exported snapshot (docs/aws.md, "Two phases")
-            "OneSnapshot": "1" if settings.one_snapshot else "0",
+            "OneSnapshot": settings.one_snapshot,
             "Swap": settings.swap,
         }
         if settings.runner == "batch":

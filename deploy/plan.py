@@ -16,7 +16,6 @@ from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.names import Names, job_name
 from deploy.settings import Settings, SettingsError, secret_env_var
 
-
 SOURCE_SIZES = "source table sizes"
 
 

@@ -43,18 +43,30 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
 
     if tables is None:
         tables = list(dict.fromkeys(unit_slice(unit)[0] for job in jobs for unit in job))
-    values = {**values, "JobCount": len(jobs)}
+    values = {**values, "JobCount": str(len(jobs))}  # an environment value: text
     definition = copy.deepcopy(template)
     parallel = definition["States"][Names.copy_state]
     (branch,) = parallel["Branches"]
     parallel["Branches"] = [
-        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(units)})
+        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(units),
+                      "OneSnapshot": snapshot_role(n, values.get("OneSnapshot"))})
         for n, units in enumerate(jobs, start=1)
     ]
     publish = {**values, "JobName": Names.publish_job, "Tables": ",".join(tables)}
     for name in publish_states(definition):
         definition["States"][name] = fill(definition["States"][name], publish)
     return fill(definition, values)
+
+
+def snapshot_role(job: int, one_snapshot: Any) -> str:
+    """COPIER_ONE_SNAPSHOT of a copy job: the first job exports the run's snapshot and holds
+    it until every job imported it ('hold'), the others import it ('join'); empty: each job
+    takes its own snapshot (one_snapshot = false)."""
+    if one_snapshot is None:
+        raise SettingsError("state_machine.json: no value for ${OneSnapshot}")
+    if not one_snapshot:
+        return ""
+    return "hold" if job == 1 else "join"
 
 
 def publish_states(definition: dict) -> list[str]:

@@ -54,10 +54,11 @@ BYTES = {"public.a": 1_200_000_000, "public.b": 290_000_000, "public.c": 380_000
          "public.d": 656_000_000, "public.e": 71_000_000, "public.f": 1_180_000_000}
 ROWS = {"public.a": 5_000_000, "public.b": 290_000, "public.c": 1_000_000,
         "public.d": 2_000_000, "public.e": 10_000, "public.f": 3_000_000}
-# Canned builds: job-1 40 minutes, job-2 17m 53s, job-3 50 minutes.
+# Canned builds: job-1 40 minutes, job-2 17m 53s, job-3 50 minutes, then the publish 5 minutes.
 BUILD_TIMES = {"job-1": ("2026-11-27T03:00:05Z", "2026-11-27T03:40:05Z"),
                "job-2": ("2026-11-27T03:00:07Z", "2026-11-27T03:18:00Z"),
-               "job-3": ("2026-11-27T03:00:09Z", "2026-11-27T03:50:09Z")}
+               "job-3": ("2026-11-27T03:00:09Z", "2026-11-27T03:50:09Z"),
+               "publish": ("2026-11-27T03:50:20Z", "2026-11-27T03:55:20Z")}
 
 
 def moto_with_executions(patch: pytest.MonkeyPatch):
