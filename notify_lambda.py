@@ -597,7 +597,8 @@ def table_outcomes(lines: list[tuple[str, dict[str, Any]]],
         outcome = TableOutcome(table=table, job=job_of(stream, line), copied=copied,
                                seconds=_number(line.get("seconds")), error=None,
                                bytes=_number(line.get("bytes")), rows=_number(line.get("rows")))
-        loaded = loads.get(table, [])
+        # the latest line of each slice (or of the whole table) counts
+        loaded = list({str(x.get("slice")): (s, x) for s, x in loads.get(table, [])}.values())
         sliced = [(s, x) for s, x in loaded if x.get("event") == EVENT_SLICE_LOADED]
         if loaded:
             outcome.jobs = list(dict.fromkeys(job_of(s, x) for s, x in loaded))

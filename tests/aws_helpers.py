@@ -250,11 +250,12 @@ def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict
                                   "Message": f"stands in for a failed {job}"}
             del task["ResultSelector"]
         else:
+            # the task's result, its ResultSelector, then its ResultPath into the input
             ending = {k: task[k] for k in ("End", "Next", "ResultPath") if k in task}
             where[name] = {"Type": "Pass", "Result": canned_result(job),
-                           "Next": f"{name} result"}
-            where[f"{name} result"] = {"Type": "Pass", "Parameters": task["ResultSelector"],
-                                       **ending}
+                           "ResultPath": "$.canned_result", "Next": f"{name} result"}
+            where[f"{name} result"] = {"Type": "Pass", "InputPath": "$.canned_result",
+                                       "Parameters": task["ResultSelector"], **ending}
     return rewritten
 
 
