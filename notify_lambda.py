@@ -2,10 +2,11 @@
 
 AWS Lambda handler for four kinds of event:
 
-* the run summary the state machine sends after its Parallel state
-  (``{"execution": {...}, "jobs": [...]}``): one message listing every job; the handler
-  returns ``{"posted": True, "failed_jobs": N}`` and the state machine fails the execution
-  when ``N > 0``;
+* the run summary the state machine sends after its publish step
+  (``{"execution": {...}, "jobs": [...], "publish": {...}}``: the load phase's jobs and the
+  publish): one message listing every job, the failed tables (a failed slice named with its
+  table, its job and its error) and the slowest and the sliced ones; the handler returns
+  ``{"posted": True, "failed_jobs": N}`` (the publish counted as a job);
 * an SNS notification wrapping a CloudWatch alarm (the state machine failed, timed out or
   was aborted, or the alarm recovered): one message per record; returns ``{"posted": True}``;
 * ``{"name_run": {"scheduled_time": ..., "timezone": ...}}`` from the starter state machine:
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import boto3
 
 try:  # the Lambda's zip: deploy/resources.py writes copier_events.py from copier.py's EVENT_* lines
-    from copier_events import EVENT_TABLE_COPIED, EVENT_TABLE_FAILED
+    from copier_events import (
+        EVENT_SLICE_LOADED,
+        EVENT_TABLE_COPIED,
+        EVENT_TABLE_FAILED,
+        EVENT_TABLE_LOADED,
+    )
 except ImportError:  # a checkout, where copier.py itself is importable
-    from copier import EVENT_TABLE_COPIED, EVENT_TABLE_FAILED
+    from copier import (
+        EVENT_SLICE_LOADED,
+        EVENT_TABLE_COPIED,
+        EVENT_TABLE_FAILED,
+        EVENT_TABLE_LOADED,
+    )
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
@@ -65,6 +76,10 @@ LOG_READ_ATTEMPTS = 3  # a build's last lines can reach CloudWatch Logs seconds 
 LOG_READ_WAIT_SECONDS = 5
 LOG_WINDOW_MARGIN_MS = 5 * 60 * 1000  # read from a little before the execution's start
 SLOWEST_SHOWN = 5
+SLICED_SECTIONS = 2  # blocks for the sliced tables at most; the rest are counted
+# A unit of work in a job's TABLES: a table, or a slice of one ("public.events#2/4"). A quoted
+# name ends with its quote, so the suffix cannot be part of a name (copier.split_units).
+SLICE_SUFFIX = re.compile(r"#(\d+)/(\d+)$")
 FAILED_TABLE_SECTIONS = 6  # blocks for the failed tables at most; the rest are counted
 ERROR_LINE_LIMIT = 300
 
@@ -294,7 +309,9 @@ def summary_message(event: dict[str, Any],
     results from the logs (`report`), the failed tables and the slowest ones too."""
     execution = event.get("execution") or {}
     jobs = [job_result(i, job) for i, job in enumerate(event["jobs"], start=1)]
-    failed = sum(job.failed for job in jobs)
+    publish = (job_result(len(jobs) + 1, event["publish"])
+               if isinstance(event.get("publish"), dict) else None)
+    failed = sum(job.failed for job in jobs) + bool(publish and publish.failed)
     total = len(jobs)
     name = str(either_case(execution, "name") or "unnamed execution")
     started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
@@ -305,8 +322,13 @@ def summary_message(event: dict[str, Any],
         emoji, verdict = ":warning:", "no job results were reported"
     elif failed == 0:
         emoji, verdict = ":white_check_mark:", f"all {total} job{plural(total)} succeeded"
+    elif not any(job.failed for job in jobs):
+        emoji, verdict = ":x:", f"all {total} job{plural(total)} loaded, the publish failed"
     else:
-        emoji, verdict = ":x:", f"{failed} of {total} job{plural(total)} failed"
+        broken = sum(job.failed for job in jobs)
+        emoji, verdict = ":x:", f"{broken} of {total} job{plural(total)} failed"
+        if publish:
+            verdict += f", the publish {'failed' if publish.failed else 'succeeded'}"
     headline = f"Nightly copy {name}: {verdict}"
 
     execution_link = execution_console_url(either_case(execution, "id"))
@@ -323,13 +345,13 @@ def summary_message(event: dict[str, Any],
         *_table_blocks(report, name),
         {"type": "divider"},
     ]
-    blocks += _job_blocks(jobs, MAX_BLOCKS - len(blocks))
+    blocks += _job_blocks(jobs + ([publish] if publish else []), MAX_BLOCKS - len(blocks))
 
     text_lines = [f"{headline} (started {format_time(started)}, took {format_duration(took)})"]
     if report and report.failed:
         text_lines.append(f"Failed tables ({len(report.failed)}): "
                           + ", ".join(t.table for t in report.failed))
-    text_lines += [_job_text_line(job) for job in jobs]
+    text_lines += [_job_text_line(job) for job in jobs + ([publish] if publish else [])]
     text = _escape(_short("\n".join(text_lines), FALLBACK_TEXT_LIMIT))
     payload = {"text": text, "blocks": blocks}
     return payload, failed
@@ -360,6 +382,11 @@ def job_result(position: int, job: Any) -> JobResult:
         error=_short(str(error), 200) if error else None,
         cause=describe_cause(cause, build) if (cause or build) else None,
     )
+
+
+def unit_table(unit: str) -> str:
+    """The table a unit of work names: 'public.events#2/4' -> 'public.events'."""
+    return SLICE_SUFFIX.sub("", unit)
 
 
 def split_tables(tables: Any) -> list[str]:
@@ -502,11 +529,108 @@ def execution_console_url(arn: Any) -> str | None:
 
 @dataclass
 class TableOutcome:
+    """One table of the run. With the cloud's two phases: its load (the whole table, or the
+    longest of its slices: they load at the same time) and its publish; `where` says where
+    it failed first (a slice and its job, or the publish), `error` that failure's line."""
+
     table: str
     job: str
     copied: bool
     seconds: float | None
     error: str | None
+    slices: int | None = None
+    bytes: int | None = None
+    rows: int | None = None
+    load_seconds: float | None = None
+    publish_seconds: float | None = None
+    where: str | None = None
+    jobs: list[str] = field(default_factory=list)  # the jobs that loaded it (its slices')
+    slice_seconds: dict[str, float] = field(default_factory=dict)  # "2/4" -> seconds
+
+    def figures(self) -> str:
+        """'4 slices, 12.3 GB, load 5m12s (longest slice), publish 1m02s'."""
+        parts = [f"{self.slices} slices"] if self.slices else []
+        if self.bytes is not None:
+            parts.append(format_bytes(self.bytes))
+        if self.load_seconds is not None:
+            parts.append(f"load {format_duration(self.load_seconds)}"
+                         + (" (longest slice)" if self.slices else ""))
+        if self.publish_seconds is not None:
+            parts.append(f"publish {format_duration(self.publish_seconds)}")
+        return ", ".join(parts)
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def table_outcomes(lines: list[tuple[str, dict[str, Any]]],
+                   listed: dict[str, str] | None = None) -> list[TableOutcome]:
+    """Each table's outcome from the run's copier lines (oldest first, each with its log
+    stream): its last table_copied or table_failed line decides; table_loaded and
+    slice_loaded lines say how its load went; its first table_failed line says where it
+    failed first (a failed slice fails its table in the publish too). A table with load lines
+    only (the publish has not logged it) has no outcome yet."""
+    job_of_stream = {stream: str(line["job"]) for stream, line in lines if line.get("job")}
+
+    def job_of(stream: str, line: dict[str, Any]) -> str:
+        table = str(line.get("table"))
+        return str(line.get("job") or job_of_stream.get(stream) or (listed or {}).get(table, "?"))
+
+    final: dict[str, tuple[str, dict[str, Any]]] = {}
+    first_failure: dict[str, tuple[str, dict[str, Any]]] = {}
+    loads: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for stream, line in lines:
+        table = line.get("table")
+        if not table:
+            continue
+        table = str(table)
+        if line.get("event") in (EVENT_TABLE_LOADED, EVENT_SLICE_LOADED):
+            loads.setdefault(table, []).append((stream, line))
+            continue
+        final[table] = (stream, line)
+        if line.get("event") == EVENT_TABLE_FAILED:
+            first_failure.setdefault(table, (stream, line))
+    outcomes = []
+    for table, (stream, line) in final.items():
+        copied = line["event"] == EVENT_TABLE_COPIED
+        outcome = TableOutcome(table=table, job=job_of(stream, line), copied=copied,
+                               seconds=_number(line.get("seconds")), error=None,
+                               bytes=_number(line.get("bytes")), rows=_number(line.get("rows")))
+        # the latest line of each slice (or of the whole table) counts
+        loaded = list({str(x.get("slice")): (s, x) for s, x in loads.get(table, [])}.values())
+        sliced = [(s, x) for s, x in loaded if x.get("event") == EVENT_SLICE_LOADED]
+        if loaded:
+            outcome.jobs = list(dict.fromkeys(job_of(s, x) for s, x in loaded))
+            outcome.job = ",".join(outcome.jobs) if copied else outcome.job
+            seconds = [_number(x.get("seconds")) or 0.0 for _, x in loaded]
+            outcome.load_seconds = max(seconds)
+            outcome.slice_seconds = {str(x.get("slice")): _number(x.get("seconds")) or 0.0
+                                     for _, x in sliced}
+            if outcome.bytes is None and all(_number(x.get("bytes")) is not None
+                                              for _, x in loaded):
+                outcome.bytes = sum(x["bytes"] for _, x in loaded)
+        if line.get("phase") == "publish":  # else one process did it all (a local run)
+            outcome.publish_seconds = outcome.seconds if copied else None
+            if copied and outcome.load_seconds is not None and outcome.seconds is not None:
+                outcome.seconds = outcome.load_seconds + outcome.seconds
+        outcome.slices = _number(line.get("slices")) or (
+            int(str(sliced[0][1].get("slice", "0/0")).split("/")[-1] or 0) if sliced else None)
+        if outcome.slices is not None and outcome.slices < 2 and not sliced:
+            outcome.slices = None
+        if not copied:
+            failed_stream, failed_line = first_failure[table]
+            outcome.job = job_of(failed_stream, failed_line)
+            outcome.error = _short(" ".join(str(failed_line.get("error") or "no error logged")
+                                            .split()), ERROR_LINE_LIMIT)
+            if failed_line.get("slice"):
+                outcome.where = f"slice {failed_line['slice']}, {outcome.job}"
+            elif failed_line.get("phase") == "publish":
+                outcome.where = "publish"
+            else:
+                outcome.where = outcome.job
+        outcomes.append(outcome)
+    return outcomes
 
 
 @dataclass
@@ -527,6 +651,10 @@ class TableReport:
         copied = [t for t in self.outcomes if t.copied and t.seconds is not None]
         return sorted(copied, key=lambda t: (-t.seconds, t.table))[:SLOWEST_SHOWN]
 
+    @property
+    def sliced(self) -> list[TableOutcome]:
+        return sorted((t for t in self.outcomes if t.slices), key=lambda t: t.table)
+
 
 def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None:
     """The run's tables from its copier lines in COPIER_LOG_GROUP; None when that is not set.
@@ -538,16 +666,19 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
         return None
     execution = event.get("execution") or {}
     run = either_case(execution, "name")
-    expected = sum(len(split_tables(j.get("tables"))) for j in event["jobs"] if isinstance(j, dict))
+    expected = len(run_tables(event))
     if not run:
         return TableReport([], expected, "the summary names no execution, so its log lines "
                                          "cannot be found")
     started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
     # a line without a job (a swap readers blocked, failed at the end) in a stream without
     # other lines: the job the state machine gave the table
-    listed = {(t if "." in t else f"public.{t}"): str(j.get("job") or f"job-{n}")
-              for n, j in enumerate(event["jobs"], start=1) if isinstance(j, dict)
-              for t in split_tables(j.get("tables"))}
+    listed: dict[str, str] = {}
+    for n, j in enumerate(event["jobs"], start=1):
+        for unit in split_tables(j.get("tables")) if isinstance(j, dict) else []:
+            table = unit_table(unit)
+            listed.setdefault(table if "." in table else f"public.{table}",
+                              str(j.get("job") or f"job-{n}"))
     report = TableReport([], expected)
     for attempt in range(1, LOG_READ_ATTEMPTS + 1):
         report = read_table_report(group, str(run), started, expected, listed)
@@ -562,9 +693,18 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
     return report
 
 
+def run_tables(event: dict[str, Any]) -> list[str]:
+    """The run's tables: the publish's list, else each table the jobs' units name once."""
+    publish = event.get("publish")
+    if isinstance(publish, dict) and split_tables(publish.get("tables")):
+        return split_tables(publish.get("tables"))
+    return list(dict.fromkeys(unit_table(unit) for j in event["jobs"] if isinstance(j, dict)
+                              for unit in split_tables(j.get("tables"))))
+
+
 def read_table_report(group: str, run: str, started: datetime | None, expected: int,
                       listed: dict[str, str] | None = None) -> TableReport:
-    events = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED)
+    events = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_LOADED, EVENT_SLICE_LOADED)
     either = " || ".join(f'($.event = "{name}")' for name in events)
     request: dict[str, Any] = {"logGroupName": group,
                                "filterPattern": f'{{ ($.run = "{run}") && ({either}) }}'}
@@ -592,18 +732,7 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
         return TableReport([], expected, why)
 
     lines.sort(key=lambda item: item[0])
-    job_of_stream = {stream: str(line["job"]) for _, stream, line in lines if line.get("job")}
-    last: dict[str, tuple[str, dict[str, Any]]] = {}
-    for _, stream, line in lines:
-        if line.get("table"):
-            last[str(line["table"])] = (stream, line)
-    outcomes = [TableOutcome(
-        table=table,
-        job=str(line.get("job") or job_of_stream.get(stream) or (listed or {}).get(table, "?")),
-        copied=line["event"] == EVENT_TABLE_COPIED,
-        seconds=line.get("seconds") if isinstance(line.get("seconds"), int | float) else None,
-        error=_short(" ".join(str(line.get("error") or "no error logged").split()), ERROR_LINE_LIMIT),
-    ) for table, (stream, line) in last.items()]
+    outcomes = table_outcomes([(stream, line) for _, stream, line in lines], listed)
     problem = None
     if not outcomes:
         problem = (f"no table lines for run {run} in log group {group} yet (CloudWatch Logs "
@@ -616,7 +745,8 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
 
 def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]:
     """Failed tables with their error line, then the slowest tables; the fallback note when the
-    logs could not (yet) be read. At most FAILED_TABLE_SECTIONS + 2 blocks."""
+    logs could not (yet) be read; the sliced tables with their load and publish. At most
+    FAILED_TABLE_SECTIONS + SLICED_SECTIONS + 2 blocks."""
     if report is None:
         return []
     blocks: list[dict[str, Any]] = []
@@ -627,7 +757,8 @@ def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]
             f"`python3 operations.py report {_escape(name)}` lists every table."))
     failed = report.failed
     if failed:
-        lines = [f"`{_escape(t.table)}` ({_escape(t.job)}): {_escape(t.error or '')}" for t in failed]
+        lines = [f"`{_escape(t.table)}` ({_escape(t.where or t.job)}): {_escape(t.error or '')}"
+                 for t in failed]
         blocks += _packed_sections(f":x: *Failed tables ({len(failed)}):*", lines,
                                    FAILED_TABLE_SECTIONS, "failed table")
     slowest = report.slowest
@@ -635,6 +766,12 @@ def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]
         blocks.append(_section(":snail: *Slowest tables:* " + ", ".join(
             f"`{_escape(t.table)}` {format_duration(t.seconds)} ({_escape(t.job)})"
             for t in slowest)))
+    sliced = report.sliced
+    if sliced:
+        blocks += _packed_sections(":knife: *Sliced tables:*", [
+            f"`{_escape(t.table)}`: {_escape(t.figures())}"
+            + ("" if t.copied else " (not published)") for t in sliced],
+            SLICED_SECTIONS, "sliced table")
     return blocks
 
 
@@ -836,6 +973,14 @@ def parse_time(value: Any) -> datetime | None:
 
 def format_time(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "unknown"
+
+
+def format_bytes(count: float) -> str:
+    """12.3 GB, 45.6 MB, 789 kB (decimal units, as the copier's MB)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count / 1e3:.0f} kB"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -41,11 +41,20 @@ from deploy import (
 from deploy.aws import error_code
 from deploy.cli import EXIT_DONE, Parser, exit_codes, run_guarded
 from deploy.names import job_name
-from deploy.plan import deployed_assignment, table_weights
+from deploy.plan import (
+    SOURCE_SIZES,
+    deployed_assignment,
+    sliced_tables,
+    table_weights,
+    unit_slice,
+)
 from deploy.resources import StateMachine
 
 COPIED, FAILED, STAGED, FINISHED = (copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED,
                                     copier.EVENT_TABLE_STAGED, copier.EVENT_RUN_FINISHED)
+LOADED, SLICE_LOADED = copier.EVENT_TABLE_LOADED, copier.EVENT_SLICE_LOADED
+# A table's lines: its outcome (copied, failed, staged) and how its load phase went.
+TABLE_LINES = (COPIED, FAILED, STAGED, LOADED, SLICE_LOADED)
 # Log lines are written while the builds run, inside the execution's start and stop; the
 # margin covers clock skew and a build still flushing its last lines.
 LOG_WINDOW_MARGIN = dt.timedelta(minutes=15)
@@ -91,6 +100,20 @@ class TableRun:
     bytes: int | None
     seconds: float | None
     error: str | None = None
+    slices: int | None = None
+    load_seconds: float | None = None  # a sliced table's: its longest slice's
+    publish_seconds: float | None = None
+    where: str | None = None  # where it failed first: "slice 2/4, job-3", "publish", a job
+    jobs: list[str] = field(default_factory=list)  # the jobs that loaded it
+    slice_seconds: dict[str, float] = field(default_factory=dict)  # "2/4" -> seconds
+
+    @property
+    def figures(self) -> str:
+        """'4 slices, 12.3 GB, load 5m12s (longest slice), publish 1m02s'."""
+        return notify_lambda.TableOutcome(
+            self.table, self.job, self.status != "FAILED", self.seconds, self.error,
+            slices=self.slices, bytes=self.bytes, load_seconds=self.load_seconds,
+            publish_seconds=self.publish_seconds).figures()
 
     @property
     def mb(self) -> float | None:
@@ -150,14 +173,20 @@ def find_execution(nightly: Nightly, name: str) -> dict | None:
 
 
 def parallel_results(nightly: Nightly, execution_arn: str) -> list[dict] | None:
-    """The job results the Parallel state handed on, from the history; None if it never
-    finished (the execution still runs, was stopped or timed out)."""
+    """The job results the Parallel state handed on, then the publish step's result when it
+    ended, from the history; None if the load phase never finished (the execution still
+    runs, was stopped or timed out)."""
     paginator = nightly.aws.client("stepfunctions").get_paginator("get_execution_history")
+    publish = None
     for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True):
         for event in page["events"]:
             details = event.get("stateExitedEventDetails") or {}
+            output = json.loads(details.get("output") or "{}") if details else {}
+            if publish is None and isinstance(output, dict) and isinstance(
+                    output.get("publish"), dict):
+                publish = output["publish"]  # the publish task's, or its Catch's, result
             if event["type"] == "ParallelStateExited" and details.get("name") == Names.copy_state:
-                return json.loads(details.get("output") or "{}").get("jobs")
+                return output.get("jobs", []) + ([publish] if publish else [])
     return None
 
 
@@ -215,18 +244,17 @@ def job_of_streams(lines: list[dict]) -> dict[str, str]:
 
 
 def table_runs(lines: list[dict]) -> list[TableRun]:
-    """One result per table (its last copied or failed line), slowest first."""
-    jobs = job_of_streams(lines)
-    last: dict[str, dict] = {}
-    for line in lines:
-        if line["event"] in (COPIED, FAILED) and line.get("table"):
-            last[line["table"]] = line
-    runs = [TableRun(
-        table=line["table"],
-        job=str(line["job"]) if line.get("job") is not None else jobs.get(line["@stream"], "?"),
-        status="copied" if line["event"] == COPIED else "FAILED",
-        rows=line.get("rows"), bytes=line.get("bytes"), seconds=line.get("seconds"),
-        error=line.get("error")) for line in last.values()]
+    """One result per table (its last copied or failed line; a failed slice names where it
+    failed first, its load and publish times from the two phases' lines), slowest first."""
+    outcomes = notify_lambda.table_outcomes(
+        [(line.get("@stream", ""), line) for line in lines
+         if line["event"] in (COPIED, FAILED, LOADED, SLICE_LOADED)])
+    runs = [TableRun(table=t.table, job=t.job, status="copied" if t.copied else "FAILED",
+                     rows=t.rows, bytes=t.bytes, seconds=t.seconds, error=t.error,
+                     slices=t.slices, load_seconds=t.load_seconds,
+                     publish_seconds=t.publish_seconds, where=t.where, jobs=t.jobs,
+                     slice_seconds=t.slice_seconds)
+            for t in outcomes]
     runs.sort(key=lambda r: (r.seconds is None, -(r.seconds or 0), r.table))
     return runs
 
@@ -237,9 +265,10 @@ def jobs_from_logs(lines: list[dict]) -> list[JobRun]:
     tables = table_runs(lines)
     finished = {jobs.get(line["@stream"]): line for line in lines if line["event"] == FINISHED}
     result = []
-    for job in sorted({t.job for t in tables} | set(finished) - {None}):
-        mine = [t for t in tables if t.job == job]
-        if any(t.status == "FAILED" for t in mine) or finished.get(job, {}).get("failed"):
+    for job in sorted({j for t in tables for j in t.jobs or [t.job]} | set(finished) - {None}):
+        mine = [t for t in tables if job in (t.jobs or [t.job])]
+        if any(t.status == "FAILED" and t.job == job for t in mine) or finished.get(
+                job, {}).get("failed"):
             status = "FAILED"
         else:
             status = "SUCCEEDED" if job in finished else "UNFINISHED"
@@ -257,8 +286,7 @@ def execution_run(nightly: Nightly, execution: dict) -> ExecutionRun:
         run.jobs = [job_from_result(n, r) for n, r in enumerate(results, start=1)]
         run.jobs_from = "history"
         return run
-    lines = log_lines(nightly, run.name, (COPIED, FAILED, STAGED, FINISHED),
-                      run.start, run.stop)
+    lines = log_lines(nightly, run.name, (*TABLE_LINES, FINISHED), run.start, run.stop)
     if lines:
         run.jobs = jobs_from_logs(lines)
         run.jobs_from = "logs"
@@ -287,7 +315,7 @@ def run_lines(nightly: Nightly, name: str, events: Iterable[str]) -> list[dict]:
 
 
 def report_tables(nightly: Nightly, name: str) -> list[TableRun]:
-    return table_runs(run_lines(nightly, name, (COPIED, FAILED, STAGED)))
+    return table_runs(run_lines(nightly, name, TABLE_LINES))
 
 
 def write_timeline(lines: list[dict], path: str, title: str) -> str:
@@ -362,10 +390,13 @@ def runs_json(runs: list[ExecutionRun]) -> list[dict]:
 
 def tables_table(tables: list[TableRun]) -> list[str]:
     rows = [[t.table, t.job, str(t.rows) if t.rows is not None else "-", number(t.mb, 1),
-             number(t.seconds, 1), number(t.mb_per_second, 2), t.status] for t in tables]
-    lines = aligned(["table", "job", "rows", "MB", "seconds", "MB/s", "status"], rows,
-                    right={2, 3, 4, 5})
-    lines += [f"{t.table}: {t.error}" for t in tables if t.error]
+             number(t.seconds, 1), number(t.mb_per_second, 2), str(t.slices or "-"), t.status]
+            for t in tables]
+    lines = aligned(["table", "job", "rows", "MB", "seconds", "MB/s", "slices", "status"], rows,
+                    right={2, 3, 4, 5, 6})
+    lines += [f"{t.table}: {t.figures}" + ("" if t.status != "FAILED" else ", not published")
+              for t in tables if t.slices]
+    lines += [f"{t.table} ({t.where or t.job}): {t.error}" for t in tables if t.error]
     return lines
 
 
@@ -374,7 +405,8 @@ def tables_json(name: str, tables: list[TableRun]) -> dict:
         {"table": t.table, "job": t.job, "status": t.status, "rows": t.rows, "bytes": t.bytes,
          "mb": round(t.mb, 3) if t.mb is not None else None, "seconds": t.seconds,
          "mb_per_second": round(t.mb_per_second, 3) if t.mb_per_second is not None else None,
-         "error": t.error} for t in tables]}
+         "slices": t.slices, "load_seconds": t.load_seconds, "publish_seconds": t.publish_seconds,
+         "jobs": t.jobs, "where": t.where, "error": t.error} for t in tables]}
 
 
 # --------------------------------------------------------------------------- rebalance
@@ -389,33 +421,57 @@ class Estimate:
 @dataclass
 class History:
     runs: list[str]  # the successful runs measured, newest first
-    seconds: dict[str, list[float]]  # per logged table name
+    seconds: dict[str, list[float]]  # per logged table name: its load's work (a job's time)
     bytes_per_second: float | None  # over every copied table of those runs
+    # per logged slice name ("public.events#2/4"): that slice's own load seconds
+    slice_seconds: dict[str, list[float]] = field(default_factory=dict)
+    # per run, the publish step's seconds over every table (it runs after the jobs)
+    publish_seconds: list[float] = field(default_factory=list)
+
+
+def load_work(line_table: TableRun) -> float | None:
+    """The seconds a table costs the copy jobs: its load in the two phases (a sliced table's
+    slices added up: the work its jobs share), else the whole copy of a one-phase run."""
+    if line_table.slices and line_table.slice_seconds:
+        return sum(line_table.slice_seconds.values())
+    if line_table.publish_seconds is not None:
+        return line_table.load_seconds
+    return line_table.seconds
 
 
 def measured_history(nightly: Nightly, runs: int, out: Callable[[str], None]) -> History:
-    """Per-table seconds of the last `runs` successful runs, from their table_copied lines."""
+    """Per-table seconds of the last `runs` successful runs, from their table_copied lines
+    and, for the two phases, their table_loaded and slice_loaded lines."""
     seconds: dict[str, list[float]] = {}
+    slices: dict[str, list[float]] = {}
+    publish: list[float] = []
     measured, total_bytes, total_seconds = [], 0, 0.0
     for execution in recent_executions(nightly, runs, status="SUCCEEDED"):
-        lines = log_lines(nightly, execution["name"], (COPIED,), execution["startDate"],
-                          execution.get("stopDate"))
+        lines = log_lines(nightly, execution["name"], (COPIED, LOADED, SLICE_LOADED),
+                          execution["startDate"], execution.get("stopDate"))
         copied = [t for t in table_runs(lines) if t.seconds is not None]
         if not copied:
             out(f"{execution['name']}: no table_copied lines (older than the log retention?)")
             continue
         measured.append(execution["name"])
         for table in copied:
-            seconds.setdefault(table.table, []).append(float(table.seconds))
+            work = load_work(table)
+            if work is None:
+                continue
+            seconds.setdefault(table.table, []).append(float(work))
+            for piece, piece_seconds in table.slice_seconds.items():
+                slices.setdefault(f"{table.table}#{piece}", []).append(piece_seconds)
             if table.bytes:
                 total_bytes += table.bytes
-                total_seconds += table.seconds
+                total_seconds += work
+        if any(t.publish_seconds is not None for t in copied):
+            publish.append(sum(t.publish_seconds or 0.0 for t in copied))
     if not measured:
         raise OperationsError(
             f"no successful run with copier log lines among the last {runs}: nothing measured "
             "to rebalance from (setup's size-based split stands)")
     rate = total_bytes / total_seconds if total_bytes and total_seconds else None
-    return History(measured, seconds, rate)
+    return History(measured, seconds, rate, slices, publish)
 
 
 def logged_name(table: str, logged: Iterable[str]) -> str:
@@ -434,10 +490,13 @@ def logged_name(table: str, logged: Iterable[str]) -> str:
     return exact if exact in logged or folded not in logged else folded
 
 
-def source_sizes(settings: Settings, out: Callable[[str], None]) -> dict[str, float] | None:
-    """Bytes per configured table when the source is reachable (as setup measures them)."""
-    weights, basis = table_weights(settings, out)
-    return weights if basis == "source table sizes" else None
+def source_sizes(settings: Settings, out: Callable[[str], None]
+                 ) -> tuple[dict[str, float] | None, frozenset[str]]:
+    """Bytes per configured table when the source is reachable (as setup measures them), and
+    the tables it could cut into slices."""
+    found = table_weights(settings, out)
+    return (found.weights, found.sliceable) if found.basis == SOURCE_SIZES else (None,
+                                                                                frozenset())
 
 
 def estimate_seconds(tables: list[str], history: History,
@@ -465,8 +524,16 @@ def estimate_seconds(tables: list[str], history: History,
     return estimates
 
 
+def unit_seconds(unit: str, estimates: dict[str, Estimate]) -> float:
+    """A unit's predicted seconds: a slice's own measured ones, else its share of its table's."""
+    if unit in estimates:
+        return estimates[unit].seconds
+    table, piece = unit_slice(unit)
+    return estimates[table].seconds / piece[1] if piece else estimates[table].seconds
+
+
 def job_seconds(assignment: list[list[str]], estimates: dict[str, Estimate]) -> list[float]:
-    return [sum(estimates[t].seconds for t in tables) for tables in assignment]
+    return [sum(unit_seconds(unit, estimates) for unit in units) for units in assignment]
 
 
 def bounding_tables(assignment: list[list[str]],
@@ -478,20 +545,23 @@ def bounding_tables(assignment: list[list[str]],
     found = []
     for number, (tables, load) in enumerate(zip(assignment, loads, strict=True), start=1):
         for table in tables:
-            alone = estimates[table].seconds
+            alone = unit_seconds(table, estimates)
             if alone > load - alone and alone >= share:
                 found.append({"table": table, "job": job_name(number), "seconds": alone,
                               "rest_seconds": load - alone})
     return found
 
 
-def assignment_view(assignment: list[list[str]], estimates: dict[str, Estimate]) -> dict:
+def assignment_view(assignment: list[list[str]], estimates: dict[str, Estimate],
+                    publish: float | None = None) -> dict:
+    """Each job's predicted seconds; the longest job, and the run: it plus the publish."""
     loads = job_seconds(assignment, estimates)
     longest = max(range(len(loads)), key=lambda i: (loads[i], -i))
     return {"jobs": [{"job": job_name(n), "seconds": load, "tables": tables}
                      for n, (tables, load) in enumerate(zip(assignment, loads, strict=True),
                                                         start=1)],
-            "longest": {"job": job_name(longest + 1), "seconds": loads[longest]}}
+            "longest": {"job": job_name(longest + 1), "seconds": loads[longest]},
+            "run_seconds": loads[longest] + (publish or 0.0)}
 
 
 def apply_assignment(settings: Settings, aws: Aws, assignment: list[list[str]]) -> str:
@@ -511,18 +581,40 @@ def rebalance(settings: Settings, aws: Aws, runs: int, apply: bool,
         raise OperationsError(f"state machine {names.state_machine} is not deployed (or names no "
                               "TABLES per job): run setup_aws.py first")
     history = measured_history(nightly, runs, out)
-    sizes = None
+    sizes, sliceable = None, frozenset()
     if any(logged_name(t, history.seconds) not in history.seconds for t in settings.tables):
-        sizes = source_sizes(settings, out)
-    tables = list(dict.fromkeys([*settings.tables, *(t for job in current for t in job)]))
+        sizes, sliceable = source_sizes(settings, out)
+    tables = list(dict.fromkeys([*settings.tables,
+                                 *(unit_slice(unit)[0] for job in current for unit in job)]))
     estimates = estimate_seconds(tables, history, sizes)
-    jobs = min(settings.jobs, len(settings.tables))
-    proposed = copier.assign_to_jobs({t: estimates[t].seconds for t in settings.tables}, jobs)
+    for unit in (unit for job in current for unit in job):
+        table, piece = unit_slice(unit)
+        measured = history.slice_seconds.get(
+            f"{logged_name(table, history.seconds)}#{piece[0]}/{piece[1]}") if piece else None
+        if measured:  # a slice of the current split: its own measured seconds
+            estimates[unit] = Estimate(statistics.median(measured),
+                                       f"median of {len(measured)} run(s) of the slice")
+    # Cut what was cut before (its key allows it), and what the source says can be.
+    if settings.splits_tables:
+        measured_sliced = {key.rpartition("#")[0] for key in history.slice_seconds}
+        sliceable = frozenset(sliceable) | {
+            t for t in settings.tables
+            if t in sliced_tables(current) or logged_name(t, history.seconds) in measured_sliced}
+    else:
+        sliceable = frozenset()
+    threshold = None
+    if settings.split_larger_than_mb and history.bytes_per_second:
+        threshold = settings.split_larger_than_mb * 1e6 / history.bytes_per_second
+    jobs = settings.jobs if sliceable else min(settings.jobs, len(settings.tables))
+    proposed = [units for units in copier.plan_units(
+        {t: estimates[t].seconds for t in settings.tables}, jobs, sliceable, threshold) if units]
+    publish = statistics.median(history.publish_seconds) if history.publish_seconds else None
     result = {
         "runs": history.runs,
         "estimates": {t: asdict(e) for t, e in estimates.items()},
-        "current": assignment_view(current, estimates),
-        "proposed": assignment_view(proposed, estimates),
+        "publish_seconds": publish,
+        "current": assignment_view(current, estimates, publish),
+        "proposed": assignment_view(proposed, estimates, publish),
         "bounding": bounding_tables(proposed, estimates),
         "applied": None,
     }
@@ -543,7 +635,9 @@ def rebalance_lines(result: dict, names: Names) -> list[str]:
             ["job", "predicted", "tables"],
             [[j["job"], duration(j["seconds"]), ",".join(j["tables"])] for j in view["jobs"]],
             right={1})]
-        lines.append(f"  longest: {view['longest']['job']}, {duration(view['longest']['seconds'])}")
+        lines.append(f"  longest: {view['longest']['job']}, {duration(view['longest']['seconds'])}"
+                     + (f"; with the publish after it ({duration(result['publish_seconds'])}): "
+                        f"{duration(view['run_seconds'])}" if result["publish_seconds"] else ""))
     lines += [f"warning: {b['table']} alone takes {duration(b['seconds'])}, longer than the rest "
               f"of {b['job']} ({duration(b['rest_seconds'])}): it bounds the run; splitting the "
               "table or a bigger compute type is what shortens the run, not rebalancing"

@@ -109,10 +109,13 @@ class Deployment:
             "NotifyFunctionArn": self.function_arn(),
             "JobTimeoutSeconds": settings.job_timeout_seconds,
             "ExecutionTimeoutSeconds": settings.execution_timeout_seconds,
+            # the copy jobs read one exported snapshot (docs/aws.md, "Two phases")
+            "OneSnapshot": settings.one_snapshot,
+            "Swap": settings.swap,
         }
         if settings.runner == "batch":
             template = with_batch_task(template, json.loads(BATCH_TASK_TEMPLATE.read_text()))
             values |= {"Prefix": self.names.prefix, "JobQueueArn": self.job_queue_arn(),
                        "JobDefinitionName": self.names.job_definition,
                        "Region": self.aws.region}
-        return render_state_machine(template, self.jobs, values)
+        return render_state_machine(template, self.jobs, values, settings.tables)

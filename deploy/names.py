@@ -22,8 +22,12 @@ class Names:
     """Every name the deployment uses, derived from the prefix: written here and nowhere else."""
 
     prefix: str
-    # The Parallel state of state_machine.json that runs the copy jobs.
-    copy_state: ClassVar[str] = "Copy tables"
+    # The states of state_machine.json: the Parallel state whose branches are the copy jobs
+    # (the load phase), and the one task after it that publishes every table (the swap).
+    copy_state: ClassVar[str] = "Load tables"
+    publish_state: ClassVar[str] = "Publish"
+    # The publish step's job name: its COPIER_JOB, so its log lines say "job": "publish".
+    publish_job: ClassVar[str] = "publish"
 
     @property
     def ssm_prefix(self) -> str:

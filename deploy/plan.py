@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -15,8 +16,21 @@ from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.names import Names, job_name
 from deploy.settings import Settings, SettingsError, secret_env_var
 
+SOURCE_SIZES = "source table sizes"
 
-def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[str, float], str]:
+
+@dataclass
+class Weights:
+    """What the split is planned from: a weight per configured table (bytes on the source,
+    configured weights or 1), what they are, and the tables the copier can cut into slices
+    (a single-column integer key; known only when the source was reachable)."""
+
+    weights: dict[str, float]
+    basis: str
+    sliceable: frozenset[str] = frozenset()
+
+
+def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
     """Source table sizes when the source is reachable, else the configured weights, else 1."""
     password = os.environ.get(secret_env_var("source", "password"))
     if settings.source.get("host") and password:
@@ -31,28 +45,55 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> tuple[dict[
         except copier.CopierError as err:  # a server too old for the copier
             raise SettingsError(f"source: {err}") from err
         else:
+            tables_text = ",".join(settings.tables)
             try:
-                sizes = copier.source_table_sizes(conn, ",".join(settings.tables))
+                sizes = copier.source_table_sizes(conn, tables_text)
+                sliceable = copier.sliceable_tables(conn, tables_text)
             except copier.CopierError as err:  # an unknown table: say so before creating
                 raise SettingsError(f"tables: {err}") from err
             finally:
                 conn.close()
             # keyed by the source's qualified names, in the order of the list given
-            return dict(zip(settings.tables, map(float, sizes.values()), strict=True)), (
-                "source table sizes")
+            qualified = dict(zip(settings.tables, sizes, strict=True))
+            return Weights(dict(zip(settings.tables, map(float, sizes.values()), strict=True)),
+                           SOURCE_SIZES,
+                           frozenset(t for t, name in qualified.items() if name in sliceable))
     if settings.table_weights:
-        return ({t: float(settings.table_weights.get(t, 1)) for t in settings.tables},
-                "configured table_weights")
-    return {t: 1.0 for t in settings.tables}, "equal weights"
-
-
+        return Weights({t: float(settings.table_weights.get(t, 1)) for t in settings.tables},
+                       "configured table_weights")
+    return Weights({t: 1.0 for t in settings.tables}, "equal weights")
 
 
 def split_tables_value(text: str) -> list[str]:
-    """A TABLES value back into the names it was joined from, by the copier's own parser."""
+    """A TABLES value back into the units it was joined from, by the copier's own parser:
+    table names, each optionally with its slice ('public.events#2/4')."""
     return [".".join(f'"{part.replace(chr(34), chr(34) * 2)}"' if quoted else part
-                     for part, quoted in parts)
-            for parts in copier.split_table_list(text)]
+                     for part, quoted in parts) + (f"#{piece[0]}/{piece[1]}" if piece else "")
+            for parts, piece in copier.split_units(text)]
+
+
+def unit_slice(unit: str) -> tuple[str, tuple[int, int] | None]:
+    """'public.events#2/4' -> ('public.events', (2, 4)); a whole table -> (name, None)."""
+    ((parts, piece),) = copier.split_units(unit)
+    return (".".join(f'"{part.replace(chr(34), chr(34) * 2)}"' if quoted else part
+                     for part, quoted in parts), piece)
+
+
+def unit_weight(unit: str, weights: dict[str, float]) -> float:
+    """A unit's share of its table's weight: a slice weighs 1/n of it."""
+    table, piece = unit_slice(unit)
+    return weights[table] / piece[1] if piece else weights[table]
+
+
+def sliced_tables(assignment: list[list[str]]) -> dict[str, int]:
+    """The tables an assignment splits, with their number of slices."""
+    return {table: piece[1] for job in assignment for table, piece in map(unit_slice, job)
+            if piece}
+
+
+def tables_of(assignment: list[list[str]]) -> list[str]:
+    """Each table an assignment names once, slices or not."""
+    return list(dict.fromkeys(unit_slice(unit)[0] for job in assignment for unit in job))
 
 
 def _tables_value(node: Any) -> str | None:
@@ -95,24 +136,38 @@ def deployed_assignment(aws: Aws, names: Names) -> list[list[str]] | None:
 
 def plan_jobs(settings: Settings, out: Callable[[str], None],
               aws: Aws | None = None) -> list[list[str]]:
-    """Split the tables over the jobs by weight, or keep the deployed split when it covers
-    the same tables with the same number of jobs: `operations.py rebalance --apply` sets it
-    from measured times, and a plain setup must not silently undo that."""
-    weights, basis = table_weights(settings, out)  # also checks the list on a reachable source
-    jobs = min(settings.jobs, len(settings.tables))
+    """Split the tables over the jobs by weight, cutting the sliceable tables heavier than an
+    average job into slices (only with one_snapshot: the slices of a table must come from one
+    snapshot), or keep the deployed split when it covers the same tables with the same
+    number of jobs: `operations.py rebalance --apply` sets it from measured times, and a plain
+    setup must not silently undo that."""
+    found = table_weights(settings, out)  # also checks the list on a reachable source
+    sliceable = found.sliceable if settings.splits_tables else frozenset()
+    if found.sliceable and not settings.splits_tables:
+        why = "split = false" if settings.one_snapshot else (
+            "one_snapshot = false: the slices of a table must come from one snapshot")
+        out(f"no table is split into slices ({why})")
+    jobs = settings.jobs if sliceable else min(settings.jobs, len(settings.tables))
     if jobs < settings.jobs:
         out(f"only {len(settings.tables)} tables: using {jobs} jobs instead of {settings.jobs}")
     deployed = deployed_assignment(aws, Names(settings.prefix)) if aws else None
-    if deployed and len(deployed) == jobs and sorted(
-            t for job in deployed for t in job) == sorted(settings.tables):
+    if deployed and len(deployed) == jobs and sorted(tables_of(deployed)) == sorted(
+            settings.tables) and (settings.splits_tables or not sliced_tables(deployed)):
         out("table assignment kept from the deployed state machine (same tables and jobs; "
             "operations.py rebalance changes it):")
-        for number, tables in enumerate(deployed, start=1):
-            out(f"  {job_name(number)}  {','.join(tables)}")
+        for number, units in enumerate(deployed, start=1):
+            out(f"  {job_name(number)}  {','.join(units)}")
         return deployed
-    assignment = copier.assign_to_jobs(weights, jobs)
-    out(f"table assignment ({basis}):")
-    for number, tables in enumerate(assignment, start=1):
-        load = sum(weights[t] for t in tables)
-        out(f"  {job_name(number)}  weight {load:g}  {','.join(tables)}")
+    threshold = None
+    if settings.split_larger_than_mb and found.basis == SOURCE_SIZES:
+        threshold = settings.split_larger_than_mb * 1e6
+    assignment = [units for units in copier.plan_units(found.weights, jobs, sliceable, threshold)
+                  if units]
+    sliced = sliced_tables(assignment)
+    out(f"table assignment ({found.basis}"
+        + (f"; split into slices: {', '.join(f'{t} ({n})' for t, n in sliced.items())}"
+           if sliced else "") + "):")
+    for number, units in enumerate(assignment, start=1):
+        load = sum(unit_weight(unit, found.weights) for unit in units)
+        out(f"  {job_name(number)}  weight {load:g}  {','.join(units)}")
     return assignment

@@ -36,6 +36,7 @@ ALARM_WINDOW_LIMIT_SECONDS = 7 * 24 * 3600  # CloudWatch: Period x EvaluationPer
 RDS_CA_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
 RDS_CA_BUNDLE = "rds-global-bundle.pem"
 RDS_HOST_SUFFIXES = (".rds.amazonaws.com", ".rds.amazonaws.com.cn")
+SWAP_MODES = ("table", "together")  # the copier's --swap
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -53,6 +54,17 @@ class Settings:
     tables: list[str] = field(default_factory=list, metadata={"help": "tables to copy"})
     jobs: int = field(default=5, metadata={"help": "parallel CodeBuild jobs"})
     table_weights: dict[str, float] = field(default_factory=dict, metadata={"file_only": True})
+    one_snapshot: bool = field(default=True, metadata={
+        "help": "the copy jobs read one snapshot of the source, exported by job-1 and held "
+        "until every job imported it (needed to split tables into slices)"})
+    split: bool = field(default=True, metadata={
+        "help": "split a large table into slices that several jobs load (needs one_snapshot)"})
+    split_larger_than_mb: int = field(default=0, metadata={
+        "help": "split tables larger than this many MB (default 0: those heavier than an "
+        "average job)"})
+    swap: str = field(default="table", metadata={
+        "help": "'table': each table goes live when published; 'together': all in one "
+        "transaction at the end of the publish, or none"})
     github_url: str = field(default="", metadata={"help": "GitHub repository URL"})
     branch: str = field(default="main", metadata={"help": "branch the builds check out"})
     image: str = field(default="aws/codebuild/standard:7.0", metadata={"help": "build image"})
@@ -130,6 +142,10 @@ class Settings:
             raise SettingsError("tables: a table is listed twice")
         if self.jobs < 1:
             raise SettingsError("jobs must be at least 1")
+        if self.swap not in SWAP_MODES:
+            raise SettingsError(f"swap {self.swap!r}: use one of {', '.join(SWAP_MODES)}")
+        if self.split_larger_than_mb < 0:
+            raise SettingsError("split_larger_than_mb must not be negative")
         if not self.github_url and not self.runs_an_image:
             raise SettingsError("github_url is required (or custom_image = true, or ecr_image)")
         self.validate_runner()
@@ -182,7 +198,13 @@ class Settings:
 
     @property
     def execution_timeout_seconds(self) -> int:
-        return self.job_timeout_seconds + 3600
+        """The load phase and the publish one after it, each a job, and an hour's margin."""
+        return 2 * self.job_timeout_seconds + 3600
+
+    @property
+    def splits_tables(self) -> bool:
+        """Slices of one table are loaded by several jobs: only inside one snapshot."""
+        return self.split and self.one_snapshot
 
     def missed_run_window_seconds(self) -> int:
         """The missed-night alarm's window: the longest gap between two scheduled runs, plus

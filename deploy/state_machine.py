@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.names import Names, job_name
+from deploy.plan import unit_slice
 from deploy.settings import SettingsError
 
 HERE = Path(__file__).resolve().parent.parent
@@ -17,8 +18,11 @@ STATE_MACHINE_TEMPLATE = HERE / "state_machine.json"
 BATCH_TASK_TEMPLATE = HERE / "state_machine_batch.json"
 
 
-def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str, Any]) -> dict:
-    """Fill the template: one copy of the branch template per job, then every ${Name}."""
+def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str, Any],
+                         tables: list[str] | None = None) -> dict:
+    """Fill the template: one copy of the branch template per job (its units of work in
+    TABLES), the publish step with every table of the run (`tables`, by default those the
+    jobs' units name), then every ${Name}."""
 
     def value(names: dict[str, Any], name: str) -> Any:
         if name not in names:
@@ -37,41 +41,72 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
             return re.sub(r"\$\{(\w+)\}", lambda m: str(value(names, m.group(1))), node)
         return node
 
+    if tables is None:
+        tables = list(dict.fromkeys(unit_slice(unit)[0] for job in jobs for unit in job))
+    values = {**values, "JobCount": str(len(jobs))}  # an environment value: text
     definition = copy.deepcopy(template)
     parallel = definition["States"][Names.copy_state]
     (branch,) = parallel["Branches"]
     parallel["Branches"] = [
-        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(tables)})
-        for n, tables in enumerate(jobs, start=1)
+        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(units),
+                      "OneSnapshot": snapshot_role(n, values.get("OneSnapshot"))})
+        for n, units in enumerate(jobs, start=1)
     ]
+    publish = {**values, "JobName": Names.publish_job, "Tables": ",".join(tables)}
+    for name in publish_states(definition):
+        definition["States"][name] = fill(definition["States"][name], publish)
     return fill(definition, values)
 
 
+def snapshot_role(job: int, one_snapshot: Any) -> str:
+    """COPIER_ONE_SNAPSHOT of a copy job: the first job exports the run's snapshot and holds
+    it until every job imported it ('hold'), the others import it ('join'); empty: each job
+    takes its own snapshot (one_snapshot = false)."""
+    if one_snapshot is None:
+        raise SettingsError("state_machine.json: no value for ${OneSnapshot}")
+    if not one_snapshot:
+        return ""
+    return "hold" if job == 1 else "join"
+
+
+def publish_states(definition: dict) -> list[str]:
+    """The publish task and the Pass state its Catch leads to."""
+    task = definition["States"][Names.publish_state]
+    return [Names.publish_state, *(catch["Next"] for catch in task.get("Catch", []))]
+
+
+def job_tasks(definition: dict) -> list[dict]:
+    """The template's two job tasks: the copy job (the Parallel's branch) and the publish."""
+    (branch,) = definition["States"][Names.copy_state]["Branches"]
+    return [branch["States"][branch["StartAt"]], definition["States"][Names.publish_state]]
+
+
 def with_batch_task(template: dict, batch_task: dict) -> dict:
-    """The template with its copy task run by AWS Batch instead of CodeBuild.
+    """The template with its copy and publish tasks run by AWS Batch instead of CodeBuild.
 
     Only the runner-specific fields change: Resource, Parameters and Retry come from the Batch
     file, and the ResultSelector keeps the template's fixed entries (job, tables) with the
-    Batch file's paths. TimeoutSeconds, Catch and End stay, and so do the states after the
-    Parallel. The container's environment is the CodeBuild task's EnvironmentVariablesOverride
-    without "Type": both runners get the same variables, written once.
+    Batch file's paths. TimeoutSeconds, Catch, ResultPath, Next and End stay, and so do the
+    other states. The container's environment is the CodeBuild task's
+    EnvironmentVariablesOverride without "Type": both runners get the same variables, written
+    once.
     """
     definition = copy.deepcopy(template)
-    (branch,) = definition["States"][Names.copy_state]["Branches"]
-    task = branch["States"][branch["StartAt"]]
-    environment = []
-    for variable in task["Parameters"]["EnvironmentVariablesOverride"]:
-        if variable.get("Type", "PLAINTEXT") != "PLAINTEXT":
-            raise SettingsError(f"state_machine.json: {variable['Name']} is "
-                                f"{variable['Type']}; Batch overrides take plain values only")
-        environment.append({k: v for k, v in variable.items() if k != "Type"})
-    parts = {k: copy.deepcopy(v) for k, v in batch_task.items() if k != "Comment"}
-    parts["Parameters"]["ContainerOverrides"]["Environment"] = environment
-    parts["ResultSelector"] = {
-        **{k: v for k, v in task["ResultSelector"].items() if not k.endswith(".$")},
-        **parts["ResultSelector"]}
-    branch["States"][branch["StartAt"]] = {
-        **{k: parts.get(k, v) for k, v in task.items()}, **parts}
+    for task in job_tasks(definition):
+        environment = []
+        for variable in task["Parameters"]["EnvironmentVariablesOverride"]:
+            if variable.get("Type", "PLAINTEXT") != "PLAINTEXT":
+                raise SettingsError(f"state_machine.json: {variable['Name']} is "
+                                    f"{variable['Type']}; Batch overrides take plain values only")
+            environment.append({k: v for k, v in variable.items() if k != "Type"})
+        parts = {k: copy.deepcopy(v) for k, v in batch_task.items() if k != "Comment"}
+        parts["Parameters"]["ContainerOverrides"]["Environment"] = environment
+        parts["ResultSelector"] = {
+            **{k: v for k, v in task["ResultSelector"].items() if not k.endswith(".$")},
+            **parts["ResultSelector"]}
+        replaced = {**{k: parts.get(k, v) for k, v in task.items()}, **parts}
+        task.clear()
+        task.update(replaced)
     return definition
 
 

@@ -231,15 +231,18 @@ def subprocess_env(endpoint: str) -> dict[str, str]:
 
 
 def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict:
-    """The definition with each job's task replaced, since moto's engine cannot run it.
+    """The definition with each job's task replaced, since moto's engine cannot run it: the
+    copy jobs (the Parallel's branches) and the publish step (job name "publish").
 
     A succeeding job becomes a Pass holding canned_result(job) (what the real task returns),
     then the task's own ResultSelector as a Pass; a failing job's task becomes an sns:publish
-    to a missing topic, which fails and goes to the branch's own Catch."""
+    to a missing topic, which fails and goes to the task's own Catch."""
     rewritten = copy.deepcopy(definition)
-    for branch in rewritten["States"][deploy.Names.copy_state]["Branches"]:
-        name = branch["StartAt"]
-        task = branch["States"][name]
+    states = rewritten["States"]
+    tasks = [(branch["States"], branch["StartAt"])
+             for branch in states[deploy.Names.copy_state]["Branches"]]
+    for where, name in [*tasks, (states, deploy.Names.publish_state)]:
+        task = where[name]
         job = task["ResultSelector"]["job"]
         if job in failing:
             task["Resource"] = "arn:aws:states:::sns:publish"
@@ -247,10 +250,12 @@ def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict
                                   "Message": f"stands in for a failed {job}"}
             del task["ResultSelector"]
         else:
-            branch["States"][name] = {"Type": "Pass", "Result": canned_result(job),
-                                      "Next": f"{name} result"}
-            branch["States"][f"{name} result"] = {
-                "Type": "Pass", "Parameters": task["ResultSelector"], "End": True}
+            # the task's result, its ResultSelector, then its ResultPath into the input
+            ending = {k: task[k] for k in ("End", "Next", "ResultPath") if k in task}
+            where[name] = {"Type": "Pass", "Result": canned_result(job),
+                           "ResultPath": "$.canned_result", "Next": f"{name} result"}
+            where[f"{name} result"] = {"Type": "Pass", "InputPath": "$.canned_result",
+                                       "Parameters": task["ResultSelector"], **ending}
     return rewritten
 
 

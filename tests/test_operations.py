@@ -54,10 +54,11 @@ BYTES = {"public.a": 1_200_000_000, "public.b": 290_000_000, "public.c": 380_000
          "public.d": 656_000_000, "public.e": 71_000_000, "public.f": 1_180_000_000}
 ROWS = {"public.a": 5_000_000, "public.b": 290_000, "public.c": 1_000_000,
         "public.d": 2_000_000, "public.e": 10_000, "public.f": 3_000_000}
-# Canned builds: job-1 40 minutes, job-2 17m 53s, job-3 50 minutes.
+# Canned builds: job-1 40 minutes, job-2 17m 53s, job-3 50 minutes, then the publish 5 minutes.
 BUILD_TIMES = {"job-1": ("2026-11-27T03:00:05Z", "2026-11-27T03:40:05Z"),
                "job-2": ("2026-11-27T03:00:07Z", "2026-11-27T03:18:00Z"),
-               "job-3": ("2026-11-27T03:00:09Z", "2026-11-27T03:50:09Z")}
+               "job-3": ("2026-11-27T03:00:09Z", "2026-11-27T03:50:09Z"),
+               "publish": ("2026-11-27T03:50:20Z", "2026-11-27T03:55:20Z")}
 
 
 def moto_with_executions(patch: pytest.MonkeyPatch):
@@ -207,14 +208,19 @@ def test_report_of_one_run_lists_its_tables_slowest_first(history, capsys):
     code, out, _ = run(["report", "2026-11-26", "--config", str(history)], capsys)
     assert code == 0
     assert out.splitlines() == [
-        "table     job       rows      MB  seconds  MB/s  status",
-        "public.a  job-1  5000000  1200.0   2400.0  0.50  copied",
-        "public.c  job-3  1000000   380.0    950.0  0.40  copied",
-        "public.d  job-3  2000000   656.0    820.0  0.80  copied",
-        "public.e  job-3    10000    71.0    710.0  0.10  copied",
-        "public.f  job-3  3000000  1180.0    590.0  2.00  copied",
-        "public.b  job-2   290000   290.0    290.0  1.00  copied",
+        "table     job       rows      MB  seconds  MB/s  slices  status",
+        "public.a  job-1  5000000  1200.0   2400.0  0.50       -  copied",
+        "public.c  job-3  1000000   380.0    950.0  0.40       -  copied",
+        "public.d  job-3  2000000   656.0    820.0  0.80       -  copied",
+        "public.e  job-3    10000    71.0    710.0  0.10       -  copied",
+        "public.f  job-3  3000000  1180.0    590.0  2.00       -  copied",
+        "public.b  job-2   290000   290.0    290.0  1.00       -  copied",
     ]
+
+
+# a one-phase run's lines: no slices, no load or publish of their own
+ONE_PHASE = {"slices": None, "load_seconds": None, "publish_seconds": None, "jobs": [],
+             "where": None}
 
 
 def test_report_of_one_run_as_json_with_a_failed_table(history, capsys):
@@ -223,19 +229,20 @@ def test_report_of_one_run_as_json_with_a_failed_table(history, capsys):
     assert json.loads(out) == {"execution": "2026-11-28", "tables": [
         {"table": "public.a", "job": "job-1", "status": "copied", "rows": 5_000_000,
          "bytes": 1_200_000_000, "mb": 1200.0, "seconds": 2500.0, "mb_per_second": 0.48,
-         "error": None},
+         "error": None, **ONE_PHASE},
         {"table": "public.c", "job": "job-3", "status": "copied", "rows": 1_000_000,
          "bytes": 380_000_000, "mb": 380.0, "seconds": 900.0, "mb_per_second": 0.422,
-         "error": None},
+         "error": None, **ONE_PHASE},
         {"table": "public.d", "job": "job-3", "status": "copied", "rows": 2_000_000,
          "bytes": 656_000_000, "mb": 656.0, "seconds": 800.0, "mb_per_second": 0.82,
-         "error": None},
+         "error": None, **ONE_PHASE},
         {"table": "public.b", "job": "job-2", "status": "copied", "rows": 290_000,
          "bytes": 290_000_000, "mb": 290.0, "seconds": 300.0, "mb_per_second": 0.967,
-         "error": None},
+         "error": None, **ONE_PHASE},
         {"table": "public.g", "job": "job-2", "status": "FAILED", "rows": None, "bytes": None,
          "mb": None, "seconds": 12.5, "mb_per_second": None,
-         "error": "value too long for type character varying(20)"},
+         "error": "value too long for type character varying(20)", **ONE_PHASE,
+         "where": "job-2"},
     ]}
 
 
@@ -417,7 +424,7 @@ def test_a_table_without_history_is_estimated_from_its_size_when_the_source_answ
         history, capsys, monkeypatch):
     sizes = {**{t: float(b) for t, b in BYTES.items()}, "public.g": 2e9}
     monkeypatch.setattr(operations, "table_weights",
-                        lambda settings, out: (sizes, "source table sizes"))
+                        lambda settings, out: deploy.plan.Weights(sizes, "source table sizes"))
     code, out, _ = run(["rebalance", "--json", "--config", str(history)], capsys)
     result = json.loads(out)
     rate = 3 * sum(BYTES.values()) / sum(sum(run.values()) for run in SECONDS.values())

@@ -84,8 +84,9 @@ def test_one_branch_per_job_with_every_table_exactly_once(aws, jobs):
         task = copy_task(branch)
         assert task["Resource"] == CODEBUILD_SYNC
         assert task["Parameters"]["ProjectName"] == "nightly-copy"
-        override, run, job = task["Parameters"]["EnvironmentVariablesOverride"]
+        override, phase, run, job, *_ = task["Parameters"]["EnvironmentVariablesOverride"]
         assert (override["Name"], override["Type"]) == ("TABLES", "PLAINTEXT")
+        assert phase == {"Name": "COPIER_PHASE", "Value": "load", "Type": "PLAINTEXT"}
         # the copier's JSON lines carry the run and the job, so a report can find them
         assert run == {"Name": "COPIER_RUN", "Value.$": "$$.Execution.Name",
                        "Type": "PLAINTEXT"}
@@ -104,7 +105,7 @@ def test_more_jobs_than_tables_gives_one_job_per_table(aws):
 def test_every_task_has_a_timeout_and_retries_only_api_errors(aws):
     definition = render(aws, 3)
     tasks = [(name, s) for name, s in all_states(definition) if s["Type"] == "Task"]
-    assert len(tasks) == 4
+    assert len(tasks) == 5  # three jobs, the publish, the summary
     for name, task in tasks:
         assert isinstance(task["TimeoutSeconds"], int) and task["TimeoutSeconds"] > 0, name
         for retry in task.get("Retry", []):
@@ -143,7 +144,8 @@ def test_a_template_value_left_out_is_an_error():
     template = json.loads(deploy.state_machine.STATE_MACHINE_TEMPLATE.read_text())
     with pytest.raises(deploy.SettingsError, match="NotifyFunctionArn"):
         deploy.state_machine.render_state_machine(template, [["public.a"]], {
-            "ProjectName": "p", "JobTimeoutSeconds": 60, "ExecutionTimeoutSeconds": 120})
+            "ProjectName": "p", "JobTimeoutSeconds": 60, "ExecutionTimeoutSeconds": 120,
+            "OneSnapshot": True, "Swap": "table"})
 
 
 # --- logic, in moto's Step Functions engine
