@@ -367,3 +367,64 @@ def test_a_table_whose_slices_straddle_a_renewed_snapshot_is_loaded_again(copier
     for table in ("acc_a", "acc_b"):
         assert dbs.target_rows(CONTENT.format(table)) == dbs.source_rows(CONTENT.format(table))
     assert staging_debris(dbs) == []
+
+
+def test_the_rendered_state_machine_drives_real_load_jobs_and_publish(dbs, monkeypatch):
+    """The nightly run end to end but for AWS itself: setup's plan read from the real source,
+    the state machine rendered by deploy, and each of its tasks' environment given to a real
+    copier process: the load jobs side by side while a writer moves amounts, then the publish."""
+    import boto3  # noqa: F401 - moto patches it
+    from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env
+    from moto import mock_aws
+    from test_cloud_phases import environment
+    from test_state_machine import branches, copy_task
+
+    import deploy
+    from deploy.settings import secret_env_var
+
+    fill_accounts(dbs)
+    dbs.source("CREATE TABLE notes (id int PRIMARY KEY, body text);"
+               "INSERT INTO notes SELECT g, 'n' || g FROM generate_series(1, 2000) g")
+    tables = ["acc_a", "acc_b", "notes"]
+    source = {"host": "127.0.0.1", "port": str(dbs.cluster.port), "dbname": dbs.source_name,
+              "user": "postgres", "sslmode": "disable"}
+    monkeypatch.setenv(secret_env_var("source", "password"), "unused (trust)")
+    settings = deploy.Settings(tables=tables, jobs=3, github_url="https://x/y.git", source=source)
+    said: list[str] = []
+    assignment = deploy.plan_jobs(settings, said.append)
+    assert any("#" in unit for job in assignment for unit in job), (assignment, said)
+
+    set_fake_aws_env(monkeypatch)
+    with mock_aws(config=MOTO_CONFIG):
+        definition = deploy.Deployment(settings, deploy.Aws(REGION), deploy.Options(),
+                                       assignment).state_machine_definition()
+    night = {"$$.Execution.Name": "2026-11-29"}
+    loads = [{k: night.get(v, v) for k, v in environment(copy_task(b)).items()}
+             for b in branches(definition)]
+    publish_env = {k: night.get(v, v) for k, v in
+                   environment(definition["States"][deploy.Names.publish_state]).items()}
+
+    total = dbs.source_rows(TOTAL)
+    writer = Writer(dbs.source_dsn)
+    writer.start()
+    try:
+        writer.wait_for(10)
+        jobs = [Job(dbs, env["TABLES"], **{k: v for k, v in env.items() if k != "TABLES"})
+                for env in loads]
+        outcomes = [job.finish() for job in jobs]
+        writer.wait_for(10)
+    finally:
+        writer.stop()
+    assert [code for code, _ in outcomes] == [0] * len(jobs), outcomes
+    published = Job(dbs, publish_env.pop("TABLES"), **publish_env)
+    code, stderr = published.finish()
+    assert code == 0, stderr
+
+    assert dbs.target_rows(TOTAL) == total
+    for table in tables:
+        count = f"SELECT count(*) FROM {table}"
+        assert dbs.target_rows(count) == dbs.source_rows(count)
+    copied = {e["table"]: e for e in published.of("table_copied")}
+    assert set(copied) == {f"public.{t}" for t in tables}
+    assert copied["public.acc_a"]["slices"] > 1
+    assert staging_debris(dbs) == []
