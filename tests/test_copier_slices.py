@@ -428,3 +428,14 @@ def test_the_rendered_state_machine_drives_real_load_jobs_and_publish(dbs, monke
     assert set(copied) == {f"public.{t}" for t in tables}
     assert copied["public.acc_a"]["slices"] > 1
     assert staging_debris(dbs) == []
+
+    # What operations.py report (and the Slack summary, through the same reader) make of the
+    # night's real lines, one log stream per build.
+    import operations
+
+    logged = [{**line, "@stream": f"{stream}/build", "@timestamp": n} for n, (stream, line) in
+              enumerate((job.env["COPIER_JOB"], line) for job in [*jobs, published] for line in job.lines)]
+    runs = {t.table: t for t in operations.table_runs(logged)}
+    assert {name: t.status for name, t in runs.items()} == {f"public.{t}": "copied" for t in tables}
+    assert runs["public.acc_a"].slices == copied["public.acc_a"]["slices"]
+    assert runs["public.acc_a"].rows == 60000
