@@ -189,6 +189,7 @@ class Options:
     one_snapshot: str = ""  # load phase: "hold" exports the run's snapshot, "join" imports it
     load_jobs: int = 1  # load phase: how many jobs import the held snapshot
     snapshot_wait: float = 1800.0
+    scheduled: bool = False  # COPIER_RUN is set: the state machine started it, nobody watches
     # Tables staged and swapped together at the end of a per-table run (see late_swaps).
     late_swap: frozenset[str] = frozenset()
 
@@ -325,7 +326,7 @@ def phase_settings(phase: str, error) -> dict:
     # A run of its own for a local run: its staging notes can never match another's.
     token = run if phase != "all" else f"local-{os.getpid()}-{time.time_ns()}"
     return {"phase": phase, "run": token, "one_snapshot": one_snapshot, "load_jobs": load_jobs,
-            "snapshot_wait": wait}
+            "snapshot_wait": wait, "scheduled": bool(run)}
 
 
 EXAMPLES = """\
@@ -3150,10 +3151,8 @@ class RunShared:
     origin: str = ""  # the snapshot a load job imported from the run's first job, if any
 
     @classmethod
-    def create(cls, options: Options, snapshot: str, origin: str = "") -> RunShared:
-        context = get_context("spawn")
-        return cls(OutageClock(context, options.outage_budget), SharedSnapshot(context, snapshot),
-                   origin)
+    def create(cls, outages: OutageClock, snapshot: str, origin: str = "") -> RunShared:
+        return cls(outages, SharedSnapshot(get_context("spawn"), snapshot), origin)
 
     def snapshot_identity(self) -> str:
         """The same for every unit read from the same moment, in any job of the run: slices
@@ -3898,7 +3897,7 @@ def export_snapshot(conn) -> str:
         return cur.fetchone()[0]
 
 
-def take_snapshot(src, dst, units: list[Unit], options: Options) -> RunShared:
+def take_snapshot(src, dst, units: list[Unit], options: Options, outages: OutageClock) -> RunShared:
     """The moment the run reads: its own exported snapshot, none for the publish phase, or,
     for load jobs with one snapshot, the one the run's first job exports and the others import.
 
@@ -3908,7 +3907,7 @@ def take_snapshot(src, dst, units: list[Unit], options: Options) -> RunShared:
     may let go (the source may be a standby, where NOTIFY is refused).
     """
     if options.phase == "publish":
-        return RunShared.create(options, "")
+        return RunShared.create(outages, "")
     if options.one_snapshot == "hold":
         with dst.cursor() as cur:
             cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(snapshot_channel(options.run))))
@@ -3917,7 +3916,7 @@ def take_snapshot(src, dst, units: list[Unit], options: Options) -> RunShared:
             cur.execute("SELECT set_config('application_name', %s, false)",
                         (snapshot_marker(options.run) + name,))
         log_event("snapshot_shared", jobs=options.load_jobs)
-        return RunShared.create(options, name, origin=name)
+        return RunShared.create(outages, name, origin=name)
     if options.one_snapshot == "join":
         try:
             origin = find_shared_snapshot(src, options)
@@ -3934,8 +3933,8 @@ def take_snapshot(src, dst, units: list[Unit], options: Options) -> RunShared:
             cur.execute("SELECT pg_notify(%s, %s)",
                         (snapshot_channel(options.run), os.environ.get("COPIER_JOB") or str(os.getpid())))
         log_event("snapshot_imported")
-        return RunShared.create(options, local, origin=origin)
-    return RunShared.create(options, export_snapshot(src))
+        return RunShared.create(outages, local, origin=origin)
+    return RunShared.create(outages, export_snapshot(src))
 
 
 def snapshot_marker(run: str) -> str:
@@ -4120,13 +4119,14 @@ def report_outages(results: list[TableResult], shared: RunShared,
 
 def run(options: Options, settings: dict) -> int:
     started = time.monotonic()
-    src = open_connection(settings["source"], "source")
+    outages = OutageClock(get_context("spawn"), options.outage_budget)
+    src = connect_at_start(settings, "source", outages, options)
     dst = holder = None
     try:
         units = plan_run(src, options)
         tables = list({u.source.table: u.source for u in units}.values())
         warn_if_recovery_may_cancel(src)
-        dst = open_connection(settings["target"], "target")
+        dst = connect_at_start(settings, "target", outages, options)
         check_target(dst, tables)
         if options.dry_run:
             print_plan(units, options.jobs)
@@ -4135,7 +4135,7 @@ def run(options: Options, settings: dict) -> int:
         lock_tables(dst, tables, shared=options.phase == "load")
         if options.swap == "table" and options.phase != "load":
             options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
-        shared = take_snapshot(src, dst, units, options)
+        shared = take_snapshot(src, dst, units, options, outages)
         if options.phase != "publish":
             holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
         results, abandoned = run_units(units, settings, options, shared)
@@ -4183,6 +4183,26 @@ def run(options: Options, settings: dict) -> int:
     for r in failed:
         say(f"copier: error: {r.unit or r.table}: {r.error}")
     return 1 if failed else 0
+
+
+# What a connection attempt answers when the settings are wrong rather than the server away:
+# waiting would not help, so even a scheduled run fails at once.
+NOT_AN_OUTAGE = re.compile(r"password authentication failed|no pg_hba\.conf entry|does not exist|"
+                           r"certificate|SSL|permission denied|too many connections", re.I)
+
+
+def connect_at_start(settings: dict, role: str, outages: OutageClock, options: Options):
+    """The run's first connection. A scheduled run (COPIER_RUN set) that starts during a
+    failover or a restart waits for the database as the jobs do later, within the outage
+    budget; a run by hand fails at once, where a wrong host or port looks the same as an outage."""
+    if not options.scheduled:
+        return open_connection(settings[role], role)
+    try:
+        return open_connection(settings[role], role)
+    except ConnectionLost as exc:
+        if NOT_AN_OUTAGE.search(str(exc)):
+            raise
+    return connect_waiting(settings[role], role, outages)
 
 
 def plan_run(src, options: Options) -> list[Unit]:

@@ -358,3 +358,30 @@ def test_swap_together_restages_tables_read_before_the_snapshot_was_renewed(
     assert {e["table"] for e in result.of("table_copied")} == {f"public.{t}" for t in tables}
     assert "the tables copied come from snapshot 2: public.t03, public.t02, public.t01" in result.stderr
     assert_equal_to_source(copier_env.source_dsn, copier_env.target_dsn, tables)
+
+
+def test_a_scheduled_run_that_starts_during_an_outage_waits_for_it(pg_cluster, tmp_path_factory):
+    spare = spare_cluster(tmp_path_factory, "spare-start")
+    try:
+        admin_execute(pg_cluster, "CREATE DATABASE start_src")
+        admin_execute(spare, "CREATE DATABASE start_tgt")
+        source, target = pg_cluster.dsn("start_src"), spare.dsn("start_tgt")
+        fill_source(source, TABLES[:2])
+        restart = outage(spare, 8)  # the target fails over as the schedule starts the run
+        scheduled = {"COPIER_RUN": "2026-11-29", "COPIER_JOB": "job-1"}
+        result = run_copier_process(["copier.py", "TABLES=t01,t02"], source, target, scheduled)
+        restart.join()
+        assert result.code == 0, result.stderr
+        waited = result.of("waiting")
+        assert waited and {e["database"] for e in waited} == {"target"}
+        assert result.of("run_finished")[0]["target_waited_seconds"] >= 5
+        assert_equal_to_source(source, target, TABLES[:2])
+
+        # Settings that are wrong, not a server that is away, fail at once even when scheduled.
+        wrong = run_copier_process(["copier.py", "TABLES=t01"], source,
+                                   spare.dsn("no_such_database"), scheduled)
+        assert wrong.code == 1 and wrong.of("waiting") == []
+        assert 'database "no_such_database" does not exist' in wrong.stderr
+    finally:
+        spare.stop()
+        admin_execute(pg_cluster, "DROP DATABASE IF EXISTS start_src WITH (FORCE)")

@@ -293,7 +293,7 @@ def test_a_failed_slice_fails_its_table_and_the_rest_goes_live(dbs):
     jobs = [load_job(dbs, "night-1", 1, 3, "acc_a#1/3,acc_b", COPIER_SNAPSHOT_WAIT="3"),
             load_job(dbs, "night-1", 2, 3, "acc_a#2/3")]
     # Job 3 dies before it imports anything: its target refuses connections.
-    broken = load_job(dbs, "night-1", 3, 3, "acc_a#3/3",
+    broken = load_job(dbs, "night-1", 3, 3, "acc_a#3/3", COPIER_OUTAGE_BUDGET="1",
                       TARGET_DSN="host=127.0.0.1 port=1 dbname=x user=u connect_timeout=2")
     assert [job.finish()[0] for job in jobs] == [0, 0]
     assert broken.finish()[0] == 1
