@@ -585,6 +585,10 @@ class StateMachine(Resource):
         return f"stopped {count}: {names}"
 
     def create(self) -> None:
+        current = self.find_for_removal()
+        if current is not None and current["deleting"]:
+            # An earlier teardown gave up waiting: the name is free only once it is gone.
+            self.wait_until_removed()
         self.aws.client("stepfunctions").create_state_machine(
             name=self.name, definition=json.dumps(self.definition(), indent=2),
             roleArn=self.deployment.role_arn(self.role), type="STANDARD",
