@@ -1,9 +1,11 @@
-"""What the side benchmarks (ab.py, partitioned.py, many.py) share: their cluster's admin
-connection, fresh databases, and the two timed refreshes, the copier and `pg_dump | psql`."""
+"""What the side benchmarks (ab.py, partitioned.py, many.py, skewed.py) share: their cluster's
+admin connection, fresh databases, and the timed refreshes: the copier, `pg_dump | psql` and
+`pgcopydb clone`."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,3 +59,20 @@ def run_dump_restore(cluster, source: str, target: str, *dump_options: str) -> f
                    stdin=dump.stdout, check=True, stdout=subprocess.DEVNULL)
     dump.wait()
     return time.monotonic() - started
+
+
+def run_pgcopydb(cluster, source: str, target: str, work_dir: Path, *options: str,
+                 log: Path | None = None) -> float:
+    """Seconds one `pgcopydb clone` takes; its last work directory is removed first, untimed.
+
+    pgcopydb runs pg_dump and pg_restore from PATH: it gets the server's own binaries first.
+    Its log (stderr) goes to log when given."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+    env = {**os.environ, "PATH": f"{cluster.bindir}:{os.environ['PATH']}"}
+    uri = "postgres://postgres@127.0.0.1:{}/{}".format
+    with open(log or os.devnull, "w") as stderr:
+        started = time.monotonic()
+        subprocess.run(["pgcopydb", "clone", "--source", uri(cluster.port, source),
+                        "--target", uri(cluster.port, target), "--dir", str(work_dir), *options],
+                       env=env, check=True, stdout=subprocess.DEVNULL, stderr=stderr)
+        return time.monotonic() - started
