@@ -20,10 +20,13 @@ bench/results/pgdata-skewed (gitignored).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import resource
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 
 import psycopg2  # noqa: E402
+from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from timed import admin, ensure_database, run_copier, run_dump_restore, run_pgcopydb  # noqa: E402
 
@@ -170,13 +174,19 @@ def row_counts(cluster: LocalCluster, db: str) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # The tools: each refreshes a target of its own from the same source.
 
+def copier_log(target: str) -> Path:
+    return RESULTS / f"{target}.jsonl"
+
+
 def tools(tables: list[str], split_bytes: int):
+    def copier_run(target: str, *options: str):
+        return lambda c: run_copier(c, SOURCE, target, tables, "--jobs", str(JOBS), *options,
+                                    log=copier_log(target))
+
     return [
         (BASELINE, "skewed_dumped", lambda c: run_dump_restore(c, SOURCE, "skewed_dumped")),
-        (NO_SPLIT, "skewed_whole",
-         lambda c: run_copier(c, SOURCE, "skewed_whole", tables, "--jobs", str(JOBS), "--no-split")),
-        (SLICES, "skewed_sliced",
-         lambda c: run_copier(c, SOURCE, "skewed_sliced", tables, "--jobs", str(JOBS))),
+        (NO_SPLIT, "skewed_whole", copier_run("skewed_whole", "--no-split")),
+        (SLICES, "skewed_sliced", copier_run("skewed_sliced")),
         (PGCOPYDB, "skewed_pgcopydb",
          lambda c: run_pgcopydb(c, SOURCE, "skewed_pgcopydb", PGCOPYDB_DIR, "--table-jobs", str(JOBS),
                                 "--index-jobs", str(JOBS), "--split-tables-larger-than", str(split_bytes),
@@ -184,15 +194,42 @@ def tools(tables: list[str], split_bytes: int):
     ]
 
 
-def timed_run(cluster: LocalCluster, label: str, target: str, tool, expected: dict[str, int]) -> float:
+@dataclass
+class Run:
+    seconds: float
+    cpu: float  # the tool's processes and the server's, CPU seconds
+    others: float  # everything else on the machine meanwhile
+    job_seconds: list[float] = field(default_factory=list)  # the copier's: each job's units, summed
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def job_seconds(log: Path) -> list[float]:
+    """Each copier job's busy time: the seconds of the units it reported (tables, slices, finishes)."""
+    busy: dict[int, float] = {}
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") in (copier.EVENT_TABLE_COPIED, copier.EVENT_SLICE_LOADED) and "job" in event:
+            busy[event["job"]] = busy.get(event["job"], 0.0) + event["seconds"]
+    return sorted(busy.values(), reverse=True)
+
+
+def timed_run(cluster: LocalCluster, label: str, target: str, tool, expected: dict[str, int]) -> Run:
     admin(cluster, "CHECKPOINT")
+    client, server, busy = children_cpu_seconds(), cluster_cpu_seconds(cluster), busy_cpu_seconds()
     seconds = tool(cluster)
+    client, server = children_cpu_seconds() - client, cluster_cpu_seconds(cluster) - server
+    others = max(0.0, busy_cpu_seconds() - busy - client - server)
     copied = row_counts(cluster, target)
     if copied != expected:
         wrong = {t: (copied[t], n) for t, n in expected.items() if copied[t] != n}
         raise BenchError(f"{label} left {target} with other row counts than the source "
                          f"(copied, source): {wrong}")
-    return seconds
+    log = copier_log(target)
+    return Run(seconds, client + server, others, job_seconds(log) if label.startswith("copier") else [])
 
 
 def pgcopydb_splits() -> list[str]:
@@ -205,17 +242,29 @@ def load() -> str:
     return " / ".join(f"{n:.2f}" for n in os.getloadavg())
 
 
-def results_table(times: dict[str, list[float]]) -> str:
-    baseline, whole = statistics.median(times[BASELINE]), statistics.median(times[NO_SPLIT])
+def results_table(times: dict[str, list[Run]]) -> str:
+    def median(label: str, value=lambda r: r.seconds) -> float:
+        return statistics.median(value(r) for r in times[label])
+
+    baseline, whole = median(BASELINE), median(NO_SPLIT)
     escaped_bar = "\\|"  # a bar inside a markdown table's cell
-    rows = ["| tool | median s | runs (s) | × `pg_dump \\| psql` | × copier `--no-split` |",
-            "|---|---:|---|---:|---:|"]
-    for label, values in times.items():
-        median = statistics.median(values)
-        runs = " / ".join(f"{v:.2f}" for v in values)
-        rows.append(f"| `{label.replace('|', escaped_bar)}` | {median:.2f} | {runs} "
-                    f"| {median / baseline:.2f} | {median / whole:.2f} |")
+    rows = ["| tool | median s | runs (s) | × `pg_dump \\| psql` | × copier `--no-split` "
+            "| CPU s (tool + server) | others' CPU s |",
+            "|---|---:|---|---:|---:|---:|---:|"]
+    for label, runs in times.items():
+        rows.append(f"| `{label.replace('|', escaped_bar)}` | {median(label):.2f} "
+                    f"| {' / '.join(f'{r.seconds:.2f}' for r in runs)} | {median(label) / baseline:.2f} "
+                    f"| {median(label) / whole:.2f} | {median(label, lambda r: r.cpu):.1f} "
+                    f"| {median(label, lambda r: r.others):.1f} |")
     return "\n".join(rows)
+
+
+def jobs_lines(times: dict[str, list[Run]]) -> str:
+    """The copier's jobs, measured: how long each was busy in each run, against the run's wall time."""
+    return "\n".join(
+        f"- {label}: " + "; ".join(
+            f"{' + '.join(f'{s:.1f}' for s in r.job_seconds)} s busy in {r.seconds:.1f} s" for r in runs)
+        for label, runs in times.items() if label.startswith("copier"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         for _label, target, tool in runs:  # untimed: populated targets
             ensure_database(cluster, target)
             tool(cluster)
-        times: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+        times: dict[str, list[Run]] = {label: [] for label, _, _ in runs}
         for round_no in range(args.rounds):
             for label, target, tool in runs[round_no % len(runs):] + runs[:round_no % len(runs)]:
                 times[label].append(timed_run(cluster, label, target, tool, expected))
@@ -261,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     cut = ", ".join(f"{name} in {n} slices" for name, n in counts.items() if n > 1)
     print(f"copier --jobs {JOBS}: {cut}; pgcopydb: " + "; ".join(pgcopydb_splits()) + "\n")
     print(results_table(times))
-    ratio = statistics.median(times[SLICES]) / statistics.median(times[NO_SPLIT])
+    ratio = (statistics.median(r.seconds for r in times[SLICES])
+             / statistics.median(r.seconds for r in times[NO_SPLIT]))
     print(f"\nslices / no-split (medians): {ratio:.2f}\n")
+    print("The copier's jobs (their units' seconds, summed per job), each run:\n")
+    print(jobs_lines(times) + "\n")
     print("Planned longest job / mean job: an estimate from the tables' bytes "
           "(copier.plan_units), not a measurement.\n")
     print(estimate_table({f"standard ({BIG} {STANDARD_SHARE:.0%})": with_share(sizes, BIG, STANDARD_SHARE),

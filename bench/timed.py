@@ -40,14 +40,15 @@ def ensure_database(cluster, name: str) -> None:
 
 
 def run_copier(cluster, source: str, target: str, tables: list[str], *options: str,
-               script: Path = REPO / "copier.py") -> float:
-    """Seconds one copier run takes, start-up included."""
+               script: Path = REPO / "copier.py", log: Path | None = None) -> float:
+    """Seconds one copier run takes, start-up included; its JSON lines go to log when given."""
     env = {**os.environ, "SOURCE_DSN": cluster.dsn(source), "TARGET_DSN": cluster.dsn(target),
            "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    subprocess.run([sys.executable, str(script), "TABLES=" + ",".join(tables), *options], env=env,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - started
+    with open(log or os.devnull, "w") as stdout:
+        started = time.monotonic()
+        subprocess.run([sys.executable, str(script), "TABLES=" + ",".join(tables), *options], env=env,
+                       check=True, stdout=stdout, stderr=subprocess.DEVNULL)
+        return time.monotonic() - started
 
 
 def run_dump_restore(cluster, source: str, target: str, *dump_options: str) -> float:
