@@ -42,6 +42,51 @@ def moto_with_its_gaps_filled():
     moto_gaps.install()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def copier_events_parsed_once():
+    """Every setup walk bundles copier.py's EVENT_* lines with the Lambda
+    (deploy.resources.copier_events_module): parsing copier.py's syntax tree took a second, half
+    of an in-process walk under moto. The answer is kept per path and content of copier.py, so
+    a test that points COPIER_SOURCE at another file, or a copier.py edited meanwhile, still
+    gets its own parse. (setup_aws.py run as a process still parses it each time.)"""
+    import deploy
+
+    parse = deploy.resources.copier_events_module
+    parsed: dict[tuple[str, bytes], bytes] = {}
+
+    def parsed_once() -> bytes:
+        key = (str(deploy.resources.COPIER_SOURCE), deploy.resources.COPIER_SOURCE.read_bytes())
+        if key not in parsed:
+            parsed[key] = parse()
+        return parsed[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deploy.resources, "copier_events_module", parsed_once)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_models_loaded_once():
+    """Every boto3 session reads the AWS service models (JSON) again: moto gives each test a
+    new default session, setup_aws.py makes its own, and a client of a session whose models
+    are not loaded yet costs ten times one whose are (35 ms each; a setup walk makes a dozen,
+    aws_helpers.inventory fourteen). All sessions of the test process share one loader here:
+    the models are read-only data, the same files whatever the session."""
+    import botocore.session
+
+    create = botocore.session.create_loader
+    loaders: dict[str | None, object] = {}
+
+    def shared_loader(search_path_string=None):
+        if search_path_string not in loaders:
+            loaders[search_path_string] = create(search_path_string)
+        return loaders[search_path_string]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", shared_loader)
+        yield
+
+
 @pytest.fixture(scope="session")
 def moto_server_process():
     """One moto_server for the session (it takes seconds to start); tests get it reset."""
