@@ -103,6 +103,32 @@ def moto_server(moto_server_process) -> MotoServer:
     return moto_server_process
 
 
+# Work that mostly waits, started with the session (the first test's setup, by started_first)
+# so its waiting overlaps the rest of the suite; the tests that read its results run last.
+STARTED_FIRST = ("long_outages",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ())
+                                    for name in STARTED_FIRST))  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def started_first(request):
+    for name in STARTED_FIRST:
+        if any(name in getattr(item, "fixturenames", ()) for item in request.session.items):
+            request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def long_outages(tmp_path_factory):
+    """tests/test_copier_outages.py's four runs through real outages of 30 to 90 s, in the
+    background, each with clusters of its own (never the session's)."""
+    from test_copier_outages import long_outages_running
+
+    yield from long_outages_running(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster(tmp_path_factory):
     """The newest installed server, or the major PG_MAJOR names (PG_MAJOR=13 python3 -m pytest)."""

@@ -3,7 +3,9 @@
 Source and target live in separate clusters here, so that stopping one leaves the other up
 (and the session's cluster, which every other test uses, is never stopped). The long outages
 (30 s and 90 s of the source, 30 s of the target during a load and during a swap) run at the
-same time, each against its own cluster, so the module takes about as long as the longest.
+same time, each against its own cluster, and start with the test session (the `long_outages`
+fixture in conftest.py runs `long_outages_running` first thing; the tests that read their
+results run last): their 90 s of waiting overlap the rest of the suite.
 """
 
 from __future__ import annotations
@@ -125,11 +127,12 @@ def in_background(work) -> Future:
     return future
 
 
-def source_outage_scenario(pg_cluster, spare: LocalCluster, seconds: int, n: int) -> Scenario:
+def source_outage_scenario(steady: LocalCluster, spare: LocalCluster, seconds: int,
+                           n: int) -> Scenario:
     """A dozen tables, --jobs 2; the source goes away once the first table is copied."""
     admin_execute(spare, f"CREATE DATABASE outage_src_{n}")
-    admin_execute(pg_cluster, f"CREATE DATABASE outage_tgt_{n}")
-    source, target = spare.dsn(f"outage_src_{n}"), pg_cluster.dsn(f"outage_tgt_{n}")
+    admin_execute(steady, f"CREATE DATABASE outage_tgt_{n}")
+    source, target = spare.dsn(f"outage_src_{n}"), steady.dsn(f"outage_tgt_{n}")
     fill_source(source)
     restarts = []
 
@@ -147,12 +150,12 @@ def source_outage_scenario(pg_cluster, spare: LocalCluster, seconds: int, n: int
     return Scenario(source, target, in_background(work))
 
 
-def target_outage_scenario(pg_cluster, spare: LocalCluster, at: str, n: int) -> Scenario:
+def target_outage_scenario(steady: LocalCluster, spare: LocalCluster, at: str, n: int) -> Scenario:
     """Two tables already in the reporting database (one with a view on it); the target goes
     away for 30 s during the next run's first load, or its first swap."""
-    admin_execute(pg_cluster, f"CREATE DATABASE outage_src_{n}")
+    admin_execute(steady, f"CREATE DATABASE outage_src_{n}")
     admin_execute(spare, f"CREATE DATABASE outage_tgt_{n}")
-    source, target = pg_cluster.dsn(f"outage_src_{n}"), spare.dsn(f"outage_tgt_{n}")
+    source, target = steady.dsn(f"outage_src_{n}"), spare.dsn(f"outage_tgt_{n}")
     tables = TABLES[:2]
     fill_source(source, tables)
 
@@ -175,25 +178,26 @@ def spare_cluster(tmp_path_factory, name: str) -> LocalCluster:
     return cluster
 
 
-@pytest.fixture(scope="module")
-def long_outages(pg_cluster, tmp_path_factory):
-    """The four long outages, started together the first time a test asks for one."""
+def long_outages_running(tmp_path_factory):
+    """The four long outages, started together in the background; yields their Scenarios.
+
+    The body of the session fixture `long_outages` (conftest.py), which starts them before the
+    first test. The side of each run that stays up lives in a cluster of its own too
+    ("steady"), not in the session's: the runs go on while other tests use that one."""
+    steady = spare_cluster(tmp_path_factory, "steady")
     spares = [spare_cluster(tmp_path_factory, f"spare{n}") for n in range(4)]
     scenarios = {}
     try:
-        scenarios["source 30 s"] = source_outage_scenario(pg_cluster, spares[0], 30, 1)
-        scenarios["source 90 s"] = source_outage_scenario(pg_cluster, spares[1], 90, 2)
-        scenarios["target during a load"] = target_outage_scenario(pg_cluster, spares[2], "load", 3)
-        scenarios["target during a swap"] = target_outage_scenario(pg_cluster, spares[3], "swap", 4)
+        scenarios["source 30 s"] = source_outage_scenario(steady, spares[0], 30, 1)
+        scenarios["source 90 s"] = source_outage_scenario(steady, spares[1], 90, 2)
+        scenarios["target during a load"] = target_outage_scenario(steady, spares[2], "load", 3)
+        scenarios["target during a swap"] = target_outage_scenario(steady, spares[3], "swap", 4)
         yield scenarios
     finally:
         for scenario in scenarios.values():
             scenario.outcome.exception()  # each run (and its restart of a cluster) is over
-        for cluster in spares:
+        for cluster in [*spares, steady]:
             cluster.stop()
-        for n in range(1, 5):
-            admin_execute(pg_cluster, f"DROP DATABASE IF EXISTS outage_src_{n} WITH (FORCE)")
-            admin_execute(pg_cluster, f"DROP DATABASE IF EXISTS outage_tgt_{n} WITH (FORCE)")
 
 
 @pytest.mark.parametrize("seconds", [30, 90])
@@ -255,6 +259,9 @@ def separate_source(copier_env, tmp_path_factory, monkeypatch):
         cluster.stop()
 
 
+SHORT_BUDGET = 3  # seconds: the outage outlasts it all the same (it never ends), sooner
+
+
 def test_an_outage_longer_than_the_budget_fails_each_table_once_and_changes_nothing(
         copier_env, separate_source, run_copier, monkeypatch):
     source = separate_source.dsn("source")
@@ -270,7 +277,8 @@ def test_an_outage_longer_than_the_budget_fails_each_table_once_and_changes_noth
 
     monkeypatch.setattr(copier, "report_progress", stop_source_mid_load)
     monkeypatch.setattr(copier, "backoff", lambda attempt, base: 0.01)
-    result = run_copier("TABLES=" + ",".join(tables), "--outage-budget", "10", "--progress-seconds", "0")
+    result = run_copier("TABLES=" + ",".join(tables), "--outage-budget", str(SHORT_BUDGET),
+                        "--progress-seconds", "0")
 
     assert result.code == 1
     assert sorted(e["table"] for e in result.of("table_failed")) == [f"public.{t}" for t in tables]
@@ -278,12 +286,13 @@ def test_an_outage_longer_than_the_budget_fails_each_table_once_and_changes_noth
         lines = [line for line in result.stderr.splitlines()
                  if line.startswith(f"copier: error: public.{t}:")]
         assert len(lines) == 1
-        assert re.search(r"the source database was unreachable for \d+ s \(--outage-budget 10\): "
-                         "cannot connect to the source database", lines[0])
+        assert re.search(rf"the source database was unreachable for \d+ s "
+                         rf"\(--outage-budget {SHORT_BUDGET}\): cannot connect to the source database",
+                         lines[0])
         assert copier_env.target_rows(FINGERPRINT.format(t)) == before[t]
     assert staging_debris(copier_env.target_dsn) == []
     assert "0 of 4 tables copied" in result.stderr
-    assert result.of("run_finished")[0]["source_waited_seconds"] >= 10
+    assert result.of("run_finished")[0]["source_waited_seconds"] >= SHORT_BUDGET
 
 
 def terminate_snapshot_holder(dsn: str) -> None:
