@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import moto_gaps
@@ -137,7 +139,44 @@ def pg_cluster(tmp_path_factory):
     cluster = LocalCluster.create(tmp_path_factory.mktemp("pg") / "data", bindir=bindir)
     cluster.start()
     yield cluster
+    databases_dropped_later.wait()
     cluster.stop()
+
+
+class DatabasesDroppedLater:
+    """Drops the databases of finished tests in a thread of its own: the next test does not
+    wait for it. wait() before a cluster stops: every drop done, and any failure raised."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self.failures: list[str] = []
+        self.thread: threading.Thread | None = None
+
+    def drop(self, cluster: LocalCluster, *names: str) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._drop_each, daemon=True,
+                                           name="dropping test databases")
+            self.thread.start()
+        self.queue.put((cluster, names))
+
+    def _drop_each(self) -> None:
+        while True:
+            cluster, names = self.queue.get()
+            try:
+                for name in names:
+                    admin_execute(cluster, f"DROP DATABASE {name} WITH (FORCE)")
+            except Exception as exc:  # noqa: BLE001 - raised by wait(), in the main thread
+                self.failures.append(f"{names}: {exc}")
+            finally:
+                self.queue.task_done()
+
+    def wait(self) -> None:
+        self.queue.join()
+        if self.failures:
+            raise RuntimeError(f"dropping test databases failed: {self.failures}")
+
+
+databases_dropped_later = DatabasesDroppedLater()
 
 
 def admin_execute(cluster: LocalCluster, statement: str) -> None:
@@ -204,8 +243,7 @@ def dbs(pg_cluster) -> Databases:
     admin_execute(pg_cluster, f"CREATE DATABASE {pair.source_name} TEMPLATE template0")
     admin_execute(pg_cluster, f"CREATE DATABASE {pair.target_name} TEMPLATE template0")
     yield pair
-    admin_execute(pg_cluster, f"DROP DATABASE {pair.source_name} WITH (FORCE)")
-    admin_execute(pg_cluster, f"DROP DATABASE {pair.target_name} WITH (FORCE)")
+    databases_dropped_later.drop(pg_cluster, pair.source_name, pair.target_name)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import time
 
 import psycopg2
 import pytest
+from conftest import databases_dropped_later
 
 from dev.localpg import LocalCluster
 
@@ -12,6 +13,9 @@ WARNING = "copier: warning: the source is a standby with hot_standby_feedback of
 
 @pytest.fixture(scope="module")
 def standby(pg_cluster, tmp_path_factory):
+    # Binaries without pg_basebackup copy the primary while it is stopped for a moment: no
+    # earlier test's database may be in the middle of its drop then.
+    databases_dropped_later.wait()
     replica = LocalCluster.standby_of(pg_cluster, tmp_path_factory.mktemp("standby") / "data")
     replica.start()
     yield replica

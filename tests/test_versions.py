@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from conftest import Databases, _db_numbers, admin_execute
+from conftest import Databases, _db_numbers, admin_execute, databases_dropped_later
 from test_copier_reporting_side import (  # noqa: F401  (what the reporting side built, and its fixture)
     customers,
     test_a_partitioned_reporting_table_stays_partitioned,
@@ -60,6 +60,7 @@ class Servers:
         return self.started[major]
 
     def stop(self) -> None:
+        databases_dropped_later.wait()
         for cluster in self.started.values():
             cluster.stop()
 
@@ -125,8 +126,8 @@ def across(request, servers):
     admin_execute(source, f"CREATE DATABASE {pair.source_name} TEMPLATE template0")
     admin_execute(target, f"CREATE DATABASE {pair.target_name} TEMPLATE template0")
     yield pair
-    admin_execute(source, f"DROP DATABASE {pair.source_name} WITH (FORCE)")
-    admin_execute(target, f"DROP DATABASE {pair.target_name} WITH (FORCE)")
+    databases_dropped_later.drop(source, pair.source_name)
+    databases_dropped_later.drop(target, pair.target_name)
 
 
 class TestAcrossMajors:
