@@ -1,4 +1,23 @@
-"""Shared fixtures: one throwaway PostgreSQL cluster per test session, fresh databases per test."""
+"""Shared fixtures: one throwaway PostgreSQL cluster per test session, fresh databases per test.
+
+What a new test costs, and how to keep it cheap (the suite runs on 2 shared cores):
+
+- A database test asks for `dbs` (or `copier_env`, `run_copier`): a fresh source and target
+  database in the session's cluster, made from template0 (tens of ms) and dropped after the
+  test in a thread of their own. Never start a cluster for one test; a test that must stop a
+  server uses clusters of its own (test_copier_outages.py) and never the session's.
+- Test data: a few hundred rows prove what a few hundred thousand do; make more only when the
+  test needs a copy that lasts (an outage mid-load), and say why where you make them.
+- Timeouts, budgets and retries the copier takes as options (--lock-timeout, --lock-budget,
+  --outage-budget, --progress-seconds) are given small values by the test, never timed
+  assertions; a backoff can be monkeypatched (copier.backoff, deploy.aws.sleep).
+- AWS in process: `mock_aws` per test. Clients and setup walks are cheap here because every
+  boto3 session shares one loader of the service models and copier.py's event names are parsed
+  once (the two session fixtures below). `moto_server` (a process, reset per test) only for
+  what must run as a separate process: its scripts pay the imports and parses each time.
+- Work that mostly waits (the long outages: 90 s of real waiting) starts with the session
+  through STARTED_FIRST; its tests run last and only read the results.
+"""
 
 from __future__ import annotations
 
