@@ -5,7 +5,6 @@ the walks in deploy/__init__.py compare the two."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import getpass
 import hashlib
@@ -154,13 +153,10 @@ def zone_file(key: str) -> bytes:
 
 
 def copier_events_module() -> bytes:
-    """copier.py's EVENT_* assignments, alone: the Lambda reads the copier's log lines by
-    these names, and cannot import copier.py itself (no psycopg2 in its runtime)."""
-    source = COPIER_SOURCE.read_text(encoding="utf-8")
-    lines = [ast.get_source_segment(source, node) for node in ast.parse(source).body
-             if isinstance(node, ast.Assign) and len(node.targets) == 1
-             and isinstance(node.targets[0], ast.Name) and node.targets[0].id.startswith("EVENT_")
-             and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)]
+    """copier.py's EVENT_* names, alone: the Lambda reads the copier's log lines by these
+    names, and cannot import copier.py itself (no psycopg2 in its runtime)."""
+    lines = [f"{name} = {value!r}" for name, value in vars(copier).items()
+             if name.startswith("EVENT_") and isinstance(value, str)]
     if not lines:
         raise SettingsError(f"{COPIER_SOURCE.name} defines no EVENT_* names for the Lambda")
     head = '"""The copier\'s event names, taken from copier.py by setup_aws.py."""\n'

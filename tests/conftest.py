@@ -64,29 +64,6 @@ def moto_with_its_gaps_filled():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def copier_events_parsed_once():
-    """Every setup walk bundles copier.py's EVENT_* lines with the Lambda
-    (deploy.resources.copier_events_module): parsing copier.py's syntax tree took a second, half
-    of an in-process walk under moto. The answer is kept per path and content of copier.py, so
-    a test that points COPIER_SOURCE at another file, or a copier.py edited meanwhile, still
-    gets its own parse. (setup_aws.py run as a process still parses it each time.)"""
-    import deploy
-
-    parse = deploy.resources.copier_events_module
-    parsed: dict[tuple[str, bytes], bytes] = {}
-
-    def parsed_once() -> bytes:
-        key = (str(deploy.resources.COPIER_SOURCE), deploy.resources.COPIER_SOURCE.read_bytes())
-        if key not in parsed:
-            parsed[key] = parse()
-        return parsed[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(deploy.resources, "copier_events_module", parsed_once)
-        yield
-
-
-@pytest.fixture(scope="session", autouse=True)
 def aws_models_loaded_once():
     """Every boto3 session reads the AWS service models (JSON) again: moto gives each test a
     new default session, setup_aws.py makes its own, and a client of a session whose models
