@@ -12,9 +12,9 @@ What a new test costs, and how to keep it cheap (the suite runs on 2 shared core
   --outage-budget, --progress-seconds) are given small values by the test, never timed
   assertions; a backoff can be monkeypatched (copier.backoff, deploy.aws.sleep).
 - AWS in process: `mock_aws` per test. Clients and setup walks are cheap here because every
-  boto3 session shares one loader of the service models and copier.py's event names are parsed
-  once (the two session fixtures below). `moto_server` (a process, reset per test) only for
-  what must run as a separate process: its scripts pay the imports and parses each time.
+  boto3 session shares one loader of the service models (the session fixture below).
+  `moto_server` (a process, reset per test) only for what must run as a separate process: its
+  scripts pay the imports each time.
 - Work that mostly waits (the long outages: 90 s of real waiting) starts with the session
   through STARTED_FIRST; its tests run last and only read the results.
 """
