@@ -37,10 +37,16 @@ def groups(root: ET.Element, kind: str) -> list[ET.Element]:
 
 
 def bars(root: ET.Element) -> dict[str, ET.Element]:
-    found = groups(root, "bar")
+    """Each table's own bar: its whole copy, or the step that finished its pieces."""
+    found = [g for g in groups(root, "bar") if not {"slice", "load"} & set(classes(g))]
     counted = Counter(g.get("data-table") for g in found)
     assert set(counted.values()) == {1}, f"one bar per table: {counted}"
     return {g.get("data-table"): g for g in found}
+
+
+def pieces(root: ET.Element) -> list[ET.Element]:
+    """The slices and the tables loaded whole, in the order drawn."""
+    return [g for g in groups(root, "bar") if {"slice", "load"} & set(classes(g))]
 
 
 def outcome(bar: ET.Element) -> str:
@@ -92,8 +98,9 @@ FAILING = ("--no-kill-readers", "--lock-budget", "0")
 
 
 def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
-    run = night(*FAILING)
+    run = night(*FAILING, "--no-split")  # each table copied whole by one job
     assert run.code == 1
+    assert run.of("slice_loaded") == []
     root = parsed(timeline.render_html(run.events, "a night"))
 
     assert set(lanes(root)) - {"run"} == job_lanes(run.events)
@@ -142,16 +149,28 @@ def test_a_reader_ended_for_a_swap_is_on_the_bar_of_its_table(night):
 
 
 def test_without_a_clock_a_job_runs_its_tables_back_to_back_from_the_start(night):
-    run = night(*FAILING)
+    run = night(*FAILING)  # orders is cut into slices: they take their jobs' time too
+    assert run.of("slice_loaded")
+    (finished,) = run.of(copier.EVENT_RUN_FINISHED)
+    px = (timeline.WIDTH - timeline.LEFT - timeline.RIGHT) / finished["seconds"]
     root = parsed(timeline.render_html(run.events, "a night"))
-    found = bars(root)
-    lines = [e for e in run.events if e["event"] in timeline.TABLE_EVENTS and "job" in e]
-    for lane in job_lanes(lines):
-        mine = [found[e["table"]].find("rect") for e in lines if f"job {e['job']}" == lane]
-        starts = [float(r.get("x")) for r in mine]
-        ends = [float(r.get("x")) + float(r.get("width")) for r in mine]
-        assert starts[0] == timeline.LEFT
-        assert starts[1:] == pytest.approx(ends[:-1], abs=0.15)
+    # Every bar, slices included, in the order of the lines that drew them.
+    lines = [e for e in run.events if e["event"] in (*timeline.TABLE_EVENTS, *timeline.PIECE_EVENTS)
+             and "job" in e]
+    drawn = groups(root, "bar")
+    assert [(g.get("data-table"), g.get("data-slice")) for g in drawn] == [
+        (e["table"], e.get("slice")) for e in lines]
+    ends: dict[str, float] = {}  # lane: where its last bar ended
+    slices_end: dict[str, float] = {}  # table: where its last slice ended, in any lane
+    for g, line in zip(drawn, lines):
+        lane, (start, _) = f"job {line['job']}", x_span(g)
+        if "slice" in line:
+            assert start == pytest.approx(ends.get(lane, timeline.LEFT), abs=0.15)
+            slices_end[line["table"]] = max(slices_end.get(line["table"], 0), start + line["seconds"] * px)
+        else:  # a table's finishing step waits for its last slice, whichever job loaded it
+            assert start == pytest.approx(max(ends.get(lane, timeline.LEFT),
+                                              slices_end.get(line["table"], 0)), abs=0.15)
+        ends[lane] = start + line["seconds"] * px
     # The run's own time outside its tables ends at run_finished: the right end of the axis.
     (stretch,) = groups(root, "stretch")
     rect = stretch.find("rect")
@@ -309,12 +328,13 @@ def test_operations_timeline_writes_the_page_of_a_run_piped_in(night, tmp_path):
     assert set(lanes(root)) - {"run"} == job_lanes(run.events)
 
 
+NOTHING = ("error: nothing to draw: no table_copied, table_failed, table_staged, swap_deferred, "
+           "table_loaded or slice_loaded line among them\n")
+
+
 @pytest.mark.parametrize("stdin, path, error", [
-    ("", "night.html", "error: nothing to draw: no table_copied, table_failed, table_staged or "
-                       "swap_deferred line among them\n"),
-    ('{"event": "run_finished", "seconds": 1}\nnot json\n', "night.html",
-     "error: nothing to draw: no table_copied, table_failed, table_staged or swap_deferred "
-     "line among them\n"),
+    ("", "night.html", NOTHING),
+    ('{"event": "run_finished", "seconds": 1}\nnot json\n', "night.html", NOTHING),
     ('{"event": "table_copied", "table": "public.a", "job": 1, "seconds": 1}\n',
      "missing/night.html", "error: cannot write {tmp}/missing/night.html: No such file or "
                            "directory\n"),
