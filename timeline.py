@@ -15,9 +15,9 @@ step's only). A run split over machines has a lane per load job, whose bars are 
 the tables loaded whole (`table_loaded`), and a `publish` lane where each table is finished.
 The pieces of a table take its outcome's colour, lighter; hovering one outlines all of them
 (CSS `:has`, no script). A table counts once in the totals and the slowest tables: its rows
-and bytes are its finishing line's, its seconds those of its pieces and its finish added up
-(the jobs' work). Slices read from a snapshot that was lost were loaded again: the first
-round is grey.
+and bytes are its finishing line's, its seconds its longest piece's and its finish's (the
+pieces load side by side; `operations.py report` counts them so too). Slices read from a
+snapshot that was lost were loaded again: the first round is grey.
 
 Where a bar sits. Lines read from CloudWatch Logs carry `@timestamp` (milliseconds since the
 epoch, when the line was written; the demo stamps each line as it reads it): the table ended
@@ -180,9 +180,12 @@ class TableRun:
 
     @property
     def seconds(self) -> float | None:
-        """Its jobs' work: its pieces' seconds and its finishing step's, added up."""
-        bars = self.pieces + ([self.bar] if self.bar is not None else [])
-        return sum(b.seconds for b in bars) if bars else None
+        """Its longest piece's seconds (they load side by side) and its finishing step's, as
+        `operations.py report` and the Slack summary count them."""
+        loading = max((p.seconds for p in self.pieces), default=0.0)
+        if self.bar is None:
+            return loading if self.pieces else None
+        return loading + self.bar.seconds
 
     @property
     def mb_per_second(self) -> float | None:
@@ -532,9 +535,10 @@ def bar_title(bar: Bar, origin: float) -> str:
     lines = [f"{bar.table}: {outcome_word(bar.outcome)}",
              f"{bar.lane}, {duration(bar.start - origin)} to {duration(bar.end - origin)}"]
     if bar.pieces:
-        seconds = bar.seconds + sum(p.seconds for p in bar.pieces)
+        seconds = bar.seconds + max(p.seconds for p in bar.pieces)
         rate = bar.bytes / 1e6 / seconds if bar.bytes is not None and seconds else None
-        lines.append(figures(bar.rows, bar.bytes, seconds, rate) + " (its loading and this step)")
+        longest = "longest slice" if any(p.part != "load" for p in bar.pieces) else "load"
+        lines.append(figures(bar.rows, bar.bytes, seconds, rate) + f" (its {longest} and this step)")
         loaded_by = ", ".join(sorted({p.lane for p in bar.pieces}, key=natural))
         loading = sum(p.seconds for p in bar.pieces)
         if any(p.part != "load" for p in bar.pieces):
@@ -793,8 +797,9 @@ def slowest_table(night: Night) -> list[str]:
     tables = sorted(night.tables.values(), key=lambda t: (-(t.seconds or 0), t.table))[:SLOWEST]
     out = ['<table class="slowest"><tr><th>table</th><th>job</th><th>outcome</th>'
            '<th class="n">slices</th><th class="n">rows</th><th class="n">MB</th>'
-           '<th class="n" title="a table loaded in pieces: its pieces\' seconds and its finishing '
-           'step\'s, added up (the jobs\' work)">seconds</th><th class="n">MB/s</th></tr>']
+           '<th class="n" title="a table loaded in pieces: its longest piece\'s seconds and its '
+           'finishing step\'s (the pieces load side by side)">seconds</th>'
+           '<th class="n">MB/s</th></tr>']
     for t in tables:
         outcome = "copied" if t.ok else t.outcome
         mb = t.bytes / 1e6 if t.bytes is not None else None
