@@ -273,6 +273,7 @@ def read_night(lines: list[dict]) -> Night:
     bars: list[Bar] = []
     latest: dict[str, Bar] = {}  # each table's last finishing step
     rounds: dict[str, list[Bar]] = {}  # each table's pieces not finished yet
+    not_before: dict[str, float] = {}  # without a clock: a table loaded again, after the first round
     lane_end: dict[str, float] = {}
     round_start = 0.0
     retries: dict[str, list[str]] = {}
@@ -331,8 +332,10 @@ def read_night(lines: list[dict]) -> Night:
                 if any(p.part == (part or "load") for p in current):  # loaded again
                     for p in current:
                         p.superseded = True
+                    not_before[table] = max(p.end for p in current)
                     current = rounds[table] = []
-                start = now - seconds if timed else untimed_start(where)
+                start = now - seconds if timed else max(untimed_start(where),
+                                                        not_before.get(table, 0.0))
                 bar = Bar(table, where, "failed" if event == EVENT_TABLE_FAILED else "loaded",
                           start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
                           line.get("error"), retries=retries.pop(unit, []),

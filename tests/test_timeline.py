@@ -454,6 +454,8 @@ def test_slices_loaded_again_are_grey_and_a_failed_slice_fails_its_table():
         ("1/2", "reloaded", False), ("2/2", "reloaded", False),  # the first round, lost
         ("1/2", "failed", False), ("2/2", "failed", True)]
     assert "loaded again, this one did not go live" in title(drawn[0])
+    # Without a clock, the second round starts once the first is in (the retry waits for it).
+    assert x_span(drawn[2])[0] == pytest.approx(x_span(drawn[1])[1], abs=0.15)
     culprit = title(drawn[3])
     assert "retried: lost the connection to the target database: gone" in culprit
     assert culprit.endswith("error: value too long for type character varying(5)")
