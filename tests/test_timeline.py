@@ -407,7 +407,8 @@ def test_a_slice_no_job_loaded_fails_its_table_in_the_publish_and_colours_its_pi
     # Job 2's target refuses connections: its slice never loads.
     lines = cloud_night(dbs, monkeypatch, ["acc_a#1/2,acc_b", "acc_a#2/2"], "acc_a,acc_b", {
         1: {"COPIER_SNAPSHOT_WAIT": "2"},
-        2: {"TARGET_DSN": "host=127.0.0.1 port=1 dbname=x user=u connect_timeout=2"}})
+        2: {"TARGET_DSN": "host=127.0.0.1 port=1 dbname=x user=u connect_timeout=2",
+            "COPIER_OUTAGE_BUDGET": "1"}})  # a scheduled run waits out an outage: not long
     root = parsed(timeline.render_html(lines, "a slice missing"))
     (failed,) = [e for e in lines if e["event"] == "table_failed" and e.get("phase") == "publish"]
     assert failed["table"] == "public.acc_a" and "slice(s) 2/2 missing" in failed["error"]
