@@ -8,14 +8,25 @@ run's own work after the tables, a renewed snapshot as a dashed line; hover a ba
 rows, MB, seconds, MB/s, retries, waits and error), the slowest tables and the run's totals.
 Nothing in it is fetched from elsewhere and there is no script: it opens offline.
 
+Big tables and the two phases. A table cut into slices has a bar per slice, in the lane of the
+job that loaded it ("orders 2/4", `slice_loaded`), and its own bar for the step that finished
+it (indexes, row count check, analyze, swap: its `table_copied` line, whose seconds are that
+step's only). A run split over machines has a lane per load job, whose bars are the slices and
+the tables loaded whole (`table_loaded`), and a `publish` lane where each table is finished.
+The pieces of a table take its outcome's colour, lighter; hovering one outlines all of them
+(CSS `:has`, no script). A table counts once in the totals and the slowest tables: its rows
+and bytes are its finishing line's, its seconds its longest piece's and its finish's (the
+pieces load side by side; `operations.py report` counts them so too). Slices read from a
+snapshot that was lost were loaded again: the first round is grey.
+
 Where a bar sits. Lines read from CloudWatch Logs carry `@timestamp` (milliseconds since the
 epoch, when the line was written; the demo stamps each line as it reads it): the table ended
 then and started `seconds` earlier, and the run started `run_finished`'s `seconds` before that
 line. The copier's stdout saved to a file carries no clock, but a job copies its tables one
 after the other: each bar starts where the job's previous one ended, counted from the run's
-start, and the time the run spent outside every table (start-up, a swap of the staged tables
-together, foreign key checks) is drawn as one stretch between the last table's end and
-`run_finished`.
+start (a table's finishing step after its last slice; the publish after every load job), and
+the time the run spent outside every table (start-up, a swap of the staged tables together,
+foreign key checks) is drawn as one stretch between the last table's end and `run_finished`.
 """
 
 from __future__ import annotations
@@ -23,28 +34,44 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+import re
 from dataclasses import dataclass, field
 
-from copier import EVENT_RUN_FINISHED, EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED
+from copier import (
+    EVENT_RUN_FINISHED,
+    EVENT_SLICE_LOADED,
+    EVENT_TABLE_COPIED,
+    EVENT_TABLE_FAILED,
+    EVENT_TABLE_LOADED,
+    EVENT_TABLE_STAGED,
+)
 
 EVENT_RETRY, EVENT_WAITING, EVENT_SNAPSHOT_RENEWED = "table_retry", "waiting", "snapshot_renewed"
 EVENT_SWAP_DEFERRED, EVENT_SESSION_ENDED = "swap_deferred", "session_ended"
 NOTE_EVENTS = ("warning", "index_skipped", "statistics_skipped", EVENT_SESSION_ENDED)
-# Every event the page uses: what operations.py asks CloudWatch Logs for.
-EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED,
-          EVENT_RUN_FINISHED, EVENT_RETRY, EVENT_WAITING, EVENT_SNAPSHOT_RENEWED, *NOTE_EVENTS)
+# The load jobs of a split run sharing one snapshot: what each lane did with it.
+SNAPSHOT_EVENTS = ("snapshot_shared", "snapshot_imported", "snapshot_released")
 # A table's end in its job: copied, failed, or staged to be swapped at the end of the run
 # (--swap together, or a swap that readers blocked).
 TABLE_EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED)
 LATE_EVENTS = (EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED)
+# A piece of a table: a slice loaded, or (--phase load) the whole table loaded for the publish.
+PIECE_EVENTS = (EVENT_SLICE_LOADED, EVENT_TABLE_LOADED)
+# Every event the page uses: what operations.py asks CloudWatch Logs for.
+EVENTS = (*TABLE_EVENTS, *PIECE_EVENTS, EVENT_RUN_FINISHED, EVENT_RETRY, EVENT_WAITING,
+          EVENT_SNAPSHOT_RENEWED, *NOTE_EVENTS, *SNAPSHOT_EVENTS)
 
 OUTCOMES = {  # class: what the legend says
     "copied": "copied",
     "failed": "failed (the reporting table kept last night's data)",
     "staged": "staged, then swapped at the end (with the others, or once readers let go)",
     "restaged": "staged, then staged again from a renewed snapshot",
+    "reloaded": "slices loaded again: some were read from a snapshot that was lost",
+    "loaded": "loaded for the publish, which has not logged the table",
 }
 SLOWEST = 10
+RUN_LANE, PUBLISH_LANE = "run", "publish"
+UNIT = re.compile(r"^(?P<table>.+)#(?P<part>\d+/\d+)$")  # a load job's unit name: public.t#2/4
 
 
 class NoTables(ValueError):
@@ -68,6 +95,14 @@ class Bar:
     swapped: bool = False
     retries: list[str] = field(default_factory=list)
     waits: dict[str, list[float]] = field(default_factory=dict)  # database: seconds noted
+    # A piece of a table: "2/4", one of its slices; "load", the table loaded whole by a load
+    # job. None: the table's own bar, the step that finished it (or the whole copy).
+    part: str | None = None
+    phase: str | None = None  # "load" or "publish" in a run split over machines
+    slices: int | None = None  # a finishing step's: the slices its table was loaded in
+    pieces: list[Bar] = field(default_factory=list)  # a finishing step's slices or load
+    whole: Bar | None = None  # a piece's: the step that finished its table
+    superseded: bool = False  # a piece of a round that was loaded again
 
     @property
     def end(self) -> float:
@@ -85,6 +120,11 @@ class Bar:
     def mb_per_second(self) -> float | None:
         return self.mb / self.seconds if self.mb is not None and self.seconds else None
 
+    @property
+    def name(self) -> str:
+        """Its table, and the slice for a slice: 'public.orders 2/4'."""
+        return f"{self.table} {self.part}" if self.part and self.part != "load" else self.table
+
 
 @dataclass
 class Stretch:
@@ -98,33 +138,105 @@ class Stretch:
 
 
 @dataclass
+class Failure:
+    where: str  # "job 2", "slice 3/4, job-3", "publish", or "-" (no job ran it)
+    error: str
+
+
+@dataclass
+class TableRun:
+    """One table's night: the step that finished it, the pieces that round had, its failures."""
+
+    table: str
+    bar: Bar | None = None  # its last finishing step
+    pending: list[Bar] = field(default_factory=list)  # pieces no finishing step followed
+    failures: list[Failure] = field(default_factory=list)  # in the order they were logged
+
+    @property
+    def pieces(self) -> list[Bar]:
+        return self.bar.pieces if self.bar is not None else self.pending
+
+    @property
+    def outcome(self) -> str:
+        if self.bar is not None:
+            return self.bar.outcome
+        return "failed" if self.failures else "loaded"
+
+    @property
+    def ok(self) -> bool:
+        return self.bar is not None and self.bar.ok
+
+    @property
+    def rows(self) -> int | None:
+        if self.bar is not None:
+            return self.bar.rows
+        return sum_of([p.rows for p in self.pieces]) if self.outcome == "loaded" else None
+
+    @property
+    def bytes(self) -> int | None:
+        if self.bar is not None:
+            return self.bar.bytes
+        return sum_of([p.bytes for p in self.pieces]) if self.outcome == "loaded" else None
+
+    @property
+    def seconds(self) -> float | None:
+        """Its longest piece's seconds (they load side by side) and its finishing step's, as
+        `operations.py report` and the Slack summary count them."""
+        loading = max((p.seconds for p in self.pieces), default=0.0)
+        if self.bar is None:
+            return loading if self.pieces else None
+        return loading + self.bar.seconds
+
+    @property
+    def mb_per_second(self) -> float | None:
+        seconds = self.seconds
+        return self.bytes / 1e6 / seconds if self.bytes is not None and seconds else None
+
+    @property
+    def slices(self) -> int | None:
+        if self.bar is not None and (self.bar.slices or 0) > 1:
+            return self.bar.slices
+        parts = {p.part for p in self.pieces if p.part != "load"}
+        return int(next(iter(parts)).split("/")[1]) if parts else None
+
+    @property
+    def lanes(self) -> list[str]:
+        """The jobs that worked on it: its pieces', then its finishing step's."""
+        pieces = sorted({p.lane for p in self.pieces}, key=natural)
+        return list(dict.fromkeys(pieces + ([self.bar.lane] if self.bar is not None else [])))
+
+
+def sum_of(values: list) -> int | None:
+    return sum(values) if values and None not in values else None
+
+
+@dataclass
 class Night:
     timed: bool
     bars: list[Bar]
-    unplaced: list[dict]  # tables that failed without ever running (a worker died)
+    unplaced: list[dict]  # table lines no job drew (a worker died, a join job without a snapshot)
     stretches: list[Stretch]
     renewals: list[tuple[float, int]]  # (when, the new snapshot's number)
     finished: list[dict]
     notes: list[str]
     origin: float = 0.0
+    tables: dict[str, TableRun] = field(default_factory=dict)  # in the order first logged
+    lane_notes: dict[str, list[str]] = field(default_factory=dict)  # lane: what it did with the snapshot
 
     @property
     def lanes(self) -> list[str]:
-        jobs = sorted({bar.lane for bar in self.bars}, key=natural)
+        jobs = sorted({bar.lane for bar in self.bars} | {s.lane for s in self.stretches}
+                      - {RUN_LANE}, key=natural)
         run = [RUN_LANE] if any(s.lane == RUN_LANE for s in self.stretches) else []
         return jobs + run
 
     @property
+    def jobs(self) -> list[str]:
+        return [lane for lane in self.lanes if lane not in (RUN_LANE, PUBLISH_LANE)]
+
+    @property
     def end(self) -> float:
         return max([bar.end for bar in self.bars] + [s.end for s in self.stretches] + [self.origin])
-
-    def final(self) -> list[Bar]:
-        """Each table's last bar (a table staged twice has two)."""
-        last = {bar.table: bar for bar in self.bars}
-        return list(last.values())
-
-
-RUN_LANE = "run"
 
 
 def natural(lane: str) -> tuple:
@@ -136,90 +248,206 @@ def lane_name(job) -> str:
     return f"job {job}" if str(job).isdigit() else str(job)
 
 
+def unit_of(line: dict) -> tuple[str, str | None]:
+    """The table a line is about and its slice: load jobs name a unit 'public.t#2/4'."""
+    table = str(line["table"])
+    found = UNIT.match(table)
+    if found:
+        return found["table"], line.get("slice") or found["part"]
+    return table, line.get("slice")
+
+
 def read_night(lines: list[dict]) -> Night:
     """Bars, stretches and marks from the copier's lines, in the order they were written."""
-    table_lines = [line for line in lines if line.get("event") in TABLE_EVENTS]
+    table_lines = [line for line in lines if line.get("event") in (*TABLE_EVENTS, *PIECE_EVENTS)]
     if not table_lines:
-        raise NoTables("no table_copied, table_failed, table_staged or swap_deferred line "
-                       "among them")
+        raise NoTables("no table_copied, table_failed, table_staged, swap_deferred, "
+                       "table_loaded or slice_loaded line among them")
     timed = all("@timestamp" in line for line in lines)
-    stream_jobs = {line["@stream"]: line["job"] for line in lines
-                   if line.get("@stream") and line.get("job") is not None}
+    stream_lanes = {line["@stream"]: lane_of(line, {}) for line in lines
+                    if line.get("@stream") and line.get("job") is not None}
 
-    def lane_of(line: dict) -> str:
-        job = line["job"] if line.get("job") is not None else stream_jobs.get(line.get("@stream"))
-        return lane_name(job) if job is not None else RUN_LANE
+    def lane(line: dict) -> str:
+        return lane_of(line, stream_lanes)
 
     bars: list[Bar] = []
-    latest: dict[str, Bar] = {}
+    latest: dict[str, Bar] = {}  # each table's last finishing step
+    rounds: dict[str, list[Bar]] = {}  # each table's pieces not finished yet
+    not_before: dict[str, float] = {}  # without a clock: a table loaded again, after the first round
     lane_end: dict[str, float] = {}
     round_start = 0.0
     retries: dict[str, list[str]] = {}
     waits: dict[tuple[str, str], dict[str, list[float]]] = {}
+    segment: list[str] = []  # without a clock: the lanes since the last run_finished
+    pending_notes: list[str] = []
     night = Night(timed, bars, [], [], [], [], [])
+
+    def table_run(table: str) -> TableRun:
+        return night.tables.setdefault(table, TableRun(table))
+
+    def note_lane(name: str, text: str) -> None:
+        night.lane_notes.setdefault(name, []).append(text)
+
+    def untimed_start(name: str) -> float:
+        """Without a clock: where the lane's next bar starts (the publish after every load job)."""
+        if name == PUBLISH_LANE and name not in lane_end:
+            lane_end[name] = max([*lane_end.values(), *(s.end for s in night.stretches)],
+                                 default=0.0)
+        return max(lane_end.get(name, 0.0), round_start)
+
     for line in lines:
-        event, table = line.get("event"), line.get("table")
+        event = line.get("event")
+        table, part = unit_of(line) if line.get("table") else (None, None)
         now = line["@timestamp"] / 1000 if timed else max(lane_end.values(), default=0.0)
-        if event in TABLE_EVENTS and table:
+        where = lane(line)
+        if where != RUN_LANE and event not in SNAPSHOT_EVENTS:
+            if not segment or segment[-1] != where:
+                segment.append(where)
+            for text in pending_notes:
+                note_lane(where, text)
+            pending_notes.clear()
+        piece = event in PIECE_EVENTS or (event == EVENT_TABLE_FAILED and (
+            part is not None or line.get("phase") == "load"))
+        if (event in TABLE_EVENTS or piece) and table:
+            run = table_run(table)
+            if event == EVENT_TABLE_FAILED:
+                place = where if where != RUN_LANE else "-"
+                run.failures.append(Failure(f"slice {part}, {place}" if part else place,
+                                            str(line.get("error") or "no error logged")))
             bar = latest.get(table)
-            if event not in LATE_EVENTS and line.get("job") is None and bar is not None \
-                    and bar.late:
+            if not piece and event not in LATE_EVENTS and line.get("job") is None \
+                    and bar is not None and bar.late:
                 # The swap of the staged tables: it went live, or it did not.
                 bar.swapped = event == EVENT_TABLE_COPIED
                 if event == EVENT_TABLE_FAILED:
                     bar.outcome, bar.error = "failed", line.get("error")
                 continue
-            if line.get("seconds") is None or lane_of(line) == RUN_LANE:
+            if line.get("seconds") is None or where == RUN_LANE:
                 night.unplaced.append(line)
                 continue
-            lane, seconds = lane_of(line), float(line["seconds"])
-            if bar is not None:  # staged again: a new round of jobs, after the first
-                if bar.outcome == "staged":
-                    bar.outcome = "restaged"
-                round_start = max(lane_end.values(), default=0.0)
-            start = now - seconds if timed else max(lane_end.get(lane, 0.0), round_start)
-            bar = Bar(table, lane, "failed" if event == EVENT_TABLE_FAILED else
-                      "staged" if event in LATE_EVENTS else "copied",
-                      start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
-                      line.get("error"), retries=retries.pop(table, []),
-                      waits=waits.pop((lane, table), {}), late=event in LATE_EVENTS,
-                      deferred=line.get("reason") if event == EVENT_SWAP_DEFERRED else None)
-            lane_end[lane] = bar.end
-            latest[table] = bar
+            seconds = float(line["seconds"])
+            unit = f"{table}#{part}" if part else table
+            if piece:
+                current = rounds.setdefault(table, [])
+                if any(p.part == (part or "load") for p in current):  # loaded again
+                    for p in current:
+                        p.superseded = True
+                    not_before[table] = max(p.end for p in current)
+                    current = rounds[table] = []
+                start = now - seconds if timed else max(untimed_start(where),
+                                                        not_before.get(table, 0.0))
+                bar = Bar(table, where, "failed" if event == EVENT_TABLE_FAILED else "loaded",
+                          start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
+                          line.get("error"), retries=retries.pop(unit, []),
+                          waits=waits.pop((where, unit), {}), part=part or "load",
+                          phase=line.get("phase"))
+                current.append(bar)
+            else:
+                pieces = rounds.pop(table, [])
+                if bar is not None:  # staged again: a new round of jobs, after the first
+                    if bar.outcome == "staged":
+                        bar.outcome = "restaged"
+                    round_start = max(lane_end.values(), default=0.0)
+                start = now - seconds if timed else max(
+                    [untimed_start(where)] + [p.end for p in pieces])
+                bar = Bar(table, where, "failed" if event == EVENT_TABLE_FAILED else
+                          "staged" if event in LATE_EVENTS else "copied",
+                          start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
+                          line.get("error"), retries=retries.pop(table, []),
+                          waits=waits.pop((where, table), {}), late=event in LATE_EVENTS,
+                          deferred=line.get("reason") if event == EVENT_SWAP_DEFERRED else None,
+                          phase=line.get("phase"), slices=line.get("slices"), pieces=pieces)
+                for p in pieces:
+                    p.whole = bar
+                latest[table] = bar
+                run.bar = bar
+            lane_end[where] = bar.end
             bars.append(bar)
-        elif event == EVENT_RETRY and table:
-            retries.setdefault(table, []).append(str(line.get("error", "")))
-        elif event == EVENT_WAITING and table:
-            noted = waits.setdefault((lane_of(line), table), {})
+        elif event == EVENT_RETRY and line.get("table"):
+            retries.setdefault(str(line["table"]), []).append(str(line.get("error", "")))
+        elif event == EVENT_WAITING and line.get("table"):
+            noted = waits.setdefault((where, str(line["table"])), {})
             noted.setdefault(str(line.get("database", "?")), []).append(float(line.get("seconds", 0)))
         elif event == EVENT_SNAPSHOT_RENEWED:
             night.renewals.append((now, line.get("snapshot")))
+        elif event in SNAPSHOT_EVENTS:
+            text = snapshot_text(line)
+            if where != RUN_LANE:
+                note_lane(where, text)
+            elif event == "snapshot_released" and segment:
+                note_lane(segment[-1], text)
+            else:
+                pending_notes.append(text)
         elif event in NOTE_EVENTS:
             night.notes.append(note_text(line))
             if event == EVENT_SESSION_ENDED and table in latest:
                 latest[table].sessions.append(note_text(line).split(": ", 1)[1])
         elif event == EVENT_RUN_FINISHED:
             night.finished.append(line)
-            ended = now if timed else float(line.get("seconds") or 0)
-            lane = lane_of(line)
-            mine = [b for b in bars if lane == RUN_LANE or b.lane == lane]
-            started = ended - float(line.get("seconds") or 0)
+            if where == RUN_LANE and line.get("phase") and len(set(segment)) == 1:
+                where = segment[0]  # a split run's job, its stdout without a stream
+            segment.clear()
+            took = float(line.get("seconds") or 0)
+            if timed:
+                ended = now
+            elif where == RUN_LANE or line.get("phase") is None:
+                ended = took
+            else:
+                ended = min([b.start for b in bars if b.lane == where] or [0.0]) + took
+            mine = [b for b in bars if where == RUN_LANE or b.lane == where]
+            started = ended - took
             if timed and mine and min(b.start for b in mine) > started:
                 night.stretches.append(Stretch(
-                    lane, started, min(b.start for b in mine), "start-up",
-                    "start-up: the tables resolved and checked, the snapshot exported"))
+                    where, started, min(b.start for b in mine), "start-up",
+                    "start-up: the tables resolved and checked, " + (
+                        "the run's snapshot imported" if any(
+                            "imported" in n for n in night.lane_notes.get(where, []))
+                        else "no snapshot (the publish reads none)" if where == PUBLISH_LANE
+                        else "the snapshot exported")))
             last = max((b.end for b in mine), default=started)
             if ended > last:
-                night.stretches.append(after_the_tables(lane, last, ended, mine, timed))
+                night.stretches.append(after_the_tables(
+                    where, last, ended, mine, timed,
+                    holding=any("held" in n for n in night.lane_notes.get(where, []))))
+    for table, pieces in rounds.items():
+        night.tables[table].pending = pieces
+    for run in night.tables.values():
+        for p in run.pieces:
+            p.outcome = "failed" if p.error else run.outcome
+    for bar in bars:
+        if bar.superseded:
+            bar.outcome = "reloaded"
     if timed:
         night.origin = min([b.start for b in bars] + [s.start for s in night.stretches])
     return night
 
 
-def after_the_tables(lane: str, start: float, end: float, bars: list[Bar], timed: bool) -> Stretch:
+def lane_of(line: dict, stream_lanes: dict[str, str]) -> str:
+    """A line's lane: its job's, the publish, or the run's own (no job: the parent process)."""
+    if line.get("phase") == "publish":
+        return PUBLISH_LANE
+    if line.get("job") is not None:
+        return lane_name(line["job"])
+    return stream_lanes.get(line.get("@stream"), RUN_LANE)
+
+
+def snapshot_text(line: dict) -> str:
+    if line["event"] == "snapshot_shared":
+        return (f"exported the run's snapshot and held it for the {line.get('jobs', '?')} "
+                "load jobs (COPIER_ONE_SNAPSHOT=hold)")
+    if line["event"] == "snapshot_imported":
+        return "imported the run's snapshot from the first load job (COPIER_ONE_SNAPSHOT=join)"
+    return (f"released the run's snapshot: {line.get('imported', '?')} of "
+            f"{line.get('jobs', '?')} load jobs read it")
+
+
+def after_the_tables(lane: str, start: float, end: float, bars: list[Bar], timed: bool,
+                     holding: bool = False) -> Stretch:
     deferred = [b for b in bars if b.deferred]
     staged = [b for b in bars if b.late and not b.deferred and b.outcome != "restaged"]
     parts = [] if timed else ["start-up (resolving and checking the tables, exporting the snapshot)"]
+    if holding:
+        parts.append("the run's snapshot held until the other load jobs imported it")
     if staged:
         parts.append(f"the swap of {len(staged)} staged table(s) together")
     if deferred:
@@ -286,14 +514,46 @@ def e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def figures(rows: int | None, nbytes: int | None, seconds: float, rate: float | None) -> str:
+    """'3,000 rows, 0.1 MB in 0.4 s: 0.19 MB/s'."""
+    if rows is None and nbytes is None:
+        return f"{seconds:.1f} s"
+    per_second = f": {amount(rate, 2)} MB/s" if rate is not None else ""
+    mb = nbytes / 1e6 if nbytes is not None else None
+    return f"{count(rows)} rows, {amount(mb)} MB in {seconds:.1f} s{per_second}"
+
+
+def finishing_step(bar: Bar) -> str:
+    """What the step that finished a loaded table did."""
+    return "indexes, row count check, analyze" + (", staged for the swap" if bar.late else ", swap")
+
+
+def outcome_word(outcome: str) -> str:
+    return OUTCOMES[outcome].split(" (")[0]
+
+
 def bar_title(bar: Bar, origin: float) -> str:
-    lines = [f"{bar.table}: {OUTCOMES[bar.outcome].split(' (')[0]}",
+    if bar.part is not None:
+        return piece_title(bar, origin)
+    lines = [f"{bar.table}: {outcome_word(bar.outcome)}",
              f"{bar.lane}, {duration(bar.start - origin)} to {duration(bar.end - origin)}"]
-    if bar.rows is not None or bar.bytes is not None:
-        rate = f": {amount(bar.mb_per_second, 2)} MB/s" if bar.mb_per_second is not None else ""
-        lines.append(f"{count(bar.rows)} rows, {amount(bar.mb)} MB in {bar.seconds:.1f} s{rate}")
+    if bar.pieces:
+        seconds = bar.seconds + max(p.seconds for p in bar.pieces)
+        rate = bar.bytes / 1e6 / seconds if bar.bytes is not None and seconds else None
+        longest = "longest slice" if any(p.part != "load" for p in bar.pieces) else "load"
+        lines.append(figures(bar.rows, bar.bytes, seconds, rate) + f" (its {longest} and this step)")
+        loaded_by = ", ".join(sorted({p.lane for p in bar.pieces}, key=natural))
+        loading = sum(p.seconds for p in bar.pieces)
+        if any(p.part != "load" for p in bar.pieces):
+            lines.append(f"{bar.slices or len(bar.pieces)} slices, loaded by {loaded_by} in "
+                         f"{loading:.1f} s of work")
+        else:
+            lines.append(f"loaded whole by {loaded_by} in {loading:.1f} s")
+        lines.append(f"then {finishing_step(bar)}: {bar.seconds:.1f} s")
+        first = min(p.start for p in bar.pieces)
+        lines.append(f"from its first load's start to this step's end: {duration(bar.end - first)}")
     else:
-        lines.append(f"{bar.seconds:.1f} s")
+        lines.append(figures(bar.rows, bar.bytes, bar.seconds, bar.mb_per_second))
     if bar.snapshot is not None:
         lines.append(f"snapshot {bar.snapshot}")
     if bar.deferred:
@@ -302,14 +562,38 @@ def bar_title(bar: Bar, origin: float) -> str:
     if bar.outcome == "staged":
         lines.append("went live in the swap at the end" if bar.swapped
                      else "not swapped (no later line)")
-    for error in bar.retries:
-        lines.append(f"retried: {error}")
+    lines += details(bar)
+    return "\n".join(lines)
+
+
+def piece_title(bar: Bar, origin: float) -> str:
+    """A slice's or a load's: its own figures, and where its table went from there."""
+    whole = "the whole table" if bar.part == "load" else f"slice {bar.part.replace('/', ' of ')}"
+    lines = [f"{bar.name}: {outcome_word(bar.outcome)}",
+             f"{bar.lane}, {duration(bar.start - origin)} to {duration(bar.end - origin)}",
+             f"{whole} loaded: " + figures(bar.rows, bar.bytes, bar.seconds, bar.mb_per_second)]
+    if bar.snapshot is not None:
+        lines.append(f"snapshot {bar.snapshot}")
+    if bar.superseded:
+        lines.append("its table's slices were read from two snapshots (one was lost): "
+                     "loaded again, this one did not go live")
+    elif bar.whole is not None:
+        lines.append(f"{bar.table}: {outcome_word(bar.whole.outcome)}, finished by "
+                     f"{bar.whole.lane} ({finishing_step(bar.whole)})")
+    elif bar.outcome == "loaded":
+        lines.append(f"{bar.table}: no later line (not published yet)")
+    lines += details(bar)
+    return "\n".join(lines)
+
+
+def details(bar: Bar) -> list[str]:
+    lines = [f"retried: {error}" for error in bar.retries]
     for database, noted in bar.waits.items():
         lines.append(f"waited for the {database} database: unreachable for {min(noted):.0f} s "
                      f"to {max(noted):.0f} s of its outage while this table waited")
     if bar.error:
         lines.append(f"error: {bar.error}")
-    return "\n".join(lines)
+    return lines
 
 
 # --------------------------------------------------------------------------- the SVG
@@ -318,11 +602,20 @@ WIDTH, LEFT, RIGHT, AXIS, LANE, BAR = 1000, 110, 24, 34, 30, 20
 CHAR = 6.3  # px per character of the 11px bar labels, roughly
 
 
+def table_keys(night: Night) -> dict[str, str]:
+    """A short key for each table drawn as more than one bar: hovering one outlines them all."""
+    counted: dict[str, int] = {}
+    for bar in night.bars:
+        counted[bar.table] = counted.get(bar.table, 0) + 1
+    return {table: f"t{n}" for n, table in enumerate(t for t, k in counted.items() if k > 1)}
+
+
 def svg(night: Night) -> str:
     lanes = night.lanes
     span = max(night.end - night.origin, 1e-3)
     plot = WIDTH - LEFT - RIGHT
     height = AXIS + LANE * len(lanes) + 8
+    keys = table_keys(night)
 
     def x(t: float) -> float:
         return LEFT + (t - night.origin) / span * plot
@@ -337,7 +630,9 @@ def svg(night: Night) -> str:
            'fill-opacity="0.35"/></pattern></defs>']
     for n, lane in enumerate(lanes):
         top = y(lane)
-        out.append(f'<g class="lane" data-lane="{e(lane)}">'
+        notes = night.lane_notes.get(lane, [])
+        hover = f"<title>{e(chr(10).join([lane + ':', *notes]))}</title>" if notes else ""
+        out.append(f'<g class="lane" data-lane="{e(lane)}">{hover}'
                    f'<rect class="lane-bg{" odd" if n % 2 else ""}" x="0" y="{top:.1f}" '
                    f'width="{WIDTH}" height="{LANE}"/>'
                    f'<text class="lane-label" x="8" y="{top + LANE / 2 + 4:.1f}">{e(lane)}</text></g>')
@@ -350,15 +645,22 @@ def svg(night: Night) -> str:
     for bar in night.bars:
         left, top = x(bar.start), y(bar.lane) + (LANE - BAR) / 2
         width = max(x(bar.end) - left, 1.5)
-        classes = " ".join(["bar", bar.outcome] + (["waited"] if bar.waits else [])
-                           + (["retried"] if bar.retries else []))
-        out.append(f'<g class="{classes}" data-table="{e(bar.table)}"><title>'
+        kind = [] if bar.part is None else ["load"] if bar.part == "load" else ["slice"]
+        classes = " ".join(["bar", bar.outcome, *kind] + (["culprit"] if bar.part and bar.error
+                                                           else [])
+                           + (["waited"] if bar.waits else []) + (["retried"] if bar.retries else []))
+        attributes = f' data-table="{e(bar.table)}"'
+        if bar.part and bar.part != "load":
+            attributes += f' data-slice="{e(bar.part)}"'
+        if bar.table in keys:
+            attributes += f' data-key="{keys[bar.table]}"'
+        out.append(f'<g class="{classes}"{attributes}><title>'
                    f'{e(bar_title(bar, night.origin))}</title>'
                    f'<rect x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" height="{BAR}" rx="2"/>')
         if bar.waits:
             out.append(f'<rect class="hatch" x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" '
                        f'height="{BAR}" rx="2" fill="url(#hatch)"/>')
-        label = bar.table.removeprefix("public.")
+        label = bar.name.removeprefix("public.")
         if width >= len(label) * CHAR + 8:
             out.append(f'<text x="{left + 4:.1f}" y="{top + BAR / 2 + 4:.1f}">{e(label)}</text>')
         out.append("</g>")
@@ -382,6 +684,13 @@ def svg(night: Night) -> str:
     return "\n".join(out)
 
 
+def linked_style(night: Night) -> str:
+    """Hovering one bar of a table drawn as several outlines every one of them (CSS :has)."""
+    return "".join(f'\nsvg.timeline:has(g[data-key="{key}"]:hover) g[data-key="{key}"] > rect'
+                   ':first-of-type { stroke: #000; stroke-width: 1.5; }'
+                   for key in table_keys(night).values())
+
+
 # --------------------------------------------------------------------------- the page
 
 STYLE = """
@@ -395,8 +704,12 @@ svg.timeline { display: block; max-width: 100%; height: auto; font-size: 11px; }
 .bar rect { stroke: #fff; stroke-width: 0.5; } .bar:hover rect { stroke: #000; stroke-width: 1.5; }
 .bar text { fill: #fff; pointer-events: none; }
 .bar.copied > rect { fill: #3d8b57; } .bar.failed > rect { fill: #c8372d; }
-.bar.staged > rect { fill: #3f6fb5; } .bar.restaged > rect { fill: #b5b5b5; }
-.bar.restaged text { fill: #222; }
+.bar.staged > rect { fill: #3f6fb5; } .bar.restaged > rect, .bar.reloaded > rect { fill: #b5b5b5; }
+.bar.loaded > rect { fill: #7a6a9e; }
+.bar.restaged text, .bar.reloaded text { fill: #222; }
+.bar.slice > rect:first-of-type, .bar.load > rect:first-of-type { fill-opacity: 0.55; }
+.bar.slice text, .bar.load text { fill: #111; }
+.bar.culprit > rect:first-of-type { fill-opacity: 1; stroke: #4a0b06; stroke-width: 2; }
 .bar > rect.hatch { fill: url(#hatch); stroke: none; }
 .bar.retried > rect:first-of-type { stroke: #000; stroke-dasharray: 3 2; stroke-width: 1; }
 .stretch rect { fill: #e3a33b; } .stretch:hover rect { stroke: #000; }
@@ -408,7 +721,10 @@ svg.timeline { display: block; max-width: 100%; height: auto; font-size: 11px; }
 .legend i { display: inline-block; width: 12px; height: 12px; margin-right: 5px; vertical-align: -2px;
   border-radius: 2px; }
 i.copied { background: #3d8b57; } i.failed { background: #c8372d; } i.staged { background: #3f6fb5; }
-i.restaged { background: #b5b5b5; } i.stretch { background: #e3a33b; }
+i.restaged, i.reloaded { background: #b5b5b5; } i.loaded { background: #7a6a9e; }
+i.stretch { background: #e3a33b; }
+i.piece { background: #3d8b57; opacity: 0.55; }
+i.culprit { background: #c8372d; outline: 2px solid #4a0b06; outline-offset: -2px; }
 i.waited { background: repeating-linear-gradient(45deg, #3d8b57 0 3px, #24573a 3px 5px); }
 i.renewal { border-left: 2px dashed #7a3fb5; border-radius: 0; width: 6px; }
 table { border-collapse: collapse; font-size: 13px; }
@@ -425,23 +741,25 @@ class Totals:
     tables: int
     copied: int
     failed: int
+    loaded: int  # loaded for a publish that has not logged them
+    sliced: int
     rows: int
     bytes: int
     wall: float
     table_seconds: float
     jobs: int
+    publish: bool
     retries: int
     waited: dict[str, float]
     snapshots: int
 
 
 def totals(night: Night) -> Totals:
-    final = night.final()
-    ok = [b for b in final if b.ok]
-    failed = {b.table for b in final if b.outcome == "failed"} | {
-        line["table"] for line in night.unplaced}
+    tables = list(night.tables.values())
+    ok = [t for t in tables if t.ok]
     walls = [float(line["seconds"]) for line in night.finished if line.get("seconds") is not None]
-    wall = night.end - night.origin if night.timed or not walls else max(walls)
+    split = any(line.get("phase") for line in night.finished) or PUBLISH_LANE in night.lanes
+    wall = night.end - night.origin if night.timed or split or not walls else max(walls)
     waited = {}
     for database in ("source", "target"):
         seconds = sum(float(line.get(f"{database}_waited_seconds") or 0) for line in night.finished)
@@ -449,20 +767,27 @@ def totals(night: Night) -> Totals:
             waited[database] = seconds
     snapshots = max([int(line.get("snapshots") or 1) for line in night.finished]
                     + [(s or 1) for _, s in night.renewals] + [1])
-    return Totals(len({b.table for b in final} | failed), len(ok), len(failed),
-                  sum(b.rows or 0 for b in ok), sum(b.bytes or 0 for b in ok), wall,
-                  sum(b.seconds for b in night.bars), len([lane for lane in night.lanes
-                                                           if lane != RUN_LANE]),
-                  sum(len(b.retries) for b in night.bars), waited, snapshots)
+    return Totals(len(tables), len(ok), len([t for t in tables if t.outcome == "failed"]),
+                  len([t for t in tables if t.outcome == "loaded"]),
+                  len([t for t in tables if t.slices]),
+                  sum(t.rows or 0 for t in ok), sum(t.bytes or 0 for t in ok), wall,
+                  sum(b.seconds for b in night.bars), len(night.jobs),
+                  PUBLISH_LANE in night.lanes, sum(len(b.retries) for b in night.bars), waited,
+                  snapshots)
 
 
 def totals_table(t: Totals) -> list[str]:
-    rows = [("tables", count(t.tables)), ("copied", count(t.copied)), ("failed", count(t.failed)),
-            ("rows copied", count(t.rows)), ("MB copied", amount(t.bytes / 1e6)),
-            ("wall time", duration(t.wall)),
-            ("MB/s over the wall time", amount(t.bytes / 1e6 / t.wall, 2) if t.wall else "-"),
-            ("jobs", count(t.jobs)), ("seconds in tables, all jobs", amount(t.table_seconds)),
-            ("retries", count(t.retries))]
+    rows = [("tables", count(t.tables)), ("copied", count(t.copied)), ("failed", count(t.failed))]
+    if t.loaded:
+        rows.append(("loaded, not published", count(t.loaded)))
+    if t.sliced:
+        rows.append(("cut into slices", count(t.sliced)))
+    rows += [("rows copied", count(t.rows)), ("MB copied", amount(t.bytes / 1e6)),
+             ("wall time", duration(t.wall)),
+             ("MB/s over the wall time", amount(t.bytes / 1e6 / t.wall, 2) if t.wall else "-"),
+             ("jobs", count(t.jobs) + (" and the publish" if t.publish else "")),
+             ("seconds in tables, all jobs", amount(t.table_seconds)),
+             ("retries", count(t.retries))]
     rows += [(f"seconds waited for the {db} database", amount(s)) for db, s in t.waited.items()]
     if t.snapshots > 1:
         rows.append(("snapshots read from", count(t.snapshots)))
@@ -472,28 +797,44 @@ def totals_table(t: Totals) -> list[str]:
 
 
 def slowest_table(night: Night) -> list[str]:
-    final = sorted(night.final(), key=lambda b: (-b.seconds, b.table))[:SLOWEST]
+    tables = sorted(night.tables.values(), key=lambda t: (-(t.seconds or 0), t.table))[:SLOWEST]
     out = ['<table class="slowest"><tr><th>table</th><th>job</th><th>outcome</th>'
-           '<th class="n">rows</th><th class="n">MB</th><th class="n">seconds</th>'
+           '<th class="n">slices</th><th class="n">rows</th><th class="n">MB</th>'
+           '<th class="n" title="a table loaded in pieces: its longest piece\'s seconds and its '
+           'finishing step\'s (the pieces load side by side)">seconds</th>'
            '<th class="n">MB/s</th></tr>']
-    for b in final:
-        outcome = "copied" if b.ok else b.outcome
-        out.append(f'<tr><td>{e(b.table)}</td><td>{e(b.lane)}</td>'
-                   f'<td class="{e(outcome)}">{e(outcome)}</td><td class="n">{count(b.rows)}</td>'
-                   f'<td class="n">{amount(b.mb)}</td><td class="n">{b.seconds:.1f}</td>'
-                   f'<td class="n">{amount(b.mb_per_second, 2)}</td></tr>')
+    for t in tables:
+        outcome = "copied" if t.ok else t.outcome
+        mb = t.bytes / 1e6 if t.bytes is not None else None
+        out.append(f'<tr data-table="{e(t.table)}"><td>{e(t.table)}</td>'
+                   f'<td>{e(", ".join(t.lanes) or "-")}</td>'
+                   f'<td class="{e(outcome)}">{e(outcome)}</td><td class="n">{count(t.slices)}</td>'
+                   f'<td class="n">{count(t.rows)}</td><td class="n">{amount(mb)}</td>'
+                   f'<td class="n">{amount(t.seconds)}</td>'
+                   f'<td class="n">{amount(t.mb_per_second, 2)}</td></tr>')
     out.append("</table>")
     return out
 
 
 def failures_list(night: Night) -> list[str]:
-    failed = [(b.table, b.lane, b.error) for b in night.final() if b.outcome == "failed"]
-    failed += [(line["table"], "-", line.get("error")) for line in night.unplaced]
+    """Each failed table once: where it failed first, and its error (then the final one)."""
+    failed = []
+    for t in night.tables.values():
+        if t.outcome != "failed":
+            continue
+        first = t.failures[0] if t.failures else Failure(
+            t.bar.lane if t.bar else "-", (t.bar.error if t.bar else None) or "no error logged")
+        if first.where == "-" and t.bar is not None:  # the swap at the end: its job staged it
+            first = Failure(t.bar.lane, first.error)
+        error = first.error
+        if t.bar is not None and t.bar.error and t.bar.error != first.error:
+            error += f"; then {t.bar.lane}: {t.bar.error}"
+        failed.append((t.table, first.where, error))
     if not failed:
         return []
     return (["<h2>Failed tables</h2>", '<table class="failures">']
-            + [f'<tr><td>{e(table)}</td><td>{e(lane)}</td><td class="error">{e(error or "")}</td></tr>'
-               for table, lane, error in failed] + ["</table>"])
+            + [f'<tr><td>{e(table)}</td><td>{e(where)}</td><td class="error">{e(error)}</td></tr>'
+               for table, where, error in failed] + ["</table>"])
 
 
 def notes_list(night: Night) -> list[str]:
@@ -508,6 +849,12 @@ def legend(night: Night) -> str:
     shown = {b.outcome for b in night.bars} | ({"failed"} if night.unplaced else set())
     items = [f'<span><i class="{name}"></i>{e(text)}</span>' for name, text in OUTCOMES.items()
              if name in shown]
+    if any(b.part for b in night.bars):
+        items.append('<span><i class="piece"></i>lighter: a slice ("orders 2/4") or a table loaded '
+                     'whole, in the lane of the job that loaded it and the colour of its table\'s '
+                     'outcome; the table\'s own bar is the step that finished it</span>')
+    if any(b.part and b.error for b in night.bars):
+        items.append('<span><i class="culprit"></i>the slice or load that failed</span>')
     if night.stretches:
         items.append('<span><i class="stretch"></i>the run\'s own time outside its tables</span>')
     if any(b.waits for b in night.bars):
@@ -525,13 +872,17 @@ def render_html(lines: list[dict], title: str) -> str:
     t = totals(night)
     started = (dt.datetime.fromtimestamp(night.origin, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                if night.timed else None)
-    summary = (f"{t.tables} table(s): {t.copied} copied, {t.failed} failed; "
-               f"{amount(t.bytes / 1e6)} MB, {count(t.rows)} rows in {duration(t.wall)} "
-               f"on {t.jobs} job(s)" + (f"; started {started}" if started else ""))
+    summary = (f"{t.tables} table(s): {t.copied} copied, {t.failed} failed"
+               + (f", {t.loaded} loaded, not published" if t.loaded else "")
+               + f"; {amount(t.bytes / 1e6)} MB, {count(t.rows)} rows in {duration(t.wall)} "
+               f"on {t.jobs} job(s)" + (" and the publish" if t.publish else "")
+               + (f"; {t.sliced} cut into slices" if t.sliced else "")
+               + (f"; started {started}" if started else ""))
     axis = ("from the first job's start" if night.timed
             else "from the run's start; each job's tables back to back")
     page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8"/>',
-            f"<title>{e(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
+            f"<title>{e(title)}</title>", f"<style>{STYLE}{linked_style(night)}</style>", "</head>",
+            "<body>",
             f"<h1>{e(title)}</h1>", f'<p class="summary">{e(summary)}</p>',
             f"<h2>Timeline <small>({e(axis)})</small></h2>", svg(night), legend(night),
             "<h2>Totals</h2>", *totals_table(t), *failures_list(night),

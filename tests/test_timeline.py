@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
 import psycopg2
 import pytest
+import test_copier_slices
 
 import copier
 import timeline
+from operations import table_runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,10 +40,16 @@ def groups(root: ET.Element, kind: str) -> list[ET.Element]:
 
 
 def bars(root: ET.Element) -> dict[str, ET.Element]:
-    found = groups(root, "bar")
+    """Each table's own bar: its whole copy, or the step that finished its pieces."""
+    found = [g for g in groups(root, "bar") if not {"slice", "load"} & set(classes(g))]
     counted = Counter(g.get("data-table") for g in found)
     assert set(counted.values()) == {1}, f"one bar per table: {counted}"
     return {g.get("data-table"): g for g in found}
+
+
+def pieces(root: ET.Element) -> list[ET.Element]:
+    """The slices and the tables loaded whole, in the order drawn."""
+    return [g for g in groups(root, "bar") if {"slice", "load"} & set(classes(g))]
 
 
 def outcome(bar: ET.Element) -> str:
@@ -92,8 +101,9 @@ FAILING = ("--no-kill-readers", "--lock-budget", "0")
 
 
 def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
-    run = night(*FAILING)
+    run = night(*FAILING, "--no-split")  # each table copied whole by one job
     assert run.code == 1
+    assert run.of("slice_loaded") == []
     root = parsed(timeline.render_html(run.events, "a night"))
 
     assert set(lanes(root)) - {"run"} == job_lanes(run.events)
@@ -142,16 +152,28 @@ def test_a_reader_ended_for_a_swap_is_on_the_bar_of_its_table(night):
 
 
 def test_without_a_clock_a_job_runs_its_tables_back_to_back_from_the_start(night):
-    run = night(*FAILING)
+    run = night(*FAILING)  # orders is cut into slices: they take their jobs' time too
+    assert run.of("slice_loaded")
+    (finished,) = run.of(copier.EVENT_RUN_FINISHED)
+    px = (timeline.WIDTH - timeline.LEFT - timeline.RIGHT) / finished["seconds"]
     root = parsed(timeline.render_html(run.events, "a night"))
-    found = bars(root)
-    lines = [e for e in run.events if e["event"] in timeline.TABLE_EVENTS and "job" in e]
-    for lane in job_lanes(lines):
-        mine = [found[e["table"]].find("rect") for e in lines if f"job {e['job']}" == lane]
-        starts = [float(r.get("x")) for r in mine]
-        ends = [float(r.get("x")) + float(r.get("width")) for r in mine]
-        assert starts[0] == timeline.LEFT
-        assert starts[1:] == pytest.approx(ends[:-1], abs=0.15)
+    # Every bar, slices included, in the order of the lines that drew them.
+    lines = [e for e in run.events if e["event"] in (*timeline.TABLE_EVENTS, *timeline.PIECE_EVENTS)
+             and "job" in e]
+    drawn = groups(root, "bar")
+    assert [(g.get("data-table"), g.get("data-slice")) for g in drawn] == [
+        (e["table"], e.get("slice")) for e in lines]
+    ends: dict[str, float] = {}  # lane: where its last bar ended
+    slices_end: dict[str, float] = {}  # table: where its last slice ended, in any lane
+    for g, line in zip(drawn, lines, strict=True):
+        lane, (start, _) = f"job {line['job']}", x_span(g)
+        if "slice" in line:
+            assert start == pytest.approx(ends.get(lane, timeline.LEFT), abs=0.15)
+            slices_end[line["table"]] = max(slices_end.get(line["table"], 0), start + line["seconds"] * px)
+        else:  # a table's finishing step waits for its last slice, whichever job loaded it
+            assert start == pytest.approx(max(ends.get(lane, timeline.LEFT),
+                                              slices_end.get(line["table"], 0)), abs=0.15)
+        ends[lane] = start + line["seconds"] * px
     # The run's own time outside its tables ends at run_finished: the right end of the axis.
     (stretch,) = groups(root, "stretch")
     rect = stretch.find("rect")
@@ -209,6 +231,258 @@ def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch):
     bar = bars(root)["public.big"]
     assert "retried" in classes(bar) and outcome(bar) == "copied"
     assert f"retried: {retry['error']}" in title(bar)
+
+
+def slowest_row(root: ET.Element, table: str) -> dict[str, str]:
+    (slowest,) = [t for t in root.iter("table") if "slowest" in classes(t)]
+    header = [th.text for th in slowest.find("tr")]
+    (row,) = [tr for tr in slowest.findall("tr") if tr.get("data-table") == table]
+    return dict(zip(header, [td.text for td in row], strict=True))
+
+
+def test_a_sliced_night_draws_each_slice_in_the_lane_of_the_job_that_loaded_it(night):
+    run = night(*FAILING)  # orders holds most of the bytes: cut into slices over the 2 jobs
+    assert run.code == 1
+    slices = run.of("slice_loaded")
+    assert {e["table"] for e in slices} == {"public.orders"}
+    (finish,) = [e for e in run.of(copier.EVENT_TABLE_COPIED) if e["table"] == "public.orders"]
+    assert finish["slices"] == len(slices) > 1
+    root = parsed(timeline.render_html(run.events, "a sliced night"))
+
+    assert set(lanes(root)) - {"run"} == job_lanes(run.events)
+    drawn = pieces(root)
+    assert [(g.get("data-table"), g.get("data-slice")) for g in drawn] == [
+        ("public.orders", e["slice"]) for e in slices]
+    for g, line in zip(drawn, slices, strict=True):
+        assert "slice" in classes(g) and outcome(g) == "copied"  # its table's outcome
+        hover = title(g).splitlines()
+        assert hover[0] == f"public.orders {line['slice']}: copied"
+        assert hover[1].startswith(f"job {line['job']}, ")
+        assert hover[2].startswith(f"slice {line['slice'].replace('/', ' of ')} loaded: "
+                                   f"{line['rows']:,} rows, ")
+        assert hover[-1] == (f"public.orders: copied, finished by job {finish['job']} "
+                             "(indexes, row count check, analyze, swap)")
+    # The table's own bar: the step that finished it, in its job's lane, after every slice.
+    found = bars(root)
+    assert {table: outcome(bar) for table, bar in found.items()} == {
+        "public.orders": "copied", "public.customers": "copied", "public.locked": "failed"}
+    orders = title(found["public.orders"]).splitlines()
+    loaded_by = ", ".join(sorted({f"job {e['job']}" for e in slices}))
+    assert orders[1].startswith(f"job {finish['job']}, ")
+    assert orders[2].startswith("3,000 rows, ") and orders[2].endswith(
+        " (its longest slice and this step)")
+    assert orders[3].startswith(f"{len(slices)} slices, loaded by {loaded_by} in ")
+    assert orders[4] == f"then indexes, row count check, analyze, swap: {finish['seconds']:.1f} s"
+    assert x_span(found["public.orders"])[0] >= max(x_span(g)[0] for g in drawn)
+    # Hovering any of them outlines them all: one key, one rule.
+    (key,) = {g.get("data-key") for g in [*drawn, found["public.orders"]]}
+    assert key and f'svg.timeline:has(g[data-key="{key}"]:hover)' in root.find("head/style").text
+    assert found["public.customers"].get("data-key") is None
+
+    # A sliced table counts once: its finishing line's rows; its longest slice's seconds and
+    # its finish's (the slices load side by side), as operations.py report counts them.
+    assert (total(root, "tables"), total(root, "copied"), total(root, "failed")) == ("3", "2", "1")
+    assert (total(root, "rows copied"), total(root, "cut into slices")) == ("3,200", "1")
+    drawn_seconds = [e["seconds"] for e in run.events if e.get("job") is not None
+                     and e["event"] in (*timeline.TABLE_EVENTS, *timeline.PIECE_EVENTS)]
+    assert float(total(root, "seconds in tables, all jobs")) == pytest.approx(
+        sum(drawn_seconds), abs=0.051)
+    row = slowest_row(root, "public.orders")
+    assert (row["rows"], row["slices"], row["outcome"]) == ("3,000", str(len(slices)), "copied")
+    assert float(row["seconds"]) == pytest.approx(
+        finish["seconds"] + max(e["seconds"] for e in slices), abs=0.051)
+    assert slowest_row(root, "public.customers")["slices"] == "-"
+
+
+class Logged(test_copier_slices.Job):
+    """A copier process whose lines come back as CloudWatch Logs hands them over: in the job's
+    own stream, stamped when written (here: when read, as the demo does)."""
+
+    def read(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.append({**json.loads(line), "@stream": self.env.get("COPIER_JOB", "?"),
+                                   "@timestamp": time.time() * 1000})
+
+
+def cloud_night(dbs, monkeypatch, units: list[str], tables: str,
+                env: dict[int, dict[str, str]] | None = None) -> list[dict]:
+    """The state machine's night: a load job per units (job n with env[n] added), the first
+    holding the snapshot the others import, then the publish of every table; their lines, as
+    CloudWatch Logs has them."""
+    monkeypatch.setattr(test_copier_slices, "Job", Logged)
+    env = env or {}
+
+    def load(n: int) -> Logged:
+        return test_copier_slices.load_job(dbs, "night-1", n, len(units), units[n - 1],
+                                           **env.get(n, {}))
+
+    jobs = [load(1)]
+    jobs[0].wait_for_event("snapshot_shared")
+    jobs += [load(n) for n in range(2, len(units) + 1)]
+    for job in jobs:
+        job.finish()
+    publish = Logged(dbs, tables, COPIER_PHASE="publish", COPIER_RUN="night-1",
+                     COPIER_JOB="publish")
+    publish.finish()
+    lines = [line for job in [*jobs, publish] for line in job.lines]
+    return sorted(lines, key=lambda line: line["@timestamp"])
+
+
+def lane_of_bar(bar: ET.Element) -> str:
+    return title(bar).splitlines()[1].split(",")[0]
+
+
+def lane_at(root: ET.Element, element: ET.Element) -> str:
+    """The lane a bar or stretch is drawn in, by its height on the page."""
+    top = float(element.find("rect").get("y"))
+    return lanes(root)[int((top - timeline.AXIS) // timeline.LANE)]
+
+
+def test_a_two_phase_night_has_a_lane_per_load_job_and_the_publish(dbs, monkeypatch):
+    test_copier_slices.fill_accounts(dbs, rows_a=6000, rows_b=600)
+    lines = cloud_night(dbs, monkeypatch, ["acc_a#1/3,acc_b", "acc_a#2/3", "acc_a#3/3"],
+                        "acc_a,acc_b")
+    assert [e["event"] for e in lines if e["event"] == "table_failed"] == []
+    root = parsed(timeline.render_html(lines, "a two-phase night"))
+
+    assert lanes(root) == ["job-1", "job-2", "job-3", "publish"]
+    drawn = pieces(root)
+    assert sorted((g.get("data-table"), g.get("data-slice"), lane_of_bar(g), outcome(g))
+                  for g in drawn) == [
+        ("public.acc_a", "1/3", "job-1", "copied"), ("public.acc_a", "2/3", "job-2", "copied"),
+        ("public.acc_a", "3/3", "job-3", "copied"), ("public.acc_b", None, "job-1", "copied")]
+    (acc_b_load,) = [g for g in drawn if g.get("data-table") == "public.acc_b"]
+    assert "load" in classes(acc_b_load)
+    assert title(acc_b_load).splitlines()[2].startswith("the whole table loaded: 600 rows, ")
+    found = bars(root)
+    assert {t: (outcome(b), lane_of_bar(b)) for t, b in found.items()} == {
+        "public.acc_a": ("copied", "publish"), "public.acc_b": ("copied", "publish")}
+    assert "3 slices, loaded by job-1, job-2, job-3 in " in title(found["public.acc_a"])
+    assert "loaded whole by job-1 in " in title(found["public.acc_b"])
+    # With the clock of the logs, the publish starts after the last load job ended (to the
+    # hundredth of a second each line's seconds are rounded to).
+    (slice_1,) = [g for g in drawn if g.get("data-slice") == "1/3"]
+    (slice_1_line,) = [e for e in lines if e.get("slice") == "1/3"]
+    px = (x_span(slice_1)[1] - x_span(slice_1)[0]) / slice_1_line["seconds"]
+    assert min(x_span(b)[0] for b in found.values()) >= max(
+        x_span(g)[1] for g in drawn) - 0.01 * px - 0.15
+    # What each load job did with the run's one snapshot, on its lane.
+    notes = {g.get("data-lane"): g.find("title") for g in groups(root, "lane")}
+    assert "exported the run's snapshot and held it for the 3 load jobs" in notes["job-1"].text
+    assert "released the run's snapshot: 3 of 3 load jobs read it" in notes["job-1"].text
+    assert all("imported the run's snapshot" in notes[lane].text for lane in ("job-2", "job-3"))
+    assert notes["publish"] is None
+
+    assert (total(root, "tables"), total(root, "copied"), total(root, "rows copied")) == (
+        "2", "2", "6,600")
+    assert (total(root, "jobs"), total(root, "cut into slices")) == ("3 and the publish", "1")
+    row = slowest_row(root, "public.acc_a")
+    assert (row["job"], row["slices"], row["rows"]) == ("job-1, job-2, job-3, publish", "3", "6,000")
+    assert slowest_row(root, "public.acc_b")["job"] == "job-1, publish"
+    for reported in table_runs(lines):  # the same seconds as the report's
+        assert float(slowest_row(root, reported.table)["seconds"]) == pytest.approx(
+            reported.seconds, abs=0.051)
+
+    # The same lines without a clock (the jobs' stdouts one after the other): each load job
+    # from the start, the publish after all of them.
+    bare = [{k: v for k, v in line.items() if not k.startswith("@")}
+            for job in ("job-1", "job-2", "job-3", "publish")
+            for line in lines if line["@stream"] == job]
+    root = parsed(timeline.render_html(bare, "a two-phase night, from its stdouts"))
+    assert lanes(root) == ["job-1", "job-2", "job-3", "publish"]
+    drawn, found = pieces(root), bars(root)
+    assert {x_span(g)[0] for g in drawn if g.get("data-slice")} == {timeline.LEFT}
+    assert {lane_at(root, g) for g in drawn} == {"job-1", "job-2", "job-3"}
+    assert {lane_at(root, b) for b in found.values()} == {"publish"}
+    loads_end = max(x_span(g)[1] for g in [*drawn, *groups(root, "stretch")]
+                    if lane_at(root, g) != "publish")
+    assert min(x_span(b)[0] for b in found.values()) >= loads_end - 0.15
+    assert total(root, "rows copied") == "6,600"
+
+
+def test_a_slice_no_job_loaded_fails_its_table_in_the_publish_and_colours_its_pieces(
+        dbs, monkeypatch):
+    test_copier_slices.fill_accounts(dbs, rows_a=3000, rows_b=300)
+    # Job 2's target refuses connections: its slice never loads.
+    lines = cloud_night(dbs, monkeypatch, ["acc_a#1/2,acc_b", "acc_a#2/2"], "acc_a,acc_b", {
+        1: {"COPIER_SNAPSHOT_WAIT": "2"},
+        2: {"TARGET_DSN": "host=127.0.0.1 port=1 dbname=x user=u connect_timeout=2",
+            "COPIER_OUTAGE_BUDGET": "1"}})  # a scheduled run waits out an outage: not long
+    root = parsed(timeline.render_html(lines, "a slice missing"))
+    (failed,) = [e for e in lines if e["event"] == "table_failed" and e.get("phase") == "publish"]
+    assert failed["table"] == "public.acc_a" and "slice(s) 2/2 missing" in failed["error"]
+    found = bars(root)
+    assert {t: outcome(b) for t, b in found.items()} == {"public.acc_a": "failed",
+                                                         "public.acc_b": "copied"}
+    assert f"error: {failed['error']}" in title(found["public.acc_a"])
+    (slice_1,) = [g for g in pieces(root) if g.get("data-slice") == "1/2"]
+    assert outcome(slice_1) == "failed" and "culprit" not in classes(slice_1)
+    assert title(slice_1).splitlines()[-1].startswith("public.acc_a: failed, finished by publish")
+    (failures,) = [t for t in root.iter("table") if "failures" in classes(t)]
+    assert [[td.text for td in tr] for tr in failures.findall("tr")] == [
+        ["public.acc_a", "publish", failed["error"]]]
+    assert (total(root, "copied"), total(root, "failed"), total(root, "rows copied")) == (
+        "1", "1", "300")
+
+
+# A local night, in the copier's words: orders' two slices straddled a renewed snapshot, so
+# they were loaded again; then a slice failed, after a retry of its own.
+RELOADED = [
+    {"event": "slice_loaded", "table": "public.orders", "job": 1, "rows": 500, "bytes": 9000,
+     "seconds": 2.0, "snapshot": 1, "slice": "1/2"},
+    {"event": "snapshot_renewed", "snapshot": 2, "message": "lost"},
+    {"event": "slice_loaded", "table": "public.orders", "job": 2, "rows": 500, "bytes": 9000,
+     "seconds": 3.0, "snapshot": 2, "slice": "2/2"},
+    {"event": "table_retry", "table": "public.orders", "attempt": 1, "wait_seconds": 0,
+     "error": "its slices were read from two snapshots (one was lost): loading it again"},
+    {"event": "slice_loaded", "table": "public.orders", "job": 1, "rows": 500, "bytes": 9000,
+     "seconds": 2.5, "snapshot": 2, "slice": "1/2"},
+    {"event": "table_retry", "table": "public.orders#2/2", "attempt": 1, "wait_seconds": 0.5,
+     "error": "lost the connection to the target database: gone"},
+    {"event": "table_failed", "table": "public.orders", "job": 2, "seconds": 4.0, "attempts": 2,
+     "error": "value too long for type character varying(5)", "slice": "2/2"},
+    {"event": "table_copied", "table": "public.customers", "job": 1, "rows": 20, "bytes": 400,
+     "seconds": 1.0, "snapshot": 2},
+    {"event": "run_finished", "tables": 2, "failed": 1, "seconds": 12.0, "snapshots": 2},
+]
+
+
+def test_slices_loaded_again_are_grey_and_a_failed_slice_fails_its_table():
+    root = parsed(timeline.render_html(RELOADED, "reloaded"))
+    drawn = pieces(root)
+    assert [(g.get("data-slice"), outcome(g), "culprit" in classes(g)) for g in drawn] == [
+        ("1/2", "reloaded", False), ("2/2", "reloaded", False),  # the first round, lost
+        ("1/2", "failed", False), ("2/2", "failed", True)]
+    assert "loaded again, this one did not go live" in title(drawn[0])
+    # Without a clock, the second round starts once the first is in (the retry waits for it).
+    assert x_span(drawn[2])[0] == pytest.approx(x_span(drawn[1])[1], abs=0.15)
+    culprit = title(drawn[3])
+    assert "retried: lost the connection to the target database: gone" in culprit
+    assert culprit.endswith("error: value too long for type character varying(5)")
+    assert set(bars(root)) == {"public.customers"}  # orders never reached its finishing step
+    (failures,) = [t for t in root.iter("table") if "failures" in classes(t)]
+    assert [[td.text for td in tr] for tr in failures.findall("tr")] == [
+        ["public.orders", "slice 2/2, job 2", "value too long for type character varying(5)"]]
+    row = slowest_row(root, "public.orders")
+    assert (row["outcome"], row["rows"], row["slices"], row["seconds"]) == ("failed", "-", "2", "4.0")
+    assert (total(root, "tables"), total(root, "failed"), total(root, "rows copied")) == (
+        "2", "1", "20")
+    assert total(root, "seconds in tables, all jobs") == "12.5"
+
+
+def test_a_load_job_alone_draws_what_it_loaded_for_the_publish():
+    lines = [{"event": "slice_loaded", "table": "public.events", "job": "job-2", "rows": 10,
+              "bytes": 100, "seconds": 1.0, "snapshot": 1, "slice": "2/4", "phase": "load"},
+             {"event": "table_loaded", "table": "public.small", "job": "job-2", "rows": 5,
+              "bytes": 50, "seconds": 0.5, "snapshot": 1, "phase": "load"}]
+    root = parsed(timeline.render_html(lines, "a load job"))
+    assert [(g.get("data-table"), outcome(g)) for g in pieces(root)] == [
+        ("public.events", "loaded"), ("public.small", "loaded")]
+    assert title(pieces(root)[0]).endswith("public.events: no later line (not published yet)")
+    assert len(groups(root, "bar")) == 2  # no table's own bar: the publish has not run
+    assert (total(root, "tables"), total(root, "copied"), total(root, "loaded, not published")) == (
+        "2", "0", "2")
 
 
 # The README's night with a 90-second failover of the source, as CloudWatch Logs hands it
@@ -309,12 +583,13 @@ def test_operations_timeline_writes_the_page_of_a_run_piped_in(night, tmp_path):
     assert set(lanes(root)) - {"run"} == job_lanes(run.events)
 
 
+NOTHING = ("error: nothing to draw: no table_copied, table_failed, table_staged, swap_deferred, "
+           "table_loaded or slice_loaded line among them\n")
+
+
 @pytest.mark.parametrize("stdin, path, error", [
-    ("", "night.html", "error: nothing to draw: no table_copied, table_failed, table_staged or "
-                       "swap_deferred line among them\n"),
-    ('{"event": "run_finished", "seconds": 1}\nnot json\n', "night.html",
-     "error: nothing to draw: no table_copied, table_failed, table_staged or swap_deferred "
-     "line among them\n"),
+    ("", "night.html", NOTHING),
+    ('{"event": "run_finished", "seconds": 1}\nnot json\n', "night.html", NOTHING),
     ('{"event": "table_copied", "table": "public.a", "job": 1, "seconds": 1}\n',
      "missing/night.html", "error: cannot write {tmp}/missing/night.html: No such file or "
                            "directory\n"),
