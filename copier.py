@@ -3915,7 +3915,7 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
         with src.cursor() as cur:
             cur.execute("SELECT set_config('application_name', %s, false)",
                         (snapshot_marker(options.run) + name,))
-        log_event("snapshot_shared", jobs=options.load_jobs)
+        log_event("snapshot_shared", job=1, jobs=options.load_jobs)
         return RunShared.create(outages, name, origin=name)
     if options.one_snapshot == "join":
         try:
@@ -3926,13 +3926,13 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
                 local = cur.fetchone()[0]
         except CopierError as exc:
             for unit in units:
-                log_event(EVENT_TABLE_FAILED, table=unit.source.table.qualified, error=str(exc),
-                          **unit_fields(unit, options))
+                log_event(EVENT_TABLE_FAILED, table=unit.source.table.qualified, job=1, error=str(exc),
+                          seconds=0, **unit_fields(unit, options))
             raise
         with dst.cursor() as cur:
             cur.execute("SELECT pg_notify(%s, %s)",
                         (snapshot_channel(options.run), os.environ.get("COPIER_JOB") or str(os.getpid())))
-        log_event("snapshot_imported")
+        log_event("snapshot_imported", job=1)
         return RunShared.create(outages, local, origin=origin)
     return RunShared.create(outages, export_snapshot(src))
 
@@ -3982,7 +3982,7 @@ def wait_for_joiners(dst, options: Options, started: float) -> None:
                    f"within {options.snapshot_wait:g}s: the others fail their tables")
         log_event("warning", message=message)
         say(f"copier: warning: {message}")
-    log_event("snapshot_released", imported=len(imported) + 1, jobs=options.load_jobs)
+    log_event("snapshot_released", job=1, imported=len(imported) + 1, jobs=options.load_jobs)
 
 
 def report_refusals(dst, tables: list[SourceTable]) -> int:

@@ -151,7 +151,8 @@ def test_sliced_local_copy_is_exact_with_gaps_negative_and_extreme_keys(copier_e
     assert sorted(e["slice"] for e in slices) == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
     assert {e["table"] for e in slices} == {"public.wide"}
     assert sum(e["rows"] for e in slices) == 40004
-    assert len({e["job"] for e in slices}) > 1  # loaded side by side
+    # Which job takes which slice is the queue's business: a job whose process started late may
+    # find them all taken, so no assertion on the jobs here.
     copied = {e["table"]: e for e in result.of("table_copied")}
     assert copied["public.wide"]["slices"] == 6 and copied["public.wide"]["rows"] == 40004
     assert "slices" not in copied["public.small"]
