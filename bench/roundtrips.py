@@ -44,7 +44,7 @@ STEPS = (
     "read_definition", "refuse_what_cannot_survive", "prepare_target", "stage_table", "load_rows",
     "build_indexes", "build_reporting_indexes", "set_statistics", "set_sequences",
     "capture_reporting_side", "restore_reporting_side", "replace_table",
-    "swap_into_place", "copy_once", "connect", "resolve_tables", "check_target", "lock_tables",
+    "swap_into_place", "complete", "transaction", "connect", "resolve_tables", "check_target", "lock_tables",
     "late_swaps", "export_snapshot", "warn_if_recovery_may_cancel", "validate_after_run", "run",
     "pump_source", "found_again", "with_definitions",
 )
@@ -61,9 +61,9 @@ def step_of(frame) -> str:
 
 
 def step_and_statement(cursor, query) -> str:
-    """copy_once's own statements (BEGIN, ANALYZE, COMMIT) by their first word."""
+    """The copy's own statements (BEGIN, ANALYZE, COMMIT) by their first word."""
     step = step_of(sys._getframe(2))
-    if step in ("copy_once", "run"):
+    if step in ("complete", "transaction", "run"):
         text = query if isinstance(query, str) else query.as_string(cursor)
         words = re.findall(r"[A-Za-z_]+", text[:40])
         step += ": " + (words[0] if words else "?")
