@@ -1555,6 +1555,11 @@ def prepared_statement(cur, name: str, query: str, *args) -> str:
     return cur.mogrify(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})", args).decode()
 
 
+# A relation's comment, as obj_description(oid, 'pg_class') reads it, without the cost of a
+# call of a SQL function (a template: the relation's OID).
+COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
+              "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
+
 # The live reporting table: its OID, whether it is unlogged, and its kind.
 LIVE_TABLE_QUERY = """
 SELECT c.oid, c.relpersistence = 'u', c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -1815,7 +1820,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
     if staged.partitioned:
         send()
     table_prefix = f" ON {definition.quoted_name} "
-    kept_keys = dict(reporting_extras(cur, staged).keys) if staged.partitioned else {}
+    kept_keys = dict(reporting_extras(cur, definition, staged).keys) if staged.partitioned else {}
     n = 0
     for constraint in definition.constraints:
         if constraint.kind == "c" and not constraint.validated:
@@ -1860,7 +1865,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
             execute(statement)
         staged.renames.append(Rename("index", temporary, name))
     if staged.extras is None:
-        batch.append(reporting_extras_statement(cur, staged))
+        batch.append(reporting_extras_statement(cur, definition, staged))
         send()
         staged.extras = extras_from(cur.fetchone())
     send()
@@ -1877,14 +1882,16 @@ class ReportingExtras:
 
 
 def reporting_extras_query(server_version: int) -> str:
-    """The live reporting table's indexes that belong to no constraint, its keys and its
-    statistics objects, in one row (none when there is no such table)."""
+    """The live reporting table's indexes that belong to no constraint and are not named as
+    the source's are ($3), its keys and its statistics objects, in one row (none when there is
+    no such table). Comments are read from pg_description directly: obj_description, a SQL
+    function, costs more than the rest of the query."""
     return f"""
 SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.indexrelid),
-                                                  obj_description(i.indexrelid, 'pg_class'))
+                                                  {COMMENT_OF % "i.indexrelid"})
                                  ORDER BY ic.relname), '[]')
         FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-        WHERE i.indrelid = c.oid
+        WHERE i.indrelid = c.oid AND ic.relname <> ALL($3::name[])
           AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
                           AND con.conrelid = i.indrelid)),
        (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
@@ -1898,18 +1905,19 @@ WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
 
 
-def reporting_extras(cur, staged: StagedTable) -> ReportingExtras:
+def reporting_extras(cur, definition: TableDefinition, staged: StagedTable) -> ReportingExtras:
     """Read once per staged table, after its load: the reporting side as it is then."""
     if staged.extras is None:
-        cur.execute(reporting_extras_statement(cur, staged))
+        cur.execute(reporting_extras_statement(cur, definition, staged))
         staged.extras = extras_from(cur.fetchone())
     return staged.extras
 
 
-def reporting_extras_statement(cur, staged: StagedTable) -> str:
+def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedTable) -> str:
+    source_names = sorted({name for name, _ in definition.indexes} | {c.name for c in definition.constraints})
     return prepared_statement(cur, "copier_reporting_extras",
                               reporting_extras_query(cur.connection.server_version),
-                              staged.table.schema, staged.table.name)
+                              staged.table.schema, staged.table.name, source_names)
 
 
 def extras_from(row: tuple | None) -> ReportingExtras:
@@ -1926,7 +1934,7 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     """
     table = definition.table
     source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
-    extra = [row for row in reporting_extras(cur, staged).indexes if row[0] not in source_names]
+    extra = [row for row in reporting_extras(cur, definition, staged).indexes if row[0] not in source_names]
     for n, (name, index_sql, comment) in enumerate(extra, 1):
         temporary = f"{staged.staging}_r{n}"
         statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)
@@ -1946,7 +1954,7 @@ def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
     table = definition.table
     # Keys the reporting side has and the source does not (a partitioned table's key that
     # includes the partition key, say).
-    extra = [row for row in reporting_extras(cur, staged).keys if row[0] not in source_names]
+    extra = [row for row in reporting_extras(cur, definition, staged).keys if row[0] not in source_names]
     for n, (name, definition_sql) in enumerate(extra, 1):
         temporary = f"{staged.staging}_rk{n}"
         add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
@@ -1997,7 +2005,8 @@ def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool
 def reporting_statistics(cur, definition: TableDefinition, staged: StagedTable) -> list[ExtendedStatistics]:
     """CREATE STATISTICS objects of the live reporting table that the source does not have."""
     source_names = {(s.schema, s.name) for s in definition.extended_statistics}
-    return [s for s in reporting_extras(cur, staged).statistics if (s.schema, s.name) not in source_names]
+    return [s for s in reporting_extras(cur, definition, staged).statistics
+            if (s.schema, s.name) not in source_names]
 
 
 # pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
@@ -2810,7 +2819,7 @@ FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)
 # Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
 # and whether anything else is tied to it.
 REPORTING_SIDE_QUERY = f"""
-SELECT pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'), coalesce(c.reloptions, '{{}}'),
+SELECT pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloptions, '{{}}'),
        c.relrowsecurity, c.relforcerowsecurity,
        (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
                                                   p.qual, p.with_check) ORDER BY p.policyname), '[]')
