@@ -1350,6 +1350,7 @@ class StagedTable:
     bytes: int = 0
     foreign_keys: list = dataclasses.field(default_factory=list)  # ForeignKeys still to validate
     blocked: str = ""  # why its swap waits for the end of the run (readers held the table)
+    replaces: bool = True  # a live reporting table was there when it was staged
     extras: ReportingExtras | None = None  # the live reporting table's own, once read
     partitioned: bool = False
     # (schema, temporary name, final name) of each partition
@@ -1505,6 +1506,7 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
         # No parameters: a default or a check may hold a % of its own.
         sql.SQL(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))]))
     live_oid, unlogged, kind = cur.fetchone() or (None, False, None)
+    staged.replaces = live_oid is not None
     # Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
     # nightly anyway): the new one stays so, and loads without WAL too.
     persistence = sql.SQL("UNLOGGED " if unlogged else "")
@@ -2819,7 +2821,7 @@ FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)
 # Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
 # and whether anything else is tied to it.
 REPORTING_SIDE_QUERY = f"""
-SELECT pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloptions, '{{}}'),
+SELECT c.oid, pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloptions, '{{}}'),
        c.relrowsecurity, c.relforcerowsecurity,
        (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
                                                   p.qual, p.with_check) ORDER BY p.policyname), '[]')
@@ -2840,21 +2842,39 @@ SELECT pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloption
         WHERE d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0),
        {TIED}
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = c.reltype
-WHERE c.oid = $1
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
 
 
-def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
-    """Lock the live reporting table and note what must survive its replacement."""
-    oid = live_table_oid(cur, table)
-    if oid is None:
-        return None
-    # One round trip: the lock, then (a statement of its own, so it sees what the lock waited
-    # for) the table as it is.
-    cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ").format(table.ident).as_string(cur)
-                + prepared_statement(cur, "copier_reporting_side", REPORTING_SIDE_QUERY, oid))
-    (owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
-     column_comments, tied) = cur.fetchone()
+def capture_reporting_side(cur, table: TableName, prefix: str = "",
+                           exists: bool = True) -> ReportingSide | None:
+    """Lock the live reporting table and note what must survive its replacement.
+
+    prefix: statements to send first, in the same round trip. When the table is expected to
+    exist (staging found it), it is locked and read in that one round trip: the lock, then (a
+    statement of its own, so that it sees what the lock waited for) the table as it is; a
+    table gone meanwhile is found missing from the lock's error instead.
+    """
+    lock_and_read = (sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ").format(table.ident).as_string(cur)
+                     + prepared_statement(cur, "copier_reporting_side", REPORTING_SIDE_QUERY,
+                                          table.schema, table.name))
+    if exists:
+        try:
+            cur.execute(prefix + "SAVEPOINT copier_capture; " + lock_and_read)
+        except psycopg2.errors.UndefinedTable:
+            cur.execute("ROLLBACK TO SAVEPOINT copier_capture")
+            return None
+    else:
+        cur.execute(prefix + prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY,
+                                                table.schema, table.name))
+        if cur.fetchone() is None:
+            return None
+        cur.execute(lock_and_read)
+    row = cur.fetchone()
+    if row is None:
+        return None  # not a table: the rename says what is in the way
+    (oid, owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
+     column_comments, tied) = row
     side = ReportingSide(oid, owner, rows(grants), rows(column_grants), comment, column_comments,
                          list(table_options), (enable, force), rows(policies), rows(triggers),
                          [], [], [], [])
@@ -2878,10 +2898,10 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
     """
     for attempt in range(options.lock_retries + 1):
         try:
-            cur.execute(("SAVEPOINT copier_swap; " if attempt == 0 else "")
-                        + "SELECT set_config('lock_timeout', %s, true)",
-                        (f"{int(options.lock_timeout * 1000)}ms",))
-            foreign_keys = replace_table(cur, staged)
+            start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
+                                + "SELECT set_config('lock_timeout', %s, true); ",
+                                (f"{int(options.lock_timeout * 1000)}ms",)).decode()
+            foreign_keys = replace_table(cur, staged, start)
             if not defer_keys:  # inside the retries: a key locks the table at its other end
                 foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
             cur.execute("SELECT set_config('lock_timeout', '0', true); RELEASE SAVEPOINT copier_swap")
@@ -2899,19 +2919,26 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
     raise AssertionError("unreachable")
 
 
-def replace_table(cur, staged: StagedTable) -> list[ForeignKey]:
+def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]:
+    """The swap's statements (after start, sent with the first of them), in as few round trips
+    as the reporting side allows: three for a table nothing else is tied to."""
     table = staged.table
-    old = capture_reporting_side(cur, table)
+    old = capture_reporting_side(cur, table, start, staged.replaces)
     if old:
         for dependent in reversed(old.dependents):
             dependent.drop(cur)
         for key in old.foreign_keys:
             key.drop(cur)
-    # The old table dropped, the staged one and its parts renamed: one round trip.
+    # The old table dropped, the staged one and its parts renamed: one round trip, which also
+    # reads the new table's grants and columns when nothing is to be restored before that.
     statements = [sql.SQL("DROP TABLE {}").format(table.ident)] if old else []
     statements.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(staged.ident, sql.Identifier(table.name)))
+    statements += rename_statements(staged)
+    read_new = bool(old) and not restores_before_grants(cur, old)
+    if read_new:
+        statements.append(sql.SQL(new_table_statement(cur, table)))
     try:
-        cur.execute(sql.SQL("; ").join(statements + rename_statements(staged)))
+        cur.execute(sql.SQL("; ").join(statements))
     except psycopg2.errors.DependentObjectsStillExist as exc:
         raise TableCopyError(
             f"{table.qualified} cannot be replaced: {first_line(exc)} "
@@ -2919,7 +2946,7 @@ def replace_table(cur, staged: StagedTable) -> list[ForeignKey]:
     if not old:
         apply_comments(cur, table.ident, staged.comment, staged.column_comments)
         return []
-    restore_reporting_side(cur, table, old)
+    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None)
     for dependent in old.dependents:
         dependent.recreate(cur, table)
     return old.foreign_keys
@@ -2992,7 +3019,20 @@ FROM pg_class c WHERE c.oid = $1::regclass
 """
 
 
-def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
+def new_table_statement(cur, table: TableName) -> str:
+    return prepared_statement(cur, "copier_new_table", NEW_TABLE_QUERY,
+                              quote_qualified(table.schema, table.name))
+
+
+def restores_before_grants(cur, old: ReportingSide) -> bool:
+    """Whether restore_reporting_side changes the new table before it reads its grants."""
+    return bool(any(old.row_security) or old.policies or old.triggers or old.own
+                or old.owner != current_user(cur))
+
+
+def restore_reporting_side(cur, table: TableName, old: ReportingSide,
+                           new_table: tuple | None = None) -> None:
+    """new_table: the new table's grants and columns, when the swap read them already."""
     # Policies, triggers and rules first, while the copier's user still owns the new table.
     apply_row_security(cur, table, old)
     recreate_triggers(cur, table, old)
@@ -3001,9 +3041,10 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
     if old.owner != current_user(cur):
         cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             table.ident, sql.Identifier(old.owner)))
-    cur.execute(prepared_statement(cur, "copier_new_table", NEW_TABLE_QUERY,
-                                   quote_qualified(table.schema, table.name)))
-    grants, column_list = cur.fetchone()
+    if new_table is None:
+        cur.execute(new_table_statement(cur, table))
+        new_table = cur.fetchone()
+    grants, column_list = new_table
     apply_grants(cur, "TABLE", table.ident, old.grants, rows(grants))
     if old.options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
