@@ -982,7 +982,10 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(
 
 
 def read_definition(conn, source: SourceTable) -> TableDefinition:
-    return read_definitions(conn, [source])[0]
+    definition = read_definitions(conn, [source])[0]
+    if definition is None:
+        raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+    return definition
 
 
 def with_definitions(conn, units: list[Unit]) -> list[Unit]:
@@ -992,12 +995,13 @@ def with_definitions(conn, units: list[Unit]) -> list[Unit]:
     sources = list({u.source.table: u.source for u in units}.values())
     read = {source.table: dataclasses.replace(source, definition=definition)
             for source, definition in zip(sources, read_definitions(conn, sources), strict=True)}
-    return [dataclasses.replace(u, source=read[u.source.table]) for u in units]
+    return [dataclasses.replace(u, source=read[u.source.table]) for u in units]  # None: gone
 
 
-def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition]:
+def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition | None]:
     """The tables' definitions on the source, in the same ten queries for one table or a
-    thousand: a run reads them all before its jobs start (see with_definitions)."""
+    thousand: a run reads them all before its jobs start (see with_definitions). None for a
+    table that is gone."""
     tables = {"tables": [source.oid for source in sources]}
     with conn.cursor() as cur:
 
@@ -1026,7 +1030,8 @@ def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition]:
     definitions = []
     for source in sources:
         if source.oid not in names:
-            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+            definitions.append(None)
+            continue
         comment, quoted_name = names[source.oid]
         column_rows = columns.get(source.oid, [])
         closure = list({row[0]: row for type_oid in {row[9] for row in column_rows}
