@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -485,6 +486,8 @@ class SourceTable:
     kind: str
     size_bytes: int
     estimated_rows: int
+    # Read with every other table's before the jobs start (with_definitions); None: read it.
+    definition: TableDefinition | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
@@ -839,8 +842,10 @@ class TableDefinition:
         return "text" if any(c.text_only for c in self.copied_columns) else "binary"
 
 
+# The catalog reads below take a list of tables (pg_class OIDs) and return each one's rows
+# marked with its OID: a run reads every table's definition in a few queries, not ten a table.
 COLUMNS_QUERY = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity,
        CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0 THEN
            (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
@@ -859,22 +864,23 @@ LEFT JOIN pg_depend dep ON dep.classid = 'pg_class'::regclass
      AND (SELECT relkind FROM pg_class WHERE oid = dep.objid) = 'S'
 LEFT JOIN pg_class s ON s.oid = dep.objid
 LEFT JOIN pg_namespace sn ON sn.oid = s.relnamespace
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
+WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
 """
 
 # For every type a column uses (through domains and arrays): whether binary COPY can carry it
 # between databases, and which user-defined types the target must have.
 def type_closure_query(server_version: int) -> str:
     """Every type the columns use, through domains, arrays, ranges and composite types'
-    attributes. Multiranges came with PostgreSQL 14."""
+    attributes, each with the column type it was reached from. Multiranges came with
+    PostgreSQL 14."""
     multirange = ("UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid"
                   if server_version >= 140000 else "")
     return f"""
-WITH RECURSIVE closure(oid) AS (
-    SELECT unnest(%s::oid[])
+WITH RECURSIVE closure(root, oid) AS (
+    SELECT o, o FROM unnest(%s::oid[]) o
     UNION
-    SELECT x.next FROM closure c JOIN pg_type t ON t.oid = c.oid,
+    SELECT c.root, x.next FROM closure c JOIN pg_type t ON t.oid = c.oid,
     LATERAL (
         SELECT nullif(t.typbasetype, 0) UNION ALL SELECT nullif(t.typelem, 0)
         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
@@ -884,33 +890,33 @@ WITH RECURSIVE closure(oid) AS (
     ) AS x(next)
     WHERE x.next IS NOT NULL
 )
-SELECT t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
+SELECT c.root, t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
 FROM closure c JOIN pg_type t ON t.oid = c.oid
 """
 
 CONSTRAINTS_QUERY = """
-SELECT con.conname, con.contype, pg_get_constraintdef(con.oid),
+SELECT con.conrelid, con.conname, con.contype, pg_get_constraintdef(con.oid),
        CASE WHEN con.contype IN ('p', 'u') THEN pg_get_indexdef(con.conindid) END,
        con.convalidated, con.condeferrable, con.condeferred
 FROM pg_constraint con
-WHERE con.conrelid = %s AND con.contype IN ('p', 'u', 'c', 'x')
-ORDER BY con.contype, con.conname
+WHERE con.conrelid = ANY(%(tables)s) AND con.contype IN ('p', 'u', 'c', 'x')
+ORDER BY con.conrelid, con.contype, con.conname
 """
 
 INDEXES_QUERY = """
-SELECT ic.relname, pg_get_indexdef(i.indexrelid)
+SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid)
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid = %s
+WHERE i.indrelid = ANY(%(tables)s)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
                   AND con.conrelid = i.indrelid)
-ORDER BY ic.relname
+ORDER BY i.indrelid, ic.relname
 """
 
 
 # Sequences the columns' defaults use that the table does not own (a serial's is owned): a
 # shared sequence, or one made by hand without OWNED BY.
 DEFAULT_SEQUENCES_QUERY = """
-SELECT DISTINCT sn.nspname, s.relname,
+SELECT DISTINCT d.adrelid, sn.nspname, s.relname,
        (SELECT o.refobjid::regclass::text FROM pg_depend o WHERE o.classid = 'pg_class'::regclass
         AND o.objid = s.oid AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))
 FROM pg_attrdef d
@@ -918,75 +924,133 @@ JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
      AND dep.refclassid = 'pg_class'::regclass
 JOIN pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S'
 JOIN pg_namespace sn ON sn.oid = s.relnamespace
-WHERE d.adrelid = %(table)s
+WHERE d.adrelid = ANY(%(tables)s)
   AND NOT EXISTS (SELECT 1 FROM pg_depend o WHERE o.classid = 'pg_class'::regclass
-                  AND o.objid = s.oid AND o.refobjid = %(table)s AND o.deptype IN ('a', 'i'))
-ORDER BY 1, 2
+                  AND o.objid = s.oid AND o.refobjid = d.adrelid AND o.deptype IN ('a', 'i'))
+ORDER BY 1, 2, 3
 """
 
 # Per-column planner settings: ALTER COLUMN ... SET STATISTICS n, SET (n_distinct = ...).
 COLUMN_STATISTICS_QUERY = """
-SELECT attname, CASE WHEN attstattarget >= 0 THEN attstattarget END, attoptions
+SELECT attrelid, attname, CASE WHEN attstattarget >= 0 THEN attstattarget END, attoptions
 FROM pg_attribute
-WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+WHERE attrelid = ANY(%(tables)s) AND attnum > 0 AND NOT attisdropped
   AND (attstattarget >= 0 OR attoptions IS NOT NULL)
-ORDER BY attnum
+ORDER BY attrelid, attnum
 """
 
 
-def extended_statistics_query(server_version: int) -> str:
-    """The table's CREATE STATISTICS objects. Expressions came with PostgreSQL 14, and so did
-    the function that prints what an object covers; before it, only plain columns exist."""
+def statistics_columns(server_version: int) -> list[str]:
+    """An ExtendedStatistics' fields of pg_statistic_ext s (in namespace n), as SQL. Expressions
+    came with PostgreSQL 14, and so did the function that prints what an object covers; before
+    it, only plain columns exist."""
     columns = "pg_get_statisticsobjdef_columns(s.oid)" if server_version >= 140000 else (
         "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)"
         " FROM unnest(s.stxkeys::int2[]) WITH ORDINALITY k(attnum, n)"
         " JOIN pg_attribute a ON a.attrelid = s.stxrelid AND a.attnum = k.attnum)")
-    return (f"SELECT s.stxname, n.nspname, s.stxkind::text[], {columns}, "
-            "CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END, "
-            "obj_description(s.oid, 'pg_statistic_ext') "
+    return ["s.stxname", "n.nspname", "s.stxkind::text[]", columns,
+            "CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget END",
+            "obj_description(s.oid, 'pg_statistic_ext')"]
+
+
+def extended_statistics_query(server_version: int) -> str:
+    """The tables' CREATE STATISTICS objects."""
+    return (f"SELECT s.stxrelid, {', '.join(statistics_columns(server_version))} "
             "FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace "
-            "WHERE s.stxrelid = %s ORDER BY n.nspname, s.stxname")
-
-
-def read_extended_statistics(cur, table_oid: int) -> list[ExtendedStatistics]:
-    cur.execute(extended_statistics_query(cur.connection.server_version), (table_oid,))
-    return [ExtendedStatistics(*row) for row in cur.fetchall()]
+            "WHERE s.stxrelid = ANY(%(tables)s) ORDER BY s.stxrelid, n.nspname, s.stxname")
 
 
 COLUMN_COMMENTS_QUERY = """
-SELECT coalesce(json_object_agg(a.attname, d.description), '{}')
+SELECT d.objoid, json_object_agg(a.attname, d.description)
 FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
-WHERE d.objoid = %s AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
+WHERE d.objoid = ANY(%(tables)s) AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
+GROUP BY d.objoid
+"""
+
+# Each table's comment, and its name quoted the way pg_get_indexdef quotes it (to find the
+# table's name in index definitions).
+def read_column_comments(cur, oid: int) -> dict[str, str]:
+    cur.execute(COLUMN_COMMENTS_QUERY, {"tables": [oid]})
+    row = cur.fetchone()
+    return row[1] if row else {}
+
+
+TABLE_NAMES_QUERY = """
+SELECT c.oid, obj_description(c.oid, 'pg_class'), quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%(tables)s)
 """
 
 
 def read_definition(conn, source: SourceTable) -> TableDefinition:
-    with conn.cursor() as cur:
-        cur.execute(COLUMNS_QUERY, (source.oid,))
-        column_rows = cur.fetchall()
-        type_oids = sorted({row[9] for row in column_rows})
-        cur.execute(type_closure_query(conn.server_version), (type_oids,))
-        closure = cur.fetchall()
-        cur.execute(CONSTRAINTS_QUERY, (source.oid,))
-        constraints = [Constraint(*row) for row in cur.fetchall()]
-        cur.execute(INDEXES_QUERY, (source.oid,))
-        indexes = cur.fetchall()
-        cur.execute(COLUMN_COMMENTS_QUERY, (source.oid,))
-        column_comments = cur.fetchone()[0]
-        cur.execute(COLUMN_STATISTICS_QUERY, (source.oid,))
-        column_statistics = cur.fetchall()
-        cur.execute(DEFAULT_SEQUENCES_QUERY, {"table": source.oid})
-        default_sequences = cur.fetchall()
-        extended_statistics = read_extended_statistics(cur, source.oid)
-        partitions = read_partition_layout(cur, source.oid) if source.kind == "p" else None
-        # Quoted the way pg_get_indexdef quotes, to find the table's name in index definitions.
-        cur.execute(
-            "SELECT obj_description(c.oid, 'pg_class'), "
-            "quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-            (source.oid,))
-        comment, quoted_name = cur.fetchone()
+    definition = read_definitions(conn, [source])[0]
+    if definition is None:
+        raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+    return definition
 
+
+def with_definitions(conn, units: list[Unit]) -> list[Unit]:
+    """The units, each table carrying its definition, read for all of them at once: the jobs
+    then send no catalog query to the source for a table's first try. A retry, and any try after
+    the run's snapshot was renewed (the source may be another server then), reads it again."""
+    sources = list({u.source.table: u.source for u in units}.values())
+    read = {source.table: dataclasses.replace(source, definition=definition)
+            for source, definition in zip(sources, read_definitions(conn, sources), strict=True)}
+    return [dataclasses.replace(u, source=read[u.source.table]) for u in units]  # None: gone
+
+
+def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition | None]:
+    """The tables' definitions on the source, in the same ten queries for one table or a
+    thousand: a run reads them all before its jobs start (see with_definitions). None for a
+    table that is gone."""
+    tables = {"tables": [source.oid for source in sources]}
+    with conn.cursor() as cur:
+
+        def rows_by_table(query: str) -> dict[int, list[tuple]]:
+            cur.execute(query, tables)
+            grouped: dict[int, list[tuple]] = {}
+            for oid, *row in cur.fetchall():
+                grouped.setdefault(oid, []).append(tuple(row))
+            return grouped
+
+        columns = rows_by_table(COLUMNS_QUERY)
+        type_oids = sorted({row[9] for rows in columns.values() for row in rows})
+        cur.execute(type_closure_query(conn.server_version), (type_oids,))
+        closures: dict[int, list[tuple]] = {}  # a column type -> every type it is made of
+        for root, *row in cur.fetchall():
+            closures.setdefault(root, []).append(tuple(row))
+        constraints = rows_by_table(CONSTRAINTS_QUERY)
+        indexes = rows_by_table(INDEXES_QUERY)
+        column_comments = {oid: rows[0][0] for oid, rows in rows_by_table(COLUMN_COMMENTS_QUERY).items()}
+        column_statistics = rows_by_table(COLUMN_STATISTICS_QUERY)
+        default_sequences = rows_by_table(DEFAULT_SEQUENCES_QUERY)
+        extended_statistics = rows_by_table(extended_statistics_query(conn.server_version))
+        names = {oid: rows[0] for oid, rows in rows_by_table(TABLE_NAMES_QUERY).items()}
+        partitions = {source.oid: read_partition_layout(cur, source.oid)
+                      for source in sources if source.kind == "p"}
+    definitions = []
+    for source in sources:
+        if source.oid not in names:
+            definitions.append(None)
+            continue
+        comment, quoted_name = names[source.oid]
+        column_rows = columns.get(source.oid, [])
+        closure = list({row[0]: row for type_oid in {row[9] for row in column_rows}
+                        for row in closures.get(type_oid, [])}.values())
+        definitions.append(table_definition(
+            source, quoted_name, column_rows, closure,
+            [Constraint(*row) for row in constraints.get(source.oid, [])],
+            indexes.get(source.oid, []), comment, column_comments.get(source.oid, {}),
+            column_statistics.get(source.oid, []),
+            [ExtendedStatistics(*row) for row in extended_statistics.get(source.oid, [])],
+            default_sequences.get(source.oid, []), partitions.get(source.oid)))
+    return definitions
+
+
+def table_definition(source: SourceTable, quoted_name: str, column_rows: list[tuple],
+                     closure: list[tuple], constraints: list[Constraint], indexes: list[tuple],
+                     comment: str | None, column_comments: dict[str, str],
+                     column_statistics: list[tuple], extended_statistics: list[ExtendedStatistics],
+                     default_sequences: list[tuple], partitions: PartitionLayout | None) -> TableDefinition:
     text_only_types = text_only_type_oids(closure)
     columns = [
         Column(
@@ -1030,6 +1094,11 @@ def text_only_type_oids(closure: list[tuple]) -> set[int]:
 # Preparing the target: schemas and the user-defined types the table's columns use.
 
 
+# The schemas a target connection found or made: looked up once per connection, not per table
+# (a schema that holds the run's tables cannot be dropped without CASCADE meanwhile).
+SCHEMAS_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def prepare_target(src, dst, definition: TableDefinition) -> None:
     """Create what the staging table needs on the target, in its own short transaction.
 
@@ -1038,9 +1107,12 @@ def prepare_target(src, dst, definition: TableDefinition) -> None:
     """
     for attempt in range(3):
         try:
+            found = SCHEMAS_FOUND.setdefault(dst, set())
             with dst.cursor() as cur:
                 for schema in definition.schemas:
-                    ensure_schema(cur, schema)
+                    if schema not in found:
+                        ensure_schema(cur, schema)
+                        found.add(schema)
             for type_oid in definition.user_types:
                 ensure_type(src, dst, type_oid)
             for schema, name, owner in definition.default_sequences:
@@ -1283,6 +1355,8 @@ class StagedTable:
     bytes: int = 0
     foreign_keys: list = dataclasses.field(default_factory=list)  # ForeignKeys still to validate
     blocked: str = ""  # why its swap waits for the end of the run (readers held the table)
+    replaces: bool = True  # a live reporting table was there when it was staged
+    extras: ReportingExtras | None = None  # the live reporting table's own, once read
     partitioned: bool = False
     # (schema, temporary name, final name) of each partition
     partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
@@ -1415,8 +1489,7 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
     table = definition.table
     staged = StagedTable(table, table.staging_name(), [], definition.comment,
                          dict(definition.column_comments))
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staged.ident))
-    sequences = create_owned_sequences(cur, definition, staged)
+    sequences = owned_sequences(definition, staged)
     columns = repoint_defaults(definition.columns, sequences, table.schema)
     column_sql = [
         column_definition(c, quote_qualified(table.schema, sequences[c.name])
@@ -1427,12 +1500,28 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
         sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(c.name), sql.SQL(c.definition))
         for c in definition.constraints if c.kind == "c" and c.validated
     ]
-    persistence = sql.SQL("UNLOGGED " if reporting_table_is_unlogged(cur, table) else "")
-    layout = staged_layout(cur, definition)
-    statement = sql.SQL("CREATE {}TABLE {} ({})").format(
-        persistence, staged.ident, sql.SQL(", ").join(column_sql))
+    # One round trip for the usual case: a leftover staging table dropped, the staging table
+    # created as a plain one, and what the live reporting table is, which may ask for another.
+    create = sql.SQL("CREATE {}TABLE {} ({})")
+    cur.execute(sql.SQL("; ").join([
+        sql.SQL("DROP TABLE IF EXISTS {}").format(staged.ident),
+        *(sql.SQL("CREATE SEQUENCE {}").format(sql.Identifier(table.schema, sequence))
+          for sequence in sequences.values()),
+        create.format(sql.SQL(""), staged.ident, sql.SQL(", ").join(column_sql)),
+        # No parameters: a default or a check may hold a % of its own.
+        sql.SQL(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))]))
+    live_oid, unlogged, kind = cur.fetchone() or (None, False, None)
+    staged.replaces = live_oid is not None
+    # Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
+    # nightly anyway): the new one stays so, and loads without WAL too.
+    persistence = sql.SQL("UNLOGGED " if unlogged else "")
+    layout = staged_layout(cur, definition, live_oid if kind == "p" else None)
+    statement = create.format(persistence, staged.ident, sql.SQL(", ").join(column_sql))
+    if unlogged or layout is not None:
+        cur.execute(sql.SQL("DROP TABLE {}").format(staged.ident))
     if layout is None:
-        cur.execute(statement)
+        if unlogged:
+            cur.execute(statement)
     else:
         staged.partitioned = True
         try:
@@ -1457,23 +1546,41 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
     return staged
 
 
+# The catalog queries sent for every table are prepared once per connection: on a target with
+# a thousand tables, parsing and planning one costs 0.3-1.5 ms, running it a tenth of that.
+PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> names
+
+
+def prepared_statement(cur, name: str, query: str, *args) -> str:
+    """The EXECUTE of a query (parameters $1, $2, ...) with args, as a statement to send alone
+    or with others. The first use on a connection PREPAREs it, in a round trip of its own (a
+    prepared statement outlives a rolled-back transaction, and dies with its session)."""
+    made = PREPARED.setdefault(cur.connection, set())
+    if name not in made:
+        cur.execute(f"PREPARE {name} AS {query}")
+        made.add(name)
+    return cur.mogrify(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})", args).decode()
+
+
+# A relation's comment, as obj_description(oid, 'pg_class') reads it, without the cost of a
+# call of a SQL function (a template: the relation's OID).
+COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
+              "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
+
+# The live reporting table: its OID, whether it is unlogged, and its kind.
+LIVE_TABLE_QUERY = """
+SELECT c.oid, c.relpersistence = 'u', c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
 def live_table_oid(cur, table: TableName) -> int | None:
     """The reporting table as it is now on the target, if there is one."""
-    cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-                (table.schema, table.name))
+    cur.execute(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))
     row = cur.fetchone()
     return row[0] if row else None
 
 
-def reporting_table_is_unlogged(cur, table: TableName) -> bool:
-    """Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
-    nightly anyway): the new one stays so, and loads without WAL too."""
-    oid = live_table_oid(cur, table)
-    if oid is None:
-        return False
-    cur.execute("SELECT relpersistence = 'u' FROM pg_class WHERE oid = %s", (oid,))
-    return cur.fetchone()[0]
 
 
 # How a default names its sequence: nextval('public.orders_id_seq'::regclass).
@@ -1499,14 +1606,13 @@ def repoint_defaults(columns: list[Column], sequences: dict[str, str], schema: s
     return repointed
 
 
-def create_owned_sequences(cur, definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
-    """A staging sequence for each serial column, renamed to the source's name at the swap."""
+def owned_sequences(definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
+    """A staging sequence for each serial column (by column), renamed to the source's name at
+    the swap; stage_table creates them."""
     sequences = {}
     for n, column in enumerate(definition.columns):
         if column.sequence and not column.identity:
             temporary = f"{staged.staging}_s{n}"
-            cur.execute(sql.SQL("CREATE SEQUENCE {}").format(
-                sql.Identifier(definition.table.schema, temporary)))
             staged.renames.append(Rename("sequence", temporary, column.sequence))
             sequences[column.name] = temporary
     return sequences
@@ -1684,10 +1790,12 @@ SNAPSHOT_GONE_SQLSTATES = frozenset({"22023", "42704", "55000"})
 
 
 def begin_snapshot(cur, snapshot: str | None) -> None:
-    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    if snapshot:
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    if not snapshot:
+        cur.execute(begin)
+    else:
         try:
-            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+            cur.execute(begin + "; SET TRANSACTION SNAPSHOT %s", (snapshot,))  # one round trip
         except psycopg2.Error as exc:
             if exc.pgcode in SNAPSHOT_GONE_SQLSTATES:
                 raise SnapshotLost(
@@ -1697,16 +1805,33 @@ def begin_snapshot(cur, snapshot: str | None) -> None:
 
 
 def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options: Options) -> None:
-    """Keys, indexes and unvalidated checks, built on the loaded table: faster than during COPY."""
-    cur.execute("SELECT set_config('maintenance_work_mem', %s, true), "
-                "set_config('max_parallel_maintenance_workers', %s, true)",
-                (options.maintenance_work_mem, str(options.index_workers)))
+    """Keys, indexes and unvalidated checks, built on the loaded table: faster than during COPY.
+
+    Sent together in one round trip with the read of the reporting side's own extras (see
+    reporting_extras); a partitioned table's, which may be left out one by one, each on its own.
+    """
+    batch = [cur.mogrify("SELECT set_config('maintenance_work_mem', %s, true), "
+                         "set_config('max_parallel_maintenance_workers', %s, true)",
+                         (options.maintenance_work_mem, str(options.index_workers))).decode()]
+
+    def send() -> None:
+        if batch:
+            cur.execute("; ".join(batch))  # no parameters: an index's predicate may hold a %
+            batch.clear()
+
+    def execute(statement) -> None:
+        batch.append(statement if isinstance(statement, str) else statement.as_string(cur))
+        if staged.partitioned:
+            send()
+
+    if staged.partitioned:
+        send()
     table_prefix = f" ON {definition.quoted_name} "
-    kept_keys = dict(reporting_keys(cur, definition.table)) if staged.partitioned else {}
+    kept_keys = dict(reporting_extras(cur, definition, staged).keys) if staged.partitioned else {}
     n = 0
     for constraint in definition.constraints:
         if constraint.kind == "c" and not constraint.validated:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 staged.ident, sql.Identifier(constraint.name), sql.SQL(constraint.definition)))
             continue
         if constraint.kind not in ("p", "u", "x"):
@@ -1724,14 +1849,14 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
                                     "index_skipped", index=constraint.name):
                 continue
         elif constraint.kind == "x":
-            cur.execute(add)
+            execute(add)
         else:
             index_sql = retarget_index(constraint.index_definition, table_prefix, temporary, staged.quoted)
-            cur.execute(index_sql)
+            execute(index_sql)
             kind = "PRIMARY KEY" if constraint.kind == "p" else "UNIQUE"
             deferrable = (" DEFERRABLE INITIALLY " + ("DEFERRED" if constraint.deferred
                           else "IMMEDIATE")) if constraint.deferrable else ""
-            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
+            execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
                 staged.ident, sql.Identifier(temporary), sql.SQL(kind),
                 sql.Identifier(temporary), sql.SQL(deferrable)))
         staged.renames.append(Rename("constraint", temporary, constraint.name))
@@ -1744,21 +1869,67 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
                                     "index_skipped", index=name):
                 continue
         else:
-            cur.execute(statement)
+            execute(statement)
         staged.renames.append(Rename("index", temporary, name))
+    if staged.extras is None:
+        batch.append(reporting_extras_statement(cur, definition, staged))
+        send()
+        staged.extras = extras_from(cur.fetchone())
+    send()
 
 
-REPORTING_INDEXES_QUERY = """
-SELECT ic.relname, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid, 'pg_class')
-FROM pg_index i
-JOIN pg_class ic ON ic.oid = i.indexrelid
-JOIN pg_class t ON t.oid = i.indrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = %s AND t.relname = %s AND t.relkind IN ('r', 'p')
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
-                  AND con.conrelid = i.indrelid)
-ORDER BY ic.relname
+@dataclass
+class ReportingExtras:
+    """What the live reporting table has of its own beside the source's definition: its
+    indexes (name, CREATE INDEX, comment), keys (name, definition) and CREATE STATISTICS."""
+
+    indexes: list[tuple[str, str, str | None]]
+    keys: list[tuple[str, str]]
+    statistics: list[ExtendedStatistics]
+
+
+def reporting_extras_query(server_version: int) -> str:
+    """The live reporting table's indexes that belong to no constraint and are not named as
+    the source's are ($3), its keys and its statistics objects, in one row (none when there is
+    no such table). Comments are read from pg_description directly: obj_description, a SQL
+    function, costs more than the rest of the query."""
+    return f"""
+SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.indexrelid),
+                                                  {COMMENT_OF % "i.indexrelid"})
+                                 ORDER BY ic.relname), '[]')
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = c.oid AND ic.relname <> ALL($3::name[])
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
+                          AND con.conrelid = i.indrelid)),
+       (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
+                                 ORDER BY con.contype, con.conname), '[]')
+        FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x')),
+       (SELECT coalesce(json_agg(json_build_array({', '.join(statistics_columns(server_version))})
+                                 ORDER BY n.nspname, s.stxname), '[]')
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = c.oid)
+FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
+WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
+
+
+def reporting_extras(cur, definition: TableDefinition, staged: StagedTable) -> ReportingExtras:
+    """Read once per staged table, after its load: the reporting side as it is then."""
+    if staged.extras is None:
+        cur.execute(reporting_extras_statement(cur, definition, staged))
+        staged.extras = extras_from(cur.fetchone())
+    return staged.extras
+
+
+def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedTable) -> str:
+    source_names = sorted({name for name, _ in definition.indexes} | {c.name for c in definition.constraints})
+    return prepared_statement(cur, "copier_reporting_extras",
+                              reporting_extras_query(cur.connection.server_version),
+                              staged.table.schema, staged.table.name, source_names)
+
+
+def extras_from(row: tuple | None) -> ReportingExtras:
+    indexes, keys, statistics = row if row else ([], [], [])
+    return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics])
 
 
 def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -1770,8 +1941,7 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     """
     table = definition.table
     source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
-    cur.execute(REPORTING_INDEXES_QUERY, (table.schema, table.name))
-    extra = [row for row in cur.fetchall() if row[0] not in source_names]
+    extra = [row for row in reporting_extras(cur, definition, staged).indexes if row[0] not in source_names]
     for n, (name, index_sql, comment) in enumerate(extra, 1):
         temporary = f"{staged.staging}_r{n}"
         statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)
@@ -1786,26 +1956,12 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     build_partition_indexes(cur, staged)
 
 
-# Keys the reporting side has and the source does not (a partitioned table's key that includes
-# the partition key, say).
-REPORTING_KEYS_QUERY = """
-SELECT con.conname, pg_get_constraintdef(con.oid)
-FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = %s AND t.relname = %s AND t.relkind IN ('r', 'p') AND con.contype IN ('p', 'u', 'x')
-ORDER BY con.contype, con.conname
-"""
-
-
-def reporting_keys(cur, table: TableName) -> list[tuple[str, str]]:
-    cur.execute(REPORTING_KEYS_QUERY, (table.schema, table.name))
-    return cur.fetchall()
-
-
 def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
                          source_names: set[str]) -> None:
     table = definition.table
-    extra = [row for row in reporting_keys(cur, table) if row[0] not in source_names]
+    # Keys the reporting side has and the source does not (a partitioned table's key that
+    # includes the partition key, say).
+    extra = [row for row in reporting_extras(cur, definition, staged).keys if row[0] not in source_names]
     for n, (name, definition_sql) in enumerate(extra, 1):
         temporary = f"{staged.staging}_rk{n}"
         add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
@@ -1830,7 +1986,7 @@ def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> Non
                 staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
     for n, statistics in enumerate(definition.extended_statistics, 1):
         create_statistics(cur, statistics, f"{staged.staging}_s{n}", staged)
-    reporting = reporting_statistics(cur, definition)
+    reporting = reporting_statistics(cur, definition, staged)
     for n, statistics in enumerate(reporting, 1):
         built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
             cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
@@ -1853,13 +2009,11 @@ def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool
     return True
 
 
-def reporting_statistics(cur, definition: TableDefinition) -> list[ExtendedStatistics]:
+def reporting_statistics(cur, definition: TableDefinition, staged: StagedTable) -> list[ExtendedStatistics]:
     """CREATE STATISTICS objects of the live reporting table that the source does not have."""
-    oid = live_table_oid(cur, definition.table)
-    if oid is None:
-        return []
     source_names = {(s.schema, s.name) for s in definition.extended_statistics}
-    return [s for s in read_extended_statistics(cur, oid) if (s.schema, s.name) not in source_names]
+    return [s for s in reporting_extras(cur, definition, staged).statistics
+            if (s.schema, s.name) not in source_names]
 
 
 # pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
@@ -1973,11 +2127,10 @@ def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
         for schema, name, parent_schema, parent, bound, key, options in cur.fetchall()])
 
 
-def staged_layout(cur, definition: TableDefinition) -> PartitionLayout | None:
-    """The reporting table's own partitioning, when it has one; partitions the source added
-    since (same key, a name the reporting side lacks) join it, so a new month appears the
-    same night on both sides."""
-    oid = live_table_oid(cur, definition.table)
+def staged_layout(cur, definition: TableDefinition, oid: int | None) -> PartitionLayout | None:
+    """The reporting table's own partitioning (oid: the live table, when partitioned);
+    partitions the source added since (same key, a name the reporting side lacks) join it, so
+    a new month appears the same night on both sides."""
     layout = read_partition_layout(cur, oid) if oid is not None else None
     source = definition.partitions
     if layout is None or source is None or source.key != layout.key:
@@ -2423,8 +2576,7 @@ def capture_view(cur, oid: int) -> DependentView | None:
     schema, name, kind, definition, options, owner, populated, comment = row
     cur.execute(GRANTS_QUERY, (oid,))
     grants = cur.fetchall()
-    cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
-    column_comments = cur.fetchone()[0]
+    column_comments = read_column_comments(cur, oid)
     cur.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s", (oid,))
     indexes = [r[0] for r in cur.fetchall()]
     cur.execute(VIEW_EXTRAS_QUERY, {"oid": oid})
@@ -2600,8 +2752,8 @@ def capture_own(cur, table: TableName, oid: int) -> list[Restatement]:
 # Whether anything but the table's own indexes, constraints, triggers, policies and statistics
 # is tied to it: most reporting tables have nothing else, and their swap needs no sweep (a
 # table's own default on its own sequence does not count). Partitions of the table say so too.
-TIED_QUERY = """
-SELECT c.relkind = 'p' OR c.relispartition
+TIED = """
+c.relkind = 'p' OR c.relispartition
     OR EXISTS (SELECT 1 FROM pg_depend d
                WHERE d.deptype = 'n' AND (d.refclassid, d.refobjid) IN (
                      ('pg_class'::regclass, c.oid), ('pg_type'::regclass, c.reltype),
@@ -2616,21 +2768,19 @@ SELECT c.relkind = 'p' OR c.relispartition
     OR EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = c.oid AND rulename <> '_RETURN')
     OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
     OR EXISTS (SELECT 1 FROM pg_publication_rel WHERE prrelid = c.oid)
-FROM pg_class c JOIN pg_type t ON t.oid = c.reltype WHERE c.oid = %s
+"""  # an expression on pg_class c and pg_type t, the table's row type
+TIED_QUERY = f"""
+SELECT c.oid, {TIED} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = c.reltype WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
-
-
-def is_tied(cur, oid: int) -> bool:
-    cur.execute(TIED_QUERY, (oid,))
-    row = cur.fetchone()
-    return bool(row and row[0])
 
 
 def refuse_what_cannot_survive(cur, table: TableName) -> None:
     """Before anything is written: a table that is itself a partition of another reporting
     table, or with a dependent that cannot be made again, is refused with what to do."""
-    oid = live_table_oid(cur, table)
-    if oid is None or not is_tied(cur, oid):
+    cur.execute(prepared_statement(cur, "copier_live_tied", TIED_QUERY, table.schema, table.name))
+    oid, tied = cur.fetchone() or (None, False)
+    if not tied:
         return
     cur.execute("SELECT inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                 "WHERE i.inhrelid = %s AND c.relispartition", (oid,))
@@ -2655,50 +2805,85 @@ ORDER BY 1, 2
 """
 
 
-POLICIES_QUERY = """
-SELECT policyname, permissive, roles::text[], cmd, qual, with_check
-FROM pg_policies WHERE schemaname = %s AND tablename = %s
-ORDER BY policyname
-"""
+def rows(json_rows: list[list]) -> list[tuple]:
+    return [tuple(row) for row in json_rows]
 
-# The table's own triggers: not those PostgreSQL made for constraints, nor partitions' clones.
-TRIGGERS_QUERY = """
-SELECT tgname, pg_get_triggerdef(oid), tgenabled FROM pg_trigger
-WHERE tgrelid = %s AND NOT tgisinternal AND tgparentid = 0
-ORDER BY tgname
-"""
+
+# The table's own triggers (in REPORTING_SIDE_QUERY) are not those PostgreSQL made for
+# constraints, nor partitions' clones.
 # pg_trigger.tgenabled -> how to set it after CREATE TRIGGER (which leaves it 'O': enabled).
 TRIGGER_STATES = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
 
 
-def capture_reporting_side(cur, table: TableName) -> ReportingSide | None:
-    """Lock the live reporting table and note what must survive its replacement."""
-    oid = live_table_oid(cur, table)
-    if oid is None:
-        return None
-    cur.execute(
-        "SELECT pg_get_userbyid(relowner), obj_description(oid, 'pg_class'), "
-        "coalesce(reloptions, '{}'), relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s",
-        (oid,))
-    owner, comment, table_options, *row_security = cur.fetchone()
-    cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table.ident))
-    cur.execute(POLICIES_QUERY, (table.schema, table.name))
-    policies = cur.fetchall()
-    cur.execute(TRIGGERS_QUERY, (oid,))
-    triggers = cur.fetchall()
-    cur.execute(GRANTS_QUERY, (oid,))
-    grants = cur.fetchall()
-    cur.execute(
-        "SELECT a.attname, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END, "
-        "g.privilege_type, g.is_grantable "
-        "FROM pg_attribute a, aclexplode(a.attacl) g "
-        "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1, 2, 3", (oid,))
-    column_grants = cur.fetchall()
-    cur.execute(COLUMN_COMMENTS_QUERY, (oid,))
-    column_comments = cur.fetchone()[0]
-    side = ReportingSide(oid, owner, grants, column_grants, comment, column_comments,
-                         list(table_options), tuple(row_security), policies, triggers, [], [], [], [])
-    if is_tied(cur, oid):
+# A table's grants as GRANTS_QUERY has them, as JSON, for pg_class c.
+GRANTS_JSON = """
+SELECT coalesce(json_agg(json_build_array(grantee, privilege, grantable) ORDER BY grantee, privilege), '[]')
+FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+             a.privilege_type, a.is_grantable
+      FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) AS g(grantee, privilege, grantable)
+"""
+
+# Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
+# and whether anything else is tied to it.
+REPORTING_SIDE_QUERY = f"""
+SELECT c.oid, pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloptions, '{{}}'),
+       c.relrowsecurity, c.relforcerowsecurity,
+       (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
+                                                  p.qual, p.with_check) ORDER BY p.policyname), '[]')
+        FROM pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname),
+       (SELECT coalesce(json_agg(json_build_array(g.tgname, pg_get_triggerdef(g.oid), g.tgenabled)
+                                 ORDER BY g.tgname), '[]')
+        FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0),
+       ({GRANTS_JSON}),
+       (SELECT coalesce(json_agg(json_build_array(attname, grantee, privilege, grantable)
+                                 ORDER BY attname, grantee, privilege), '[]')
+        FROM (SELECT a.attname, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END,
+                     g.privilege_type, g.is_grantable
+              FROM pg_attribute a, aclexplode(a.attacl) g
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+             AS g(attname, grantee, privilege, grantable)),
+       (SELECT coalesce(json_object_agg(a.attname, d.description), '{{}}')
+        FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+        WHERE d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0),
+       {TIED}
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = c.reltype
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
+def capture_reporting_side(cur, table: TableName, prefix: str = "",
+                           exists: bool = True) -> ReportingSide | None:
+    """Lock the live reporting table and note what must survive its replacement.
+
+    prefix: statements to send first, in the same round trip. When the table is expected to
+    exist (staging found it), it is locked and read in that one round trip: the lock, then (a
+    statement of its own, so that it sees what the lock waited for) the table as it is; a
+    table gone meanwhile is found missing from the lock's error instead.
+    """
+    lock_and_read = (sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ").format(table.ident).as_string(cur)
+                     + prepared_statement(cur, "copier_reporting_side", REPORTING_SIDE_QUERY,
+                                          table.schema, table.name))
+    if exists:
+        try:
+            cur.execute(prefix + "SAVEPOINT copier_capture; " + lock_and_read)
+        except psycopg2.errors.UndefinedTable:
+            cur.execute("ROLLBACK TO SAVEPOINT copier_capture")
+            return None
+    else:
+        cur.execute(prefix + prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY,
+                                                table.schema, table.name))
+        if cur.fetchone() is None:
+            return None
+        cur.execute(lock_and_read)
+    row = cur.fetchone()
+    if row is None:
+        return None  # not a table: the rename says what is in the way
+    (oid, owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
+     column_comments, tied) = row
+    side = ReportingSide(oid, owner, rows(grants), rows(column_grants), comment, column_comments,
+                         list(table_options), (enable, force), rows(policies), rows(triggers),
+                         [], [], [], [])
+    if tied:
         side.dependents, foreign_keys = sweep_dependents(cur, table, oid)
         cur.execute(FOREIGN_KEY_QUERY.format(
             "c.conrelid IN (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s)) "
@@ -2716,16 +2901,15 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
     Returns the foreign keys to validate once both of their tables are in place, or with
     defer_keys, those still to make (once all the tables they join are in place).
     """
-    cur.execute("SAVEPOINT copier_swap")
     for attempt in range(options.lock_retries + 1):
         try:
-            cur.execute("SELECT set_config('lock_timeout', %s, true)",
-                        (f"{int(options.lock_timeout * 1000)}ms",))
-            foreign_keys = replace_table(cur, staged)
+            start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
+                                + "SELECT set_config('lock_timeout', %s, true); ",
+                                (f"{int(options.lock_timeout * 1000)}ms",)).decode()
+            foreign_keys = replace_table(cur, staged, start)
             if not defer_keys:  # inside the retries: a key locks the table at its other end
                 foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
-            cur.execute("SELECT set_config('lock_timeout', '0', true)")
-            cur.execute("RELEASE SAVEPOINT copier_swap")
+            cur.execute("SELECT set_config('lock_timeout', '0', true); RELEASE SAVEPOINT copier_swap")
             return foreign_keys
         except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
             # Readers hold the table, or another job is swapping a table that shares a view
@@ -2740,27 +2924,34 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
     raise AssertionError("unreachable")
 
 
-def replace_table(cur, staged: StagedTable) -> list[ForeignKey]:
+def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]:
+    """The swap's statements (after start, sent with the first of them), in as few round trips
+    as the reporting side allows: three for a table nothing else is tied to."""
     table = staged.table
-    old = capture_reporting_side(cur, table)
+    old = capture_reporting_side(cur, table, start, staged.replaces)
     if old:
         for dependent in reversed(old.dependents):
             dependent.drop(cur)
         for key in old.foreign_keys:
             key.drop(cur)
-        try:
-            cur.execute(sql.SQL("DROP TABLE {}").format(table.ident))
-        except psycopg2.errors.DependentObjectsStillExist as exc:
-            raise TableCopyError(
-                f"{table.qualified} cannot be replaced: {first_line(exc)} "
-                f"({exc.diag.message_detail or 'other objects depend on it'})") from None
-    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-        staged.ident, sql.Identifier(table.name)))
-    rename_parts(cur, staged)
+    # The old table dropped, the staged one and its parts renamed: one round trip, which also
+    # reads the new table's grants and columns when nothing is to be restored before that.
+    statements = [sql.SQL("DROP TABLE {}").format(table.ident)] if old else []
+    statements.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(staged.ident, sql.Identifier(table.name)))
+    statements += rename_statements(staged)
+    read_new = bool(old) and not restores_before_grants(cur, old)
+    if read_new:
+        statements.append(sql.SQL(new_table_statement(cur, table)))
+    try:
+        cur.execute(sql.SQL("; ").join(statements))
+    except psycopg2.errors.DependentObjectsStillExist as exc:
+        raise TableCopyError(
+            f"{table.qualified} cannot be replaced: {first_line(exc)} "
+            f"({exc.diag.message_detail or 'other objects depend on it'})") from None
     if not old:
         apply_comments(cur, table.ident, staged.comment, staged.column_comments)
         return []
-    restore_reporting_side(cur, table, old)
+    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None)
     for dependent in old.dependents:
         dependent.recreate(cur, table)
     return old.foreign_keys
@@ -2808,21 +2999,45 @@ def validate_after_run(dst, keys: list[ForeignKey], lock_timeout: float) -> None
                 say(f"copier: warning: {warning}")
 
 
-def rename_parts(cur, staged: StagedTable) -> None:
+def rename_statements(staged: StagedTable) -> list[sql.Composable]:
+    """The staged table's parts renamed to their final names, once it has the table's name."""
     table = staged.table
+    statements: list[sql.Composable] = []
     for rename in staged.renames:
         if rename.kind == "constraint":
-            cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+            statements.append(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
                 table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
         else:
             keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS",
                        "table": "TABLE"}[rename.kind]
-            cur.execute(sql.SQL("ALTER {} {} RENAME TO {}").format(
+            statements.append(sql.SQL("ALTER {} {} RENAME TO {}").format(
                 sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
                 sql.Identifier(rename.final)))
+    return statements
 
 
-def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
+# The new table's grants (given by default privileges, say) and its columns.
+NEW_TABLE_QUERY = f"""
+SELECT ({GRANTS_JSON}), array(SELECT attname FROM pg_attribute WHERE attrelid = c.oid
+                              AND attnum > 0 AND NOT attisdropped)
+FROM pg_class c WHERE c.oid = $1::regclass
+"""
+
+
+def new_table_statement(cur, table: TableName) -> str:
+    return prepared_statement(cur, "copier_new_table", NEW_TABLE_QUERY,
+                              quote_qualified(table.schema, table.name))
+
+
+def restores_before_grants(cur, old: ReportingSide) -> bool:
+    """Whether restore_reporting_side changes the new table before it reads its grants."""
+    return bool(any(old.row_security) or old.policies or old.triggers or old.own
+                or old.owner != current_user(cur))
+
+
+def restore_reporting_side(cur, table: TableName, old: ReportingSide,
+                           new_table: tuple | None = None) -> None:
+    """new_table: the new table's grants and columns, when the swap read them already."""
     # Policies, triggers and rules first, while the copier's user still owns the new table.
     apply_row_security(cur, table, old)
     recreate_triggers(cur, table, old)
@@ -2831,13 +3046,15 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide) -> None:
     if old.owner != current_user(cur):
         cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             table.ident, sql.Identifier(old.owner)))
-    apply_grants(cur, "TABLE", table.ident, old.grants, table_grants(cur, table.ident))
+    if new_table is None:
+        cur.execute(new_table_statement(cur, table))
+        new_table = cur.fetchone()
+    grants, column_list = new_table
+    apply_grants(cur, "TABLE", table.ident, old.grants, rows(grants))
     if old.options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(
             table.ident, sql.SQL(", ").join(sql.SQL(o) for o in old.options)))
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                "AND NOT attisdropped", (quote_qualified(table.schema, table.name),))
-    columns = {r[0] for r in cur.fetchall()}
+    columns = set(column_list)
     for column, grantee, privilege, grantable in old.column_grants:
         if column in columns:
             cur.execute(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
@@ -2929,9 +3146,15 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
         recreate_or_fail(cur, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident), view.what, table)
 
 
+CURRENT_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by connection
+
+
 def current_user(cur) -> str:
-    cur.execute("SELECT current_user")
-    return cur.fetchone()[0]
+    """The copier's user on this connection (asked once: the copier never changes role)."""
+    if cur.connection not in CURRENT_USERS:
+        cur.execute("SELECT current_user")
+        CURRENT_USERS[cur.connection] = cur.fetchone()[0]
+    return CURRENT_USERS[cur.connection]
 
 
 def table_grants(cur, ident: sql.Composable) -> list[tuple[str, str, bool]]:
@@ -3250,7 +3473,7 @@ class TableCopier:
             self.snapshot, generation = self.shared.snapshot.current()
             try:
                 self.connect(name)
-                if attempt:
+                if attempt or generation > 1:
                     source = self.found_again(source)
                 staged = self.step(dataclasses.replace(unit, source=source))
             except KeyboardInterrupt:
@@ -3317,7 +3540,7 @@ class TableCopier:
             row = cur.fetchone()
         if row is None:
             raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
-        return dataclasses.replace(source, oid=row[0])
+        return dataclasses.replace(source, oid=row[0], definition=None)
 
     def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
                        error: str, generation: int) -> bool:
@@ -3409,7 +3632,7 @@ class TableCopier:
     def finish(self, unit: Unit) -> StagedTable:
         """The publish step of a table the run loaded (whole or in slices): index, verify,
         analyze and swap it in, in one transaction, as copy_once does after its load."""
-        definition = read_definition(self.src, unit.source)
+        definition = unit.source.definition or read_definition(self.src, unit.source)
         with transaction(self.dst) as cur:
             staged = staged_of_run(cur, definition, self.note_run(unit))
             cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
@@ -3426,7 +3649,7 @@ class TableCopier:
 
     def prepared(self, source: SourceTable) -> TableDefinition:
         """The table's definition, refused or with what its staging table needs on the target."""
-        definition = read_definition(self.src, source)
+        definition = source.definition or read_definition(self.src, source)
         with self.dst.cursor() as cur:
             refuse_what_cannot_survive(cur, definition.table)
         prepare_target(self.src, self.dst, definition)
@@ -4002,12 +4225,14 @@ def lock_tables(dst, tables: list[SourceTable], shared: bool = False) -> None:
     """Hold an advisory lock per table for the run, so two runs never copy the same table
     (shared between the load jobs of one run, which load slices of the same tables)."""
     lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-    with dst.cursor() as cur:
-        for t in tables:
-            cur.execute(f"SELECT {lock}(hashtext('nightly-copier'), hashtext(%s))",
-                        (f"{t.table.schema}.{t.table.name}",))
-            if not cur.fetchone()[0]:
-                raise CopierError(f"another copier run is copying {t.table.qualified} right now")
+    keys = [f"{t.table.schema}.{t.table.name}" for t in tables]
+    with dst.cursor() as cur:  # one statement for all of them, each tried in the list's order
+        cur.execute(f"SELECT coalesce(array_agg(n ORDER BY n), '{{}}') FROM unnest(%s::text[]) "
+                    "WITH ORDINALITY AS t(key, n) "
+                    f"WHERE NOT {lock}(hashtext('nightly-copier'), hashtext(key))", (keys,))
+        held = cur.fetchone()[0]
+    if held:
+        raise CopierError(f"another copier run is copying {tables[held[0] - 1].table.qualified} right now")
 
 
 def check_target(dst, tables: list[SourceTable]) -> None:
@@ -4133,6 +4358,7 @@ def run(options: Options, settings: dict) -> int:
             return report_refusals(dst, tables)
         # The load jobs of one run share their tables; anything else copying them is refused.
         lock_tables(dst, tables, shared=options.phase == "load")
+        units = with_definitions(src, units)
         if options.swap == "table" and options.phase != "load":
             options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
         shared = take_snapshot(src, dst, units, options, outages)

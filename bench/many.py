@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     baseline = statistics.median(times["pg_dump | psql"])
     escaped_bar = "\\|"  # a bar inside a markdown table's cell
     print(f"{args.tables} tables of 200 rows, a key and an index each; {args.rounds} rounds\n")
-    print("| tool | median s | ms per table | vs pg_dump \\| psql |\n|---|---:|---:|---:|")
+    print("| tool | median s | ms per table | vs pg_dump \\| psql | runs |\n|---|---:|---:|---:|---|")
     for label, values in times.items():
         median = statistics.median(values)
         print(f"| {label.replace('|', escaped_bar)} | {median:.2f} | {median * 1000 / args.tables:.1f} "
-              f"| {median / baseline:.2f}x |")
+              f"| {median / baseline:.2f}x | {', '.join(f'{v:.2f}' for v in values)} |")
     return 0
 
 

@@ -584,10 +584,10 @@ def test_the_query_for_servers_before_14_reads_column_statistics_the_same(orders
     orders.source("CREATE STATISTICS two (ndistinct) ON placed, customer FROM orders")
     oid = orders.source_rows("SELECT 'orders'::regclass::oid")[0][0]
 
-    old, new = (orders.source_rows(copier.extended_statistics_query(version), (oid,))
+    old, new = (orders.source_rows(copier.extended_statistics_query(version), {"tables": [oid]})
                 for version in (130000, orders.source_version))
 
-    assert old == new == [("two", "public", ["d"], "customer, placed", None, None)]
+    assert old == new == [(oid, "two", "public", ["d"], "customer, placed", None, None)]
 
 
 def test_a_target_user_with_create_on_the_schema_only_is_enough(orders, run_copier, monkeypatch):

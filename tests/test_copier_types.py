@@ -185,7 +185,7 @@ def test_the_type_queries_for_servers_before_14_run_and_agree(copier_env):
             closures, ranges = [], []
             for version in (130000, conn.server_version):
                 cur.execute(copier.type_closure_query(version), (columns,))
-                closures.append(sorted(cur.fetchall()))
+                closures.append(sorted({row[1:] for row in cur.fetchall()}))  # rows by column type
                 cur.execute(copier.range_query(version), (floatrange,))
                 ranges.append(cur.fetchone())
     finally:
