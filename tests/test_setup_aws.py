@@ -919,3 +919,22 @@ def test_teardown_finishes_a_delete_an_earlier_teardown_asked_for(aws, config, c
     assert f"           stopped  run 2026-11-27  ({started})" in lines
     assert stub.deletes == 1  # the starter's only: the nightly one was asked for already
     assert stub.polls == 0  # it waited through every DELETING answer
+
+
+def test_setup_waits_for_a_state_machine_an_earlier_teardown_left_deleting(aws, config, capsys,
+                                                                          monkeypatch):
+    """A teardown that gave up waiting leaves the state machine DELETING, its name still taken:
+    the next setup waits until it is gone, then creates it again, instead of failing."""
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    slept: list[float] = []
+    monkeypatch.setattr(deploy.resources, "sleep", slept.append)
+    planned = deployment_for(config)
+    assignment = deploy.plan_jobs(planned.settings, lambda line: None, planned.aws)
+    d = deploy.Deployment(planned.settings, planned.aws, deploy.Options(), assignment)
+    stub = DeletingAlready(d.aws.client("stepfunctions"), "nightly-copy", polls=3)
+    d.aws._clients["stepfunctions"] = stub
+    found = deploy.setup(d, out=lambda line: None)
+    assert found["state machine nightly-copy"].status == "created"
+    assert stub.polls == 0 and slept  # it waited through every DELETING answer
+    arn = d.state_machine_arn("nightly-copy")
+    assert stub._client.describe_state_machine(stateMachineArn=arn)["status"] == "ACTIVE"
