@@ -590,8 +590,8 @@ SELECT n.nspname, c.relname, c.oid, c.relkind,
            FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf)
        ELSE c.reltuples::bigint END
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+WHERE c.relkind IN ('r', 'p') AND c.relname = ANY(%s)
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
 """
 
 
@@ -600,7 +600,7 @@ def resolve_tables(conn, tables_text: str) -> list[SourceTable]:
     if not tables_text.strip():
         raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
     requested = split_table_list(tables_text)
-    by_name = source_tables(conn)
+    by_name = source_tables(conn, requested)
     resolved: list[SourceTable] = []
     seen: set[TableName] = set()
     for parts in requested:
@@ -615,9 +615,12 @@ def resolve_tables(conn, tables_text: str) -> list[SourceTable]:
     return resolved
 
 
-def source_tables(conn) -> dict[tuple[str, str], SourceTable]:
+def source_tables(conn, requested: list[list[tuple[str, bool]]]) -> dict[tuple[str, str], SourceTable]:
+    """The source's tables of the names requested (as written, and folded to lower case): only
+    theirs, so that an operational database's thousands of other tables are not sized too."""
+    names = sorted({form for parts in requested for form in (parts[-1][0], parts[-1][0].lower())})
     with conn.cursor() as cur:
-        cur.execute(SOURCE_TABLES_QUERY)
+        cur.execute(SOURCE_TABLES_QUERY, (names,))
         rows = cur.fetchall()
     return {(r[0], r[1]): SourceTable(TableName(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows}
 
@@ -3852,9 +3855,11 @@ def run_units(units: list[Unit], settings: dict, options: Options,
             hand_out()
         for _ in processes:
             todo.put(None)
+        # Normally every result is in: this only waits for the workers to close their
+        # connections and exit (a few ms), in short steps, or drains a crashed run's results.
         while any(p.is_alive() for p in processes) or not done.empty():
             try:
-                work.done(*done.get(timeout=0.5))
+                work.done(*done.get(timeout=0.02))
             except queue.Empty:
                 pass
     except KeyboardInterrupt:
@@ -4456,9 +4461,10 @@ def resolve_units(conn, tables_text: str) -> list[Unit]:
     """A load job's TABLES: tables and slices (name#k/n), each listed once."""
     if not tables_text.strip():
         raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
-    by_name = source_tables(conn)
+    listed = split_units(tables_text)
+    by_name = source_tables(conn, [parts for parts, _ in listed])
     units: list[Unit] = []
-    for parts, part in split_units(tables_text):
+    for parts, part in listed:
         found = find_table(by_name, parts)
         if found is None:
             raise TableListError(f"unknown table {unit_text(parts, part)!r}: no such table on the source")
