@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-from timed import admin, fresh_database, run_copier, run_dump_restore  # noqa: E402
+from timed import admin, bench_cluster, fresh_database, run_copier, run_dump_restore  # noqa: E402
 
 from dev.localpg import LocalCluster  # noqa: E402
 
@@ -54,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     args = parser.parse_args(argv)
 
-    cluster = LocalCluster.create(DATADIR)
-    cluster.start()
+    cluster = bench_cluster(DATADIR, {"max_locks_per_transaction": "1024"})
     try:
-        admin(cluster, "ALTER SYSTEM SET autovacuum = off")
-        admin(cluster, "ALTER SYSTEM SET max_locks_per_transaction = 1024")
-        cluster.stop()
-        cluster.start()
         names = fill_source(cluster, args.tables)
         fresh_database(cluster, COPIED)
         fresh_database(cluster, DUMPED)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-from timed import admin, fresh_database, run_copier, run_dump_restore  # noqa: E402
+from timed import admin, bench_cluster, fresh_database, run_copier, run_dump_restore  # noqa: E402
 
 from dev.localpg import LocalCluster  # noqa: E402
 
@@ -70,11 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     args = parser.parse_args(argv)
 
-    cluster = LocalCluster.create(DATADIR)
-    cluster.start()
+    cluster = bench_cluster(DATADIR)
     try:
-        admin(cluster, "ALTER SYSTEM SET autovacuum = off")
-        admin(cluster, "SELECT pg_reload_conf()")
         rows = fill_source(cluster, args.mb)
         fresh_database(cluster, PLAIN)
         fresh_database(cluster, PARTITIONED, partitioned_ddl())

@@ -31,10 +31,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from many import fill_source  # noqa: E402
-from timed import admin, fresh_database, run_copier  # noqa: E402
+from timed import admin, bench_cluster, fresh_database, run_copier  # noqa: E402
 
 import copier  # noqa: E402
-from dev.localpg import LocalCluster  # noqa: E402
 
 DATADIR = REPO / "bench" / "results" / "pgdata-roundtrips"
 SOURCE, TARGET = "many_source", "roundtrips_target"
@@ -101,13 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", type=int, default=200, help="how many tables (default 200)")
     args = parser.parse_args(argv)
-    cluster = LocalCluster.create(DATADIR)
-    cluster.start()
+    cluster = bench_cluster(DATADIR, {"max_locks_per_transaction": "1024"})
     try:
-        admin(cluster, "ALTER SYSTEM SET autovacuum = off")
-        admin(cluster, "ALTER SYSTEM SET max_locks_per_transaction = 1024")
-        cluster.stop()
-        cluster.start()
         names = fill_source(cluster, args.tables)
         fresh_database(cluster, TARGET)
         run_copier(cluster, SOURCE, TARGET, names, "--jobs", "1")  # untimed: a populated target

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import psycopg2  # noqa: E402
 from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402
 from psycopg2 import sql  # noqa: E402
-from timed import admin, ensure_database, run_copier, run_dump_restore, run_pgcopydb  # noqa: E402
+from timed import admin, bench_cluster, ensure_database, run_copier, run_dump_restore, run_pgcopydb  # noqa: E402
 
 import copier  # noqa: E402
 from dev import sample_data  # noqa: E402
@@ -276,11 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mb must be positive and --rounds at least 1")
 
     print(f"load average (1/5/15 min) before: {load()}")
-    cluster = LocalCluster.create(DATADIR)
-    cluster.start()
+    cluster = bench_cluster(DATADIR)
     try:
-        admin(cluster, "ALTER SYSTEM SET autovacuum = off")
-        admin(cluster, "SELECT pg_reload_conf()")
         sizes = fill_source(cluster, args.mb)
         tables = sample_data.table_names()
         conn = psycopg2.connect(cluster.dsn(SOURCE))

@@ -27,6 +27,24 @@ def admin(cluster, statement: str, db: str = "postgres") -> list[tuple]:
         conn.close()
 
 
+def bench_cluster(datadir: Path, restart_settings: dict[str, str] | None = None):
+    """A side benchmark's cluster, started, with autovacuum off (no background work between
+    the timed runs); settings that need a restart (max_locks_per_transaction) restart it."""
+    from dev.localpg import LocalCluster
+
+    cluster = LocalCluster.create(datadir)
+    cluster.start()
+    admin(cluster, "ALTER SYSTEM SET autovacuum = off")
+    for name, value in (restart_settings or {}).items():
+        admin(cluster, f"ALTER SYSTEM SET {name} = {value}")
+    if restart_settings:
+        cluster.stop()
+        cluster.start()
+    else:
+        admin(cluster, "SELECT pg_reload_conf()")
+    return cluster
+
+
 def fresh_database(cluster, name: str, ddl: str | None = None) -> None:
     admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin(cluster, f"CREATE DATABASE {name}")
