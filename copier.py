@@ -488,6 +488,9 @@ class SourceTable:
     estimated_rows: int
     # Read with every other table's before the jobs start (with_definitions); None: read it.
     definition: TableDefinition | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Nothing on the reporting side was tied to it when the run started (with_target_checked):
+    # no refusal to look for before its load (the swap still sweeps what is tied by then).
+    untied: bool = dataclasses.field(default=False, compare=False)
 
 
 def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
@@ -2778,6 +2781,26 @@ JOIN pg_type t ON t.oid = c.reltype WHERE n.nspname = $1 AND c.relname = $2 AND 
 """
 
 
+TIED_TABLES_QUERY = f"""
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = c.reltype
+WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+  AND c.relkind IN ('r', 'p') AND ({TIED})
+"""
+
+
+def with_target_checked(dst, units: list[Unit]) -> list[Unit]:
+    """The units, each table marked untied when nothing on the reporting side is tied to it
+    now (most tables; absent ones too): one query for the run instead of one per table."""
+    tables = list({u.source.table for u in units})
+    with dst.cursor() as cur:
+        cur.execute(TIED_TABLES_QUERY,
+                    ([t.schema for t in tables], [t.name for t in tables]))
+        tied = {TableName(schema, name) for schema, name in cur.fetchall()}
+    return [dataclasses.replace(u, source=dataclasses.replace(u.source, untied=u.source.table not in tied))
+            for u in units]
+
+
 def refuse_what_cannot_survive(cur, table: TableName) -> None:
     """Before anything is written: a table that is itself a partition of another reporting
     table, or with a dependent that cannot be made again, is refused with what to do."""
@@ -3653,8 +3676,9 @@ class TableCopier:
     def prepared(self, source: SourceTable) -> TableDefinition:
         """The table's definition, refused or with what its staging table needs on the target."""
         definition = source.definition or read_definition(self.src, source)
-        with self.dst.cursor() as cur:
-            refuse_what_cannot_survive(cur, definition.table)
+        if not source.untied:
+            with self.dst.cursor() as cur:
+                refuse_what_cannot_survive(cur, definition.table)
         prepare_target(self.src, self.dst, definition)
         return definition
 
@@ -4363,7 +4387,7 @@ def run(options: Options, settings: dict) -> int:
             return report_refusals(dst, tables)
         # The load jobs of one run share their tables; anything else copying them is refused.
         lock_tables(dst, tables, shared=options.phase == "load")
-        units = with_definitions(src, units)
+        units = with_target_checked(dst, with_definitions(src, units))
         if options.swap == "table" and options.phase != "load":
             options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
         shared = take_snapshot(src, dst, units, options, outages)
