@@ -3,12 +3,12 @@
     python3 bench/many.py                       # 1,000 tables of 200 rows, 3 rounds
     python3 bench/many.py --tables 100 --rounds 1
 
-Each table has a key, an index and 200 rows. The copier (--jobs 2) and `pg_dump | psql`
-refresh a populated target of their own, in alternating order, each after a VACUUM of the
-targets and a CHECKPOINT (autovacuum is off for the bench: without the VACUUM, the catalogs'
-dead rows of every refresh pile up, and each round is slower than the one before). What is
-measured is everything but the rows: catalog reads, DDL, swaps, round trips. The cluster lives
-in bench/results/pgdata-many (gitignored).
+Each table has a key, an index and 200 rows. The copier (--jobs 2), `pg_dump | psql` and
+`pgcopydb clone --table-jobs 2 --index-jobs 2` refresh a populated target of their own, in
+rotating order, each after a VACUUM of the targets and a CHECKPOINT (autovacuum is off for the
+bench: without the VACUUM, the catalogs' dead rows of every refresh pile up, and each round is
+slower than the one before). What is measured is everything but the rows: catalog reads, DDL,
+swaps, round trips. The cluster lives in bench/results/pgdata-many (gitignored).
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-from timed import admin, bench_cluster, fresh_database, run_copier, run_dump_restore  # noqa: E402
+from timed import (  # noqa: E402
+    admin,
+    bench_cluster,
+    fresh_database,
+    run_copier,
+    run_dump_restore,
+    run_pgcopydb,
+)
 
 from dev.localpg import LocalCluster  # noqa: E402
 
 DATADIR = REPO / "bench" / "results" / "pgdata-many"
-SOURCE, COPIED, DUMPED = "many_source", "many_copier", "many_dumped"
+SOURCE, COPIED, DUMPED, CLONED = "many_source", "many_copier", "many_dumped", "many_cloned"
 
 
 def fill_source(cluster: LocalCluster, tables: int) -> list[str]:
@@ -50,6 +57,12 @@ def dump_restore(cluster: LocalCluster, names: list[str]) -> float:
     return run_dump_restore(cluster, SOURCE, DUMPED)
 
 
+def pgcopydb(cluster: LocalCluster, names: list[str]) -> float:
+    """pgcopydb clone of the whole database (its unit; the source holds only these tables)."""
+    return run_pgcopydb(cluster, SOURCE, CLONED, DATADIR.parent / "pgcopydb-many",
+                        "--table-jobs", "2", "--index-jobs", "2", "--drop-if-exists")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", type=int, default=1000, help="how many tables (default 1000)")
@@ -61,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         names = fill_source(cluster, args.tables)
         fresh_database(cluster, COPIED)
         fresh_database(cluster, DUMPED)
-        copier(cluster, names), dump_restore(cluster, names)  # untimed: populated targets
-        times: dict[str, list[float]] = {"copier --jobs 2": [], "pg_dump | psql": []}
-        runs = [("copier --jobs 2", copier), ("pg_dump | psql", dump_restore)]
+        fresh_database(cluster, CLONED)
+        runs = [("copier --jobs 2", copier), ("pg_dump | psql", dump_restore),
+                ("pgcopydb --table-jobs 2", pgcopydb)]
+        for _, tool in runs:
+            tool(cluster, names)  # untimed: populated targets
+        times: dict[str, list[float]] = {label: [] for label, _ in runs}
         for round_no in range(args.rounds):
-            for label, tool in runs[round_no % 2:] + runs[:round_no % 2]:
-                for target in (COPIED, DUMPED):
+            for label, tool in runs[round_no % 3:] + runs[:round_no % 3]:
+                for target in (COPIED, DUMPED, CLONED):
                     admin(cluster, "VACUUM", target)
                 admin(cluster, "CHECKPOINT")
                 times[label].append(tool(cluster, names))
