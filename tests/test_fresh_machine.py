@@ -18,7 +18,7 @@ def readme_commands() -> list[str]:
 
 def test_ci_runs_exactly_the_readme_test_command():
     demo, tests = readme_commands()
-    assert tests == "dev/install.sh && .venv/bin/python -m pytest -q"
+    assert tests == "dev/install.sh --tests && .venv/bin/python -m pytest -q"
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == tests
 
@@ -27,8 +27,12 @@ def test_the_readme_commands_use_the_environment_install_sh_makes():
     install = (REPO / "dev" / "install.sh").read_text()
     assert "python3 -m venv .venv" in install
     assert ".venv/bin/python -m pip install" in install
-    for command in readme_commands():
-        assert command.startswith("dev/install.sh && .venv/bin/python ")
+    demo, tests = readme_commands()
+    assert demo.startswith("dev/install.sh && .venv/bin/python ")
+    assert tests.startswith("dev/install.sh --tests && .venv/bin/python ")
+    # the other majors' servers (300 MB) only for the tests
+    assert re.search(r'if \[ "\$\{1:-\}" = "--tests" \]; then\n.*\n  python3 dev/pg_majors.py install',
+                     install)
 
 
 def test_a_hung_test_fails_the_run_instead_of_hanging_it(tmp_path):

@@ -2,7 +2,7 @@
 major, and copies across majors (the oldest source into the newest target, and back).
 
 The servers come from dev/pg_majors.py (the distribution's packages, else the npm binaries
-dev/install.sh fetched); a missing one is an error, not a skip. One major alone:
+dev/install.sh --tests fetched); a missing one is an error, not a skip. One major alone:
 ``python3 -m pytest -q tests/test_versions.py -k pg13``; one pair: ``-k source13``.
 """
 
@@ -189,6 +189,7 @@ def test_a_major_missing_from_the_machine_is_an_error_that_says_how_to_install_i
     monkeypatch.setattr(pg_majors, "CACHE", tmp_path)
     monkeypatch.setattr(pg_majors, "distribution_bindir", lambda major: None)
 
-    with pytest.raises(pg_majors.MissingMajor, match="no PostgreSQL 13 server binaries .*run dev/install.sh"):
+    with pytest.raises(pg_majors.MissingMajor,
+                       match="no PostgreSQL 13 server binaries .*run dev/install.sh --tests"):
         pg_majors.bindir(13)
 
