@@ -110,9 +110,10 @@ def test_the_load_jobs_get_their_units_and_the_publish_every_table(aws, monkeypa
         assert sm.copy_task(branch)["ResultSelector"]["tables"] == ",".join(units)
     publish = definition["States"][deploy.Names.publish_state]
     assert publish["Resource"] == sm.CODEBUILD_SYNC
+    # as many workers as load jobs: the tables' index builds run side by side, as in the loads
     assert environment(publish) == {"TABLES": ",".join(TABLES), "COPIER_PHASE": "publish",
                                     "COPIER_RUN": "$$.Execution.Name", "COPIER_JOB": "publish",
-                                    "COPIER_SWAP": "together"}
+                                    "COPIER_SWAP": "together", "COPIER_JOBS": "3"}
     handler = definition["States"][publish["Catch"][0]["Next"]]
     assert handler["Parameters"]["status"] == "FAILED"
     assert handler["ResultPath"] == publish["ResultPath"] == "$.publish"
