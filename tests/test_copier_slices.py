@@ -440,3 +440,30 @@ def test_the_rendered_state_machine_drives_real_load_jobs_and_publish(dbs, monke
     assert {name: t.status for name, t in runs.items()} == {f"public.{t}": "copied" for t in tables}
     assert runs["public.acc_a"].slices == copied["public.acc_a"]["slices"]
     assert runs["public.acc_a"].rows == 60000
+
+
+def test_a_publish_together_with_a_slice_missing_changes_no_table(dbs):
+    """swap = together: the publish swaps every table in one transaction or none; a table with
+    a slice missing fails, so last night's copy of every table stays."""
+    fill_accounts(dbs, rows_a=6000, rows_b=600)
+    assert publish_night(dbs, "night-0", ["acc_a,acc_b"]).returncode == 0
+    before = {t: dbs.target_rows(CONTENT.format(t)) for t in ("acc_a", "acc_b")}
+    dbs.source("UPDATE acc_a SET amount = amount + 1; UPDATE acc_b SET amount = amount + 1")
+
+    job = load_job(dbs, "night-1", 1, 1, "acc_a#1/2,acc_b")  # slice 2/2 was never loaded
+    assert job.finish()[0] == 0
+    published = publish(dbs, "night-1", "acc_a,acc_b", "--swap", "together")
+
+    assert published.returncode == 1
+    assert "slice(s) 2/2 missing" in published.stderr
+    assert {t: dbs.target_rows(CONTENT.format(t)) for t in ("acc_a", "acc_b")} == before
+
+    # The next night, complete, goes live whole, and night-1's leftovers are gone.
+    jobs = [load_job(dbs, "night-2", n, 2, units)
+            for n, units in enumerate(["acc_a#1/2,acc_b", "acc_a#2/2"], 1)]
+    assert [job.finish()[0] for job in jobs] == [0, 0]
+    again = publish(dbs, "night-2", "acc_a,acc_b", "--swap", "together")
+    assert again.returncode == 0, again.stderr
+    for table in ("acc_a", "acc_b"):
+        assert dbs.target_rows(CONTENT.format(table)) == dbs.source_rows(CONTENT.format(table))
+    assert staging_debris(dbs) == []
