@@ -172,6 +172,25 @@ def target_outage_scenario(steady: LocalCluster, spare: LocalCluster, at: str, n
     return Scenario(source, target, in_background(work))
 
 
+SCHEDULED = {"COPIER_RUN": "2026-11-29", "COPIER_JOB": "job-1"}  # as the state machine starts it
+
+
+def start_outage_scenario(steady: LocalCluster, spare: LocalCluster, n: int) -> Scenario:
+    """The target fails over just as the schedule starts the run: down for 8 s."""
+    admin_execute(steady, f"CREATE DATABASE outage_src_{n}")
+    admin_execute(spare, f"CREATE DATABASE outage_tgt_{n}")
+    source, target = steady.dsn(f"outage_src_{n}"), spare.dsn(f"outage_tgt_{n}")
+    fill_source(source, TABLES[:2])
+
+    def work():
+        restart = outage(spare, 8)
+        result = run_copier_process(["copier.py", "TABLES=t01,t02"], source, target, SCHEDULED)
+        restart.join()
+        return result
+
+    return Scenario(source, target, in_background(work))
+
+
 def spare_cluster(tmp_path_factory, name: str) -> LocalCluster:
     cluster = LocalCluster.create(tmp_path_factory.mktemp(name) / "data")
     cluster.start()
@@ -179,19 +198,21 @@ def spare_cluster(tmp_path_factory, name: str) -> LocalCluster:
 
 
 def long_outages_running(tmp_path_factory):
-    """The four long outages, started together in the background; yields their Scenarios.
+    """The long outages (and the one at the start of a run), started together in the
+    background; yields their Scenarios.
 
     The body of the session fixture `long_outages` (conftest.py), which starts them before the
     first test. The side of each run that stays up lives in a cluster of its own too
     ("steady"), not in the session's: the runs go on while other tests use that one."""
     steady = spare_cluster(tmp_path_factory, "steady")
-    spares = [spare_cluster(tmp_path_factory, f"spare{n}") for n in range(4)]
+    spares = [spare_cluster(tmp_path_factory, f"spare{n}") for n in range(5)]
     scenarios = {}
     try:
         scenarios["source 30 s"] = source_outage_scenario(steady, spares[0], 30, 1)
         scenarios["source 90 s"] = source_outage_scenario(steady, spares[1], 90, 2)
         scenarios["target during a load"] = target_outage_scenario(steady, spares[2], "load", 3)
         scenarios["target during a swap"] = target_outage_scenario(steady, spares[3], "swap", 4)
+        scenarios["target at the start"] = start_outage_scenario(steady, spares[4], 5)
         yield scenarios
     finally:
         for scenario in scenarios.values():
@@ -369,28 +390,18 @@ def test_swap_together_restages_tables_read_before_the_snapshot_was_renewed(
     assert_equal_to_source(copier_env.source_dsn, copier_env.target_dsn, tables)
 
 
-def test_a_scheduled_run_that_starts_during_an_outage_waits_for_it(pg_cluster, tmp_path_factory):
-    spare = spare_cluster(tmp_path_factory, "spare-start")
-    try:
-        admin_execute(pg_cluster, "CREATE DATABASE start_src")
-        admin_execute(spare, "CREATE DATABASE start_tgt")
-        source, target = pg_cluster.dsn("start_src"), spare.dsn("start_tgt")
-        fill_source(source, TABLES[:2])
-        restart = outage(spare, 8)  # the target fails over as the schedule starts the run
-        scheduled = {"COPIER_RUN": "2026-11-29", "COPIER_JOB": "job-1"}
-        result = run_copier_process(["copier.py", "TABLES=t01,t02"], source, target, scheduled)
-        restart.join()
-        assert result.code == 0, result.stderr
-        waited = result.of("waiting")
-        assert waited and {e["database"] for e in waited} == {"target"}
-        assert result.of("run_finished")[0]["target_waited_seconds"] >= 5
-        assert_equal_to_source(source, target, TABLES[:2])
+def test_a_scheduled_run_that_starts_during_an_outage_waits_for_it(long_outages, pg_cluster):
+    scenario = long_outages["target at the start"]
+    result = scenario.outcome.result()
 
-        # Settings that are wrong, not a server that is away, fail at once even when scheduled.
-        wrong = run_copier_process(["copier.py", "TABLES=t01"], source,
-                                   spare.dsn("no_such_database"), scheduled)
-        assert wrong.code == 1 and wrong.of("waiting") == []
-        assert 'database "no_such_database" does not exist' in wrong.stderr
-    finally:
-        spare.stop()
-        admin_execute(pg_cluster, "DROP DATABASE IF EXISTS start_src WITH (FORCE)")
+    assert result.code == 0, result.stderr
+    waited = result.of("waiting")
+    assert waited and {e["database"] for e in waited} == {"target"}
+    assert result.of("run_finished")[0]["target_waited_seconds"] >= 5
+    assert_equal_to_source(scenario.source_dsn, scenario.target_dsn, TABLES[:2])
+
+    # Settings that are wrong, not a server that is away, fail at once even when scheduled.
+    wrong = run_copier_process(["copier.py", "TABLES=t01"], scenario.source_dsn,
+                               pg_cluster.dsn("no_such_database"), SCHEDULED)
+    assert wrong.code == 1 and wrong.of("waiting") == []
+    assert 'database "no_such_database" does not exist' in wrong.stderr
