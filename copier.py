@@ -2109,6 +2109,9 @@ class PartitionSide:
     comment: str | None
     index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
     triggers: list[str]  # its own (not its share of the table's), as CREATE TRIGGER statements
+    row_security: tuple[bool, bool] = (False, False)  # ENABLE and FORCE ROW LEVEL SECURITY
+    policies: list = dataclasses.field(default_factory=list)  # as ReportingSide.policies
+    rules: list[str] = dataclasses.field(default_factory=list)  # CREATE RULE statements
 
 
 PARTITIONS_QUERY = """
@@ -2199,7 +2202,13 @@ SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), obj_description(c.oid,
         JOIN pg_inherits i ON i.inhrelid = x.indexrelid JOIN pg_class pi ON pi.oid = i.inhparent
         WHERE x.indrelid = c.oid),
        (SELECT coalesce(json_agg(pg_get_triggerdef(g.oid) ORDER BY g.tgname), '[]') FROM pg_trigger g
-        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
+        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0),
+       c.relrowsecurity, c.relforcerowsecurity,
+       (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
+                                                  p.qual, p.with_check) ORDER BY p.policyname), '[]')
+        FROM pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname),
+       (SELECT coalesce(json_agg(pg_get_ruledef(r.oid) ORDER BY r.rulename), '[]') FROM pg_rewrite r
+        WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
 FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE t.level > 0
@@ -2209,23 +2218,35 @@ WHERE t.level > 0
 def capture_partitions(cur, oid: int) -> list[PartitionSide]:
     cur.execute(PARTITION_SIDE_QUERY, (oid,))
     sides = []
-    for schema, name, owner, comment, index_names, triggers in cur.fetchall():
+    for schema, name, owner, comment, index_names, triggers, enable, force, policies, rules \
+            in cur.fetchall():
         grants = table_grants(cur, sql.Identifier(schema, name))
         sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names],
-                                   triggers))
+                                   triggers, (enable, force), policies, rules))
     return sides
 
 
 def restore_partitions(cur, table: TableName, partitions: list[PartitionSide]) -> None:
-    """Each partition that is there again gets its owner, grants, comment and own triggers
-    back, and its share of the table's indexes gets back the name it had."""
+    """Each partition that is there again gets its owner, grants, comment, own triggers, rules,
+    row-level security and policies back, and its share of the table's indexes gets back the
+    name it had. A policy that cannot be made again fails the swap: a partition readable beyond
+    its policies would be worse than last night's data."""
     for side in partitions:
         ident = sql.Identifier(side.schema, side.name)
         if live_table_oid(cur, TableName(side.schema, side.name)) is None:
             continue
+        partition = TableName(side.schema, side.name).qualified
         for trigger in side.triggers:
-            partition = TableName(side.schema, side.name).qualified
             recreate_or_fail(cur, trigger, f"trigger of partition {partition}", table)
+        for rule in side.rules:
+            recreate_or_fail(cur, rule, f"rule of partition {partition}", table)
+        if side.row_security[0]:
+            cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
+        if side.row_security[1]:
+            cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(ident))
+        for policy in side.policies:
+            recreate_or_fail(cur, policy_statement(ident, policy),
+                             f"row-level security policy {policy[0]} of partition {partition}", table)
         if side.owner != current_user(cur):
             cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ident, sql.Identifier(side.owner)))
         apply_grants(cur, "TABLE", ident, side.grants, table_grants(cur, ident))

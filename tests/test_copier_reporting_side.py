@@ -369,3 +369,39 @@ def test_a_dry_run_names_what_would_be_refused_tonight(customers, run_copier):
     assert ("copier: error: public.customers: public.customers cannot be replaced: column c of table "
             "public.snapshots depends on it") in result.stderr
     assert result.of("table_failed") == []
+
+
+PARTITION_EXTRAS = """
+ALTER TABLE events_2023 ENABLE ROW LEVEL SECURITY;
+ALTER TABLE events_2023 FORCE ROW LEVEL SECURITY;
+CREATE POLICY only_kind_a ON events_2023 FOR SELECT TO PUBLIC USING (kind = 'a');
+CREATE TABLE event_log (id int, at date);
+CREATE RULE log_deletes AS ON DELETE TO events_other DO ALSO INSERT INTO event_log VALUES (OLD.id, OLD.at);
+"""
+PARTITION_SECURITY = """
+SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+       (SELECT array_agg(p.policyname || ': ' || p.qual) FROM pg_policies p WHERE p.tablename = c.relname),
+       (SELECT array_agg(pg_get_ruledef(r.oid)) FROM pg_rewrite r WHERE r.ev_class = c.oid)
+FROM pg_partition_tree('events') t JOIN pg_class c ON c.oid = t.relid ORDER BY 1
+"""
+
+
+def test_a_partitions_policies_and_rules_survive(copier_env, run_copier):
+    copier_env.source("CREATE TABLE events (id int PRIMARY KEY, at date NOT NULL, kind text);"
+                      "INSERT INTO events SELECT g, date '2022-06-01' + g, substr('abc', g % 3 + 1, 1)"
+                      " FROM generate_series(1, 900) g")
+    copier_env.target(PARTITIONED.format(n=copier_env.target_name) + PARTITION_EXTRAS)
+    before = copier_env.target_rows(PARTITION_SECURITY)
+    assert [r for r in before if r[1] or r[4]] == [
+        ("events_2023", True, True, ["only_kind_a: (kind = 'a'::text)"], None),
+        ("events_other", False, False, None,
+         ["CREATE RULE log_deletes AS\n    ON DELETE TO public.events_other DO  INSERT INTO event_log (id, at)\n"
+          "  VALUES (old.id, old.at);"])]
+
+    for _ in range(2):
+        result = run_copier("TABLES=events")
+        assert result.code == 0, result.stderr
+
+    assert copier_env.target_rows(PARTITION_SECURITY) == before
+    assert copier_env.target_rows("SELECT count(*) FROM events") == [(900,)]
+    assert debris(copier_env) == []
