@@ -395,8 +395,8 @@ def test_a_partitions_policies_and_rules_survive(copier_env, run_copier):
     assert [r for r in before if r[1] or r[4]] == [
         ("events_2023", True, True, ["only_kind_a: (kind = 'a'::text)"], None),
         ("events_other", False, False, None,
-         ["CREATE RULE log_deletes AS\n    ON DELETE TO public.events_other DO  INSERT INTO event_log (id, at)\n"
-          "  VALUES (old.id, old.at);"])]
+         ["CREATE RULE log_deletes AS\n    ON DELETE TO public.events_other DO  INSERT INTO event_log"
+          " (id, at)\n  VALUES (old.id, old.at);"])]
 
     for _ in range(2):
         result = run_copier("TABLES=events")

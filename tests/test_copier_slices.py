@@ -291,7 +291,7 @@ def test_a_failed_slice_fails_its_table_and_the_rest_goes_live(dbs):
     before = dbs.target_rows(CONTENT.format("acc_a"))
     dbs.source("UPDATE acc_a SET amount = amount + 1; UPDATE acc_b SET amount = amount + 1")
 
-    jobs = [load_job(dbs, "night-1", 1, 3, "acc_a#1/3,acc_b", COPIER_SNAPSHOT_WAIT="3"),
+    jobs = [load_job(dbs, "night-1", 1, 3, "acc_a#1/3,acc_b", COPIER_SNAPSHOT_WAIT="6"),
             load_job(dbs, "night-1", 2, 3, "acc_a#2/3")]
     # Job 3 dies before it imports anything: its target refuses connections.
     broken = load_job(dbs, "night-1", 3, 3, "acc_a#3/3", COPIER_OUTAGE_BUDGET="1",
@@ -345,7 +345,9 @@ def test_a_table_whose_slices_straddle_a_renewed_snapshot_is_loaded_again(copier
     from tests.test_copier_outages import run_copier_process, terminate_snapshot_holder
 
     dbs = copier_env
-    fill_accounts(dbs, rows_a=120000, rows_b=600)
+    # Slices of 60k rows each take long enough (100+ ms) that the last ones start after the
+    # snapshot went, even on a busy machine: the table is then read from two snapshots.
+    fill_accounts(dbs, rows_a=360000, rows_b=600)
     terminated = []
 
     def on_event(event):  # the first slice is in: the snapshot goes while the others load
