@@ -878,19 +878,26 @@ class Alarm(Resource):
         ]
 
     def request(self) -> dict:
+        return self.alarm(
+            f"{self.deployment.names.prefix}: a nightly run failed, timed out or was aborted (or "
+            "the starter failed)", "GreaterThanOrEqualToThreshold", "notBreaching",
+            Metrics=self.metrics())
+
+    def alarm(self, description: str, comparison: str, missing_data: str, **metric) -> dict:
+        """What every alarm of the deployment says: one period over a threshold of 1, to the
+        topic, with OK actions (the "back to normal" message); `metric` names what it watches."""
         return {
             "AlarmName": self.name,
-            "AlarmDescription": f"{self.deployment.names.prefix}: a nightly run failed, timed out or was "
-                                "aborted (or the starter failed)",
+            "AlarmDescription": description,
             "ActionsEnabled": True,
             "AlarmActions": [self.deployment.topic_arn()],
-            "OKActions": [self.deployment.topic_arn()],  # the "back to normal" message
-            "Metrics": self.metrics(),
+            "OKActions": [self.deployment.topic_arn()],
+            **metric,
             "EvaluationPeriods": 1,
             "DatapointsToAlarm": 1,
             "Threshold": 1.0,
-            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-            "TreatMissingData": "notBreaching",
+            "ComparisonOperator": comparison,
+            "TreatMissingData": missing_data,
         }
 
     @staticmethod
@@ -954,52 +961,28 @@ class MissedRunAlarm(Alarm):
     def request(self) -> dict:
         deployment = self.deployment
         window = deployment.settings.missed_run_window_seconds()
-        return {
-            "AlarmName": self.name,
-            "AlarmDescription": f"{deployment.names.prefix}: no successful nightly run in the "
-                                f"last {window // 3600} hours (a night was missed, or failed)",
-            "ActionsEnabled": True,
-            "AlarmActions": [deployment.topic_arn()],
-            "OKActions": [deployment.topic_arn()],
-            "Namespace": "AWS/States",
-            "MetricName": "ExecutionsSucceeded",
-            "Dimensions": [{"Name": "StateMachineArn",
-                            "Value": deployment.state_machine_arn(deployment.names.state_machine)}],
-            "Statistic": "Sum",
-            "Period": window,
-            "EvaluationPeriods": 1,
-            "DatapointsToAlarm": 1,
-            "Threshold": 1.0,
-            "ComparisonOperator": "LessThanThreshold",
-            "TreatMissingData": "breaching",
-        }
+        machine = deployment.state_machine_arn(deployment.names.state_machine)
+        return self.alarm(
+            f"{deployment.names.prefix}: no successful nightly run in the last {window // 3600} "
+            "hours (a night was missed, or failed)", "LessThanThreshold", "breaching",
+            Namespace="AWS/States", MetricName="ExecutionsSucceeded",
+            Dimensions=[{"Name": "StateMachineArn", "Value": machine}],
+            Statistic="Sum", Period=window)
 
 
-class FunctionErrorsAlarm(MissedRunAlarm):
+class FunctionErrorsAlarm(Alarm):
     """The notify Lambda failed (Slack refused a message, the webhook was revoked): the topic
     mails it to alarm_emails, since the Lambda cannot tell Slack about itself."""
 
     def request(self) -> dict:
-        deployment = self.deployment
-        return {
-            "AlarmName": self.name,
-            "AlarmDescription": f"{deployment.names.prefix}: the Slack notifier failed; Slack "
-                                "may not have heard about the nightly copy (see its log group "
-                                f"{deployment.names.notify_log_group})",
-            "ActionsEnabled": True,
-            "AlarmActions": [deployment.topic_arn()],
-            "OKActions": [deployment.topic_arn()],
-            "Namespace": "AWS/Lambda",
-            "MetricName": "Errors",
-            "Dimensions": [{"Name": "FunctionName", "Value": deployment.names.notify_function}],
-            "Statistic": "Sum",
-            "Period": 300,
-            "EvaluationPeriods": 1,
-            "DatapointsToAlarm": 1,
-            "Threshold": 1.0,
-            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-            "TreatMissingData": "notBreaching",
-        }
+        names = self.deployment.names
+        return self.alarm(
+            f"{names.prefix}: the Slack notifier failed; Slack may not have heard about the "
+            f"nightly copy (see its log group {names.notify_log_group})",
+            "GreaterThanOrEqualToThreshold", "notBreaching",
+            Namespace="AWS/Lambda", MetricName="Errors",
+            Dimensions=[{"Name": "FunctionName", "Value": names.notify_function}],
+            Statistic="Sum", Period=self.PERIOD_SECONDS)
 
 
 class QueryDefinition(Resource):

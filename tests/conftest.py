@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import moto_gaps
 import psycopg2
 import pytest
-from aws_helpers import MotoServer
+from aws_helpers import MOTO_CONFIG, MotoServer, set_fake_aws_env
+from moto import mock_aws
 
 from dev import pg_majors
 from dev.localpg import LocalCluster
@@ -82,6 +83,16 @@ def aws_models_loaded_once():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(botocore.session, "create_loader", shared_loader)
+        yield
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    """AWS in this process (moto), with fake credentials and an empty working directory (no
+    deploy.toml of the working tree is read). A module that needs more defines its own."""
+    set_fake_aws_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with mock_aws(config=MOTO_CONFIG):
         yield
 
 
@@ -276,3 +287,30 @@ def run_copier(copier_env, capfd):
         return CopierRun(code, events, err)
 
     return run
+
+
+@pytest.fixture
+def night(dbs, run_copier):
+    """A small night, as the contract and timeline tests read it: two jobs, two tables copied
+    (orders, most of the bytes, in slices unless --no-split), one whose swap a reader blocks
+    (it fails with FAILING's options; by default the reader is ended)."""
+    dbs.source("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
+    dbs.source("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 3000) g")
+    dbs.source("CREATE TABLE customers (id int PRIMARY KEY, name text)")
+    dbs.source("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 200) g")
+    dbs.source("CREATE TABLE locked (id int)")
+    dbs.target("CREATE TABLE locked (id int)")
+
+    def run(*args: str):
+        reader = psycopg2.connect(dbs.target_dsn)  # a report reading the table all night
+        try:
+            reader.cursor().execute("LOCK TABLE locked IN ACCESS SHARE MODE")
+            return run_copier("TABLES=orders,customers,locked", "--jobs", "2",
+                              "--lock-timeout", "0.2", "--lock-retries", "0", *args)
+        finally:
+            reader.close()
+
+    return run
+
+
+FAILING = ("--no-kill-readers", "--lock-budget", "0")  # the night's blocked table fails

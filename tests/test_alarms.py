@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env, write_config
-from moto import mock_aws
+from aws_helpers import REGION, write_config
 
 import setup_aws
 
 ACCOUNT = "123456789012"
 TOPIC = f"arn:aws:sns:{REGION}:{ACCOUNT}:nightly-copy-alarms"
 MACHINE = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:nightly-copy"
-
-
-@pytest.fixture
-def aws(monkeypatch, tmp_path):
-    set_fake_aws_env(monkeypatch)
-    monkeypatch.chdir(tmp_path)
-    with mock_aws(config=MOTO_CONFIG):
-        yield
 
 
 def alarm(name: str) -> dict:

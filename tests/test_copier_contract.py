@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-import psycopg2
+from conftest import FAILING
 
 import deploy
 import operations
@@ -25,22 +25,8 @@ def query_fields() -> tuple[list[str], str]:
     return [f.strip() for f in fields.split(",") if not f.strip().startswith("@")], event
 
 
-def test_operations_reads_what_the_copier_writes(dbs, run_copier):
-    dbs.source("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
-    dbs.source("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 3000) g")
-    dbs.source("CREATE TABLE customers (id int PRIMARY KEY, name text)")
-    dbs.source("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 200) g")
-    dbs.source("CREATE TABLE locked (id int)")
-    dbs.target("CREATE TABLE locked (id int)")
-
-    reader = psycopg2.connect(dbs.target_dsn)  # a report reading the table all night
-    try:
-        reader.cursor().execute("LOCK TABLE locked IN ACCESS SHARE MODE")
-        run = run_copier("TABLES=orders,customers,locked", "--jobs", "2",
-                         "--lock-timeout", "0.2", "--lock-retries", "0", "--lock-budget", "0",
-                         "--no-kill-readers")
-    finally:
-        reader.close()
+def test_operations_reads_what_the_copier_writes(night):
+    run = night(*FAILING)
     assert run.code == 1
 
     tables = {t.table: t for t in operations.table_runs(logged_lines(run))}

@@ -15,18 +15,15 @@ import sys
 import psycopg2
 import pytest
 from aws_helpers import (
-    MOTO_CONFIG,
     ROOT,
     SECRETS,
     free_port,
     inventory,
     nothing_left,
-    set_fake_aws_env,
     write_config,
 )
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError, EndpointConnectionError
-from moto import mock_aws
 
 import copier
 import deploy
@@ -104,14 +101,6 @@ def test_a_config_file_that_is_not_toml_is_one_line(tmp_path):
 
 
 # --- failures in the middle of a walk, in process under moto
-
-
-@pytest.fixture
-def aws(monkeypatch, tmp_path):
-    set_fake_aws_env(monkeypatch)
-    monkeypatch.chdir(tmp_path)
-    with mock_aws(config=MOTO_CONFIG):
-        yield
 
 
 def network_drops_on(monkeypatch, *operations_failing: str) -> None:

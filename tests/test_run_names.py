@@ -184,13 +184,6 @@ def test_the_starter_says_so_when_the_run_for_the_date_exists(engine, monkeypatc
 # --- a manual start: the same rule, applied to now
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    set_fake_aws_env(monkeypatch)
-    with mock_aws(config=MOTO_CONFIG):
-        yield
-
-
 def executions() -> list[str]:
     found = boto3.client("stepfunctions").list_executions(stateMachineArn=NIGHTLY)["executions"]
     return sorted(e["name"] for e in found)

@@ -4,18 +4,10 @@ call, in a real run and in --dry-run: one line on stderr, exit 1, nothing create
 from __future__ import annotations
 
 import pytest
-from aws_helpers import MOTO_CONFIG, inventory, set_fake_aws_env, write_config
-from moto import mock_aws
+from aws_helpers import inventory, set_fake_aws_env, write_config
 
 import deploy
 import setup_aws
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    set_fake_aws_env(monkeypatch)
-    with mock_aws(config=MOTO_CONFIG):
-        yield
 
 
 @pytest.fixture

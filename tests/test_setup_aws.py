@@ -12,7 +12,6 @@ import boto3
 import botocore.client
 import pytest
 from aws_helpers import (
-    MOTO_CONFIG,
     REGION,
     ROOT,
     SECRETS,
@@ -28,7 +27,6 @@ from aws_helpers import (
 )
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from moto import mock_aws
 
 import copier
 import deploy
@@ -36,13 +34,6 @@ import setup_aws
 import teardown_aws
 
 ACCOUNT = "123456789012"  # moto's default account
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    set_fake_aws_env(monkeypatch)
-    with mock_aws(config=MOTO_CONFIG):
-        yield
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 import test_copier_slices
+from conftest import FAILING
 
 import copier
 import timeline
@@ -74,30 +75,6 @@ def job_lanes(lines: list[dict]) -> set[str]:
     return {f"job {line['job']}" for line in lines if line.get("job") is not None}
 
 
-@pytest.fixture
-def night(dbs, run_copier):
-    """The contract test's night: two jobs, two tables copied, one whose swap a reader blocks
-    (it fails with --no-kill-readers --lock-budget 0; by default the reader is ended)."""
-    dbs.source("CREATE TABLE orders (id int PRIMARY KEY, total numeric)")
-    dbs.source("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 3000) g")
-    dbs.source("CREATE TABLE customers (id int PRIMARY KEY, name text)")
-    dbs.source("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 200) g")
-    dbs.source("CREATE TABLE locked (id int)")
-    dbs.target("CREATE TABLE locked (id int)")
-
-    def run(*args: str):
-        reader = psycopg2.connect(dbs.target_dsn)  # a report reading the table all night
-        try:
-            reader.cursor().execute("LOCK TABLE locked IN ACCESS SHARE MODE")
-            return run_copier("TABLES=orders,customers,locked", "--jobs", "2",
-                              "--lock-timeout", "0.2", "--lock-retries", "0", *args)
-        finally:
-            reader.close()
-
-    return run
-
-
-FAILING = ("--no-kill-readers", "--lock-budget", "0")
 
 
 def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
