@@ -3337,6 +3337,13 @@ class OutageClock:
                     for i, role in enumerate(DATABASES)}
 
 
+# What a connection attempt answers when the settings are wrong rather than the server away.
+# (Not "SSL" alone: "SSL SYSCALL error" and "SSL connection has been closed" are network cuts.)
+NOT_AN_OUTAGE = re.compile(r"password authentication failed|no pg_hba\.conf entry|does not exist|"
+                           r"certificate verify failed|server does not support SSL|"
+                           r"permission denied for database|is not permitted to log in", re.I)
+
+
 def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
     """A connection to the database, waiting out an outage up to the run's outage budget."""
     delay, noted = 0.5, None
@@ -3344,6 +3351,8 @@ def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
         try:
             conn = open_connection(settings, role)
         except ConnectionLost as exc:
+            if NOT_AN_OUTAGE.search(str(exc)):
+                raise  # the settings are wrong (or were changed): waiting would not help
             down = outages.down(role)
             if down >= outages.budget:
                 raise DatabaseUnreachable(
@@ -4461,23 +4470,12 @@ def run(options: Options, settings: dict) -> int:
     return 1 if failed else 0
 
 
-# What a connection attempt answers when the settings are wrong rather than the server away:
-# waiting would not help, so even a scheduled run fails at once.
-NOT_AN_OUTAGE = re.compile(r"password authentication failed|no pg_hba\.conf entry|does not exist|"
-                           r"certificate|SSL|permission denied|too many connections", re.I)
-
-
 def connect_at_start(settings: dict, role: str, outages: OutageClock, options: Options):
     """The run's first connection. A scheduled run (COPIER_RUN set) that starts during a
     failover or a restart waits for the database as the jobs do later, within the outage
     budget; a run by hand fails at once, where a wrong host or port looks the same as an outage."""
     if not options.scheduled:
         return open_connection(settings[role], role)
-    try:
-        return open_connection(settings[role], role)
-    except ConnectionLost as exc:
-        if NOT_AN_OUTAGE.search(str(exc)):
-            raise
     return connect_waiting(settings[role], role, outages)
 
 
