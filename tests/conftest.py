@@ -152,33 +152,48 @@ def pg_cluster(tmp_path_factory):
 
 class DatabasesDroppedLater:
     """Drops the databases of finished tests in a thread of its own: the next test does not
-    wait for it. wait() before a cluster stops: every drop done, and any failure raised."""
+    wait for it. wait() before a cluster stops: every drop done, and any failure raised.
+
+    The thread never opens a connection: libpq reads the environment (getenv) while it
+    connects, and the next test's setup changes it (monkeypatch.setenv, moto's patch of
+    os.environ), which may free the array getenv is reading: the test process died of a
+    segmentation fault that way. drop(), in the test's thread, opens the connection."""
 
     def __init__(self):
         self.queue: queue.Queue = queue.Queue()
         self.failures: list[str] = []
         self.thread: threading.Thread | None = None
+        self.connections: dict[str, psycopg2.extensions.connection] = {}
 
     def drop(self, cluster: LocalCluster, *names: str) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self._drop_each, daemon=True,
                                            name="dropping test databases")
             self.thread.start()
-        self.queue.put((cluster, names))
+        conn = self.connections.get(cluster.dsn())
+        if conn is None or conn.closed:
+            conn = self.connections[cluster.dsn()] = psycopg2.connect(cluster.dsn())
+            conn.autocommit = True
+        self.queue.put((conn, names))
 
     def _drop_each(self) -> None:
         while True:
-            cluster, names = self.queue.get()
+            conn, names = self.queue.get()
             try:
-                for name in names:
-                    admin_execute(cluster, f"DROP DATABASE {name} WITH (FORCE)")
+                with conn.cursor() as cur:
+                    for name in names:
+                        cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
             except Exception as exc:  # noqa: BLE001 - raised by wait(), in the main thread
                 self.failures.append(f"{names}: {exc}")
             finally:
                 self.queue.task_done()
 
     def wait(self) -> None:
+        """Every drop done, and the connections closed: their cluster may stop next."""
         self.queue.join()
+        for conn in self.connections.values():
+            conn.close()
+        self.connections.clear()
         if self.failures:
             raise RuntimeError(f"dropping test databases failed: {self.failures}")
 

@@ -34,14 +34,25 @@ FINGERPRINT = "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM {}"
 
 
 def query(dsn: str, statement: str):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+    conn = connected(dsn)
     try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall() if cur.description else None
+        return execute(conn, statement)
     finally:
         conn.close()
+
+
+def connected(dsn: str):
+    """A connection opened in the test's own thread: a background thread must not open one
+    (conftest.DatabasesDroppedLater says why), it may use one."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    return conn
+
+
+def execute(conn, statement: str):
+    with conn.cursor() as cur:
+        cur.execute(statement)
+        return cur.fetchall() if cur.description else None
 
 
 def fill_source(dsn: str, tables=TABLES) -> None:
@@ -158,12 +169,16 @@ def target_outage_scenario(steady: LocalCluster, spare: LocalCluster, at: str, n
     source, target = steady.dsn(f"outage_src_{n}"), spare.dsn(f"outage_tgt_{n}")
     tables = TABLES[:2]
     fill_source(source, tables)
+    source_conn, target_conn = connected(source), connected(target)
 
     def work():
         first = run_copier_process(["copier.py", "TABLES=" + ",".join(tables)], source, target)
         assert first.code == 0, first.stderr
-        query(target, "CREATE VIEW t01_count AS SELECT count(*) AS n FROM t01")
-        query(source, "UPDATE t01 SET v = 'new ' || v WHERE id % 3 = 0; DELETE FROM t02 WHERE id < 100")
+        execute(target_conn, "CREATE VIEW t01_count AS SELECT count(*) AS n FROM t01")
+        execute(source_conn, "UPDATE t01 SET v = 'new ' || v WHERE id % 3 = 0;"
+                             " DELETE FROM t02 WHERE id < 100")
+        source_conn.close()
+        target_conn.close()
         spec = {"at": at, "seconds": 30, "cluster": cluster_spec(spare)}
         return run_copier_process(
             ["tests/outage_hook.py", "TABLES=" + ",".join(tables), "--progress-seconds", "0"],

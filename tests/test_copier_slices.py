@@ -42,9 +42,10 @@ class Writer(threading.Thread):
         self.dsn, self.rows_a, self.rows_b = dsn, rows_a, rows_b
         self.commits = 0
         self.halt = threading.Event()
+        self.conn = psycopg2.connect(dsn)  # here, not in run(): conftest.DatabasesDroppedLater says why
 
     def run(self) -> None:
-        conn = psycopg2.connect(self.dsn)
+        conn = self.conn
         n = 0
         try:
             with conn.cursor() as cur:
