@@ -69,10 +69,14 @@ def server_os_user() -> str | None:
         except KeyError:
             continue
     name = SERVER_USER_CANDIDATES[-1]
-    subprocess.run(
+    made = subprocess.run(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        check=True,
+        stderr=subprocess.PIPE, text=True,
     )
+    try:
+        pwd.getpwnam(name)  # made here, or by another test worker at the same moment
+    except KeyError:
+        raise LocalPgError(f"could not create the OS user {name}: {made.stderr.strip()}") from None
     return name
 
 

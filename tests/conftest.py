@@ -1,22 +1,31 @@
-"""Shared fixtures: one throwaway PostgreSQL cluster per test session, fresh databases per test.
+"""Shared fixtures: one throwaway PostgreSQL cluster per test worker, fresh databases per test.
 
 What a new test costs, and how to keep it cheap (the suite runs on 2 shared cores):
 
+- The suite runs in three pytest-xdist workers (pyproject.toml), each with its own session
+  fixtures: its own cluster, its own moto_server. Tests that share a costly fixture (ONE_WORKER
+  below, the version tier's servers) run in one worker. -n 0 runs everything in one process.
 - A database test asks for `dbs` (or `copier_env`, `run_copier`): a fresh source and target
-  database in the session's cluster, made from template0 (tens of ms) and dropped after the
+  database in the worker's cluster, made from template0 (tens of ms) and dropped after the
   test in a thread of their own. Never start a cluster for one test; a test that must stop a
   server uses clusters of its own (test_copier_outages.py) and never the session's.
+- A thread a test starts may use a database connection but never open one while other tests
+  run: DatabasesDroppedLater says why.
 - Test data: a few hundred rows prove what a few hundred thousand do; make more only when the
   test needs a copy that lasts (an outage mid-load), and say why where you make them.
 - Timeouts, budgets and retries the copier takes as options (--lock-timeout, --lock-budget,
   --outage-budget, --progress-seconds) are given small values by the test, never timed
-  assertions; a backoff can be monkeypatched (copier.backoff, deploy.aws.sleep).
+  assertions; a backoff can be monkeypatched (copier.backoff, deploy.aws.sleep). A race the
+  test needs (a snapshot lost mid-table) is made by a hook in the copier's own process
+  (tests/outage_hook.py, tests/holder_hook.py), not by reading its output in time: the
+  workers keep both cores busy.
 - AWS in process: `mock_aws` per test. Clients and setup walks are cheap here because every
   boto3 session shares one loader of the service models (the session fixture below).
   `moto_server` (a process, reset per test) only for what must run as a separate process: its
   scripts pay the imports each time.
-- Work that mostly waits (the long outages: 90 s of real waiting) starts with the session
-  through STARTED_FIRST; its tests run last and only read the results.
+- Work that mostly waits (the long outages: 90 s of real waiting) goes first in one worker
+  while the others work (STARTED_FIRST; in one process it starts with the session and its
+  tests run last).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from dev import pg_majors
 from dev.localpg import LocalCluster
 
 _db_numbers = itertools.count(1)
+pytest_plugins = ["worker_timeout"]
 
 
 def pytest_configure(config):
@@ -112,18 +122,44 @@ def moto_server(moto_server_process) -> MotoServer:
     return moto_server_process
 
 
-# Work that mostly waits, started with the session (the first test's setup, by started_first)
-# so its waiting overlaps the rest of the suite; the tests that read its results run last.
+# Work that mostly waits (the long outages: 90 s of real waiting). In one process it starts
+# with the session (the first test's setup, by started_first) so its waiting overlaps the rest
+# of the suite, and the tests that read its results run last. Spread over workers (-n, the
+# default in pyproject.toml) one worker takes these tests first and waits while the others work.
 STARTED_FIRST = ("long_outages",)
 
+# Fixtures too costly to build once in every worker: the tests that use one run in one worker
+# (xdist_group), one group per server major in the version tier.
+ONE_WORKER = ("long_outages", "moto_server", "standby", "tls", "recorded_history", "build_python")
 
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: any(name in getattr(item, "fixturenames", ())
-                                    for name in STARTED_FIRST))  # stable: the rest keep their order
+
+def waits(item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in STARTED_FIRST)
+
+
+def worker_group(item) -> str | None:
+    names = getattr(item, "fixturenames", ())
+    if "servers" in names:  # tests/test_versions.py: the major, or a pair's source
+        params = item.callspec.params
+        return f"pg{params['pg_cluster'] if 'pg_cluster' in params else params['across'][0]}"
+    return next((name for name in ONE_WORKER if name in names), None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):
+        for item in items:
+            if group := worker_group(item):
+                item.add_marker(pytest.mark.xdist_group(group))
+        items.sort(key=lambda item: not waits(item))  # stable: the rest keep their order
+    else:
+        items.sort(key=waits)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def started_first(request):
+    if hasattr(request.config, "workerinput"):
+        return
     for name in STARTED_FIRST:
         if any(name in getattr(item, "fixturenames", ()) for item in request.session.items):
             request.getfixturevalue(name)
@@ -201,6 +237,20 @@ class DatabasesDroppedLater:
 databases_dropped_later = DatabasesDroppedLater()
 
 
+def create_databases(cluster: LocalCluster, *names: str) -> None:
+    """Empty databases. FILE_COPY (PostgreSQL 15+) copies template0's files instead of logging
+    every page of it: a third of the cost, which every database test pays twice."""
+    conn = psycopg2.connect(cluster.dsn())
+    conn.autocommit = True
+    strategy = " STRATEGY = FILE_COPY" if conn.server_version >= 150000 else ""
+    try:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"CREATE DATABASE {name} TEMPLATE template0{strategy}")
+    finally:
+        conn.close()
+
+
 def admin_execute(cluster: LocalCluster, statement: str) -> None:
     conn = psycopg2.connect(cluster.dsn())
     conn.autocommit = True
@@ -262,8 +312,7 @@ class Databases:
 def dbs(pg_cluster) -> Databases:
     n = next(_db_numbers)
     pair = Databases(pg_cluster, f"src_{n}", f"tgt_{n}")
-    admin_execute(pg_cluster, f"CREATE DATABASE {pair.source_name} TEMPLATE template0")
-    admin_execute(pg_cluster, f"CREATE DATABASE {pair.target_name} TEMPLATE template0")
+    create_databases(pg_cluster, pair.source_name, pair.target_name)
     yield pair
     databases_dropped_later.drop(pg_cluster, pair.source_name, pair.target_name)
 

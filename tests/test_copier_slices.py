@@ -342,22 +342,16 @@ def test_phases_need_a_run_name(dbs):
     assert "--phase publish needs COPIER_RUN" in result.stderr.strip().splitlines()[-1]
 
 
-def test_a_table_whose_slices_straddle_a_renewed_snapshot_is_loaded_again(copier_env):
-    from tests.test_copier_outages import run_copier_process, terminate_snapshot_holder
+def test_a_table_whose_slices_straddle_a_renewed_snapshot_is_loaded_again(copier_env, tmp_path):
+    from tests.test_copier_outages import run_copier_process
 
     dbs = copier_env
-    # Slices of 60k rows each take long enough (100+ ms) that the last ones start after the
-    # snapshot went, even on a busy machine: the table is then read from two snapshots.
-    fill_accounts(dbs, rows_a=360000, rows_b=600)
-    terminated = []
-
-    def on_event(event):  # the first slice is in: the snapshot goes while the others load
-        if event["event"] == "slice_loaded" and not terminated:
-            terminated.append(terminate_snapshot_holder(dbs.source_dsn))
-
-    result = run_copier_process(["copier.py", "TABLES=acc_a,acc_b", "--jobs", "3",
+    fill_accounts(dbs, rows_a=360000, rows_b=600)  # six slices of 60k rows, three jobs
+    # The first slice is in: the snapshot goes before that job takes its next slice (the hook).
+    result = run_copier_process(["tests/holder_hook.py", "TABLES=acc_a,acc_b", "--jobs", "3",
                                  "--split-larger-than", "100kB"],
-                                dbs.source_dsn, dbs.target_dsn, on_event=on_event)
+                                dbs.source_dsn, dbs.target_dsn,
+                                extra_env={"HOLDER_ENDED": str(tmp_path / "ended")})
 
     assert result.code == 0, result.stderr
     assert result.of("snapshot_renewed")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,16 +38,25 @@ def test_the_readme_commands_use_the_environment_install_sh_makes():
                      install)
 
 
-def test_a_hung_test_fails_the_run_instead_of_hanging_it(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-n", "0"]], ids=["as-configured", "one-process"])
+def test_a_hung_test_fails_the_run_instead_of_hanging_it(tmp_path, workers):
     """pyproject.toml's per-test timeout is on (pytest-timeout, thread method): a test that
-    never returns ends the run with a failure and the stacks, as a hung copier would."""
+    never returns ends the run with a failure and the stacks, as a hung copier would, in xdist
+    workers as configured (the stacks on stderr: tests/worker_timeout.py) and in one process
+    (-n 0, the stacks on stdout)."""
     (tmp_path / "test_hangs.py").write_text(
         "import threading\nimport pytest\n\n\n@pytest.mark.timeout(2)\n"
         "def test_never_returns():\n    threading.Event().wait()\n")
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"),
-         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", str(tmp_path / "test_hangs.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path),
+         "-p", "no:cacheprovider", "-p", "worker_timeout", *workers, str(tmp_path / "test_hangs.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    assert done.returncode == 1
     assert "timeout: 300.0s" in done.stdout and "timeout method: thread" in done.stdout
-    assert " Timeout +" in done.stdout and "in test_never_returns" in done.stdout  # its stack
+    if workers:  # one process: pytest-timeout ends it, stacks written, before any summary
+        stacks = done.stdout
+    else:  # one worker ends, its test failed once (not started again in a new worker)
+        stacks = done.stderr
+        assert "= 1 failed in " in done.stdout
+    assert "Timeout" in stacks and "in test_never_returns" in stacks

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from conftest import Databases, _db_numbers, admin_execute, databases_dropped_later
+from conftest import Databases, _db_numbers, create_databases, databases_dropped_later
 from test_copier_reporting_side import (  # noqa: F401  (what the reporting side built, and its fixture)
     customers,
     test_a_partitioned_reporting_table_stays_partitioned,
@@ -123,8 +123,8 @@ def across(request, servers):
     source, target = servers[request.param[0]], servers[request.param[1]]
     n = next(_db_numbers)
     pair = AcrossServers(source, f"src_{n}", f"tgt_{n}", target)
-    admin_execute(source, f"CREATE DATABASE {pair.source_name} TEMPLATE template0")
-    admin_execute(target, f"CREATE DATABASE {pair.target_name} TEMPLATE template0")
+    create_databases(source, pair.source_name)
+    create_databases(target, pair.target_name)
     yield pair
     databases_dropped_later.drop(source, pair.source_name)
     databases_dropped_later.drop(target, pair.target_name)

@@ -1,0 +1,51 @@
+"""copier.py whose shared snapshot is ended the first time a job reports a loaded slice,
+before that job takes its next unit: for tests/test_copier_slices.py.
+
+    HOLDER_ENDED=/tmp/x/ended SOURCE_DSN=... python tests/holder_hook.py ARGS
+
+The hook is set when this file is imported, so the job processes have it too (spawn imports it
+again as __mp_main__); creating the file HOLDER_ENDED names (O_EXCL) lets exactly one of them
+end the snapshot. Reading the test's events instead left it to the machine's load whether any
+slice started after the snapshot went.
+"""
+
+import os
+import sys
+
+import psycopg2
+
+import copier
+
+original_log_event = copier.log_event
+
+
+def log_event(event: str, **fields) -> None:
+    original_log_event(event, **fields)
+    if event == copier.EVENT_SLICE_LOADED and first_time():
+        end_snapshot_holder()
+
+
+def first_time() -> bool:
+    try:
+        os.close(os.open(os.environ["HOLDER_ENDED"], os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+def end_snapshot_holder() -> None:
+    conn = psycopg2.connect(os.environ["SOURCE_DSN"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE query = 'SELECT pg_export_snapshot()' AND state = 'idle in transaction'"
+                        " AND datname = current_database()")
+            assert cur.fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+copier.log_event = log_event
+
+if __name__ == "__main__":
+    sys.exit(copier.main(sys.argv[1:]))
