@@ -4294,6 +4294,17 @@ def lock_tables(dst, tables: list[SourceTable], shared: bool = False) -> None:
         raise CopierError(f"another copier run is copying {tables[held[0] - 1].table.qualified} right now")
 
 
+def unlock_tables(dst) -> None:
+    """Let go of the run's table locks before its connection closes: a closed session's locks
+    go only once its server process has exited, and a run started right after (the publish
+    after the load jobs, a run by hand after the scheduled one) could still find them held."""
+    try:
+        with dst.cursor() as cur:
+            cur.execute("ROLLBACK; SELECT pg_advisory_unlock_all()")
+    except psycopg2.Error:
+        pass  # the connection is gone, and its locks with it
+
+
 def check_target(dst, tables: list[SourceTable]) -> None:
     """Fail before copying anything when the target would refuse every table anyway."""
     with dst.cursor() as cur:
@@ -4453,6 +4464,8 @@ def run(options: Options, settings: dict) -> int:
     finally:
         if holder is not None:
             holder.stop()
+        if dst is not None:
+            unlock_tables(dst)
         for conn in (src, dst):
             if conn is not None:
                 conn.close()

@@ -1,11 +1,14 @@
 """Whatever fails, and wherever, the reporting table keeps its previous contents."""
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -263,3 +266,65 @@ def test_a_source_table_whose_row_security_hides_rows_fails_instead_of_copying_s
     result = run_copier("TABLES=accounts")
     assert result.code == 0, result.stderr
     assert copier_env.target_rows("SELECT count(*) FROM accounts") == [(30,)]
+
+
+def test_a_table_another_run_is_copying_is_refused_and_left_alone(copier_env, run_copier):
+    copier_env.source("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    other = psycopg2.connect(copier_env.target_dsn)  # another run's lock on public.t
+    try:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext('nightly-copier'), hashtext('public.t'))")
+        result = run_copier("TABLES=t")
+    finally:
+        other.close()
+    assert result.code == 1
+    assert result.stderr.strip() == "copier: error: another copier run is copying public.t right now"
+    assert copier_env.target_rows("SELECT to_regclass('public.t')") == [(None,)]
+
+
+class SlowToHangUp:
+    """A TCP proxy to a server that passes a client's Terminate message on 2 s late, as a busy
+    server is late to end a closed session: until then the session and its locks live on."""
+
+    TERMINATE = b"X\x00\x00\x00\x04"
+
+    def __init__(self, port: int):
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"host=127.0.0.1 port={self.listener.getsockname()[1]}"
+
+    def accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self.pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, False), daemon=True).start()
+
+    def pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if from_client and data.endswith(self.TERMINATE):
+                    time.sleep(2)
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_run_right_after_one_whose_session_ends_late_copies(copier_env, run_copier, monkeypatch):
+    """The run lets go of its tables before it hangs up: the next one (a publish after the
+    load jobs) does not find them taken by a session still on its way out."""
+    copier_env.source("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    proxy = SlowToHangUp(copier_env.cluster.port)
+    monkeypatch.setenv("TARGET_DSN", copier_env.target_dsn.replace(
+        f"host=127.0.0.1 port={copier_env.cluster.port}", proxy.address))
+    assert run_copier("TABLES=t").code == 0
+
+    copier_env.source("INSERT INTO t VALUES (2)")
+    monkeypatch.setenv("TARGET_DSN", copier_env.target_dsn)
+    result = run_copier("TABLES=t")
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT id FROM t ORDER BY id") == [(1,), (2,)]
