@@ -37,6 +37,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,13 +190,19 @@ def worker_group(item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    if hasattr(config, "workerinput"):
-        for item in items:
-            if group := worker_group(item):
-                item.add_marker(pytest.mark.xdist_group(group))
-        items.sort(key=lambda item: not waits(item))  # stable: the rest keep their order
-    else:
-        items.sort(key=waits)
+    if not hasattr(config, "workerinput"):
+        items.sort(key=waits)  # stable: the rest keep their order
+        return
+    groups = {item.nodeid: worker_group(item) for item in items}
+    for item in items:
+        if groups[item.nodeid]:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    # The workers take the groups in this order: first the waiting, then the other groups,
+    # the largest first, then single tests, which fill the end (a group left for the end ran
+    # alone for its whole length while the other workers had finished).
+    sizes = Counter(groups.values())
+    items.sort(key=lambda item: (not waits(item), groups[item.nodeid] is None,
+                                 -sizes[groups[item.nodeid]] if groups[item.nodeid] else 0))
 
 
 @pytest.fixture(scope="session", autouse=True)
