@@ -10,7 +10,7 @@ What a new test costs, and how to keep it cheap (the suite runs on 2 shared core
   test in a thread of their own. Never start a cluster for one test; a test that must stop a
   server uses clusters of its own (test_copier_outages.py) and never the session's.
 - A thread a test starts may use a database connection but never open one while other tests
-  run: DatabasesDroppedLater says why.
+  run: BackgroundDatabases says why.
 - Test data: a few hundred rows prove what a few hundred thousand do; make more only when the
   test needs a copy that lasts (an outage mid-load), and say why where you make them.
 - Timeouts, budgets and retries the copier takes as options (--lock-timeout, --lock-budget,
@@ -231,73 +231,105 @@ def pg_cluster(tmp_path_factory):
     cluster = LocalCluster.create(tmp_path_factory.mktemp("pg") / "data", bindir=bindir)
     cluster.start()
     yield cluster
-    databases_dropped_later.wait()
+    background_databases.wait()
     cluster.stop()
 
 
-class DatabasesDroppedLater:
-    """Drops the databases of finished tests in a thread of its own: the next test does not
-    wait for it. wait() before a cluster stops: every drop done, and any failure raised.
+class BackgroundDatabases:
+    """Drops the databases of finished tests, and makes the next test's pair ahead, in a
+    thread of its own: a test waits for neither (each costs tens to hundreds of ms once the
+    cluster holds data: CREATE DATABASE checkpoints). wait() before a cluster stops: all of
+    it done, and any failure raised.
 
     The thread never opens a connection: libpq reads the environment (getenv) while it
     connects, and the next test's setup changes it (monkeypatch.setenv, moto's patch of
     os.environ), which may free the array getenv is reading: the test process died of a
-    segmentation fault that way. drop(), in the test's thread, opens the connection."""
+    segmentation fault that way. The test's thread opens the connection."""
 
     def __init__(self):
         self.queue: queue.Queue = queue.Queue()
         self.failures: list[str] = []
         self.thread: threading.Thread | None = None
         self.connections: dict[str, psycopg2.extensions.connection] = {}
+        self.made_ahead: dict[str, queue.Queue] = {}
+
+    def pair(self, cluster: LocalCluster) -> tuple[str, str]:
+        """A new source and target database, and the next pair made ahead in the thread."""
+        conn = self.connection(cluster)
+        try:
+            names = self.made_ahead.setdefault(cluster.dsn(), queue.Queue()).get_nowait()
+        except queue.Empty:
+            names = self.new_names()
+            create(conn, *names)
+        self.queue.put((conn, create, self.new_names(), self.made_ahead[cluster.dsn()]))
+        return names
 
     def drop(self, cluster: LocalCluster, *names: str) -> None:
+        self.queue.put((self.connection(cluster), drop, names, None))
+
+    @staticmethod
+    def new_names() -> tuple[str, str]:
+        n = next(_db_numbers)
+        return f"src_{n}", f"tgt_{n}"
+
+    def connection(self, cluster: LocalCluster):
         if self.thread is None:
-            self.thread = threading.Thread(target=self._drop_each, daemon=True,
-                                           name="dropping test databases")
+            self.thread = threading.Thread(target=self._work, daemon=True, name="test databases")
             self.thread.start()
         conn = self.connections.get(cluster.dsn())
         if conn is None or conn.closed:
             conn = self.connections[cluster.dsn()] = psycopg2.connect(cluster.dsn())
             conn.autocommit = True
-        self.queue.put((conn, names))
+        return conn
 
-    def _drop_each(self) -> None:
+    def _work(self) -> None:
         while True:
-            conn, names = self.queue.get()
+            conn, action, names, made = self.queue.get()
             try:
-                with conn.cursor() as cur:
-                    for name in names:
-                        cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
+                action(conn, *names)
+                if made is not None:
+                    made.put(names)
             except Exception as exc:  # noqa: BLE001 - raised by wait(), in the main thread
-                self.failures.append(f"{names}: {exc}")
+                self.failures.append(f"{action.__name__} {names}: {exc}")
             finally:
                 self.queue.task_done()
 
     def wait(self) -> None:
-        """Every drop done, and the connections closed: their cluster may stop next."""
+        """Every drop and creation done, and the connections closed: their cluster may stop
+        next (the pairs made ahead stay, for the next test)."""
         self.queue.join()
         for conn in self.connections.values():
             conn.close()
         self.connections.clear()
         if self.failures:
-            raise RuntimeError(f"dropping test databases failed: {self.failures}")
+            raise RuntimeError(f"test databases failed: {self.failures}")
 
 
-databases_dropped_later = DatabasesDroppedLater()
+background_databases = BackgroundDatabases()
 
 
 def create_databases(cluster: LocalCluster, *names: str) -> None:
-    """Empty databases. FILE_COPY (PostgreSQL 15+) copies template0's files instead of logging
-    every page of it: a third of the cost, which every database test pays twice."""
     conn = psycopg2.connect(cluster.dsn())
     conn.autocommit = True
-    strategy = " STRATEGY = FILE_COPY" if conn.server_version >= 150000 else ""
     try:
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute(f"CREATE DATABASE {name} TEMPLATE template0{strategy}")
+        create(conn, *names)
     finally:
         conn.close()
+
+
+def create(conn, *names: str) -> None:
+    """Empty databases. FILE_COPY (PostgreSQL 15+) copies template0's files instead of logging
+    every page of it: less than half the time, in a cluster holding the suite's data."""
+    strategy = " STRATEGY = FILE_COPY" if conn.server_version >= 150000 else ""
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"CREATE DATABASE {name} TEMPLATE template0{strategy}")
+
+
+def drop(conn, *names: str) -> None:
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def admin_execute(cluster: LocalCluster, statement: str) -> None:
@@ -359,11 +391,9 @@ class Databases:
 
 @pytest.fixture
 def dbs(pg_cluster) -> Databases:
-    n = next(_db_numbers)
-    pair = Databases(pg_cluster, f"src_{n}", f"tgt_{n}")
-    create_databases(pg_cluster, pair.source_name, pair.target_name)
+    pair = Databases(pg_cluster, *background_databases.pair(pg_cluster))
     yield pair
-    databases_dropped_later.drop(pg_cluster, pair.source_name, pair.target_name)
+    background_databases.drop(pg_cluster, pair.source_name, pair.target_name)
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def query(dsn: str, statement: str):
 
 def connected(dsn: str):
     """A connection opened in the test's own thread: a background thread must not open one
-    (conftest.DatabasesDroppedLater says why), it may use one."""
+    (conftest.BackgroundDatabases says why), it may use one."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     return conn

@@ -42,7 +42,7 @@ class Writer(threading.Thread):
         self.dsn, self.rows_a, self.rows_b = dsn, rows_a, rows_b
         self.commits = 0
         self.halt = threading.Event()
-        self.conn = psycopg2.connect(dsn)  # here, not in run(): conftest.DatabasesDroppedLater says why
+        self.conn = psycopg2.connect(dsn)  # here, not in run(): conftest.BackgroundDatabases says why
 
     def run(self) -> None:
         conn = self.conn

@@ -4,7 +4,7 @@ import time
 
 import psycopg2
 import pytest
-from conftest import databases_dropped_later
+from conftest import background_databases
 
 from dev.localpg import LocalCluster
 
@@ -15,7 +15,7 @@ WARNING = "copier: warning: the source is a standby with hot_standby_feedback of
 def standby(pg_cluster, tmp_path_factory):
     # Binaries without pg_basebackup copy the primary while it is stopped for a moment: no
     # earlier test's database may be in the middle of its drop then.
-    databases_dropped_later.wait()
+    background_databases.wait()
     replica = LocalCluster.standby_of(pg_cluster, tmp_path_factory.mktemp("standby") / "data")
     replica.start()
     yield replica

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from conftest import Databases, _db_numbers, create_databases, databases_dropped_later
+from conftest import Databases, _db_numbers, background_databases, create_databases
 from test_copier_reporting_side import (  # noqa: F401  (what the reporting side built, and its fixture)
     customers,
     test_a_partitioned_reporting_table_stays_partitioned,
@@ -60,7 +60,7 @@ class Servers:
         return self.started[major]
 
     def stop(self) -> None:
-        databases_dropped_later.wait()
+        background_databases.wait()
         for cluster in self.started.values():
             cluster.stop()
 
@@ -126,8 +126,8 @@ def across(request, servers):
     create_databases(source, pair.source_name)
     create_databases(target, pair.target_name)
     yield pair
-    databases_dropped_later.drop(source, pair.source_name)
-    databases_dropped_later.drop(target, pair.target_name)
+    background_databases.drop(source, pair.source_name)
+    background_databases.drop(target, pair.target_name)
 
 
 class TestAcrossMajors:
