@@ -6,9 +6,10 @@ What a new test costs, and how to keep it cheap (the suite runs on 2 shared core
   fixtures: its own cluster, its own moto_server. Tests that share a costly fixture (ONE_WORKER
   below, the version tier's servers) run in one worker. -n 0 runs everything in one process.
 - A database test asks for `dbs` (or `copier_env`, `run_copier`): a fresh source and target
-  database in the worker's cluster, made from template0 (tens of ms) and dropped after the
-  test in a thread of their own. Never start a cluster for one test; a test that must stop a
-  server uses clusters of its own (test_copier_outages.py) and never the session's.
+  database in the worker's cluster, made from template0 ahead of the test and dropped after
+  it, in a thread of their own (BackgroundDatabases). Never start a cluster for one test; a
+  test that must stop a server uses clusters of its own (test_copier_outages.py) and never
+  the worker's.
 - A thread a test starts may use a database connection but never open one while other tests
   run: BackgroundDatabases says why.
 - Test data: a few hundred rows prove what a few hundred thousand do; make more only when the
