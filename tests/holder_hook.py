@@ -3,10 +3,10 @@ before that job takes its next unit: for tests/test_copier_slices.py.
 
     HOLDER_ENDED=/tmp/x/ended SOURCE_DSN=... python tests/holder_hook.py ARGS
 
-The hook is set when this file is imported, so the job processes have it too (spawn imports it
-again as __mp_main__); creating the file HOLDER_ENDED names (O_EXCL) lets exactly one of them
-end the snapshot. Reading the test's events instead left it to the machine's load whether any
-slice started after the snapshot went.
+The hook is set when this file runs, and in the job processes too (spawn runs it again as
+__mp_main__), not when a test imports it; creating the file HOLDER_ENDED names (O_EXCL) lets
+exactly one of them end the snapshot. Reading the test's events instead left it to the
+machine's load whether any slice started after the snapshot went.
 """
 
 import os
@@ -22,7 +22,7 @@ original_log_event = copier.log_event
 def log_event(event: str, **fields) -> None:
     original_log_event(event, **fields)
     if event == copier.EVENT_SLICE_LOADED and first_time():
-        end_snapshot_holder()
+        end_snapshot_holder(os.environ["SOURCE_DSN"])
 
 
 def first_time() -> bool:
@@ -33,8 +33,10 @@ def first_time() -> bool:
         return False
 
 
-def end_snapshot_holder() -> None:
-    conn = psycopg2.connect(os.environ["SOURCE_DSN"])
+def end_snapshot_holder(dsn: str) -> None:
+    """End the session that holds the run's exported snapshot (tests/test_copier_outages.py
+    calls it too)."""
+    conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -45,7 +47,8 @@ def end_snapshot_holder() -> None:
         conn.close()
 
 
-copier.log_event = log_event
+if __name__ in ("__main__", "__mp_main__"):  # the hooked copier and its job processes
+    copier.log_event = log_event
 
 if __name__ == "__main__":
     sys.exit(copier.main(sys.argv[1:]))

@@ -27,6 +27,7 @@ import pytest
 import copier
 from dev.localpg import LocalCluster
 from tests.conftest import admin_execute
+from tests.holder_hook import end_snapshot_holder
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = [f"t{n:02}" for n in range(1, 13)]
@@ -331,13 +332,6 @@ def test_an_outage_longer_than_the_budget_fails_each_table_once_and_changes_noth
     assert result.of("run_finished")[0]["source_waited_seconds"] >= SHORT_BUDGET
 
 
-def terminate_snapshot_holder(dsn: str) -> None:
-    (count,) = query(dsn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                          "WHERE query = 'SELECT pg_export_snapshot()' AND state = 'idle in transaction' "
-                          "AND datname = current_database()")[0]
-    assert count == 1
-
-
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_lost_snapshot_holder_is_replaced_by_a_new_snapshot(copier_env, jobs):
     fill_source(copier_env.source_dsn)
@@ -345,7 +339,7 @@ def test_a_lost_snapshot_holder_is_replaced_by_a_new_snapshot(copier_env, jobs):
 
     def on_event(event):
         if event["event"] == "table_copied" and not terminated:
-            terminated.append(terminate_snapshot_holder(copier_env.source_dsn))
+            terminated.append(end_snapshot_holder(copier_env.source_dsn))
 
     result = run_copier_process(["copier.py", "TABLES=" + ",".join(TABLES), "--jobs", jobs],
                                 copier_env.source_dsn, copier_env.target_dsn, on_event=on_event)
@@ -367,7 +361,7 @@ def test_strict_snapshot_fails_the_tables_not_yet_read_and_keeps_them(copier_env
 
     def kill_holder_once(*args):
         monkeypatch.setattr(copier, "report_progress", lambda *a: None)
-        terminate_snapshot_holder(copier_env.source_dsn)
+        end_snapshot_holder(copier_env.source_dsn)
 
     monkeypatch.setattr(copier, "report_progress", kill_holder_once)
     result = run_copier("TABLES=" + ",".join(tables), "--snapshot", "strict", "--progress-seconds", "0")
@@ -390,7 +384,7 @@ def test_swap_together_restages_tables_read_before_the_snapshot_was_renewed(
 
     def kill_holder_once(*args):
         monkeypatch.setattr(copier, "report_progress", lambda *a: None)
-        terminate_snapshot_holder(copier_env.source_dsn)
+        end_snapshot_holder(copier_env.source_dsn)
 
     monkeypatch.setattr(copier, "report_progress", kill_holder_once)
     result = run_copier("TABLES=" + ",".join(tables), "--swap", "together", "--progress-seconds", "0")
