@@ -35,6 +35,7 @@ import compileall
 import itertools
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -58,12 +59,49 @@ pytest_plugins = ["worker_timeout"]
 def pytest_configure(config):
     """A temporary folder of this run's own: pytest's default keeps the three newest runs of
     the machine and deletes older ones, clusters and all, even while another suite still uses
-    them (two suites at once crashed each other's servers)."""
+    them (two suites at once crashed each other's servers). It is in memory when the machine
+    has room there (in_memory_when_there_is_room)."""
     if not config.option.basetemp:
-        config.option.basetemp = tempfile.mkdtemp(prefix="nightly-copy-tests-")
+        config.option.basetemp = tempfile.mkdtemp(prefix=f"{BASETEMP_PREFIX}{os.getpid()}-",
+                                                  dir=in_memory_when_there_is_room())
         config.stash[_own_basetemp] = config.option.basetemp
     if not hasattr(config, "workerinput"):
         compile_the_project_once()
+
+
+BASETEMP_PREFIX = "nightly-copy-tests-"
+MEMORY = Path("/dev/shm")
+ROOM_IN_MEMORY = 4 * 2**30  # a run's clusters and files peak at about 3 GB, all workers together
+
+
+def in_memory_when_there_is_room(memory: Path = MEMORY) -> str | None:
+    """/dev/shm (tmpfs) when it has room for a run, else None: the system's temporary folder.
+
+    The clusters' servers spent two thirds of their CPU in the kernel on this machine's ext4
+    (105 of 150 core-s: creating databases, writing tables and WAL); in memory the whole run
+    takes a third less CPU and time. Nothing here needs to survive the machine (fsync is off
+    already). A container's /dev/shm (64 MB) has no room: the run stays on disk.
+
+    The folders of earlier runs that were killed before they could remove their own (their
+    process is gone) are removed first: in memory they would hold the RAM until a reboot."""
+    if not memory.is_dir():
+        return None
+    for folder in memory.glob(f"{BASETEMP_PREFIX}*"):
+        owner = re.match(rf"{BASETEMP_PREFIX}(\d+)-", folder.name)
+        if owner and not process_alive(int(owner[1])):
+            shutil.rmtree(folder, ignore_errors=True)
+    room = os.statvfs(memory)
+    return str(memory) if room.f_bavail * room.f_frsize >= ROOM_IN_MEMORY else None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def compile_the_project_once() -> None:

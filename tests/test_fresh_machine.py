@@ -60,3 +60,25 @@ def test_a_hung_test_fails_the_run_instead_of_hanging_it(tmp_path, workers):
         stacks = done.stderr
         assert "= 1 failed in " in done.stdout
     assert "Timeout" in stacks and "in test_never_returns" in stacks
+
+
+def test_a_run_keeps_its_files_in_memory_only_when_there_is_room(tmp_path, monkeypatch):
+    """conftest.in_memory_when_there_is_room: /dev/shm when it has room for a run, else the
+    disk; and the folders of killed runs are removed from it first, never a living run's."""
+    import conftest
+
+    ended = subprocess.Popen(["true"])  # its pid names no process once it has ended
+    ended.wait()
+    killed = tmp_path / f"{conftest.BASETEMP_PREFIX}{ended.pid}-abc"
+    living = tmp_path / f"{conftest.BASETEMP_PREFIX}{os.getpid()}-def"
+    someone_elses = tmp_path / "nightly-copy-tests-notes"
+    for folder in (killed, living, someone_elses):
+        (folder / "pg" / "data").mkdir(parents=True)
+
+    monkeypatch.setattr(conftest, "ROOM_IN_MEMORY", 1)
+    assert conftest.in_memory_when_there_is_room(tmp_path) == str(tmp_path)
+    assert not killed.exists() and living.exists() and someone_elses.exists()
+
+    monkeypatch.setattr(conftest, "ROOM_IN_MEMORY", 2**62)
+    assert conftest.in_memory_when_there_is_room(tmp_path) is None
+    assert conftest.in_memory_when_there_is_room(tmp_path / "no-such-folder") is None
