@@ -3,6 +3,7 @@ authors did not design, an analyst's grants on top, and a source that changes be
 Every table is copied three nights in a row; everything the dump made stays, exactly."""
 
 import subprocess
+import time
 
 import pytest
 
@@ -134,6 +135,17 @@ PARTITIONS = ("SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_part
 CONTENTS = "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
 
 
+def deadlocks(dbs) -> int:
+    """The target database's deadlocks so far, once the copier's sessions there have ended (a
+    server process reports its counts as it exits)."""
+    others = ("SELECT count(*) FROM pg_stat_activity"
+              " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    deadline = time.monotonic() + 10
+    while dbs.target_rows(others) != [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return dbs.target_rows("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")[0][0]
+
+
 def dump_into_target(dbs) -> None:
     dump = subprocess.run([dbs.cluster.bin("pg_dump"), "--no-owner", dbs.source_dsn],
                           check=True, capture_output=True)
@@ -160,6 +172,9 @@ def test_a_target_filled_by_pg_dump_refreshes_completely_every_night(copier_env,
 
         assert result.code == 0, f"night {night}: {result.stderr}"
         assert len(result.of("table_copied")) == 15
+        # Jobs swapping tables joined by keys and views take their locks in one order: they wait
+        # for each other, never deadlock (each deadlock cost a swap a second and one of its tries).
+        assert deadlocks(dbs) == 0, f"night {night}"
         for table in TABLES.split(","):
             assert dbs.target_rows(CONTENTS.format(table)) == dbs.source_rows(CONTENTS.format(table)), table
         for what, query in KEPT.items():

@@ -401,6 +401,21 @@ def test_a_view_over_tables_copied_by_different_jobs_survives(copier_env, run_co
     assert copier_env.target_rows("SELECT count(*), min(v), min(w) FROM ab") == [(20000, "a2", "b2")]
 
 
+def test_a_table_dropped_before_the_swap_locks_it_in_order_is_passed_over(copier_env, run_copier,
+                                                                          monkeypatch):
+    """copier.lock_in_order: a table named by its query but dropped before its LOCK (another
+    session's DROP) leaves the swap to its own locks, and the table goes live."""
+    copier_env.source("CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a VALUES (1), (2)")
+    copier_env.target("CREATE TABLE a (id int PRIMARY KEY); CREATE VIEW a_ids AS SELECT id FROM a")
+    monkeypatch.setattr(copier, "LOCK_ORDER_QUERY",
+                        "SELECT 'public.a', true UNION ALL SELECT 'public.dropped_meanwhile', true")
+
+    result = run_copier("TABLES=a")
+
+    assert result.code == 0, result.stderr
+    assert copier_env.target_rows("SELECT count(*) FROM a_ids") == [(2,)]
+
+
 def test_jobs_sharing_a_new_schema_and_types(copier_env, run_copier):
     copier_env.source(
         "CREATE SCHEMA shop; CREATE TYPE shop.state AS ENUM ('new', 'done');"
