@@ -375,7 +375,7 @@ def job_result(position: int, job: Any) -> JobResult:
 
     return JobResult(
         name=str(job.get("job") or f"job-{position}"),
-        tables=split_tables(job.get("tables")),
+        tables=listed_units(job.get("tables")),
         status=status,
         seconds=seconds,
         log_link=job.get("log_link") or (build or {}).get("log_link"),
@@ -389,9 +389,9 @@ def unit_table(unit: str) -> str:
     return SLICE_SUFFIX.sub("", unit)
 
 
-def split_tables(tables: Any) -> list[str]:
-    if isinstance(tables, str):
-        return [t.strip() for t in tables.split(",") if t.strip()]
+def listed_units(tables: Any) -> list[str]:
+    """A job's units of work, as the state machine lists them (${TableList}). Never split from
+    the TABLES text: a quoted name may hold a comma, and only the copier parses that text."""
     if isinstance(tables, list):
         return [str(t) for t in tables]
     return []
@@ -675,7 +675,7 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
     # other lines: the job the state machine gave the table
     listed: dict[str, str] = {}
     for n, j in enumerate(event["jobs"], start=1):
-        for unit in split_tables(j.get("tables")) if isinstance(j, dict) else []:
+        for unit in listed_units(j.get("tables")) if isinstance(j, dict) else []:
             table = unit_table(unit)
             listed.setdefault(table if "." in table else f"public.{table}",
                               str(j.get("job") or f"job-{n}"))
@@ -696,10 +696,10 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
 def run_tables(event: dict[str, Any]) -> list[str]:
     """The run's tables: the publish's list, else each table the jobs' units name once."""
     publish = event.get("publish")
-    if isinstance(publish, dict) and split_tables(publish.get("tables")):
-        return split_tables(publish.get("tables"))
+    if isinstance(publish, dict) and listed_units(publish.get("tables")):
+        return listed_units(publish.get("tables"))
     return list(dict.fromkeys(unit_table(unit) for j in event["jobs"] if isinstance(j, dict)
-                              for unit in split_tables(j.get("tables"))))
+                              for unit in listed_units(j.get("tables"))))
 
 
 def read_table_report(group: str, run: str, started: datetime | None, expected: int,

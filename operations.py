@@ -191,7 +191,11 @@ def parallel_results(nightly: Nightly, execution_arn: str) -> list[dict] | None:
 
 
 def job_from_result(position: int, result: dict) -> JobRun:
-    # The Slack function reads the same results, failed builds' causes included.
+    # The Slack function reads the same results, failed builds' causes included. A run recorded
+    # before the results listed their units (${TableList}) has the TABLES text: the copier's to parse.
+    if isinstance(result.get("tables"), str):
+        units = copier.split_units(result["tables"])
+        result = {**result, "tables": [copier.unit_text(parts, part) for parts, part in units]}
     job = notify_lambda.job_result(position, result)
     return JobRun(job.name, job.status, job.seconds, job.tables, job.error, job.cause)
 

@@ -22,7 +22,8 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
                          tables: list[str] | None = None) -> dict:
     """Fill the template: one copy of the branch template per job (its units of work in
     TABLES), the publish step with every table of the run (`tables`, by default those the
-    jobs' units name), then every ${Name}."""
+    jobs' units name), then every ${Name}. ${TableList} is the same names as a JSON list, for
+    the summary: a quoted name may hold a comma, and only the copier parses TABLES."""
 
     def value(names: dict[str, Any], name: str) -> Any:
         if name not in names:
@@ -48,11 +49,11 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
     parallel = definition["States"][Names.copy_state]
     (branch,) = parallel["Branches"]
     parallel["Branches"] = [
-        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(units),
+        fill(branch, {**values, "JobName": job_name(n), "Tables": ",".join(units), "TableList": units,
                       "OneSnapshot": snapshot_role(n, values.get("OneSnapshot"))})
         for n, units in enumerate(jobs, start=1)
     ]
-    publish = {**values, "JobName": Names.publish_job, "Tables": ",".join(tables)}
+    publish = {**values, "JobName": Names.publish_job, "Tables": ",".join(tables), "TableList": tables}
     for name in publish_states(definition):
         definition["States"][name] = fill(definition["States"][name], publish)
     return fill(definition, values)

@@ -107,7 +107,7 @@ def test_the_load_jobs_get_their_units_and_the_publish_every_table(aws, monkeypa
                        "COPIER_RUN": "$$.Execution.Name", "COPIER_JOB": f"job-{number}",
                        "COPIER_LOAD_JOBS": "3",
                        "COPIER_ONE_SNAPSHOT": "hold" if number == 1 else "join"}
-        assert sm.copy_task(branch)["ResultSelector"]["tables"] == ",".join(units)
+        assert sm.copy_task(branch)["ResultSelector"]["tables"] == units
     publish = definition["States"][deploy.Names.publish_state]
     assert publish["Resource"] == sm.CODEBUILD_SYNC
     # as many workers as load jobs: the tables' index builds run side by side, as in the loads
@@ -173,7 +173,7 @@ def test_load_then_publish_then_summary(aws):
         "Send summary")
     summary = sm.summary_sent(events)
     assert summary["publish"]["job"] == "publish" and summary["publish"]["status"] == "SUCCEEDED"
-    assert summary["publish"]["tables"] == ",".join(TABLES)
+    assert summary["publish"]["tables"] == TABLES
     assert [j["status"] for j in summary["jobs"]] == ["SUCCEEDED"] * 3
 
 
@@ -185,7 +185,7 @@ def test_a_failed_load_job_still_publishes_and_fails_the_run(aws):
     assert {"job-2 failed", "Publish result"} <= set(exited(events))
     summary = sm.summary_sent(events)
     assert [j["status"] for j in summary["jobs"]] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
-    assert summary["jobs"][1]["tables"] == "public.events#2/3,public.customers"
+    assert summary["jobs"][1]["tables"] == ["public.events#2/3", "public.customers"]
     assert summary["publish"]["status"] == "SUCCEEDED"
 
 
@@ -254,9 +254,9 @@ def test_the_summary_shows_slices_and_the_failed_slice():
     outcomes = notify_lambda.table_outcomes([(line["job"], line) for line in LINES + SLICED_OK])
     report = notify_lambda.TableReport(outcomes, 4)
     event = {"execution": {"name": "2026-11-28"},
-             "jobs": [{"job": f"job-{k}", "tables": f"public.events#{k}/3",
+             "jobs": [{"job": f"job-{k}", "tables": [f"public.events#{k}/3"],
                        "status": "FAILED" if k == 2 else "SUCCEEDED"} for k in (1, 2, 3)],
-             "publish": {"job": "publish", "tables": ",".join(TABLES), "status": "FAILED",
+             "publish": {"job": "publish", "tables": TABLES, "status": "FAILED",
                          "error": "States.TaskFailed"}}
     payload, failed = notify_lambda.summary_message(event, report)
     text = json.dumps(payload["blocks"])

@@ -127,7 +127,7 @@ def summary(*jobs: dict) -> dict:
 
 
 def ok_job(name: str, tables: str, start, end) -> dict:
-    return {"job": name, "tables": tables, "status": "SUCCEEDED", "build_id": f"copy:{name}",
+    return {"job": name, "tables": tables.split(","), "status": "SUCCEEDED", "build_id": f"copy:{name}",
             "log_link": f"https://console.aws.amazon.com/cloudwatch/{name}",
             "start": start, "end": end}
 
@@ -216,9 +216,9 @@ def test_all_succeeded_posts_one_summary(webhook_env):
 def test_failed_jobs_are_counted_and_explained(webhook_env):
     event = summary(
         ok_job("job-1", "public.orders", "2026-11-27T03:00:02Z", "2026-11-27T03:20:02.400Z"),
-        {"job": "job-2", "tables": "public.events,public.sessions", "status": "FAILED",
+        {"job": "job-2", "tables": ["public.events", "public.sessions"], "status": "FAILED",
          "error": "States.TaskFailed", "cause": BUILD_CAUSE},
-        {"job": "job-3", "tables": "public.audit", "status": "TIMED_OUT",
+        {"job": "job-3", "tables": ["public.audit"], "status": "TIMED_OUT",
          "error": "States.Timeout", "cause": "Task timed out after 3600 seconds <build 17>"},
     )
 
@@ -248,7 +248,7 @@ def test_failed_jobs_are_counted_and_explained(webhook_env):
 @pytest.mark.parametrize("status", ["FAILED", "FAULT", "TIMED_OUT", "STOPPED", "", None])
 def test_every_status_but_succeeded_is_a_failure(webhook_env, status):
     event = summary(ok_job("job-1", "public.a", None, None),
-                    {"job": "job-2", "tables": "public.b", "status": status})
+                    {"job": "job-2", "tables": ["public.b"], "status": status})
 
     assert notify_lambda.handler(event, None) == {"posted": True, "failed_jobs": 1}
     assert "1 of 2 jobs failed" in webhook_env.payloads[0]["text"]
@@ -259,7 +259,7 @@ def test_camel_case_build_cause_and_missing_times(webhook_env):
                         "startTime": "2026-11-27T03:00:00Z", "endTime": "2026-11-27T03:00:42Z",
                         "phases": [{"phaseType": "PROVISIONING", "phaseStatus": "FAULT"}]})
     event = {"execution": {"name": "2026-11-27"},  # no id, no start time
-             "jobs": [{"job": "job-7", "tables": "public.big", "status": "FAULT",
+             "jobs": [{"job": "job-7", "tables": ["public.big"], "status": "FAULT",
                        "error": "States.TaskFailed", "cause": cause}]}
 
     assert notify_lambda.handler(event, None) == {"posted": True, "failed_jobs": 1}
@@ -295,7 +295,7 @@ def test_many_jobs_respect_slack_limits(webhook_env):
     jobs = [ok_job(f"job-{i}", ",".join(f"public.t{i}_{n}" for n in range(300)), 0, 60)
             for i in range(1, 61)]
     for i in (5, 33, 58):
-        jobs[i - 1] = {"job": f"job-{i}", "tables": "public.x", "status": "FAILED",
+        jobs[i - 1] = {"job": f"job-{i}", "tables": ["public.x"], "status": "FAILED",
                        "error": "States.TaskFailed", "cause": "boom " * 2000}
     event = summary(*jobs)
 

@@ -99,7 +99,7 @@ def store(client, events: list[dict]) -> dict[str, list[str]]:
 
 def summary_event(jobs: dict[str, list[str]], failed_jobs: set[str]) -> dict:
     return {"execution": EXECUTION, "jobs": [
-        {"job": job, "tables": ",".join(tables), "status": "FAILED" if job in failed_jobs else "SUCCEEDED",
+        {"job": job, "tables": list(tables), "status": "FAILED" if job in failed_jobs else "SUCCEEDED",
          "start": START.isoformat(), "end": START.isoformat()} for job, tables in sorted(jobs.items())]}
 
 

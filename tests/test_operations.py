@@ -492,11 +492,19 @@ def test_the_log_group_follows_the_runner():
 def test_a_failed_build_gets_its_duration_from_the_build_in_the_cause():
     cause = json.dumps({"build": {"buildStatus": "FAILED", "startTime": "2026-11-27T03:00:00Z",
                                   "endTime": "2026-11-27T03:12:41Z", "phases": []}})
-    job = operations.job_from_result(2, {"job": "job-2", "tables": "public.b,public.g",
+    job = operations.job_from_result(2, {"job": "job-2", "tables": ["public.b", "public.g"],
                                          "status": "FAILED", "error": "States.TaskFailed",
                                          "cause": cause})
     assert (job.job, job.status, job.seconds, job.tables, job.error) == (
         "job-2", "FAILED", 761.0, ["public.b", "public.g"], "States.TaskFailed")
+
+
+def test_a_run_recorded_with_the_tables_text_gets_its_units_from_the_copiers_parser():
+    """Results of runs before ${TableList} carry the TABLES text, where a quoted name may hold
+    a comma."""
+    job = operations.job_from_result(1, {"job": "job-1", "status": "SUCCEEDED",
+                                         "tables": 'public.b,public."Orders, old"#2/3'})
+    assert job.tables == ["public.b", 'public."Orders, old"#2/3']
 
 
 def test_only_a_table_beyond_an_even_share_bounds_the_run():

@@ -560,9 +560,9 @@ def test_batch_definition_has_a_valid_job_per_branch_and_every_table_once(engine
         assert environment == [{k: v for k, v in variable.items() if k != "Type"} for variable
                                in codebuild_task["Parameters"]["EnvironmentVariablesOverride"]]
         (tables,) = [v["Value"] for v in environment if v["Name"] == "TABLES"]
-        assert task["ResultSelector"]["tables"] == tables
+        assert ",".join(task["ResultSelector"]["tables"]) == tables
         assert task["ResultSelector"]["job"] == f"job-{number}"
-        assigned += tables.split(",")
+        assigned += task["ResultSelector"]["tables"]
         # the same timeout and catch as the CodeBuild job; retries only Batch API errors
         assert task["TimeoutSeconds"] == codebuild_task["TimeoutSeconds"]
         assert task["Catch"] == codebuild_task["Catch"]

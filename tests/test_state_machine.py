@@ -19,7 +19,9 @@ from aws_helpers import (
 )
 from moto import mock_aws
 
+import copier
 import deploy
+import notify_lambda
 
 CODEBUILD_SYNC = "arn:aws:states:::codebuild:startBuild.sync"
 
@@ -92,14 +94,30 @@ def test_one_branch_per_job_with_every_table_exactly_once(aws, jobs):
                        "Type": "PLAINTEXT"}
         assert job == {"Name": "COPIER_JOB", "Value": f"job-{number}", "Type": "PLAINTEXT"}
         assert task["ResultSelector"]["job"] == f"job-{number}"
-        assert task["ResultSelector"]["tables"] == override["Value"]
-        assigned += override["Value"].split(",")
+        assert ",".join(task["ResultSelector"]["tables"]) == override["Value"]
+        assigned += task["ResultSelector"]["tables"]
     assert sorted(assigned) == sorted(TABLES)
 
 
 def test_more_jobs_than_tables_gives_one_job_per_table(aws):
     definition = render(aws, 5, tables=["public.a", "public.b"])
     assert len(branches(definition)) == 2
+
+
+def test_a_name_with_a_comma_reaches_the_summary_whole(aws):
+    """A quoted name may hold a comma. The job's TABLES text is the copier's to parse; the
+    summary gets the same units as a list (${TableList}), which the Lambda never splits."""
+    names = ['public."Orders, old"', "public.customers"]
+    (branch,) = branches(render(aws, 1, tables=names))
+    task = copy_task(branch)
+    override = task["Parameters"]["EnvironmentVariablesOverride"][0]
+    listed = task["ResultSelector"]["tables"]
+
+    assert sorted(listed) == sorted(names)
+    assert copier.split_table_list(override["Value"]) == [copier.split_table_list(n)[0] for n in listed]
+    assert branch["States"][task["Catch"][0]["Next"]]["Parameters"]["tables"] == listed
+    job = notify_lambda.job_result(1, {"job": "job-1", "tables": listed, "status": "SUCCEEDED"})
+    assert sorted(job.tables) == sorted(names)
 
 
 def test_every_task_has_a_timeout_and_retries_only_api_errors(aws):
