@@ -219,21 +219,27 @@ def long_outages_running(tmp_path_factory):
 
     The body of the session fixture `long_outages` (conftest.py), which starts them before the
     first test. The side of each run that stays up lives in a cluster of its own too
-    ("steady"), not in the session's: the runs go on while other tests use that one."""
+    ("steady"), not in the session's: the runs go on while other tests use that one. The
+    longest starts first, each with its spare cluster made just before it: the 90 s outage,
+    the end of the whole suite, waits for nobody else's clusters."""
     steady = spare_cluster(tmp_path_factory, "steady")
-    spares = [spare_cluster(tmp_path_factory, f"spare{n}") for n in range(5)]
-    scenarios = {}
+    starts = {
+        "source 90 s": lambda spare: source_outage_scenario(steady, spare, 90, 2),
+        "source 30 s": lambda spare: source_outage_scenario(steady, spare, 30, 1),
+        "target during a load": lambda spare: target_outage_scenario(steady, spare, "load", 3),
+        "target during a swap": lambda spare: target_outage_scenario(steady, spare, "swap", 4),
+        "target at the start": lambda spare: start_outage_scenario(steady, spare, 5),
+    }
+    clusters, scenarios = [steady], {}
     try:
-        scenarios["source 30 s"] = source_outage_scenario(steady, spares[0], 30, 1)
-        scenarios["source 90 s"] = source_outage_scenario(steady, spares[1], 90, 2)
-        scenarios["target during a load"] = target_outage_scenario(steady, spares[2], "load", 3)
-        scenarios["target during a swap"] = target_outage_scenario(steady, spares[3], "swap", 4)
-        scenarios["target at the start"] = start_outage_scenario(steady, spares[4], 5)
+        for n, (name, start) in enumerate(starts.items()):
+            clusters.append(spare_cluster(tmp_path_factory, f"spare{n}"))
+            scenarios[name] = start(clusters[-1])
         yield scenarios
     finally:
         for scenario in scenarios.values():
             scenario.outcome.exception()  # each run (and its restart of a cluster) is over
-        for cluster in [*spares, steady]:
+        for cluster in clusters:
             cluster.stop()
 
 
