@@ -26,7 +26,10 @@ What a new test costs, and how to keep it cheap (the suite runs on 2 shared core
   scripts pay the imports each time.
 - Work that mostly waits (the long outages: 90 s of real waiting) goes first in one worker
   while the others work (STARTED_FIRST; in one process it starts with the session and its
-  tests run last).
+  tests run last). The 90 s outage ends about 105 s after the first test: the run cannot end
+  sooner, and when the other workers end later, it is their CPU that sets its time.
+- The run's temporary folder, the clusters' files with it, is in memory when there is room
+  (in_memory_when_there_is_room): on disk the servers spend most of their CPU in the kernel.
 """
 
 from __future__ import annotations
