@@ -3009,25 +3009,27 @@ ORDER BY c.nspname, c.relname
 """
 
 
-def lock_in_order(cur, table: TableName, start: str) -> None:
+def lock_in_order(cur, table: TableName, start: str) -> str:
     """Lock every table the swap will lock, in one order that every job follows (after start,
     sent with the query): two jobs swapping tables joined by a foreign key or a view then wait
     for each other instead of deadlocking (which PostgreSQL finds only after deadlock_timeout,
     and which costs the swap one of its tries). A table dropped meanwhile is left to the swap's
-    own locks, as before."""
+    own locks, as before. Returns what the swap's next round trip must send first."""
     # The planner's guess for the recursive walk passes jit_above_cost: compiling it would
-    # cost 100 ms, for a query of a few.
-    cur.execute(start + "SELECT set_config('jit', 'off', true); " + LOCK_ORDER_QUERY,
+    # cost 100 ms, for a query of a few. Off for it alone: the next statement puts it back.
+    cur.execute(start + "SET LOCAL jit = off; " + LOCK_ORDER_QUERY,
                 {"schema": table.schema, "name": table.name})
     tables = cur.fetchall()
+    jit_back = "SET LOCAL jit TO DEFAULT; "
     if len(tables) < 2:
-        return
+        return jit_back
     locks = "; ".join(f"LOCK TABLE {name} IN {'ACCESS EXCLUSIVE' if changes else 'ACCESS SHARE'} MODE"
                       for name, changes in tables)
     try:
-        cur.execute(f"SAVEPOINT copier_order; {locks}; RELEASE SAVEPOINT copier_order")
+        cur.execute(f"{jit_back}SAVEPOINT copier_order; {locks}; RELEASE SAVEPOINT copier_order")
     except psycopg2.errors.UndefinedTable:
         cur.execute("ROLLBACK TO SAVEPOINT copier_order; RELEASE SAVEPOINT copier_order")
+    return ""
 
 
 def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False) -> list[ForeignKey]:
@@ -3043,8 +3045,7 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
                                 + "SELECT set_config('lock_timeout', %s, true); ",
                                 (f"{int(options.lock_timeout * 1000)}ms",)).decode()
             if staged.tied:
-                lock_in_order(cur, staged.table, start)
-                start = ""
+                start = lock_in_order(cur, staged.table, start)
             foreign_keys = replace_table(cur, staged, start)
             if not defer_keys:  # inside the retries: a key locks the table at its other end
                 foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)

@@ -416,6 +416,25 @@ def test_a_table_dropped_before_the_swap_locks_it_in_order_is_passed_over(copier
     assert copier_env.target_rows("SELECT count(*) FROM a_ids") == [(2,)]
 
 
+@pytest.mark.parametrize("tied", [True, False], ids=["tied-to-a-view", "alone"])
+def test_the_ordered_locks_leave_jit_as_the_session_had_it(copier_env, tied):
+    """copier.lock_in_order turns JIT off for its own query only, whether it then locks or not:
+    the swap's next statement, sent with what it returns, has the session's setting again."""
+    copier_env.target("CREATE TABLE a (id int); CREATE TABLE b (id int)"
+                      + ("; CREATE VIEW ab AS SELECT a.id, b.id AS b_id FROM a, b" if tied else ""))
+    conn = psycopg2.connect(copier_env.target_dsn, options="-c jit=on")  # as a role's setting would
+    try:
+        with conn.cursor() as cur:
+            first = copier.lock_in_order(cur, copier.TableName("public", "a"), "")
+            cur.execute(first + "SHOW jit")
+            assert cur.fetchone() == ("on",)
+            cur.execute("SELECT count(*) FROM pg_locks"
+                        " WHERE pid = pg_backend_pid() AND relation = 'b'::regclass")
+            assert cur.fetchone() == (1 if tied else 0,)
+    finally:
+        conn.close()
+
+
 def test_jobs_sharing_a_new_schema_and_types(copier_env, run_copier):
     copier_env.source(
         "CREATE SCHEMA shop; CREATE TYPE shop.state AS ENUM ('new', 'done');"
