@@ -1517,7 +1517,7 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
         create.format(sql.SQL(""), staged.ident, sql.SQL(", ").join(column_sql)),
         # No parameters: a default or a check may hold a % of its own.
         sql.SQL(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))]))
-    live_oid, unlogged, kind = cur.fetchone() or (None, False, None)
+    live_oid, unlogged, kind, column_storage = cur.fetchone() or (None, False, None, [])
     staged.replaces = live_oid is not None
     # Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
     # nightly anyway): the new one stays so, and loads without WAL too.
@@ -1542,6 +1542,7 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
     for column, sequence in sequences.items():
         cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
             sql.Identifier(table.schema, sequence), staged.ident, sql.Identifier(column)))
+    keep_column_storage(cur, definition, staged, column_storage)
     for column in definition.columns:
         if column.identity and column.sequence:
             cur.execute(
@@ -1551,6 +1552,27 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
                 (quote_qualified(table.schema, staged.staging), column.name))
             staged.renames.append(Rename("sequence", cur.fetchone()[0], column.sequence))
     return staged
+
+
+def keep_column_storage(cur, definition: TableDefinition, staged: StagedTable, settings: list) -> None:
+    """The storage and compression set on the reporting table's columns, on the staged table
+    before its load, so tonight's rows are stored that way too. On a column whose type the
+    source changed it may no longer apply: it is left out with a warning (no savepoint to try
+    it in: COPY FREEZE needs the table made in the same subtransaction)."""
+    types = {c.name: c.type_sql for c in definition.columns}
+    for name, storage, compression, type_sql in settings:
+        changes = [f"SET STORAGE {STORAGE[storage]}"] if storage in STORAGE else []
+        changes += [f"SET COMPRESSION {COMPRESSION[compression]}"] if compression in COMPRESSION else []
+        if name in types and types[name] != type_sql:
+            for change in changes:
+                warning = (f"{definition.table.qualified}: column {name}: {change} left out, "
+                           f"its type is now {types[name]}")
+                log_event("warning", message=warning)
+                say(f"copier: warning: {warning}")
+        elif name in types:
+            for change in changes:
+                cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} ").format(
+                    staged.ident, sql.Identifier(name)) + sql.SQL(change))
 
 
 # The catalog queries sent for every table are prepared once per connection: on a target with
@@ -1574,11 +1596,23 @@ def prepared_statement(cur, name: str, query: str, *args) -> str:
 COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
               "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
 
-# The live reporting table: its OID, whether it is unlogged, and its kind.
+# The live reporting table: its OID, whether it is unlogged, its kind, and the storage and
+# compression set on its columns other than their type's, with the type (attcompression:
+# PostgreSQL 14+).
 LIVE_TABLE_QUERY = """
-SELECT c.oid, c.relpersistence = 'u', c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.oid, c.relpersistence = 'u', c.relkind,
+       (SELECT coalesce(json_agg(json_build_array(a.attname, nullif(a.attstorage, t.typstorage),
+                                                  nullif(to_jsonb(a) ->> 'attcompression', ''),
+                                                  format_type(a.atttypid, a.atttypmod))
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attstorage <> t.typstorage OR to_jsonb(a) ->> 'attcompression' <> ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
+STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}  # pg_attribute.attstorage
+COMPRESSION = {"p": "pglz", "l": "lz4"}  # pg_attribute.attcompression
 
 
 def live_table_oid(cur, table: TableName) -> int | None:
@@ -1888,11 +1922,15 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
 @dataclass
 class ReportingExtras:
     """What the live reporting table has of its own beside the source's definition: its
-    indexes (name, CREATE INDEX, comment), keys (name, definition) and CREATE STATISTICS."""
+    indexes (name, CREATE INDEX, comment), keys (name, definition), CREATE STATISTICS, its
+    columns' statistics settings (name, target, options), and its replica identity
+    (pg_class.relreplident, the index of USING INDEX) and the index it is clustered on."""
 
     indexes: list[tuple[str, str, str | None]]
     keys: list[tuple[str, str]]
     statistics: list[ExtendedStatistics]
+    column_statistics: list[tuple[str, int | None, list[str] | None]]
+    identity: tuple[str, str | None, str | None] = ("d", None, None)
 
 
 def reporting_extras_query(server_version: int) -> str:
@@ -1913,7 +1951,17 @@ SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.
         FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x')),
        (SELECT coalesce(json_agg(json_build_array({', '.join(statistics_columns(server_version))})
                                  ORDER BY n.nspname, s.stxname), '[]')
-        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = c.oid)
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = c.oid),
+       (SELECT coalesce(json_agg(json_build_array(a.attname, CASE WHEN a.attstattarget >= 0
+                                                                  THEN a.attstattarget END, a.attoptions)
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attstattarget >= 0 OR a.attoptions IS NOT NULL)),
+       json_build_array(c.relreplident,
+           (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = c.oid AND i.indisreplident),
+           (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = c.oid AND i.indisclustered))
 FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
 WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
@@ -1935,8 +1983,11 @@ def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedT
 
 
 def extras_from(row: tuple | None) -> ReportingExtras:
-    indexes, keys, statistics = row if row else ([], [], [])
-    return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics])
+    if row is None:
+        return ReportingExtras([], [], [], [])
+    indexes, keys, statistics, column_statistics, identity = row
+    return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics],
+                           rows(column_statistics), tuple(identity))
 
 
 def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -1993,11 +2044,27 @@ def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> Non
                 staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
     for n, statistics in enumerate(definition.extended_statistics, 1):
         create_statistics(cur, statistics, f"{staged.staging}_s{n}", staged)
+    keep_column_statistics(cur, definition, staged)
     reporting = reporting_statistics(cur, definition, staged)
     for n, statistics in enumerate(reporting, 1):
         built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
             cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
             "statistics_skipped", statistics=statistics.name)
+
+
+def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The statistics target and options set on the reporting table's columns, where the
+    source sets none on that column (a setting the source has wins: it may have changed)."""
+    source = {column: (target, options) for column, target, options in definition.column_statistics}
+    columns = {c.name for c in definition.columns}
+    for column, target, options in reporting_extras(cur, definition, staged).column_statistics:
+        source_target, source_options = source.get(column, (None, None))
+        if column in columns and target is not None and source_target is None:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                staged.ident, sql.Identifier(column), sql.Literal(target)))
+        if column in columns and options and not source_options:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
+                staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
 
 
 def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool:
@@ -3091,7 +3158,7 @@ def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]
     if not old:
         apply_comments(cur, table.ident, staged.comment, staged.column_comments)
         return []
-    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None)
+    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None, staged.extras)
     for dependent in old.dependents:
         dependent.recreate(cur, table)
     return old.foreign_keys
@@ -3176,11 +3243,13 @@ def restores_before_grants(cur, old: ReportingSide) -> bool:
 
 
 def restore_reporting_side(cur, table: TableName, old: ReportingSide,
-                           new_table: tuple | None = None) -> None:
+                           new_table: tuple | None = None, extras: ReportingExtras | None = None) -> None:
     """new_table: the new table's grants and columns, when the swap read them already."""
     # Policies, triggers and rules first, while the copier's user still owns the new table.
     apply_row_security(cur, table, old)
     recreate_triggers(cur, table, old)
+    if extras is not None:
+        keep_identity_and_cluster(cur, table, extras)
     for own in old.own:
         own.recreate(cur, table)
     if old.owner != current_user(cur):
@@ -3203,6 +3272,23 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide,
     apply_comments(cur, table.ident, old.comment,
                    {c: text for c, text in old.column_comments.items() if c in columns})
     restore_partitions(cur, table, old.partitions)
+
+
+def keep_identity_and_cluster(cur, table: TableName, extras: ReportingExtras) -> None:
+    """The reporting table's replica identity (a publication's UPDATEs and DELETEs need it)
+    and the index CLUSTER uses, set again on the new table. One whose index is gone (the
+    source dropped the key) is left out with a warning."""
+    kind, identity_index, clustered = extras.identity
+    settings = {"f": sql.SQL("REPLICA IDENTITY FULL"), "n": sql.SQL("REPLICA IDENTITY NOTHING")}
+    if kind == "i" and identity_index:
+        settings["i"] = sql.SQL("REPLICA IDENTITY USING INDEX {}").format(sql.Identifier(identity_index))
+    statements = [settings[kind]] if kind in settings else []
+    if clustered:
+        statements.append(sql.SQL("CLUSTER ON {}").format(sql.Identifier(clustered)))
+    for setting in statements:
+        statement = sql.SQL("ALTER TABLE {} ").format(table.ident) + setting
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
+                         message=f"{table.qualified}: {setting.as_string(cur)} left out")
 
 
 def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:

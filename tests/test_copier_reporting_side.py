@@ -405,3 +405,45 @@ def test_a_partitions_policies_and_rules_survive(copier_env, run_copier):
     assert copier_env.target_rows(PARTITION_SECURITY) == before
     assert copier_env.target_rows("SELECT count(*) FROM events") == [(900,)]
     assert debris(copier_env) == []
+
+
+COLUMN_SETTINGS = ("SELECT a.attname, CASE WHEN a.attstattarget >= 0 THEN a.attstattarget END, a.attoptions,"
+                   " a.attstorage, to_jsonb(a) ->> 'attcompression' FROM pg_attribute a"
+                   " WHERE a.attrelid = 't'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1")
+TABLE_SETTINGS = ("SELECT c.relreplident, (SELECT i.indexrelid::regclass::text FROM pg_index i"
+                  " WHERE i.indrelid = c.oid AND i.indisclustered)"
+                  " FROM pg_class c WHERE c.oid = 't'::regclass")
+
+
+def test_column_and_table_settings_of_the_reporting_side_survive(copier_env, run_copier):
+    """An analyst's statistics targets, n_distinct, storage, compression, replica identity and
+    CLUSTER index stay, night after night; tonight's rows are stored as the column says. A
+    statistics target the source sets wins; a storage the column's new type refuses is left
+    out with a warning."""
+    dbs = copier_env
+    dbs.source("CREATE TABLE t (id int PRIMARY KEY, x int, s text, n text);"
+               "INSERT INTO t SELECT g, g % 7, repeat('s', 3000), 'n' FROM generate_series(1, 50) g")
+    assert run_copier("TABLES=t").code == 0
+    dbs.target("ALTER TABLE t ALTER COLUMN x SET STATISTICS 1000, ALTER COLUMN x SET (n_distinct = 7),"
+               " ALTER COLUMN s SET STORAGE EXTERNAL, ALTER COLUMN n SET STORAGE EXTERNAL,"
+               " ALTER COLUMN id SET STATISTICS 300; CREATE INDEX t_x ON t (x); ALTER TABLE t CLUSTER ON t_x;"
+               " ALTER TABLE t REPLICA IDENTITY FULL")
+    if dbs.target_version >= 140000:
+        dbs.target("ALTER TABLE t ALTER COLUMN s SET COMPRESSION pglz")
+    kept = dbs.target_rows(COLUMN_SETTINGS), dbs.target_rows(TABLE_SETTINGS)
+
+    for night in (1, 2):
+        assert run_copier("TABLES=t").code == 0
+        assert (dbs.target_rows(COLUMN_SETTINGS), dbs.target_rows(TABLE_SETTINGS)) == kept, f"night {night}"
+    # EXTERNAL: tonight's values are stored out of line, uncompressed, as the column asks
+    assert dbs.target_rows("SELECT min(pg_column_size(s)) FROM t") == [(3000,)]
+
+    dbs.source("ALTER TABLE t ALTER COLUMN id SET STATISTICS 50, ALTER COLUMN n TYPE int USING 1")
+    result = run_copier("TABLES=t")
+    assert result.code == 0, result.stderr
+    settings = {row[0]: row[1:] for row in dbs.target_rows(COLUMN_SETTINGS)}
+    assert settings["id"][0] == 50 and settings["x"][:2] == (1000, ["n_distinct=7"])
+    assert settings["n"][2] == "p"  # an int column has no other storage
+    (warning,) = result.of("warning")
+    assert warning["message"] == "public.t: column n: SET STORAGE EXTERNAL left out, its type is now integer"
+    assert dbs.target_rows(TABLE_SETTINGS) == kept[1]
