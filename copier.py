@@ -1517,22 +1517,24 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
         create.format(sql.SQL(""), staged.ident, sql.SQL(", ").join(column_sql)),
         # No parameters: a default or a check may hold a % of its own.
         sql.SQL(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))]))
-    live_oid, unlogged, kind, column_storage = cur.fetchone() or (None, False, None, [])
+    live_oid, unlogged, kind, tablespace, column_storage = cur.fetchone() or (None, False, None, None, [])
     staged.replaces = live_oid is not None
     # Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
     # nightly anyway): the new one stays so, and loads without WAL too.
     persistence = sql.SQL("UNLOGGED " if unlogged else "")
     layout = staged_layout(cur, definition, live_oid if kind == "p" else None)
     statement = create.format(persistence, staged.ident, sql.SQL(", ").join(column_sql))
-    if unlogged or layout is not None:
+    # A DBA moved the reporting table to a tablespace of its own: the new one is made there.
+    placed = sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace)) if tablespace else sql.SQL("")
+    if unlogged or tablespace or layout is not None:
         cur.execute(sql.SQL("DROP TABLE {}").format(staged.ident))
     if layout is None:
-        if unlogged:
-            cur.execute(statement)
+        if unlogged or tablespace:
+            cur.execute(statement + placed)
     else:
         staged.partitioned = True
         try:
-            cur.execute(statement + sql.SQL(" PARTITION BY {}").format(sql.SQL(layout.key)))
+            cur.execute(statement + sql.SQL(" PARTITION BY {}").format(sql.SQL(layout.key)) + placed)
             create_partitions(cur, staged, layout)
         except psycopg2.ProgrammingError as exc:
             raise Refused(
@@ -1596,11 +1598,12 @@ def prepared_statement(cur, name: str, query: str, *args) -> str:
 COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
               "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
 
-# The live reporting table: its OID, whether it is unlogged, its kind, and the storage and
-# compression set on its columns other than their type's, with the type (attcompression:
-# PostgreSQL 14+).
+# The live reporting table: its OID, whether it is unlogged, its kind, its tablespace (NULL:
+# the database's), and the storage and compression set on its columns other than their type's,
+# with the type (attcompression: PostgreSQL 14+).
 LIVE_TABLE_QUERY = """
 SELECT c.oid, c.relpersistence = 'u', c.relkind,
+       (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace),
        (SELECT coalesce(json_agg(json_build_array(a.attname, nullif(a.attstorage, t.typstorage),
                                                   nullif(to_jsonb(a) ->> 'attcompression', ''),
                                                   format_type(a.atttypid, a.atttypmod))
@@ -1923,14 +1926,16 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
 class ReportingExtras:
     """What the live reporting table has of its own beside the source's definition: its
     indexes (name, CREATE INDEX, comment), keys (name, definition), CREATE STATISTICS, its
-    columns' statistics settings (name, target, options), and its replica identity
-    (pg_class.relreplident, the index of USING INDEX) and the index it is clustered on."""
+    columns' statistics settings (name, target, options), its replica identity
+    (pg_class.relreplident, the index of USING INDEX), the index it is clustered on, and the
+    indexes a DBA moved to a tablespace of their own."""
 
     indexes: list[tuple[str, str, str | None]]
     keys: list[tuple[str, str]]
     statistics: list[ExtendedStatistics]
     column_statistics: list[tuple[str, int | None, list[str] | None]]
     identity: tuple[str, str | None, str | None] = ("d", None, None)
+    index_tablespaces: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # index, tablespace
 
 
 def reporting_extras_query(server_version: int) -> str:
@@ -1961,7 +1966,10 @@ SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.
            (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
             WHERE i.indrelid = c.oid AND i.indisreplident),
            (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-            WHERE i.indrelid = c.oid AND i.indisclustered))
+            WHERE i.indrelid = c.oid AND i.indisclustered)),
+       (SELECT coalesce(json_agg(json_build_array(ic.relname, ts.spcname) ORDER BY ic.relname), '[]')
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_tablespace ts ON ts.oid = ic.reltablespace WHERE i.indrelid = c.oid)
 FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
 WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
@@ -1985,9 +1993,9 @@ def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedT
 def extras_from(row: tuple | None) -> ReportingExtras:
     if row is None:
         return ReportingExtras([], [], [], [])
-    indexes, keys, statistics, column_statistics, identity = row
+    indexes, keys, statistics, column_statistics, identity, index_tablespaces = row
     return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics],
-                           rows(column_statistics), tuple(identity))
+                           rows(column_statistics), tuple(identity), rows(index_tablespaces))
 
 
 def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2050,6 +2058,16 @@ def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> Non
         built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
             cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
             "statistics_skipped", statistics=statistics.name)
+
+
+def keep_index_tablespaces(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """An index a DBA moved to a tablespace of its own goes there again: the new table's index
+    of that name is moved once built (the index definitions name no tablespace)."""
+    staged_name = {r.final: r.temporary for r in staged.renames if r.kind in ("index", "constraint")}
+    for index, tablespace in reporting_extras(cur, definition, staged).index_tablespaces:
+        if index in staged_name:
+            cur.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
+                sql.Identifier(definition.table.schema, staged_name[index]), sql.Identifier(tablespace)))
 
 
 def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2158,6 +2176,7 @@ class Partition:
     bound: str  # FOR VALUES ... or DEFAULT
     key: str | None  # PARTITION BY of a partition that is partitioned in turn
     options: list[str]
+    tablespace: str | None = None  # where it is on the reporting side (None: its parent's)
 
 
 @dataclass
@@ -2184,7 +2203,12 @@ class PartitionSide:
 
 PARTITIONS_QUERY = """
 SELECT n.nspname, c.relname, pn.nspname, p.relname, pg_get_expr(c.relpartbound, c.oid),
-       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}')
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}'),
+       -- 0 is the database's default: named, as a partition made without one gets its parent's
+       CASE WHEN c.reltablespace <> 0 THEN (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace)
+            WHEN c.relkind <> 'p' THEN (SELECT s.spcname FROM pg_database d
+                                        JOIN pg_tablespace s ON s.oid = d.dattablespace
+                                        WHERE d.datname = current_database()) END
 FROM pg_partition_tree(%s) t
 JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_class p ON p.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
@@ -2200,8 +2224,8 @@ def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
         return None
     cur.execute(PARTITIONS_QUERY, (oid,))
     return PartitionLayout(row[0], [
-        Partition(schema, name, (parent_schema, parent), bound, key, list(options))
-        for schema, name, parent_schema, parent, bound, key, options in cur.fetchall()])
+        Partition(schema, name, (parent_schema, parent), bound, key, list(options), tablespace)
+        for schema, name, parent_schema, parent, bound, key, options, tablespace in cur.fetchall()])
 
 
 def staged_layout(cur, definition: TableDefinition, oid: int | None) -> PartitionLayout | None:
@@ -2216,7 +2240,7 @@ def staged_layout(cur, definition: TableDefinition, oid: int | None) -> Partitio
     have.add((definition.table.schema, definition.table.name))
     for partition in source.partitions:
         if (partition.schema, partition.name) not in have and partition.parent in have:
-            layout.partitions.append(partition)
+            layout.partitions.append(dataclasses.replace(partition, tablespace=None))  # the source's
             have.add((partition.schema, partition.name))
     return layout
 
@@ -2232,6 +2256,8 @@ def create_partitions(cur, staged: StagedTable, layout: PartitionLayout) -> None
             statement += sql.SQL(" PARTITION BY {}").format(sql.SQL(partition.key))
         if partition.options:
             statement += sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, partition.options)))
+        if partition.tablespace:
+            statement += sql.SQL(" TABLESPACE {}").format(sql.Identifier(partition.tablespace))
         cur.execute(statement)
         made[(partition.schema, partition.name)] = temporary
         staged.renames.append(Rename("table", f"{staged.staging}_p{n}", partition.name, partition.schema))
@@ -3903,6 +3929,7 @@ class TableCopier:
         """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap."""
         build_indexes(cur, definition, staged, self.options)
         build_reporting_indexes(cur, definition, staged)
+        keep_index_tablespaces(cur, definition, staged)
         set_statistics(cur, definition, staged)
         set_sequences(self.src, cur, definition, staged)
         cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))

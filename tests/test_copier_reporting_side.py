@@ -2,6 +2,9 @@
 foreign keys, partitions, rules, other tables' policies and defaults, inheritance, publications),
 or the table is refused before anything is written, with the object and the statement to run."""
 
+import os
+import pwd
+
 import pytest
 
 import copier
@@ -447,3 +450,52 @@ def test_column_and_table_settings_of_the_reporting_side_survive(copier_env, run
     (warning,) = result.of("warning")
     assert warning["message"] == "public.t: column n: SET STORAGE EXTERNAL left out, its type is now integer"
     assert dbs.target_rows(TABLE_SETTINGS) == kept[1]
+
+
+@pytest.fixture
+def tablespace(copier_env, tmp_path):
+    """A tablespace of the reporting side's own (the server's OS user owns its folder); dropped
+    with what is in it after the test, so no later backup of the cluster meets it."""
+    folder = tmp_path / "fast_disk"
+    folder.mkdir()
+    tmp_path.chmod(0o755)
+    if copier_env.cluster.os_user:
+        user = pwd.getpwnam(copier_env.cluster.os_user)
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    name = f"fast_{copier_env.target_name}"
+    copier_env.target(f"CREATE TABLESPACE {name} LOCATION '{folder}'")
+    yield name
+    copier_env.target("DROP TABLE IF EXISTS t, e")
+    copier_env.target(f"DROP TABLESPACE {name}")
+
+
+PLACES = ("SELECT c.relname, s.spcname FROM pg_class c LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace"
+          " WHERE c.relnamespace = 'public'::regnamespace"
+          "   AND c.relname IN ('t', 't_pkey', 't_x', 'e', 'e1', 'e2')"
+          " ORDER BY 1")
+
+
+def test_tables_partitions_and_indexes_stay_in_their_tablespaces(copier_env, run_copier, tablespace):
+    """A DBA moved a reporting table, its key's index and an index of their own to another disk,
+    and keeps one partition of a partitioned table on the default one: night after night,
+    everything is where they put it."""
+    dbs = copier_env
+    dbs.source("CREATE TABLE t (id int PRIMARY KEY, x int);"
+               "INSERT INTO t SELECT g, g FROM generate_series(1, 90) g;"
+               "CREATE TABLE e (id int, at date NOT NULL);"
+               "INSERT INTO e SELECT g, date '2023-06-01' + g FROM generate_series(1, 900) g")
+    assert run_copier("TABLES=t").code == 0
+    dbs.target(f"ALTER TABLE t SET TABLESPACE {tablespace}; ALTER INDEX t_pkey SET TABLESPACE {tablespace};"
+               f"CREATE INDEX t_x ON t (x) TABLESPACE {tablespace};"
+               f"CREATE TABLE e (id int, at date NOT NULL) PARTITION BY RANGE (at) TABLESPACE {tablespace};"
+               "CREATE TABLE e1 PARTITION OF e FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');"
+               "CREATE TABLE e2 PARTITION OF e DEFAULT TABLESPACE pg_default")
+    places = dbs.target_rows(PLACES)
+    assert places == [("e", tablespace), ("e1", tablespace), ("e2", None),
+                      ("t", tablespace), ("t_pkey", tablespace), ("t_x", tablespace)]
+
+    for night in (1, 2):
+        result = run_copier("TABLES=t,e")
+        assert result.code == 0, result.stderr
+        assert dbs.target_rows(PLACES) == places, f"night {night}"
+    assert dbs.target_rows("SELECT count(*) FROM e2") == [(687,)]  # from 2024 on
