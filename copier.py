@@ -1936,6 +1936,21 @@ class ReportingExtras:
     column_statistics: list[tuple[str, int | None, list[str] | None]]
     identity: tuple[str, str | None, str | None] = ("d", None, None)
     index_tablespaces: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # index, tablespace
+    # Comments on the indexes and constraints named as the source's: ("index" or "constraint",
+    # name, comment); and the options of its TOAST table (toast.autovacuum_enabled, ...).
+    comments: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    toast_options: list[str] = dataclasses.field(default_factory=list)
+    # Its sequences' grants and comments, where it has any: (name, grants, comment).
+    sequences: list[tuple[str, list, str | None]] = dataclasses.field(default_factory=list)
+
+
+# A sequence's grants (s: its pg_class row), as GRANTS_JSON reads a table's.
+SEQUENCE_GRANTS_JSON = """
+SELECT coalesce(json_agg(json_build_array(grantee, privilege, grantable) ORDER BY grantee, privilege), '[]')
+FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+             a.privilege_type, a.is_grantable
+      FROM aclexplode(s.relacl) a WHERE a.grantee <> s.relowner) AS g(grantee, privilege, grantable)
+"""
 
 
 def reporting_extras_query(server_version: int) -> str:
@@ -1969,7 +1984,23 @@ SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.
             WHERE i.indrelid = c.oid AND i.indisclustered)),
        (SELECT coalesce(json_agg(json_build_array(ic.relname, ts.spcname) ORDER BY ic.relname), '[]')
         FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_tablespace ts ON ts.oid = ic.reltablespace WHERE i.indrelid = c.oid)
+        JOIN pg_tablespace ts ON ts.oid = ic.reltablespace WHERE i.indrelid = c.oid),
+       (SELECT coalesce(json_agg(json_build_array(kind, name, comment) ORDER BY kind, name), '[]') FROM (
+            SELECT 'index' AS kind, ic.relname AS name, {COMMENT_OF % "i.indexrelid"} AS comment
+            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = c.oid AND ic.relname = ANY($3::name[])
+            UNION ALL
+            SELECT 'constraint', con.conname, d.description FROM pg_constraint con
+            JOIN pg_description d ON d.objoid = con.oid AND d.classoid = 'pg_constraint'::regclass
+            WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x', 'c')) commented
+        WHERE comment IS NOT NULL),
+       (SELECT coalesce(t.reloptions, '{{}}') FROM pg_class t WHERE t.oid = c.reltoastrelid),
+       (SELECT coalesce(json_agg(json_build_array(s.relname, ({SEQUENCE_GRANTS_JSON}),
+                                                  {COMMENT_OF % "s.oid"}) ORDER BY s.relname), '[]')
+        FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')
+          AND (s.relacl IS NOT NULL OR {COMMENT_OF % "s.oid"} IS NOT NULL))
 FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
 WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
@@ -1993,9 +2024,12 @@ def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedT
 def extras_from(row: tuple | None) -> ReportingExtras:
     if row is None:
         return ReportingExtras([], [], [], [])
-    indexes, keys, statistics, column_statistics, identity, index_tablespaces = row
+    (indexes, keys, statistics, column_statistics, identity, index_tablespaces, comments, toast,
+     sequences) = row
     return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics],
-                           rows(column_statistics), tuple(identity), rows(index_tablespaces))
+                           rows(column_statistics), tuple(identity), rows(index_tablespaces),
+                           rows(comments), list(toast or []),
+                           [(name, rows(grants), comment) for name, grants, comment in sequences])
 
 
 def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2068,6 +2102,32 @@ def keep_index_tablespaces(cur, definition: TableDefinition, staged: StagedTable
         if index in staged_name:
             cur.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
                 sql.Identifier(definition.table.schema, staged_name[index]), sql.Identifier(tablespace)))
+
+
+def keep_comments_and_toast_options(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The reporting side's comments on the table's keys, checks and indexes (the source's are
+    not copied), its TOAST table's options, and its sequences' grants and comments, on the new
+    table."""
+    extras = reporting_extras(cur, definition, staged)
+    staged_name = {(r.kind, r.final): r.temporary for r in staged.renames}
+    checks = {c.name for c in definition.constraints if c.kind == "c" and c.validated}
+    for kind, name, comment in extras.comments:
+        index = staged_name.get(("index", name)) or staged_name.get(("constraint", name))  # a key's
+        if kind == "index" and index:
+            cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(definition.table.schema, index), sql.Literal(comment)))
+        elif kind == "constraint" and (("constraint", name) in staged_name or name in checks):
+            cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(staged_name.get(("constraint", name), name)), staged.ident,
+                sql.Literal(comment)))
+    if extras.toast_options:
+        cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(staged.ident, sql.SQL(", ").join(
+            sql.SQL(f"toast.{option}") for option in extras.toast_options)))
+    for name, grants, comment in extras.sequences:
+        if ("sequence", name) in staged_name:
+            ident = sql.Identifier(definition.table.schema, staged_name[("sequence", name)])
+            apply_grants(cur, "SEQUENCE", ident, grants, table_grants(cur, ident))
+            apply_comments(cur, ident, comment, {}, "SEQUENCE")
 
 
 def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -3930,6 +3990,7 @@ class TableCopier:
         build_indexes(cur, definition, staged, self.options)
         build_reporting_indexes(cur, definition, staged)
         keep_index_tablespaces(cur, definition, staged)
+        keep_comments_and_toast_options(cur, definition, staged)
         set_statistics(cur, definition, staged)
         set_sequences(self.src, cur, definition, staged)
         cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))

@@ -499,3 +499,38 @@ def test_tables_partitions_and_indexes_stay_in_their_tablespaces(copier_env, run
         assert result.code == 0, result.stderr
         assert dbs.target_rows(PLACES) == places, f"night {night}"
     assert dbs.target_rows("SELECT count(*) FROM e2") == [(687,)]  # from 2024 on
+
+
+TABLE_NOTES = ("SELECT s.relname, s.relacl::text, obj_description(s.oid, 'pg_class') FROM pg_class s"
+               " WHERE s.relkind = 'S' AND s.relnamespace = 'public'::regnamespace ORDER BY 1",
+               "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c"
+               " WHERE c.relkind = 'i' AND c.relnamespace = 'public'::regnamespace ORDER BY 1",
+               "SELECT conname, obj_description(oid, 'pg_constraint') FROM pg_constraint"
+               " WHERE conrelid = 't'::regclass ORDER BY 1",
+               "SELECT reloptions FROM pg_class"
+               " WHERE oid = (SELECT reltoastrelid FROM pg_class WHERE oid = 't'::regclass)")
+
+
+def test_comments_on_keys_and_indexes_sequence_grants_and_toast_options_survive(copier_env, run_copier):
+    """What a pg_dump of the reporting side would carry about a table beside its own grants:
+    comments on its key, its checks and indexes, its sequences' grants and comments, its TOAST
+    table's options."""
+    dbs, n = copier_env, copier_env.target_name
+    dbs.source("CREATE TABLE t (id serial PRIMARY KEY, code int GENERATED ALWAYS AS IDENTITY UNIQUE,"
+               " x text CONSTRAINT x_set CHECK (x <> '')); CREATE INDEX t_x ON t (x);"
+               "INSERT INTO t (x) SELECT 'x' FROM generate_series(1, 100) g")
+    assert run_copier("TABLES=t").code == 0
+    dbs.target(f"CREATE ROLE app_{n}; GRANT USAGE, SELECT ON SEQUENCE t_id_seq TO app_{n};"
+               f"GRANT SELECT ON SEQUENCE t_code_seq TO app_{n}; COMMENT ON SEQUENCE t_id_seq IS 'ids';"
+               "COMMENT ON INDEX t_pkey IS 'the key''s index'; COMMENT ON INDEX t_x IS 'by x';"
+               "COMMENT ON CONSTRAINT t_pkey ON t IS 'the key';"
+               "COMMENT ON CONSTRAINT x_set ON t IS 'no blanks';"
+               "COMMENT ON CONSTRAINT t_code_key ON t IS 'codes';"
+               "ALTER TABLE t SET (toast.autovacuum_enabled = false)")
+    kept = [dbs.target_rows(query) for query in TABLE_NOTES]
+
+    for night in (1, 2):
+        result = run_copier("TABLES=t")
+        assert result.code == 0, result.stderr
+        assert [dbs.target_rows(query) for query in TABLE_NOTES] == kept, f"night {night}"
+    assert kept[0][1] == ("t_id_seq", f"{{postgres=rwU/postgres,app_{n}=rU/postgres}}", "ids")
