@@ -421,15 +421,16 @@ TABLE_SETTINGS = ("SELECT c.relreplident, (SELECT i.indexrelid::regclass::text F
 def test_column_and_table_settings_of_the_reporting_side_survive(copier_env, run_copier):
     """An analyst's statistics targets, n_distinct, storage, compression, replica identity and
     CLUSTER index stay, night after night; tonight's rows are stored as the column says. A
-    statistics target the source sets wins; a storage the column's new type refuses is left
-    out with a warning."""
+    statistics target the source sets wins; a storage the column's new type refuses, and the
+    CLUSTER of an index that no longer fits, are left out with a warning."""
     dbs = copier_env
     dbs.source("CREATE TABLE t (id int PRIMARY KEY, x int, s text, n text);"
                "INSERT INTO t SELECT g, g % 7, repeat('s', 3000), 'n' FROM generate_series(1, 50) g")
     assert run_copier("TABLES=t").code == 0
     dbs.target("ALTER TABLE t ALTER COLUMN x SET STATISTICS 1000, ALTER COLUMN x SET (n_distinct = 7),"
                " ALTER COLUMN s SET STORAGE EXTERNAL, ALTER COLUMN n SET STORAGE EXTERNAL,"
-               " ALTER COLUMN id SET STATISTICS 300; CREATE INDEX t_x ON t (x); ALTER TABLE t CLUSTER ON t_x;"
+               " ALTER COLUMN id SET STATISTICS 300; CREATE INDEX t_n ON t (n text_pattern_ops);"
+               " ALTER TABLE t CLUSTER ON t_n;"
                " ALTER TABLE t REPLICA IDENTITY FULL")
     if dbs.target_version >= 140000:
         dbs.target("ALTER TABLE t ALTER COLUMN s SET COMPRESSION pglz")
@@ -447,9 +448,11 @@ def test_column_and_table_settings_of_the_reporting_side_survive(copier_env, run
     settings = {row[0]: row[1:] for row in dbs.target_rows(COLUMN_SETTINGS)}
     assert settings["id"][0] == 50 and settings["x"][:2] == (1000, ["n_distinct=7"])
     assert settings["n"][2] == "p"  # an int column has no other storage
-    (warning,) = result.of("warning")
-    assert warning["message"] == "public.t: column n: SET STORAGE EXTERNAL left out, its type is now integer"
-    assert dbs.target_rows(TABLE_SETTINGS) == kept[1]
+    assert [w["message"] for w in result.of("warning")] == [
+        "public.t: column n: SET STORAGE EXTERNAL left out, its type is now integer",
+        "public.t: CLUSTER ON \"t_n\" left out"]  # text_pattern_ops does not fit an int: no such index
+    assert [s["index"] for s in result.of("index_skipped")] == ["t_n"]
+    assert dbs.target_rows(TABLE_SETTINGS) == [("f", None)]
 
 
 @pytest.fixture
