@@ -1942,6 +1942,10 @@ class ReportingExtras:
     toast_options: list[str] = dataclasses.field(default_factory=list)
     # Its sequences' grants and comments, where it has any: (name, grants, comment).
     sequences: list[tuple[str, list, str | None]] = dataclasses.field(default_factory=list)
+    # Its checks not named as the source's (name, definition), and its columns' NOT NULL and
+    # defaults (name, not null, default expression).
+    checks: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    columns: list[tuple[str, bool, str | None]] = dataclasses.field(default_factory=list)
 
 
 # A sequence's grants (s: its pg_class row), as GRANTS_JSON reads a table's.
@@ -2000,7 +2004,16 @@ SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.
         FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
           AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')
-          AND (s.relacl IS NOT NULL OR {COMMENT_OF % "s.oid"} IS NOT NULL))
+          AND (s.relacl IS NOT NULL OR {COMMENT_OF % "s.oid"} IS NOT NULL)),
+       (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
+                                 ORDER BY con.conname), '[]')
+        FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' AND con.conislocal
+          AND con.conname <> ALL($3::name[])),
+       (SELECT coalesce(json_agg(json_build_array(a.attname, a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attnotnull OR d.adbin IS NOT NULL))
 FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
 WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 """
@@ -2025,11 +2038,12 @@ def extras_from(row: tuple | None) -> ReportingExtras:
     if row is None:
         return ReportingExtras([], [], [], [])
     (indexes, keys, statistics, column_statistics, identity, index_tablespaces, comments, toast,
-     sequences) = row
+     sequences, checks, columns) = row
     return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics],
                            rows(column_statistics), tuple(identity), rows(index_tablespaces),
                            rows(comments), list(toast or []),
-                           [(name, rows(grants), comment) for name, grants, comment in sequences])
+                           [(name, rows(grants), comment) for name, grants, comment in sequences],
+                           rows(checks), rows(columns))
 
 
 def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2128,6 +2142,28 @@ def keep_comments_and_toast_options(cur, definition: TableDefinition, staged: St
             ident = sql.Identifier(definition.table.schema, staged_name[("sequence", name)])
             apply_grants(cur, "SEQUENCE", ident, grants, table_grants(cur, ident))
             apply_comments(cur, ident, comment, {}, "SEQUENCE")
+
+
+def keep_checks_not_nulls_and_defaults(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The checks, NOT NULLs and column defaults added on the reporting side (where the source
+    has none) on the new table. One that tonight's rows break, or that no longer fits the new
+    shape, is left out with a warning: it must not cost the night's data."""
+    extras = reporting_extras(cur, definition, staged)
+    table, columns = definition.table, {c.name: c for c in definition.columns}
+    changes = [(f"CHECK {name}", sql.SQL("ADD CONSTRAINT {} {}").format(sql.Identifier(name), sql.SQL(check)))
+               for name, check in extras.checks]
+    for name, not_null, default in extras.columns:
+        column = columns.get(name)
+        if column is not None and not_null and not column.not_null:
+            changes.append((f"NOT NULL on column {name}",
+                            sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(name))))
+        if column is not None and default is not None and column.default is None and not column.generated:
+            changes.append((f"DEFAULT {default} on column {name}", sql.SQL(
+                "ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(name), sql.SQL(default))))
+    for what, change in changes:
+        statement = sql.SQL("ALTER TABLE {} ").format(staged.ident) + change
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
+                         message=f"{table.qualified}: the reporting side's {what} left out")
 
 
 def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -3990,6 +4026,7 @@ class TableCopier:
         build_indexes(cur, definition, staged, self.options)
         build_reporting_indexes(cur, definition, staged)
         keep_index_tablespaces(cur, definition, staged)
+        keep_checks_not_nulls_and_defaults(cur, definition, staged)
         keep_comments_and_toast_options(cur, definition, staged)
         set_statistics(cur, definition, staged)
         set_sequences(self.src, cur, definition, staged)

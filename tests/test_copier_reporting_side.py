@@ -537,3 +537,40 @@ def test_comments_on_keys_and_indexes_sequence_grants_and_toast_options_survive(
         assert result.code == 0, result.stderr
         assert [dbs.target_rows(query) for query in TABLE_NOTES] == kept, f"night {night}"
     assert kept[0][1] == ("t_id_seq", f"{{postgres=rwU/postgres,app_{n}=rU/postgres}}", "ids")
+
+
+CHECKED = ("SELECT (SELECT array_agg(conname ORDER BY conname) FROM pg_constraint"
+           "         WHERE conrelid = 't'::regclass AND contype IN ('p', 'c')),"
+           " (SELECT array_agg(attname ORDER BY attname) FROM pg_attribute"
+           "  WHERE attrelid = 't'::regclass AND attnum > 0 AND attnotnull),"
+           " (SELECT array_agg(pg_get_expr(adbin, adrelid) ORDER BY adnum) FROM pg_attrdef"
+           "  WHERE adrelid = 't'::regclass)")
+
+
+def test_checks_not_nulls_and_defaults_of_the_reporting_side_survive_unless_tonight_breaks_them(
+        copier_env, run_copier):
+    """An analyst's CHECK, NOT NULL and DEFAULT on a reporting table stay night after night. One
+    that tonight's rows break is left out with a warning, and the rows go live."""
+    dbs = copier_env
+    dbs.source("CREATE TABLE t (id int PRIMARY KEY, x int, y text);"
+               "INSERT INTO t SELECT g, g, 'y' FROM generate_series(1, 100) g")
+    assert run_copier("TABLES=t").code == 0
+    dbs.target("ALTER TABLE t ADD CONSTRAINT x_positive CHECK (x > 0), ALTER COLUMN y SET NOT NULL,"
+               " ALTER COLUMN y SET DEFAULT 'none'")
+    kept = dbs.target_rows(CHECKED)
+    assert kept == [(["t_pkey", "x_positive"], ["id", "y"], ["'none'::text"])]
+
+    for night in (1, 2):
+        result = run_copier("TABLES=t")
+        assert result.code == 0, result.stderr
+        assert dbs.target_rows(CHECKED) == kept, f"night {night}"
+        assert result.of("warning") == []
+
+    dbs.source("UPDATE t SET x = -1 WHERE id = 1")
+    result = run_copier("TABLES=t")
+    assert result.code == 0, result.stderr
+    (warning,) = result.of("warning")
+    assert warning["message"] == "public.t: the reporting side's CHECK x_positive left out"
+    assert "violated by some row" in warning["error"]
+    assert dbs.target_rows(CHECKED) == [(["t_pkey"], ["id", "y"], ["'none'::text"])]
+    assert dbs.target_rows("SELECT x FROM t WHERE id = 1") == [(-1,)]
