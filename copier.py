@@ -161,6 +161,12 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
+def warn(message: str, **fields) -> None:
+    """A warning: a JSON line for the logs, a human line on stderr (with its error, if any)."""
+    log_event("warning", message=message, **fields)
+    say(f"copier: warning: {message}" + (f": {fields['error']}" if fields.get("error") else ""))
+
+
 # ---------------------------------------------------------------------------------------------
 # Settings
 
@@ -1369,6 +1375,10 @@ class StagedTable:
     partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     slices: int = 1  # how many key ranges it was loaded in
 
+    def made_as(self, final: str, *kinds: str) -> str | None:
+        """The temporary name of the part (of one of kinds) that the swap renames to final."""
+        return next((r.temporary for r in self.renames if r.final == final and r.kind in kinds), None)
+
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.table.schema, self.staging)
@@ -1569,8 +1579,7 @@ def keep_column_storage(cur, definition: TableDefinition, staged: StagedTable, s
             for change in changes:
                 warning = (f"{definition.table.qualified}: column {name}: {change} left out, "
                            f"its type is now {types[name]}")
-                log_event("warning", message=warning)
-                say(f"copier: warning: {warning}")
+                warn(warning)
         elif name in types:
             for change in changes:
                 cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} ").format(
@@ -1948,15 +1957,6 @@ class ReportingExtras:
     columns: list[tuple[str, bool, str | None]] = dataclasses.field(default_factory=list)
 
 
-# A sequence's grants (s: its pg_class row), as GRANTS_JSON reads a table's.
-SEQUENCE_GRANTS_JSON = """
-SELECT coalesce(json_agg(json_build_array(grantee, privilege, grantable) ORDER BY grantee, privilege), '[]')
-FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
-             a.privilege_type, a.is_grantable
-      FROM aclexplode(s.relacl) a WHERE a.grantee <> s.relowner) AS g(grantee, privilege, grantable)
-"""
-
-
 def reporting_extras_query(server_version: int) -> str:
     """The live reporting table's indexes that belong to no constraint and are not named as
     the source's are ($3), its keys and its statistics objects, in one row (none when there is
@@ -1999,7 +1999,7 @@ SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.
             WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x', 'c')) commented
         WHERE comment IS NOT NULL),
        (SELECT coalesce(t.reloptions, '{{}}') FROM pg_class t WHERE t.oid = c.reltoastrelid),
-       (SELECT coalesce(json_agg(json_build_array(s.relname, ({SEQUENCE_GRANTS_JSON}),
+       (SELECT coalesce(json_agg(json_build_array(s.relname, ({GRANTS_JSON_OF.format(relation="s")}),
                                                   {COMMENT_OF % "s.oid"}) ORDER BY s.relname), '[]')
         FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
         WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -2108,14 +2108,36 @@ def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> Non
             "statistics_skipped", statistics=statistics.name)
 
 
+def keep_identity_and_cluster(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The reporting table's replica identity (a publication's UPDATEs and DELETEs need it)
+    and the index CLUSTER uses, on the new table. One whose index is no longer there (the
+    source dropped the key, a reporting index no longer fit) is left out with a warning."""
+    table = definition.table
+    kind, identity_index, clustered = reporting_extras(cur, definition, staged).identity
+    settings = {"f": ("REPLICA IDENTITY FULL", None), "n": ("REPLICA IDENTITY NOTHING", None),
+                "i": ("REPLICA IDENTITY USING INDEX", identity_index)}
+    wanted = [settings[kind]] if kind in settings else []
+    wanted += [("CLUSTER ON", clustered)] if clustered else []
+    for setting, index in wanted:
+        what = f"{setting} {display_ident(index)}" if index else setting
+        made = staged.made_as(index, "index", "constraint") if index else None
+        if index and made is None:
+            warn(f"{table.qualified}: {what} left out: no index of that name on the new table")
+            continue
+        statement = sql.SQL("ALTER TABLE {} " + setting).format(staged.ident)
+        if made:
+            statement += sql.SQL(" {}").format(sql.Identifier(made))
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
+                         message=f"{table.qualified}: {what} left out")
+
+
 def keep_index_tablespaces(cur, definition: TableDefinition, staged: StagedTable) -> None:
     """An index a DBA moved to a tablespace of its own goes there again: the new table's index
     of that name is moved once built (the index definitions name no tablespace)."""
-    staged_name = {r.final: r.temporary for r in staged.renames if r.kind in ("index", "constraint")}
     for index, tablespace in reporting_extras(cur, definition, staged).index_tablespaces:
-        if index in staged_name:
+        if made := staged.made_as(index, "index", "constraint"):  # a key's index: the key's name
             cur.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
-                sql.Identifier(definition.table.schema, staged_name[index]), sql.Identifier(tablespace)))
+                sql.Identifier(definition.table.schema, made), sql.Identifier(tablespace)))
 
 
 def keep_comments_and_toast_options(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2123,23 +2145,22 @@ def keep_comments_and_toast_options(cur, definition: TableDefinition, staged: St
     not copied), its TOAST table's options, and its sequences' grants and comments, on the new
     table."""
     extras = reporting_extras(cur, definition, staged)
-    staged_name = {(r.kind, r.final): r.temporary for r in staged.renames}
-    checks = {c.name for c in definition.constraints if c.kind == "c" and c.validated}
+    checks = {c.name for c in definition.constraints if c.kind == "c" and c.validated}  # not renamed
     for kind, name, comment in extras.comments:
-        index = staged_name.get(("index", name)) or staged_name.get(("constraint", name))  # a key's
+        index = staged.made_as(name, "index", "constraint")  # a key's index: the key's name
+        key = staged.made_as(name, "constraint") or (name if name in checks else None)
         if kind == "index" and index:
             cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
                 sql.Identifier(definition.table.schema, index), sql.Literal(comment)))
-        elif kind == "constraint" and (("constraint", name) in staged_name or name in checks):
+        elif kind == "constraint" and key:
             cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
-                sql.Identifier(staged_name.get(("constraint", name), name)), staged.ident,
-                sql.Literal(comment)))
+                sql.Identifier(key), staged.ident, sql.Literal(comment)))
     if extras.toast_options:
         cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(staged.ident, sql.SQL(", ").join(
             sql.SQL(f"toast.{option}") for option in extras.toast_options)))
     for name, grants, comment in extras.sequences:
-        if ("sequence", name) in staged_name:
-            ident = sql.Identifier(definition.table.schema, staged_name[("sequence", name)])
+        if made := staged.made_as(name, "sequence"):
+            ident = sql.Identifier(definition.table.schema, made)
             apply_grants(cur, "SEQUENCE", ident, grants, table_grants(cur, ident))
             apply_comments(cur, ident, comment, {}, "SEQUENCE")
 
@@ -2191,7 +2212,10 @@ def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool
         if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
             raise
         cur.execute("ROLLBACK TO SAVEPOINT copier_extra")
-        log_event(event, table=table.qualified, **fields, error=describe_error(exc))
+        if event == "warning":
+            warn(fields.pop("message"), table=table.qualified, **fields, error=describe_error(exc))
+        else:
+            log_event(event, table=table.qualified, **fields, error=describe_error(exc))
         return False
     cur.execute("RELEASE SAVEPOINT copier_extra")
     return True
@@ -3052,13 +3076,15 @@ def rows(json_rows: list[list]) -> list[tuple]:
 TRIGGER_STATES = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
 
 
-# A table's grants as GRANTS_QUERY has them, as JSON, for pg_class c.
-GRANTS_JSON = """
+# A relation's grants as GRANTS_QUERY has them, as JSON, for its pg_class row named {relation}.
+GRANTS_JSON_OF = """
 SELECT coalesce(json_agg(json_build_array(grantee, privilege, grantable) ORDER BY grantee, privilege), '[]')
 FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
              a.privilege_type, a.is_grantable
-      FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) AS g(grantee, privilege, grantable)
+      FROM aclexplode({relation}.relacl) a WHERE a.grantee <> {relation}.relowner)
+     AS g(grantee, privilege, grantable)
 """
+GRANTS_JSON = GRANTS_JSON_OF.format(relation="c")  # c: the table's pg_class row
 
 # Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
 # and whether anything else is tied to it.
@@ -3280,7 +3306,7 @@ def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]
     if not old:
         apply_comments(cur, table.ident, staged.comment, staged.column_comments)
         return []
-    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None, staged.extras)
+    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None)
     for dependent in old.dependents:
         dependent.recreate(cur, table)
     return old.foreign_keys
@@ -3324,8 +3350,7 @@ def validate_after_run(dst, keys: list[ForeignKey], lock_timeout: float) -> None
                     raise
                 warning = (f"{key.what} stays NOT VALID: {describe_error(exc)}; once the rows agree, "
                            f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
-                log_event("warning", message=warning)
-                say(f"copier: warning: {warning}")
+                warn(warning)
 
 
 def rename_statements(staged: StagedTable) -> list[sql.Composable]:
@@ -3365,13 +3390,11 @@ def restores_before_grants(cur, old: ReportingSide) -> bool:
 
 
 def restore_reporting_side(cur, table: TableName, old: ReportingSide,
-                           new_table: tuple | None = None, extras: ReportingExtras | None = None) -> None:
+                           new_table: tuple | None = None) -> None:
     """new_table: the new table's grants and columns, when the swap read them already."""
     # Policies, triggers and rules first, while the copier's user still owns the new table.
     apply_row_security(cur, table, old)
     recreate_triggers(cur, table, old)
-    if extras is not None:
-        keep_identity_and_cluster(cur, table, extras)
     for own in old.own:
         own.recreate(cur, table)
     if old.owner != current_user(cur):
@@ -3394,23 +3417,6 @@ def restore_reporting_side(cur, table: TableName, old: ReportingSide,
     apply_comments(cur, table.ident, old.comment,
                    {c: text for c, text in old.column_comments.items() if c in columns})
     restore_partitions(cur, table, old.partitions)
-
-
-def keep_identity_and_cluster(cur, table: TableName, extras: ReportingExtras) -> None:
-    """The reporting table's replica identity (a publication's UPDATEs and DELETEs need it)
-    and the index CLUSTER uses, set again on the new table. One whose index is gone (the
-    source dropped the key) is left out with a warning."""
-    kind, identity_index, clustered = extras.identity
-    settings = {"f": sql.SQL("REPLICA IDENTITY FULL"), "n": sql.SQL("REPLICA IDENTITY NOTHING")}
-    if kind == "i" and identity_index:
-        settings["i"] = sql.SQL("REPLICA IDENTITY USING INDEX {}").format(sql.Identifier(identity_index))
-    statements = [settings[kind]] if kind in settings else []
-    if clustered:
-        statements.append(sql.SQL("CLUSTER ON {}").format(sql.Identifier(clustered)))
-    for setting in statements:
-        statement = sql.SQL("ALTER TABLE {} ").format(table.ident) + setting
-        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
-                         message=f"{table.qualified}: {setting.as_string(cur)} left out")
 
 
 def apply_row_security(cur, table: TableName, old: ReportingSide) -> None:
@@ -4026,6 +4032,7 @@ class TableCopier:
         build_indexes(cur, definition, staged, self.options)
         build_reporting_indexes(cur, definition, staged)
         keep_index_tablespaces(cur, definition, staged)
+        keep_identity_and_cluster(cur, definition, staged)
         keep_checks_not_nulls_and_defaults(cur, definition, staged)
         keep_comments_and_toast_options(cur, definition, staged)
         set_statistics(cur, definition, staged)
@@ -4473,8 +4480,7 @@ def warn_if_recovery_may_cancel(conn) -> None:
     if in_recovery and feedback == "off" and delay != "-1":
         warning = ("the source is a standby with hot_standby_feedback off: a long copy can be "
                    "cancelled by a conflict with recovery; set hot_standby_feedback = on there")
-        log_event("warning", message=warning)
-        say(f"copier: warning: {warning}")
+        warn(warning)
 
 
 def export_snapshot(conn) -> str:
@@ -4568,8 +4574,7 @@ def wait_for_joiners(dst, options: Options, started: float) -> None:
     if len(imported) < needed:
         message = (f"only {len(imported)} of the {needed} other load jobs imported the run's snapshot "
                    f"within {options.snapshot_wait:g}s: the others fail their tables")
-        log_event("warning", message=message)
-        say(f"copier: warning: {message}")
+        warn(message)
     log_event("snapshot_released", job=1, imported=len(imported) + 1, jobs=options.load_jobs)
 
 
@@ -4651,8 +4656,7 @@ def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
             return results
         message = (f"staging {len(stale)} table(s) again from snapshot {generation}, so that all "
                    f"go live from one moment (--swap together): {', '.join(stale)}")
-        log_event("warning", message=message)
-        say(f"copier: warning: {message}")
+        warn(message)
         again, _ = run_units([u for u in units if u.source.table.qualified in stale],
                              settings, options, shared)
         redone = {r.table: r for r in again}
@@ -4692,8 +4696,8 @@ def swap_together_through_outages(dst, tables: list[SourceTable], results: list[
         except Exception as exc:
             if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
                 raise
-            log_event("warning", message=f"the target went away during the swap of all tables, "
-                      f"none changed; swapping again: {describe_error(exc)}")
+            warn(f"the target went away during the swap of all tables, none changed; "
+                 f"swapping again: {describe_error(exc)}")
     raise AssertionError("unreachable")
 
 

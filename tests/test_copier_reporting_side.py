@@ -450,7 +450,7 @@ def test_column_and_table_settings_of_the_reporting_side_survive(copier_env, run
     assert settings["n"][2] == "p"  # an int column has no other storage
     assert [w["message"] for w in result.of("warning")] == [
         "public.t: column n: SET STORAGE EXTERNAL left out, its type is now integer",
-        "public.t: CLUSTER ON \"t_n\" left out"]  # text_pattern_ops does not fit an int: no such index
+        "public.t: CLUSTER ON t_n left out: no index of that name on the new table"]  # it no longer fit
     assert [s["index"] for s in result.of("index_skipped")] == ["t_n"]
     assert dbs.target_rows(TABLE_SETTINGS) == [("f", None)]
 
@@ -574,3 +574,18 @@ def test_checks_not_nulls_and_defaults_of_the_reporting_side_survive_unless_toni
     assert "violated by some row" in warning["error"]
     assert dbs.target_rows(CHECKED) == [(["t_pkey"], ["id", "y"], ["'none'::text"])]
     assert dbs.target_rows("SELECT x FROM t WHERE id = 1") == [(-1,)]
+
+
+def test_a_replica_identity_using_an_index_stays_on_that_index(copier_env, run_copier):
+    dbs = copier_env
+    dbs.source("CREATE TABLE t (id int PRIMARY KEY, code int NOT NULL);"
+               "INSERT INTO t SELECT g, g FROM generate_series(1, 50) g")
+    assert run_copier("TABLES=t").code == 0
+    dbs.target("CREATE UNIQUE INDEX t_code ON t (code); ALTER TABLE t REPLICA IDENTITY USING INDEX t_code")
+    identity = ("SELECT c.relreplident, (SELECT i.indexrelid::regclass::text FROM pg_index i"
+                " WHERE i.indrelid = c.oid AND i.indisreplident) FROM pg_class c WHERE c.oid = 't'::regclass")
+
+    result = run_copier("TABLES=t")
+
+    assert result.code == 0, result.stderr
+    assert dbs.target_rows(identity) == [("i", "t_code")]
