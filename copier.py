@@ -204,7 +204,9 @@ class Options:
         return self.swap == "together" or table in self.late_swap
 
 
-def parse_args(argv: list[str]) -> Options:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line: every option, its default (from the environment where one is read) and
+    its help (docs/ lists them from here)."""
     parser = argparse.ArgumentParser(
         prog="copier.py",
         description=(
@@ -276,6 +278,11 @@ def parse_args(argv: list[str]) -> Options:
                         help="'all': load and publish each table (default); 'load': load this job's "
                         "tables and slices into staging tables and stop; 'publish': index, verify, "
                         "analyze and swap in what the run's load jobs staged (both need COPIER_RUN)")
+    return parser
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argument_parser()
     args = parser.parse_args(argv)
 
     tables_text = os.environ.get("TABLES", "")
