@@ -12,8 +12,28 @@ Settings come from SSM Parameter Store under COPIER_SSM_PREFIX (default /nightly
 (SecureString), ``.../sslmode`` and the same under ``<prefix>target/``. For a local run,
 SOURCE_DSN and TARGET_DSN (libpq URLs or key=value strings) replace Parameter Store entirely.
 
-stdout carries one JSON object per line (for CloudWatch Logs Insights); stderr carries the
-human lines: progress notes, the summary, and errors. Exit status 1 when anything failed.
+stdout carries one JSON object per line (for CloudWatch Logs Insights; runlog.EVENTS lists
+them); stderr carries the human lines: progress notes, the plan, the summary, and errors. Exit
+status 1 when anything failed.
+
+The file reads top to bottom as a night runs; its sections, in order:
+
+  Errors                  every exception type, and how an error reads in one line
+  Output                  log_event (JSON lines), say and warn (stderr)
+  The command line        Options: what the user asked for
+  Settings, connections   Parameter Store or DSNs; every session's settings; SQL helpers
+  Table list and plan     TABLES resolved into units; the Plan, decided once and frozen
+  Reading the source      every table's definition, for all tables at once
+  Preparing the target    schemas, types and sequences a staging table needs
+  One table's copy        TableCopier, then its steps: stage, load, index, verify, swap
+  The reporting side      what a reporting table has of its own, kept or refused
+  Readers in the way      the swaps readers blocked: waited for, then ended
+  Run-wide state          outages, the run's snapshot, the run's hold on its tables
+  The runner              run(): the units over the jobs, the swaps left for the end
+  main                    signals, the error boundary, the exit status
+
+What the copier shares with the code that sets it up and reads its lines (settings layout,
+the unit grammar name#k/n, the planner, the event catalogue) lives in runlog.py.
 """
 
 from __future__ import annotations
@@ -22,7 +42,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import queue
 import random
@@ -34,7 +53,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -43,73 +61,38 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-# Where the settings live in SSM Parameter Store: <prefix><database>/<setting>.
-DEFAULT_SSM_PREFIX = "/nightly-copy/"
-DATABASES = ("source", "target")
-# setting -> default; None means the parameter is required.
-CONNECTION_SETTINGS = {
-    "host": None,
-    "port": "5432",
-    "dbname": None,
-    "user": None,
-    "password": None,
-    "sslmode": "require",
-    # The CA file that sslmode verify-ca / verify-full checks the server's certificate against;
-    # "default" leaves it to libpq (~/.postgresql/root.crt). setup_aws.py sets verify-full and
-    # the RDS CA bundle for RDS and Aurora hosts (docs/aws.md, "TLS").
-    "sslrootcert": "default",
-}
-SECRET_SETTINGS = frozenset({"password"})
-
-# Every connection: keepalives so a long copy notices a dead peer, and a name in pg_stat_activity.
-CONNECTION_OPTIONS = {
-    "application_name": "nightly-copier",
-    "connect_timeout": 15,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 6,
-}
-
-# Set on every session, as pg_dump does. search_path: catalog functions then print every name
-# schema-qualified, and nothing we run can be captured by an object on the user's search_path.
-# Timeouts meant for interactive users must not cut a nightly copy off: its statements are long
-# by design, and the connection holding the run's snapshot sits idle in its transaction (the
-# swap sets its own lock_timeout). Some of these timeouts exist only from a version on.
-SESSION_SETTINGS = (
-    ("search_path", "pg_catalog"),
-    ("statement_timeout", "0"),
-    ("idle_in_transaction_session_timeout", "0"),
+import runlog
+from runlog import (
+    CONNECTION_SETTINGS,
+    DATABASES,
+    DEFAULT_SSM_PREFIX,
+    CopierError,
+    Slice,
+    TableListError,
+    assign_to_jobs,
+    display_ident,
+    first_line,
+    slice_counts,
+    split_table_list,
+    split_units,
+    unit_text,
 )
-# On the source only, as pg_dump: a table whose row-level security would hide rows from the
-# copier's user raises an error instead of being copied without them (the row counts would
-# still agree, so nothing else would notice).
-SOURCE_SESSION_SETTINGS = (("row_security", "off"),)
-VERSIONED_SESSION_SETTINGS = ((140000, "idle_session_timeout", "0"),
-                              (170000, "transaction_timeout", "0"))
-# The catalogs the copier reads (pg_trigger.tgparentid, pg_statistic_ext.stxstattarget).
-OLDEST_SERVER = 130000
 
 STAGING_PREFIX = "_copier_"
+
 PIPE_CHUNK = 1 << 16
+
 # OIDs below this are built into PostgreSQL and identical in every database.
 FIRST_NORMAL_OID = 16384
 
 
 # ---------------------------------------------------------------------------------------------
-# Errors: one type per kind of failure the user can act on.
-
-
-class CopierError(Exception):
-    """A failure explained to the user in one line."""
+# Errors: one type per kind of failure the user can act on (CopierError and TableListError come from
+# runlog.py, shared with setup), and how an error reads in one line.
 
 
 class ConfigError(CopierError):
     """Settings are missing or unreadable."""
-
-
-class TableListError(CopierError):
-    """The TABLES list names something that cannot be copied."""
 
 
 class TableCopyError(CopierError):
@@ -120,6 +103,14 @@ class SourceStreamError(CopierError):
     """The source stopped sending before the end of the table."""
 
 
+class ConnectionLost(CopierError):
+    """A connection could not be opened or was lost: worth retrying."""
+
+    def __init__(self, message: str, role: str | None = None):
+        super().__init__(message)
+        self.role = role
+
+
 class DatabaseUnreachable(CopierError):
     """A database stayed unreachable for longer than the outage budget."""
 
@@ -128,29 +119,73 @@ class SnapshotLost(CopierError):
     """The run's exported snapshot is gone: its holder's connection or server went away."""
 
 
+class SwapBlocked(TableCopyError):
+    """Sessions on the reporting side held what the swap must lock, through every try."""
+
+
+class Refused(TableCopyError):
+    """Something on the reporting side depends on the table and cannot survive its replacement."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C so every open transaction is rolled back."""
 
 
+RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # server shutting down or starting
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Errors that a new connection may not repeat; anything else would fail again."""
+    if isinstance(exc, ConnectionLost):
+        return True
+    if isinstance(exc, psycopg2.Error):
+        if exc.pgcode:
+            return exc.pgcode.startswith("08") or exc.pgcode in RETRYABLE_SQLSTATES
+        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+    return False
+
+
+# What to do about an error whose own text does not say it (patterns of the error's text).
+ERROR_ADVICE = {
+    r"query would be affected by row-level security policy":
+        "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
+        "so that no rows are left out",
+    r"function .* does not exist":
+        "the target database needs the functions the table's defaults, checks, generated columns "
+        "and indexes use: create them there",
+    r'collation ".*" for encoding ".*" does not exist|collation ".*" does not exist':
+        "the target database needs the collations the table's columns use: create them there",
+    r'type ".*" does not exist':
+        "the target database needs every type the source table uses; the copier creates enums, "
+        "domains, composite (not a table's row type) and range types, an extension's types need "
+        "CREATE EXTENSION on the target",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, psycopg2.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+        if exc.diag.context:
+            text += f" ({exc.diag.context.splitlines()[0]})"
+        text += "".join(f": {advice}" for pattern, advice in ERROR_ADVICE.items()
+                        if re.match(pattern, text))
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 # ---------------------------------------------------------------------------------------------
-# Logging: JSON lines on stdout for machines, short lines on stderr for people.
-
-# The events other code reads (operations.py, the saved Logs Insights query in deploy/).
-EVENT_TABLE_COPIED = "table_copied"
-EVENT_TABLE_FAILED = "table_failed"
-EVENT_TABLE_STAGED = "table_staged"
-EVENT_TABLE_LOADED = "table_loaded"  # --phase load: a whole table staged for the publish phase
-EVENT_SLICE_LOADED = "slice_loaded"  # one key range of a table loaded into its staging table
-EVENT_RUN_FINISHED = "run_finished"
+# Output: one JSON object a line on stdout for machines (runlog.EVENTS lists them), short lines on stderr
+# for people.
 
 
-def log_event(event: str, **fields) -> None:
+def log_event(event: runlog.Event, **fields) -> None:
     # On AWS the state machine names the run and the job, so a report can find their lines.
     if os.environ.get("COPIER_RUN"):
         fields["run"] = os.environ["COPIER_RUN"]
     if os.environ.get("COPIER_JOB") and "job" in fields:
         fields["job"] = os.environ["COPIER_JOB"]
-    line = json.dumps({"event": event, **fields}, default=str, ensure_ascii=False)
+    line = json.dumps({"event": event.name, **fields}, default=str, ensure_ascii=False)
     # One write per line keeps lines from parallel worker processes whole.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -163,12 +198,12 @@ def say(text: str) -> None:
 
 def warn(message: str, **fields) -> None:
     """A warning: a JSON line for the logs, a human line on stderr (with its error, if any)."""
-    log_event("warning", message=message, **fields)
+    log_event(runlog.WARNING, message=message, **fields)
     say(f"copier: warning: {message}" + (f": {fields['error']}" if fields.get("error") else ""))
 
 
 # ---------------------------------------------------------------------------------------------
-# Settings
+# The command line: the user's options.
 
 
 @dataclass
@@ -308,7 +343,40 @@ def parse_args(argv: list[str]) -> Options:
     )
 
 
+EXAMPLES = """\
+examples:
+  python copier.py TABLES=orders,customers
+      copy two tables of schema public, settings from SSM Parameter Store
+
+  SOURCE_DSN=postgresql://app@db1/shop TARGET_DSN=postgresql://report@db2/reporting \\
+  python copier.py TABLES='sales.orders,"Mixed Case"' --jobs 4
+      a local run against two databases, four tables at a time
+
+  TABLES=orders python copier.py --dry-run
+      print the plan (table, size, estimated rows, job) and change nothing
+
+  python copier.py TABLES=orders,order_lines --swap together
+      both tables go live in one transaction at the end, or neither does
+
+environment:
+  TABLES                   the table list, when no TABLES= argument is given
+  SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
+  COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
+  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS, COPIER_OUTAGE_BUDGET,
+  COPIER_SNAPSHOT          defaults for --jobs, --swap, --retries, --index-workers,
+                           --outage-budget, --snapshot
+  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine);
+                           COPIER_RUN also names the run whose staging --phase publish swaps in
+  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN   defaults for --phase, --split-larger-than
+  COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
+                           it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
+                           wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
+"""
+
+
 PHASES = ("all", "load", "publish")
+
+
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
@@ -343,35 +411,9 @@ def phase_settings(phase: str, error) -> dict:
             "snapshot_wait": wait, "scheduled": bool(run)}
 
 
-EXAMPLES = """\
-examples:
-  python copier.py TABLES=orders,customers
-      copy two tables of schema public, settings from SSM Parameter Store
-
-  SOURCE_DSN=postgresql://app@db1/shop TARGET_DSN=postgresql://report@db2/reporting \\
-  python copier.py TABLES='sales.orders,"Mixed Case"' --jobs 4
-      a local run against two databases, four tables at a time
-
-  TABLES=orders python copier.py --dry-run
-      print the plan (table, size, estimated rows, job) and change nothing
-
-  python copier.py TABLES=orders,order_lines --swap together
-      both tables go live in one transaction at the end, or neither does
-
-environment:
-  TABLES                   the table list, when no TABLES= argument is given
-  SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
-  COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
-  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS, COPIER_OUTAGE_BUDGET,
-  COPIER_SNAPSHOT          defaults for --jobs, --swap, --retries, --index-workers,
-                           --outage-budget, --snapshot
-  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine);
-                           COPIER_RUN also names the run whose staging --phase publish swaps in
-  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN   defaults for --phase, --split-larger-than
-  COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
-                           it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
-                           wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
-"""
+# ---------------------------------------------------------------------------------------------
+# Settings and connections: where the databases are, how every session is set up, and the small helpers
+# every statement uses.
 
 
 def load_connection_settings() -> dict[str, dict]:
@@ -418,6 +460,43 @@ def read_ssm_settings(prefix: str) -> dict[str, dict]:
     return settings
 
 
+# Every connection: keepalives so a long copy notices a dead peer, and a name in pg_stat_activity.
+CONNECTION_OPTIONS = {
+    "application_name": "nightly-copier",
+    "connect_timeout": 15,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 6,
+}
+
+
+# Set on every session, as pg_dump does. search_path: catalog functions then print every name
+# schema-qualified, and nothing we run can be captured by an object on the user's search_path.
+# Timeouts meant for interactive users must not cut a nightly copy off: its statements are long
+# by design, and the connection holding the run's snapshot sits idle in its transaction (the
+# swap sets its own lock_timeout). Some of these timeouts exist only from a version on.
+SESSION_SETTINGS = (
+    ("search_path", "pg_catalog"),
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+)
+
+
+# On the source only, as pg_dump: a table whose row-level security would hide rows from the
+# copier's user raises an error instead of being copied without them (the row counts would
+# still agree, so nothing else would notice).
+SOURCE_SESSION_SETTINGS = (("row_security", "off"),)
+
+
+VERSIONED_SESSION_SETTINGS = ((140000, "idle_session_timeout", "0"),
+                              (170000, "transaction_timeout", "0"))
+
+
+# The catalogs the copier reads (pg_trigger.tgparentid, pg_statistic_ext.stxstattarget).
+OLDEST_SERVER = 130000
+
+
 def connect(settings: dict, role: str = "target"):
     """An autocommit connection: every transaction here is opened and closed explicitly."""
     settings = dict(settings)
@@ -450,21 +529,84 @@ def open_connection(settings: dict, role: str):
                              role) from exc
 
 
-class ConnectionLost(CopierError):
-    """A connection could not be opened or was lost: worth retrying."""
+def is_alive(conn) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return True
+    except psycopg2.Error:
+        return False
 
-    def __init__(self, message: str, role: str | None = None):
-        super().__init__(message)
-        self.role = role
+
+@contextmanager
+def transaction(conn):
+    """A cursor inside BEGIN ... COMMIT, rolled back on any error (when the connection lives)."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if not conn.closed:
+                try:
+                    cur.execute("ROLLBACK")
+                except psycopg2.Error:
+                    pass
+            raise
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+# The catalog queries sent for every table are prepared once per connection: on a target with
+# a thousand tables, parsing and planning one costs 0.3-1.5 ms, running it a tenth of that.
+PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> names
+
+
+def prepared_statement(cur, name: str, query: str, *args) -> str:
+    """The EXECUTE of a query (parameters $1, $2, ...) with args, as a statement to send alone
+    or with others. The first use on a connection PREPAREs it, in a round trip of its own (a
+    prepared statement outlives a rolled-back transaction, and dies with its session)."""
+    made = PREPARED.setdefault(cur.connection, set())
+    if name not in made:
+        cur.execute(f"PREPARE {name} AS {query}")
+        made.add(name)
+    return cur.mogrify(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})", args).decode()
+
+
+# A relation's comment, as obj_description(oid, 'pg_class') reads it, without the cost of a
+# call of a SQL function (a template: the relation's OID).
+COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
+              "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def rows(json_rows: list[list]) -> list[tuple]:
+    return [tuple(row) for row in json_rows]
+
+
+CURRENT_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by connection
+
+
+def current_user(cur) -> str:
+    """The copier's user on this connection (asked once: the copier never changes role)."""
+    if cur.connection not in CURRENT_USERS:
+        cur.execute("SELECT current_user")
+        CURRENT_USERS[cur.connection] = cur.fetchone()[0]
+    return CURRENT_USERS[cur.connection]
 
 
 # ---------------------------------------------------------------------------------------------
-# Resolving the table list
+# The table list and the plan: what TABLES names, cut into units, and what the run will do with them,
+# decided before anything is written.
 
 
 @dataclass(frozen=True)
@@ -487,11 +629,6 @@ class TableName:
         return f"{STAGING_PREFIX}{digest}"
 
 
-def display_ident(name: str) -> str:
-    plain = name.replace("_", "a").isalnum() and name == name.lower() and not name[0].isdigit()
-    return name if plain else '"' + name.replace('"', '""') + '"'
-
-
 @dataclass
 class SourceTable:
     table: TableName
@@ -504,95 +641,6 @@ class SourceTable:
     # Nothing on the reporting side was tied to it when the run started (with_target_checked):
     # no refusal to look for before its load (the swap still sweeps what is tied by then).
     untied: bool = dataclasses.field(default=False, compare=False)
-
-
-def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
-    """'a, s.b, "Mixed, Case"' -> [[("a", False)], [("s", False), ("b", False)], ...].
-
-    Each name is a list of parts (schema, table), each part with whether it was quoted.
-    """
-    units = split_units(text)
-    for parts, part in units:
-        if part is not None:
-            raise TableListError(f"malformed TABLES value {text!r}: a slice ({unit_text(parts, part)}) "
-                                 f"where only table names are expected")
-    return [parts for parts, _ in units]
-
-
-Slice = tuple[int, int]  # (k, n): the k-th of n key ranges of a table, 1-based
-
-
-def split_units(text: str) -> list[tuple[list[tuple[str, bool]], Slice | None]]:
-    """Like split_table_list, where a name may end in #k/n: slice k of n ('events#2/4').
-
-    '#' cannot occur in an unquoted name, and comes after the closing quote of a quoted one.
-    """
-    names: list[tuple[list[tuple[str, bool]], Slice | None]] = []
-    parts: list[tuple[str, bool]] = []
-    current, quoted, in_quotes, suffix, i = "", False, False, None, 0
-
-    def end_part() -> None:
-        nonlocal current, quoted
-        value = current if quoted else current.strip()
-        if not value:
-            raise TableListError(f"malformed TABLES value {text!r}: an empty name")
-        parts.append((value, quoted))
-        current, quoted = "", False
-
-    def end_name() -> None:
-        nonlocal parts, suffix
-        end_part()
-        names.append((parts, parse_slice(text, suffix) if suffix is not None else None))
-        parts, suffix = [], None
-
-    while i < len(text):
-        ch = text[i]
-        if suffix is not None and ch != ",":
-            suffix += ch
-        elif in_quotes:
-            if ch == '"' and text[i + 1:i + 2] == '"':
-                current += '"'
-                i += 1
-            elif ch == '"':
-                in_quotes = False
-            else:
-                current += ch
-        elif ch == '"':
-            if current.strip():
-                raise TableListError(f"malformed TABLES value {text!r}: stray quote")
-            current, quoted, in_quotes = "", True, True
-        elif ch == ".":
-            end_part()
-        elif ch == ",":
-            end_name()
-        elif ch == "#":
-            suffix = ""
-        elif quoted and not ch.isspace():
-            raise TableListError(f"malformed TABLES value {text!r}: text after a quoted name")
-        else:
-            current += ch
-        i += 1
-    if in_quotes:
-        raise TableListError(f"malformed TABLES value {text!r}: unclosed quote")
-    end_name()
-    for name, _ in names:
-        if len(name) > 2:
-            written = ".".join(part for part, _ in name)
-            raise TableListError(f"malformed table name {written!r}: at most schema.table")
-    return names
-
-
-def parse_slice(text: str, suffix: str) -> Slice:
-    match = re.fullmatch(r"\s*(\d+)/(\d+)\s*", suffix)
-    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise TableListError(f"malformed TABLES value {text!r}: {'#' + suffix.strip()!r} is not a "
-                             f"slice (#k/n, 1 <= k <= n)")
-    return int(match.group(1)), int(match.group(2))
-
-
-def unit_text(parts: list[tuple[str, bool]], part: Slice | None) -> str:
-    name = ".".join(display_ident(p) if q else p for p, q in parts)
-    return f"{name}#{part[0]}/{part[1]}" if part else name
 
 
 SOURCE_TABLES_QUERY = """
@@ -653,26 +701,29 @@ def find_table(by_name: dict, parts: list[tuple[str, bool]]) -> SourceTable | No
     return by_name.get(folded)
 
 
+def resolve_units(conn, tables_text: str) -> list[Unit]:
+    """A load job's TABLES: tables and slices (name#k/n), each listed once."""
+    if not tables_text.strip():
+        raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
+    listed = split_units(tables_text)
+    by_name = source_tables(conn, [parts for parts, _ in listed])
+    units: list[Unit] = []
+    for parts, part in listed:
+        found = find_table(by_name, parts)
+        if found is None:
+            raise TableListError(f"unknown table {unit_text(parts, part)!r}: no such table on the source")
+        unit = Unit(found, "slice" if part else "load", part)
+        for other in units:
+            if other.source.table == found.table and (other.name == unit.name or not (part and other.part)):
+                raise TableListError(f"{found.table.qualified} is listed twice ({other.name}, {unit.name})")
+        units.append(unit)
+    keys = slice_keys(conn, [u.source for u in units if u.part])
+    return [dataclasses.replace(u, key=keys.get(u.source.table.qualified)) if u.part else u for u in units]
+
+
 def source_table_sizes(conn, tables_text: str) -> dict[str, int]:
     """Size in bytes of each listed source table, by qualified name (for planning jobs)."""
     return {t.table.qualified: t.size_bytes for t in resolve_tables(conn, tables_text)}
-
-
-def assign_to_jobs(weights: dict[str, float], jobs: int) -> list[list[str]]:
-    """Split tables over jobs, largest first onto the least-loaded job.
-
-    The same function predicts local --jobs runs (--dry-run), plans setup's split of the
-    nightly run and rebalancing from measured times: only the weights differ (bytes or seconds).
-    """
-    if jobs < 1:
-        raise ValueError("jobs must be at least 1")
-    loads = [0.0] * jobs
-    assignment: list[list[str]] = [[] for _ in range(jobs)]
-    for name in sorted(weights, key=lambda n: (-weights[n], n)):
-        lightest = min(range(jobs), key=lambda j: (loads[j], j))
-        assignment[lightest].append(name)
-        loads[lightest] += weights[name]
-    return assignment
 
 
 @dataclass(frozen=True)
@@ -726,41 +777,49 @@ def sliceable_tables(conn, tables_text: str) -> set[str]:
     return set(slice_keys(conn, resolve_tables(conn, tables_text)))
 
 
-def slice_counts(weights: dict[str, float], jobs: int, sliceable: Iterable[str] = (),
-                 split_larger_than: float | None = None) -> dict[str, int]:
-    """How many slices each table is cut into: a sliceable table heavier than a job's mean
-    load (or than split_larger_than, in the weights' unit) would keep one job busy while the
-    others idle, so it becomes slices of at most half a mean job's load each."""
-    if jobs < 1:
-        raise ValueError("jobs must be at least 1")
-    mean = sum(weights.values()) / jobs
-    threshold = mean if split_larger_than is None else split_larger_than
-    sliceable = set(sliceable)
-    return {name: slice_count(weight, mean, threshold) if name in sliceable else 1
-            for name, weight in weights.items()}
-
-
-def plan_units(weights: dict[str, float], jobs: int, sliceable: Iterable[str] = (),
-               split_larger_than: float | None = None) -> list[list[str]]:
-    """Split tables over jobs as assign_to_jobs does, a big table first cut into slices
-    ('name#k/n', see slice_counts). The same function plans local --jobs runs, setup's split
-    of the nightly run and rebalancing from measured times."""
-    units: dict[str, float] = {}
-    for name, count in slice_counts(weights, jobs, sliceable, split_larger_than).items():
+def plan_run(src, options: Options) -> list[Unit]:
+    """The run's units: this load job's tables and slices, the tables to publish, or, for a
+    whole local run, each table (the big ones cut into slices when there are jobs to share them)."""
+    if options.phase == "load":
+        return resolve_units(src, options.tables_text)
+    tables = resolve_tables(src, options.tables_text)
+    if options.phase == "publish":
+        return [Unit(t, "finish") for t in tables]
+    keys = slice_keys(src, tables) if options.jobs > 1 and options.split else {}
+    counts = slice_counts({t.table.qualified: t.size_bytes for t in tables}, options.jobs, keys,
+                          options.split_larger_than)
+    units = []
+    for t in tables:
+        count = counts[t.table.qualified]
         if count == 1:
-            units[name] = weights[name]
-        for k in range(1, count + 1) if count > 1 else ():
-            units[f"{name}#{k}/{count}"] = weights[name] / count
-    return assign_to_jobs(units, jobs)
+            units.append(Unit(t, "copy"))
+        else:
+            units += [Unit(t, "slice", (k, count), keys[t.table.qualified]) for k in range(1, count + 1)]
+    return units
 
 
-MAX_SLICES = 64
+# Foreign keys of partitioned tables on the target whose two ends are both tables.
+PARTITIONED_KEYS_QUERY = """
+SELECT rn.nspname, r.relname, fn.nspname, f.relname
+FROM pg_constraint c
+JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
+WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
+"""
 
 
-def slice_count(weight: float, mean: float, threshold: float) -> int:
-    if weight <= 0 or weight <= threshold:
-        return 1
-    return max(2, min(MAX_SLICES, math.ceil(weight / max(mean / 2, 1e-9))))
+def late_swaps(dst, tables: list[SourceTable]) -> frozenset[str]:
+    """Before PostgreSQL 18 a partitioned table's foreign key cannot be made NOT VALID, so it is
+    checked when it is made again: the tables it joins go live together at the end of the run,
+    when both hold the same night's rows, instead of each at its own moment."""
+    if dst.server_version >= 180000:
+        return frozenset()
+    names = {(t.table.schema, t.table.name): t.table.qualified for t in tables}
+    with dst.cursor() as cur:
+        cur.execute(PARTITIONED_KEYS_QUERY)
+        ends = [((a, b), (c, d)) for a, b, c, d in cur.fetchall()]
+    return frozenset(names[end] for pair in ends if any(e in names for e in pair)
+                     for end in pair if end in names)
 
 
 def print_plan(units: list[Unit], jobs: int) -> None:
@@ -786,8 +845,21 @@ def print_plan(units: list[Unit], jobs: int) -> None:
                   f"{100 * share / total:.0f}% of the run")
 
 
+def report_refusals(dst, tables: list[SourceTable]) -> int:
+    """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
+    refused = 0
+    with dst.cursor() as cur:
+        for t in tables:
+            try:
+                refuse_what_cannot_survive(cur, t.table)
+            except Refused as exc:
+                say(f"copier: error: {t.table.qualified}: {exc}")
+                refused += 1
+    return 1 if refused else 0
+
+
 # ---------------------------------------------------------------------------------------------
-# Reading a table's definition from the source
+# Reading the source: every table's definition, in the same ten queries for one table or a thousand.
 
 
 @dataclass
@@ -887,6 +959,7 @@ WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
 
+
 # For every type a column uses (through domains and arrays): whether binary COPY can carry it
 # between databases, and which user-defined types the target must have.
 def type_closure_query(server_version: int) -> str:
@@ -913,6 +986,7 @@ SELECT c.root, t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
 FROM closure c JOIN pg_type t ON t.oid = c.oid
 """
 
+
 CONSTRAINTS_QUERY = """
 SELECT con.conrelid, con.conname, con.contype, pg_get_constraintdef(con.oid),
        CASE WHEN con.contype IN ('p', 'u') THEN pg_get_indexdef(con.conindid) END,
@@ -921,6 +995,7 @@ FROM pg_constraint con
 WHERE con.conrelid = ANY(%(tables)s) AND con.contype IN ('p', 'u', 'c', 'x')
 ORDER BY con.conrelid, con.contype, con.conname
 """
+
 
 INDEXES_QUERY = """
 SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid)
@@ -948,6 +1023,7 @@ WHERE d.adrelid = ANY(%(tables)s)
                   AND o.objid = s.oid AND o.refobjid = d.adrelid AND o.deptype IN ('a', 'i'))
 ORDER BY 1, 2, 3
 """
+
 
 # Per-column planner settings: ALTER COLUMN ... SET STATISTICS n, SET (n_distinct = ...).
 COLUMN_STATISTICS_QUERY = """
@@ -985,6 +1061,7 @@ FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum 
 WHERE d.objoid = ANY(%(tables)s) AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
 GROUP BY d.objoid
 """
+
 
 # Each table's comment, and its name quoted the way pg_get_indexdef quotes it (to find the
 # table's name in index definitions).
@@ -1109,8 +1186,81 @@ def text_only_type_oids(closure: list[tuple]) -> set[int]:
     return bad
 
 
+@dataclass
+class Partition:
+    """One partition, as it is made under the staged table: its parent is a (schema, name)."""
+
+    schema: str
+    name: str
+    parent: tuple[str, str]
+    bound: str  # FOR VALUES ... or DEFAULT
+    key: str | None  # PARTITION BY of a partition that is partitioned in turn
+    options: list[str]
+    tablespace: str | None = None  # where it is on the reporting side (None: its parent's)
+
+
+@dataclass
+class PartitionLayout:
+    key: str  # the table's PARTITION BY
+    partitions: list[Partition]  # parents before their children
+
+
+PARTITIONS_QUERY = """
+SELECT n.nspname, c.relname, pn.nspname, p.relname, pg_get_expr(c.relpartbound, c.oid),
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}'),
+       -- 0 is the database's default: named, as a partition made without one gets its parent's
+       CASE WHEN c.reltablespace <> 0 THEN (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace)
+            WHEN c.relkind <> 'p' THEN (SELECT s.spcname FROM pg_database d
+                                        JOIN pg_tablespace s ON s.oid = d.dattablespace
+                                        WHERE d.datname = current_database()) END
+FROM pg_partition_tree(%s) t
+JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class p ON p.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+WHERE t.level > 0
+ORDER BY t.level, n.nspname, c.relname
+"""
+
+
+def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
+    cur.execute("SELECT pg_get_partkeydef(oid) FROM pg_class WHERE oid = %s AND relkind = 'p'", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    cur.execute(PARTITIONS_QUERY, (oid,))
+    return PartitionLayout(row[0], [
+        Partition(schema, name, (parent_schema, parent), bound, key, list(options), tablespace)
+        for schema, name, parent_schema, parent, bound, key, options, tablespace in cur.fetchall()])
+
+
+def warn_if_recovery_may_cancel(conn) -> None:
+    """A read replica as the source is fine, but without hot_standby_feedback the replica
+    cancels a long COPY (and ends the session holding the run's snapshot) when it replays
+    the primary's cleanup of rows that COPY may still need."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'), "
+                    "current_setting('max_standby_streaming_delay')")
+        in_recovery, feedback, delay = cur.fetchone()
+    if in_recovery and feedback == "off" and delay != "-1":
+        warning = ("the source is a standby with hot_standby_feedback off: a long copy can be "
+                   "cancelled by a conflict with recovery; set hot_standby_feedback = on there")
+        warn(warning)
+
+
 # ---------------------------------------------------------------------------------------------
-# Preparing the target: schemas and the user-defined types the table's columns use.
+# Preparing the target: the schemas, types and sequences a staging table needs, made in short transactions
+# of their own.
+
+
+def check_target(dst, tables: list[SourceTable]) -> None:
+    """Fail before copying anything when the target would refuse every table anyway."""
+    with dst.cursor() as cur:
+        for schema in sorted({t.table.schema for t in tables}):
+            cur.execute(
+                "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
+                "ELSE has_schema_privilege(n.oid, 'CREATE') END "
+                "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s", (schema,))
+            if not cur.fetchone()[0]:
+                raise CopierError(f"the target user may not create tables in schema {schema!r}")
 
 
 # The schemas a target connection found or made: looked up once per connection, not per table
@@ -1195,6 +1345,7 @@ def ensure_sequence(src, dst, schema: str, name: str, owner: str | None) -> None
 # composite types and ranges. An extension's base types need the extension there.
 USER_TYPE_KINDS = ("e", "d", "c", "r")
 
+
 SOURCE_TYPE_QUERY = """
 SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod), t.typbasetype,
        t.typnotnull, t.typdefault,
@@ -1204,6 +1355,7 @@ SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod),
        (SELECT relkind FROM pg_class WHERE oid = t.typrelid)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s
 """
+
 
 # A composite type's attributes: name, type, collation when not the type's own, type OID.
 COMPOSITE_ATTRIBUTES_QUERY = """
@@ -1352,7 +1504,310 @@ def create_type(cur, user_type: UserType) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# One table's copy: stage, load, index, verify, analyze, swap.
+# One table's copy: stage, load, index, verify, analyze, swap. TableCopier runs the steps, with retries
+# after a lost connection or snapshot; the functions below it are the steps, in that order.
+
+
+class TableCopier:
+    """One worker's pair of connections and the copy of each of its tables."""
+
+    def __init__(self, settings: dict, options: Options, shared: RunShared, job: int):
+        self.settings, self.options, self.shared, self.job = settings, options, shared, job
+        self.snapshot: str | None = None  # the name this try imports
+        self.src = self.dst = None
+
+    def connect(self, table: str) -> None:
+        """Both connections, waiting out an outage of either database (up to the budget)."""
+        if self.src is None:
+            self.src = connect_waiting(self.settings["source"], "source", self.shared.outages,
+                                       job=self.job, table=table)
+        if self.dst is None:
+            self.dst = connect_waiting(self.settings["target"], "target", self.shared.outages,
+                                       job=self.job, table=table)
+
+    def close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
+        self.src = self.dst = None
+
+    def lost_connections(self) -> list[str]:
+        """Which connections broke (psycopg2 marks them closed=2), whatever error it raised."""
+        pairs = (("source", self.src), ("target", self.dst))
+        return [role for role, conn in pairs if conn is not None and conn.closed == 2]
+
+    def copy(self, unit: Unit) -> TableResult:
+        """One unit, tried again after a lost connection or snapshot: its result and its line."""
+        source, name = unit.source, unit.name
+        started = time.monotonic()
+        for attempt in range(self.options.retries + 1):
+            self.snapshot, generation = self.shared.snapshot.current()
+            try:
+                self.connect(name)
+                if attempt or generation > 1:
+                    source = self.found_again(source)
+                staged = self.step(dataclasses.replace(unit, source=source))
+            except KeyboardInterrupt:
+                self.close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this unit's result
+                if INTERRUPTED.is_set():  # psycopg2 turns a signal inside COPY into its own error
+                    self.close()
+                    raise Interrupted() from None
+                lost = self.lost_connections()
+                # A failed copy can leave a connection mid-COPY: start the next try afresh.
+                self.close()
+                error = describe_error(exc)
+                if lost:
+                    error = f"lost the connection to the {' and '.join(lost)} database: {error}"
+                if isinstance(exc, SnapshotLost) and self.options.snapshot == "strict":
+                    error += " (--snapshot strict: no table may come from a later snapshot)"
+                try:
+                    if attempt < self.options.retries and self.ready_to_retry(
+                            exc, lost, name, attempt, error, generation):
+                        continue
+                except CopierError as renewal:
+                    error = str(renewal)
+                seconds = round(time.monotonic() - started, 2)
+                log_event(runlog.TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
+                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.options))
+                return TableResult(source.table.qualified, False, seconds=seconds, error=error,
+                                   attempts=attempt + 1, unit=name, part=unit.part)
+            seconds = round(time.monotonic() - started, 2)
+            result = TableResult(source.table.qualified, True, staged.rows, staged.bytes, seconds,
+                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part)
+            self.report(unit, staged, result)
+            return result
+        raise AssertionError("unreachable")
+
+    def report(self, unit: Unit, staged: StagedTable, result: TableResult) -> None:
+        """The unit's line; a table still to be swapped keeps its staged table in the result."""
+        fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
+                  "seconds": result.seconds, "snapshot": result.snapshot,
+                  **unit_fields(unit, self.options)}
+        if unit.step == "finish":
+            fields["slices"] = staged.slices
+        if unit.step == "load":
+            log_event(runlog.TABLE_LOADED, **fields)
+        elif unit.step == "slice":
+            log_event(runlog.SLICE_LOADED, **fields)
+        elif staged.blocked:
+            result.staged = staged
+            log_event(runlog.SWAP_DEFERRED, reason=staged.blocked, **fields)
+        elif self.options.swaps_late(result.table):
+            result.staged = staged
+            log_event(runlog.TABLE_STAGED, **fields)
+        else:
+            log_event(runlog.TABLE_COPIED, **fields)
+        result.foreign_keys = staged.foreign_keys
+
+    def found_again(self, source: SourceTable) -> SourceTable:
+        """The table looked up by name again: after a lost connection the source may be another
+        server (a failover to a logical replica, say), where the OID read at the start is not it."""
+        with self.src.cursor() as cur:
+            cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                        (source.table.schema, source.table.name))
+            row = cur.fetchone()
+        if row is None:
+            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+        return dataclasses.replace(source, oid=row[0], definition=None)
+
+    def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
+                       error: str, generation: int) -> bool:
+        """Whether another try can succeed where this one failed; waits for what it needs.
+
+        A lost connection is retried after a backoff, and the next try's connect() waits out
+        an outage; a lost snapshot is renewed first (unless --snapshot strict).
+        """
+        if isinstance(exc, SnapshotLost):
+            if self.options.snapshot == "strict":
+                return False
+            log_event(runlog.TABLE_RETRY, table=name, attempt=attempt + 1, error=error, wait_seconds=0)
+            self.shared.snapshot.renew(generation)
+            return True
+        if lost or is_connection_error(exc):
+            delay = backoff(attempt, self.options.retry_delay)
+            log_event(runlog.TABLE_RETRY, table=name, attempt=attempt + 1,
+                      error=error, wait_seconds=round(delay, 1))
+            time.sleep(delay)
+            return True
+        return False
+
+    def step(self, unit: Unit) -> StagedTable:
+        return {"copy": self.copy_once, "load": self.load_whole, "slice": self.load_slice,
+                "finish": self.finish}[unit.step](unit)
+
+    def copy_once(self, unit: Unit) -> StagedTable:
+        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
+        definition = self.prepared(unit.source)
+        with transaction(self.dst) as cur:
+            staged = stage_table(cur, definition)
+            staged.tied = not unit.source.untied
+            self.load_verified(definition, staged)
+            self.complete(cur, definition, staged)
+        return staged
+
+    def load_whole(self, unit: Unit) -> StagedTable:
+        """The load phase: stage and load a table, and leave it for the publish phase."""
+        definition = self.prepared(unit.source)
+        with transaction(self.dst) as cur:
+            staged = stage_table(cur, definition)
+            self.load_verified(definition, staged)
+            note = StagingNote.new(self.note_run(unit), 1, definition, staged)
+            note.loaded["1"] = self.loaded_part(staged, [])
+            note.write(cur, staged)
+        return staged
+
+    def load_slice(self, unit: Unit) -> StagedTable:
+        """One key range of a table, into the staging table the run's slices of it share."""
+        definition = self.prepared(unit.source)
+        if unit.key is None:
+            raise TableCopyError(
+                f"{definition.table.qualified} cannot be cut into slices: it has no single-column "
+                f"integer key (primary key or unique index on a NOT NULL column); plan it whole "
+                f"(setup_aws.py plans again from the source)")
+        (k, n), run = unit.part, self.note_run(unit)
+        staged = self.shared_staging(definition, n, run)
+        with transaction(self.dst) as cur:
+            slicer = Slicer(unit.key, unit.part)
+            self.load_verified(definition, staged, slicer)
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
+                        (definition.table.qualified,))
+            note = read_note(cur, definition.table)
+            if note is None or note.run != run:
+                raise TableCopyError(f"the staging table of {definition.table.qualified} was replaced "
+                                     f"by another run while slice {k}/{n} loaded")
+            if str(k) in note.loaded:
+                raise TableCopyError(f"slice {k}/{n} of {definition.table.qualified} was already "
+                                     f"loaded in run {run}: the unit is listed twice")
+            note.loaded[str(k)] = self.loaded_part(staged, slicer.bounds)
+            note.write(cur, staged)
+        return staged
+
+    def shared_staging(self, definition: TableDefinition, slices: int, run: str) -> StagedTable:
+        """The run's staging table for a sliced table: made by the first slice to come (in its
+        own committed transaction, so the others can load into it), found by the others."""
+        with transaction(self.dst) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
+                        (definition.table.qualified,))
+            note = read_note(cur, definition.table)
+            if (note is not None and note.run == run and note.slices == slices
+                    and note.columns == columns_fingerprint(definition)):
+                staged = note.staged_table(definition)
+                staged.rows = staged.bytes = 0
+                return staged
+            staged = stage_table(cur, definition)  # drops what a crashed run left
+            StagingNote.new(run, slices, definition, staged).write(cur, staged)
+        return staged
+
+    def finish(self, unit: Unit) -> StagedTable:
+        """The publish step of a table the run loaded (whole or in slices): index, verify,
+        analyze and swap it in, in one transaction, as copy_once does after its load."""
+        definition = unit.source.definition or read_definition(self.src, unit.source)
+        with transaction(self.dst) as cur:
+            staged = staged_of_run(cur, definition, self.note_run(unit))
+            staged.tied = not unit.source.untied
+            cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
+            self.complete(cur, definition, staged)
+        return staged
+
+    def note_run(self, unit: Unit) -> str:
+        # A table loaded again (its slices came from two snapshots) gets a staging of its own.
+        return f"{self.options.run}/{unit.attempt}" if unit.attempt else self.options.run
+
+    def loaded_part(self, staged: StagedTable, bounds: list[int]) -> dict:
+        return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
+                "snapshot": self.shared.snapshot_identity()}
+
+    def prepared(self, source: SourceTable) -> TableDefinition:
+        """The table's definition, refused or with what its staging table needs on the target."""
+        definition = source.definition or read_definition(self.src, source)
+        if not source.untied:
+            with self.dst.cursor() as cur:
+                refuse_what_cannot_survive(cur, definition.table)
+        prepare_target(self.src, self.dst, definition)
+        return definition
+
+    def load_verified(self, definition: TableDefinition, staged: StagedTable,
+                      slicer: Slicer | None = None) -> None:
+        source_rows, loaded, nbytes = self.load(definition, staged, slicer)
+        verify_counts(definition.table, source_rows, loaded)
+        staged.rows, staged.bytes = loaded, nbytes
+
+    def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
+        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap."""
+        build_indexes(cur, definition, staged, self.options)
+        build_reporting_indexes(cur, definition, staged)
+        keep_index_tablespaces(cur, definition, staged)
+        keep_identity_and_cluster(cur, definition, staged)
+        keep_checks_not_nulls_and_defaults(cur, definition, staged)
+        keep_comments_and_toast_options(cur, definition, staged)
+        set_statistics(cur, definition, staged)
+        set_sequences(self.src, cur, definition, staged)
+        cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
+        if not self.options.swaps_late(definition.table.qualified):
+            try:
+                staged.foreign_keys = swap_into_place(cur, staged, self.options)
+            except SwapBlocked as exc:  # kept staged: swapped after the other tables
+                staged.blocked = str(exc)
+
+    def load(self, definition: TableDefinition, staged: StagedTable,
+             slicer: Slicer | None = None) -> tuple[int, int, int]:
+        try:
+            return load_rows(self.src, self.dst, definition, staged, self.snapshot,
+                             self.progress_reporter(definition.table.qualified), slicer)
+        except psycopg2.errors.CheckViolation as exc:
+            if not staged.partitioned or "no partition" not in str(exc):
+                raise
+            raise TableCopyError(
+                f"a row of {definition.table.qualified} fits none of the reporting table's partitions "
+                f"({exc.diag.message_detail or first_line(exc)}): add a partition for it on the reporting "
+                f"side, or a default one (CREATE TABLE ... PARTITION OF {definition.table.qualified} "
+                f"DEFAULT)") from None
+
+    def progress_reporter(self, table: str):
+        started = time.monotonic()
+        due = started + self.options.progress_seconds
+
+        def on_progress(nbytes: int) -> None:
+            nonlocal due
+            now = time.monotonic()
+            if now >= due:
+                due = now + self.options.progress_seconds
+                report_progress(table, nbytes, now - started)
+
+        return on_progress
+
+
+def report_progress(table: str, nbytes: int, seconds: float) -> None:
+    log_event(runlog.TABLE_PROGRESS, table=table, bytes=nbytes, seconds=round(seconds, 1),
+              mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
+
+
+def unit_fields(unit: Unit, options: Options) -> dict:
+    """What a unit's JSON line says beyond its table: the slice, and the phase of a split run."""
+    fields = {"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {}
+    return {**fields, "phase": options.phase} if options.phase != "all" else fields
+
+
+@dataclass
+class TableResult:
+    table: str
+    ok: bool
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    attempts: int = 1
+    staged: StagedTable | None = None
+    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
+    snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
+    unit: str = ""  # the unit's name: the table's, or 'table#k/n' for a slice
+    part: Slice | None = None
 
 
 @dataclass
@@ -1395,20 +1850,237 @@ class StagedTable:
         return quote_qualified(self.table.schema, self.staging)
 
 
-@dataclass
-class TableResult:
-    table: str
-    ok: bool
-    rows: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    error: str = ""
-    attempts: int = 1
-    staged: StagedTable | None = None
-    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
-    snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
-    unit: str = ""  # the unit's name: the table's, or 'table#k/n' for a slice
-    part: Slice | None = None
+# --- stage: an empty table with the source's columns, made as the reporting table is (unlogged,
+#     partitioned, in its tablespace)
+
+
+def stage_table(cur, definition: TableDefinition) -> StagedTable:
+    """Create an empty staging table with the source's columns, defaults and checks."""
+    table = definition.table
+    staged = StagedTable(table, table.staging_name(), [], definition.comment,
+                         dict(definition.column_comments))
+    sequences = owned_sequences(definition, staged)
+    columns = repoint_defaults(definition.columns, sequences, table.schema)
+    column_sql = [
+        column_definition(c, quote_qualified(table.schema, sequences[c.name])
+                          if c.name in sequences else None)
+        for c in columns
+    ]
+    column_sql += [
+        sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(c.name), sql.SQL(c.definition))
+        for c in definition.constraints if c.kind == "c" and c.validated
+    ]
+    # One round trip for the usual case: a leftover staging table dropped, the staging table
+    # created as a plain one, and what the live reporting table is, which may ask for another.
+    create = sql.SQL("CREATE {}TABLE {} ({})")
+    cur.execute(sql.SQL("; ").join([
+        sql.SQL("DROP TABLE IF EXISTS {}").format(staged.ident),
+        *(sql.SQL("CREATE SEQUENCE {}").format(sql.Identifier(table.schema, sequence))
+          for sequence in sequences.values()),
+        create.format(sql.SQL(""), staged.ident, sql.SQL(", ").join(column_sql)),
+        # No parameters: a default or a check may hold a % of its own.
+        sql.SQL(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))]))
+    live_oid, unlogged, kind, tablespace, column_storage = cur.fetchone() or (None, False, None, None, [])
+    staged.replaces = live_oid is not None
+    # Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
+    # nightly anyway): the new one stays so, and loads without WAL too.
+    persistence = sql.SQL("UNLOGGED " if unlogged else "")
+    layout = staged_layout(cur, definition, live_oid if kind == "p" else None)
+    statement = create.format(persistence, staged.ident, sql.SQL(", ").join(column_sql))
+    # A DBA moved the reporting table to a tablespace of its own: the new one is made there.
+    placed = sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace)) if tablespace else sql.SQL("")
+    if unlogged or tablespace or layout is not None:
+        cur.execute(sql.SQL("DROP TABLE {}").format(staged.ident))
+    if layout is None:
+        if unlogged or tablespace:
+            cur.execute(statement + placed)
+    else:
+        staged.partitioned = True
+        try:
+            cur.execute(statement + sql.SQL(" PARTITION BY {}").format(sql.SQL(layout.key)) + placed)
+            create_partitions(cur, staged, layout)
+        except psycopg2.ProgrammingError as exc:
+            raise Refused(
+                f"the partitioning of the reporting table {table.qualified} (PARTITION BY {layout.key}) "
+                f"does not fit the source's columns: {first_line(exc)}; change it on the reporting side, "
+                f"or drop the reporting table to get the source's shape") from None
+    for column, sequence in sequences.items():
+        cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+            sql.Identifier(table.schema, sequence), staged.ident, sql.Identifier(column)))
+    keep_column_storage(cur, definition, staged, column_storage)
+    for column in definition.columns:
+        if column.identity and column.sequence:
+            cur.execute(
+                "SELECT s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
+                "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+                "WHERE d.refobjid = %s::regclass AND a.attname = %s AND s.relkind = 'S'",
+                (quote_qualified(table.schema, staged.staging), column.name))
+            staged.renames.append(Rename("sequence", cur.fetchone()[0], column.sequence))
+    return staged
+
+
+# The live reporting table: its OID, whether it is unlogged, its kind, its tablespace (NULL:
+# the database's), and the storage and compression set on its columns other than their type's,
+# with the type (attcompression: PostgreSQL 14+).
+LIVE_TABLE_QUERY = """
+SELECT c.oid, c.relpersistence = 'u', c.relkind,
+       (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace),
+       (SELECT coalesce(json_agg(json_build_array(a.attname, nullif(a.attstorage, t.typstorage),
+                                                  nullif(to_jsonb(a) ->> 'attcompression', ''),
+                                                  format_type(a.atttypid, a.atttypmod))
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attstorage <> t.typstorage OR to_jsonb(a) ->> 'attcompression' <> ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
+STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}  # pg_attribute.attstorage
+
+
+COMPRESSION = {"p": "pglz", "l": "lz4"}  # pg_attribute.attcompression
+
+
+def live_table_oid(cur, table: TableName) -> int | None:
+    """The reporting table as it is now on the target, if there is one."""
+    cur.execute(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def keep_column_storage(cur, definition: TableDefinition, staged: StagedTable, settings: list) -> None:
+    """The storage and compression set on the reporting table's columns, on the staged table
+    before its load, so tonight's rows are stored that way too. On a column whose type the
+    source changed it may no longer apply: it is left out with a warning (no savepoint to try
+    it in: COPY FREEZE needs the table made in the same subtransaction)."""
+    types = {c.name: c.type_sql for c in definition.columns}
+    for name, storage, compression, type_sql in settings:
+        changes = [f"SET STORAGE {STORAGE[storage]}"] if storage in STORAGE else []
+        changes += [f"SET COMPRESSION {COMPRESSION[compression]}"] if compression in COMPRESSION else []
+        if name in types and types[name] != type_sql:
+            for change in changes:
+                warning = (f"{definition.table.qualified}: column {name}: {change} left out, "
+                           f"its type is now {types[name]}")
+                warn(warning)
+        elif name in types:
+            for change in changes:
+                cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} ").format(
+                    staged.ident, sql.Identifier(name)) + sql.SQL(change))
+
+
+def owned_sequences(definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
+    """A staging sequence for each serial column (by column), renamed to the source's name at
+    the swap; stage_table creates them."""
+    sequences = {}
+    for n, column in enumerate(definition.columns):
+        if column.sequence and not column.identity:
+            temporary = f"{staged.staging}_s{n}"
+            staged.renames.append(Rename("sequence", temporary, column.sequence))
+            sequences[column.name] = temporary
+    return sequences
+
+
+# How a default names its sequence: nextval('public.orders_id_seq'::regclass).
+SEQUENCE_IN_DEFAULT = re.compile(r"nextval\(('(?:[^']|'')*'::regclass)\)")
+
+
+def repoint_defaults(columns: list[Column], sequences: dict[str, str], schema: str) -> list[Column]:
+    """Another column whose default uses a serial column's sequence uses its staging sequence
+    too: the source's name does not exist on the target, or belongs to the table being replaced."""
+    staging = {}
+    for column in columns:
+        match = SEQUENCE_IN_DEFAULT.search(column.default or "")
+        if column.name in sequences and match:
+            literal = "'" + quote_qualified(schema, sequences[column.name]).replace("'", "''") + "'"
+            staging[match.group(1)] = literal + "::regclass"
+    repointed = []
+    for column in columns:
+        default = column.default
+        if column.name not in sequences and default:
+            for source_name, staging_name in staging.items():
+                default = default.replace(source_name, staging_name)
+        repointed.append(dataclasses.replace(column, default=default))
+    return repointed
+
+
+def default_not_null_name(table: str, column: str) -> str:
+    """The name PostgreSQL 18 gives a column's NOT NULL constraint (makeObjectName: the table's
+    and the column's names cut to fit 63 bytes), for a source older than 18, which has none.
+    Named on the staged table, the constraint does not keep the staging table's name."""
+    first, second, label = table.encode(), column.encode(), "not_null"
+    available = 63 - 1 - len(label) - 1
+    first_length, second_length = len(first), len(second)
+    while first_length + second_length > available:
+        if first_length > second_length:
+            first_length -= 1
+        else:
+            second_length -= 1
+    return "_".join([first[:first_length].decode(errors="ignore"),
+                     second[:second_length].decode(errors="ignore"), label])
+
+
+def column_definition(column: Column, staging_sequence: str | None) -> sql.Composable:
+    parts = [sql.Identifier(column.name), sql.SQL(column.type_sql)]
+    if column.collation:
+        parts.append(sql.SQL("COLLATE " + column.collation))
+    if column.generated:
+        parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(column.default)))
+    elif column.identity:
+        kind = "ALWAYS" if column.identity == "a" else "BY DEFAULT"
+        parts.append(sql.SQL(f"GENERATED {kind} AS IDENTITY"))
+    elif staging_sequence:
+        parts.append(sql.SQL("DEFAULT nextval({}::regclass)").format(
+            sql.Literal(staging_sequence)))
+    elif column.default is not None:
+        parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(column.default)))
+    if column.not_null:  # the name is ignored before PostgreSQL 18
+        parts.append(sql.SQL("CONSTRAINT {} NOT NULL").format(sql.Identifier(column.not_null_name)))
+    return sql.SQL(" ").join(parts)
+
+
+def column_list(columns: list[Column]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+
+
+def staged_layout(cur, definition: TableDefinition, oid: int | None) -> PartitionLayout | None:
+    """The reporting table's own partitioning (oid: the live table, when partitioned);
+    partitions the source added since (same key, a name the reporting side lacks) join it, so
+    a new month appears the same night on both sides."""
+    layout = read_partition_layout(cur, oid) if oid is not None else None
+    source = definition.partitions
+    if layout is None or source is None or source.key != layout.key:
+        return layout
+    have = {(p.schema, p.name) for p in layout.partitions}
+    have.add((definition.table.schema, definition.table.name))
+    for partition in source.partitions:
+        if (partition.schema, partition.name) not in have and partition.parent in have:
+            layout.partitions.append(dataclasses.replace(partition, tablespace=None))  # the source's
+            have.add((partition.schema, partition.name))
+    return layout
+
+
+def create_partitions(cur, staged: StagedTable, layout: PartitionLayout) -> None:
+    table = staged.table
+    made = {(table.schema, table.name): staged.ident}
+    for n, partition in enumerate(layout.partitions, 1):
+        temporary = sql.Identifier(partition.schema, f"{staged.staging}_p{n}")
+        statement = sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+            temporary, made[partition.parent], sql.SQL(partition.bound))
+        if partition.key:
+            statement += sql.SQL(" PARTITION BY {}").format(sql.SQL(partition.key))
+        if partition.options:
+            statement += sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, partition.options)))
+        if partition.tablespace:
+            statement += sql.SQL(" TABLESPACE {}").format(sql.Identifier(partition.tablespace))
+        cur.execute(statement)
+        made[(partition.schema, partition.name)] = temporary
+        staged.renames.append(Rename("table", f"{staged.staging}_p{n}", partition.name, partition.schema))
+        staged.partitions.append((partition.schema, f"{staged.staging}_p{n}", partition.name))
+
+
+# --- a staging table that outlives its transaction: a run split over machines, a table cut into slices
 
 
 # A run split over machines (or a table cut into slices) leaves its staging tables committed
@@ -1491,285 +2163,7 @@ def staged_of_run(cur, definition: TableDefinition, run: str) -> StagedTable:
     return note.staged_table(definition)
 
 
-@contextmanager
-def transaction(conn):
-    """A cursor inside BEGIN ... COMMIT, rolled back on any error (when the connection lives)."""
-    with conn.cursor() as cur:
-        cur.execute("BEGIN")
-        try:
-            yield cur
-            cur.execute("COMMIT")
-        except BaseException:
-            if not conn.closed:
-                try:
-                    cur.execute("ROLLBACK")
-                except psycopg2.Error:
-                    pass
-            raise
-
-
-def stage_table(cur, definition: TableDefinition) -> StagedTable:
-    """Create an empty staging table with the source's columns, defaults and checks."""
-    table = definition.table
-    staged = StagedTable(table, table.staging_name(), [], definition.comment,
-                         dict(definition.column_comments))
-    sequences = owned_sequences(definition, staged)
-    columns = repoint_defaults(definition.columns, sequences, table.schema)
-    column_sql = [
-        column_definition(c, quote_qualified(table.schema, sequences[c.name])
-                          if c.name in sequences else None)
-        for c in columns
-    ]
-    column_sql += [
-        sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(c.name), sql.SQL(c.definition))
-        for c in definition.constraints if c.kind == "c" and c.validated
-    ]
-    # One round trip for the usual case: a leftover staging table dropped, the staging table
-    # created as a plain one, and what the live reporting table is, which may ask for another.
-    create = sql.SQL("CREATE {}TABLE {} ({})")
-    cur.execute(sql.SQL("; ").join([
-        sql.SQL("DROP TABLE IF EXISTS {}").format(staged.ident),
-        *(sql.SQL("CREATE SEQUENCE {}").format(sql.Identifier(table.schema, sequence))
-          for sequence in sequences.values()),
-        create.format(sql.SQL(""), staged.ident, sql.SQL(", ").join(column_sql)),
-        # No parameters: a default or a check may hold a % of its own.
-        sql.SQL(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))]))
-    live_oid, unlogged, kind, tablespace, column_storage = cur.fetchone() or (None, False, None, None, [])
-    staged.replaces = live_oid is not None
-    # Someone made the reporting table UNLOGGED (fast, but emptied by a crash, and rebuilt
-    # nightly anyway): the new one stays so, and loads without WAL too.
-    persistence = sql.SQL("UNLOGGED " if unlogged else "")
-    layout = staged_layout(cur, definition, live_oid if kind == "p" else None)
-    statement = create.format(persistence, staged.ident, sql.SQL(", ").join(column_sql))
-    # A DBA moved the reporting table to a tablespace of its own: the new one is made there.
-    placed = sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace)) if tablespace else sql.SQL("")
-    if unlogged or tablespace or layout is not None:
-        cur.execute(sql.SQL("DROP TABLE {}").format(staged.ident))
-    if layout is None:
-        if unlogged or tablespace:
-            cur.execute(statement + placed)
-    else:
-        staged.partitioned = True
-        try:
-            cur.execute(statement + sql.SQL(" PARTITION BY {}").format(sql.SQL(layout.key)) + placed)
-            create_partitions(cur, staged, layout)
-        except psycopg2.ProgrammingError as exc:
-            raise Refused(
-                f"the partitioning of the reporting table {table.qualified} (PARTITION BY {layout.key}) "
-                f"does not fit the source's columns: {first_line(exc)}; change it on the reporting side, "
-                f"or drop the reporting table to get the source's shape") from None
-    for column, sequence in sequences.items():
-        cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
-            sql.Identifier(table.schema, sequence), staged.ident, sql.Identifier(column)))
-    keep_column_storage(cur, definition, staged, column_storage)
-    for column in definition.columns:
-        if column.identity and column.sequence:
-            cur.execute(
-                "SELECT s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
-                "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-                "WHERE d.refobjid = %s::regclass AND a.attname = %s AND s.relkind = 'S'",
-                (quote_qualified(table.schema, staged.staging), column.name))
-            staged.renames.append(Rename("sequence", cur.fetchone()[0], column.sequence))
-    return staged
-
-
-def keep_column_storage(cur, definition: TableDefinition, staged: StagedTable, settings: list) -> None:
-    """The storage and compression set on the reporting table's columns, on the staged table
-    before its load, so tonight's rows are stored that way too. On a column whose type the
-    source changed it may no longer apply: it is left out with a warning (no savepoint to try
-    it in: COPY FREEZE needs the table made in the same subtransaction)."""
-    types = {c.name: c.type_sql for c in definition.columns}
-    for name, storage, compression, type_sql in settings:
-        changes = [f"SET STORAGE {STORAGE[storage]}"] if storage in STORAGE else []
-        changes += [f"SET COMPRESSION {COMPRESSION[compression]}"] if compression in COMPRESSION else []
-        if name in types and types[name] != type_sql:
-            for change in changes:
-                warning = (f"{definition.table.qualified}: column {name}: {change} left out, "
-                           f"its type is now {types[name]}")
-                warn(warning)
-        elif name in types:
-            for change in changes:
-                cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} ").format(
-                    staged.ident, sql.Identifier(name)) + sql.SQL(change))
-
-
-# The catalog queries sent for every table are prepared once per connection: on a target with
-# a thousand tables, parsing and planning one costs 0.3-1.5 ms, running it a tenth of that.
-PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> names
-
-
-def prepared_statement(cur, name: str, query: str, *args) -> str:
-    """The EXECUTE of a query (parameters $1, $2, ...) with args, as a statement to send alone
-    or with others. The first use on a connection PREPAREs it, in a round trip of its own (a
-    prepared statement outlives a rolled-back transaction, and dies with its session)."""
-    made = PREPARED.setdefault(cur.connection, set())
-    if name not in made:
-        cur.execute(f"PREPARE {name} AS {query}")
-        made.add(name)
-    return cur.mogrify(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})", args).decode()
-
-
-# A relation's comment, as obj_description(oid, 'pg_class') reads it, without the cost of a
-# call of a SQL function (a template: the relation's OID).
-COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
-              "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
-
-# The live reporting table: its OID, whether it is unlogged, its kind, its tablespace (NULL:
-# the database's), and the storage and compression set on its columns other than their type's,
-# with the type (attcompression: PostgreSQL 14+).
-LIVE_TABLE_QUERY = """
-SELECT c.oid, c.relpersistence = 'u', c.relkind,
-       (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace),
-       (SELECT coalesce(json_agg(json_build_array(a.attname, nullif(a.attstorage, t.typstorage),
-                                                  nullif(to_jsonb(a) ->> 'attcompression', ''),
-                                                  format_type(a.atttypid, a.atttypmod))
-                                 ORDER BY a.attnum), '[]')
-        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          AND (a.attstorage <> t.typstorage OR to_jsonb(a) ->> 'attcompression' <> ''))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-"""
-STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}  # pg_attribute.attstorage
-COMPRESSION = {"p": "pglz", "l": "lz4"}  # pg_attribute.attcompression
-
-
-def live_table_oid(cur, table: TableName) -> int | None:
-    """The reporting table as it is now on the target, if there is one."""
-    cur.execute(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))
-    row = cur.fetchone()
-    return row[0] if row else None
-
-
-
-
-# How a default names its sequence: nextval('public.orders_id_seq'::regclass).
-SEQUENCE_IN_DEFAULT = re.compile(r"nextval\(('(?:[^']|'')*'::regclass)\)")
-
-
-def repoint_defaults(columns: list[Column], sequences: dict[str, str], schema: str) -> list[Column]:
-    """Another column whose default uses a serial column's sequence uses its staging sequence
-    too: the source's name does not exist on the target, or belongs to the table being replaced."""
-    staging = {}
-    for column in columns:
-        match = SEQUENCE_IN_DEFAULT.search(column.default or "")
-        if column.name in sequences and match:
-            literal = "'" + quote_qualified(schema, sequences[column.name]).replace("'", "''") + "'"
-            staging[match.group(1)] = literal + "::regclass"
-    repointed = []
-    for column in columns:
-        default = column.default
-        if column.name not in sequences and default:
-            for source_name, staging_name in staging.items():
-                default = default.replace(source_name, staging_name)
-        repointed.append(dataclasses.replace(column, default=default))
-    return repointed
-
-
-def owned_sequences(definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
-    """A staging sequence for each serial column (by column), renamed to the source's name at
-    the swap; stage_table creates them."""
-    sequences = {}
-    for n, column in enumerate(definition.columns):
-        if column.sequence and not column.identity:
-            temporary = f"{staged.staging}_s{n}"
-            staged.renames.append(Rename("sequence", temporary, column.sequence))
-            sequences[column.name] = temporary
-    return sequences
-
-
-def default_not_null_name(table: str, column: str) -> str:
-    """The name PostgreSQL 18 gives a column's NOT NULL constraint (makeObjectName: the table's
-    and the column's names cut to fit 63 bytes), for a source older than 18, which has none.
-    Named on the staged table, the constraint does not keep the staging table's name."""
-    first, second, label = table.encode(), column.encode(), "not_null"
-    available = 63 - 1 - len(label) - 1
-    first_length, second_length = len(first), len(second)
-    while first_length + second_length > available:
-        if first_length > second_length:
-            first_length -= 1
-        else:
-            second_length -= 1
-    return "_".join([first[:first_length].decode(errors="ignore"),
-                     second[:second_length].decode(errors="ignore"), label])
-
-
-def column_definition(column: Column, staging_sequence: str | None) -> sql.Composable:
-    parts = [sql.Identifier(column.name), sql.SQL(column.type_sql)]
-    if column.collation:
-        parts.append(sql.SQL("COLLATE " + column.collation))
-    if column.generated:
-        parts.append(sql.SQL("GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(column.default)))
-    elif column.identity:
-        kind = "ALWAYS" if column.identity == "a" else "BY DEFAULT"
-        parts.append(sql.SQL(f"GENERATED {kind} AS IDENTITY"))
-    elif staging_sequence:
-        parts.append(sql.SQL("DEFAULT nextval({}::regclass)").format(
-            sql.Literal(staging_sequence)))
-    elif column.default is not None:
-        parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(column.default)))
-    if column.not_null:  # the name is ignored before PostgreSQL 18
-        parts.append(sql.SQL("CONSTRAINT {} NOT NULL").format(sql.Identifier(column.not_null_name)))
-    return sql.SQL(" ").join(parts)
-
-
-def column_list(columns: list[Column]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
-
-
-class PipeReader:
-    """The target's end of the stream: counts bytes, reports progress, notices a dead source."""
-
-    def __init__(self, fd: int, on_progress):
-        self.file = os.fdopen(fd, "rb", buffering=0)
-        self.bytes = 0
-        self.on_progress = on_progress
-        self.source_error: BaseException | None = None
-
-    def read(self, size: int = PIPE_CHUNK) -> bytes:
-        data = self.file.read(size)
-        if data:
-            self.bytes += len(data)
-            self.on_progress(self.bytes)
-        elif self.source_error is not None:
-            # Without this an early end of the source would look like a complete table.
-            raise SourceStreamError(f"source stream failed: {first_line(self.source_error)}")
-        return data
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class Slicer:
-    """A slice's key range, worked out inside the source's snapshot: every job that reads the
-    same snapshot works out the same boundaries, so the slices neither overlap nor leave a gap.
-
-    The ranges cut min..max of the key evenly (balanced for the dense integer keys that serial
-    and identity columns give), and the first and last are open-ended: whatever boundaries the
-    jobs use, together the n ranges cover every integer exactly once.
-    """
-
-    def __init__(self, key: str, part: Slice):
-        self.key, self.part = key, part
-        self.bounds: list[int] = []
-
-    def condition(self, cur, table: TableName, only: str) -> sql.Composable:
-        key = sql.Identifier(self.key)
-        cur.execute(sql.SQL("SELECT min({}), max({}) FROM {}{}").format(
-            key, key, sql.SQL(only), table.ident))
-        self.bounds = slice_bounds(*cur.fetchone(), self.part[1])
-        k, n = self.part
-        parts = [sql.SQL("{} >= {}").format(key, sql.Literal(self.bounds[k - 2]))] if k > 1 else []
-        parts += [sql.SQL("{} < {}").format(key, sql.Literal(self.bounds[k - 1]))] if k < n else []
-        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
-
-
-def slice_bounds(low: int | None, high: int | None, count: int) -> list[int]:
-    """The count - 1 boundaries between count even ranges of low..high."""
-    if low is None:  # an empty table: any boundaries do
-        return [0] * (count - 1)
-    span = high - low + 1
-    return [low + span * i // count for i in range(1, count)]
+# --- load: the source's COPY streamed into the staging table's, through a pipe
 
 
 def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
@@ -1842,6 +2236,61 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     return outcome["rows"], loaded, reader.bytes
 
 
+class PipeReader:
+    """The target's end of the stream: counts bytes, reports progress, notices a dead source."""
+
+    def __init__(self, fd: int, on_progress):
+        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.bytes = 0
+        self.on_progress = on_progress
+        self.source_error: BaseException | None = None
+
+    def read(self, size: int = PIPE_CHUNK) -> bytes:
+        data = self.file.read(size)
+        if data:
+            self.bytes += len(data)
+            self.on_progress(self.bytes)
+        elif self.source_error is not None:
+            # Without this an early end of the source would look like a complete table.
+            raise SourceStreamError(f"source stream failed: {first_line(self.source_error)}")
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Slicer:
+    """A slice's key range, worked out inside the source's snapshot: every job that reads the
+    same snapshot works out the same boundaries, so the slices neither overlap nor leave a gap.
+
+    The ranges cut min..max of the key evenly (balanced for the dense integer keys that serial
+    and identity columns give), and the first and last are open-ended: whatever boundaries the
+    jobs use, together the n ranges cover every integer exactly once.
+    """
+
+    def __init__(self, key: str, part: Slice):
+        self.key, self.part = key, part
+        self.bounds: list[int] = []
+
+    def condition(self, cur, table: TableName, only: str) -> sql.Composable:
+        key = sql.Identifier(self.key)
+        cur.execute(sql.SQL("SELECT min({}), max({}) FROM {}{}").format(
+            key, key, sql.SQL(only), table.ident))
+        self.bounds = slice_bounds(*cur.fetchone(), self.part[1])
+        k, n = self.part
+        parts = [sql.SQL("{} >= {}").format(key, sql.Literal(self.bounds[k - 2]))] if k > 1 else []
+        parts += [sql.SQL("{} < {}").format(key, sql.Literal(self.bounds[k - 1]))] if k < n else []
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+
+def slice_bounds(low: int | None, high: int | None, count: int) -> list[int]:
+    """The count - 1 boundaries between count even ranges of low..high."""
+    if low is None:  # an empty table: any boundaries do
+        return [0] * (count - 1)
+    span = high - low + 1
+    return [low + span * i // count for i in range(1, count)]
+
+
 # What SET TRANSACTION SNAPSHOT answers when the exported snapshot is gone: no such file
 # (invalid_parameter_value "invalid snapshot identifier" up to PostgreSQL 17, undefined_object
 # "snapshot does not exist" from 18), or its exporting transaction has ended
@@ -1862,6 +2311,9 @@ def begin_snapshot(cur, snapshot: str | None) -> None:
                     f"the run's snapshot {snapshot} is gone (the source restarted or failed "
                     f"over, or the connection holding it was cut): {first_line(exc)}") from exc
             raise
+
+
+# --- index: keys, indexes, statistics and sequences, built on the loaded table
 
 
 def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options: Options) -> None:
@@ -1906,7 +2358,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
             # ready index): the reporting side's own key of that name is kept, as pg_dump made
             # it; a source key that does not fit the partitioning is reported and left out.
             if not built_or_skipped(cur, lambda add=add: cur.execute(add), definition.table,
-                                    "index_skipped", index=constraint.name):
+                                    runlog.INDEX_SKIPPED, index=constraint.name):
                 continue
         elif constraint.kind == "x":
             execute(add)
@@ -1926,7 +2378,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
         statement = retarget_index(definition_sql, table_prefix, temporary, staged.quoted)
         if staged.partitioned:  # a unique index must cover the reporting side's partition key
             if not built_or_skipped(cur, lambda s=statement: cur.execute(s), definition.table,
-                                    "index_skipped", index=name):
+                                    runlog.INDEX_SKIPPED, index=name):
                 continue
         else:
             execute(statement)
@@ -1938,157 +2390,15 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
     send()
 
 
-@dataclass
-class ReportingExtras:
-    """What the live reporting table has of its own beside the source's definition: its
-    indexes (name, CREATE INDEX, comment), keys (name, definition), CREATE STATISTICS, its
-    columns' statistics settings (name, target, options), its replica identity
-    (pg_class.relreplident, the index of USING INDEX), the index it is clustered on, and the
-    indexes a DBA moved to a tablespace of their own."""
-
-    indexes: list[tuple[str, str, str | None]]
-    keys: list[tuple[str, str]]
-    statistics: list[ExtendedStatistics]
-    column_statistics: list[tuple[str, int | None, list[str] | None]]
-    identity: tuple[str, str | None, str | None] = ("d", None, None)
-    index_tablespaces: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # index, tablespace
-    # Comments on the indexes and constraints named as the source's: ("index" or "constraint",
-    # name, comment); and the options of its TOAST table (toast.autovacuum_enabled, ...).
-    comments: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
-    toast_options: list[str] = dataclasses.field(default_factory=list)
-    # Its sequences' grants and comments, where it has any: (name, grants, comment).
-    sequences: list[tuple[str, list, str | None]] = dataclasses.field(default_factory=list)
-    # Its checks not named as the source's (name, definition), and its columns' NOT NULL and
-    # defaults (name, not null, default expression).
-    checks: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    columns: list[tuple[str, bool, str | None]] = dataclasses.field(default_factory=list)
-
-
-def reporting_extras_query(server_version: int) -> str:
-    """The live reporting table's indexes that belong to no constraint and are not named as
-    the source's are ($3), its keys and its statistics objects, in one row (none when there is
-    no such table). Comments are read from pg_description directly: obj_description, a SQL
-    function, costs more than the rest of the query."""
-    return f"""
-SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.indexrelid),
-                                                  {COMMENT_OF % "i.indexrelid"})
-                                 ORDER BY ic.relname), '[]')
-        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-        WHERE i.indrelid = c.oid AND ic.relname <> ALL($3::name[])
-          AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
-                          AND con.conrelid = i.indrelid)),
-       (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
-                                 ORDER BY con.contype, con.conname), '[]')
-        FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x')),
-       (SELECT coalesce(json_agg(json_build_array({', '.join(statistics_columns(server_version))})
-                                 ORDER BY n.nspname, s.stxname), '[]')
-        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = c.oid),
-       (SELECT coalesce(json_agg(json_build_array(a.attname, CASE WHEN a.attstattarget >= 0
-                                                                  THEN a.attstattarget END, a.attoptions)
-                                 ORDER BY a.attnum), '[]')
-        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          AND (a.attstattarget >= 0 OR a.attoptions IS NOT NULL)),
-       json_build_array(c.relreplident,
-           (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-            WHERE i.indrelid = c.oid AND i.indisreplident),
-           (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-            WHERE i.indrelid = c.oid AND i.indisclustered)),
-       (SELECT coalesce(json_agg(json_build_array(ic.relname, ts.spcname) ORDER BY ic.relname), '[]')
-        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_tablespace ts ON ts.oid = ic.reltablespace WHERE i.indrelid = c.oid),
-       (SELECT coalesce(json_agg(json_build_array(kind, name, comment) ORDER BY kind, name), '[]') FROM (
-            SELECT 'index' AS kind, ic.relname AS name, {COMMENT_OF % "i.indexrelid"} AS comment
-            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-            WHERE i.indrelid = c.oid AND ic.relname = ANY($3::name[])
-            UNION ALL
-            SELECT 'constraint', con.conname, d.description FROM pg_constraint con
-            JOIN pg_description d ON d.objoid = con.oid AND d.classoid = 'pg_constraint'::regclass
-            WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x', 'c')) commented
-        WHERE comment IS NOT NULL),
-       (SELECT coalesce(t.reloptions, '{{}}') FROM pg_class t WHERE t.oid = c.reltoastrelid),
-       (SELECT coalesce(json_agg(json_build_array(s.relname, ({GRANTS_JSON_OF.format(relation="s")}),
-                                                  {COMMENT_OF % "s.oid"}) ORDER BY s.relname), '[]')
-        FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-          AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')
-          AND (s.relacl IS NOT NULL OR {COMMENT_OF % "s.oid"} IS NOT NULL)),
-       (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
-                                 ORDER BY con.conname), '[]')
-        FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' AND con.conislocal
-          AND con.conname <> ALL($3::name[])),
-       (SELECT coalesce(json_agg(json_build_array(a.attname, a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
-                                 ORDER BY a.attnum), '[]')
-        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          AND (a.attnotnull OR d.adbin IS NOT NULL))
-FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
-WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-"""
-
-
-def reporting_extras(cur, definition: TableDefinition, staged: StagedTable) -> ReportingExtras:
-    """Read once per staged table, after its load: the reporting side as it is then."""
-    if staged.extras is None:
-        cur.execute(reporting_extras_statement(cur, definition, staged))
-        staged.extras = extras_from(cur.fetchone())
-    return staged.extras
-
-
-def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedTable) -> str:
-    source_names = sorted({name for name, _ in definition.indexes} | {c.name for c in definition.constraints})
-    return prepared_statement(cur, "copier_reporting_extras",
-                              reporting_extras_query(cur.connection.server_version),
-                              staged.table.schema, staged.table.name, source_names)
-
-
-def extras_from(row: tuple | None) -> ReportingExtras:
-    if row is None:
-        return ReportingExtras([], [], [], [])
-    (indexes, keys, statistics, column_statistics, identity, index_tablespaces, comments, toast,
-     sequences, checks, columns) = row
-    return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics],
-                           rows(column_statistics), tuple(identity), rows(index_tablespaces),
-                           rows(comments), list(toast or []),
-                           [(name, rows(grants), comment) for name, grants, comment in sequences],
-                           rows(checks), rows(columns))
-
-
-def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """Indexes added on the reporting side (not on the source) come back on the new table.
-
-    Built here, before the swap, so readers never wait for them. One that no longer fits the
-    new shape (a dropped column, duplicates under a unique index) is reported and left out:
-    it must not cost the night's data.
-    """
-    table = definition.table
-    source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
-    extra = [row for row in reporting_extras(cur, definition, staged).indexes if row[0] not in source_names]
-    for n, (name, index_sql, comment) in enumerate(extra, 1):
-        temporary = f"{staged.staging}_r{n}"
-        statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)
-        if not built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table,
-                                "index_skipped", index=name):
-            continue
-        if comment is not None:
-            cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
-                sql.Identifier(table.schema, temporary), sql.Literal(comment)))
-        staged.renames.append(Rename("index", temporary, name))
-    build_reporting_keys(cur, definition, staged, source_names)
-    build_partition_indexes(cur, staged)
-
-
-def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
-                         source_names: set[str]) -> None:
-    table = definition.table
-    # Keys the reporting side has and the source does not (a partitioned table's key that
-    # includes the partition key, say).
-    extra = [row for row in reporting_extras(cur, definition, staged).keys if row[0] not in source_names]
-    for n, (name, definition_sql) in enumerate(extra, 1):
-        temporary = f"{staged.staging}_rk{n}"
-        add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            staged.ident, sql.Identifier(temporary), sql.SQL(definition_sql))
-        if built_or_skipped(cur, lambda add=add: cur.execute(add), table, "index_skipped", index=name):
-            staged.renames.append(Rename("constraint", temporary, name))
+def retarget_index(index_sql: str, table_prefix: str, new_name: str, target: str) -> str:
+    """Point a CREATE INDEX statement at a staging table (quoted, qualified), under a temporary name."""
+    head, sep, tail = index_sql.partition(table_prefix)
+    if not sep:
+        head, sep, tail = index_sql.partition(table_prefix.replace(" ON ", " ON ONLY "))
+    if not sep:
+        raise TableCopyError(f"cannot read index definition {index_sql!r}")
+    unique = "UNIQUE " if head.startswith("CREATE UNIQUE INDEX") else ""
+    return f"CREATE {unique}INDEX {quote_ident(new_name)} ON {target} {tail}"
 
 
 def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2112,127 +2422,7 @@ def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> Non
     for n, statistics in enumerate(reporting, 1):
         built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
             cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
-            "statistics_skipped", statistics=statistics.name)
-
-
-def keep_identity_and_cluster(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """The reporting table's replica identity (a publication's UPDATEs and DELETEs need it)
-    and the index CLUSTER uses, on the new table. One whose index is no longer there (the
-    source dropped the key, a reporting index no longer fit) is left out with a warning."""
-    table = definition.table
-    kind, identity_index, clustered = reporting_extras(cur, definition, staged).identity
-    settings = {"f": ("REPLICA IDENTITY FULL", None), "n": ("REPLICA IDENTITY NOTHING", None),
-                "i": ("REPLICA IDENTITY USING INDEX", identity_index)}
-    wanted = [settings[kind]] if kind in settings else []
-    wanted += [("CLUSTER ON", clustered)] if clustered else []
-    for setting, index in wanted:
-        what = f"{setting} {display_ident(index)}" if index else setting
-        made = staged.made_as(index, "index", "constraint") if index else None
-        if index and made is None:
-            warn(f"{table.qualified}: {what} left out: no index of that name on the new table")
-            continue
-        statement = sql.SQL("ALTER TABLE {} " + setting).format(staged.ident)
-        if made:
-            statement += sql.SQL(" {}").format(sql.Identifier(made))
-        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
-                         message=f"{table.qualified}: {what} left out")
-
-
-def keep_index_tablespaces(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """An index a DBA moved to a tablespace of its own goes there again: the new table's index
-    of that name is moved once built (the index definitions name no tablespace)."""
-    for index, tablespace in reporting_extras(cur, definition, staged).index_tablespaces:
-        if made := staged.made_as(index, "index", "constraint"):  # a key's index: the key's name
-            cur.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
-                sql.Identifier(definition.table.schema, made), sql.Identifier(tablespace)))
-
-
-def keep_comments_and_toast_options(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """The reporting side's comments on the table's keys, checks and indexes (the source's are
-    not copied), its TOAST table's options, and its sequences' grants and comments, on the new
-    table."""
-    extras = reporting_extras(cur, definition, staged)
-    checks = {c.name for c in definition.constraints if c.kind == "c" and c.validated}  # not renamed
-    for kind, name, comment in extras.comments:
-        index = staged.made_as(name, "index", "constraint")  # a key's index: the key's name
-        key = staged.made_as(name, "constraint") or (name if name in checks else None)
-        if kind == "index" and index:
-            cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
-                sql.Identifier(definition.table.schema, index), sql.Literal(comment)))
-        elif kind == "constraint" and key:
-            cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
-                sql.Identifier(key), staged.ident, sql.Literal(comment)))
-    if extras.toast_options:
-        cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(staged.ident, sql.SQL(", ").join(
-            sql.SQL(f"toast.{option}") for option in extras.toast_options)))
-    for name, grants, comment in extras.sequences:
-        if made := staged.made_as(name, "sequence"):
-            ident = sql.Identifier(definition.table.schema, made)
-            apply_grants(cur, "SEQUENCE", ident, grants, table_grants(cur, ident))
-            apply_comments(cur, ident, comment, {}, "SEQUENCE")
-
-
-def keep_checks_not_nulls_and_defaults(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """The checks, NOT NULLs and column defaults added on the reporting side (where the source
-    has none) on the new table. One that tonight's rows break, or that no longer fits the new
-    shape, is left out with a warning: it must not cost the night's data."""
-    extras = reporting_extras(cur, definition, staged)
-    table, columns = definition.table, {c.name: c for c in definition.columns}
-    changes = [(f"CHECK {name}", sql.SQL("ADD CONSTRAINT {} {}").format(sql.Identifier(name), sql.SQL(check)))
-               for name, check in extras.checks]
-    for name, not_null, default in extras.columns:
-        column = columns.get(name)
-        if column is not None and not_null and not column.not_null:
-            changes.append((f"NOT NULL on column {name}",
-                            sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(name))))
-        if column is not None and default is not None and column.default is None and not column.generated:
-            changes.append((f"DEFAULT {default} on column {name}", sql.SQL(
-                "ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(name), sql.SQL(default))))
-    for what, change in changes:
-        statement = sql.SQL("ALTER TABLE {} ").format(staged.ident) + change
-        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
-                         message=f"{table.qualified}: the reporting side's {what} left out")
-
-
-def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """The statistics target and options set on the reporting table's columns, where the
-    source sets none on that column (a setting the source has wins: it may have changed)."""
-    source = {column: (target, options) for column, target, options in definition.column_statistics}
-    columns = {c.name for c in definition.columns}
-    for column, target, options in reporting_extras(cur, definition, staged).column_statistics:
-        source_target, source_options = source.get(column, (None, None))
-        if column in columns and target is not None and source_target is None:
-            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
-                staged.ident, sql.Identifier(column), sql.Literal(target)))
-        if column in columns and options and not source_options:
-            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
-                staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
-
-
-def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool:
-    """Build something of the reporting side's own on the staged table, or, when it no longer
-    fits the new shape, report it and leave it out: it must not cost the night's data."""
-    cur.execute("SAVEPOINT copier_extra")
-    try:
-        build()
-    except psycopg2.DatabaseError as exc:
-        if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
-            raise
-        cur.execute("ROLLBACK TO SAVEPOINT copier_extra")
-        if event == "warning":
-            warn(fields.pop("message"), table=table.qualified, **fields, error=describe_error(exc))
-        else:
-            log_event(event, table=table.qualified, **fields, error=describe_error(exc))
-        return False
-    cur.execute("RELEASE SAVEPOINT copier_extra")
-    return True
-
-
-def reporting_statistics(cur, definition: TableDefinition, staged: StagedTable) -> list[ExtendedStatistics]:
-    """CREATE STATISTICS objects of the live reporting table that the source does not have."""
-    source_names = {(s.schema, s.name) for s in definition.extended_statistics}
-    return [s for s in reporting_extras(cur, definition, staged).statistics
-            if (s.schema, s.name) not in source_names]
+            runlog.STATISTICS_SKIPPED, statistics=statistics.name)
 
 
 # pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
@@ -2254,25 +2444,6 @@ def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, stage
     staged.renames.append(Rename("statistics", temporary, statistics.name, statistics.schema))
 
 
-def retarget_index(index_sql: str, table_prefix: str, new_name: str, target: str) -> str:
-    """Point a CREATE INDEX statement at a staging table (quoted, qualified), under a temporary name."""
-    head, sep, tail = index_sql.partition(table_prefix)
-    if not sep:
-        head, sep, tail = index_sql.partition(table_prefix.replace(" ON ", " ON ONLY "))
-    if not sep:
-        raise TableCopyError(f"cannot read index definition {index_sql!r}")
-    unique = "UNIQUE " if head.startswith("CREATE UNIQUE INDEX") else ""
-    return f"CREATE {unique}INDEX {quote_ident(new_name)} ON {target} {tail}"
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_qualified(schema: str, name: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
 def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable) -> None:
     """Carry each serial and identity sequence's position over from the source."""
     owned = [c for c in definition.columns if c.sequence]
@@ -2289,879 +2460,17 @@ def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable
                  last_value, is_called))
 
 
-# ---------------------------------------------------------------------------------------------
-# Partitions: a partitioned reporting table stays partitioned, with its own partitions.
+# --- verify
 
 
-@dataclass
-class Partition:
-    """One partition, as it is made under the staged table: its parent is a (schema, name)."""
+def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
+    if source_rows != loaded:
+        raise TableCopyError(
+            f"row count mismatch for {table.qualified}: the source sent {source_rows} rows, "
+            f"the target loaded {loaded}")
 
-    schema: str
-    name: str
-    parent: tuple[str, str]
-    bound: str  # FOR VALUES ... or DEFAULT
-    key: str | None  # PARTITION BY of a partition that is partitioned in turn
-    options: list[str]
-    tablespace: str | None = None  # where it is on the reporting side (None: its parent's)
 
-
-@dataclass
-class PartitionLayout:
-    key: str  # the table's PARTITION BY
-    partitions: list[Partition]  # parents before their children
-
-
-@dataclass
-class PartitionSide:
-    """What belongs to a partition beyond its rows, kept across the swap."""
-
-    schema: str
-    name: str
-    owner: str
-    grants: list[tuple[str, str, bool]]
-    comment: str | None
-    index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
-    triggers: list[str]  # its own (not its share of the table's), as CREATE TRIGGER statements
-    row_security: tuple[bool, bool] = (False, False)  # ENABLE and FORCE ROW LEVEL SECURITY
-    policies: list = dataclasses.field(default_factory=list)  # as ReportingSide.policies
-    rules: list[str] = dataclasses.field(default_factory=list)  # CREATE RULE statements
-
-
-PARTITIONS_QUERY = """
-SELECT n.nspname, c.relname, pn.nspname, p.relname, pg_get_expr(c.relpartbound, c.oid),
-       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}'),
-       -- 0 is the database's default: named, as a partition made without one gets its parent's
-       CASE WHEN c.reltablespace <> 0 THEN (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace)
-            WHEN c.relkind <> 'p' THEN (SELECT s.spcname FROM pg_database d
-                                        JOIN pg_tablespace s ON s.oid = d.dattablespace
-                                        WHERE d.datname = current_database()) END
-FROM pg_partition_tree(%s) t
-JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_class p ON p.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
-WHERE t.level > 0
-ORDER BY t.level, n.nspname, c.relname
-"""
-
-
-def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
-    cur.execute("SELECT pg_get_partkeydef(oid) FROM pg_class WHERE oid = %s AND relkind = 'p'", (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    cur.execute(PARTITIONS_QUERY, (oid,))
-    return PartitionLayout(row[0], [
-        Partition(schema, name, (parent_schema, parent), bound, key, list(options), tablespace)
-        for schema, name, parent_schema, parent, bound, key, options, tablespace in cur.fetchall()])
-
-
-def staged_layout(cur, definition: TableDefinition, oid: int | None) -> PartitionLayout | None:
-    """The reporting table's own partitioning (oid: the live table, when partitioned);
-    partitions the source added since (same key, a name the reporting side lacks) join it, so
-    a new month appears the same night on both sides."""
-    layout = read_partition_layout(cur, oid) if oid is not None else None
-    source = definition.partitions
-    if layout is None or source is None or source.key != layout.key:
-        return layout
-    have = {(p.schema, p.name) for p in layout.partitions}
-    have.add((definition.table.schema, definition.table.name))
-    for partition in source.partitions:
-        if (partition.schema, partition.name) not in have and partition.parent in have:
-            layout.partitions.append(dataclasses.replace(partition, tablespace=None))  # the source's
-            have.add((partition.schema, partition.name))
-    return layout
-
-
-def create_partitions(cur, staged: StagedTable, layout: PartitionLayout) -> None:
-    table = staged.table
-    made = {(table.schema, table.name): staged.ident}
-    for n, partition in enumerate(layout.partitions, 1):
-        temporary = sql.Identifier(partition.schema, f"{staged.staging}_p{n}")
-        statement = sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-            temporary, made[partition.parent], sql.SQL(partition.bound))
-        if partition.key:
-            statement += sql.SQL(" PARTITION BY {}").format(sql.SQL(partition.key))
-        if partition.options:
-            statement += sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, partition.options)))
-        if partition.tablespace:
-            statement += sql.SQL(" TABLESPACE {}").format(sql.Identifier(partition.tablespace))
-        cur.execute(statement)
-        made[(partition.schema, partition.name)] = temporary
-        staged.renames.append(Rename("table", f"{staged.staging}_p{n}", partition.name, partition.schema))
-        staged.partitions.append((partition.schema, f"{staged.staging}_p{n}", partition.name))
-
-
-# A partition's own indexes (not its share of an index of the whole table), as the reporting
-# side added them.
-PARTITION_INDEXES_QUERY = """
-SELECT ic.relname, pg_get_indexdef(x.indexrelid), quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-FROM pg_index x
-JOIN pg_class ic ON ic.oid = x.indexrelid
-JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s AND NOT ic.relispartition
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = x.indexrelid)
-ORDER BY ic.relname
-"""
-
-
-def build_partition_indexes(cur, staged: StagedTable) -> None:
-    for schema, temporary, name in staged.partitions:
-        cur.execute(PARTITION_INDEXES_QUERY, (schema, name))
-        for n, (index, index_sql, quoted) in enumerate(cur.fetchall(), 1):
-            temporary_index = f"{temporary}_r{n}"
-            statement = retarget_index(index_sql, f" ON {quoted} ", temporary_index,
-                                       sql.Identifier(schema, temporary).as_string(cur))
-            if built_or_skipped(cur, lambda statement=statement: cur.execute(statement), staged.table,
-                                "index_skipped", index=index):
-                staged.renames.append(Rename("index", temporary_index, index, schema))
-
-
-PARTITION_SIDE_QUERY = """
-SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'),
-       (SELECT coalesce(json_agg(json_build_array(ic.relname, pi.relname)), '[]')
-        FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
-        JOIN pg_inherits i ON i.inhrelid = x.indexrelid JOIN pg_class pi ON pi.oid = i.inhparent
-        WHERE x.indrelid = c.oid),
-       (SELECT coalesce(json_agg(pg_get_triggerdef(g.oid) ORDER BY g.tgname), '[]') FROM pg_trigger g
-        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0),
-       c.relrowsecurity, c.relforcerowsecurity,
-       (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
-                                                  p.qual, p.with_check) ORDER BY p.policyname), '[]')
-        FROM pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname),
-       (SELECT coalesce(json_agg(pg_get_ruledef(r.oid) ORDER BY r.rulename), '[]') FROM pg_rewrite r
-        WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
-FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE t.level > 0
-"""
-
-
-def capture_partitions(cur, oid: int) -> list[PartitionSide]:
-    cur.execute(PARTITION_SIDE_QUERY, (oid,))
-    sides = []
-    for schema, name, owner, comment, index_names, triggers, enable, force, policies, rules \
-            in cur.fetchall():
-        grants = table_grants(cur, sql.Identifier(schema, name))
-        sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names],
-                                   triggers, (enable, force), policies, rules))
-    return sides
-
-
-def restore_partitions(cur, table: TableName, partitions: list[PartitionSide]) -> None:
-    """Each partition that is there again gets its owner, grants, comment, own triggers, rules,
-    row-level security and policies back, and its share of the table's indexes gets back the
-    name it had. A policy that cannot be made again fails the swap: a partition readable beyond
-    its policies would be worse than last night's data."""
-    for side in partitions:
-        ident = sql.Identifier(side.schema, side.name)
-        if live_table_oid(cur, TableName(side.schema, side.name)) is None:
-            continue
-        partition = TableName(side.schema, side.name).qualified
-        for trigger in side.triggers:
-            recreate_or_fail(cur, trigger, f"trigger of partition {partition}", table)
-        for rule in side.rules:
-            recreate_or_fail(cur, rule, f"rule of partition {partition}", table)
-        if side.row_security[0]:
-            cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
-        if side.row_security[1]:
-            cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(ident))
-        for policy in side.policies:
-            recreate_or_fail(cur, policy_statement(ident, policy),
-                             f"row-level security policy {policy[0]} of partition {partition}", table)
-        if side.owner != current_user(cur):
-            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ident, sql.Identifier(side.owner)))
-        apply_grants(cur, "TABLE", ident, side.grants, table_grants(cur, ident))
-        apply_comments(cur, ident, side.comment, {})
-        for index, parent_index in side.index_names:
-            cur.execute("SELECT ic.relname FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid "
-                        "JOIN pg_inherits i ON i.inhrelid = x.indexrelid "
-                        "JOIN pg_class pi ON pi.oid = i.inhparent "
-                        "WHERE x.indrelid = %s::regclass AND pi.relname = %s",
-                        (ident.as_string(cur), parent_index))
-            row = cur.fetchone()
-            if row and row[0] != index:
-                cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(side.schema, row[0]), sql.Identifier(index)))
-
-
-# ---------------------------------------------------------------------------------------------
-# What the reporting side built on a table. pg_depend names everything that a DROP TABLE would
-# refuse over or take along; each kind is either carried through the swap or refused, with the
-# statement that resolves it, before anything is written.
-
-
-@dataclass
-class DependentView:
-    schema: str
-    name: str
-    kind: str  # v (view) or m (materialized view)
-    definition: str
-    options: list[str]
-    owner: str
-    grants: list[tuple[str, str, bool]]
-    comment: str | None
-    column_comments: dict[str, str]
-    indexes: list[str]
-    populated: bool
-    extras: list[str]  # the view's own rules and triggers, made again after it
-
-    @property
-    def what(self) -> str:
-        kind = "materialized view" if self.kind == "m" else "view"
-        return f"{kind} {TableName(self.schema, self.name).qualified}"
-
-    def drop(self, cur) -> None:
-        keyword = "MATERIALIZED VIEW" if self.kind == "m" else "VIEW"
-        cur.execute(sql.SQL("DROP {} {}").format(sql.SQL(keyword), sql.Identifier(self.schema, self.name)))
-
-    def recreate(self, cur, table: TableName) -> None:
-        recreate_view(cur, table, self)
-
-
-@dataclass
-class Routine:
-    """A function, procedure or aggregate whose arguments, result or SQL-standard body use the
-    table or its row type: dropped with it, so made again from its definition."""
-
-    signature: str  # schema.name(argument types), as regprocedure prints it
-    kind: str  # pg_proc.prokind: f, p, a, w
-    definition: str  # CREATE FUNCTION / PROCEDURE / AGGREGATE
-    owner: str
-    grants: list[tuple[str, str, bool]]
-    comment: str | None
-
-    @property
-    def what(self) -> str:
-        return f"{ROUTINE_KINDS.get(self.kind, 'function')} {self.signature}"
-
-    def drop(self, cur) -> None:
-        cur.execute(f"DROP ROUTINE {self.signature}")
-
-    def recreate(self, cur, table: TableName) -> None:
-        # As pg_dump: a body kept as text is checked when it runs (with its caller's or its own
-        # search_path), not now under the copier's; an SQL-standard body is checked all the same.
-        cur.execute("SELECT set_config('check_function_bodies', 'off', true)")
-        recreate_or_fail(cur, sql.SQL(self.definition), self.what, table,
-                         f"DROP ROUTINE {self.signature}")
-        cur.execute("SELECT set_config('check_function_bodies', 'on', true)")
-        ident = sql.SQL(self.signature)
-        if self.owner != current_user(cur):
-            cur.execute(sql.SQL("ALTER ROUTINE {} OWNER TO {}").format(ident, sql.Identifier(self.owner)))
-        cur.execute(ROUTINE_GRANTS_QUERY, (self.signature,))
-        apply_grants(cur, "ROUTINE", ident, self.grants, cur.fetchall())
-        if self.comment is not None:
-            cur.execute(sql.SQL("COMMENT ON ROUTINE {} IS {}").format(ident, sql.Literal(self.comment)))
-
-
-ROUTINE_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window function"}
-
-
-@dataclass
-class ForeignKey:
-    """A foreign key of the reporting side, to or from a copied table. Tables are replaced one by
-    one, each from the run's snapshot, so a key is made again NOT VALID (no scan under the swap's
-    lock, and a reporting database takes no writes it would guard) and validated once both of
-    its tables hold the same night's rows."""
-
-    table: str  # the referencing table, schema-qualified and quoted
-    name: str
-    definition: str  # FOREIGN KEY (...) REFERENCES ..., without NOT VALID
-    valid: bool
-    comment: str | None
-    partitioned: bool  # before PostgreSQL 18 a partitioned table takes no NOT VALID key
-
-    @property
-    def what(self) -> str:
-        return f"foreign key {display_ident(self.name)} of {self.table}"
-
-    @property
-    def remedy(self) -> str:
-        return f"ALTER TABLE {self.table} DROP CONSTRAINT {display_ident(self.name)}"
-
-    def drop(self, cur) -> None:
-        cur.execute(self.remedy)
-
-    def add(self, cur, table: TableName) -> bool:
-        """Make the key again; True when it must still be validated."""
-        not_valid = not (self.partitioned and cur.connection.server_version < 180000)
-        statement = f"ALTER TABLE {self.table} ADD CONSTRAINT {display_ident(self.name)} {self.definition}"
-        recreate_or_fail(cur, sql.SQL(statement + (" NOT VALID" if not_valid else "")), self.what,
-                         table, self.remedy)
-        if self.comment is not None:
-            cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
-                sql.Identifier(self.name), sql.SQL(self.table), sql.Literal(self.comment)))
-        return self.valid and not_valid
-
-
-@dataclass
-class Restatement:
-    """Something of another table's that names the copied table (a rule, a policy, a column
-    default on its sequence, an inheritance child): taken off before the swap, put back after."""
-
-    what: str
-    remove: str
-    restore: str
-    remedy: str
-
-    def drop(self, cur) -> None:
-        cur.execute(self.remove)
-
-    def recreate(self, cur, table: TableName) -> None:
-        recreate_or_fail(cur, sql.SQL(self.restore), self.what, table, self.remedy)
-
-
-@dataclass
-class ReportingSide:
-    """What belongs to the reporting table rather than to its data: kept across the swap."""
-
-    oid: int
-    owner: str
-    grants: list[tuple[str, str, bool]]
-    column_grants: list[tuple[str, str, str, bool]]
-    comment: str | None
-    column_comments: dict[str, str]
-    options: list[str]  # reloptions such as autovacuum or fillfactor settings
-    row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
-    policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
-    triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
-    own: list[Restatement]  # its rules, inheritance parents and publications
-    foreign_keys: list[ForeignKey]  # its own and other tables' keys to it
-    dependents: list  # views, routines and Restatements, in the order they are made again
-    partitions: list[PartitionSide]
-
-
-class SwapBlocked(TableCopyError):
-    """Sessions on the reporting side held what the swap must lock, through every try."""
-
-
-class Refused(TableCopyError):
-    """Something on the reporting side depends on the table and cannot survive its replacement."""
-
-
-# Everything that depends on a relation, a type or a routine in the given list, by the object's
-# own catalog; `relation` is the table it belongs to, where it belongs to one.
-DEPENDENTS_QUERY = """
-SELECT DISTINCT d.classid::regclass::text, d.objid,
-       CASE WHEN d.classid = 'pg_class'::regclass THEN d.objsubid ELSE 0 END,
-       pg_describe_object(d.classid, d.objid, d.objsubid),
-       (pg_identify_object(d.classid, d.objid, d.objsubid)).type,
-       (pg_identify_object(d.classid, d.objid, d.objsubid)).identity,
-       CASE d.classid
-           WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid)
-           WHEN 'pg_constraint'::regclass THEN (SELECT conrelid FROM pg_constraint WHERE oid = d.objid)
-           WHEN 'pg_policy'::regclass THEN (SELECT polrelid FROM pg_policy WHERE oid = d.objid)
-           WHEN 'pg_attrdef'::regclass THEN (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)
-           WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = d.objid)
-           WHEN 'pg_class'::regclass THEN d.objid
-       END,
-       CASE
-           WHEN d.classid = 'pg_rewrite'::regclass THEN (
-               SELECT CASE WHEN r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') THEN 'view' ELSE 'rule' END
-               FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
-           WHEN d.classid = 'pg_proc'::regclass THEN 'routine'
-           WHEN d.classid = 'pg_constraint'::regclass THEN (
-               SELECT CASE WHEN contype <> 'f' THEN 'other' WHEN conparentid = 0 THEN 'foreign key'
-                           ELSE 'partition share of a key' END
-               FROM pg_constraint WHERE oid = d.objid)
-           WHEN d.classid = 'pg_policy'::regclass THEN 'policy'
-           WHEN d.classid = 'pg_attrdef'::regclass THEN 'default'
-           WHEN d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND EXISTS (
-               SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-               WHERE i.inhrelid = d.objid AND i.inhparent = ANY(%(family)s) AND NOT c.relispartition)
-               THEN 'inheritance child'
-           ELSE 'other'
-       END
-FROM pg_depend d
-JOIN unnest(%(catalogs)s::regclass[], %(oids)s::oid[]) AS ref(classid, objid)
-  ON d.refclassid = ref.classid AND d.refobjid = ref.objid
-WHERE d.deptype = 'n'
-"""
-
-# A relation as something others depend on: itself, its row type and that type's array type.
-RELATION_SEEDS_QUERY = """
-SELECT c.oid, c.reltype, t.typarray FROM pg_class c LEFT JOIN pg_type t ON t.oid = c.reltype
-WHERE c.oid = ANY(%s)
-"""
-
-# The reporting table and its partitions, and the sequences their columns own.
-FAMILY_QUERY = """
-WITH tree AS (SELECT %(oid)s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%(oid)s))
-SELECT relid FROM tree
-UNION
-SELECT d.objid FROM pg_depend d
-WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(ARRAY(SELECT relid FROM tree))
-  AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
-"""
-
-# Advice for what cannot be carried, by pg_identify_object's type: how to remove it.
-DROP_ADVICE = {
-    "table column": "give the column another type, e.g. ALTER TABLE {table} ALTER COLUMN {column} "
-                    "TYPE jsonb USING to_jsonb({column})",
-    "table constraint": "ALTER TABLE {table} DROP CONSTRAINT {name}",
-    "domain constraint": "ALTER DOMAIN {table} DROP CONSTRAINT {name}",
-    "trigger": "DROP TRIGGER {name} ON {table}",
-}
-
-
-def sweep_dependents(cur, table: TableName, table_oid: int,
-                     capture: bool = True) -> tuple[list, list[ForeignKey]]:
-    """Everything outside the table that depends on it, its partitions, its row type or its
-    sequences, and, in turn, on the views and routines among them: (what is made again, in
-    dependency order; the other tables' foreign keys to it). Raises Refused for what cannot be.
-
-    Other jobs may replace views meanwhile: what is gone by the time it is read is passed over.
-    Without capture, only the refusals: reading a view's definition locks what it reads.
-    """
-    cur.execute(FAMILY_QUERY, {"oid": table_oid})
-    family = sorted(row[0] for row in cur.fetchall())
-    found: dict[tuple, tuple[int, tuple]] = {}  # (catalog, oid, column) -> (depth, row)
-    seeds = relation_seeds(cur, family)
-    depth = 0
-    while seeds and depth < 50:
-        depth += 1
-        cur.execute(DEPENDENTS_QUERY, {"catalogs": [c for c, _ in seeds], "oids": [o for _, o in seeds],
-                                       "family": family})
-        views, routines = [], []
-        for row in cur.fetchall():
-            catalog, oid, column, _description, _type, _identity, relation, role = row
-            if relation in family or role is None:
-                continue  # the table's own (carried with it), or gone meanwhile
-            found[(catalog, oid, column)] = (depth, row)
-            if role == "view":
-                views.append(relation)
-            elif role == "routine":
-                routines.append(("pg_proc", oid))
-        seeds = relation_seeds(cur, views) + routines
-    ordered = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
-    recreated_views = {row[6] for row in ordered if row[7] == "view"}
-    refused = [row for row in ordered if row[7] == "other"]
-    if refused:
-        raise refusal(cur, table, refused)
-    dependents, foreign_keys = [], []
-    for _catalog, oid, _column, description, _kind, _identity, relation, role in ordered:
-        if not capture:
-            break
-        if role == "view":
-            dependents.append(capture_view(cur, relation))
-        elif role == "rule" and relation not in recreated_views:  # a view's own come with it
-            dependents.append(capture_rule(cur, oid, description))
-        elif role == "routine":
-            dependents.append(capture_routine(cur, oid))
-        elif role == "foreign key":
-            foreign_keys.append(capture_foreign_key(cur, oid))
-        elif role == "policy":
-            dependents.append(capture_policy(cur, oid, description))
-        elif role == "default":
-            dependents.append(capture_default(cur, oid, description))
-        elif role == "inheritance child":
-            dependents.append(capture_child(cur, oid, family))
-    # Views reached along several paths: the deepest place is the one that counts.
-    seen, unique = set(), []
-    for dependent in reversed(dependents):
-        if dependent is not None and dependent.what not in seen:
-            seen.add(dependent.what)
-            unique.append(dependent)
-    return list(reversed(unique)), [key for key in foreign_keys if key is not None]
-
-
-def relation_seeds(cur, relations: list[int]) -> list[tuple[str, int]]:
-    if not relations:
-        return []
-    cur.execute(RELATION_SEEDS_QUERY, (relations,))
-    seeds = []
-    for oid, row_type, array_type in cur.fetchall():
-        seeds += [("pg_class", oid)] + [("pg_type", t) for t in (row_type, array_type) if t]
-    return seeds
-
-
-def capture_child(cur, oid: int, family: list[int]) -> Restatement | None:
-    cur.execute("SELECT i.inhrelid::regclass::text, i.inhparent::regclass::text FROM pg_inherits i "
-                "WHERE i.inhrelid = %s AND i.inhparent = ANY(%s)", (oid, family))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    child, parent = row
-    return Restatement(f"inheritance child {child}", f"ALTER TABLE {child} NO INHERIT {parent}",
-                       f"ALTER TABLE {child} INHERIT {parent}", f"ALTER TABLE {child} NO INHERIT {parent}")
-
-
-def refusal(cur, table: TableName, refused: list[tuple]) -> Refused:
-    """What to say about dependents the copier cannot keep: which objects, and how to resolve
-    the first (an object before its own constraints: dropping a domain drops its checks)."""
-    refused = sorted(refused, key=lambda row: row[4].endswith("constraint"))
-    _catalog, oid, _column, description, kind, identity, _relation, _role = refused[0]
-    if kind == "type":
-        cur.execute("SELECT typtype = 'd' FROM pg_type WHERE oid = %s", (oid,))
-        kind = "domain" if (cur.fetchone() or [False])[0] else kind
-    name, _, owner = identity.rpartition(" on ")
-    fields = {"table": owner, "name": name, "column": identity.rpartition(".")[2]}
-    if kind == "table column":
-        fields["table"] = identity.rpartition(".")[0]
-    advice = DROP_ADVICE.get(kind, f"DROP {kind.upper()} {identity}").format(**fields)
-    others = [row[3] for row in refused[1:]]
-    more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
-    return Refused(f"{table.qualified} cannot be replaced: {description} depends on it and would "
-                   f"not survive the refresh{more}; resolve it on the reporting side ({advice}), "
-                   f"or stop copying {table.qualified}")
-
-
-VIEW_EXTRAS_QUERY = """
-SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = %(oid)s AND rulename <> '_RETURN'
-UNION ALL
-SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %(oid)s AND NOT tgisinternal
-"""
-
-
-def capture_view(cur, oid: int) -> DependentView | None:
-    cur.execute(
-        "SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid), coalesce(c.reloptions, '{}'), "
-        "pg_get_userbyid(c.relowner), c.relispopulated, obj_description(c.oid, 'pg_class') "
-        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    schema, name, kind, definition, options, owner, populated, comment = row
-    cur.execute(GRANTS_QUERY, (oid,))
-    grants = cur.fetchall()
-    column_comments = read_column_comments(cur, oid)
-    cur.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s", (oid,))
-    indexes = [r[0] for r in cur.fetchall()]
-    cur.execute(VIEW_EXTRAS_QUERY, {"oid": oid})
-    extras = [r[0] for r in cur.fetchall()]
-    return DependentView(schema, name, kind, definition, list(options), owner, grants, comment,
-                         column_comments, indexes, populated, extras)
-
-
-ROUTINE_QUERY = """
-SELECT p.oid::regprocedure::text, p.prokind, pg_get_userbyid(p.proowner),
-       obj_description(p.oid, 'pg_proc'),
-       CASE WHEN p.prokind <> 'a' THEN pg_get_functiondef(p.oid) END
-FROM pg_proc p WHERE p.oid = %s
-"""
-
-# Grants of a routine to others, PUBLIC's default EXECUTE included.
-ROUTINE_GRANTS_QUERY = """
-SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
-       a.privilege_type, a.is_grantable
-FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-WHERE p.oid = %s::regprocedure AND a.grantee <> p.proowner
-ORDER BY 1, 2
-"""
-
-
-def capture_routine(cur, oid: int) -> Routine | None:
-    cur.execute(ROUTINE_QUERY, (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    signature, kind, owner, comment, definition = row
-    if kind == "a":
-        definition = aggregate_definition(cur, oid, signature)
-    cur.execute(ROUTINE_GRANTS_QUERY, (signature,))
-    return Routine(signature, kind, definition, owner, cur.fetchall(), comment)
-
-
-AGGREGATE_QUERY = """
-SELECT a.aggkind, a.aggmtransfn <> 0 OR a.aggsortop <> 0,
-       quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_function_arguments(p.oid),
-       a.aggtransfn::regproc::text, format_type(a.aggtranstype, NULL), a.aggtransspace,
-       nullif(a.aggfinalfn, 0)::regproc::text, a.aggfinalextra, a.aggfinalmodify,
-       nullif(a.aggcombinefn, 0)::regproc::text, nullif(a.aggserialfn, 0)::regproc::text,
-       nullif(a.aggdeserialfn, 0)::regproc::text, a.agginitval, p.proparallel
-FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE a.aggfnoid = %s
-"""
-FINAL_MODIFY = {"r": "READ_ONLY", "s": "SHAREABLE", "w": "READ_WRITE"}
-PARALLEL = {"s": "SAFE", "r": "RESTRICTED", "u": "UNSAFE"}
-
-
-def aggregate_definition(cur, oid: int, signature: str) -> str:
-    """CREATE AGGREGATE for an ordinary aggregate (pg_get_functiondef does not print them)."""
-    cur.execute(AGGREGATE_QUERY, (oid,))
-    (kind, unusual, name, arguments, transition, state_type, state_space, final, final_extra,
-     final_modify, combine, serialize, deserialize, initial, parallel) = cur.fetchone()
-    if kind != "n" or unusual:
-        raise Refused(f"aggregate {signature} depends on the copied table and is of a kind the "
-                      f"copier does not make again (ordered-set, moving or with a sort operator): "
-                      f"DROP AGGREGATE {signature} before the copy, and make it again after")
-    parts = [f"SFUNC = {transition}", f"STYPE = {state_type}"]
-    parts += [f"SSPACE = {state_space}"] if state_space else []
-    parts += [f"FINALFUNC = {final}", f"FINALFUNC_MODIFY = {FINAL_MODIFY[final_modify]}"] if final else []
-    parts += ["FINALFUNC_EXTRA"] if final_extra else []
-    parts += [f"COMBINEFUNC = {combine}"] if combine else []
-    parts += [f"SERIALFUNC = {serialize}", f"DESERIALFUNC = {deserialize}"] if serialize else []
-    parts += [f"INITCOND = {quote_literal(initial)}"] if initial is not None else []
-    parts.append(f"PARALLEL = {PARALLEL[parallel]}")
-    return f"CREATE AGGREGATE {name}({arguments}) ({', '.join(parts)})"
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-FOREIGN_KEY_QUERY = """
-SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.convalidated,
-       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p'
-FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
-WHERE {}
-ORDER BY 1, 2
-"""
-
-
-def capture_foreign_key(cur, oid: int) -> ForeignKey | None:
-    cur.execute(FOREIGN_KEY_QUERY.format("c.oid = %s"), (oid,))
-    row = cur.fetchone()
-    return foreign_key(*row) if row else None
-
-
-def foreign_key(table, name, definition, valid, comment, partitioned) -> ForeignKey:
-    definition = definition.removesuffix(" NOT VALID")
-    return ForeignKey(table, name, definition, valid, comment, partitioned)
-
-
-def capture_rule(cur, oid: int, description: str) -> Restatement | None:
-    cur.execute("SELECT quote_ident(rulename), ev_class::regclass::text, pg_get_ruledef(oid) "
-                "FROM pg_rewrite WHERE oid = %s", (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    name, relation, definition = row
-    drop = f"DROP RULE {name} ON {relation}"
-    return Restatement(description, drop, definition, drop)
-
-
-def capture_policy(cur, oid: int, description: str) -> Restatement | None:
-    cur.execute(
-        "SELECT p.policyname, p.permissive, p.roles::text[], p.cmd, p.qual, p.with_check, "
-        "pol.polrelid::regclass::text FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_policies p ON p.schemaname = n.nspname "
-        "AND p.tablename = c.relname AND p.policyname = pol.polname WHERE pol.oid = %s", (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    *policy, relation = row
-    drop = f"DROP POLICY {quote_ident(policy[0])} ON {relation}"
-    return Restatement(description, drop, policy_statement(sql.SQL(relation), policy).as_string(cur), drop)
-
-
-def capture_default(cur, oid: int, description: str) -> Restatement | None:
-    cur.execute("SELECT d.adrelid::regclass::text, quote_ident(a.attname), pg_get_expr(d.adbin, d.adrelid) "
-                "FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
-                "WHERE d.oid = %s", (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    relation, column, expression = row
-    alter = f"ALTER TABLE {relation} ALTER COLUMN {column}"
-    return Restatement(description, f"{alter} DROP DEFAULT", f"{alter} SET DEFAULT {expression}",
-                       f"{alter} DROP DEFAULT")
-
-
-# The table's own rules, inheritance parents and publications: they go with the old table.
-OWN_RULES_QUERY = """
-SELECT quote_ident(rulename), pg_get_ruledef(oid) FROM pg_rewrite
-WHERE ev_class = %s AND rulename <> '_RETURN' ORDER BY rulename
-"""
-OWN_PARENTS_QUERY = """
-SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s ORDER BY inhseqno
-"""
-
-
-def publications_query(server_version: int) -> str:
-    """Publications the table is in; row filters and column lists came with PostgreSQL 15."""
-    extra = ("pg_get_expr(pr.prqual, pr.prrelid), (SELECT string_agg(quote_ident(attname), ', ' "
-             "ORDER BY attnum) FROM pg_attribute WHERE attrelid = pr.prrelid AND attnum = ANY(pr.prattrs))"
-             if server_version >= 150000 else "NULL, NULL")
-    return (f"SELECT quote_ident(p.pubname), {extra} FROM pg_publication_rel pr "
-            "JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %s ORDER BY 1")
-
-
-def capture_own(cur, table: TableName, oid: int) -> list[Restatement]:
-    ident = table.ident.as_string(cur)
-    own = []
-    cur.execute(OWN_RULES_QUERY, (oid,))
-    for name, definition in cur.fetchall():
-        own.append(Restatement(f"rule {name} on {ident}", "", definition, f"DROP RULE {name} ON {ident}"))
-    cur.execute(OWN_PARENTS_QUERY, (oid,))
-    for (parent,) in cur.fetchall():
-        own.append(Restatement(f"inheritance from {parent}", "", f"ALTER TABLE {ident} INHERIT {parent}",
-                               f"ALTER TABLE {ident} NO INHERIT {parent}"))
-    cur.execute(publications_query(cur.connection.server_version), (oid,))
-    for publication, row_filter, columns in cur.fetchall():
-        listed = f" ({columns})" if columns else ""
-        where = f" WHERE ({row_filter})" if row_filter else ""
-        own.append(Restatement(f"publication {publication}", "",
-                               f"ALTER PUBLICATION {publication} ADD TABLE {ident}{listed}{where}",
-                               f"ALTER PUBLICATION {publication} DROP TABLE {ident}"))
-    return own
-
-
-# Whether anything but the table's own indexes, constraints, triggers, policies and statistics
-# is tied to it: most reporting tables have nothing else, and their swap needs no sweep (a
-# table's own default on its own sequence does not count). Partitions of the table say so too.
-TIED = """
-c.relkind = 'p' OR c.relispartition
-    OR EXISTS (SELECT 1 FROM pg_depend d
-               WHERE d.deptype = 'n' AND (d.refclassid, d.refobjid) IN (
-                     ('pg_class'::regclass, c.oid), ('pg_type'::regclass, c.reltype),
-                     ('pg_type'::regclass, t.typarray)))
-    OR EXISTS (SELECT 1 FROM pg_depend s JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass
-                    AND d.refobjid = s.objid AND d.deptype = 'n'
-               WHERE s.refclassid = 'pg_class'::regclass AND s.refobjid = c.oid
-                 AND s.classid = 'pg_class'::regclass AND s.deptype IN ('a', 'i')
-                 AND NOT (d.classid = 'pg_attrdef'::regclass
-                          AND (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid) = c.oid))
-    OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = c.oid AND contype = 'f')
-    OR EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = c.oid AND rulename <> '_RETURN')
-    OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
-    OR EXISTS (SELECT 1 FROM pg_publication_rel WHERE prrelid = c.oid)
-"""  # an expression on pg_class c and pg_type t, the table's row type
-TIED_QUERY = f"""
-SELECT c.oid, {TIED} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_type t ON t.oid = c.reltype WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-"""
-
-
-TIED_TABLES_QUERY = f"""
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_type t ON t.oid = c.reltype
-WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-  AND c.relkind IN ('r', 'p') AND ({TIED})
-"""
-
-
-def with_target_checked(dst, units: list[Unit]) -> list[Unit]:
-    """The units, each table marked untied when nothing on the reporting side is tied to it
-    now (most tables; absent ones too): one query for the run instead of one per table."""
-    tables = list({u.source.table for u in units})
-    with dst.cursor() as cur:
-        cur.execute(TIED_TABLES_QUERY,
-                    ([t.schema for t in tables], [t.name for t in tables]))
-        tied = {TableName(schema, name) for schema, name in cur.fetchall()}
-    return [dataclasses.replace(u, source=dataclasses.replace(u.source, untied=u.source.table not in tied))
-            for u in units]
-
-
-def refuse_what_cannot_survive(cur, table: TableName) -> None:
-    """Before anything is written: a table that is itself a partition of another reporting
-    table, or with a dependent that cannot be made again, is refused with what to do."""
-    cur.execute(prepared_statement(cur, "copier_live_tied", TIED_QUERY, table.schema, table.name))
-    oid, tied = cur.fetchone() or (None, False)
-    if not tied:
-        return
-    cur.execute("SELECT inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhrelid = %s AND c.relispartition", (oid,))
-    row = cur.fetchone()
-    if row:
-        raise Refused(f"{table.qualified} is a partition of {row[0]} on the reporting side: copy {row[0]} "
-                      f"instead (its partitions come along), or ALTER TABLE {row[0]} DETACH PARTITION "
-                      f"{table.qualified}")
-    sweep_dependents(cur, table, oid, capture=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# The swap: the only moment readers are involved, kept short.
-
-
-GRANTS_QUERY = """
-SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
-       a.privilege_type, a.is_grantable
-FROM pg_class c, aclexplode(c.relacl) a
-WHERE c.oid = %s::regclass AND a.grantee <> c.relowner
-ORDER BY 1, 2
-"""
-
-
-def rows(json_rows: list[list]) -> list[tuple]:
-    return [tuple(row) for row in json_rows]
-
-
-# The table's own triggers (in REPORTING_SIDE_QUERY) are not those PostgreSQL made for
-# constraints, nor partitions' clones.
-# pg_trigger.tgenabled -> how to set it after CREATE TRIGGER (which leaves it 'O': enabled).
-TRIGGER_STATES = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
-
-
-# A relation's grants as GRANTS_QUERY has them, as JSON, for its pg_class row named {relation}.
-GRANTS_JSON_OF = """
-SELECT coalesce(json_agg(json_build_array(grantee, privilege, grantable) ORDER BY grantee, privilege), '[]')
-FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
-             a.privilege_type, a.is_grantable
-      FROM aclexplode({relation}.relacl) a WHERE a.grantee <> {relation}.relowner)
-     AS g(grantee, privilege, grantable)
-"""
-GRANTS_JSON = GRANTS_JSON_OF.format(relation="c")  # c: the table's pg_class row
-
-# Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
-# and whether anything else is tied to it.
-REPORTING_SIDE_QUERY = f"""
-SELECT c.oid, pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloptions, '{{}}'),
-       c.relrowsecurity, c.relforcerowsecurity,
-       (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
-                                                  p.qual, p.with_check) ORDER BY p.policyname), '[]')
-        FROM pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname),
-       (SELECT coalesce(json_agg(json_build_array(g.tgname, pg_get_triggerdef(g.oid), g.tgenabled)
-                                 ORDER BY g.tgname), '[]')
-        FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0),
-       ({GRANTS_JSON}),
-       (SELECT coalesce(json_agg(json_build_array(attname, grantee, privilege, grantable)
-                                 ORDER BY attname, grantee, privilege), '[]')
-        FROM (SELECT a.attname, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END,
-                     g.privilege_type, g.is_grantable
-              FROM pg_attribute a, aclexplode(a.attacl) g
-              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
-             AS g(attname, grantee, privilege, grantable)),
-       (SELECT coalesce(json_object_agg(a.attname, d.description), '{{}}')
-        FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
-        WHERE d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0),
-       {TIED}
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = c.reltype
-WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-"""
-
-
-def capture_reporting_side(cur, table: TableName, prefix: str = "",
-                           exists: bool = True) -> ReportingSide | None:
-    """Lock the live reporting table and note what must survive its replacement.
-
-    prefix: statements to send first, in the same round trip. When the table is expected to
-    exist (staging found it), it is locked and read in that one round trip: the lock, then (a
-    statement of its own, so that it sees what the lock waited for) the table as it is; a
-    table gone meanwhile is found missing from the lock's error instead.
-    """
-    lock_and_read = (sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ").format(table.ident).as_string(cur)
-                     + prepared_statement(cur, "copier_reporting_side", REPORTING_SIDE_QUERY,
-                                          table.schema, table.name))
-    if exists:
-        try:
-            cur.execute(prefix + "SAVEPOINT copier_capture; " + lock_and_read)
-        except psycopg2.errors.UndefinedTable:
-            cur.execute("ROLLBACK TO SAVEPOINT copier_capture")
-            return None
-    else:
-        cur.execute(prefix + prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY,
-                                                table.schema, table.name))
-        if cur.fetchone() is None:
-            return None
-        cur.execute(lock_and_read)
-    row = cur.fetchone()
-    if row is None:
-        return None  # not a table: the rename says what is in the way
-    (oid, owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
-     column_comments, tied) = row
-    side = ReportingSide(oid, owner, rows(grants), rows(column_grants), comment, column_comments,
-                         list(table_options), (enable, force), rows(policies), rows(triggers),
-                         [], [], [], [])
-    if tied:
-        side.dependents, foreign_keys = sweep_dependents(cur, table, oid)
-        cur.execute(FOREIGN_KEY_QUERY.format(
-            "c.conrelid IN (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s)) "
-            "AND c.contype = 'f' AND c.conparentid = 0"), {"oid": oid})
-        side.foreign_keys = [foreign_key(*row) for row in cur.fetchall()] + foreign_keys
-        side.own = capture_own(cur, table, oid)
-        side.partitions = capture_partitions(cur, oid)
-    return side
+# --- swap: the only moment readers are involved, kept short
 
 
 # The tables a swap will lock, named in one order (schema, name) with whether it changes them
@@ -3319,6 +2628,23 @@ def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]
     return old.foreign_keys
 
 
+def rename_statements(staged: StagedTable) -> list[sql.Composable]:
+    """The staged table's parts renamed to their final names, once it has the table's name."""
+    table = staged.table
+    statements: list[sql.Composable] = []
+    for rename in staged.renames:
+        if rename.kind == "constraint":
+            statements.append(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
+        else:
+            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS",
+                       "table": "TABLE"}[rename.kind]
+            statements.append(sql.SQL("ALTER {} {} RENAME TO {}").format(
+                sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
+                sql.Identifier(rename.final)))
+    return statements
+
+
 def add_foreign_keys(cur, keys: list[ForeignKey], table: TableName) -> list[ForeignKey]:
     """Make the keys again; returns those that were valid and are still to be validated."""
     return [key for key in keys if key.add(cur, table)]
@@ -3360,21 +2686,1007 @@ def validate_after_run(dst, keys: list[ForeignKey], lock_timeout: float) -> None
                 warn(warning)
 
 
-def rename_statements(staged: StagedTable) -> list[sql.Composable]:
-    """The staged table's parts renamed to their final names, once it has the table's name."""
-    table = staged.table
-    statements: list[sql.Composable] = []
-    for rename in staged.renames:
-        if rename.kind == "constraint":
-            statements.append(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
+def drop_staged(dst, staged: list[StagedTable]) -> None:
+    with dst.cursor() as cur:
+        for table in staged:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
+
+
+# ---------------------------------------------------------------------------------------------
+# The reporting side: what a reporting table has of its own is kept across the swap, or the table is
+# refused, with the statement that resolves it, before anything is written.
+
+
+# --- the reporting table's own indexes, keys, statistics, checks and settings, made again on the staged table
+
+
+@dataclass
+class ReportingExtras:
+    """What the live reporting table has of its own beside the source's definition: its
+    indexes (name, CREATE INDEX, comment), keys (name, definition), CREATE STATISTICS, its
+    columns' statistics settings (name, target, options), its replica identity
+    (pg_class.relreplident, the index of USING INDEX), the index it is clustered on, and the
+    indexes a DBA moved to a tablespace of their own."""
+
+    indexes: list[tuple[str, str, str | None]]
+    keys: list[tuple[str, str]]
+    statistics: list[ExtendedStatistics]
+    column_statistics: list[tuple[str, int | None, list[str] | None]]
+    identity: tuple[str, str | None, str | None] = ("d", None, None)
+    index_tablespaces: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # index, tablespace
+    # Comments on the indexes and constraints named as the source's: ("index" or "constraint",
+    # name, comment); and the options of its TOAST table (toast.autovacuum_enabled, ...).
+    comments: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    toast_options: list[str] = dataclasses.field(default_factory=list)
+    # Its sequences' grants and comments, where it has any: (name, grants, comment).
+    sequences: list[tuple[str, list, str | None]] = dataclasses.field(default_factory=list)
+    # Its checks not named as the source's (name, definition), and its columns' NOT NULL and
+    # defaults (name, not null, default expression).
+    checks: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    columns: list[tuple[str, bool, str | None]] = dataclasses.field(default_factory=list)
+
+
+def reporting_extras_query(server_version: int) -> str:
+    """The live reporting table's indexes that belong to no constraint and are not named as
+    the source's are ($3), its keys and its statistics objects, in one row (none when there is
+    no such table). Comments are read from pg_description directly: obj_description, a SQL
+    function, costs more than the rest of the query."""
+    return f"""
+SELECT (SELECT coalesce(json_agg(json_build_array(ic.relname, pg_get_indexdef(i.indexrelid),
+                                                  {COMMENT_OF % "i.indexrelid"})
+                                 ORDER BY ic.relname), '[]')
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = c.oid AND ic.relname <> ALL($3::name[])
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
+                          AND con.conrelid = i.indrelid)),
+       (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
+                                 ORDER BY con.contype, con.conname), '[]')
+        FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x')),
+       (SELECT coalesce(json_agg(json_build_array({', '.join(statistics_columns(server_version))})
+                                 ORDER BY n.nspname, s.stxname), '[]')
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = c.oid),
+       (SELECT coalesce(json_agg(json_build_array(a.attname, CASE WHEN a.attstattarget >= 0
+                                                                  THEN a.attstattarget END, a.attoptions)
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attstattarget >= 0 OR a.attoptions IS NOT NULL)),
+       json_build_array(c.relreplident,
+           (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = c.oid AND i.indisreplident),
+           (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = c.oid AND i.indisclustered)),
+       (SELECT coalesce(json_agg(json_build_array(ic.relname, ts.spcname) ORDER BY ic.relname), '[]')
+        FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_tablespace ts ON ts.oid = ic.reltablespace WHERE i.indrelid = c.oid),
+       (SELECT coalesce(json_agg(json_build_array(kind, name, comment) ORDER BY kind, name), '[]') FROM (
+            SELECT 'index' AS kind, ic.relname AS name, {COMMENT_OF % "i.indexrelid"} AS comment
+            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = c.oid AND ic.relname = ANY($3::name[])
+            UNION ALL
+            SELECT 'constraint', con.conname, d.description FROM pg_constraint con
+            JOIN pg_description d ON d.objoid = con.oid AND d.classoid = 'pg_constraint'::regclass
+            WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'x', 'c')) commented
+        WHERE comment IS NOT NULL),
+       (SELECT coalesce(t.reloptions, '{{}}') FROM pg_class t WHERE t.oid = c.reltoastrelid),
+       (SELECT coalesce(json_agg(json_build_array(s.relname, ({GRANTS_JSON_OF.format(relation="s")}),
+                                                  {COMMENT_OF % "s.oid"}) ORDER BY s.relname), '[]')
+        FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = c.oid AND d.deptype IN ('a', 'i')
+          AND (s.relacl IS NOT NULL OR {COMMENT_OF % "s.oid"} IS NOT NULL)),
+       (SELECT coalesce(json_agg(json_build_array(con.conname, pg_get_constraintdef(con.oid))
+                                 ORDER BY con.conname), '[]')
+        FROM pg_constraint con WHERE con.conrelid = c.oid AND con.contype = 'c' AND con.conislocal
+          AND con.conname <> ALL($3::name[])),
+       (SELECT coalesce(json_agg(json_build_array(a.attname, a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attnotnull OR d.adbin IS NOT NULL))
+FROM pg_class c JOIN pg_namespace cn ON cn.oid = c.relnamespace
+WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
+def reporting_extras(cur, definition: TableDefinition, staged: StagedTable) -> ReportingExtras:
+    """Read once per staged table, after its load: the reporting side as it is then."""
+    if staged.extras is None:
+        cur.execute(reporting_extras_statement(cur, definition, staged))
+        staged.extras = extras_from(cur.fetchone())
+    return staged.extras
+
+
+def reporting_extras_statement(cur, definition: TableDefinition, staged: StagedTable) -> str:
+    source_names = sorted({name for name, _ in definition.indexes} | {c.name for c in definition.constraints})
+    return prepared_statement(cur, "copier_reporting_extras",
+                              reporting_extras_query(cur.connection.server_version),
+                              staged.table.schema, staged.table.name, source_names)
+
+
+def extras_from(row: tuple | None) -> ReportingExtras:
+    if row is None:
+        return ReportingExtras([], [], [], [])
+    (indexes, keys, statistics, column_statistics, identity, index_tablespaces, comments, toast,
+     sequences, checks, columns) = row
+    return ReportingExtras(rows(indexes), rows(keys), [ExtendedStatistics(*st) for st in statistics],
+                           rows(column_statistics), tuple(identity), rows(index_tablespaces),
+                           rows(comments), list(toast or []),
+                           [(name, rows(grants), comment) for name, grants, comment in sequences],
+                           rows(checks), rows(columns))
+
+
+def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """Indexes added on the reporting side (not on the source) come back on the new table.
+
+    Built here, before the swap, so readers never wait for them. One that no longer fits the
+    new shape (a dropped column, duplicates under a unique index) is reported and left out:
+    it must not cost the night's data.
+    """
+    table = definition.table
+    source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
+    extra = [row for row in reporting_extras(cur, definition, staged).indexes if row[0] not in source_names]
+    for n, (name, index_sql, comment) in enumerate(extra, 1):
+        temporary = f"{staged.staging}_r{n}"
+        statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)
+        if not built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table,
+                                runlog.INDEX_SKIPPED, index=name):
+            continue
+        if comment is not None:
+            cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(table.schema, temporary), sql.Literal(comment)))
+        staged.renames.append(Rename("index", temporary, name))
+    build_reporting_keys(cur, definition, staged, source_names)
+    build_partition_indexes(cur, staged)
+
+
+def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
+                         source_names: set[str]) -> None:
+    table = definition.table
+    # Keys the reporting side has and the source does not (a partitioned table's key that
+    # includes the partition key, say).
+    extra = [row for row in reporting_extras(cur, definition, staged).keys if row[0] not in source_names]
+    for n, (name, definition_sql) in enumerate(extra, 1):
+        temporary = f"{staged.staging}_rk{n}"
+        add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            staged.ident, sql.Identifier(temporary), sql.SQL(definition_sql))
+        if built_or_skipped(cur, lambda add=add: cur.execute(add), table, runlog.INDEX_SKIPPED, index=name):
+            staged.renames.append(Rename("constraint", temporary, name))
+
+
+def keep_identity_and_cluster(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The reporting table's replica identity (a publication's UPDATEs and DELETEs need it)
+    and the index CLUSTER uses, on the new table. One whose index is no longer there (the
+    source dropped the key, a reporting index no longer fit) is left out with a warning."""
+    table = definition.table
+    kind, identity_index, clustered = reporting_extras(cur, definition, staged).identity
+    settings = {"f": ("REPLICA IDENTITY FULL", None), "n": ("REPLICA IDENTITY NOTHING", None),
+                "i": ("REPLICA IDENTITY USING INDEX", identity_index)}
+    wanted = [settings[kind]] if kind in settings else []
+    wanted += [("CLUSTER ON", clustered)] if clustered else []
+    for setting, index in wanted:
+        what = f"{setting} {display_ident(index)}" if index else setting
+        made = staged.made_as(index, "index", "constraint") if index else None
+        if index and made is None:
+            warn(f"{table.qualified}: {what} left out: no index of that name on the new table")
+            continue
+        statement = sql.SQL("ALTER TABLE {} " + setting).format(staged.ident)
+        if made:
+            statement += sql.SQL(" {}").format(sql.Identifier(made))
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, runlog.WARNING,
+                         message=f"{table.qualified}: {what} left out")
+
+
+def keep_index_tablespaces(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """An index a DBA moved to a tablespace of its own goes there again: the new table's index
+    of that name is moved once built (the index definitions name no tablespace)."""
+    for index, tablespace in reporting_extras(cur, definition, staged).index_tablespaces:
+        if made := staged.made_as(index, "index", "constraint"):  # a key's index: the key's name
+            cur.execute(sql.SQL("ALTER INDEX {} SET TABLESPACE {}").format(
+                sql.Identifier(definition.table.schema, made), sql.Identifier(tablespace)))
+
+
+def keep_comments_and_toast_options(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The reporting side's comments on the table's keys, checks and indexes (the source's are
+    not copied), its TOAST table's options, and its sequences' grants and comments, on the new
+    table."""
+    extras = reporting_extras(cur, definition, staged)
+    checks = {c.name for c in definition.constraints if c.kind == "c" and c.validated}  # not renamed
+    for kind, name, comment in extras.comments:
+        index = staged.made_as(name, "index", "constraint")  # a key's index: the key's name
+        key = staged.made_as(name, "constraint") or (name if name in checks else None)
+        if kind == "index" and index:
+            cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
+                sql.Identifier(definition.table.schema, index), sql.Literal(comment)))
+        elif kind == "constraint" and key:
+            cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(key), staged.ident, sql.Literal(comment)))
+    if extras.toast_options:
+        cur.execute(sql.SQL("ALTER TABLE {} SET ({})").format(staged.ident, sql.SQL(", ").join(
+            sql.SQL(f"toast.{option}") for option in extras.toast_options)))
+    for name, grants, comment in extras.sequences:
+        if made := staged.made_as(name, "sequence"):
+            ident = sql.Identifier(definition.table.schema, made)
+            apply_grants(cur, "SEQUENCE", ident, grants, table_grants(cur, ident))
+            apply_comments(cur, ident, comment, {}, "SEQUENCE")
+
+
+def keep_checks_not_nulls_and_defaults(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The checks, NOT NULLs and column defaults added on the reporting side (where the source
+    has none) on the new table. One that tonight's rows break, or that no longer fits the new
+    shape, is left out with a warning: it must not cost the night's data."""
+    extras = reporting_extras(cur, definition, staged)
+    table, columns = definition.table, {c.name: c for c in definition.columns}
+    changes = [(f"CHECK {name}", sql.SQL("ADD CONSTRAINT {} {}").format(sql.Identifier(name), sql.SQL(check)))
+               for name, check in extras.checks]
+    for name, not_null, default in extras.columns:
+        column = columns.get(name)
+        if column is not None and not_null and not column.not_null:
+            changes.append((f"NOT NULL on column {name}",
+                            sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(name))))
+        if column is not None and default is not None and column.default is None and not column.generated:
+            changes.append((f"DEFAULT {default} on column {name}", sql.SQL(
+                "ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(name), sql.SQL(default))))
+    for what, change in changes:
+        statement = sql.SQL("ALTER TABLE {} ").format(staged.ident) + change
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, runlog.WARNING,
+                         message=f"{table.qualified}: the reporting side's {what} left out")
+
+
+def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The statistics target and options set on the reporting table's columns, where the
+    source sets none on that column (a setting the source has wins: it may have changed)."""
+    source = {column: (target, options) for column, target, options in definition.column_statistics}
+    columns = {c.name for c in definition.columns}
+    for column, target, options in reporting_extras(cur, definition, staged).column_statistics:
+        source_target, source_options = source.get(column, (None, None))
+        if column in columns and target is not None and source_target is None:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                staged.ident, sql.Identifier(column), sql.Literal(target)))
+        if column in columns and options and not source_options:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
+                staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
+
+
+def reporting_statistics(cur, definition: TableDefinition, staged: StagedTable) -> list[ExtendedStatistics]:
+    """CREATE STATISTICS objects of the live reporting table that the source does not have."""
+    source_names = {(s.schema, s.name) for s in definition.extended_statistics}
+    return [s for s in reporting_extras(cur, definition, staged).statistics
+            if (s.schema, s.name) not in source_names]
+
+
+def built_or_skipped(cur, build, table: TableName, event: runlog.Event, **fields) -> bool:
+    """Build something of the reporting side's own on the staged table, or, when it no longer
+    fits the new shape, report it and leave it out: it must not cost the night's data."""
+    cur.execute("SAVEPOINT copier_extra")
+    try:
+        build()
+    except psycopg2.DatabaseError as exc:
+        if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT copier_extra")
+        if event is runlog.WARNING:
+            warn(fields.pop("message"), table=table.qualified, **fields, error=describe_error(exc))
         else:
-            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS",
-                       "table": "TABLE"}[rename.kind]
-            statements.append(sql.SQL("ALTER {} {} RENAME TO {}").format(
-                sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
-                sql.Identifier(rename.final)))
-    return statements
+            log_event(event, table=table.qualified, **fields, error=describe_error(exc))
+        return False
+    cur.execute("RELEASE SAVEPOINT copier_extra")
+    return True
+
+
+# --- partitions: a partitioned reporting table stays partitioned, with its own partitions
+
+
+# A partition's own indexes (not its share of an index of the whole table), as the reporting
+# side added them.
+PARTITION_INDEXES_QUERY = """
+SELECT ic.relname, pg_get_indexdef(x.indexrelid), quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM pg_index x
+JOIN pg_class ic ON ic.oid = x.indexrelid
+JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND NOT ic.relispartition
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = x.indexrelid)
+ORDER BY ic.relname
+"""
+
+
+def build_partition_indexes(cur, staged: StagedTable) -> None:
+    for schema, temporary, name in staged.partitions:
+        cur.execute(PARTITION_INDEXES_QUERY, (schema, name))
+        for n, (index, index_sql, quoted) in enumerate(cur.fetchall(), 1):
+            temporary_index = f"{temporary}_r{n}"
+            statement = retarget_index(index_sql, f" ON {quoted} ", temporary_index,
+                                       sql.Identifier(schema, temporary).as_string(cur))
+            if built_or_skipped(cur, lambda statement=statement: cur.execute(statement), staged.table,
+                                runlog.INDEX_SKIPPED, index=index):
+                staged.renames.append(Rename("index", temporary_index, index, schema))
+
+
+@dataclass
+class PartitionSide:
+    """What belongs to a partition beyond its rows, kept across the swap."""
+
+    schema: str
+    name: str
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+    index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
+    triggers: list[str]  # its own (not its share of the table's), as CREATE TRIGGER statements
+    row_security: tuple[bool, bool] = (False, False)  # ENABLE and FORCE ROW LEVEL SECURITY
+    policies: list = dataclasses.field(default_factory=list)  # as ReportingSide.policies
+    rules: list[str] = dataclasses.field(default_factory=list)  # CREATE RULE statements
+
+
+PARTITION_SIDE_QUERY = """
+SELECT n.nspname, c.relname, pg_get_userbyid(c.relowner), obj_description(c.oid, 'pg_class'),
+       (SELECT coalesce(json_agg(json_build_array(ic.relname, pi.relname)), '[]')
+        FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
+        JOIN pg_inherits i ON i.inhrelid = x.indexrelid JOIN pg_class pi ON pi.oid = i.inhparent
+        WHERE x.indrelid = c.oid),
+       (SELECT coalesce(json_agg(pg_get_triggerdef(g.oid) ORDER BY g.tgname), '[]') FROM pg_trigger g
+        WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0),
+       c.relrowsecurity, c.relforcerowsecurity,
+       (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
+                                                  p.qual, p.with_check) ORDER BY p.policyname), '[]')
+        FROM pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname),
+       (SELECT coalesce(json_agg(pg_get_ruledef(r.oid) ORDER BY r.rulename), '[]') FROM pg_rewrite r
+        WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.level > 0
+"""
+
+
+def capture_partitions(cur, oid: int) -> list[PartitionSide]:
+    cur.execute(PARTITION_SIDE_QUERY, (oid,))
+    sides = []
+    for schema, name, owner, comment, index_names, triggers, enable, force, policies, rules \
+            in cur.fetchall():
+        grants = table_grants(cur, sql.Identifier(schema, name))
+        sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names],
+                                   triggers, (enable, force), policies, rules))
+    return sides
+
+
+def restore_partitions(cur, table: TableName, partitions: list[PartitionSide]) -> None:
+    """Each partition that is there again gets its owner, grants, comment, own triggers, rules,
+    row-level security and policies back, and its share of the table's indexes gets back the
+    name it had. A policy that cannot be made again fails the swap: a partition readable beyond
+    its policies would be worse than last night's data."""
+    for side in partitions:
+        ident = sql.Identifier(side.schema, side.name)
+        if live_table_oid(cur, TableName(side.schema, side.name)) is None:
+            continue
+        partition = TableName(side.schema, side.name).qualified
+        for trigger in side.triggers:
+            recreate_or_fail(cur, trigger, f"trigger of partition {partition}", table)
+        for rule in side.rules:
+            recreate_or_fail(cur, rule, f"rule of partition {partition}", table)
+        if side.row_security[0]:
+            cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
+        if side.row_security[1]:
+            cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(ident))
+        for policy in side.policies:
+            recreate_or_fail(cur, policy_statement(ident, policy),
+                             f"row-level security policy {policy[0]} of partition {partition}", table)
+        if side.owner != current_user(cur):
+            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ident, sql.Identifier(side.owner)))
+        apply_grants(cur, "TABLE", ident, side.grants, table_grants(cur, ident))
+        apply_comments(cur, ident, side.comment, {})
+        for index, parent_index in side.index_names:
+            cur.execute("SELECT ic.relname FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid "
+                        "JOIN pg_inherits i ON i.inhrelid = x.indexrelid "
+                        "JOIN pg_class pi ON pi.oid = i.inhparent "
+                        "WHERE x.indrelid = %s::regclass AND pi.relname = %s",
+                        (ident.as_string(cur), parent_index))
+            row = cur.fetchone()
+            if row and row[0] != index:
+                cur.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(side.schema, row[0]), sql.Identifier(index)))
+
+
+# --- what depends on the table: pg_depend names everything a DROP TABLE would refuse over or take along
+
+
+@dataclass
+class DependentView:
+    schema: str
+    name: str
+    kind: str  # v (view) or m (materialized view)
+    definition: str
+    options: list[str]
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+    column_comments: dict[str, str]
+    indexes: list[str]
+    populated: bool
+    extras: list[str]  # the view's own rules and triggers, made again after it
+
+    @property
+    def what(self) -> str:
+        kind = "materialized view" if self.kind == "m" else "view"
+        return f"{kind} {TableName(self.schema, self.name).qualified}"
+
+    def drop(self, cur) -> None:
+        keyword = "MATERIALIZED VIEW" if self.kind == "m" else "VIEW"
+        cur.execute(sql.SQL("DROP {} {}").format(sql.SQL(keyword), sql.Identifier(self.schema, self.name)))
+
+    def recreate(self, cur, table: TableName) -> None:
+        recreate_view(cur, table, self)
+
+
+@dataclass
+class Routine:
+    """A function, procedure or aggregate whose arguments, result or SQL-standard body use the
+    table or its row type: dropped with it, so made again from its definition."""
+
+    signature: str  # schema.name(argument types), as regprocedure prints it
+    kind: str  # pg_proc.prokind: f, p, a, w
+    definition: str  # CREATE FUNCTION / PROCEDURE / AGGREGATE
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+
+    @property
+    def what(self) -> str:
+        return f"{ROUTINE_KINDS.get(self.kind, 'function')} {self.signature}"
+
+    def drop(self, cur) -> None:
+        cur.execute(f"DROP ROUTINE {self.signature}")
+
+    def recreate(self, cur, table: TableName) -> None:
+        # As pg_dump: a body kept as text is checked when it runs (with its caller's or its own
+        # search_path), not now under the copier's; an SQL-standard body is checked all the same.
+        cur.execute("SELECT set_config('check_function_bodies', 'off', true)")
+        recreate_or_fail(cur, sql.SQL(self.definition), self.what, table,
+                         f"DROP ROUTINE {self.signature}")
+        cur.execute("SELECT set_config('check_function_bodies', 'on', true)")
+        ident = sql.SQL(self.signature)
+        if self.owner != current_user(cur):
+            cur.execute(sql.SQL("ALTER ROUTINE {} OWNER TO {}").format(ident, sql.Identifier(self.owner)))
+        cur.execute(ROUTINE_GRANTS_QUERY, (self.signature,))
+        apply_grants(cur, "ROUTINE", ident, self.grants, cur.fetchall())
+        if self.comment is not None:
+            cur.execute(sql.SQL("COMMENT ON ROUTINE {} IS {}").format(ident, sql.Literal(self.comment)))
+
+
+ROUTINE_KINDS = {"f": "function", "p": "procedure", "a": "aggregate", "w": "window function"}
+
+
+@dataclass
+class ForeignKey:
+    """A foreign key of the reporting side, to or from a copied table. Tables are replaced one by
+    one, each from the run's snapshot, so a key is made again NOT VALID (no scan under the swap's
+    lock, and a reporting database takes no writes it would guard) and validated once both of
+    its tables hold the same night's rows."""
+
+    table: str  # the referencing table, schema-qualified and quoted
+    name: str
+    definition: str  # FOREIGN KEY (...) REFERENCES ..., without NOT VALID
+    valid: bool
+    comment: str | None
+    partitioned: bool  # before PostgreSQL 18 a partitioned table takes no NOT VALID key
+
+    @property
+    def what(self) -> str:
+        return f"foreign key {display_ident(self.name)} of {self.table}"
+
+    @property
+    def remedy(self) -> str:
+        return f"ALTER TABLE {self.table} DROP CONSTRAINT {display_ident(self.name)}"
+
+    def drop(self, cur) -> None:
+        cur.execute(self.remedy)
+
+    def add(self, cur, table: TableName) -> bool:
+        """Make the key again; True when it must still be validated."""
+        not_valid = not (self.partitioned and cur.connection.server_version < 180000)
+        statement = f"ALTER TABLE {self.table} ADD CONSTRAINT {display_ident(self.name)} {self.definition}"
+        recreate_or_fail(cur, sql.SQL(statement + (" NOT VALID" if not_valid else "")), self.what,
+                         table, self.remedy)
+        if self.comment is not None:
+            cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(self.name), sql.SQL(self.table), sql.Literal(self.comment)))
+        return self.valid and not_valid
+
+
+@dataclass
+class Restatement:
+    """Something of another table's that names the copied table (a rule, a policy, a column
+    default on its sequence, an inheritance child): taken off before the swap, put back after."""
+
+    what: str
+    remove: str
+    restore: str
+    remedy: str
+
+    def drop(self, cur) -> None:
+        cur.execute(self.remove)
+
+    def recreate(self, cur, table: TableName) -> None:
+        recreate_or_fail(cur, sql.SQL(self.restore), self.what, table, self.remedy)
+
+
+# Everything that depends on a relation, a type or a routine in the given list, by the object's
+# own catalog; `relation` is the table it belongs to, where it belongs to one.
+DEPENDENTS_QUERY = """
+SELECT DISTINCT d.classid::regclass::text, d.objid,
+       CASE WHEN d.classid = 'pg_class'::regclass THEN d.objsubid ELSE 0 END,
+       pg_describe_object(d.classid, d.objid, d.objsubid),
+       (pg_identify_object(d.classid, d.objid, d.objsubid)).type,
+       (pg_identify_object(d.classid, d.objid, d.objsubid)).identity,
+       CASE d.classid
+           WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid)
+           WHEN 'pg_constraint'::regclass THEN (SELECT conrelid FROM pg_constraint WHERE oid = d.objid)
+           WHEN 'pg_policy'::regclass THEN (SELECT polrelid FROM pg_policy WHERE oid = d.objid)
+           WHEN 'pg_attrdef'::regclass THEN (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)
+           WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = d.objid)
+           WHEN 'pg_class'::regclass THEN d.objid
+       END,
+       CASE
+           WHEN d.classid = 'pg_rewrite'::regclass THEN (
+               SELECT CASE WHEN r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') THEN 'view' ELSE 'rule' END
+               FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+           WHEN d.classid = 'pg_proc'::regclass THEN 'routine'
+           WHEN d.classid = 'pg_constraint'::regclass THEN (
+               SELECT CASE WHEN contype <> 'f' THEN 'other' WHEN conparentid = 0 THEN 'foreign key'
+                           ELSE 'partition share of a key' END
+               FROM pg_constraint WHERE oid = d.objid)
+           WHEN d.classid = 'pg_policy'::regclass THEN 'policy'
+           WHEN d.classid = 'pg_attrdef'::regclass THEN 'default'
+           WHEN d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND EXISTS (
+               SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhrelid = d.objid AND i.inhparent = ANY(%(family)s) AND NOT c.relispartition)
+               THEN 'inheritance child'
+           ELSE 'other'
+       END
+FROM pg_depend d
+JOIN unnest(%(catalogs)s::regclass[], %(oids)s::oid[]) AS ref(classid, objid)
+  ON d.refclassid = ref.classid AND d.refobjid = ref.objid
+WHERE d.deptype = 'n'
+"""
+
+
+# A relation as something others depend on: itself, its row type and that type's array type.
+RELATION_SEEDS_QUERY = """
+SELECT c.oid, c.reltype, t.typarray FROM pg_class c LEFT JOIN pg_type t ON t.oid = c.reltype
+WHERE c.oid = ANY(%s)
+"""
+
+
+# The reporting table and its partitions, and the sequences their columns own.
+FAMILY_QUERY = """
+WITH tree AS (SELECT %(oid)s::oid AS relid UNION SELECT relid FROM pg_partition_tree(%(oid)s))
+SELECT relid FROM tree
+UNION
+SELECT d.objid FROM pg_depend d
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(ARRAY(SELECT relid FROM tree))
+  AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
+"""
+
+
+# Advice for what cannot be carried, by pg_identify_object's type: how to remove it.
+DROP_ADVICE = {
+    "table column": "give the column another type, e.g. ALTER TABLE {table} ALTER COLUMN {column} "
+                    "TYPE jsonb USING to_jsonb({column})",
+    "table constraint": "ALTER TABLE {table} DROP CONSTRAINT {name}",
+    "domain constraint": "ALTER DOMAIN {table} DROP CONSTRAINT {name}",
+    "trigger": "DROP TRIGGER {name} ON {table}",
+}
+
+
+def sweep_dependents(cur, table: TableName, table_oid: int,
+                     capture: bool = True) -> tuple[list, list[ForeignKey]]:
+    """Everything outside the table that depends on it, its partitions, its row type or its
+    sequences, and, in turn, on the views and routines among them: (what is made again, in
+    dependency order; the other tables' foreign keys to it). Raises Refused for what cannot be.
+
+    Other jobs may replace views meanwhile: what is gone by the time it is read is passed over.
+    Without capture, only the refusals: reading a view's definition locks what it reads.
+    """
+    cur.execute(FAMILY_QUERY, {"oid": table_oid})
+    family = sorted(row[0] for row in cur.fetchall())
+    found: dict[tuple, tuple[int, tuple]] = {}  # (catalog, oid, column) -> (depth, row)
+    seeds = relation_seeds(cur, family)
+    depth = 0
+    while seeds and depth < 50:
+        depth += 1
+        cur.execute(DEPENDENTS_QUERY, {"catalogs": [c for c, _ in seeds], "oids": [o for _, o in seeds],
+                                       "family": family})
+        views, routines = [], []
+        for row in cur.fetchall():
+            catalog, oid, column, _description, _type, _identity, relation, role = row
+            if relation in family or role is None:
+                continue  # the table's own (carried with it), or gone meanwhile
+            found[(catalog, oid, column)] = (depth, row)
+            if role == "view":
+                views.append(relation)
+            elif role == "routine":
+                routines.append(("pg_proc", oid))
+        seeds = relation_seeds(cur, views) + routines
+    ordered = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
+    recreated_views = {row[6] for row in ordered if row[7] == "view"}
+    refused = [row for row in ordered if row[7] == "other"]
+    if refused:
+        raise refusal(cur, table, refused)
+    dependents, foreign_keys = [], []
+    for _catalog, oid, _column, description, _kind, _identity, relation, role in ordered:
+        if not capture:
+            break
+        if role == "view":
+            dependents.append(capture_view(cur, relation))
+        elif role == "rule" and relation not in recreated_views:  # a view's own come with it
+            dependents.append(capture_rule(cur, oid, description))
+        elif role == "routine":
+            dependents.append(capture_routine(cur, oid))
+        elif role == "foreign key":
+            foreign_keys.append(capture_foreign_key(cur, oid))
+        elif role == "policy":
+            dependents.append(capture_policy(cur, oid, description))
+        elif role == "default":
+            dependents.append(capture_default(cur, oid, description))
+        elif role == "inheritance child":
+            dependents.append(capture_child(cur, oid, family))
+    # Views reached along several paths: the deepest place is the one that counts.
+    seen, unique = set(), []
+    for dependent in reversed(dependents):
+        if dependent is not None and dependent.what not in seen:
+            seen.add(dependent.what)
+            unique.append(dependent)
+    return list(reversed(unique)), [key for key in foreign_keys if key is not None]
+
+
+def relation_seeds(cur, relations: list[int]) -> list[tuple[str, int]]:
+    if not relations:
+        return []
+    cur.execute(RELATION_SEEDS_QUERY, (relations,))
+    seeds = []
+    for oid, row_type, array_type in cur.fetchall():
+        seeds += [("pg_class", oid)] + [("pg_type", t) for t in (row_type, array_type) if t]
+    return seeds
+
+
+def capture_child(cur, oid: int, family: list[int]) -> Restatement | None:
+    cur.execute("SELECT i.inhrelid::regclass::text, i.inhparent::regclass::text FROM pg_inherits i "
+                "WHERE i.inhrelid = %s AND i.inhparent = ANY(%s)", (oid, family))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    child, parent = row
+    return Restatement(f"inheritance child {child}", f"ALTER TABLE {child} NO INHERIT {parent}",
+                       f"ALTER TABLE {child} INHERIT {parent}", f"ALTER TABLE {child} NO INHERIT {parent}")
+
+
+def refusal(cur, table: TableName, refused: list[tuple]) -> Refused:
+    """What to say about dependents the copier cannot keep: which objects, and how to resolve
+    the first (an object before its own constraints: dropping a domain drops its checks)."""
+    refused = sorted(refused, key=lambda row: row[4].endswith("constraint"))
+    _catalog, oid, _column, description, kind, identity, _relation, _role = refused[0]
+    if kind == "type":
+        cur.execute("SELECT typtype = 'd' FROM pg_type WHERE oid = %s", (oid,))
+        kind = "domain" if (cur.fetchone() or [False])[0] else kind
+    name, _, owner = identity.rpartition(" on ")
+    fields = {"table": owner, "name": name, "column": identity.rpartition(".")[2]}
+    if kind == "table column":
+        fields["table"] = identity.rpartition(".")[0]
+    advice = DROP_ADVICE.get(kind, f"DROP {kind.upper()} {identity}").format(**fields)
+    others = [row[3] for row in refused[1:]]
+    more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
+    return Refused(f"{table.qualified} cannot be replaced: {description} depends on it and would "
+                   f"not survive the refresh{more}; resolve it on the reporting side ({advice}), "
+                   f"or stop copying {table.qualified}")
+
+
+VIEW_EXTRAS_QUERY = """
+SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = %(oid)s AND rulename <> '_RETURN'
+UNION ALL
+SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %(oid)s AND NOT tgisinternal
+"""
+
+
+def capture_view(cur, oid: int) -> DependentView | None:
+    cur.execute(
+        "SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid), coalesce(c.reloptions, '{}'), "
+        "pg_get_userbyid(c.relowner), c.relispopulated, obj_description(c.oid, 'pg_class') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    schema, name, kind, definition, options, owner, populated, comment = row
+    cur.execute(GRANTS_QUERY, (oid,))
+    grants = cur.fetchall()
+    column_comments = read_column_comments(cur, oid)
+    cur.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s", (oid,))
+    indexes = [r[0] for r in cur.fetchall()]
+    cur.execute(VIEW_EXTRAS_QUERY, {"oid": oid})
+    extras = [r[0] for r in cur.fetchall()]
+    return DependentView(schema, name, kind, definition, list(options), owner, grants, comment,
+                         column_comments, indexes, populated, extras)
+
+
+ROUTINE_QUERY = """
+SELECT p.oid::regprocedure::text, p.prokind, pg_get_userbyid(p.proowner),
+       obj_description(p.oid, 'pg_proc'),
+       CASE WHEN p.prokind <> 'a' THEN pg_get_functiondef(p.oid) END
+FROM pg_proc p WHERE p.oid = %s
+"""
+
+
+# Grants of a routine to others, PUBLIC's default EXECUTE included.
+ROUTINE_GRANTS_QUERY = """
+SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type, a.is_grantable
+FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+WHERE p.oid = %s::regprocedure AND a.grantee <> p.proowner
+ORDER BY 1, 2
+"""
+
+
+def capture_routine(cur, oid: int) -> Routine | None:
+    cur.execute(ROUTINE_QUERY, (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    signature, kind, owner, comment, definition = row
+    if kind == "a":
+        definition = aggregate_definition(cur, oid, signature)
+    cur.execute(ROUTINE_GRANTS_QUERY, (signature,))
+    return Routine(signature, kind, definition, owner, cur.fetchall(), comment)
+
+
+AGGREGATE_QUERY = """
+SELECT a.aggkind, a.aggmtransfn <> 0 OR a.aggsortop <> 0,
+       quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_function_arguments(p.oid),
+       a.aggtransfn::regproc::text, format_type(a.aggtranstype, NULL), a.aggtransspace,
+       nullif(a.aggfinalfn, 0)::regproc::text, a.aggfinalextra, a.aggfinalmodify,
+       nullif(a.aggcombinefn, 0)::regproc::text, nullif(a.aggserialfn, 0)::regproc::text,
+       nullif(a.aggdeserialfn, 0)::regproc::text, a.agginitval, p.proparallel
+FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE a.aggfnoid = %s
+"""
+
+
+FINAL_MODIFY = {"r": "READ_ONLY", "s": "SHAREABLE", "w": "READ_WRITE"}
+
+
+PARALLEL = {"s": "SAFE", "r": "RESTRICTED", "u": "UNSAFE"}
+
+
+def aggregate_definition(cur, oid: int, signature: str) -> str:
+    """CREATE AGGREGATE for an ordinary aggregate (pg_get_functiondef does not print them)."""
+    cur.execute(AGGREGATE_QUERY, (oid,))
+    (kind, unusual, name, arguments, transition, state_type, state_space, final, final_extra,
+     final_modify, combine, serialize, deserialize, initial, parallel) = cur.fetchone()
+    if kind != "n" or unusual:
+        raise Refused(f"aggregate {signature} depends on the copied table and is of a kind the "
+                      f"copier does not make again (ordered-set, moving or with a sort operator): "
+                      f"DROP AGGREGATE {signature} before the copy, and make it again after")
+    parts = [f"SFUNC = {transition}", f"STYPE = {state_type}"]
+    parts += [f"SSPACE = {state_space}"] if state_space else []
+    parts += [f"FINALFUNC = {final}", f"FINALFUNC_MODIFY = {FINAL_MODIFY[final_modify]}"] if final else []
+    parts += ["FINALFUNC_EXTRA"] if final_extra else []
+    parts += [f"COMBINEFUNC = {combine}"] if combine else []
+    parts += [f"SERIALFUNC = {serialize}", f"DESERIALFUNC = {deserialize}"] if serialize else []
+    parts += [f"INITCOND = {quote_literal(initial)}"] if initial is not None else []
+    parts.append(f"PARALLEL = {PARALLEL[parallel]}")
+    return f"CREATE AGGREGATE {name}({arguments}) ({', '.join(parts)})"
+
+
+FOREIGN_KEY_QUERY = """
+SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.convalidated,
+       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p'
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+WHERE {}
+ORDER BY 1, 2
+"""
+
+
+def capture_foreign_key(cur, oid: int) -> ForeignKey | None:
+    cur.execute(FOREIGN_KEY_QUERY.format("c.oid = %s"), (oid,))
+    row = cur.fetchone()
+    return foreign_key(*row) if row else None
+
+
+def foreign_key(table, name, definition, valid, comment, partitioned) -> ForeignKey:
+    definition = definition.removesuffix(" NOT VALID")
+    return ForeignKey(table, name, definition, valid, comment, partitioned)
+
+
+def capture_rule(cur, oid: int, description: str) -> Restatement | None:
+    cur.execute("SELECT quote_ident(rulename), ev_class::regclass::text, pg_get_ruledef(oid) "
+                "FROM pg_rewrite WHERE oid = %s", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    name, relation, definition = row
+    drop = f"DROP RULE {name} ON {relation}"
+    return Restatement(description, drop, definition, drop)
+
+
+def capture_policy(cur, oid: int, description: str) -> Restatement | None:
+    cur.execute(
+        "SELECT p.policyname, p.permissive, p.roles::text[], p.cmd, p.qual, p.with_check, "
+        "pol.polrelid::regclass::text FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_policies p ON p.schemaname = n.nspname "
+        "AND p.tablename = c.relname AND p.policyname = pol.polname WHERE pol.oid = %s", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    *policy, relation = row
+    drop = f"DROP POLICY {quote_ident(policy[0])} ON {relation}"
+    return Restatement(description, drop, policy_statement(sql.SQL(relation), policy).as_string(cur), drop)
+
+
+def capture_default(cur, oid: int, description: str) -> Restatement | None:
+    cur.execute("SELECT d.adrelid::regclass::text, quote_ident(a.attname), pg_get_expr(d.adbin, d.adrelid) "
+                "FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+                "WHERE d.oid = %s", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    relation, column, expression = row
+    alter = f"ALTER TABLE {relation} ALTER COLUMN {column}"
+    return Restatement(description, f"{alter} DROP DEFAULT", f"{alter} SET DEFAULT {expression}",
+                       f"{alter} DROP DEFAULT")
+
+
+# The table's own rules, inheritance parents and publications: they go with the old table.
+OWN_RULES_QUERY = """
+SELECT quote_ident(rulename), pg_get_ruledef(oid) FROM pg_rewrite
+WHERE ev_class = %s AND rulename <> '_RETURN' ORDER BY rulename
+"""
+
+
+OWN_PARENTS_QUERY = """
+SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s ORDER BY inhseqno
+"""
+
+
+def publications_query(server_version: int) -> str:
+    """Publications the table is in; row filters and column lists came with PostgreSQL 15."""
+    extra = ("pg_get_expr(pr.prqual, pr.prrelid), (SELECT string_agg(quote_ident(attname), ', ' "
+             "ORDER BY attnum) FROM pg_attribute WHERE attrelid = pr.prrelid AND attnum = ANY(pr.prattrs))"
+             if server_version >= 150000 else "NULL, NULL")
+    return (f"SELECT quote_ident(p.pubname), {extra} FROM pg_publication_rel pr "
+            "JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = %s ORDER BY 1")
+
+
+def capture_own(cur, table: TableName, oid: int) -> list[Restatement]:
+    ident = table.ident.as_string(cur)
+    own = []
+    cur.execute(OWN_RULES_QUERY, (oid,))
+    for name, definition in cur.fetchall():
+        own.append(Restatement(f"rule {name} on {ident}", "", definition, f"DROP RULE {name} ON {ident}"))
+    cur.execute(OWN_PARENTS_QUERY, (oid,))
+    for (parent,) in cur.fetchall():
+        own.append(Restatement(f"inheritance from {parent}", "", f"ALTER TABLE {ident} INHERIT {parent}",
+                               f"ALTER TABLE {ident} NO INHERIT {parent}"))
+    cur.execute(publications_query(cur.connection.server_version), (oid,))
+    for publication, row_filter, columns in cur.fetchall():
+        listed = f" ({columns})" if columns else ""
+        where = f" WHERE ({row_filter})" if row_filter else ""
+        own.append(Restatement(f"publication {publication}", "",
+                               f"ALTER PUBLICATION {publication} ADD TABLE {ident}{listed}{where}",
+                               f"ALTER PUBLICATION {publication} DROP TABLE {ident}"))
+    return own
+
+
+# Whether anything but the table's own indexes, constraints, triggers, policies and statistics
+# is tied to it: most reporting tables have nothing else, and their swap needs no sweep (a
+# table's own default on its own sequence does not count). Partitions of the table say so too.
+TIED = """
+c.relkind = 'p' OR c.relispartition
+    OR EXISTS (SELECT 1 FROM pg_depend d
+               WHERE d.deptype = 'n' AND (d.refclassid, d.refobjid) IN (
+                     ('pg_class'::regclass, c.oid), ('pg_type'::regclass, c.reltype),
+                     ('pg_type'::regclass, t.typarray)))
+    OR EXISTS (SELECT 1 FROM pg_depend s JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass
+                    AND d.refobjid = s.objid AND d.deptype = 'n'
+               WHERE s.refclassid = 'pg_class'::regclass AND s.refobjid = c.oid
+                 AND s.classid = 'pg_class'::regclass AND s.deptype IN ('a', 'i')
+                 AND NOT (d.classid = 'pg_attrdef'::regclass
+                          AND (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid) = c.oid))
+    OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = c.oid AND contype = 'f')
+    OR EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = c.oid AND rulename <> '_RETURN')
+    OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
+    OR EXISTS (SELECT 1 FROM pg_publication_rel WHERE prrelid = c.oid)
+"""  # an expression on pg_class c and pg_type t, the table's row type
+
+
+TIED_QUERY = f"""
+SELECT c.oid, {TIED} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = c.reltype WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
+TIED_TABLES_QUERY = f"""
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = c.reltype
+WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+  AND c.relkind IN ('r', 'p') AND ({TIED})
+"""
+
+
+def with_target_checked(dst, units: list[Unit]) -> list[Unit]:
+    """The units, each table marked untied when nothing on the reporting side is tied to it
+    now (most tables; absent ones too): one query for the run instead of one per table."""
+    tables = list({u.source.table for u in units})
+    with dst.cursor() as cur:
+        cur.execute(TIED_TABLES_QUERY,
+                    ([t.schema for t in tables], [t.name for t in tables]))
+        tied = {TableName(schema, name) for schema, name in cur.fetchall()}
+    return [dataclasses.replace(u, source=dataclasses.replace(u.source, untied=u.source.table not in tied))
+            for u in units]
+
+
+def refuse_what_cannot_survive(cur, table: TableName) -> None:
+    """Before anything is written: a table that is itself a partition of another reporting
+    table, or with a dependent that cannot be made again, is refused with what to do."""
+    cur.execute(prepared_statement(cur, "copier_live_tied", TIED_QUERY, table.schema, table.name))
+    oid, tied = cur.fetchone() or (None, False)
+    if not tied:
+        return
+    cur.execute("SELECT inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhrelid = %s AND c.relispartition", (oid,))
+    row = cur.fetchone()
+    if row:
+        raise Refused(f"{table.qualified} is a partition of {row[0]} on the reporting side: copy {row[0]} "
+                      f"instead (its partitions come along), or ALTER TABLE {row[0]} DETACH PARTITION "
+                      f"{table.qualified}")
+    sweep_dependents(cur, table, oid, capture=False)
+
+
+# --- captured under the swap's lock, restored on the new table
+
+
+@dataclass
+class ReportingSide:
+    """What belongs to the reporting table rather than to its data: kept across the swap."""
+
+    oid: int
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    column_grants: list[tuple[str, str, str, bool]]
+    comment: str | None
+    column_comments: dict[str, str]
+    options: list[str]  # reloptions such as autovacuum or fillfactor settings
+    row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
+    policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
+    triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
+    own: list[Restatement]  # its rules, inheritance parents and publications
+    foreign_keys: list[ForeignKey]  # its own and other tables' keys to it
+    dependents: list  # views, routines and Restatements, in the order they are made again
+    partitions: list[PartitionSide]
+
+
+GRANTS_QUERY = """
+SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+       a.privilege_type, a.is_grantable
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = %s::regclass AND a.grantee <> c.relowner
+ORDER BY 1, 2
+"""
+
+
+# The table's own triggers (in REPORTING_SIDE_QUERY) are not those PostgreSQL made for
+# constraints, nor partitions' clones.
+# pg_trigger.tgenabled -> how to set it after CREATE TRIGGER (which leaves it 'O': enabled).
+TRIGGER_STATES = {"D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
+
+
+# A relation's grants as GRANTS_QUERY has them, as JSON, for its pg_class row named {relation}.
+GRANTS_JSON_OF = """
+SELECT coalesce(json_agg(json_build_array(grantee, privilege, grantable) ORDER BY grantee, privilege), '[]')
+FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+             a.privilege_type, a.is_grantable
+      FROM aclexplode({relation}.relacl) a WHERE a.grantee <> {relation}.relowner)
+     AS g(grantee, privilege, grantable)
+"""
+
+
+GRANTS_JSON = GRANTS_JSON_OF.format(relation="c")  # c: the table's pg_class row
 
 
 # The new table's grants (given by default privileges, say) and its columns.
@@ -3388,6 +3700,77 @@ FROM pg_class c WHERE c.oid = $1::regclass
 def new_table_statement(cur, table: TableName) -> str:
     return prepared_statement(cur, "copier_new_table", NEW_TABLE_QUERY,
                               quote_qualified(table.schema, table.name))
+
+
+# Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
+# and whether anything else is tied to it.
+REPORTING_SIDE_QUERY = f"""
+SELECT c.oid, pg_get_userbyid(c.relowner), {COMMENT_OF % "c.oid"}, coalesce(c.reloptions, '{{}}'),
+       c.relrowsecurity, c.relforcerowsecurity,
+       (SELECT coalesce(json_agg(json_build_array(p.policyname, p.permissive, p.roles::text[], p.cmd,
+                                                  p.qual, p.with_check) ORDER BY p.policyname), '[]')
+        FROM pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname),
+       (SELECT coalesce(json_agg(json_build_array(g.tgname, pg_get_triggerdef(g.oid), g.tgenabled)
+                                 ORDER BY g.tgname), '[]')
+        FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0),
+       ({GRANTS_JSON}),
+       (SELECT coalesce(json_agg(json_build_array(attname, grantee, privilege, grantable)
+                                 ORDER BY attname, grantee, privilege), '[]')
+        FROM (SELECT a.attname, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END,
+                     g.privilege_type, g.is_grantable
+              FROM pg_attribute a, aclexplode(a.attacl) g
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+             AS g(attname, grantee, privilege, grantable)),
+       (SELECT coalesce(json_object_agg(a.attname, d.description), '{{}}')
+        FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+        WHERE d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0),
+       {TIED}
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = c.reltype
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
+def capture_reporting_side(cur, table: TableName, prefix: str = "",
+                           exists: bool = True) -> ReportingSide | None:
+    """Lock the live reporting table and note what must survive its replacement.
+
+    prefix: statements to send first, in the same round trip. When the table is expected to
+    exist (staging found it), it is locked and read in that one round trip: the lock, then (a
+    statement of its own, so that it sees what the lock waited for) the table as it is; a
+    table gone meanwhile is found missing from the lock's error instead.
+    """
+    lock_and_read = (sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ").format(table.ident).as_string(cur)
+                     + prepared_statement(cur, "copier_reporting_side", REPORTING_SIDE_QUERY,
+                                          table.schema, table.name))
+    if exists:
+        try:
+            cur.execute(prefix + "SAVEPOINT copier_capture; " + lock_and_read)
+        except psycopg2.errors.UndefinedTable:
+            cur.execute("ROLLBACK TO SAVEPOINT copier_capture")
+            return None
+    else:
+        cur.execute(prefix + prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY,
+                                                table.schema, table.name))
+        if cur.fetchone() is None:
+            return None
+        cur.execute(lock_and_read)
+    row = cur.fetchone()
+    if row is None:
+        return None  # not a table: the rename says what is in the way
+    (oid, owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
+     column_comments, tied) = row
+    side = ReportingSide(oid, owner, rows(grants), rows(column_grants), comment, column_comments,
+                         list(table_options), (enable, force), rows(policies), rows(triggers),
+                         [], [], [], [])
+    if tied:
+        side.dependents, foreign_keys = sweep_dependents(cur, table, oid)
+        cur.execute(FOREIGN_KEY_QUERY.format(
+            "c.conrelid IN (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s)) "
+            "AND c.contype = 'f' AND c.conparentid = 0"), {"oid": oid})
+        side.foreign_keys = [foreign_key(*row) for row in cur.fetchall()] + foreign_keys
+        side.own = capture_own(cur, table, oid)
+        side.partitions = capture_partitions(cur, oid)
+    return side
 
 
 def restores_before_grants(cur, old: ReportingSide) -> bool:
@@ -3507,17 +3890,6 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
         recreate_or_fail(cur, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident), view.what, table)
 
 
-CURRENT_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by connection
-
-
-def current_user(cur) -> str:
-    """The copier's user on this connection (asked once: the copier never changes role)."""
-    if cur.connection not in CURRENT_USERS:
-        cur.execute("SELECT current_user")
-        CURRENT_USERS[cur.connection] = cur.fetchone()[0]
-    return CURRENT_USERS[cur.connection]
-
-
 def table_grants(cur, ident: sql.Composable) -> list[tuple[str, str, bool]]:
     cur.execute(GRANTS_QUERY, (ident.as_string(cur),))
     return cur.fetchall()
@@ -3552,61 +3924,169 @@ def apply_comments(cur, ident: sql.Identifier, comment: str | None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Copying one table, with retries after lost connections
+# Readers in the way of a swap: waited for, then ended as pg_repack does.
 
 
-RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # server shutting down or starting
+def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options) -> None:
+    """The swaps that readers blocked, after every other table: each is tried again and, unless
+    --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
+    queries at the first blocked try, any other at the next), within --lock-budget in all."""
+    deadline = time.monotonic() + options.lock_budget
+    watcher = open_connection(settings["target"], "target")
+    try:
+        for result in results:
+            swap_one_past_readers(dst, watcher, result, options, deadline)
+    finally:
+        watcher.close()
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """Errors that a new connection may not repeat; anything else would fail again."""
-    if isinstance(exc, ConnectionLost):
-        return True
-    if isinstance(exc, psycopg2.Error):
-        if exc.pgcode:
-            return exc.pgcode.startswith("08") or exc.pgcode in RETRYABLE_SQLSTATES
-        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
-    return False
+def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, deadline: float) -> None:
+    staged = result.staged
+    with dst.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline)
+            cur.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
+            if not is_connection_error(exc):
+                cur.execute("ROLLBACK")
+                drop_staged(dst, [staged])  # a lost target's are dropped by the next run
+            result.ok, result.error = False, describe_error(exc)
+            log_event(runlog.TABLE_FAILED, table=result.table, error=result.error)
+            return
+    log_event(runlog.TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
+              seconds=result.seconds)
 
 
-# What to do about an error whose own text does not say it (patterns of the error's text).
-ERROR_ADVICE = {
-    r"query would be affected by row-level security policy":
-        "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
-        "so that no rows are left out",
-    r"function .* does not exist":
-        "the target database needs the functions the table's defaults, checks, generated columns "
-        "and indexes use: create them there",
-    r'collation ".*" for encoding ".*" does not exist|collation ".*" does not exist':
-        "the target database needs the collations the table's columns use: create them there",
-    r'type ".*" does not exist':
-        "the target database needs every type the source table uses; the copier creates enums, "
-        "domains, composite (not a table's row type) and range types, an extension's types need "
-        "CREATE EXTENSION on the target",
-}
+def swap_or_past(cur, watcher: ReadersWatcher, staged: StagedTable, options: Options,
+                 deadline: float) -> list[ForeignKey]:
+    try:
+        return swap_into_place(cur, staged, options, defer_keys=True)
+    except SwapBlocked:
+        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True)
 
 
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, psycopg2.Error) and exc.diag.message_primary:
-        text = exc.diag.message_primary
-        if exc.diag.context:
-            text += f" ({exc.diag.context.splitlines()[0]})"
-        text += "".join(f": {advice}" for pattern, advice in ERROR_ADVICE.items()
-                        if re.match(pattern, text))
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
+def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: float,
+              defer_keys: bool = False) -> list[ForeignKey]:
+    """swap_into_place, one try at a time until the deadline, ending the sessions in the way
+    between tries (unless --no-kill-readers); the error names them."""
+    one_try = dataclasses.replace(options, lock_retries=0)
+    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
+    for attempt in range(1_000_000):
+        try:
+            with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
+                return swap_into_place(cur, staged, one_try, defer_keys)
+        except SwapBlocked:
+            seen.update(describe_sessions(watcher, watch.blockers))
+            if time.monotonic() >= deadline:
+                raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
+            if options.kill_readers:
+                end_sessions(watcher, watch.blockers, attempt, staged.table)
+            time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
+    raise AssertionError("unreachable")
 
 
-def backoff(attempt: int, base: float) -> float:
-    return min(60.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
+class BlockerWatch:
+    """While a swap waits for its locks, another connection notes who blocks it."""
+
+    def __init__(self, watcher, pid: int):
+        self.watcher, self.pid, self.blockers = watcher, pid, set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="blocker-watch", daemon=True)
+
+    def watch(self) -> None:
+        with self.watcher.cursor() as cur:
+            while not self.done.wait(0.1):
+                cur.execute("SELECT pg_blocking_pids(%s)", (self.pid,))
+                self.blockers.update(cur.fetchone()[0])
+
+    def __enter__(self) -> BlockerWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+BLOCKERS_QUERY = """
+SELECT pid, usename, application_name, state,
+       round(extract(epoch FROM now() - coalesce(state_change, backend_start)))::int,
+       left(split_part(query, E'\n', 1), 120)
+FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid
+"""
+
+
+class ReadersWatcher:
+    """A second target connection for BlockerWatch, opened only when a swap is blocked."""
+
+    def __init__(self, settings: dict):
+        self.settings, self.conn = settings, None
+
+    def get(self):
+        if self.conn is None:
+            self.conn = open_connection(self.settings["target"], "target")
+        return self.conn
+
+    def __enter__(self) -> ReadersWatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def describe_sessions(watcher, pids) -> dict[int, str]:
+    with watcher.cursor() as cur:
+        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
+        return {pid: f"{pid} (user {user}, application {app or '-'}, " + (
+                    f"{state} for {idle} s: {query})" if state
+                    else "its state hidden from the copier's user)")
+                for pid, user, app, state, idle, query in cur.fetchall()}
+
+
+def end_sessions(watcher, pids, attempt: int, table: TableName) -> None:
+    """pg_repack's policy: cancel the queries in the way, end idle-in-transaction sessions (a
+    cancel does nothing to them), and at the next blocked try end whoever is still there.
+    Another copier run is waited for, never ended."""
+    with watcher.cursor() as cur:
+        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
+        for pid, user, app, state, idle, query in cur.fetchall():
+            if app == CONNECTION_OPTIONS["application_name"]:
+                continue
+            idle_in_transaction = (state or "").startswith("idle in transaction")
+            action = "terminate" if idle_in_transaction or attempt > 0 else "cancel"
+            try:
+                cur.execute(f"SELECT pg_{action}_backend(%s)", (pid,))
+                ended = cur.fetchone()[0]
+            except psycopg2.errors.InsufficientPrivilege as exc:
+                say(f"copier: warning: session {pid} (user {user}) blocks the swap of {table.qualified} "
+                    f"and may not be ended: {first_line(exc)}; grant pg_signal_backend to the copier's user")
+                continue
+            if ended:
+                log_event(runlog.SESSION_ENDED, table=table.qualified, pid=pid, user=user, application=app,
+                          state=state, seconds_in_state=idle, query=query, action=ENDED[action])
+                say(f"copier: warning: {ENDED[action]} session {pid} (user {user}, application {app or '-'}, "
+                    f"{state} for {idle} s: {query}): it blocked the swap of {table.qualified}")
+
+
+ENDED = {"cancel": "cancelled the query of", "terminate": "terminated"}
+
+
+def blocked_error(table: TableName, sessions: dict[int, str], options: Options) -> str:
+    who = "; ".join(sessions.values()) or "sessions that had gone by the time they were looked up"
+    why = " (--no-kill-readers)" if not options.kill_readers else ""
+    return (f"could not lock {table.qualified} for the swap within --lock-budget {options.lock_budget:g} s"
+            f"{why}; in the way: {who}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Outages and the run's snapshot: states of the run, shared by all its jobs
+# Run-wide state, shared by every job of the run: outages, the run's snapshot, the run's hold on its tables.
 
 
 WAIT_STEP_MAX = 5.0  # the longest pause between two tries to reach a database that is down
+
+
 WAITING_NOTE_SECONDS = 10.0  # how often a job waiting for a database says so
 
 
@@ -3674,7 +4154,7 @@ def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
                     f"(--outage-budget {outages.budget:g}): {exc}") from None
             if noted is None or down - noted >= WAITING_NOTE_SECONDS:
                 noted = down
-                log_event("waiting", database=role, seconds=round(down, 1),
+                log_event(runlog.WAITING, database=role, seconds=round(down, 1),
                           budget=outages.budget, error=str(exc), **context)
                 say(f"copier: waiting for the {role} database, unreachable for {down:.0f} s "
                     f"(budget {outages.budget:g} s): {exc}")
@@ -3683,6 +4163,19 @@ def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
         else:
             outages.up(role)
             return conn
+
+
+def connect_at_start(settings: dict, role: str, outages: OutageClock, options: Options):
+    """The run's first connection. A scheduled run (COPIER_RUN set) that starts during a
+    failover or a restart waits for the database as the jobs do later, within the outage
+    budget; a run by hand fails at once, where a wrong host or port looks the same as an outage."""
+    if not options.scheduled:
+        return open_connection(settings[role], role)
+    return connect_waiting(settings[role], role, outages)
+
+
+def backoff(attempt: int, base: float) -> float:
+    return min(60.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
 class SharedSnapshot:
@@ -3782,7 +4275,7 @@ class SnapshotHolder:
         message = (f"the run's snapshot was lost (the source restarted or failed over, or the "
                    f"connection holding it was cut): tables read from now on come from "
                    f"snapshot {generation}, a later moment than the tables read before")
-        log_event("snapshot_renewed", snapshot=generation, message=message)
+        log_event(runlog.SNAPSHOT_RENEWED, snapshot=generation, message=message)
         say(f"copier: warning: {message}")
 
     def close(self) -> None:
@@ -3797,697 +4290,6 @@ class SnapshotHolder:
         self.done.set()
         self.thread.join(5)  # not through a renewal's wait for the source (Ctrl-C during it)
         self.close()
-
-
-def report_progress(table: str, nbytes: int, seconds: float) -> None:
-    log_event("table_progress", table=table, bytes=nbytes, seconds=round(seconds, 1),
-              mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
-
-
-class TableCopier:
-    """One worker's pair of connections and the copy of each of its tables."""
-
-    def __init__(self, settings: dict, options: Options, shared: RunShared, job: int):
-        self.settings, self.options, self.shared, self.job = settings, options, shared, job
-        self.snapshot: str | None = None  # the name this try imports
-        self.src = self.dst = None
-
-    def connect(self, table: str) -> None:
-        """Both connections, waiting out an outage of either database (up to the budget)."""
-        if self.src is None:
-            self.src = connect_waiting(self.settings["source"], "source", self.shared.outages,
-                                       job=self.job, table=table)
-        if self.dst is None:
-            self.dst = connect_waiting(self.settings["target"], "target", self.shared.outages,
-                                       job=self.job, table=table)
-
-    def close(self) -> None:
-        for conn in (self.src, self.dst):
-            if conn is not None:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    pass
-        self.src = self.dst = None
-
-    def lost_connections(self) -> list[str]:
-        """Which connections broke (psycopg2 marks them closed=2), whatever error it raised."""
-        pairs = (("source", self.src), ("target", self.dst))
-        return [role for role, conn in pairs if conn is not None and conn.closed == 2]
-
-    def copy(self, unit: Unit) -> TableResult:
-        """One unit, tried again after a lost connection or snapshot: its result and its line."""
-        source, name = unit.source, unit.name
-        started = time.monotonic()
-        for attempt in range(self.options.retries + 1):
-            self.snapshot, generation = self.shared.snapshot.current()
-            try:
-                self.connect(name)
-                if attempt or generation > 1:
-                    source = self.found_again(source)
-                staged = self.step(dataclasses.replace(unit, source=source))
-            except KeyboardInterrupt:
-                self.close()
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this unit's result
-                if INTERRUPTED.is_set():  # psycopg2 turns a signal inside COPY into its own error
-                    self.close()
-                    raise Interrupted() from None
-                lost = self.lost_connections()
-                # A failed copy can leave a connection mid-COPY: start the next try afresh.
-                self.close()
-                error = describe_error(exc)
-                if lost:
-                    error = f"lost the connection to the {' and '.join(lost)} database: {error}"
-                if isinstance(exc, SnapshotLost) and self.options.snapshot == "strict":
-                    error += " (--snapshot strict: no table may come from a later snapshot)"
-                try:
-                    if attempt < self.options.retries and self.ready_to_retry(
-                            exc, lost, name, attempt, error, generation):
-                        continue
-                except CopierError as renewal:
-                    error = str(renewal)
-                seconds = round(time.monotonic() - started, 2)
-                log_event(EVENT_TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
-                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.options))
-                return TableResult(source.table.qualified, False, seconds=seconds, error=error,
-                                   attempts=attempt + 1, unit=name, part=unit.part)
-            seconds = round(time.monotonic() - started, 2)
-            result = TableResult(source.table.qualified, True, staged.rows, staged.bytes, seconds,
-                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part)
-            self.report(unit, staged, result)
-            return result
-        raise AssertionError("unreachable")
-
-    def report(self, unit: Unit, staged: StagedTable, result: TableResult) -> None:
-        """The unit's line; a table still to be swapped keeps its staged table in the result."""
-        fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
-                  "seconds": result.seconds, "snapshot": result.snapshot,
-                  **unit_fields(unit, self.options)}
-        if unit.step == "finish":
-            fields["slices"] = staged.slices
-        if unit.step == "load":
-            log_event(EVENT_TABLE_LOADED, **fields)
-        elif unit.step == "slice":
-            log_event(EVENT_SLICE_LOADED, **fields)
-        elif staged.blocked:
-            result.staged = staged
-            log_event("swap_deferred", reason=staged.blocked, **fields)
-        elif self.options.swaps_late(result.table):
-            result.staged = staged
-            log_event(EVENT_TABLE_STAGED, **fields)
-        else:
-            log_event(EVENT_TABLE_COPIED, **fields)
-        result.foreign_keys = staged.foreign_keys
-
-    def found_again(self, source: SourceTable) -> SourceTable:
-        """The table looked up by name again: after a lost connection the source may be another
-        server (a failover to a logical replica, say), where the OID read at the start is not it."""
-        with self.src.cursor() as cur:
-            cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-                        (source.table.schema, source.table.name))
-            row = cur.fetchone()
-        if row is None:
-            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
-        return dataclasses.replace(source, oid=row[0], definition=None)
-
-    def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
-                       error: str, generation: int) -> bool:
-        """Whether another try can succeed where this one failed; waits for what it needs.
-
-        A lost connection is retried after a backoff, and the next try's connect() waits out
-        an outage; a lost snapshot is renewed first (unless --snapshot strict).
-        """
-        if isinstance(exc, SnapshotLost):
-            if self.options.snapshot == "strict":
-                return False
-            log_event("table_retry", table=name, attempt=attempt + 1, error=error, wait_seconds=0)
-            self.shared.snapshot.renew(generation)
-            return True
-        if lost or is_connection_error(exc):
-            delay = backoff(attempt, self.options.retry_delay)
-            log_event("table_retry", table=name, attempt=attempt + 1,
-                      error=error, wait_seconds=round(delay, 1))
-            time.sleep(delay)
-            return True
-        return False
-
-    def step(self, unit: Unit) -> StagedTable:
-        return {"copy": self.copy_once, "load": self.load_whole, "slice": self.load_slice,
-                "finish": self.finish}[unit.step](unit)
-
-    def copy_once(self, unit: Unit) -> StagedTable:
-        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
-        definition = self.prepared(unit.source)
-        with transaction(self.dst) as cur:
-            staged = stage_table(cur, definition)
-            staged.tied = not unit.source.untied
-            self.load_verified(definition, staged)
-            self.complete(cur, definition, staged)
-        return staged
-
-    def load_whole(self, unit: Unit) -> StagedTable:
-        """The load phase: stage and load a table, and leave it for the publish phase."""
-        definition = self.prepared(unit.source)
-        with transaction(self.dst) as cur:
-            staged = stage_table(cur, definition)
-            self.load_verified(definition, staged)
-            note = StagingNote.new(self.note_run(unit), 1, definition, staged)
-            note.loaded["1"] = self.loaded_part(staged, [])
-            note.write(cur, staged)
-        return staged
-
-    def load_slice(self, unit: Unit) -> StagedTable:
-        """One key range of a table, into the staging table the run's slices of it share."""
-        definition = self.prepared(unit.source)
-        if unit.key is None:
-            raise TableCopyError(
-                f"{definition.table.qualified} cannot be cut into slices: it has no single-column "
-                f"integer key (primary key or unique index on a NOT NULL column); plan it whole "
-                f"(setup_aws.py plans again from the source)")
-        (k, n), run = unit.part, self.note_run(unit)
-        staged = self.shared_staging(definition, n, run)
-        with transaction(self.dst) as cur:
-            slicer = Slicer(unit.key, unit.part)
-            self.load_verified(definition, staged, slicer)
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
-                        (definition.table.qualified,))
-            note = read_note(cur, definition.table)
-            if note is None or note.run != run:
-                raise TableCopyError(f"the staging table of {definition.table.qualified} was replaced "
-                                     f"by another run while slice {k}/{n} loaded")
-            if str(k) in note.loaded:
-                raise TableCopyError(f"slice {k}/{n} of {definition.table.qualified} was already "
-                                     f"loaded in run {run}: the unit is listed twice")
-            note.loaded[str(k)] = self.loaded_part(staged, slicer.bounds)
-            note.write(cur, staged)
-        return staged
-
-    def shared_staging(self, definition: TableDefinition, slices: int, run: str) -> StagedTable:
-        """The run's staging table for a sliced table: made by the first slice to come (in its
-        own committed transaction, so the others can load into it), found by the others."""
-        with transaction(self.dst) as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
-                        (definition.table.qualified,))
-            note = read_note(cur, definition.table)
-            if (note is not None and note.run == run and note.slices == slices
-                    and note.columns == columns_fingerprint(definition)):
-                staged = note.staged_table(definition)
-                staged.rows = staged.bytes = 0
-                return staged
-            staged = stage_table(cur, definition)  # drops what a crashed run left
-            StagingNote.new(run, slices, definition, staged).write(cur, staged)
-        return staged
-
-    def finish(self, unit: Unit) -> StagedTable:
-        """The publish step of a table the run loaded (whole or in slices): index, verify,
-        analyze and swap it in, in one transaction, as copy_once does after its load."""
-        definition = unit.source.definition or read_definition(self.src, unit.source)
-        with transaction(self.dst) as cur:
-            staged = staged_of_run(cur, definition, self.note_run(unit))
-            staged.tied = not unit.source.untied
-            cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
-            self.complete(cur, definition, staged)
-        return staged
-
-    def note_run(self, unit: Unit) -> str:
-        # A table loaded again (its slices came from two snapshots) gets a staging of its own.
-        return f"{self.options.run}/{unit.attempt}" if unit.attempt else self.options.run
-
-    def loaded_part(self, staged: StagedTable, bounds: list[int]) -> dict:
-        return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
-                "snapshot": self.shared.snapshot_identity()}
-
-    def prepared(self, source: SourceTable) -> TableDefinition:
-        """The table's definition, refused or with what its staging table needs on the target."""
-        definition = source.definition or read_definition(self.src, source)
-        if not source.untied:
-            with self.dst.cursor() as cur:
-                refuse_what_cannot_survive(cur, definition.table)
-        prepare_target(self.src, self.dst, definition)
-        return definition
-
-    def load_verified(self, definition: TableDefinition, staged: StagedTable,
-                      slicer: Slicer | None = None) -> None:
-        source_rows, loaded, nbytes = self.load(definition, staged, slicer)
-        verify_counts(definition.table, source_rows, loaded)
-        staged.rows, staged.bytes = loaded, nbytes
-
-    def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
-        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap."""
-        build_indexes(cur, definition, staged, self.options)
-        build_reporting_indexes(cur, definition, staged)
-        keep_index_tablespaces(cur, definition, staged)
-        keep_identity_and_cluster(cur, definition, staged)
-        keep_checks_not_nulls_and_defaults(cur, definition, staged)
-        keep_comments_and_toast_options(cur, definition, staged)
-        set_statistics(cur, definition, staged)
-        set_sequences(self.src, cur, definition, staged)
-        cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
-        if not self.options.swaps_late(definition.table.qualified):
-            try:
-                staged.foreign_keys = swap_into_place(cur, staged, self.options)
-            except SwapBlocked as exc:  # kept staged: swapped after the other tables
-                staged.blocked = str(exc)
-
-    def load(self, definition: TableDefinition, staged: StagedTable,
-             slicer: Slicer | None = None) -> tuple[int, int, int]:
-        try:
-            return load_rows(self.src, self.dst, definition, staged, self.snapshot,
-                             self.progress_reporter(definition.table.qualified), slicer)
-        except psycopg2.errors.CheckViolation as exc:
-            if not staged.partitioned or "no partition" not in str(exc):
-                raise
-            raise TableCopyError(
-                f"a row of {definition.table.qualified} fits none of the reporting table's partitions "
-                f"({exc.diag.message_detail or first_line(exc)}): add a partition for it on the reporting "
-                f"side, or a default one (CREATE TABLE ... PARTITION OF {definition.table.qualified} "
-                f"DEFAULT)") from None
-
-    def progress_reporter(self, table: str):
-        started = time.monotonic()
-        due = started + self.options.progress_seconds
-
-        def on_progress(nbytes: int) -> None:
-            nonlocal due
-            now = time.monotonic()
-            if now >= due:
-                due = now + self.options.progress_seconds
-                report_progress(table, nbytes, now - started)
-
-        return on_progress
-
-
-def unit_fields(unit: Unit, options: Options) -> dict:
-    """What a unit's JSON line says beyond its table: the slice, and the phase of a split run."""
-    fields = {"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {}
-    return {**fields, "phase": options.phase} if options.phase != "all" else fields
-
-
-def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
-    if source_rows != loaded:
-        raise TableCopyError(
-            f"row count mismatch for {table.qualified}: the source sent {source_rows} rows, "
-            f"the target loaded {loaded}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the copy: one job in this process, or one process per job
-
-
-class WorkList:
-    """The run's units in the order the jobs take them, and what follows from each result.
-
-    Largest first, each taken by whichever job is free next: sizes only predict times, and a
-    job that finishes early picks up the next unit instead of idling while another still has
-    a list. When the last slice of a table is loaded, its finish comes next, before any other
-    unit, so that its indexes are built while the other jobs still load. A table whose slices
-    came from two snapshots (one was lost and renewed) is loaded again, into a staging of its own.
-    """
-
-    def __init__(self, units: list[Unit], options: Options):
-        self.options = options
-        self.waiting = deque(sorted(units, key=lambda u: (-u.weight, u.name)))
-        self.first: deque[Unit] = deque()
-        self.order = list(dict.fromkeys(self.result_name(u) for u in self.waiting))
-        self.results: dict[str, TableResult] = {}
-        self.slices: dict[str, list[TableResult]] = {}
-        self.read_from: dict[str, int] = {}  # the snapshot a sliced table's slices came from
-        self.abandoned: list[SourceTable] = []  # sliced tables that failed: their staging goes
-
-    def result_name(self, unit: Unit) -> str:
-        """Locally a sliced table has one result (its finish's); a load job has one per unit."""
-        return unit.source.table.qualified if self.options.phase == "all" else unit.name
-
-    def next(self) -> Unit | None:
-        if self.first:
-            return self.first.popleft()
-        return self.waiting.popleft() if self.waiting else None
-
-    def done(self, unit: Unit, result: TableResult) -> None:
-        if unit.step != "slice" or self.options.phase != "all":
-            if unit.step == "finish" and unit.source.table.qualified in self.read_from:
-                result.snapshot = self.read_from[unit.source.table.qualified]  # its slices' moment
-            self.results[self.result_name(unit)] = result
-            return
-        table, (_, count) = unit.source.table.qualified, unit.part
-        loaded = self.slices.setdefault(f"{table}/{unit.attempt}", [])
-        loaded.append(result)
-        if len(loaded) < count:
-            return
-        failed = [r for r in loaded if not r.ok]
-        if failed:
-            self.results[table] = TableResult(table, False, seconds=max(r.seconds for r in loaded),
-                                              error=f"slice {failed[0].unit}: {failed[0].error}")
-            self.abandoned.append(unit.source)
-        elif len({r.snapshot for r in loaded}) > 1 and unit.attempt < self.options.retries:
-            log_event("table_retry", table=table, attempt=unit.attempt + 1, wait_seconds=0,
-                      error="its slices were read from two snapshots (one was lost): loading it again")
-            self.first.extend(dataclasses.replace(u, attempt=unit.attempt + 1)
-                              for u in self.units_of(unit, count))
-        else:
-            self.read_from[table] = loaded[0].snapshot
-            self.first.append(Unit(unit.source, "finish", attempt=unit.attempt))
-
-    @staticmethod
-    def units_of(unit: Unit, count: int) -> list[Unit]:
-        return [dataclasses.replace(unit, part=(k, count)) for k in range(1, count + 1)]
-
-    def outcome(self, failure: str) -> list[TableResult]:
-        """Every unit's result, in order; those no job reported fail with the given reason."""
-        for name in self.order:
-            if name not in self.results:
-                log_event(EVENT_TABLE_FAILED, table=name, error=failure)
-                self.results[name] = TableResult(name, False, error=failure)
-        return [self.results[name] for name in self.order]
-
-
-def run_job(job: int, settings: dict, options: Options, shared: RunShared,
-            next_unit, report, stop) -> None:
-    """Copy units until next_unit() says there are none left (returns None)."""
-    copier = TableCopier(settings, options, shared, job)
-    try:
-        while (unit := next_unit()) is not None:
-            if stop.is_set():
-                report(unit, TableResult(unit.source.table.qualified, False, unit=unit.name,
-                                         error="not copied: an earlier table failed (--fail-fast)"))
-                continue
-            result = copier.copy(unit)
-            report(unit, result)
-            if not result.ok and options.fail_fast:
-                stop.set()
-    finally:
-        copier.close()
-
-
-def job_process(job, settings, options, shared, todo, results, stop) -> None:
-    handle_signals()
-    try:
-        run_job(job, settings, options, shared, todo.get,
-                lambda unit, result: results.put((unit, result)), stop)
-    except KeyboardInterrupt:
-        sys.exit(1)
-
-
-def run_units(units: list[Unit], settings: dict, options: Options,
-              shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
-    """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
-    work = WorkList(units, options)
-    jobs = min(options.jobs, len(units))
-    if jobs <= 1:
-        run_job(1, settings, options, shared, work.next, work.done, threading.Event())
-        return work.outcome("not copied"), work.abandoned
-    context = get_context("spawn")
-    todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
-    processes = [
-        context.Process(target=job_process, name=f"copier-job-{n}",
-                        args=(n, settings, options, shared, todo, done, stop))
-        for n in range(1, jobs + 1)
-    ]
-    for process in processes:
-        process.start()
-    busy = 0
-
-    def hand_out() -> None:  # one unit per free job: a finish can still come first
-        nonlocal busy
-        while busy < jobs and (unit := work.next()) is not None:
-            todo.put(unit)
-            busy += 1
-
-    try:
-        hand_out()
-        while busy:
-            try:
-                unit, result = done.get(timeout=0.5)
-            except queue.Empty:
-                if any(p.exitcode is not None for p in processes):
-                    break  # a worker died (no unit told it to stop): the others finish theirs
-                continue
-            busy -= 1
-            work.done(unit, result)
-            hand_out()
-        for _ in processes:
-            todo.put(None)
-        # Normally every result is in: this only waits for the workers to close their
-        # connections and exit (a few ms), in short steps, or drains a crashed run's results.
-        while any(p.is_alive() for p in processes) or not done.empty():
-            try:
-                work.done(*done.get(timeout=0.02))
-            except queue.Empty:
-                pass
-    except KeyboardInterrupt:
-        for process in processes:
-            process.terminate()  # each worker rolls back its open transaction
-        for process in processes:
-            process.join(10)
-        raise
-    for process in processes:
-        process.join()
-    codes = ", ".join(str(p.exitcode) for p in processes)
-    return work.outcome(f"a worker process died before copying it (exit codes {codes})"), work.abandoned
-
-
-def swap_together(dst, results: list[TableResult], options: Options, settings: dict,
-                  why: str = "--swap together") -> list[TableResult]:
-    """--swap together: every staged table goes live in one transaction, or none does. A table
-    whose readers hold it through --lock-retries is swapped past them, as after a per-table run."""
-    staged = [r.staged for r in results if r.ok]
-    if len(staged) == len(results):
-        with dst.cursor() as cur, ReadersWatcher(settings) as watcher:
-            cur.execute("BEGIN")
-            try:
-                # Keys between the tables are made again once all of them are in place, then
-                # validated: they see one night's rows on both sides.
-                deadline = time.monotonic() + options.lock_budget
-                keys = [(table, key) for table in staged
-                        for key in swap_or_past(cur, watcher, table, options, deadline)]
-                validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
-                cur.execute("COMMIT")
-            except BaseException as exc:
-                cur.execute("ROLLBACK")
-                drop_staged(dst, staged)
-                if isinstance(exc, Exception):
-                    error = f"swap of all tables failed, none changed: {describe_error(exc)}"
-                    for r in results:
-                        r.ok, r.error = False, error
-                        log_event(EVENT_TABLE_FAILED, table=r.table, error=error)
-                    return results
-                raise
-        for r in results:
-            log_event(EVENT_TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
-        return results
-    drop_staged(dst, staged)
-    for r in results:
-        if r.ok:
-            r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
-            log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Readers in the way of a swap: waited for, then ended as pg_repack does.
-
-
-class BlockerWatch:
-    """While a swap waits for its locks, another connection notes who blocks it."""
-
-    def __init__(self, watcher, pid: int):
-        self.watcher, self.pid, self.blockers = watcher, pid, set()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.watch, name="blocker-watch", daemon=True)
-
-    def watch(self) -> None:
-        with self.watcher.cursor() as cur:
-            while not self.done.wait(0.1):
-                cur.execute("SELECT pg_blocking_pids(%s)", (self.pid,))
-                self.blockers.update(cur.fetchone()[0])
-
-    def __enter__(self) -> BlockerWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
-
-
-BLOCKERS_QUERY = """
-SELECT pid, usename, application_name, state,
-       round(extract(epoch FROM now() - coalesce(state_change, backend_start)))::int,
-       left(split_part(query, E'\n', 1), 120)
-FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid
-"""
-
-
-class ReadersWatcher:
-    """A second target connection for BlockerWatch, opened only when a swap is blocked."""
-
-    def __init__(self, settings: dict):
-        self.settings, self.conn = settings, None
-
-    def get(self):
-        if self.conn is None:
-            self.conn = open_connection(self.settings["target"], "target")
-        return self.conn
-
-    def __enter__(self) -> ReadersWatcher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-
-def swap_or_past(cur, watcher: ReadersWatcher, staged: StagedTable, options: Options,
-                 deadline: float) -> list[ForeignKey]:
-    try:
-        return swap_into_place(cur, staged, options, defer_keys=True)
-    except SwapBlocked:
-        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True)
-
-
-def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options) -> None:
-    """The swaps that readers blocked, after every other table: each is tried again and, unless
-    --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
-    queries at the first blocked try, any other at the next), within --lock-budget in all."""
-    deadline = time.monotonic() + options.lock_budget
-    watcher = open_connection(settings["target"], "target")
-    try:
-        for result in results:
-            swap_one_past_readers(dst, watcher, result, options, deadline)
-    finally:
-        watcher.close()
-
-
-def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, deadline: float) -> None:
-    staged = result.staged
-    with dst.cursor() as cur:
-        cur.execute("BEGIN")
-        try:
-            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline)
-            cur.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
-            if not is_connection_error(exc):
-                cur.execute("ROLLBACK")
-                drop_staged(dst, [staged])  # a lost target's are dropped by the next run
-            result.ok, result.error = False, describe_error(exc)
-            log_event(EVENT_TABLE_FAILED, table=result.table, error=result.error)
-            return
-    log_event(EVENT_TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
-              seconds=result.seconds)
-
-
-def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: float,
-              defer_keys: bool = False) -> list[ForeignKey]:
-    """swap_into_place, one try at a time until the deadline, ending the sessions in the way
-    between tries (unless --no-kill-readers); the error names them."""
-    one_try = dataclasses.replace(options, lock_retries=0)
-    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
-    for attempt in range(1_000_000):
-        try:
-            with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
-                return swap_into_place(cur, staged, one_try, defer_keys)
-        except SwapBlocked:
-            seen.update(describe_sessions(watcher, watch.blockers))
-            if time.monotonic() >= deadline:
-                raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
-            if options.kill_readers:
-                end_sessions(watcher, watch.blockers, attempt, staged.table)
-            time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
-    raise AssertionError("unreachable")
-
-
-def describe_sessions(watcher, pids) -> dict[int, str]:
-    with watcher.cursor() as cur:
-        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
-        return {pid: f"{pid} (user {user}, application {app or '-'}, " + (
-                    f"{state} for {idle} s: {query})" if state
-                    else "its state hidden from the copier's user)")
-                for pid, user, app, state, idle, query in cur.fetchall()}
-
-
-def end_sessions(watcher, pids, attempt: int, table: TableName) -> None:
-    """pg_repack's policy: cancel the queries in the way, end idle-in-transaction sessions (a
-    cancel does nothing to them), and at the next blocked try end whoever is still there.
-    Another copier run is waited for, never ended."""
-    with watcher.cursor() as cur:
-        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
-        for pid, user, app, state, idle, query in cur.fetchall():
-            if app == CONNECTION_OPTIONS["application_name"]:
-                continue
-            idle_in_transaction = (state or "").startswith("idle in transaction")
-            action = "terminate" if idle_in_transaction or attempt > 0 else "cancel"
-            try:
-                cur.execute(f"SELECT pg_{action}_backend(%s)", (pid,))
-                ended = cur.fetchone()[0]
-            except psycopg2.errors.InsufficientPrivilege as exc:
-                say(f"copier: warning: session {pid} (user {user}) blocks the swap of {table.qualified} "
-                    f"and may not be ended: {first_line(exc)}; grant pg_signal_backend to the copier's user")
-                continue
-            if ended:
-                log_event("session_ended", table=table.qualified, pid=pid, user=user, application=app,
-                          state=state, seconds_in_state=idle, query=query, action=ENDED[action])
-                say(f"copier: warning: {ENDED[action]} session {pid} (user {user}, application {app or '-'}, "
-                    f"{state} for {idle} s: {query}): it blocked the swap of {table.qualified}")
-
-
-ENDED = {"cancel": "cancelled the query of", "terminate": "terminated"}
-
-
-def blocked_error(table: TableName, sessions: dict[int, str], options: Options) -> str:
-    who = "; ".join(sessions.values()) or "sessions that had gone by the time they were looked up"
-    why = " (--no-kill-readers)" if not options.kill_readers else ""
-    return (f"could not lock {table.qualified} for the swap within --lock-budget {options.lock_budget:g} s"
-            f"{why}; in the way: {who}")
-
-
-# Foreign keys of partitioned tables on the target whose two ends are both tables.
-PARTITIONED_KEYS_QUERY = """
-SELECT rn.nspname, r.relname, fn.nspname, f.relname
-FROM pg_constraint c
-JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
-JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
-WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
-"""
-
-
-def late_swaps(dst, tables: list[SourceTable]) -> frozenset[str]:
-    """Before PostgreSQL 18 a partitioned table's foreign key cannot be made NOT VALID, so it is
-    checked when it is made again: the tables it joins go live together at the end of the run,
-    when both hold the same night's rows, instead of each at its own moment."""
-    if dst.server_version >= 180000:
-        return frozenset()
-    names = {(t.table.schema, t.table.name): t.table.qualified for t in tables}
-    with dst.cursor() as cur:
-        cur.execute(PARTITIONED_KEYS_QUERY)
-        ends = [((a, b), (c, d)) for a, b, c, d in cur.fetchall()]
-    return frozenset(names[end] for pair in ends if any(e in names for e in pair)
-                     for end in pair if end in names)
-
-
-def drop_staged(dst, staged: list[StagedTable]) -> None:
-    with dst.cursor() as cur:
-        for table in staged:
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-def warn_if_recovery_may_cancel(conn) -> None:
-    """A read replica as the source is fine, but without hot_standby_feedback the replica
-    cancels a long COPY (and ends the session holding the run's snapshot) when it replays
-    the primary's cleanup of rows that COPY may still need."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'), "
-                    "current_setting('max_standby_streaming_delay')")
-        in_recovery, feedback, delay = cur.fetchone()
-    if in_recovery and feedback == "off" and delay != "-1":
-        warning = ("the source is a standby with hot_standby_feedback off: a long copy can be "
-                   "cancelled by a conflict with recovery; set hot_standby_feedback = on there")
-        warn(warning)
 
 
 def export_snapshot(conn) -> str:
@@ -4516,7 +4318,7 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
         with src.cursor() as cur:
             cur.execute("SELECT set_config('application_name', %s, false)",
                         (snapshot_marker(options.run) + name,))
-        log_event("snapshot_shared", job=1, jobs=options.load_jobs)
+        log_event(runlog.SNAPSHOT_SHARED, job=1, jobs=options.load_jobs)
         return RunShared.create(outages, name, origin=name)
     if options.one_snapshot == "join":
         try:
@@ -4527,13 +4329,13 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
                 local = cur.fetchone()[0]
         except CopierError as exc:
             for unit in units:
-                log_event(EVENT_TABLE_FAILED, table=unit.source.table.qualified, job=1, error=str(exc),
+                log_event(runlog.TABLE_FAILED, table=unit.source.table.qualified, job=1, error=str(exc),
                           seconds=0, **unit_fields(unit, options))
             raise
         with dst.cursor() as cur:
             cur.execute("SELECT pg_notify(%s, %s)",
                         (snapshot_channel(options.run), os.environ.get("COPIER_JOB") or str(os.getpid())))
-        log_event("snapshot_imported", job=1)
+        log_event(runlog.SNAPSHOT_IMPORTED, job=1)
         return RunShared.create(outages, local, origin=origin)
     return RunShared.create(outages, export_snapshot(src))
 
@@ -4582,20 +4384,7 @@ def wait_for_joiners(dst, options: Options, started: float) -> None:
         message = (f"only {len(imported)} of the {needed} other load jobs imported the run's snapshot "
                    f"within {options.snapshot_wait:g}s: the others fail their tables")
         warn(message)
-    log_event("snapshot_released", job=1, imported=len(imported) + 1, jobs=options.load_jobs)
-
-
-def report_refusals(dst, tables: list[SourceTable]) -> int:
-    """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
-    refused = 0
-    with dst.cursor() as cur:
-        for t in tables:
-            try:
-                refuse_what_cannot_survive(cur, t.table)
-            except Refused as exc:
-                say(f"copier: error: {t.table.qualified}: {exc}")
-                refused += 1
-    return 1 if refused else 0
+    log_event(runlog.SNAPSHOT_RELEASED, job=1, imported=len(imported) + 1, jobs=options.load_jobs)
 
 
 def lock_tables(dst, tables: list[SourceTable], shared: bool = False) -> None:
@@ -4623,110 +4412,8 @@ def unlock_tables(dst) -> None:
         pass  # the connection is gone, and its locks with it
 
 
-def check_target(dst, tables: list[SourceTable]) -> None:
-    """Fail before copying anything when the target would refuse every table anyway."""
-    with dst.cursor() as cur:
-        for schema in sorted({t.table.schema for t in tables}):
-            cur.execute(
-                "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
-                "ELSE has_schema_privilege(n.oid, 'CREATE') END "
-                "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s", (schema,))
-            if not cur.fetchone()[0]:
-                raise CopierError(f"the target user may not create tables in schema {schema!r}")
-
-
-def print_summary(results: list[TableResult], seconds: float) -> None:
-    rows = [(r.unit or r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
-             f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
-             "ok" if r.ok else "FAILED") for r in results]
-    header = ("table", "rows", "MB", "seconds", "MB/s", "")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        say("  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
-    copied = [r for r in results if r.ok]
-    total = sum(r.bytes for r in copied)
-    say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
-
-
-def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
-                              settings: dict, options: Options,
-                              shared: RunShared) -> list[TableResult]:
-    """--swap together promises one moment for every table: a table staged from a snapshot that
-    was lost since is staged again from the current one before anything is swapped."""
-    if not all(r.ok for r in results):
-        return results  # nothing will be swapped
-    for _ in range(options.retries + 1):
-        generation = shared.snapshot.current()[1]
-        stale = [r.table for r in results if r.snapshot != generation]
-        if not stale:
-            return results
-        message = (f"staging {len(stale)} table(s) again from snapshot {generation}, so that all "
-                   f"go live from one moment (--swap together): {', '.join(stale)}")
-        warn(message)
-        again, _ = run_units([u for u in units if u.source.table.qualified in stale],
-                             settings, options, shared)
-        redone = {r.table: r for r in again}
-        results = [redone.get(r.table, r) for r in results]
-        if not all(r.ok for r in results):
-            return results
-    stale = [r for r in results if r.snapshot != shared.snapshot.current()[1]]
-    for r in stale:
-        r.ok, r.error = False, "the run's snapshot kept being lost: not staged from one moment"
-        log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
-    return results
-
-
-def is_alive(conn) -> bool:
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        return True
-    except psycopg2.Error:
-        return False
-
-
-def swap_together_through_outages(dst, tables: list[SourceTable], results: list[TableResult],
-                                  settings: dict, options: Options, shared: RunShared):
-    """swap_together, on a new target connection when the run's was lost (its advisory locks
-    with it: they are taken again), and redone when the target goes away during the swap
-    (its transaction is rolled back by the server; the staged tables are committed and stay)."""
-    for attempt in range(options.retries + 1):
-        if dst is None or not is_alive(dst):
-            if dst is not None:
-                dst.close()
-            dst = None
-            dst = connect_waiting(settings["target"], "target", shared.outages)
-            lock_tables(dst, tables)
-        try:
-            return swap_together(dst, results, options, settings), dst
-        except Exception as exc:
-            if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
-                raise
-            warn(f"the target went away during the swap of all tables, none changed; "
-                 f"swapping again: {describe_error(exc)}")
-    raise AssertionError("unreachable")
-
-
-def report_outages(results: list[TableResult], shared: RunShared,
-                   holder: SnapshotHolder) -> dict[str, float]:
-    """The summary's lines on waiting and snapshots; the seconds waited per database."""
-    waited = shared.outages.waited_seconds()
-    for role, (outages, seconds) in waited.items():
-        if outages:
-            say(f"waited {seconds:.1f}s for the {role} database ({outages} outage"
-                f"{'s' if outages != 1 else ''}, budget {shared.outages.budget:g}s)")
-    if holder is not None and holder.renewals:
-        by_snapshot: dict[int, list[str]] = {}
-        for r in results:
-            if r.ok:
-                by_snapshot.setdefault(r.snapshot, []).append(r.table)
-        parts = "; ".join(f"snapshot {n}: {', '.join(names)}"
-                          for n, names in sorted(by_snapshot.items()))
-        say(f"copier: warning: the run's snapshot was lost and renewed {len(holder.renewals)} "
-            f"time(s) (at {', '.join(holder.renewals)}); the tables copied come from "
-            f"{parts or 'none'}")
-    return {role: round(seconds, 1) for role, (_, seconds) in waited.items()}
+# ---------------------------------------------------------------------------------------------
+# The runner: the units over the jobs, then the swaps that wait for the end of the run.
 
 
 def run(options: Options, settings: dict) -> int:
@@ -4790,7 +4477,7 @@ def run(options: Options, settings: dict) -> int:
     failed = [r for r in results if not r.ok]
     print_summary(results, seconds)
     waited = report_outages(results, shared, holder)
-    log_event(EVENT_RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
+    log_event(runlog.RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
               waited_seconds=round(sum(waited.values()), 1),
               source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
               snapshots=shared.snapshot.current()[1],
@@ -4800,54 +4487,282 @@ def run(options: Options, settings: dict) -> int:
     return 1 if failed else 0
 
 
-def connect_at_start(settings: dict, role: str, outages: OutageClock, options: Options):
-    """The run's first connection. A scheduled run (COPIER_RUN set) that starts during a
-    failover or a restart waits for the database as the jobs do later, within the outage
-    budget; a run by hand fails at once, where a wrong host or port looks the same as an outage."""
-    if not options.scheduled:
-        return open_connection(settings[role], role)
-    return connect_waiting(settings[role], role, outages)
+class WorkList:
+    """The run's units in the order the jobs take them, and what follows from each result.
 
+    Largest first, each taken by whichever job is free next: sizes only predict times, and a
+    job that finishes early picks up the next unit instead of idling while another still has
+    a list. When the last slice of a table is loaded, its finish comes next, before any other
+    unit, so that its indexes are built while the other jobs still load. A table whose slices
+    came from two snapshots (one was lost and renewed) is loaded again, into a staging of its own.
+    """
 
-def plan_run(src, options: Options) -> list[Unit]:
-    """The run's units: this load job's tables and slices, the tables to publish, or, for a
-    whole local run, each table (the big ones cut into slices when there are jobs to share them)."""
-    if options.phase == "load":
-        return resolve_units(src, options.tables_text)
-    tables = resolve_tables(src, options.tables_text)
-    if options.phase == "publish":
-        return [Unit(t, "finish") for t in tables]
-    keys = slice_keys(src, tables) if options.jobs > 1 and options.split else {}
-    counts = slice_counts({t.table.qualified: t.size_bytes for t in tables}, options.jobs, keys,
-                          options.split_larger_than)
-    units = []
-    for t in tables:
-        count = counts[t.table.qualified]
-        if count == 1:
-            units.append(Unit(t, "copy"))
+    def __init__(self, units: list[Unit], options: Options):
+        self.options = options
+        self.waiting = deque(sorted(units, key=lambda u: (-u.weight, u.name)))
+        self.first: deque[Unit] = deque()
+        self.order = list(dict.fromkeys(self.result_name(u) for u in self.waiting))
+        self.results: dict[str, TableResult] = {}
+        self.slices: dict[str, list[TableResult]] = {}
+        self.read_from: dict[str, int] = {}  # the snapshot a sliced table's slices came from
+        self.abandoned: list[SourceTable] = []  # sliced tables that failed: their staging goes
+
+    def result_name(self, unit: Unit) -> str:
+        """Locally a sliced table has one result (its finish's); a load job has one per unit."""
+        return unit.source.table.qualified if self.options.phase == "all" else unit.name
+
+    def next(self) -> Unit | None:
+        if self.first:
+            return self.first.popleft()
+        return self.waiting.popleft() if self.waiting else None
+
+    def done(self, unit: Unit, result: TableResult) -> None:
+        if unit.step != "slice" or self.options.phase != "all":
+            if unit.step == "finish" and unit.source.table.qualified in self.read_from:
+                result.snapshot = self.read_from[unit.source.table.qualified]  # its slices' moment
+            self.results[self.result_name(unit)] = result
+            return
+        table, (_, count) = unit.source.table.qualified, unit.part
+        loaded = self.slices.setdefault(f"{table}/{unit.attempt}", [])
+        loaded.append(result)
+        if len(loaded) < count:
+            return
+        failed = [r for r in loaded if not r.ok]
+        if failed:
+            self.results[table] = TableResult(table, False, seconds=max(r.seconds for r in loaded),
+                                              error=f"slice {failed[0].unit}: {failed[0].error}")
+            self.abandoned.append(unit.source)
+        elif len({r.snapshot for r in loaded}) > 1 and unit.attempt < self.options.retries:
+            log_event(runlog.TABLE_RETRY, table=table, attempt=unit.attempt + 1, wait_seconds=0,
+                      error="its slices were read from two snapshots (one was lost): loading it again")
+            self.first.extend(dataclasses.replace(u, attempt=unit.attempt + 1)
+                              for u in self.units_of(unit, count))
         else:
-            units += [Unit(t, "slice", (k, count), keys[t.table.qualified]) for k in range(1, count + 1)]
-    return units
+            self.read_from[table] = loaded[0].snapshot
+            self.first.append(Unit(unit.source, "finish", attempt=unit.attempt))
+
+    @staticmethod
+    def units_of(unit: Unit, count: int) -> list[Unit]:
+        return [dataclasses.replace(unit, part=(k, count)) for k in range(1, count + 1)]
+
+    def outcome(self, failure: str) -> list[TableResult]:
+        """Every unit's result, in order; those no job reported fail with the given reason."""
+        for name in self.order:
+            if name not in self.results:
+                log_event(runlog.TABLE_FAILED, table=name, error=failure)
+                self.results[name] = TableResult(name, False, error=failure)
+        return [self.results[name] for name in self.order]
 
 
-def resolve_units(conn, tables_text: str) -> list[Unit]:
-    """A load job's TABLES: tables and slices (name#k/n), each listed once."""
-    if not tables_text.strip():
-        raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
-    listed = split_units(tables_text)
-    by_name = source_tables(conn, [parts for parts, _ in listed])
-    units: list[Unit] = []
-    for parts, part in listed:
-        found = find_table(by_name, parts)
-        if found is None:
-            raise TableListError(f"unknown table {unit_text(parts, part)!r}: no such table on the source")
-        unit = Unit(found, "slice" if part else "load", part)
-        for other in units:
-            if other.source.table == found.table and (other.name == unit.name or not (part and other.part)):
-                raise TableListError(f"{found.table.qualified} is listed twice ({other.name}, {unit.name})")
-        units.append(unit)
-    keys = slice_keys(conn, [u.source for u in units if u.part])
-    return [dataclasses.replace(u, key=keys.get(u.source.table.qualified)) if u.part else u for u in units]
+def run_units(units: list[Unit], settings: dict, options: Options,
+              shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
+    """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
+    work = WorkList(units, options)
+    jobs = min(options.jobs, len(units))
+    if jobs <= 1:
+        run_job(1, settings, options, shared, work.next, work.done, threading.Event())
+        return work.outcome("not copied"), work.abandoned
+    context = get_context("spawn")
+    todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
+    processes = [
+        context.Process(target=job_process, name=f"copier-job-{n}",
+                        args=(n, settings, options, shared, todo, done, stop))
+        for n in range(1, jobs + 1)
+    ]
+    for process in processes:
+        process.start()
+    busy = 0
+
+    def hand_out() -> None:  # one unit per free job: a finish can still come first
+        nonlocal busy
+        while busy < jobs and (unit := work.next()) is not None:
+            todo.put(unit)
+            busy += 1
+
+    try:
+        hand_out()
+        while busy:
+            try:
+                unit, result = done.get(timeout=0.5)
+            except queue.Empty:
+                if any(p.exitcode is not None for p in processes):
+                    break  # a worker died (no unit told it to stop): the others finish theirs
+                continue
+            busy -= 1
+            work.done(unit, result)
+            hand_out()
+        for _ in processes:
+            todo.put(None)
+        # Normally every result is in: this only waits for the workers to close their
+        # connections and exit (a few ms), in short steps, or drains a crashed run's results.
+        while any(p.is_alive() for p in processes) or not done.empty():
+            try:
+                work.done(*done.get(timeout=0.02))
+            except queue.Empty:
+                pass
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()  # each worker rolls back its open transaction
+        for process in processes:
+            process.join(10)
+        raise
+    for process in processes:
+        process.join()
+    codes = ", ".join(str(p.exitcode) for p in processes)
+    return work.outcome(f"a worker process died before copying it (exit codes {codes})"), work.abandoned
+
+
+def run_job(job: int, settings: dict, options: Options, shared: RunShared,
+            next_unit, report, stop) -> None:
+    """Copy units until next_unit() says there are none left (returns None)."""
+    copier = TableCopier(settings, options, shared, job)
+    try:
+        while (unit := next_unit()) is not None:
+            if stop.is_set():
+                report(unit, TableResult(unit.source.table.qualified, False, unit=unit.name,
+                                         error="not copied: an earlier table failed (--fail-fast)"))
+                continue
+            result = copier.copy(unit)
+            report(unit, result)
+            if not result.ok and options.fail_fast:
+                stop.set()
+    finally:
+        copier.close()
+
+
+def job_process(job, settings, options, shared, todo, results, stop) -> None:
+    handle_signals()
+    try:
+        run_job(job, settings, options, shared, todo.get,
+                lambda unit, result: results.put((unit, result)), stop)
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+def swap_together(dst, results: list[TableResult], options: Options, settings: dict,
+                  why: str = "--swap together") -> list[TableResult]:
+    """--swap together: every staged table goes live in one transaction, or none does. A table
+    whose readers hold it through --lock-retries is swapped past them, as after a per-table run."""
+    staged = [r.staged for r in results if r.ok]
+    if len(staged) == len(results):
+        with dst.cursor() as cur, ReadersWatcher(settings) as watcher:
+            cur.execute("BEGIN")
+            try:
+                # Keys between the tables are made again once all of them are in place, then
+                # validated: they see one night's rows on both sides.
+                deadline = time.monotonic() + options.lock_budget
+                keys = [(table, key) for table in staged
+                        for key in swap_or_past(cur, watcher, table, options, deadline)]
+                validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                cur.execute("ROLLBACK")
+                drop_staged(dst, staged)
+                if isinstance(exc, Exception):
+                    error = f"swap of all tables failed, none changed: {describe_error(exc)}"
+                    for r in results:
+                        r.ok, r.error = False, error
+                        log_event(runlog.TABLE_FAILED, table=r.table, error=error)
+                    return results
+                raise
+        for r in results:
+            log_event(runlog.TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
+        return results
+    drop_staged(dst, staged)
+    for r in results:
+        if r.ok:
+            r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
+            log_event(runlog.TABLE_FAILED, table=r.table, error=r.error)
+    return results
+
+
+def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
+                              settings: dict, options: Options,
+                              shared: RunShared) -> list[TableResult]:
+    """--swap together promises one moment for every table: a table staged from a snapshot that
+    was lost since is staged again from the current one before anything is swapped."""
+    if not all(r.ok for r in results):
+        return results  # nothing will be swapped
+    for _ in range(options.retries + 1):
+        generation = shared.snapshot.current()[1]
+        stale = [r.table for r in results if r.snapshot != generation]
+        if not stale:
+            return results
+        message = (f"staging {len(stale)} table(s) again from snapshot {generation}, so that all "
+                   f"go live from one moment (--swap together): {', '.join(stale)}")
+        warn(message)
+        again, _ = run_units([u for u in units if u.source.table.qualified in stale],
+                             settings, options, shared)
+        redone = {r.table: r for r in again}
+        results = [redone.get(r.table, r) for r in results]
+        if not all(r.ok for r in results):
+            return results
+    stale = [r for r in results if r.snapshot != shared.snapshot.current()[1]]
+    for r in stale:
+        r.ok, r.error = False, "the run's snapshot kept being lost: not staged from one moment"
+        log_event(runlog.TABLE_FAILED, table=r.table, error=r.error)
+    return results
+
+
+def swap_together_through_outages(dst, tables: list[SourceTable], results: list[TableResult],
+                                  settings: dict, options: Options, shared: RunShared):
+    """swap_together, on a new target connection when the run's was lost (its advisory locks
+    with it: they are taken again), and redone when the target goes away during the swap
+    (its transaction is rolled back by the server; the staged tables are committed and stay)."""
+    for attempt in range(options.retries + 1):
+        if dst is None or not is_alive(dst):
+            if dst is not None:
+                dst.close()
+            dst = None
+            dst = connect_waiting(settings["target"], "target", shared.outages)
+            lock_tables(dst, tables)
+        try:
+            return swap_together(dst, results, options, settings), dst
+        except Exception as exc:
+            if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
+                raise
+            warn(f"the target went away during the swap of all tables, none changed; "
+                 f"swapping again: {describe_error(exc)}")
+    raise AssertionError("unreachable")
+
+
+def print_summary(results: list[TableResult], seconds: float) -> None:
+    rows = [(r.unit or r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
+             f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
+             "ok" if r.ok else "FAILED") for r in results]
+    header = ("table", "rows", "MB", "seconds", "MB/s", "")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        say("  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    copied = [r for r in results if r.ok]
+    total = sum(r.bytes for r in copied)
+    say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
+
+
+def report_outages(results: list[TableResult], shared: RunShared,
+                   holder: SnapshotHolder) -> dict[str, float]:
+    """The summary's lines on waiting and snapshots; the seconds waited per database."""
+    waited = shared.outages.waited_seconds()
+    for role, (outages, seconds) in waited.items():
+        if outages:
+            say(f"waited {seconds:.1f}s for the {role} database ({outages} outage"
+                f"{'s' if outages != 1 else ''}, budget {shared.outages.budget:g}s)")
+    if holder is not None and holder.renewals:
+        by_snapshot: dict[int, list[str]] = {}
+        for r in results:
+            if r.ok:
+                by_snapshot.setdefault(r.snapshot, []).append(r.table)
+        parts = "; ".join(f"snapshot {n}: {', '.join(names)}"
+                          for n, names in sorted(by_snapshot.items()))
+        say(f"copier: warning: the run's snapshot was lost and renewed {len(holder.renewals)} "
+            f"time(s) (at {', '.join(holder.renewals)}); the tables copied come from "
+            f"{parts or 'none'}")
+    return {role: round(seconds, 1) for role, (_, seconds) in waited.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# main
 
 
 INTERRUPTED = threading.Event()
@@ -4874,6 +4789,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("copier: interrupted; every table not yet swapped in is unchanged")
         return 1
+
+
+# TRANSITIONAL (until operations, timeline, notify_lambda, deploy and bench read runlog.py):
+# the names they still take from copier.
+from runlog import SECRET_SETTINGS, plan_units  # noqa: E402,F401
+
+EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_TABLE_LOADED, EVENT_SLICE_LOADED, \
+    EVENT_RUN_FINISHED = (e.name for e in (runlog.TABLE_COPIED, runlog.TABLE_FAILED, runlog.TABLE_STAGED,
+                                           runlog.TABLE_LOADED, runlog.SLICE_LOADED, runlog.RUN_FINISHED))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ import sys
 import psycopg2
 
 import copier
+import runlog
 
 original_log_event = copier.log_event
 
 
-def log_event(event: str, **fields) -> None:
+def log_event(event: runlog.Event, **fields) -> None:
     original_log_event(event, **fields)
-    if event == copier.EVENT_SLICE_LOADED and first_time():
+    if event is runlog.SLICE_LOADED and first_time():
         end_snapshot_holder(os.environ["SOURCE_DSN"])
 
 

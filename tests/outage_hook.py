@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import copier
+import runlog
 from dev.localpg import LocalCluster
 
 HOOKED = {"load": "report_progress", "swap": "replace_table"}
@@ -29,7 +30,7 @@ def main() -> int:
     def hooked(*args):
         if fired.acquire(blocking=False):
             cluster.stop()
-            copier.log_event("test_outage", at=spec["at"], seconds=spec["seconds"])
+            copier.log_event(runlog.Event("test_outage", "the test stopped a cluster", {}), at=spec["at"], seconds=spec["seconds"])
             threading.Timer(spec["seconds"], cluster.start).start()
         return original(*args)
 
