@@ -30,7 +30,8 @@ def main() -> int:
     def hooked(*args):
         if fired.acquire(blocking=False):
             cluster.stop()
-            copier.log_event(runlog.Event("test_outage", "the test stopped a cluster", {}), at=spec["at"], seconds=spec["seconds"])
+            copier.log_event(runlog.Event("test_outage", "the test stopped a cluster", {}),
+                             at=spec["at"], seconds=spec["seconds"])
             threading.Timer(spec["seconds"], cluster.start).start()
         return original(*args)
 
