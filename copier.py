@@ -202,12 +202,37 @@ def warn(message: str, **fields) -> None:
     say(f"copier: warning: {message}" + (f": {fields['error']}" if fields.get("error") else ""))
 
 
+# Moments of a run that a test attaches a real fault to (a server stopped mid-load, a table
+# dropped between two statements, a row written after the snapshot): a listener is called with
+# the moment's context. Nothing listens in a real run. The tests' hooks (tests/*_hook.py) add
+# their listeners in the job processes too.
+MOMENTS = {
+    "tables_checked": "the plan is made and the target checked; nothing is loaded yet (units)",
+    "snapshot_taken": "the run exported its snapshot (conn: the connection holding it)",
+    "creating_type": "a user-defined type is missing on the target and about to be made (name)",
+    "locking": "the swap read which tables to lock, and is about to lock them (table, tables)",
+    "loading": "a progress line of a table's load, every --progress-seconds (table, bytes)",
+    "swapping": "a staged table's swap begins (table)",
+    "unit_done": "a job reported a unit (unit, result)",
+}
+LISTENERS: dict[str, list] = {}
+
+
+def moment(name: str, **context) -> None:
+    assert name in MOMENTS, name
+    for listener in LISTENERS.get(name, ()):
+        listener(**context)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line: the user's options.
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
+    """What the user (or, on AWS, the state machine's environment) asked for. What the run then
+    does with it is its Plan."""
+
     tables_text: str
     jobs: int = 1
     dry_run: bool = False
@@ -232,11 +257,7 @@ class Options:
     load_jobs: int = 1  # load phase: how many jobs import the held snapshot
     snapshot_wait: float = 1800.0
     scheduled: bool = False  # COPIER_RUN is set: the state machine started it, nobody watches
-    # Tables staged and swapped together at the end of a per-table run (see late_swaps).
-    late_swap: frozenset[str] = frozenset()
-
-    def swaps_late(self, table: str) -> bool:
-        return self.swap == "together" or table in self.late_swap
+    json: bool = False  # --dry-run --json: the plan as one JSON line on stdout
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -262,8 +283,10 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="worker processes; each takes the largest table left when it is "
                         "free (default 1)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="resolve and check everything, print the plan (with the job each "
-                        "table is expected to land on), change nothing")
+                        help="resolve and check everything, print the plan on stderr (with the job "
+                        "each table is expected to land on), change nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="with --dry-run: the plan as one JSON line on stdout as well")
     parser.add_argument("--swap", choices=("table", "together"),
                         default=os.environ.get("COPIER_SWAP", "table"),
                         help="'table': each table goes live when it is ready (default); "
@@ -330,11 +353,13 @@ def parse_args(argv: list[str]) -> Options:
         parser.error("--jobs must be at least 1")
     if args.retries < 0 or args.lock_retries < 0 or args.index_workers < 0:
         parser.error("--retries, --lock-retries and --index-workers must not be negative")
+    if args.json and not args.dry_run:
+        parser.error("--json goes with --dry-run (a run's stdout is JSON lines already)")
     if args.outage_budget < 0 or args.lock_budget < 0:
         parser.error("--outage-budget and --lock-budget must not be negative")
     phases = phase_settings(args.phase, parser.error)
     return Options(**phases,
-        tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
+        tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, json=args.json, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
         lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
         index_workers=args.index_workers, outage_budget=args.outage_budget,
@@ -798,6 +823,38 @@ def plan_run(src, options: Options) -> list[Unit]:
     return units
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the run does, decided once before anything is written, from the Options and what
+    the two databases hold: the phase, how its tables go live, where its reads' snapshot comes
+    from, and which units each job is expected to take."""
+
+    phase: str  # all, load or publish (--phase)
+    # "table": each table goes live once it is ready; "together": all at the end, in one
+    # transaction; "none": the load phase leaves them staged for the publish
+    swap: str
+    # "export": the run exports its own; "hold" / "join": the load jobs of a split run read the
+    # first one's; "none": the publish reads no rows
+    snapshot: str
+    # Tables that go live together at the end of the run rather than each when it is ready:
+    # every table with --swap together; in a per-table run, those a partitioned table's foreign
+    # key joins (see partitioned_key_ends)
+    late_swaps: frozenset[str]
+    jobs: tuple[tuple[str, ...], ...]  # the units each job is expected to take, as sizes predict
+
+
+def make_plan(options: Options, units: list[Unit], dst) -> Plan:
+    tables = list({u.source.table: u.source for u in units}.values())
+    swap = "none" if options.phase == "load" else options.swap
+    if swap == "together":
+        late_swaps = frozenset(t.table.qualified for t in tables)
+    else:
+        late_swaps = partitioned_key_ends(dst, tables) if swap == "table" else frozenset()
+    snapshot = "none" if options.phase == "publish" else options.one_snapshot or "export"
+    jobs = assign_to_jobs({u.name: u.weight for u in units}, options.jobs)
+    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)))
+
+
 # Foreign keys of partitioned tables on the target whose two ends are both tables.
 PARTITIONED_KEYS_QUERY = """
 SELECT rn.nspname, r.relname, fn.nspname, f.relname
@@ -808,7 +865,7 @@ WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
 """
 
 
-def late_swaps(dst, tables: list[SourceTable]) -> frozenset[str]:
+def partitioned_key_ends(dst, tables: list[SourceTable]) -> frozenset[str]:
     """Before PostgreSQL 18 a partitioned table's foreign key cannot be made NOT VALID, so it is
     checked when it is made again: the tables it joins go live together at the end of the run,
     when both hold the same night's rows, instead of each at its own moment."""
@@ -822,40 +879,50 @@ def late_swaps(dst, tables: list[SourceTable]) -> frozenset[str]:
                      for end in pair if end in names)
 
 
-def print_plan(units: list[Unit], jobs: int) -> None:
-    """--dry-run: each unit with the job it is expected to land on, and each job's share."""
+def show_plan(plan: Plan, units: list[Unit], refused: dict[str, str], as_json: bool) -> None:
+    """--dry-run: each unit with the job it is expected to land on, each job's share, and the
+    tables the reporting side would refuse; for people on stderr, and with --json as one JSON
+    line on stdout."""
     by_name = {u.name: u for u in units}
-    plan = assign_to_jobs({u.name: u.weight for u in units}, jobs)
-    rows = [
-        (name, f"{by_name[name].weight / 1e6:.1f}",
-         str(by_name[name].source.estimated_rows // (by_name[name].part or (1, 1))[1])
-         if by_name[name].source.estimated_rows >= 0 else "?", str(job))
-        for job, names in enumerate(plan, 1) for name in names
-    ]
+    placed = [(name, by_name[name], job) for job, names in enumerate(plan.jobs, 1) for name in names]
+    rows = [(name, f"{unit.weight / 1e6:.1f}", str(estimated_rows(unit)) if unit.source.estimated_rows >= 0
+             else "?", str(job)) for name, unit, job in placed]
     header = ("table", "MB", "rows (est.)", "job")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        say("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
     total = sum(u.weight for u in units) or 1
-    for job, names in enumerate(plan, 1):
+    for job, names in enumerate(plan.jobs, 1):
         if names:
             share = sum(by_name[name].weight for name in names)
-            print(f"job {job}: {len(names)} unit(s), {share / 1e6:.1f} MB, "
-                  f"{100 * share / total:.0f}% of the run")
+            say(f"job {job}: {len(names)} unit(s), {share / 1e6:.1f} MB, "
+                f"{100 * share / total:.0f}% of the run")
+    for table, error in refused.items():
+        say(f"copier: error: {table}: {error}")
+    if as_json:
+        log_event(runlog.PLAN, phase=plan.phase, swap=plan.swap, jobs=len(plan.jobs), units=[
+            {"unit": name, "table": unit.source.table.qualified, "job": job, "bytes": round(unit.weight),
+             "estimated_rows": estimated_rows(unit) if unit.source.estimated_rows >= 0 else None,
+             **({"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {})}
+            for name, unit, job in placed], refused=[
+            {"table": table, "error": error} for table, error in refused.items()])
 
 
-def report_refusals(dst, tables: list[SourceTable]) -> int:
+def estimated_rows(unit: Unit) -> int:
+    return unit.source.estimated_rows // (unit.part or (1, 1))[1]
+
+
+def refusals(dst, tables: list[SourceTable]) -> dict[str, str]:
     """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
-    refused = 0
+    refused = {}
     with dst.cursor() as cur:
         for t in tables:
             try:
                 refuse_what_cannot_survive(cur, t.table)
             except Refused as exc:
-                say(f"copier: error: {t.table.qualified}: {exc}")
-                refused += 1
-    return 1 if refused else 0
+                refused[t.table.qualified] = str(exc)
+    return refused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1456,6 +1523,7 @@ def ensure_type(src, dst, type_oid: int) -> None:
         if user_type.kind == "e" and existing is not None:
             add_enum_labels(cur, user_type, set(existing[0] or []))
         elif existing is None:
+            moment("creating_type", name=TableName(user_type.schema, user_type.name).qualified)
             create_type(cur, user_type)
 
 
@@ -1511,8 +1579,8 @@ def create_type(cur, user_type: UserType) -> None:
 class TableCopier:
     """One worker's pair of connections and the copy of each of its tables."""
 
-    def __init__(self, settings: dict, options: Options, shared: RunShared, job: int):
-        self.settings, self.options, self.shared, self.job = settings, options, shared, job
+    def __init__(self, settings: dict, options: Options, plan: Plan, shared: RunShared, job: int):
+        self.settings, self.options, self.plan, self.shared, self.job = settings, options, plan, shared, job
         self.snapshot: str | None = None  # the name this try imports
         self.src = self.dst = None
 
@@ -1573,7 +1641,7 @@ class TableCopier:
                     error = str(renewal)
                 seconds = round(time.monotonic() - started, 2)
                 log_event(runlog.TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
-                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.options))
+                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.plan))
                 return TableResult(source.table.qualified, False, seconds=seconds, error=error,
                                    attempts=attempt + 1, unit=name, part=unit.part)
             seconds = round(time.monotonic() - started, 2)
@@ -1587,7 +1655,7 @@ class TableCopier:
         """The unit's line; a table still to be swapped keeps its staged table in the result."""
         fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
                   "seconds": result.seconds, "snapshot": result.snapshot,
-                  **unit_fields(unit, self.options)}
+                  **unit_fields(unit, self.plan)}
         if unit.step == "finish":
             fields["slices"] = staged.slices
         if unit.step == "load":
@@ -1597,7 +1665,7 @@ class TableCopier:
         elif staged.blocked:
             result.staged = staged
             log_event(runlog.SWAP_DEFERRED, reason=staged.blocked, **fields)
-        elif self.options.swaps_late(result.table):
+        elif result.table in self.plan.late_swaps:
             result.staged = staged
             log_event(runlog.TABLE_STAGED, **fields)
         else:
@@ -1749,7 +1817,7 @@ class TableCopier:
         set_statistics(cur, definition, staged)
         set_sequences(self.src, cur, definition, staged)
         cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
-        if not self.options.swaps_late(definition.table.qualified):
+        if definition.table.qualified not in self.plan.late_swaps:
             try:
                 staged.foreign_keys = swap_into_place(cur, staged, self.options)
             except SwapBlocked as exc:  # kept staged: swapped after the other tables
@@ -1786,12 +1854,13 @@ class TableCopier:
 def report_progress(table: str, nbytes: int, seconds: float) -> None:
     log_event(runlog.TABLE_PROGRESS, table=table, bytes=nbytes, seconds=round(seconds, 1),
               mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
+    moment("loading", table=table, bytes=nbytes)
 
 
-def unit_fields(unit: Unit, options: Options) -> dict:
+def unit_fields(unit: Unit, plan: Plan) -> dict:
     """What a unit's JSON line says beyond its table: the slice, and the phase of a split run."""
     fields = {"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {}
-    return {**fields, "phase": options.phase} if options.phase != "all" else fields
+    return {**fields, "phase": plan.phase} if plan.phase != "all" else fields
 
 
 @dataclass
@@ -2551,6 +2620,7 @@ def lock_in_order(cur, table: TableName, start: str) -> str:
     cur.execute(start + "SET LOCAL jit = off; " + LOCK_ORDER_QUERY,
                 {"schema": table.schema, "name": table.name})
     tables = cur.fetchall()
+    moment("locking", table=table.qualified, tables=[name for name, _ in tables])
     jit_back = "SET LOCAL jit TO DEFAULT; "
     if len(tables) < 2:
         return jit_back
@@ -2563,14 +2633,17 @@ def lock_in_order(cur, table: TableName, start: str) -> str:
     return ""
 
 
-def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False) -> list[ForeignKey]:
-    """Replace the reporting table by the staged one; retried while readers hold locks.
+def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False,
+                    tries: int | None = None) -> list[ForeignKey]:
+    """Replace the reporting table by the staged one; tried again while readers hold locks
+    (1 + --lock-retries tries, unless told how many).
 
     Runs inside the caller's transaction: nothing is visible to readers until it commits.
     Returns the foreign keys to validate once both of their tables are in place, or with
     defer_keys, those still to make (once all the tables they join are in place).
     """
-    for attempt in range(options.lock_retries + 1):
+    tries = options.lock_retries + 1 if tries is None else tries
+    for attempt in range(tries):
         try:
             start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
                                 + "SELECT set_config('lock_timeout', %s, true); ",
@@ -2586,7 +2659,7 @@ def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool
             # Readers hold the table, or another job is swapping a table that shares a view
             # with this one: let go of everything, wait, try again.
             cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
-            if attempt == options.lock_retries:
+            if attempt == tries - 1:
                 raise SwapBlocked(
                     f"could not lock {staged.table.qualified} for the swap after "
                     f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
@@ -2599,6 +2672,7 @@ def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]
     """The swap's statements (after start, sent with the first of them), in as few round trips
     as the reporting side allows: three for a table nothing else is tied to."""
     table = staged.table
+    moment("swapping", table=table.qualified)
     old = capture_reporting_side(cur, table, start, staged.replaces)
     if old:
         for dependent in reversed(old.dependents):
@@ -3655,10 +3729,11 @@ class ReportingSide:
     row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
     policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
     triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
-    own: list[Restatement]  # its rules, inheritance parents and publications
-    foreign_keys: list[ForeignKey]  # its own and other tables' keys to it
-    dependents: list  # views, routines and Restatements, in the order they are made again
-    partitions: list[PartitionSide]
+    # What only a table tied to others has (see TIED): read by a sweep of pg_depend.
+    own: list[Restatement] = dataclasses.field(default_factory=list)  # rules, parents, publications
+    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # its own and others' to it
+    dependents: list = dataclasses.field(default_factory=list)  # views, routines, Restatements, in order
+    partitions: list[PartitionSide] = dataclasses.field(default_factory=list)
 
 
 GRANTS_QUERY = """
@@ -3759,9 +3834,9 @@ def capture_reporting_side(cur, table: TableName, prefix: str = "",
         return None  # not a table: the rename says what is in the way
     (oid, owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
      column_comments, tied) = row
-    side = ReportingSide(oid, owner, rows(grants), rows(column_grants), comment, column_comments,
-                         list(table_options), (enable, force), rows(policies), rows(triggers),
-                         [], [], [], [])
+    side = ReportingSide(oid=oid, owner=owner, grants=rows(grants), column_grants=rows(column_grants),
+                         comment=comment, column_comments=column_comments, options=list(table_options),
+                         row_security=(enable, force), policies=rows(policies), triggers=rows(triggers))
     if tied:
         side.dependents, foreign_keys = sweep_dependents(cur, table, oid)
         cur.execute(FOREIGN_KEY_QUERY.format(
@@ -3970,12 +4045,11 @@ def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: flo
               defer_keys: bool = False) -> list[ForeignKey]:
     """swap_into_place, one try at a time until the deadline, ending the sessions in the way
     between tries (unless --no-kill-readers); the error names them."""
-    one_try = dataclasses.replace(options, lock_retries=0)
     seen: dict[int, str] = {}  # blocking sessions, as the error will name them
     for attempt in range(1_000_000):
         try:
             with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
-                return swap_into_place(cur, staged, one_try, defer_keys)
+                return swap_into_place(cur, staged, options, defer_keys, tries=1)
         except SwapBlocked:
             seen.update(describe_sessions(watcher, watch.blockers))
             if time.monotonic() >= deadline:
@@ -4300,7 +4374,8 @@ def export_snapshot(conn) -> str:
         return cur.fetchone()[0]
 
 
-def take_snapshot(src, dst, units: list[Unit], options: Options, outages: OutageClock) -> RunShared:
+def take_snapshot(src, dst, units: list[Unit], plan: Plan, options: Options,
+                  outages: OutageClock) -> RunShared:
     """The moment the run reads: its own exported snapshot, none for the publish phase, or,
     for load jobs with one snapshot, the one the run's first job exports and the others import.
 
@@ -4309,9 +4384,9 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
     each job that imported it says so with a NOTIFY on the target, so the holder knows when it
     may let go (the source may be a standby, where NOTIFY is refused).
     """
-    if options.phase == "publish":
+    if plan.snapshot == "none":
         return RunShared.create(outages, "")
-    if options.one_snapshot == "hold":
+    if plan.snapshot == "hold":
         with dst.cursor() as cur:
             cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(snapshot_channel(options.run))))
         name = export_snapshot(src)
@@ -4320,7 +4395,7 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
                         (snapshot_marker(options.run) + name,))
         log_event(runlog.SNAPSHOT_SHARED, job=1, jobs=options.load_jobs)
         return RunShared.create(outages, name, origin=name)
-    if options.one_snapshot == "join":
+    if plan.snapshot == "join":
         try:
             origin = find_shared_snapshot(src, options)
             with src.cursor() as cur:
@@ -4330,14 +4405,16 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
         except CopierError as exc:
             for unit in units:
                 log_event(runlog.TABLE_FAILED, table=unit.source.table.qualified, job=1, error=str(exc),
-                          seconds=0, **unit_fields(unit, options))
+                          seconds=0, **unit_fields(unit, plan))
             raise
         with dst.cursor() as cur:
             cur.execute("SELECT pg_notify(%s, %s)",
                         (snapshot_channel(options.run), os.environ.get("COPIER_JOB") or str(os.getpid())))
         log_event(runlog.SNAPSHOT_IMPORTED, job=1)
         return RunShared.create(outages, local, origin=origin)
-    return RunShared.create(outages, export_snapshot(src))
+    shared = RunShared.create(outages, export_snapshot(src))
+    moment("snapshot_taken", conn=src)
+    return shared
 
 
 def snapshot_marker(run: str) -> str:
@@ -4417,6 +4494,8 @@ def unlock_tables(dst) -> None:
 
 
 def run(options: Options, settings: dict) -> int:
+    """A night, top to bottom: connect, plan, hold the tables, take the snapshot, copy the units
+    over the jobs, make live what waited for the end of the run, and report."""
     started = time.monotonic()
     outages = OutageClock(get_context("spawn"), options.outage_budget)
     src = connect_at_start(settings, "source", outages, options)
@@ -4427,44 +4506,23 @@ def run(options: Options, settings: dict) -> int:
         warn_if_recovery_may_cancel(src)
         dst = connect_at_start(settings, "target", outages, options)
         check_target(dst, tables)
+        plan = make_plan(options, units, dst)
         if options.dry_run:
-            print_plan(units, options.jobs)
-            return report_refusals(dst, tables)
+            refused = refusals(dst, tables)
+            show_plan(plan, units, refused, options.json)
+            return 1 if refused else 0
         # The load jobs of one run share their tables; anything else copying them is refused.
-        lock_tables(dst, tables, shared=options.phase == "load")
+        lock_tables(dst, tables, shared=plan.phase == "load")
         units = with_target_checked(dst, with_definitions(src, units))
-        if options.swap == "table" and options.phase != "load":
-            options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
-        shared = take_snapshot(src, dst, units, options, outages)
-        if options.phase != "publish":
+        moment("tables_checked", units=units)
+        shared = take_snapshot(src, dst, units, plan, options, outages)
+        if plan.snapshot != "none":
             holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
-        results, abandoned = run_units(units, settings, options, shared)
-        if options.one_snapshot == "hold":
+        results, abandoned = run_units(units, settings, options, plan, shared)
+        if plan.snapshot == "hold":
             wait_for_joiners(dst, options, started)
-        if abandoned:
-            drop_staged(dst, [StagedTable(t.table, t.table.staging_name(), [], None, {})
-                              for t in abandoned])
-        if options.phase == "load":
-            pass  # the publish phase swaps
-        elif options.swap == "together":
-            results = restage_from_one_snapshot(units, results, settings, options, shared)
-            results, dst = swap_together_through_outages(dst, tables, results, settings,
-                                                         options, shared)
-        else:
-            late = [r for r in results if r.table in options.late_swap]
-            blocked = [r for r in results if r.ok and r.staged and r.staged.blocked]
-            keys = [key for r in results if r.ok for key in r.foreign_keys]
-            if (late or blocked or keys) and not is_alive(dst):  # the target went away: its locks with it
-                dst.close()
-                dst = connect_waiting(settings["target"], "target", shared.outages)
-                lock_tables(dst, tables)
-            if late:
-                swap_together(dst, late, options, settings,
-                              "tables joined by a partitioned table's foreign key")
-            if blocked:
-                swap_past_readers(dst, settings, blocked, options)
-            keys += [key for r in blocked if r.ok for key in r.foreign_keys]
-            validate_after_run(dst, keys, options.lock_timeout)
+        drop_staged(dst, [StagedTable(t.table, t.table.staging_name(), [], None, {}) for t in abandoned])
+        results, dst = swap_the_rest(dst, tables, units, results, settings, options, plan, shared)
     finally:
         if holder is not None:
             holder.stop()
@@ -4481,10 +4539,38 @@ def run(options: Options, settings: dict) -> int:
               waited_seconds=round(sum(waited.values()), 1),
               source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
               snapshots=shared.snapshot.current()[1],
-              **({"phase": options.phase} if options.phase != "all" else {}))
+              **({"phase": plan.phase} if plan.phase != "all" else {}))
     for r in failed:
         say(f"copier: error: {r.unit or r.table}: {r.error}")
     return 1 if failed else 0
+
+
+def swap_the_rest(dst, tables: list[SourceTable], units: list[Unit], results: list[TableResult],
+                  settings: dict, options: Options, plan: Plan, shared: RunShared):
+    """What goes live at the end of the run: nothing in the load phase (the publish swaps);
+    every table in one transaction with --swap together; in a per-table run, the tables a
+    partitioned table's key joins, then those readers blocked, and then the foreign keys made
+    NOT VALID in the swaps are validated. Returns the results and the target connection (a new
+    one when the run's was lost: its table locks are taken again)."""
+    if plan.swap == "none":
+        return results, dst
+    if plan.swap == "together":
+        results = restage_from_one_snapshot(units, results, settings, options, plan, shared)
+        return swap_together_through_outages(dst, tables, results, settings, options, shared)
+    late = [r for r in results if r.table in plan.late_swaps]
+    blocked = [r for r in results if r.ok and r.staged and r.staged.blocked]
+    keys = [key for r in results if r.ok for key in r.foreign_keys]
+    if (late or blocked or keys) and not is_alive(dst):  # the target went away: its locks with it
+        dst.close()
+        dst = connect_waiting(settings["target"], "target", shared.outages)
+        lock_tables(dst, tables)
+    if late:
+        swap_together(dst, late, options, settings, "tables joined by a partitioned table's foreign key")
+    if blocked:
+        swap_past_readers(dst, settings, blocked, options)
+    keys += [key for r in blocked if r.ok for key in r.foreign_keys]
+    validate_after_run(dst, keys, options.lock_timeout)
+    return results, dst
 
 
 class WorkList:
@@ -4497,8 +4583,8 @@ class WorkList:
     came from two snapshots (one was lost and renewed) is loaded again, into a staging of its own.
     """
 
-    def __init__(self, units: list[Unit], options: Options):
-        self.options = options
+    def __init__(self, units: list[Unit], options: Options, plan: Plan):
+        self.options, self.plan = options, plan
         self.waiting = deque(sorted(units, key=lambda u: (-u.weight, u.name)))
         self.first: deque[Unit] = deque()
         self.order = list(dict.fromkeys(self.result_name(u) for u in self.waiting))
@@ -4509,7 +4595,7 @@ class WorkList:
 
     def result_name(self, unit: Unit) -> str:
         """Locally a sliced table has one result (its finish's); a load job has one per unit."""
-        return unit.source.table.qualified if self.options.phase == "all" else unit.name
+        return unit.source.table.qualified if self.plan.phase == "all" else unit.name
 
     def next(self) -> Unit | None:
         if self.first:
@@ -4517,7 +4603,7 @@ class WorkList:
         return self.waiting.popleft() if self.waiting else None
 
     def done(self, unit: Unit, result: TableResult) -> None:
-        if unit.step != "slice" or self.options.phase != "all":
+        if unit.step != "slice" or self.plan.phase != "all":
             if unit.step == "finish" and unit.source.table.qualified in self.read_from:
                 result.snapshot = self.read_from[unit.source.table.qualified]  # its slices' moment
             self.results[self.result_name(unit)] = result
@@ -4554,19 +4640,19 @@ class WorkList:
         return [self.results[name] for name in self.order]
 
 
-def run_units(units: list[Unit], settings: dict, options: Options,
+def run_units(units: list[Unit], settings: dict, options: Options, plan: Plan,
               shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
     """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
-    work = WorkList(units, options)
+    work = WorkList(units, options, plan)
     jobs = min(options.jobs, len(units))
     if jobs <= 1:
-        run_job(1, settings, options, shared, work.next, work.done, threading.Event())
+        run_job(1, settings, options, plan, shared, work.next, work.done, threading.Event())
         return work.outcome("not copied"), work.abandoned
     context = get_context("spawn")
     todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
     processes = [
         context.Process(target=job_process, name=f"copier-job-{n}",
-                        args=(n, settings, options, shared, todo, done, stop))
+                        args=(n, settings, options, plan, shared, todo, done, stop))
         for n in range(1, jobs + 1)
     ]
     for process in processes:
@@ -4612,10 +4698,10 @@ def run_units(units: list[Unit], settings: dict, options: Options,
     return work.outcome(f"a worker process died before copying it (exit codes {codes})"), work.abandoned
 
 
-def run_job(job: int, settings: dict, options: Options, shared: RunShared,
+def run_job(job: int, settings: dict, options: Options, plan: Plan, shared: RunShared,
             next_unit, report, stop) -> None:
     """Copy units until next_unit() says there are none left (returns None)."""
-    copier = TableCopier(settings, options, shared, job)
+    copier = TableCopier(settings, options, plan, shared, job)
     try:
         while (unit := next_unit()) is not None:
             if stop.is_set():
@@ -4623,6 +4709,7 @@ def run_job(job: int, settings: dict, options: Options, shared: RunShared,
                                          error="not copied: an earlier table failed (--fail-fast)"))
                 continue
             result = copier.copy(unit)
+            moment("unit_done", unit=unit, result=result)
             report(unit, result)
             if not result.ok and options.fail_fast:
                 stop.set()
@@ -4630,10 +4717,10 @@ def run_job(job: int, settings: dict, options: Options, shared: RunShared,
         copier.close()
 
 
-def job_process(job, settings, options, shared, todo, results, stop) -> None:
+def job_process(job, settings, options, plan, shared, todo, results, stop) -> None:
     handle_signals()
     try:
-        run_job(job, settings, options, shared, todo.get,
+        run_job(job, settings, options, plan, shared, todo.get,
                 lambda unit, result: results.put((unit, result)), stop)
     except KeyboardInterrupt:
         sys.exit(1)
@@ -4676,9 +4763,8 @@ def swap_together(dst, results: list[TableResult], options: Options, settings: d
     return results
 
 
-def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
-                              settings: dict, options: Options,
-                              shared: RunShared) -> list[TableResult]:
+def restage_from_one_snapshot(units: list[Unit], results: list[TableResult], settings: dict,
+                              options: Options, plan: Plan, shared: RunShared) -> list[TableResult]:
     """--swap together promises one moment for every table: a table staged from a snapshot that
     was lost since is staged again from the current one before anything is swapped."""
     if not all(r.ok for r in results):
@@ -4692,7 +4778,7 @@ def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
                    f"go live from one moment (--swap together): {', '.join(stale)}")
         warn(message)
         again, _ = run_units([u for u in units if u.source.table.qualified in stale],
-                             settings, options, shared)
+                             settings, options, plan, shared)
         redone = {r.table: r for r in again}
         results = [redone.get(r.table, r) for r in results]
         if not all(r.ok for r in results):

@@ -288,6 +288,10 @@ SNAPSHOT_RELEASED = Event("snapshot_released", "--phase load, the first job: it 
 WARNING = Event("warning", "something worth a look that failed nothing (also on stderr)",
                 {"message": "what, and what to do about it", "table": TABLE["table"],
                  "error": "the underlying error"})
+PLAN = Event("plan", "--dry-run --json: what the run would do, and nothing else is written",
+             {"phase": UNIT["phase"], "swap": "table, together or none (the load phase)",
+              "jobs": "how many jobs", "units": "each unit: unit, table, job, bytes, estimated_rows, slice",
+              "refused": "the tables the reporting side would refuse tonight: table, error"})
 RUN_FINISHED = Event("run_finished", "the run's last line",
                      {"tables": "results (units in a load job)", "failed": "how many failed",
                       "seconds": "the run's wall time", "waited_seconds": "waited for unreachable databases",
@@ -297,6 +301,6 @@ RUN_FINISHED = Event("run_finished", "the run's last line",
 EVENTS = {event.name: event for event in (
     TABLE_COPIED, TABLE_FAILED, TABLE_STAGED, TABLE_LOADED, SLICE_LOADED, TABLE_RETRY, TABLE_PROGRESS,
     SWAP_DEFERRED, SESSION_ENDED, INDEX_SKIPPED, STATISTICS_SKIPPED, WAITING, SNAPSHOT_RENEWED,
-    SNAPSHOT_SHARED, SNAPSHOT_IMPORTED, SNAPSHOT_RELEASED, WARNING, RUN_FINISHED)}
+    SNAPSHOT_SHARED, SNAPSHOT_IMPORTED, SNAPSHOT_RELEASED, WARNING, PLAN, RUN_FINISHED)}
 # Fields any line may carry: set from the environment on AWS.
 COMMON_FIELDS = {"event": "the event's name", "run": "the run's name (COPIER_RUN)"}

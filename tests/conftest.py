@@ -475,6 +475,27 @@ def run_copier(copier_env, capfd):
 
 
 @pytest.fixture
+def at_moment(monkeypatch):
+    """at_moment(name, listener[, once=True]): the listener runs at that moment of the copier's
+    run in this process (copier.MOMENTS names them), with the moment's context as keyword
+    arguments; with once, the first time only."""
+    import copier
+
+    def attach(name: str, listener, once: bool = False) -> None:
+        assert name in copier.MOMENTS, name
+        fired = []
+
+        def listen(**context):
+            if not (once and fired):
+                fired.append(context)
+                listener(**context)
+
+        monkeypatch.setitem(copier.LISTENERS, name, [*copier.LISTENERS.get(name, []), listen])
+
+    return attach
+
+
+@pytest.fixture
 def night(dbs, run_copier):
     """A small night, as the contract and timeline tests read it: two jobs, two tables copied
     (orders, most of the bytes, in slices unless --no-split), one whose swap a reader blocks

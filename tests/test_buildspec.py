@@ -81,7 +81,11 @@ def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_pyt
 
     checkout = tmp_path / "src"
     checkout.mkdir()
-    for name in ("buildspec.yml", "requirements.txt", "copier.py"):
+    # CodeBuild checks out the repository: every tracked file.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout.split()
+    for name in tracked:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, checkout / name)
     # curl stands in for the download of the RDS CA bundle: nothing here reaches the internet
     fakes = tmp_path / "fakes"

@@ -118,6 +118,7 @@ def test_unreachable_database_is_one_line_without_secrets(named_tables):
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
+    """The plan is for people, on stderr: stdout stays JSON lines only (here: none)."""
     named_tables.source("INSERT INTO orders SELECT g, repeat('x', 500) FROM generate_series(3, 5000) g;"
                         "ANALYZE orders")
     env = {"SOURCE_DSN": named_tables.source_dsn, "TARGET_DSN": named_tables.target_dsn}
@@ -125,7 +126,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
     result = run_cli([tables, "--jobs", "2", "--dry-run", "--no-split"], env)
 
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
     assert lines[0].split() == ["table", "MB", "rows", "(est.)", "job"]
     plan = {line.split()[0]: line.split() for line in lines[1:] if not line.startswith("job ")}
     assert plan["public.orders"][2:] == ["5000", "1"]  # the largest table gets job 1 alone
@@ -135,15 +137,22 @@ def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
     assert lines[-1].startswith("job 2: 2 unit(s)")
 
     # Without --no-split, orders (nearly all the bytes, an integer key) is cut in key ranges of
-    # at most half a job's mean share each, spread over both jobs.
-    result = run_cli([tables, "--jobs", "2", "--dry-run"], env)
+    # at most half a job's mean share each, spread over both jobs; --json gives the same plan as
+    # one JSON line on stdout.
+    result = run_cli([tables, "--jobs", "2", "--dry-run", "--json"], env)
     assert result.returncode == 0, result.stderr
-    plan = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]
-            if not line.startswith("job ")}
-    slices = sorted(name for name in plan if name.startswith("public.orders"))
-    assert slices == [f"public.orders#{k}/4" for k in range(1, 5)], plan
-    assert sorted(plan[name][-1] for name in slices) == ["1", "1", "2", "2"]
-    assert [int(plan[name][2]) for name in slices] == [1250] * 4
+    (line,) = result.stdout.splitlines()
+    plan = json.loads(line)
+    assert plan["event"] == "plan" and plan["jobs"] == 2 and plan["refused"] == []
+    units = {u["unit"]: u for u in plan["units"]}
+    slices = sorted(name for name in units if name.startswith("public.orders"))
+    assert slices == [f"public.orders#{k}/4" for k in range(1, 5)], units
+    assert sorted(units[name]["job"] for name in slices) == [1, 1, 2, 2]
+    assert [units[name]["estimated_rows"] for name in slices] == [1250] * 4
+    assert units['public."Mixed Case"']["table"] == 'public."Mixed Case"'
+    people = {line.split()[0]: line.split() for line in result.stderr.splitlines()[1:]
+              if not line.startswith("job ")}
+    assert sorted(people) == sorted(units)
     assert target_tables(named_tables) == [("public.y",)]
 
 
@@ -218,7 +227,7 @@ def test_every_help_example_runs(copier_env, moto_server, monkeypatch):
             line for line in done.stdout.splitlines() if line.startswith("{")))
                   if e["event"] == "table_copied"}
         if "--dry-run" in example:
-            assert copied == {} and "orders" in done.stdout + done.stderr
+            assert done.stdout == "" and "orders" in done.stderr
             assert counts(dbs.target_rows) == before
             continue
         (tables,) = [word.removeprefix("TABLES=") for word in shlex.split(example)

@@ -7,8 +7,6 @@ import pwd
 
 import pytest
 
-import copier
-
 CUSTOMERS = (
     "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, score int);"
     "INSERT INTO customers SELECT g, 'c' || g, g % 10 FROM generate_series(1, 100) g;"
@@ -300,19 +298,17 @@ def test_a_column_of_the_tables_row_type_is_refused_before_anything_is_written(c
     assert debris(customers) == []
 
 
-def test_a_dependent_made_during_the_run_is_refused_at_the_swap(customers, run_copier, monkeypatch):
+def test_a_dependent_made_during_the_run_is_refused_at_the_swap(customers, run_copier, at_moment):
     """Nothing was tied to the table when the run started (its check is done once, for every
     table): a column of its row type that an analyst adds meanwhile is still found at the swap,
     and the table keeps last night's rows."""
-    checked = copier.with_target_checked
+    checked = []
 
-    def then_an_analyst_adds_a_column(dst, units):
-        units = checked(dst, units)
-        assert all(u.source.untied for u in units)
+    def then_an_analyst_adds_a_column(units):
+        checked.extend(u.source.untied for u in units)
         customers.target("CREATE TABLE snapshots (c customers)")
-        return units
 
-    monkeypatch.setattr(copier, "with_target_checked", then_an_analyst_adds_a_column)
+    at_moment("tables_checked", then_an_analyst_adds_a_column)
     customers.source("DELETE FROM customers WHERE id % 2 = 0")
     result = run_copier("TABLES=customers")
 
@@ -320,6 +316,7 @@ def test_a_dependent_made_during_the_run_is_refused_at_the_swap(customers, run_c
     assert "public.customers cannot be replaced: column c of table public.snapshots depends on it" \
         in result.stderr
     assert customers.target_rows("SELECT count(*) FROM customers") == [(100,)]
+    assert checked == [True]
     assert debris(customers) == []
 
 

@@ -184,14 +184,14 @@ def test_a_swap_together_that_fails_turns_every_staged_bar_red(night):
     assert (total(root, "copied"), total(root, "failed")) == ("0", "3")
 
 
-def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch):
+def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch, at_moment):
     dbs.source("CREATE TABLE big (id int PRIMARY KEY, payload text)")
     dbs.source("INSERT INTO big SELECT g, repeat('n', 150) FROM generate_series(1, 200000) g")
     calls = []
 
-    def kill_once(table, nbytes, seconds):
+    def kill_once(table, bytes):
         if not calls:
-            calls.append(nbytes)
+            calls.append(bytes)
             conn = psycopg2.connect(dbs.source_dsn)
             conn.autocommit = True
             conn.cursor().execute(
@@ -199,7 +199,7 @@ def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch):
                 "AND query LIKE 'COPY%%' AND pid <> pg_backend_pid()", (dbs.source_name,))
             conn.close()
 
-    monkeypatch.setattr(copier, "report_progress", kill_once)
+    at_moment("loading", kill_once)
     monkeypatch.setattr(copier, "backoff", lambda attempt, base: 0.01)
     run = run_copier("TABLES=big", "--progress-seconds", "0", "--retries", "2")
     assert run.code == 0, run.stderr

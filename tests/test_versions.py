@@ -82,18 +82,14 @@ def test_each_server_is_the_major_it_stands_for(request, dbs):
     assert dbs.source_version // 10000 == request.node.callspec.params["pg_cluster"]
 
 
-def test_every_job_reads_the_runs_one_snapshot(copier_env, run_copier, monkeypatch):
+def test_every_job_reads_the_runs_one_snapshot(copier_env, run_copier, at_moment):
     """A row committed after the run exported its snapshot is in no table of any job."""
     copier_env.source("CREATE TABLE first (id int); CREATE TABLE second (id int);"
                       "INSERT INTO first VALUES (1); INSERT INTO second VALUES (1)")
-    export_snapshot = copier.export_snapshot
-
-    def export_then_write(conn):
-        snapshot = export_snapshot(conn)
+    def write_after_the_export(conn):
         copier_env.source("INSERT INTO first VALUES (2); INSERT INTO second VALUES (2)")
-        return snapshot
 
-    monkeypatch.setattr(copier, "export_snapshot", export_then_write)
+    at_moment("snapshot_taken", write_after_the_export)
     result = run_copier("TABLES=first,second", "--jobs", "2")
 
     assert result.code == 0, result.stderr
