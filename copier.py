@@ -218,9 +218,9 @@ MOMENTS = {
 LISTENERS: dict[str, list] = {}
 
 
-def moment(name: str, **context) -> None:
-    assert name in MOMENTS, name
-    for listener in LISTENERS.get(name, ()):
+def moment(at: str, **context) -> None:
+    assert at in MOMENTS, at
+    for listener in LISTENERS.get(at, ()):
         listener(**context)
 
 

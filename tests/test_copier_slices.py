@@ -60,9 +60,13 @@ class Writer(threading.Thread):
         finally:
             conn.close()
 
-    def wait_for(self, commits: int) -> None:
-        goal = self.commits + commits
+    def wait_for(self, commits: int, timeout: float = 60) -> None:
+        """Until the writer has committed that many more transactions: a writer that died or
+        stalls fails the test instead of hanging it."""
+        goal, deadline = self.commits + commits, time.monotonic() + timeout
         while self.commits < goal:
+            assert self.is_alive(), "the writer stopped (its error is on stderr)"
+            assert time.monotonic() < deadline, f"{self.commits} commits, not {goal}, in {timeout}s"
             time.sleep(0.02)
 
     def stop(self) -> None:
