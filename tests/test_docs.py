@@ -324,3 +324,22 @@ def test_the_readme_fits_on_two_screens():
     assert not re.search(r"\bsession \d", readme, re.I)
     layout = readme.split("## Layout")[1]
     assert "`runlog.py`" in layout
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but - and _ dropped, spaces -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    for page in PAGES:
+        text = (REPO / page).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (REPO / page).parent / path if path else REPO / page
+            assert linked.exists(), f"{page}: {target}"
+            if fragment:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+                assert fragment in map(anchor, headings), f"{page}: {target}"
