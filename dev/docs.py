@@ -13,7 +13,8 @@ Blocks, each read from the one place in the code that decides it:
   options, environment   copier.argument_parser(): flags, defaults, the variables that set them
   events, event-fields   runlog.EVENTS: every JSON line the copier writes, and its fields
   settings               deploy/settings.py: the keys of deploy.toml and their flags
-  resources, runners     deploy.resource_list(): what setup creates, in order, for each runner
+  resources              deploy.resource_list(): what setup creates, in order
+  other-resources        what each runner, and each switch that changes that list, adds and removes
   roles                  the IAM role of each service and the actions its policy allows
   alarms                 the CloudWatch alarms setup creates
   states, starter        the nightly state machine and its starter, rendered as setup renders them
@@ -106,7 +107,7 @@ def options() -> str:
                 "N" if action.type is int else action.dest.upper())
             flag = f"{action.option_strings[0]} {value}"
         default = "" if action.nargs == 0 or action.default is None else action.default
-        help_text = re.sub(r"\s*\(default [^()]*\)$", "", action.help)
+        help_text = re.sub(r"\s*\(default [^()]*\)$", "", action.help or "")
         rows.append([f"`{flag}`", code(variable), code(str(default)), help_text])
     return table(["option", "variable", "default", "what it does"], rows)
 
@@ -172,7 +173,8 @@ def settings() -> str:
         rows.append([f"`{name}`", shown if shown == "file only" else f"`{shown}`",
                      code("" if default in ("", [], {}) else str(default).lower()
                           if isinstance(default, bool) else str(default)),
-                     field.metadata.get("help") or UNDOCUMENTED_SETTINGS[name]])
+                     field.metadata.get("help") or UNDOCUMENTED_SETTINGS.get(
+                         name, "(no help in deploy/settings.py)")])
     return table(["setting", "flag", "default", "meaning"], rows)
 
 
@@ -226,15 +228,26 @@ RUNNER_VARIANTS = {
 }
 
 
-def runners() -> str:
+def variants() -> dict[str, dict]:
+    """The runners, and every switch (a true/false setting) turned the other way."""
+    found = dict(RUNNER_VARIANTS)
+    for name, field in deploy.SETTING_FIELDS.items():
+        if field.type == "bool" and not any(name in changes for changes in found.values()):
+            found[f"`{name} = {str(not field.default).lower()}`"] = {name: not field.default}
+    return found
+
+
+def other_resources() -> str:
+    """What each runner, and each switch that changes the list, adds and removes."""
     default = {resource.label for resource in needed()}
     rows = []
-    for setting, changes in RUNNER_VARIANTS.items():
+    for setting, changes in variants().items():
         chosen = needed(**changes)
         labels = {resource.label for resource in chosen}
         added = [f"{r.kind} `{r.name}`" for r in chosen if r.label not in default]
         dropped = [f"{r.kind} `{r.name}`" for r in needed() if r.label not in labels]
-        rows.append([setting, ", ".join(added) or "–", ", ".join(dropped) or "–"])
+        if added or dropped:
+            rows.append([setting, ", ".join(added) or "–", ", ".join(dropped) or "–"])
     return table(["setting", "setup adds", "and removes"], rows)
 
 
@@ -252,7 +265,7 @@ def allowed_actions(document: dict) -> str:
 def roles() -> str:
     rows = []
     seen = set()
-    for changes in ({}, *RUNNER_VARIANTS.values()):
+    for changes in ({}, *variants().values()):
         for resource in needed(**changes):
             if isinstance(resource, Role) and resource.name not in seen:
                 seen.add(resource.name)
@@ -372,7 +385,7 @@ def starter() -> str:
 GENERATORS: dict[str, Callable[[], str]] = {
     "options": options, "environment": environment, "events": events,
     "event-fields": event_fields, "settings": settings, "resources": resources,
-    "runners": runners, "roles": roles, "alarms": alarms, "lambda": lambda_function,
+    "other-resources": other_resources, "roles": roles, "alarms": alarms, "lambda": lambda_function,
     "states": states, "starter": starter,
 }
 
