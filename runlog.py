@@ -479,19 +479,25 @@ def table_outcomes(lines: Iterable[dict]) -> list[TableOutcome]:
     by_table: dict[str, list[tuple[dict, str | None, str | None]]] = {}
     for line in lines:
         if line.get("event") in TABLE_EVENTS and line.get("table"):
-            table, part = table_of(line)
+            table, part = unit_of(line)
             by_table.setdefault(table, []).append((line, part, job_of(line, streams)))
     return [table_outcome(table, its_lines) for table, its_lines in by_table.items()]
 
 
-def table_of(line: dict) -> tuple[str, str | None]:
-    """The table a line is about, and its slice ('2/4'): a load job names a unit it never got
-    to by the unit's name ('public.events#2/4')."""
-    try:
-        table, part = split_unit(str(line["table"]))
-    except TableListError:  # not the copier's
-        return str(line["table"]), line.get("slice")
+def unit_of(line: dict) -> tuple[str, str | None]:
+    """The table a line is about, and its slice ('2/4'): a line names the slice in its own
+    field, or a load job the unit it never got to ('public.events#2/4')."""
+    table, part = table_of(str(line["table"]))
     return table, line.get("slice") or (f"{part[0]}/{part[1]}" if part else None)
+
+
+def table_of(unit: str) -> tuple[str, Slice | None]:
+    """The table a unit names and its slice (split_unit); a name outside the grammar (not the
+    copier's) is taken whole."""
+    try:
+        return split_unit(unit)
+    except TableListError:
+        return unit, None
 
 
 def table_outcome(table: str, lines: list[tuple[dict, str | None, str | None]]) -> TableOutcome:

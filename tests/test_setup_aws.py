@@ -140,7 +140,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
         "COPIER_LOG_GROUP": f"/aws/codebuild/{prefix}"}
     assert function["Tags"]["project"] == prefix
     zipped = deploy.resources.zip_notify_function("UTC")
-    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "copier_events.py",
+    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "runlog.py",
                                                               "tz/UTC"]
     assert configuration["CodeSha256"] == base64.b64encode(
         __import__("hashlib").sha256(zipped).digest()).decode()
