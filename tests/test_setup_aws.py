@@ -28,7 +28,6 @@ from aws_helpers import (
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-import copier
 import deploy
 import setup_aws
 import teardown_aws
@@ -358,10 +357,6 @@ def test_two_prefixes_live_side_by_side(aws, config, capsys):
                             "--remove-secrets"], capsys)
     assert inventory("staging-copy") == nothing_left("staging-copy")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
-
-
-def test_default_prefix_matches_the_copier_default():
-    assert deploy.Names(deploy.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
 
 
 def test_manual_start_is_named_after_the_date_and_runs_once(aws, config, capsys):
