@@ -550,7 +550,7 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
     listed: dict[str, str] = {}
     for n, j in enumerate(event["jobs"], start=1):
         for unit in listed_units(j.get("tables")) if isinstance(j, dict) else []:
-            table = runlog.table_of(unit)[0]
+            table = runlog.read_unit(unit)[0]
             listed.setdefault(table if "." in table else f"public.{table}",
                               str(j.get("job") or f"job-{n}"))
     report = TableReport([], expected)
@@ -572,7 +572,7 @@ def run_tables(event: dict[str, Any]) -> list[str]:
     publish = event.get("publish")
     if isinstance(publish, dict) and listed_units(publish.get("tables")):
         return listed_units(publish.get("tables"))
-    return list(dict.fromkeys(runlog.table_of(unit)[0] for j in event["jobs"] if isinstance(j, dict)
+    return list(dict.fromkeys(runlog.read_unit(unit)[0] for j in event["jobs"] if isinstance(j, dict)
                               for unit in listed_units(j.get("tables"))))
 
 

@@ -394,6 +394,8 @@ def job_of(line: dict, streams: dict[str, str]) -> str | None:
 
 @dataclass
 class Failure:
+    """A table_failed line: in which job (and slice) the table failed, and why."""
+
     job: str | None
     error: str
     slice: str | None = None  # "2/4": the slice that failed
@@ -413,8 +415,9 @@ class TableOutcome:
     the swap: the publish, in a split run)."""
 
     table: str
-    outcome: str = "loaded"  # copied, failed, staged (no line says it went live yet), loaded (no
-    # line of the step that finishes it yet)
+    # copied; failed; staged (no line says it went live yet); loaded (no line yet of the step
+    # that finishes it)
+    outcome: str = "loaded"
     job: str | None = None  # the job of the step that finished it
     load_jobs: list[str] = field(default_factory=list)  # the jobs that loaded its pieces
     rows: int | None = None
@@ -479,21 +482,20 @@ def table_outcomes(lines: Iterable[dict]) -> list[TableOutcome]:
     by_table: dict[str, list[tuple[dict, str | None, str | None]]] = {}
     for line in lines:
         if line.get("event") in TABLE_EVENTS and line.get("table"):
-            table, part = unit_of(line)
+            table, part = line_unit(line)
             by_table.setdefault(table, []).append((line, part, job_of(line, streams)))
     return [table_outcome(table, its_lines) for table, its_lines in by_table.items()]
 
 
-def unit_of(line: dict) -> tuple[str, str | None]:
+def line_unit(line: dict) -> tuple[str, str | None]:
     """The table a line is about, and its slice ('2/4'): a line names the slice in its own
     field, or a load job the unit it never got to ('public.events#2/4')."""
-    table, part = table_of(str(line["table"]))
+    table, part = read_unit(str(line["table"]))
     return table, line.get("slice") or (f"{part[0]}/{part[1]}" if part else None)
 
 
-def table_of(unit: str) -> tuple[str, Slice | None]:
-    """The table a unit names and its slice (split_unit); a name outside the grammar (not the
-    copier's) is taken whole."""
+def read_unit(unit: str) -> tuple[str, Slice | None]:
+    """split_unit, for reading what others wrote: a name outside the grammar is taken whole."""
     try:
         return split_unit(unit)
     except TableListError:
@@ -505,36 +507,36 @@ def table_outcome(table: str, lines: list[tuple[dict, str | None, str | None]]) 
     last finishing line decides, with the pieces loaded for it; a piece loaded again (from a
     renewed snapshot) starts a new round. A staged table goes live, or fails, in the swap at
     the end of its job's run: a line without a job."""
-    outcome = TableOutcome(table)
-    finish: dict | None = None
-    pieces: dict[str, tuple[dict, str | None]] = {}  # this round's, by slice ("" for a whole table)
-    loaded = pieces  # the round the finishing line took
-    swapped: bool | None = None
+    result = TableOutcome(table)
+    finish: dict | None = None  # its last finishing line
+    swapped: bool | None = None  # staged: whether the swap at the end put it live
+    pieces: dict[str, tuple[dict, str | None]] = {}  # this round's, by slice ("": the whole table)
+    finished: dict[str, tuple[dict, str | None]] = {}  # the round its finishing line finished
     for line, part, job in lines:
         event = line["event"]
         piece = event in PIECES or (event == TABLE_FAILED and bool(part or line.get("phase") == "load"))
-        at_the_end = (not piece and event in (TABLE_COPIED, TABLE_FAILED) and line.get("job") is None
-                      and finish is not None and finish["event"] in LATE)
-        if at_the_end:
-            job = job or outcome.job
+        swap = (not piece and event in (TABLE_COPIED, TABLE_FAILED) and line.get("job") is None
+                and finish is not None and finish["event"] in LATE)
+        if swap:
+            job = job or result.job  # a local run's: the job that staged it
         if event == TABLE_FAILED:
-            outcome.failures.append(Failure(job, str(line.get("error") or "no error logged"), part))
+            result.failures.append(Failure(job, str(line.get("error") or "no error logged"), part))
         if piece:
-            if (part or "") in pieces:
+            if (part or "") in pieces:  # loaded again: a new round
                 pieces = {}
             pieces[part or ""] = (line, job)
-        elif at_the_end:
+        elif swap:
             swapped = event == TABLE_COPIED
         else:
-            finish, outcome.job, loaded, pieces, swapped = line, job, pieces, {}, None
+            finish, result.job, finished, pieces, swapped = line, job, pieces, {}, None
     if finish is None:
-        loaded, outcome.outcome = pieces, "failed" if outcome.failures else "loaded"
+        result.outcome = "failed" if result.failures else "loaded"
     elif swapped is not None:
-        outcome.outcome = "copied" if swapped else "failed"
+        result.outcome = "copied" if swapped else "failed"
     else:
-        outcome.outcome = {TABLE_COPIED: "copied", TABLE_FAILED: "failed"}.get(finish["event"], "staged")
-    measure(outcome, finish or {}, loaded)
-    return outcome
+        result.outcome = {TABLE_COPIED: "copied", TABLE_FAILED: "failed"}.get(finish["event"], "staged")
+    measure(result, finish or {}, finished if finish else pieces)
+    return result
 
 
 def measure(outcome: TableOutcome, finish: dict, pieces: dict[str, tuple[dict, str | None]]) -> None:

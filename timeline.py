@@ -200,7 +200,7 @@ def read_night(lines: list[dict]) -> Night:
 
     for line in lines:
         event = line.get("event")
-        table, part = runlog.unit_of(line) if line.get("table") else (None, None)
+        table, part = runlog.line_unit(line) if line.get("table") else (None, None)
         now = line["@timestamp"] / 1000 if timed else max(lane_end.values(), default=0.0)
         where = lane(line)
         if where != RUN_LANE and event not in SNAPSHOT_EVENTS:
