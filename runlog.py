@@ -282,12 +282,15 @@ UNIT = {"slice": "the slice, k/n, when the unit is one key range of the table",
         "phase": "load or publish, in a run split over machines"}
 MEASURED = {"rows": "rows loaded", "bytes": "bytes of the COPY stream", "seconds": "wall time",
             "snapshot": "which of the run's snapshots it was read from (1, then 2 after a renewal)"}
-TABLE = {"table": "schema.table, quoted where SQL would need it", "job": "the job (1..N)"}
+TABLE = {"table": "schema.table, quoted where SQL would need it",
+         "job": "the job: 1..N in a local run, COPIER_JOB on AWS (job-2, publish)"}
 
 TABLE_COPIED = Event("table_copied", "the table is live with tonight's rows",
                      {**TABLE, **MEASURED, **UNIT, "slices": "how many slices it was loaded in"})
 TABLE_FAILED = Event("table_failed", "the table keeps last night's rows",
-                     {**TABLE, **UNIT, "error": "why, in one line", "seconds": "wall time",
+                     {**TABLE, "table": TABLE["table"] + " (a unit no job reported: its unit name, "
+                                        "schema.table#k/n)",
+                      **UNIT, "error": "why, in one line", "seconds": "wall time",
                       "attempts": "tries, retries included"})
 TABLE_STAGED = Event("table_staged", "staged, to be swapped with the others at the end "
                      "(--swap together, or tied by a partitioned table's foreign key)",
@@ -297,14 +300,16 @@ TABLE_LOADED = Event("table_loaded", "--phase load: the whole table is staged fo
 SLICE_LOADED = Event("slice_loaded", "one key range of a table is loaded into its staging table",
                      {**TABLE, **MEASURED, **UNIT})
 TABLE_RETRY = Event("table_retry", "a try failed on a lost connection or snapshot; the table is "
-                    "tried again", {"table": TABLE["table"], "attempt": "the try that failed (1..)",
+                    "tried again", {"table": "the unit: schema.table, #k/n for a slice",
+                                    "attempt": "the try that failed (1..)",
                                     "error": "why", "wait_seconds": "the pause before the next try"})
 TABLE_PROGRESS = Event("table_progress", "a long table's load, every --progress-seconds",
                        {"table": TABLE["table"], "bytes": "bytes so far", "seconds": "since the load began",
                         "mb_per_s": "MB a second so far"})
 SWAP_DEFERRED = Event("swap_deferred", "readers held the table through --lock-retries: it stays "
                       "staged and is swapped after the other tables",
-                      {**TABLE, **MEASURED, **UNIT, "reason": "who held it", "slices": "slices"})
+                      {**TABLE, **MEASURED, **UNIT, "reason": "who held it",
+                       "slices": "how many slices it was loaded in"})
 SESSION_ENDED = Event("session_ended", "a session in the way of a swap was ended (--no-kill-readers "
                       "only waits)", {"table": TABLE["table"], "pid": "its process", "user": "its role",
                                       "application": "its application_name", "state": "its state",
