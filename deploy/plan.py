@@ -49,14 +49,14 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
             conn = copier.connect({**params, "connect_timeout": 5}, "source")
         except psycopg2.Error as err:
             out(f"source not reachable ({runlog.first_line(err)}); using configured weights")
-        except copier.CopierError as err:  # a server too old for the copier
+        except runlog.CopierError as err:  # a server too old for the copier
             raise SettingsError(f"source: {err}") from err
         else:
             tables_text = ",".join(settings.tables)
             try:
                 sizes = copier.source_table_sizes(conn, tables_text)
                 sliceable = copier.sliceable_tables(conn, tables_text)
-            except copier.CopierError as err:  # an unknown table: say so before creating
+            except runlog.CopierError as err:  # an unknown table: say so before creating
                 raise SettingsError(f"tables: {err}") from err
             except psycopg2.Error as err:  # it answered, then went away (a restart, a failover)
                 raise SourceError(f"source database: {runlog.first_line(err)}: run again when it "

@@ -35,17 +35,19 @@ def off_the_catalogue(lines: list[dict]) -> list[str]:
     return found
 
 
-def test_every_line_of_a_local_night_is_in_the_catalogue(night, monkeypatch):
+def test_every_line_of_a_local_night_is_in_the_catalogue(night, run_copier, monkeypatch):
     monkeypatch.setenv("COPIER_RUN", "night-1")  # as on AWS: every line names its run
     runs = [night(*FAILING, "--progress-seconds", "0"),  # orders in slices, locked fails
             night(),  # the reader in locked's way is ended, locked swapped after the others
-            night("--swap", "together", *FAILING)]  # staged together, the swap fails
+            night("--swap", "together", *FAILING),  # staged together, the swap fails
+            run_copier("TABLES=orders,customers,locked", "--jobs", "2", "--dry-run", "--json")]
     lines = [line for run in runs for line in run.events]
-    assert [run.code for run in runs] == [1, 0, 1]
+    assert [run.code for run in runs] == [1, 0, 1, 0]
     assert off_the_catalogue(lines) == []
     assert {line["event"] for line in lines} >= {
         runlog.TABLE_COPIED, runlog.TABLE_FAILED, runlog.TABLE_STAGED, runlog.SLICE_LOADED,
-        runlog.SWAP_DEFERRED, runlog.SESSION_ENDED, runlog.TABLE_PROGRESS, runlog.RUN_FINISHED}
+        runlog.SWAP_DEFERRED, runlog.SESSION_ENDED, runlog.TABLE_PROGRESS, runlog.PLAN,
+        runlog.RUN_FINISHED}
     assert {line["run"] for line in lines} == {"night-1"}
 
 
