@@ -13,6 +13,7 @@ import pytest
 from aws_helpers import set_fake_aws_env, subprocess_env
 
 import copier
+import runlog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,9 +159,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
 def test_assign_to_jobs_puts_largest_first_on_the_least_loaded_job():
     weights = {"a": 100, "b": 60, "c": 50, "d": 10, "e": 5}
     # a=100 | b=60; c onto b (110); d onto a (110); e onto the first of the tied jobs
-    assert copier.assign_to_jobs(weights, 2) == [["a", "d", "e"], ["b", "c"]]
-    assert copier.assign_to_jobs(weights, 5) == [["a"], ["b"], ["c"], ["d"], ["e"]]
-    assert copier.assign_to_jobs({"x": 1}, 3) == [["x"], [], []]
+    assert runlog.assign_to_jobs(weights, 2) == [["a", "d", "e"], ["b", "c"]]
+    assert runlog.assign_to_jobs(weights, 5) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert runlog.assign_to_jobs({"x": 1}, 3) == [["x"], [], []]
 
 
 def help_examples() -> list[str]:
@@ -205,7 +206,7 @@ def test_every_help_example_runs(copier_env, moto_server, monkeypatch):
         for setting, value in {"host": "127.0.0.1", "port": str(dbs.cluster.port),
                                "dbname": dbname, "user": "postgres", "password": "unused",
                                "sslmode": "disable"}.items():
-            ssm.put_parameter(Name=f"{copier.DEFAULT_SSM_PREFIX}{database}/{setting}",
+            ssm.put_parameter(Name=f"{runlog.DEFAULT_SSM_PREFIX}{database}/{setting}",
                               Value=value, Type="String")
     env = subprocess_env(moto_server.url)
 
@@ -231,7 +232,7 @@ def test_every_help_example_runs(copier_env, moto_server, monkeypatch):
             continue
         (tables,) = [word.removeprefix("TABLES=") for word in shlex.split(example)
                      if word.startswith("TABLES=")]
-        assert len(copied) == len(copier.split_table_list(tables)), (example, copied)
+        assert len(copied) == len(runlog.split_table_list(tables)), (example, copied)
         source, target = counts(dbs.source_rows), counts(dbs.target_rows)
         for table, rows in copied.items():
             assert source[table] == target[table] == rows, (example, table)

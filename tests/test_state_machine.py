@@ -21,9 +21,9 @@ from aws_helpers import (
 )
 from moto import mock_aws
 
-import copier
 import deploy
 import notify_lambda
+import runlog
 
 CODEBUILD_SYNC = "arn:aws:states:::codebuild:startBuild.sync"
 
@@ -119,7 +119,7 @@ def test_a_name_with_a_comma_reaches_the_summary_whole(aws):
     listed = task["ResultSelector"]["tables"]
 
     assert sorted(listed) == sorted(names)
-    assert copier.split_table_list(override["Value"]) == [copier.split_table_list(n)[0] for n in listed]
+    assert runlog.split_table_list(override["Value"]) == [runlog.split_table_list(n)[0] for n in listed]
     assert branch["States"][task["Catch"][0]["Next"]]["Parameters"]["tables"] == listed
     job = notify_lambda.job_result(1, {"job": "job-1", "tables": listed, "status": "SUCCEEDED"})
     assert sorted(job.tables) == sorted(names)
