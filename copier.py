@@ -72,9 +72,11 @@ from runlog import (
     assign_to_jobs,
     display_ident,
     first_line,
+    qualified,
     slice_counts,
     split_table_list,
     split_units,
+    unit_name,
     unit_text,
 )
 
@@ -518,8 +520,7 @@ VERSIONED_SESSION_SETTINGS = ((140000, "idle_session_timeout", "0"),
                               (170000, "transaction_timeout", "0"))
 
 
-# The catalogs the copier reads (pg_trigger.tgparentid, pg_statistic_ext.stxstattarget).
-OLDEST_SERVER = 130000
+OLDEST_SERVER = runlog.OLDEST_MAJOR * 10000  # server_version of its first release
 
 
 def connect(settings: dict, role: str = "target"):
@@ -642,7 +643,7 @@ class TableName:
     @property
     def qualified(self) -> str:
         """The name as users write it: schema.table, quoted only where needed."""
-        return f"{display_ident(self.schema)}.{display_ident(self.name)}"
+        return qualified(self.schema, self.name)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -768,8 +769,7 @@ class Unit:
 
     @property
     def name(self) -> str:
-        table = self.source.table.qualified
-        return f"{table}#{self.part[0]}/{self.part[1]}" if self.part else table
+        return unit_name(self.source.table.qualified, self.part)
 
     @property
     def weight(self) -> float:
@@ -4875,15 +4875,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("copier: interrupted; every table not yet swapped in is unchanged")
         return 1
-
-
-# TRANSITIONAL (until operations, timeline, notify_lambda, deploy and bench read runlog.py):
-# the names they still take from copier.
-from runlog import SECRET_SETTINGS, plan_units  # noqa: E402,F401
-
-EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_TABLE_LOADED, EVENT_SLICE_LOADED, \
-    EVENT_RUN_FINISHED = (e.name for e in (runlog.TABLE_COPIED, runlog.TABLE_FAILED, runlog.TABLE_STAGED,
-                                           runlog.TABLE_LOADED, runlog.SLICE_LOADED, runlog.RUN_FINISHED))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
     python operations.py report 2026-11-27 --html night.html    # and a page: that run's timeline
     python operations.py timeline --html night.html < lines     # a local run's, from its stdout
 
-Settings as for setup_aws.py (--config deploy.toml and flags). See docs/aws.md, "Operations".
+Settings as for setup_aws.py (--config deploy.toml and flags). See docs/operations.md.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ CONNECTION_SETTINGS = {
     "sslrootcert": "default",
 }
 SECRET_SETTINGS = frozenset({"password"})
+# The oldest PostgreSQL major the copier accepts on either side (the catalogs it reads:
+# pg_trigger.tgparentid, pg_statistic_ext.stxstattarget); the tests' version tier starts there.
+OLDEST_MAJOR = 13
 
 
 # ---------------------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ def test_starter_definition_passes_statelint(tmp_path):
 
 def test_the_build_retries_name_only_errors_codebuild_defines(aws):
     """Step Functions names a service error ServiceName.ErrorName, with the names of the
-    service's API reference (docs/aws.md, "Retry error names"); botocore's model is that list."""
+    service's API reference (docs/design.md, "Retry error names"); botocore's model is that list."""
     import botocore.session
 
     model = botocore.session.get_session().get_service_model("codebuild")

@@ -463,7 +463,7 @@ def test_a_load_job_alone_draws_what_it_loaded_for_the_publish():
         "2", "0", "2")
 
 
-# The README's night with a 90-second failover of the source, as CloudWatch Logs hands it
+# docs/events.md's night with a 90-second failover of the source, as CloudWatch Logs hands it
 # over: each build's stream, a clock on every line. Job 2 started 60 s after job 1.
 def logged(stream: str, at: float, line: dict) -> dict:
     return {**line, "@stream": stream, "@timestamp": at * 1000}

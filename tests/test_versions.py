@@ -37,7 +37,6 @@ from test_copier_types import (  # noqa: F401  (the type tests and their fixture
     test_every_column_type_round_trips_exactly,
 )
 
-import copier
 from dev import pg_majors
 from dev.localpg import LocalCluster
 
@@ -175,10 +174,6 @@ class TestAcrossMajors:
         assert [e["table"] for e in result.of("table_failed")] == ["public.spans"]
         assert 'public.spans: type "int4multirange" does not exist' in result.stderr
         assert copier_env.target_rows("SELECT id FROM fine") == [(1,)]
-
-
-def test_the_tier_starts_at_the_oldest_server_the_copier_accepts():
-    assert OLDEST * 10000 == copier.OLDEST_SERVER
 
 
 def test_a_major_missing_from_the_machine_is_an_error_that_says_how_to_install_it(monkeypatch, tmp_path):
