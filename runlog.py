@@ -288,20 +288,41 @@ MEASURED = {"rows": "rows loaded", "bytes": "bytes of the COPY stream", "seconds
 TABLE = {"table": "schema.table, quoted where SQL would need it",
          "job": "the job: 1..N in a local run, COPIER_JOB on AWS (job-2, publish)"}
 
+# Where a unit's time went: the seconds of each step, in the order they run (a "steps" object
+# on the lines that end a unit; the summary, the report and the timeline show them).
+STEPS = {
+    "wait": "waiting for an unreachable database",
+    "stage": "checking the reporting side, making the types and the empty staging table",
+    "load": "reading the source and writing the staging table (or, for a table unchanged "
+            "at the last run, reading and hashing the source only)",
+    "index": "keys, indexes, statistics settings and sequences on the loaded table",
+    "verify": "comparing row counts; for an unchanged table, its fingerprint and the reporting table",
+    "analyze": "ANALYZE of the new table",
+    "lock": "waiting for the swap's locks (readers in the way)",
+    "swap": "the swap itself: the old table dropped, the new one renamed, views, materialized "
+            "views and the reporting side made again",
+}
+TIMED = {"steps": "seconds by step: " + ", ".join(STEPS)}
+
 TABLE_COPIED = Event("table_copied", "the table is live with tonight's rows",
-                     {**TABLE, **MEASURED, **UNIT, "slices": "how many slices it was loaded in"})
+                     {**TABLE, **MEASURED, **UNIT, **TIMED, "slices": "how many slices it was loaded in"})
+TABLE_UNCHANGED = Event("table_unchanged", "the source's rows are what the reporting table already "
+                        "holds: nothing was written, nothing locked",
+                        {**TABLE, **MEASURED, **UNIT, **TIMED, "slices": "how many slices it was loaded in",
+                         "found": "'before loading' (hashed first: it was unchanged at the last run) "
+                                  "or 'after loading' (its staging dropped before any index)"})
 TABLE_FAILED = Event("table_failed", "the table keeps last night's rows",
                      {**TABLE, "table": TABLE["table"] + " (a unit no job reported: its unit name, "
                                         "schema.table#k/n)",
-                      **UNIT, "error": "why, in one line", "seconds": "wall time",
+                      **UNIT, **TIMED, "error": "why, in one line", "seconds": "wall time",
                       "attempts": "tries, retries included"})
 TABLE_STAGED = Event("table_staged", "staged, to be swapped with the others at the end "
                      "(--swap together, or tied by a partitioned table's foreign key)",
-                     {**TABLE, **MEASURED, **UNIT, "slices": "how many slices it was loaded in"})
+                     {**TABLE, **MEASURED, **UNIT, **TIMED, "slices": "how many slices it was loaded in"})
 TABLE_LOADED = Event("table_loaded", "--phase load: the whole table is staged for the publish",
-                     {**TABLE, **MEASURED, **UNIT})
+                     {**TABLE, **MEASURED, **UNIT, **TIMED})
 SLICE_LOADED = Event("slice_loaded", "one key range of a table is loaded into its staging table",
-                     {**TABLE, **MEASURED, **UNIT})
+                     {**TABLE, **MEASURED, **UNIT, **TIMED})
 TABLE_RETRY = Event("table_retry", "a try failed on a lost connection or snapshot; the table is "
                     "tried again", {"table": "the unit: schema.table, #k/n for a slice",
                                     "attempt": "the try that failed (1..)",
@@ -311,7 +332,7 @@ TABLE_PROGRESS = Event("table_progress", "a long table's load, every --progress-
                         "mb_per_s": "MB a second so far"})
 SWAP_DEFERRED = Event("swap_deferred", "readers held the table through --lock-retries: it stays "
                       "staged and is swapped after the other tables",
-                      {**TABLE, **MEASURED, **UNIT, "reason": "who held it",
+                      {**TABLE, **MEASURED, **UNIT, **TIMED, "reason": "who held it",
                        "slices": "how many slices it was loaded in"})
 SESSION_ENDED = Event("session_ended", "a session in the way of a swap was ended (--no-kill-readers "
                       "only waits)", {"table": TABLE["table"], "pid": "its process", "user": "its role",
@@ -347,12 +368,15 @@ RUN_FINISHED = Event("run_finished", "the run's last line",
                      {"tables": "results (units in a load job)", "failed": "how many failed",
                       "seconds": "the run's wall time", "waited_seconds": "waited for unreachable databases",
                       "source_waited_seconds": "of which the source", "target_waited_seconds": "the target",
-                      "snapshots": "snapshots the run read from", "phase": UNIT["phase"]})
+                      "snapshots": "snapshots the run read from", "phase": UNIT["phase"],
+                      "unchanged": "tables found unchanged (not written)", **TIMED,
+                      "room": "the reporting database's free storage against the most the night "
+                              "stages at once, or why it was not checked"})
 
 EVENTS = {event.name: event for event in (
-    TABLE_COPIED, TABLE_FAILED, TABLE_STAGED, TABLE_LOADED, SLICE_LOADED, TABLE_RETRY, TABLE_PROGRESS,
-    SWAP_DEFERRED, SESSION_ENDED, INDEX_SKIPPED, STATISTICS_SKIPPED, WAITING, SNAPSHOT_RENEWED,
-    SNAPSHOT_SHARED, SNAPSHOT_IMPORTED, SNAPSHOT_RELEASED, WARNING, PLAN, RUN_FINISHED)}
+    TABLE_COPIED, TABLE_UNCHANGED, TABLE_FAILED, TABLE_STAGED, TABLE_LOADED, SLICE_LOADED, TABLE_RETRY,
+    TABLE_PROGRESS, SWAP_DEFERRED, SESSION_ENDED, INDEX_SKIPPED, STATISTICS_SKIPPED, WAITING,
+    SNAPSHOT_RENEWED, SNAPSHOT_SHARED, SNAPSHOT_IMPORTED, SNAPSHOT_RELEASED, WARNING, PLAN, RUN_FINISHED)}
 # Fields any line may carry: set from the environment on AWS.
 COMMON_FIELDS = {"event": "the event's name", "run": "the run's name (COPIER_RUN)"}
 
