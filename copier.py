@@ -59,6 +59,7 @@ from multiprocessing import get_context
 
 import psycopg2
 import psycopg2.errors
+import xxhash
 from psycopg2 import sql
 
 import runlog
@@ -127,6 +128,11 @@ class SwapBlocked(TableCopyError):
 
 class Refused(TableCopyError):
     """Something on the reporting side depends on the table and cannot survive its replacement."""
+
+
+class Unchanged(Exception):  # noqa: N818 - not a failure: how a copy learns it need not write
+    """The source's rows are what the reporting table holds: the table's transaction is rolled
+    back (its staging with it) and nothing is written."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -260,6 +266,7 @@ class Options:
     snapshot_wait: float = 1800.0
     scheduled: bool = False  # COPIER_RUN is set: the state machine started it, nobody watches
     json: bool = False  # --dry-run --json: the plan as one JSON line on stdout
+    copy_unchanged: bool = False  # copy every table, even one the reporting side holds already
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -332,6 +339,10 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="with --jobs N, cut tables larger than SIZE (e.g. 10GB) into key ranges "
                         "loaded side by side; by default a table is cut when it is larger than a "
                         "job's mean share of the run, so that one table does not set the run's length")
+    parser.add_argument("--copy-unchanged", action="store_true",
+                        default=os.environ.get("COPIER_COPY_UNCHANGED", ""),  # any but "", 0, false: on
+                        help="copy every table, also one whose source rows are what the reporting "
+                        "table already holds (by default such a table is not written)")
     parser.add_argument("--no-split", dest="split", action="store_false",
                         help="never cut a table into slices")
     parser.add_argument("--phase", choices=PHASES, default=os.environ.get("COPIER_PHASE", "all"),
@@ -367,6 +378,7 @@ def parse_args(argv: list[str]) -> Options:
         index_workers=args.index_workers, outage_budget=args.outage_budget,
         snapshot=args.snapshot, lock_budget=args.lock_budget, kill_readers=args.kill_readers,
         split=args.split, split_larger_than=args.split_larger_than,
+        copy_unchanged=args.copy_unchanged not in ("", "0", "false"),
     )
 
 
@@ -394,7 +406,9 @@ environment:
                            --outage-budget, --snapshot
   COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine);
                            COPIER_RUN also names the run whose staging --phase publish swaps in
-  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN   defaults for --phase, --split-larger-than
+  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN, COPIER_COPY_UNCHANGED, COPIER_LOCK_BUDGET
+                           defaults for --phase, --split-larger-than, --copy-unchanged (1),
+                           --lock-budget
   COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
                            it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
                            wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
@@ -667,6 +681,8 @@ class SourceTable:
     # Nothing on the reporting side was tied to it when the run started (with_target_checked):
     # no refusal to look for before its load (the swap still sweeps what is tied by then).
     untied: bool = dataclasses.field(default=False, compare=False)
+    # What the last run recorded of it on the reporting side (with_fingerprints); None: copy it.
+    fingerprint: Fingerprint | None = dataclasses.field(default=None, compare=False)
 
 
 SOURCE_TABLES_QUERY = """
@@ -841,6 +857,9 @@ class Plan:
     # key joins (see partitioned_key_ends)
     late_swaps: frozenset[str]
     jobs: tuple[tuple[str, ...], ...]  # the units each job is expected to take, as sizes predict
+    # The reporting side has (or the copier may make) its store of fingerprints: unchanged tables
+    # can be recognised, and each table copied leaves one.
+    fingerprints: bool
 
 
 def make_plan(options: Options, units: list[Unit], dst) -> Plan:
@@ -852,7 +871,8 @@ def make_plan(options: Options, units: list[Unit], dst) -> Plan:
         late_swaps = partitioned_key_ends(dst, tables) if swap == "table" else frozenset()
     snapshot = "none" if options.phase == "publish" else options.one_snapshot or "export"
     jobs = assign_to_jobs({u.name: u.weight for u in units}, options.jobs)
-    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)))
+    fingerprints = fingerprint_store_usable(dst)
+    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)), fingerprints)
 
 
 # Foreign keys of partitioned tables on the target whose two ends are both tables.
@@ -887,11 +907,7 @@ def show_plan(plan: Plan, units: list[Unit], refused: dict[str, str], as_json: b
     placed = [(name, by_name[name], job) for job, names in enumerate(plan.jobs, 1) for name in names]
     rows = [(name, f"{unit.weight / 1e6:.1f}", str(estimated_rows(unit)) if unit.source.estimated_rows >= 0
              else "?", str(job)) for name, unit, job in placed]
-    header = ("table", "MB", "rows (est.)", "job")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        say("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(("table", "MB", "rows (est.)", "job"), rows, left=(0,))
     total = sum(u.weight for u in units) or 1
     for job, names in enumerate(plan.jobs, 1):
         if names:
@@ -1611,10 +1627,12 @@ class TableCopier:
         """One unit, tried again after a lost connection or snapshot: its result and its line."""
         source, name = unit.source, unit.name
         started = time.monotonic()
+        self.steps = Steps()
         for attempt in range(self.options.retries + 1):
             self.snapshot, generation = self.shared.snapshot.current()
             try:
-                self.connect(name)
+                with self.steps.timing("wait"):
+                    self.connect(name)
                 if attempt or generation > 1:
                     source = self.found_again(source)
                 staged = self.step(dataclasses.replace(unit, source=source))
@@ -1641,12 +1659,15 @@ class TableCopier:
                     error = str(renewal)
                 seconds = round(time.monotonic() - started, 2)
                 log_event(runlog.TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
-                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.plan))
+                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.plan),
+                          steps=self.steps.rounded())
                 return TableResult(source.table.qualified, False, seconds=seconds, error=error,
-                                   attempts=attempt + 1, unit=name, part=unit.part)
+                                   attempts=attempt + 1, unit=name, part=unit.part,
+                                   steps=self.steps.rounded())
             seconds = round(time.monotonic() - started, 2)
             result = TableResult(source.table.qualified, True, staged.rows, staged.bytes, seconds,
-                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part)
+                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part,
+                                 unchanged=bool(staged.unchanged), steps=self.steps.rounded())
             self.report(unit, staged, result)
             return result
         raise AssertionError("unreachable")
@@ -1655,10 +1676,12 @@ class TableCopier:
         """The unit's line; a table still to be swapped keeps its staged table in the result."""
         fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
                   "seconds": result.seconds, "snapshot": result.snapshot,
-                  **unit_fields(unit, self.plan)}
+                  **unit_fields(unit, self.plan), "steps": result.steps}
         if unit.step == "finish":
             fields["slices"] = staged.slices
-        if unit.step == "load":
+        if staged.unchanged:
+            log_event(runlog.TABLE_UNCHANGED, found=staged.unchanged, **fields)
+        elif unit.step == "load":
             log_event(runlog.TABLE_LOADED, **fields)
         elif unit.step == "slice":
             log_event(runlog.SLICE_LOADED, **fields)
@@ -1710,24 +1733,79 @@ class TableCopier:
                 "finish": self.finish}[unit.step](unit)
 
     def copy_once(self, unit: Unit) -> StagedTable:
-        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
+        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction.
+
+        A table the last run found unchanged is read and hashed first: if it is still what the
+        reporting table holds, that is all. Any other is copied at once; if its rows turn out to
+        be what the reporting table holds, its staging is rolled back before any index is built.
+        """
         definition = self.prepared(unit.source)
-        with transaction(self.dst) as cur:
-            staged = stage_table(cur, definition)
-            staged.tied = not unit.source.untied
-            self.load_verified(definition, staged)
-            self.complete(cur, definition, staged)
+        known = unit.source.fingerprint
+        if known and known.unchanged_nights and (same := self.unchanged_before_loading(definition,
+                                                                                        known)):
+            return self.keep_unchanged(definition, same)
+        try:
+            with transaction(self.dst) as cur:
+                with self.steps.timing("stage"):
+                    staged = stage_table(cur, definition)
+                staged.tied = not unit.source.untied
+                self.load_verified(definition, staged)
+                if known and self.holds_already(cur, definition, staged, known):
+                    raise Unchanged()
+                self.complete(cur, definition, staged)
+        except Unchanged:
+            staged.unchanged = "after loading"
+            return self.keep_unchanged(definition, staged)
         return staged
 
     def load_whole(self, unit: Unit) -> StagedTable:
-        """The load phase: stage and load a table, and leave it for the publish phase."""
+        """The load phase: stage and load a table, and leave it for the publish phase. A table the
+        last run found unchanged is hashed first; if it still is, only a note says so."""
         definition = self.prepared(unit.source)
+        known = unit.source.fingerprint
+        same = self.unchanged_before_loading(definition, known) if known and known.unchanged_nights else None
         with transaction(self.dst) as cur:
-            staged = stage_table(cur, definition)
-            self.load_verified(definition, staged)
+            with self.steps.timing("stage"):
+                staged = stage_table(cur, definition)
+            if same is None:
+                self.load_verified(definition, staged)
+            else:
+                staged.rows, staged.bytes, staged.digests = same.rows, same.bytes, same.digests
             note = StagingNote.new(self.note_run(unit), 1, definition, staged)
             note.loaded["1"] = self.loaded_part(staged, [])
+            note.unchanged = known.value if same else ""
             note.write(cur, staged)
+        return staged
+
+    def unchanged_before_loading(self, definition: TableDefinition,
+                                 known: Fingerprint) -> StagedTable | None:
+        """The source read and hashed, nothing written: the table as found unchanged, or None when
+        it must be copied (its fingerprint differs, or the reporting table was written to)."""
+        with self.steps.timing("load"):
+            rows, nbytes, digest = hash_rows(self.src, definition, self.snapshot,
+                                             self.progress_reporter(definition.table.qualified))
+        with self.steps.timing("verify"), self.dst.cursor() as cur:
+            if (fingerprint_of(definition, {"1": digest}) != known.value
+                    or not reporting_table_unchanged(cur, definition.table, known)):
+                return None
+        table = definition.table
+        staged = StagedTable(table, table.staging_name(), [], None, {}, rows=rows, bytes=nbytes,
+                             digests={"1": digest}, unchanged="before loading")
+        return staged
+
+    def holds_already(self, cur, definition: TableDefinition, staged: StagedTable,
+                      known: Fingerprint) -> bool:
+        """Whether the rows just loaded are what the reporting table holds already."""
+        with self.steps.timing("verify"):
+            return (fingerprint_of(definition, staged.digests) == known.value
+                    and reporting_table_unchanged(cur, definition.table, known))
+
+    def keep_unchanged(self, definition: TableDefinition, staged: StagedTable) -> StagedTable:
+        """An unchanged table keeps its rows; its sequences still move to the source's positions
+        (a sequence can move while its table does not), and its fingerprint counts one more run."""
+        with self.steps.timing("verify"), transaction(self.dst) as cur:
+            set_sequences(self.src, cur, definition, definition.table.qualified)
+            record_unchanged(cur, definition.table, self.options.run)
         return staged
 
     def load_slice(self, unit: Unit) -> StagedTable:
@@ -1764,7 +1842,7 @@ class TableCopier:
                         (definition.table.qualified,))
             note = read_note(cur, definition.table)
             if (note is not None and note.run == run and note.slices == slices
-                    and note.columns == columns_fingerprint(definition)):
+                    and note.columns == columns_digest(definition)):
                 staged = note.staged_table(definition)
                 staged.rows = staged.bytes = 0
                 return staged
@@ -1774,14 +1852,29 @@ class TableCopier:
 
     def finish(self, unit: Unit) -> StagedTable:
         """The publish step of a table the run loaded (whole or in slices): index, verify,
-        analyze and swap it in, in one transaction, as copy_once does after its load."""
+        analyze and swap it in, in one transaction, as copy_once does after its load; or, when
+        its rows are what the reporting table holds already, drop its staging."""
         definition = unit.source.definition or read_definition(self.src, unit.source)
+        known = unit.source.fingerprint
         with transaction(self.dst) as cur:
-            staged = staged_of_run(cur, definition, self.note_run(unit))
+            staged, note = staged_of_run(cur, definition, self.note_run(unit))
             staged.tied = not unit.source.untied
-            cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
-            self.complete(cur, definition, staged)
-        return staged
+            if note.unchanged:  # the load job found the source unchanged and loaded nothing
+                if not (known and known.value == note.unchanged
+                        and self.holds_already(cur, definition, staged, known)):
+                    raise TableCopyError(
+                        f"the reporting table {definition.table.qualified} was written to (or its "
+                        f"fingerprint changed) after the load job found its source unchanged: it keeps "
+                        f"its rows tonight, and the next run copies it")
+                staged.unchanged = "before loading"
+            elif known and self.holds_already(cur, definition, staged, known):
+                staged.unchanged = "after loading"
+            if staged.unchanged:
+                cur.execute(sql.SQL("DROP TABLE {}").format(staged.ident))
+            else:
+                cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
+                self.complete(cur, definition, staged)
+        return self.keep_unchanged(definition, staged) if staged.unchanged else staged
 
     def note_run(self, unit: Unit) -> str:
         # A table loaded again (its slices came from two snapshots) gets a staging of its own.
@@ -1789,42 +1882,60 @@ class TableCopier:
 
     def loaded_part(self, staged: StagedTable, bounds: list[int]) -> dict:
         return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
-                "snapshot": self.shared.snapshot_identity()}
+                "snapshot": self.shared.snapshot_identity(),
+                "digest": next(iter(staged.digests.values()), None),
+                "xid": staged.loaded_by[-1] if staged.loaded_by else None}
 
     def prepared(self, source: SourceTable) -> TableDefinition:
         """The table's definition, refused or with what its staging table needs on the target."""
-        definition = source.definition or read_definition(self.src, source)
-        if not source.untied:
-            with self.dst.cursor() as cur:
-                refuse_what_cannot_survive(cur, definition.table)
-        prepare_target(self.src, self.dst, definition)
+        with self.steps.timing("stage"):
+            definition = source.definition or read_definition(self.src, source)
+            if not source.untied:
+                with self.dst.cursor() as cur:
+                    refuse_what_cannot_survive(cur, definition.table)
+            prepare_target(self.src, self.dst, definition)
         return definition
 
     def load_verified(self, definition: TableDefinition, staged: StagedTable,
                       slicer: Slicer | None = None) -> None:
-        source_rows, loaded, nbytes = self.load(definition, staged, slicer)
-        verify_counts(definition.table, source_rows, loaded)
+        """The rows loaded, counted against what the source sent, with the hash of their stream
+        and the transaction that wrote them (for the fingerprint)."""
+        with self.steps.timing("load"):
+            source_rows, loaded, nbytes, digest = self.load(definition, staged, slicer)
+        with self.steps.timing("verify"), self.dst.cursor() as cur:
+            verify_counts(definition.table, source_rows, loaded)
+            cur.execute("SELECT pg_current_xact_id()::text::bigint")
+            staged.loaded_by = [cur.fetchone()[0]]
         staged.rows, staged.bytes = loaded, nbytes
+        staged.digests = {str(slicer.part[0]) if slicer else "1": digest}
 
     def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
-        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap."""
-        build_indexes(cur, definition, staged, self.options)
-        build_reporting_indexes(cur, definition, staged)
-        keep_index_tablespaces(cur, definition, staged)
-        keep_identity_and_cluster(cur, definition, staged)
-        keep_checks_not_nulls_and_defaults(cur, definition, staged)
-        keep_comments_and_toast_options(cur, definition, staged)
-        set_statistics(cur, definition, staged)
-        set_sequences(self.src, cur, definition, staged)
-        cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
-        if definition.table.qualified not in self.plan.late_swaps:
-            try:
-                staged.foreign_keys = swap_into_place(cur, staged, self.options)
-            except SwapBlocked as exc:  # kept staged: swapped after the other tables
-                staged.blocked = str(exc)
+        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap, which
+        records the table's fingerprint with it."""
+        staged.fingerprint = fingerprint_of(definition, staged.digests)
+        with self.steps.timing("index"):
+            build_indexes(cur, definition, staged, self.options)
+            build_reporting_indexes(cur, definition, staged)
+            keep_index_tablespaces(cur, definition, staged)
+            keep_identity_and_cluster(cur, definition, staged)
+            keep_checks_not_nulls_and_defaults(cur, definition, staged)
+            keep_comments_and_toast_options(cur, definition, staged)
+            set_statistics(cur, definition, staged)
+            set_sequences(self.src, cur, definition, staged.quoted)
+        with self.steps.timing("analyze"):
+            cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
+        if definition.table.qualified in self.plan.late_swaps:
+            return
+        try:
+            staged.foreign_keys = swap_into_place(cur, staged, self.options, steps=self.steps)
+        except SwapBlocked as exc:  # kept staged: swapped after the other tables
+            staged.blocked = str(exc)
+            return
+        if self.plan.fingerprints:
+            record_fingerprint(cur, staged, self.options.run)
 
     def load(self, definition: TableDefinition, staged: StagedTable,
-             slicer: Slicer | None = None) -> tuple[int, int, int]:
+             slicer: Slicer | None = None) -> tuple[int, int, int, str]:
         try:
             return load_rows(self.src, self.dst, definition, staged, self.snapshot,
                              self.progress_reporter(definition.table.qualified), slicer)
@@ -1863,6 +1974,24 @@ def unit_fields(unit: Unit, plan: Plan) -> dict:
     return {**fields, "phase": plan.phase} if plan.phase != "all" else fields
 
 
+class Steps:
+    """Where a unit's time went: seconds by step (runlog.STEPS), summed over its tries."""
+
+    def __init__(self, seconds: dict[str, float] | None = None):
+        self.seconds = dict(seconds or {})
+
+    @contextmanager
+    def timing(self, step: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.monotonic() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {step: round(self.seconds[step], 3) for step in runlog.STEPS if step in self.seconds}
+
+
 @dataclass
 class TableResult:
     table: str
@@ -1877,6 +2006,8 @@ class TableResult:
     snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
     unit: str = ""  # the unit's name: the table's, or 'table#k/n' for a slice
     part: Slice | None = None
+    unchanged: bool = False  # the reporting table held its rows already: nothing was written
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by runlog.STEPS
 
 
 @dataclass
@@ -1905,6 +2036,12 @@ class StagedTable:
     # (schema, temporary name, final name) of each partition
     partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     slices: int = 1  # how many key ranges it was loaded in
+    # What identifies its rows: the hash of each part's COPY stream ("k": hex digest), and the
+    # transactions that wrote them (pg_current_xact_id), for the fingerprint its swap records.
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)
+    loaded_by: list[int] = dataclasses.field(default_factory=list)
+    fingerprint: str = ""  # fingerprint_of its definition and digests, once loaded completely
+    unchanged: str = ""  # found unchanged: "before loading" or "after loading"
 
     def made_as(self, final: str, *kinds: str) -> str | None:
         """The temporary name of the part (of one of kinds) that the swap renames to final."""
@@ -2164,13 +2301,15 @@ class StagingNote:
     slices: int
     columns: str  # fingerprint of the source's columns when it was staged
     staged: dict  # the staged table's parts to rename at the swap
-    loaded: dict[str, dict] = dataclasses.field(default_factory=dict)  # "k": rows, bytes, bounds, snapshot
+    # "k": rows, bytes, bounds, snapshot, digest (of its COPY stream), xid (that loaded it)
+    loaded: dict[str, dict] = dataclasses.field(default_factory=dict)
+    unchanged: str = ""  # the load job found the source as the fingerprint says: nothing loaded
 
     @classmethod
     def new(cls, run: str, slices: int, definition: TableDefinition, staged: StagedTable) -> StagingNote:
         parts = {"renames": [dataclasses.asdict(r) for r in staged.renames],
                  "partitioned": staged.partitioned, "partitions": staged.partitions}
-        return cls(run, slices, columns_fingerprint(definition), parts)
+        return cls(run, slices, columns_digest(definition), parts)
 
     def staged_table(self, definition: TableDefinition) -> StagedTable:
         table = definition.table
@@ -2181,6 +2320,8 @@ class StagingNote:
         staged.slices = self.slices
         staged.rows = sum(part["rows"] for part in self.loaded.values())
         staged.bytes = sum(part["bytes"] for part in self.loaded.values())
+        staged.digests = {k: part["digest"] for k, part in self.loaded.items() if part.get("digest")}
+        staged.loaded_by = [part["xid"] for part in self.loaded.values() if part.get("xid")]
         return staged
 
     def write(self, cur, staged: StagedTable) -> None:
@@ -2203,14 +2344,15 @@ def read_note(cur, table: TableName) -> StagingNote | None:
     return StagingNote(**json.loads(text[len(STAGING_NOTE):]))
 
 
-def columns_fingerprint(definition: TableDefinition) -> str:
+def columns_digest(definition: TableDefinition) -> str:
     shape = [(c.name, c.type_sql, c.generated) for c in definition.columns]
     return hashlib.md5(json.dumps(shape).encode()).hexdigest()
 
 
-def staged_of_run(cur, definition: TableDefinition, run: str) -> StagedTable:
+def staged_of_run(cur, definition: TableDefinition, run: str) -> tuple[StagedTable, StagingNote]:
     """The table's staging as the run's loads left it, when complete and consistent: every slice
-    loaded, from one snapshot, with the same boundaries, in the source's current shape."""
+    loaded, from one snapshot, with the same boundaries, in the source's current shape; and the
+    note that says so."""
     table = definition.table.qualified
     note = read_note(cur, definition.table)
     if note is None or note.run != run:
@@ -2220,7 +2362,7 @@ def staged_of_run(cur, definition: TableDefinition, run: str) -> StagedTable:
     if missing:
         raise TableCopyError(f"{table} was not loaded completely in run {run}: slice(s) "
                              f"{', '.join(missing)} missing (their load job failed)")
-    if note.columns != columns_fingerprint(definition):
+    if note.columns != columns_digest(definition):
         raise TableCopyError(f"the source's columns of {table} changed after it was loaded in run "
                              f"{run}: nothing goes live for it tonight; the next run copies the new shape")
     snapshots = {part["snapshot"] for part in note.loaded.values()}
@@ -2229,35 +2371,41 @@ def staged_of_run(cur, definition: TableDefinition, run: str) -> StagedTable:
         raise TableCopyError(f"the slices of {table} were read from different snapshots of the source "
                              f"({len(snapshots)}), so they may overlap or miss rows: give the load jobs "
                              f"one snapshot (COPIER_ONE_SNAPSHOT) or do not cut the table")
-    return note.staged_table(definition)
+    return note.staged_table(definition), note
 
 
 # --- load: the source's COPY streamed into the staging table's, through a pipe
 
 
-def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
-              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int]:
-    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes).
-
-    Source and target talk through an OS pipe between two threads, so memory stays at a few
-    pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
-    """
+def copy_out(cur, definition: TableDefinition, slicer: Slicer | None = None) -> sql.Composable:
+    """The source's COPY of the table's rows (of one key range, for a slice)."""
     columns = column_list(definition.copied_columns)
     # A table with no columns (or only generated ones) still has rows: no column list then.
     listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
     options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
     # A plain table's inheritance children are tables of their own; a partitioned one's are its rows.
     only = "" if definition.source.kind == "p" else "ONLY "
+    if slicer is not None:
+        return sql.SQL("COPY (SELECT {} FROM {}{} WHERE {}) TO STDOUT ({})").format(
+            columns, sql.SQL(only), definition.table.ident,
+            slicer.condition(cur, definition.table, only), options)
+    if definition.source.kind == "p":
+        return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
+            columns, definition.table.ident, options)
+    return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
 
-    def copy_out(cur) -> sql.Composable:
-        if slicer is not None:
-            return sql.SQL("COPY (SELECT {} FROM {}{} WHERE {}) TO STDOUT ({})").format(
-                columns, sql.SQL(only), definition.table.ident,
-                slicer.condition(cur, definition.table, only), options)
-        if definition.source.kind == "p":
-            return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
-                columns, definition.table.ident, options)
-        return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
+
+def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
+              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int, str]:
+    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes, and
+    the hash of the stream, for the table's fingerprint).
+
+    Source and target talk through an OS pipe between two threads, so memory stays at a few
+    pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
+    """
+    columns = column_list(definition.copied_columns)
+    listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
+    options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
 
     # FREEZE is refused on a partitioned table (its rows are routed to the partitions), and on a
     # table made in another transaction (a slice loads into the run's shared staging table).
@@ -2273,7 +2421,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
         try:
             with src.cursor() as cur:
                 begin_snapshot(cur, snapshot)
-                cur.copy_expert(copy_out(cur).as_string(src), writer, size=PIPE_CHUNK)
+                cur.copy_expert(copy_out(cur, definition, slicer).as_string(src), writer, size=PIPE_CHUNK)
                 outcome["rows"] = cur.rowcount
                 writer.flush()
                 cur.execute("COMMIT")
@@ -2302,15 +2450,17 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     pump.join()
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["rows"], loaded, reader.bytes
+    return outcome["rows"], loaded, reader.bytes, reader.hash.hexdigest()
 
 
 class PipeReader:
-    """The target's end of the stream: counts bytes, reports progress, notices a dead source."""
+    """The target's end of the stream: counts and hashes its bytes, reports progress, notices a
+    dead source."""
 
     def __init__(self, fd: int, on_progress):
         self.file = os.fdopen(fd, "rb", buffering=0)
         self.bytes = 0
+        self.hash = stream_hash()
         self.on_progress = on_progress
         self.source_error: BaseException | None = None
 
@@ -2318,6 +2468,7 @@ class PipeReader:
         data = self.file.read(size)
         if data:
             self.bytes += len(data)
+            self.hash.update(data)
             self.on_progress(self.bytes)
         elif self.source_error is not None:
             # Without this an early end of the source would look like a complete table.
@@ -2513,8 +2664,9 @@ def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, stage
     staged.renames.append(Rename("statistics", temporary, statistics.name, statistics.schema))
 
 
-def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """Carry each serial and identity sequence's position over from the source."""
+def set_sequences(src, dst_cur, definition: TableDefinition, table: str) -> None:
+    """Carry each serial and identity sequence's position over from the source to the sequences
+    of the target's table (quoted: the staged table, or the live one when it is unchanged)."""
     owned = [c for c in definition.columns if c.sequence]
     if not owned:
         return
@@ -2525,8 +2677,7 @@ def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable
             last_value, is_called = cur.fetchone()
             dst_cur.execute(
                 "SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
-                (quote_qualified(staged.table.schema, staged.staging), column.name,
-                 last_value, is_called))
+                (table, column.name, last_value, is_called))
 
 
 # --- verify
@@ -2537,6 +2688,223 @@ def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
         raise TableCopyError(
             f"row count mismatch for {table.qualified}: the source sent {source_rows} rows, "
             f"the target loaded {loaded}")
+
+
+# --- unchanged tables: a table whose source rows are what the reporting table already holds
+#     is not written again. Decided by content: a fingerprint of the source's definition and of
+#     its COPY stream in the run's snapshot, recorded on the reporting side by the swap that put
+#     the rows there, with what tells that the reporting table still holds exactly them.
+
+# The copier's own schema on the reporting side, out of the analysts' way, made when missing.
+FINGERPRINT_SCHEMA = "nightly_copy"
+FINGERPRINTS = sql.Identifier(FINGERPRINT_SCHEMA, "fingerprints")
+FINGERPRINTS_TABLE = sql.SQL("""
+CREATE TABLE IF NOT EXISTS {} (
+    table_schema name NOT NULL,
+    table_name name NOT NULL,
+    fingerprint text NOT NULL,  -- the source's definition and rows, hashed (fingerprint_of)
+    table_oid oid NOT NULL,  -- the reporting table the swap made
+    shape text NOT NULL,  -- its columns and their types, then
+    rows bigint NOT NULL,
+    loaded_by bigint[] NOT NULL,  -- the transactions that wrote its rows (pg_current_xact_id)
+    unchanged_nights integer NOT NULL DEFAULT 0,  -- runs in a row that found it unchanged since
+    copied_at timestamptz NOT NULL,
+    checked_at timestamptz NOT NULL,
+    run text,
+    PRIMARY KEY (table_schema, table_name))""").format(FINGERPRINTS)
+FINGERPRINT_VERSION = "1"  # a change of what is hashed, or how, makes every stored one stale
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the last run recorded of a table: its fingerprint then, and how to tell that the
+    reporting table still holds exactly those rows (the same table, shape and row count, and no
+    row written since by any transaction but the ones that loaded it)."""
+
+    value: str
+    table_oid: int
+    shape: str
+    rows: int
+    loaded_by: tuple[int, ...]
+    unchanged_nights: int
+
+
+def stream_hash():
+    """A 128-bit hash of a COPY stream: xxh3 hashes 20+ GB/s a core, so hashing every table's
+    stream costs the copy nothing measurable (SHA-1, the fastest in hashlib, 1 GB/s here)."""
+    return xxhash.xxh3_128()
+
+
+def definition_digest(definition: TableDefinition) -> str:
+    """Everything the copy makes of the source's definition (columns, keys, indexes, comments,
+    statistics settings, partitions) and how its rows are streamed: a change of any of them
+    changes the fingerprint, so the table is copied again."""
+    made = dataclasses.asdict(definition)
+    del made["source"]  # its OID and size say nothing of its rows
+    made.update(kind=definition.source.kind, format=definition.copy_format,
+                version=FINGERPRINT_VERSION)
+    return xxhash.xxh3_128(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint_of(definition: TableDefinition, digests: dict[str, str]) -> str:
+    """The table's fingerprint: its definition's digest and its COPY stream's (each slice's, in
+    order: a table cut into slices one night and copied whole the next is copied again)."""
+    parts = [definition_digest(definition), *(digests[k] for k in sorted(digests, key=int))]
+    return xxhash.xxh3_128("|".join(parts).encode()).hexdigest()
+
+
+def hash_rows(src, definition: TableDefinition, snapshot: str | None,
+              on_progress) -> tuple[int, int, str]:
+    """Read the table's COPY stream in the run's snapshot, only to hash it: (rows, bytes, hash).
+    It costs the source's read, and the target nothing."""
+
+    class Hashed:
+        def __init__(self):
+            self.hash, self.bytes = stream_hash(), 0
+
+        def write(self, data: bytes) -> None:
+            self.hash.update(data)
+            self.bytes += len(data)
+            on_progress(self.bytes)
+
+    sink = Hashed()
+    with src.cursor() as cur:
+        begin_snapshot(cur, snapshot)
+        cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
+        rows = cur.rowcount
+        cur.execute("COMMIT")
+    return rows, sink.bytes, sink.hash.hexdigest()
+
+
+def fingerprint_store_usable(dst) -> bool:
+    """Whether the copier may read and write its fingerprints on the reporting side: the table is
+    there and the target user may use it, or may make what is missing (asked, not tried: a dry
+    run changes nothing)."""
+    with dst.cursor() as cur:
+        cur.execute(
+            "SELECT CASE WHEN c.oid IS NOT NULL THEN has_schema_privilege(n.oid, 'USAGE') "
+            "                 AND has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE') "
+            "            WHEN n.oid IS NOT NULL THEN has_schema_privilege(n.oid, 'USAGE, CREATE') "
+            "            ELSE has_database_privilege(current_database(), 'CREATE') END "
+            "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'fingerprints'",
+            (FINGERPRINT_SCHEMA,))
+        return cur.fetchone()[0]
+
+
+def make_fingerprint_store(dst) -> bool:
+    """The copier's schema and table of fingerprints, made when missing (another run may make
+    them at the same moment). False, with a warning, when that fails: every table is copied."""
+    for _ in range(2):
+        try:
+            with transaction(dst) as cur:
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(FINGERPRINT_SCHEMA)))
+                cur.execute(FINGERPRINTS_TABLE)
+            return True
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject,
+                psycopg2.errors.DuplicateSchema, psycopg2.errors.DuplicateTable):
+            continue  # made by another run a moment ago
+        except psycopg2.DatabaseError as exc:
+            if is_connection_error(exc):
+                raise
+            warn(f"cannot keep the tables' fingerprints in {FINGERPRINT_SCHEMA} on the reporting side: "
+                 f"every table is copied, unchanged or not", error=describe_error(exc))
+            return False
+    return True
+
+
+def with_fingerprints(dst, units: list[Unit]) -> list[Unit]:
+    """The units, each table with what the last run recorded of it: one query for the run. A
+    fingerprint that cannot be read is none: the table is copied."""
+    tables = list({u.source.table for u in units})
+    try:
+        with dst.cursor() as cur:
+            cur.execute(sql.SQL(
+                "SELECT table_schema, table_name, fingerprint, table_oid, shape, rows, loaded_by, "
+                "unchanged_nights FROM {} WHERE (table_schema, table_name) IN "
+                "(SELECT * FROM unnest(%s::name[], %s::name[]))").format(FINGERPRINTS),
+                ([t.schema for t in tables], [t.name for t in tables]))
+            found = {TableName(schema, name): Fingerprint(value, oid, shape, rows, tuple(xids or ()), nights)
+                     for schema, name, value, oid, shape, rows, xids, nights in cur.fetchall()}
+    except psycopg2.DatabaseError as exc:
+        if is_connection_error(exc):
+            raise
+        warn("cannot read the tables' fingerprints: every table is copied", error=describe_error(exc))
+        return units
+    return [dataclasses.replace(u, source=dataclasses.replace(
+        u.source, fingerprint=found.get(u.source.table))) for u in units]
+
+
+# The reporting table as it is now: its OID and kind, its columns and their types (its shape),
+# and the next transaction ID to be assigned (to tell that row xmins cannot have wrapped around).
+LIVE_SHAPE_QUERY = """
+SELECT c.oid, c.relkind,
+       (SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', '
+                          ORDER BY a.attnum)
+        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+"""
+XID_WRAP = 2**31  # a 32-bit row xmin names one transaction only within this many of them
+
+
+def reporting_table_unchanged(cur, table: TableName, known: Fingerprint) -> bool:
+    """Whether the reporting table still holds exactly the rows the fingerprint's swap put
+    there: the same table (a dropped and remade one has another OID) of the same shape, as
+    many rows, and every row written by the transactions that loaded it. A row updated, inserted
+    or deleted and inserted again since has another xmin; a deleted one leaves fewer rows; a
+    TRUNCATE leaves none. Frozen rows keep their xmin (PostgreSQL 9.4 on). It reads the whole
+    table, and takes no lock that readers wait for."""
+    cur.execute(LIVE_SHAPE_QUERY, (table.schema, table.name))
+    row = cur.fetchone()
+    if row is None or (row[0], row[2]) != (known.table_oid, known.shape) or not known.loaded_by:
+        return False
+    _, kind, _, next_xid = row
+    if next_xid - min(known.loaded_by) >= XID_WRAP:
+        return False
+    only = sql.SQL("" if kind == "p" else "ONLY ")
+    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT xmin = ANY(%s::text[]::xid[])) "
+                        "FROM {}{}").format(only, table.ident),
+                ([str(xid % 2**32) for xid in known.loaded_by],))
+    return cur.fetchone() == (known.rows, 0)
+
+
+def record_fingerprint(cur, staged: StagedTable, run: str) -> None:
+    """In the swap's transaction, what the next run compares with: committed with the rows, or
+    not at all. A failure to write it costs the next run a copy, never this one its swap."""
+    cur.execute("SAVEPOINT copier_fingerprint")
+    try:
+        cur.execute(sql.SQL(
+            "INSERT INTO {} AS f SELECT n.nspname, c.relname, %(value)s, c.oid, s.shape, %(rows)s, "
+            "%(loaded_by)s, 0, now(), now(), %(run)s "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, LATERAL ("
+            "  SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod),"
+            "                    ', ' ORDER BY a.attnum) AS shape"
+            "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) s "
+            "WHERE n.nspname = %(schema)s AND c.relname = %(name)s AND c.relkind IN ('r', 'p') "
+            "ON CONFLICT (table_schema, table_name) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "table_oid = excluded.table_oid, shape = excluded.shape, rows = excluded.rows, "
+            "loaded_by = excluded.loaded_by, unchanged_nights = 0, copied_at = excluded.copied_at, "
+            "checked_at = excluded.checked_at, run = excluded.run; "
+            "RELEASE SAVEPOINT copier_fingerprint").format(FINGERPRINTS),
+            {"value": staged.fingerprint, "rows": staged.rows,
+             "loaded_by": staged.loaded_by, "run": run, "schema": staged.table.schema,
+             "name": staged.table.name})
+    except psycopg2.DatabaseError as exc:
+        if is_connection_error(exc) or isinstance(exc, psycopg2.errors.QueryCanceled):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT copier_fingerprint")
+        warn(f"{staged.table.qualified}: its fingerprint was not recorded: the next run copies it",
+             error=describe_error(exc))
+
+
+def record_unchanged(cur, table: TableName, run: str) -> None:
+    """One more run that found the table unchanged: the next one reads its source first."""
+    cur.execute(sql.SQL("UPDATE {} SET unchanged_nights = unchanged_nights + 1, checked_at = now(), "
+                        "run = %s WHERE table_schema = %s AND table_name = %s").format(FINGERPRINTS),
+                (run, table.schema, table.name))
 
 
 # --- swap: the only moment readers are involved, kept short
@@ -2634,46 +3002,52 @@ def lock_in_order(cur, table: TableName, start: str) -> str:
 
 
 def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False,
-                    tries: int | None = None) -> list[ForeignKey]:
+                    tries: int | None = None, steps: Steps | None = None) -> list[ForeignKey]:
     """Replace the reporting table by the staged one; tried again while readers hold locks
-    (1 + --lock-retries tries, unless told how many).
+    (1 + --lock-retries tries, unless told how many). The time until the table is locked is the
+    unit's "lock" step, the rest its "swap".
 
     Runs inside the caller's transaction: nothing is visible to readers until it commits.
     Returns the foreign keys to validate once both of their tables are in place, or with
     defer_keys, those still to make (once all the tables they join are in place).
     """
     tries = options.lock_retries + 1 if tries is None else tries
+    steps = steps or Steps()
     for attempt in range(tries):
         try:
-            start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
-                                + "SELECT set_config('lock_timeout', %s, true); ",
-                                (f"{int(options.lock_timeout * 1000)}ms",)).decode()
-            if staged.tied:
-                start = lock_in_order(cur, staged.table, start)
-            foreign_keys = replace_table(cur, staged, start)
-            if not defer_keys:  # inside the retries: a key locks the table at its other end
-                foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
-            cur.execute("SELECT set_config('lock_timeout', '0', true); RELEASE SAVEPOINT copier_swap")
+            with steps.timing("lock"):
+                start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
+                                    + "SELECT set_config('lock_timeout', %s, true); ",
+                                    (f"{int(options.lock_timeout * 1000)}ms",)).decode()
+                if staged.tied:
+                    start = lock_in_order(cur, staged.table, start)
+                moment("swapping", table=staged.table.qualified)
+                old = capture_reporting_side(cur, staged.table, start, staged.replaces)
+            with steps.timing("swap"):
+                foreign_keys = replace_table(cur, staged, old)
+                if not defer_keys:  # inside the retries: a key locks the table at its other end
+                    foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
+                cur.execute("SELECT set_config('lock_timeout', '0', true); RELEASE SAVEPOINT copier_swap")
             return foreign_keys
         except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
             # Readers hold the table, or another job is swapping a table that shares a view
             # with this one: let go of everything, wait, try again.
-            cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
-            if attempt == tries - 1:
-                raise SwapBlocked(
-                    f"could not lock {staged.table.qualified} for the swap after "
-                    f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
-                ) from None
-            time.sleep(backoff(attempt, 0.5))
+            with steps.timing("lock"):
+                cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
+                if attempt == tries - 1:
+                    raise SwapBlocked(
+                        f"could not lock {staged.table.qualified} for the swap after "
+                        f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
+                    ) from None
+                time.sleep(backoff(attempt, 0.5))
     raise AssertionError("unreachable")
 
 
-def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]:
-    """The swap's statements (after start, sent with the first of them), in as few round trips
-    as the reporting side allows: three for a table nothing else is tied to."""
+def replace_table(cur, staged: StagedTable, old: ReportingSide | None) -> list[ForeignKey]:
+    """The swap's statements once the reporting table is locked and read (old; None when there
+    is none yet), in as few round trips as the reporting side allows: two for a table nothing
+    else is tied to."""
     table = staged.table
-    moment("swapping", table=table.qualified)
-    old = capture_reporting_side(cur, table, start, staged.replaces)
     if old:
         for dependent in reversed(old.dependents):
             dependent.drop(cur)
@@ -4002,7 +4376,8 @@ def apply_comments(cur, ident: sql.Identifier, comment: str | None,
 # Readers in the way of a swap: waited for, then ended as pg_repack does.
 
 
-def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options) -> None:
+def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options,
+                      plan: Plan) -> None:
     """The swaps that readers blocked, after every other table: each is tried again and, unless
     --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
     queries at the first blocked try, any other at the next), within --lock-budget in all."""
@@ -4010,17 +4385,20 @@ def swap_past_readers(dst, settings: dict, results: list[TableResult], options: 
     watcher = open_connection(settings["target"], "target")
     try:
         for result in results:
-            swap_one_past_readers(dst, watcher, result, options, deadline)
+            swap_one_past_readers(dst, watcher, result, options, plan, deadline)
     finally:
         watcher.close()
 
 
-def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, deadline: float) -> None:
-    staged = result.staged
+def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, plan: Plan,
+                          deadline: float) -> None:
+    staged, steps = result.staged, Steps(result.steps)
     with dst.cursor() as cur:
         cur.execute("BEGIN")
         try:
-            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline)
+            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline, steps=steps)
+            if plan.fingerprints:
+                record_fingerprint(cur, staged, options.run)
             cur.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
             if not is_connection_error(exc):
@@ -4029,27 +4407,28 @@ def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, d
             result.ok, result.error = False, describe_error(exc)
             log_event(runlog.TABLE_FAILED, table=result.table, error=result.error)
             return
+    result.steps = steps.rounded()
     log_event(runlog.TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
-              seconds=result.seconds)
+              seconds=result.seconds, steps=result.steps)
 
 
 def swap_or_past(cur, watcher: ReadersWatcher, staged: StagedTable, options: Options,
-                 deadline: float) -> list[ForeignKey]:
+                 deadline: float, steps: Steps) -> list[ForeignKey]:
     try:
-        return swap_into_place(cur, staged, options, defer_keys=True)
+        return swap_into_place(cur, staged, options, defer_keys=True, steps=steps)
     except SwapBlocked:
-        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True)
+        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True, steps=steps)
 
 
 def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: float,
-              defer_keys: bool = False) -> list[ForeignKey]:
+              defer_keys: bool = False, steps: Steps | None = None) -> list[ForeignKey]:
     """swap_into_place, one try at a time until the deadline, ending the sessions in the way
     between tries (unless --no-kill-readers); the error names them."""
     seen: dict[int, str] = {}  # blocking sessions, as the error will name them
     for attempt in range(1_000_000):
         try:
             with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
-                return swap_into_place(cur, staged, options, defer_keys, tries=1)
+                return swap_into_place(cur, staged, options, defer_keys, tries=1, steps=steps)
         except SwapBlocked:
             seen.update(describe_sessions(watcher, watch.blockers))
             if time.monotonic() >= deadline:
@@ -4514,6 +4893,12 @@ def run(options: Options, settings: dict) -> int:
         # The load jobs of one run share their tables; anything else copying them is refused.
         lock_tables(dst, tables, shared=plan.phase == "load")
         units = with_target_checked(dst, with_definitions(src, units))
+        if not plan.fingerprints:
+            warn(f"the target user may not keep the tables' fingerprints in schema {FINGERPRINT_SCHEMA}: "
+                 f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
+                 f"the schema and grant it CREATE and USAGE there")
+        elif make_fingerprint_store(dst) and not options.copy_unchanged:
+            units = with_fingerprints(dst, units)
         moment("tables_checked", units=units)
         shared = take_snapshot(src, dst, units, plan, options, outages)
         if plan.snapshot != "none":
@@ -4533,13 +4918,13 @@ def run(options: Options, settings: dict) -> int:
                 conn.close()
     seconds = time.monotonic() - started
     failed = [r for r in results if not r.ok]
-    print_summary(results, seconds)
+    steps = print_summary(results, seconds)
     waited = report_outages(results, shared, holder)
     log_event(runlog.RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
               waited_seconds=round(sum(waited.values()), 1),
               source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
-              snapshots=shared.snapshot.current()[1],
-              **({"phase": plan.phase} if plan.phase != "all" else {}))
+              snapshots=shared.snapshot.current()[1], unchanged=sum(r.unchanged for r in results),
+              steps=steps, **({"phase": plan.phase} if plan.phase != "all" else {}))
     for r in failed:
         say(f"copier: error: {r.unit or r.table}: {r.error}")
     return 1 if failed else 0
@@ -4556,7 +4941,7 @@ def swap_the_rest(dst, tables: list[SourceTable], units: list[Unit], results: li
         return results, dst
     if plan.swap == "together":
         results = restage_from_one_snapshot(units, results, settings, options, plan, shared)
-        return swap_together_through_outages(dst, tables, results, settings, options, shared)
+        return swap_together_through_outages(dst, tables, results, settings, options, plan, shared)
     late = [r for r in results if r.table in plan.late_swaps]
     blocked = [r for r in results if r.ok and r.staged and r.staged.blocked]
     keys = [key for r in results if r.ok for key in r.foreign_keys]
@@ -4565,9 +4950,10 @@ def swap_the_rest(dst, tables: list[SourceTable], units: list[Unit], results: li
         dst = connect_waiting(settings["target"], "target", shared.outages)
         lock_tables(dst, tables)
     if late:
-        swap_together(dst, late, options, settings, "tables joined by a partitioned table's foreign key")
+        swap_together(dst, late, options, plan, settings,
+                      "tables joined by a partitioned table's foreign key")
     if blocked:
-        swap_past_readers(dst, settings, blocked, options)
+        swap_past_readers(dst, settings, blocked, options, plan)
     keys += [key for r in blocked if r.ok for key in r.foreign_keys]
     validate_after_run(dst, keys, options.lock_timeout)
     return results, dst
@@ -4726,37 +5112,46 @@ def job_process(job, settings, options, plan, shared, todo, results, stop) -> No
         sys.exit(1)
 
 
-def swap_together(dst, results: list[TableResult], options: Options, settings: dict,
+def swap_together(dst, results: list[TableResult], options: Options, plan: Plan, settings: dict,
                   why: str = "--swap together") -> list[TableResult]:
-    """--swap together: every staged table goes live in one transaction, or none does. A table
-    whose readers hold it through --lock-retries is swapped past them, as after a per-table run."""
-    staged = [r.staged for r in results if r.ok]
-    if len(staged) == len(results):
+    """--swap together: every staged table goes live in one transaction, or none does (a table
+    found unchanged has nothing staged: it holds tonight's rows already). A table whose readers
+    hold it through --lock-retries is swapped past them, as after a per-table run."""
+    swapped = [r for r in results if not r.unchanged]
+    staged = [r.staged for r in swapped if r.ok]
+    if len(staged) == len(swapped):
         with dst.cursor() as cur, ReadersWatcher(settings) as watcher:
             cur.execute("BEGIN")
             try:
                 # Keys between the tables are made again once all of them are in place, then
                 # validated: they see one night's rows on both sides.
                 deadline = time.monotonic() + options.lock_budget
-                keys = [(table, key) for table in staged
-                        for key in swap_or_past(cur, watcher, table, options, deadline)]
+                keys = []
+                for r in swapped:
+                    steps = Steps(r.steps)
+                    keys += [(r.staged, key) for key in swap_or_past(cur, watcher, r.staged, options,
+                                                                     deadline, steps)]
+                    r.steps = steps.rounded()
                 validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
+                for table in staged if plan.fingerprints else ():
+                    record_fingerprint(cur, table, options.run)
                 cur.execute("COMMIT")
             except BaseException as exc:
                 cur.execute("ROLLBACK")
                 drop_staged(dst, staged)
                 if isinstance(exc, Exception):
                     error = f"swap of all tables failed, none changed: {describe_error(exc)}"
-                    for r in results:
+                    for r in swapped:
                         r.ok, r.error = False, error
                         log_event(runlog.TABLE_FAILED, table=r.table, error=error)
                     return results
                 raise
-        for r in results:
-            log_event(runlog.TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
+        for r in swapped:
+            log_event(runlog.TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds,
+                      steps=r.steps)
         return results
     drop_staged(dst, staged)
-    for r in results:
+    for r in swapped:
         if r.ok:
             r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
             log_event(runlog.TABLE_FAILED, table=r.table, error=r.error)
@@ -4791,7 +5186,7 @@ def restage_from_one_snapshot(units: list[Unit], results: list[TableResult], set
 
 
 def swap_together_through_outages(dst, tables: list[SourceTable], results: list[TableResult],
-                                  settings: dict, options: Options, shared: RunShared):
+                                  settings: dict, options: Options, plan: Plan, shared: RunShared):
     """swap_together, on a new target connection when the run's was lost (its advisory locks
     with it: they are taken again), and redone when the target goes away during the swap
     (its transaction is rolled back by the server; the staged tables are committed and stay)."""
@@ -4803,7 +5198,7 @@ def swap_together_through_outages(dst, tables: list[SourceTable], results: list[
             dst = connect_waiting(settings["target"], "target", shared.outages)
             lock_tables(dst, tables)
         try:
-            return swap_together(dst, results, options, settings), dst
+            return swap_together(dst, results, options, plan, settings), dst
         except Exception as exc:
             if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
                 raise
@@ -4812,18 +5207,34 @@ def swap_together_through_outages(dst, tables: list[SourceTable], results: list[
     raise AssertionError("unreachable")
 
 
-def print_summary(results: list[TableResult], seconds: float) -> None:
+def print_summary(results: list[TableResult], seconds: float) -> dict[str, float]:
+    """The run's table of tables, its totals, and a line per step of where the time went (summed
+    over the tables: jobs work side by side, so the sum can pass the run's wall time). Returns
+    those seconds by step."""
     rows = [(r.unit or r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
              f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
-             "ok" if r.ok else "FAILED") for r in results]
-    header = ("table", "rows", "MB", "seconds", "MB/s", "")
+             "unchanged" if r.unchanged else "ok" if r.ok else "FAILED") for r in results]
+    print_table(("table", "rows", "MB", "seconds", "MB/s", ""), rows, left=(0, 5))
+    copied = [r for r in results if r.ok]
+    unchanged = sum(r.unchanged for r in results)
+    total = sum(r.bytes for r in copied if not r.unchanged)
+    say(f"{len(copied)} of {len(results)} tables copied"
+        + (f" ({unchanged} unchanged: not written)" if unchanged else "")
+        + f", {total / 1e6:.1f} MB in {seconds:.1f}s")
+    steps = {step: round(sum(r.steps.get(step, 0.0) for r in results), 2)
+             for step in runlog.STEPS if any(step in r.steps for r in results)}
+    spent = sum(steps.values()) or 1
+    print_table(("step", "seconds", "share"), [(step, f"{spent_on:.1f}", f"{100 * spent_on / spent:.0f}%")
+                                               for step, spent_on in steps.items()], left=(0,))
+    return steps
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: tuple[int, ...]) -> None:
+    """Columns for people, on stderr: those in left aligned left, the others right."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        say("  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w)
+        say("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
-    copied = [r for r in results if r.ok]
-    total = sum(r.bytes for r in copied)
-    say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
 
 
 def report_outages(results: list[TableResult], shared: RunShared,

@@ -440,9 +440,14 @@ def dbs(pg_cluster) -> Databases:
 
 @pytest.fixture
 def copier_env(dbs, monkeypatch) -> Databases:
-    """Point the copier at the test databases through its local-run environment overrides."""
+    """Point the copier at the test databases through its local-run environment overrides.
+
+    Every run copies (COPIER_COPY_UNCHANGED): a test of what a refresh keeps or does must see a
+    refresh, also when it runs the copier twice on the same source. The tests of unchanged
+    tables (tests/test_copier_unchanged.py) unset it."""
     monkeypatch.setenv("SOURCE_DSN", dbs.source_dsn)
     monkeypatch.setenv("TARGET_DSN", dbs.target_dsn)
+    monkeypatch.setenv("COPIER_COPY_UNCHANGED", "1")
     monkeypatch.delenv("TABLES", raising=False)
     return dbs
 

@@ -438,7 +438,7 @@ def test_the_rendered_state_machine_drives_real_load_jobs_and_publish(dbs, monke
     logged = [{**line, "@stream": f"{stream}/build", "@timestamp": n} for n, (stream, line) in
               enumerate((job.env["COPIER_JOB"], line) for job in [*jobs, published] for line in job.lines)]
     runs = {t.table: t for t in operations.table_runs(logged)}
-    assert {name: t.status for name, t in runs.items()} == {f"public.{t}": "copied" for t in tables}
+    assert {name: t.outcome for name, t in runs.items()} == {f"public.{t}": "copied" for t in tables}
     assert runs["public.acc_a"].slices == copied["public.acc_a"]["slices"]
     assert runs["public.acc_a"].rows == 60000
 
