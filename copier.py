@@ -881,14 +881,15 @@ SELECT rn.nspname, r.relname, fn.nspname, f.relname
 FROM pg_constraint c
 JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
 JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
-WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
+WHERE c.contype = 'f' AND c.conparentid = 0 AND 'p' IN (r.relkind, f.relkind)
 """
 
 
 def partitioned_key_ends(dst, tables: list[SourceTable]) -> frozenset[str]:
-    """Before PostgreSQL 18 a partitioned table's foreign key cannot be made NOT VALID, so it is
-    checked when it is made again: the tables it joins go live together at the end of the run,
-    when both hold the same night's rows, instead of each at its own moment."""
+    """Before PostgreSQL 18 a foreign key of a partitioned table, or to one, is made again
+    validated (see ForeignKey.add), so it is checked when it is made: the tables it joins go live
+    together at the end of the run, when both hold the same night's rows, instead of each at its
+    own moment."""
     if dst.server_version >= 180000:
         return frozenset()
     names = {(t.table.schema, t.table.name): t.table.qualified for t in tables}
@@ -3614,7 +3615,8 @@ class ForeignKey:
     definition: str  # FOREIGN KEY (...) REFERENCES ..., without NOT VALID
     valid: bool
     comment: str | None
-    partitioned: bool  # before PostgreSQL 18 a partitioned table takes no NOT VALID key
+    partitioned: bool  # the referencing table is partitioned
+    to_partitioned: bool  # the referenced table is
 
     @property
     def what(self) -> str:
@@ -3628,8 +3630,17 @@ class ForeignKey:
         cur.execute(self.remedy)
 
     def add(self, cur, table: TableName) -> bool:
-        """Make the key again; True when it must still be validated."""
-        not_valid = not (self.partitioned and cur.connection.server_version < 180000)
+        """Make the key again; True when it must still be validated.
+
+        Before PostgreSQL 18 a partitioned table takes no NOT VALID key, and a key to a
+        partitioned table, once validated, would leave the copies PostgreSQL keeps for each of
+        its partitions NOT VALID (a server defect fixed in 18): such a key is made as it was,
+        validated or not, and checked now.
+        """
+        if cur.connection.server_version >= 180000 or not (self.partitioned or self.to_partitioned):
+            not_valid = True
+        else:
+            not_valid = self.to_partitioned and not self.partitioned and not self.valid
         statement = f"ALTER TABLE {self.table} ADD CONSTRAINT {display_ident(self.name)} {self.definition}"
         recreate_or_fail(cur, sql.SQL(statement + (" NOT VALID" if not_valid else "")), self.what,
                          table, self.remedy)
@@ -3924,8 +3935,8 @@ def aggregate_definition(cur, oid: int, signature: str) -> str:
 
 FOREIGN_KEY_QUERY = """
 SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.convalidated,
-       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p'
-FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p', f.relkind = 'p'
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_class f ON f.oid = c.confrelid
 WHERE {}
 ORDER BY 1, 2
 """
@@ -3937,9 +3948,9 @@ def capture_foreign_key(cur, oid: int) -> ForeignKey | None:
     return foreign_key(*row) if row else None
 
 
-def foreign_key(table, name, definition, valid, comment, partitioned) -> ForeignKey:
+def foreign_key(table, name, definition, valid, comment, partitioned, to_partitioned) -> ForeignKey:
     definition = definition.removesuffix(" NOT VALID")
-    return ForeignKey(table, name, definition, valid, comment, partitioned)
+    return ForeignKey(table, name, definition, valid, comment, partitioned, to_partitioned)
 
 
 def capture_rule(cur, oid: int, description: str) -> Restatement | None:

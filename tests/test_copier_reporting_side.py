@@ -203,6 +203,41 @@ def test_a_partitioned_reporting_table_stays_partitioned(copier_env, run_copier)
     assert debris(copier_env) == []
 
 
+def test_a_key_to_a_partitioned_table_ends_valid_in_every_partition(copier_env, run_copier):
+    """pg_dump | psql leaves a plain table's foreign key to a partitioned table valid, with the
+    copies PostgreSQL keeps for each partition; before 18, VALIDATE after NOT VALID would leave
+    those copies NOT VALID (a server defect fixed in 18). The copier makes such a key as it was.
+    A key that was NOT VALID stays so."""
+    schema = ("CREATE TABLE accounts (id int NOT NULL, region text NOT NULL, PRIMARY KEY (id, region))"
+              " PARTITION BY LIST (region);"
+              "CREATE TABLE accounts_eu PARTITION OF accounts FOR VALUES IN ('eu');"
+              "CREATE TABLE accounts_us PARTITION OF accounts FOR VALUES IN ('us');"
+              "CREATE TABLE payments (id int PRIMARY KEY, account int, region text);")
+    keys = ("ALTER TABLE payments ADD CONSTRAINT paid_by FOREIGN KEY (account, region)"
+            " REFERENCES accounts (id, region);"
+            "ALTER TABLE payments ADD CONSTRAINT checked_later FOREIGN KEY (account, region)"
+            " REFERENCES accounts (id, region) NOT VALID")
+    rows = ("INSERT INTO accounts SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END"
+            " FROM generate_series(1, 100) g;"
+            "INSERT INTO payments SELECT g, g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END"
+            " FROM generate_series(1, 100) g")
+    copier_env.source(schema + rows + ";" + keys)
+    copier_env.target(schema + rows + ";" + keys)  # as pg_dump | psql leaves it
+    validity = ("SELECT coalesce(p.conname, c.conname), c.conrelid::regclass::text, "
+                "c.confrelid::regclass::text, c.convalidated FROM pg_constraint c "
+                "LEFT JOIN pg_constraint p ON p.oid = c.conparentid WHERE c.contype = 'f' ORDER BY 1, 2, 3")
+    as_restored = copier_env.target_rows(validity)
+    assert [v for v in as_restored if v[0] == "paid_by"] == [
+        ("paid_by", "payments", table, True) for table in ("accounts", "accounts_eu", "accounts_us")]
+    copier_env.source("UPDATE accounts SET id = id WHERE id < 10; UPDATE payments SET id = id")
+
+    for tables in ("TABLES=accounts,payments", "TABLES=payments", "TABLES=accounts"):
+        result = run_copier(tables)
+        assert result.code == 0, result.stderr
+        assert copier_env.target_rows(validity) == as_restored, tables
+    assert debris(copier_env) == []
+
+
 def test_a_row_no_partition_takes_fails_the_table_with_advice(copier_env, run_copier):
     copier_env.source("CREATE TABLE readings (at date NOT NULL, v int);"
                       "INSERT INTO readings VALUES ('2024-05-01', 1)")
