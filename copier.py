@@ -1645,6 +1645,8 @@ class TableCopier:
                     self.close()
                     raise Interrupted() from None
                 lost = self.lost_connections()
+                if isinstance(exc, psycopg2.errors.DiskFull) and not lost:
+                    exc = TableCopyError(disk_full(self.dst, exc, source))
                 # A failed copy can leave a connection mid-COPY: start the next try afresh.
                 self.close()
                 error = describe_error(exc)
@@ -2682,6 +2684,26 @@ def set_sequences(src, dst_cur, definition: TableDefinition, table: str) -> None
 
 
 # --- verify
+
+
+def disk_full(dst, exc: psycopg2.Error, source: SourceTable) -> str:
+    """A write the reporting database's disk refused (SQLSTATE 53100), in those words: where
+    (the tablespace of the file it could not extend: pg_tblspc/<oid>/..., else the database's
+    own) and how much the table needed."""
+    found = re.search(r'"pg_tblspc/(\d+)/', exc.diag.message_primary or "")
+    where = (("SELECT spcname FROM pg_tablespace WHERE oid = %s", (int(found.group(1)),)) if found else
+             ("SELECT t.spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+              "WHERE d.datname = current_database()", None))
+    try:
+        with dst.cursor() as cur:
+            cur.execute(*where)
+            tablespace = cur.fetchone()[0]
+    except psycopg2.Error:
+        tablespace = "pg_default" if not found else f"OID {found.group(1)}"
+    return (f"the reporting database's disk is full (tablespace {tablespace}): staging "
+            f"{source.table.qualified} needed about {source.size_bytes / 1e6:.0f} MB (its size on the "
+            f"source, indexes and TOAST included); nothing of it went live, the reporting table keeps "
+            f"its rows; make room there, or copy fewer tables at once (--jobs, or without --swap together)")
 
 
 def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
