@@ -313,15 +313,12 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="how long, in all, the run keeps trying the swaps that readers blocked, "
                         "after the other tables (default 300)")
     parser.add_argument("--no-kill-readers", dest="kill_readers", action="store_false",
-                        help="only wait for the sessions that block a swap; by default they are "
-                        "ended as pg_repack does: idle-in-transaction sessions and running queries "
-                        "first, then any session still in the way")
+                        help="only wait for the sessions in a swap's way (by default they are ended, "
+                        "as pg_repack does)")
     parser.add_argument("--index-workers", type=int,
                         default=os.environ.get("COPIER_INDEX_WORKERS", "0"),
                         help="parallel workers the target may add to each index build "
-                        "(max_parallel_maintenance_workers; default 0: the jobs already keep the "
-                        "target's cores busy, and parallel builds then cost more CPU than they save; "
-                        "raise it when the target has idle cores)")
+                        "(max_parallel_maintenance_workers); raise it when the target has idle cores")
     parser.add_argument("--progress-seconds", type=float, default=30.0, metavar="SECONDS",
                         help="interval of progress lines for long tables (default 30)")
     parser.add_argument("--outage-budget", type=float,
@@ -331,14 +328,13 @@ def argument_parser() -> argparse.ArgumentParser:
                         "600: a managed database's failover with margin)")
     parser.add_argument("--snapshot", choices=("renew", "strict"),
                         default=os.environ.get("COPIER_SNAPSHOT", "renew"),
-                        help="'renew': when the run's snapshot is lost (source restarted or failed "
-                        "over, its connection cut), take a new one and say which tables came from "
-                        "which (default); 'strict': fail the tables not yet read instead")
+                        help="a lost snapshot (the source restarted or failed over): 'renew' takes a "
+                        "new one and says which tables came from which; 'strict' fails the tables not "
+                        "yet read")
     parser.add_argument("--split-larger-than", type=size_in_bytes, metavar="SIZE",
                         default=os.environ.get("COPIER_SPLIT_LARGER_THAN") or None,
                         help="with --jobs N, cut tables larger than SIZE (e.g. 10GB) into key ranges "
-                        "loaded side by side; by default a table is cut when it is larger than a "
-                        "job's mean share of the run, so that one table does not set the run's length")
+                        "loaded side by side (default: larger than a job's mean share)")
     parser.add_argument("--copy-unchanged", action="store_true",
                         default=os.environ.get("COPIER_COPY_UNCHANGED", ""),  # any but "", 0, false: on
                         help="copy every table, also one whose source rows are what the reporting "
@@ -346,9 +342,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-split", dest="split", action="store_false",
                         help="never cut a table into slices")
     parser.add_argument("--phase", choices=PHASES, default=os.environ.get("COPIER_PHASE", "all"),
-                        help="'all': load and publish each table (default); 'load': load this job's "
-                        "tables and slices into staging tables and stop; 'publish': index, verify, "
-                        "analyze and swap in what the run's load jobs staged (both need COPIER_RUN)")
+                        help="a run split over machines (both need COPIER_RUN): 'load' stages this "
+                        "job's tables and slices; 'publish' finishes and swaps what the load jobs staged")
     return parser
 
 
