@@ -12,6 +12,7 @@ A page holds a generated block between two markers; everything between them is r
 Blocks, each read from the one place in the code that decides it:
   options, environment   copier.argument_parser(): flags, defaults, the variables that set them
   events, event-fields   runlog.EVENTS: every JSON line the copier writes, and its fields
+  steps                  runlog.STEPS: where a table's time goes
   settings               deploy/settings.py: the keys of deploy.toml and their flags
   resources              deploy.resource_list(): what setup creates, in order
   other-resources        what each runner, and each switch that changes that list, adds and removes
@@ -124,6 +125,11 @@ def events() -> str:
     rows = [[f"`{event.name}`", event.meaning, ", ".join(event.fields)]
             for event in runlog.EVENTS.values()]
     return table(["event", "what it says", "fields"], rows)
+
+
+def steps() -> str:
+    return table(["step", "the seconds of"],
+                 [[f"`{name}`", meaning] for name, meaning in runlog.STEPS.items()])
 
 
 def event_fields() -> str:
@@ -383,7 +389,7 @@ def starter() -> str:
 
 
 GENERATORS: dict[str, Callable[[], str]] = {
-    "options": options, "environment": environment, "events": events,
+    "options": options, "environment": environment, "events": events, "steps": steps,
     "event-fields": event_fields, "settings": settings, "resources": resources,
     "other-resources": other_resources, "roles": roles, "alarms": alarms, "lambda": lambda_function,
     "states": states, "starter": starter,
