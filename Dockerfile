@@ -17,8 +17,8 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN python -m pip install --no-cache-dir -r requirements.txt
 
-# The worker and the one module it shares with the code around it (runlog.py: standard library).
-COPY copier.py runlog.py ./
+# The worker and the modules it shares with the code around it (standard library only).
+COPY copier.py runlog.py rules.py ./
 
 # AWS's CA bundle for RDS and Aurora, fetched when the image is built: setup stores
 # sslrootcert=rds-global-bundle.pem (relative to /app) for *.rds.amazonaws.com hosts.

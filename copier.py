@@ -58,11 +58,14 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 
 import psycopg2
+import psycopg2.errorcodes
 import psycopg2.errors
 import xxhash
 from psycopg2 import sql
 
+import rules
 import runlog
+from rules import KEEP, RulesError, TableRules
 from runlog import (
     CONNECTION_SETTINGS,
     DATABASES,
@@ -452,16 +455,24 @@ def phase_settings(phase: str, error) -> dict:
 # every statement uses.
 
 
-def load_connection_settings() -> dict[str, dict]:
-    """Keyword arguments for psycopg2.connect, per database: from the environment or SSM."""
+def load_connection_settings() -> dict:
+    """Keyword arguments for psycopg2.connect, per database, from the environment or SSM; and
+    the rules' document as Parameter Store holds it ("rules": text and where it came from). The
+    salt of the rules' hashes is the source's ("hash_salt": connect makes it a setting of every
+    source session, never of a target one)."""
     dsns = {db: os.environ.get(f"{db.upper()}_DSN") for db in DATABASES}
     if any(dsns.values()):
         missing = [f"{db.upper()}_DSN" for db, dsn in dsns.items() if not dsn]
         if missing:
             raise ConfigError(f"{missing[0]} is not set (SOURCE_DSN and TARGET_DSN go together)")
-        return {db: {"dsn": dsn} for db, dsn in dsns.items()}
-    prefix = os.environ.get("COPIER_SSM_PREFIX", DEFAULT_SSM_PREFIX)
-    return read_ssm_settings(prefix if prefix.endswith("/") else prefix + "/")
+        settings = {db: {"dsn": dsn} for db, dsn in dsns.items()}
+        settings["rules"] = (None, "")
+    else:
+        prefix = os.environ.get("COPIER_SSM_PREFIX", DEFAULT_SSM_PREFIX)
+        settings = read_ssm_settings(prefix if prefix.endswith("/") else prefix + "/")
+    if os.environ.get(rules.SALT_VARIABLE):
+        settings["source"]["hash_salt"] = os.environ[rules.SALT_VARIABLE]
+    return settings
 
 
 def read_ssm_settings(prefix: str) -> dict[str, dict]:
@@ -477,7 +488,7 @@ def read_ssm_settings(prefix: str) -> dict[str, dict]:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise ConfigError(f"cannot read settings from SSM Parameter Store at {prefix}: {exc}") from exc
 
-    settings: dict[str, dict] = {}
+    settings: dict = {"rules": (found.get(prefix + runlog.RULES_PARAMETER), prefix + runlog.RULES_PARAMETER)}
     missing = []
     for db in DATABASES:
         settings[db] = {}
@@ -493,6 +504,8 @@ def read_ssm_settings(prefix: str) -> dict[str, dict]:
             f"missing SSM parameter {missing[0]}{more}; "
             "run setup_aws.py, or set SOURCE_DSN and TARGET_DSN for a local run"
         )
+    if found.get(prefix + runlog.HASH_SALT_PARAMETER):
+        settings["source"]["hash_salt"] = found[prefix + runlog.HASH_SALT_PARAMETER]
     return settings
 
 
@@ -536,6 +549,7 @@ def connect(settings: dict, role: str = "target"):
     """An autocommit connection: every transaction here is opened and closed explicitly."""
     settings = dict(settings)
     dsn = settings.pop("dsn", "")
+    salt = settings.pop("hash_salt", None)
     if settings.get("sslrootcert") == CONNECTION_SETTINGS["sslrootcert"]:
         del settings["sslrootcert"]
     conn = psycopg2.connect(dsn, **{**CONNECTION_OPTIONS, **settings})
@@ -550,6 +564,8 @@ def connect(settings: dict, role: str = "target"):
         session.extend(SOURCE_SESSION_SETTINGS)
     session += [(name, value) for since, name, value in VERSIONED_SESSION_SETTINGS
                 if conn.server_version >= since]
+    if salt is not None:
+        session.append((SALT_SETTING, salt))
     with conn.cursor() as cur:
         cur.execute("SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(session)),
                     [value for setting in session for value in setting])
@@ -678,6 +694,8 @@ class SourceTable:
     untied: bool = dataclasses.field(default=False, compare=False)
     # What the last run recorded of it on the reporting side (with_fingerprints); None: copy it.
     fingerprint: Fingerprint | None = dataclasses.field(default=None, compare=False)
+    # Its rules (rules.py), checked against the source (check_rules); None: copied as it is.
+    masking: Masking | None = dataclasses.field(default=None, compare=False)
 
 
 SOURCE_TABLES_QUERY = """
@@ -910,6 +928,9 @@ def show_plan(plan: Plan, units: list[Unit], refused: dict[str, str], as_json: b
             share = sum(by_name[name].weight for name in names)
             say(f"job {job}: {len(names)} unit(s), {share / 1e6:.1f} MB, "
                 f"{100 * share / total:.0f}% of the run")
+    ruled = {u.source.table.qualified: u.source.masking.rules for u in units if u.source.masking}
+    for table, its_rules in ruled.items():
+        say(f"rules of {table}: {rules_in_words(its_rules)}")
     for table, error in refused.items():
         say(f"copier: error: {table}: {error}")
     if as_json:
@@ -918,7 +939,22 @@ def show_plan(plan: Plan, units: list[Unit], refused: dict[str, str], as_json: b
              "estimated_rows": estimated_rows(unit) if unit.source.estimated_rows >= 0 else None,
              **({"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {})}
             for name, unit, job in placed], refused=[
-            {"table": table, "error": error} for table, error in refused.items()])
+            {"table": table, "error": error} for table, error in refused.items()], rules=[
+            {"table": table, "strict": r.strict, "where": r.where,
+             "columns": {column: rule.action for column, rule in r.columns.items()}}
+            for table, r in ruled.items()])
+
+
+def rules_in_words(its_rules: TableRules) -> str:
+    """'keep id, name; hash email; null phone; drop notes; sql birthday; rows where ...; strict'."""
+    by_action: dict[str, list[str]] = {}
+    for column, rule in its_rules.columns.items():
+        by_action.setdefault(rule.action, []).append(column)
+    parts = [f"{action} {', '.join(columns)}" for action, columns in by_action.items()]
+    parts += [f"rows where {its_rules.where}"] if its_rules.where else []
+    parts += ["strict: a column not named refuses the table"] if its_rules.strict else \
+        ["the columns not named are kept"]
+    return "; ".join(parts)
 
 
 def estimated_rows(unit: Unit) -> int:
@@ -954,6 +990,7 @@ class Column:
     sequence_schema: str | None  # where that sequence lives on the source
     text_only: bool  # a value whose binary form carries database-specific type OIDs
     not_null_name: str = ""  # its NOT NULL constraint's name, which PostgreSQL keeps from 18 on
+    source_sql: str | None = None  # what the source selects for it, when its rule masks it
 
 
 @dataclass
@@ -965,6 +1002,7 @@ class Constraint:
     validated: bool
     deferrable: bool
     deferred: bool
+    columns: list[str] = dataclasses.field(default_factory=list)  # the columns it is on
 
 
 @dataclass
@@ -993,6 +1031,13 @@ class TableDefinition:
     extended_statistics: list[ExtendedStatistics]
     default_sequences: list[tuple[str, str, str | None]]  # schema, name, the table owning it
     partitions: PartitionLayout | None  # the source's, when it is partitioned
+    index_columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # by index name
+    # What the rules made of it (apply_rules): the rows the source selects, the source's keys and
+    # indexes left out, why the rules refuse the table (a strict table's column they do not name)
+    where: str | None = None
+    left_out: list[str] = dataclasses.field(default_factory=list)
+    refused: str = ""
+    masked: bool = False  # the rules change what of it reaches the reporting side
 
     @property
     def table(self) -> TableName:
@@ -1069,7 +1114,9 @@ FROM closure c JOIN pg_type t ON t.oid = c.oid
 CONSTRAINTS_QUERY = """
 SELECT con.conrelid, con.conname, con.contype, pg_get_constraintdef(con.oid),
        CASE WHEN con.contype IN ('p', 'u') THEN pg_get_indexdef(con.conindid) END,
-       con.convalidated, con.condeferrable, con.condeferred
+       con.convalidated, con.condeferrable, con.condeferred,
+       ARRAY(SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = con.conrelid AND a.attnum = ANY(con.conkey) ORDER BY a.attnum)::text[]
 FROM pg_constraint con
 WHERE con.conrelid = ANY(%(tables)s) AND con.contype IN ('p', 'u', 'c', 'x')
 ORDER BY con.conrelid, con.contype, con.conname
@@ -1077,7 +1124,12 @@ ORDER BY con.conrelid, con.contype, con.conname
 
 
 INDEXES_QUERY = """
-SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid)
+SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid),
+       -- the columns it is on, in its expressions or in its predicate
+       ARRAY(SELECT DISTINCT a.attname FROM pg_depend d
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+               AND d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indrelid)::text[]
 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 WHERE i.indrelid = ANY(%(tables)s)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid
@@ -1211,13 +1263,16 @@ def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition |
         column_rows = columns.get(source.oid, [])
         closure = list({row[0]: row for type_oid in {row[9] for row in column_rows}
                         for row in closures.get(type_oid, [])}.values())
-        definitions.append(table_definition(
+        its_indexes = indexes.get(source.oid, [])
+        definition = table_definition(
             source, quoted_name, column_rows, closure,
             [Constraint(*row) for row in constraints.get(source.oid, [])],
-            indexes.get(source.oid, []), comment, column_comments.get(source.oid, {}),
-            column_statistics.get(source.oid, []),
+            [(name, statement) for name, statement, _ in its_indexes], comment,
+            column_comments.get(source.oid, {}), column_statistics.get(source.oid, []),
             [ExtendedStatistics(*row) for row in extended_statistics.get(source.oid, [])],
-            default_sequences.get(source.oid, []), partitions.get(source.oid)))
+            default_sequences.get(source.oid, []), partitions.get(source.oid))
+        definition.index_columns = {name: list(on) for name, _, on in its_indexes}
+        definitions.append(apply_rules(definition, source.masking) if source.masking else definition)
     return definitions
 
 
@@ -1309,6 +1364,208 @@ def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
     return PartitionLayout(row[0], [
         Partition(schema, name, (parent_schema, parent), bound, key, list(options), tablespace)
         for schema, name, parent_schema, parent, bound, key, options, tablespace in cur.fetchall()])
+
+
+# --- rules: what of a table reaches the reporting side. rules.py reads the document; here it is
+#     checked against the source and applied to each table's definition. The source computes
+#     every masked value, inside the run's snapshot: a raw value of a masked column never
+#     leaves it.
+
+# The source sessions' own setting that holds the hash's salt (connect): the statements name it,
+# never the salt, and no target session has it.
+SALT_SETTING = "nightly_copy.hash_salt"
+
+
+@dataclass(frozen=True)
+class Masking:
+    """One table's rules, checked against the source: with the type each sql rule's expression
+    yields there, and where the rules came from (for the errors that name them)."""
+
+    rules: TableRules
+    types: dict[str, str]
+    origin: str
+
+
+def hashed(column_sql: str) -> str:
+    """A value's salted hash, as text: deterministic (the same value, in any table and any night,
+    gives the same hash: joins on a hashed key still work), NULL for NULL."""
+    return (f"encode(sha256(convert_to(current_setting('{SALT_SETTING}') || ({column_sql})::text, "
+            f"'UTF8')), 'hex')")
+
+
+# A table's columns for the rules: their names, which are generated, and the columns each
+# generated one is computed from.
+RULED_COLUMNS_QUERY = """
+SELECT a.attname, a.attgenerated <> '',
+       ARRAY(SELECT r.attname FROM pg_attrdef d
+             JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+             JOIN pg_attribute r ON r.attrelid = dep.refobjid AND r.attnum = dep.refobjsubid
+             WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND dep.refobjsubid > 0)::text[]
+FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+"""
+
+
+def check_rules(conn, document: list[TableRules], origin: str, salt: str | None) -> dict[TableName, Masking]:
+    """The whole document against the source, before anything is written: each table and column
+    it names exists there, a hash has its salt, a generated column is kept or dropped with what
+    it is computed from, and every expression and condition is one the source accepts (tried on
+    no rows, in a read-only transaction). RulesError, in one line, for the first that is not."""
+    by_name = source_tables(conn, [table.parts for table in document])
+    masks: dict[TableName, Masking] = {}
+    for table in document:
+        place = f'{origin}: [tables."{table.written}"]'
+        found = find_table(by_name, table.parts)
+        if found is None:
+            raise RulesError(f"{place}: no such table on the source")
+        if found.table in masks:
+            raise RulesError(f"{place}: {found.table.qualified} has rules twice")
+        if table.needs_salt and not salt:
+            raise RulesError(f"{place}: a hash needs its salt, in {rules.SALT_VARIABLE} (on AWS the "
+                             f"SecureString parameter <prefix>hash_salt, which setup_aws.py writes)")
+        with conn.cursor() as cur:
+            cur.execute(RULED_COLUMNS_QUERY, (found.oid,))
+            columns = {name: (generated, uses) for name, generated, uses in cur.fetchall()}
+        check_columns(place, table, columns)
+        masks[found.table] = Masking(table, expression_types(conn, found, table, place), origin)
+    return masks
+
+
+def check_columns(place: str, table: TableRules, columns: dict[str, tuple[bool, list[str]]]) -> None:
+    for name in table.columns:
+        if name not in columns:
+            folded = [c for c in columns if c.lower() == name.lower()]
+            hint = f" (it has {folded[0]!r}: columns are named exactly)" if folded else ""
+            raise RulesError(f"{place}: no column {name!r} in this table on the source{hint}")
+    for name, (generated, uses) in columns.items():
+        rule = table.of(name) or KEEP
+        if generated and rule.action not in ("keep", "drop"):
+            raise RulesError(f"{place}: column {name!r} is generated (computed on the reporting side "
+                             f"from the copied columns): its rule is keep or drop, not {rule.written}")
+        dropped = [c for c in uses if (table.of(c) or KEEP).action == "drop"]
+        if generated and rule.action == "keep" and dropped:
+            raise RulesError(f"{place}: generated column {name!r} is computed from column "
+                             f"{dropped[0]!r}, which the rules drop: drop {name!r} too ({name} = \"drop\")")
+
+
+def expression_types(conn, source: SourceTable, table: TableRules, place: str) -> dict[str, str]:
+    """The type each sql rule's expression yields, and its where condition's check, asked of the
+    source on a row of NULLs (no rows are read)."""
+    expressions = {name: rule.sql for name, rule in table.columns.items() if rule.action == "sql"}
+    row = sql.SQL("(SELECT ({}).*) AS {}").format(
+        sql.SQL("NULL::{}").format(source.table.ident), sql.Identifier(source.table.name))
+    checks = [(f"column {name!r}", sql.SQL("SELECT pg_typeof({})::text FROM {}").format(sql.SQL(text), row))
+              for name, text in expressions.items()]
+    if table.where is not None:
+        checks.append(("where", sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+            source.table.ident, sql.SQL(table.where))))
+    types = []
+    with conn.cursor() as cur:
+        cur.execute("BEGIN READ ONLY")
+        try:
+            for what, statement in checks:
+                try:
+                    cur.execute(statement)
+                    types.append(cur.fetchone()[0])
+                except psycopg2.Error as exc:
+                    if is_connection_error(exc):
+                        raise
+                    raise RulesError(f"{place}: {what}: the source refuses it: {first_line(exc)}") from None
+        finally:
+            cur.execute("ROLLBACK")
+    return dict(zip(expressions, types, strict=False))
+
+
+def apply_rules(definition: TableDefinition, masking: Masking) -> TableDefinition:
+    """The table as its rules let it reach the reporting side: dropped columns gone; an emptied,
+    hashed or computed column selected as such by the source (a hash is text; a computed one has
+    its expression's type), without the default, identity or sequence of the source's column;
+    the source's keys, checks, indexes and statistics left out where they involve a column the
+    rules drop or change (a primary key or unique constraint on hashed columns is kept: joins on
+    a hashed key stay as fast). A strict table's column the rules do not name refuses the table."""
+    table_rules = masking.rules
+    unnamed = [c.name for c in definition.columns if table_rules.of(c.name) is None]
+    rule = {c.name: table_rules.of(c.name) or KEEP for c in definition.columns}
+    columns = []
+    for column in definition.columns:
+        action = rule[column.name].action
+        plain = dict(default=None, identity="", sequence=None, sequence_schema=None)
+        if action == "keep":
+            columns.append(column)
+        elif action == "null":
+            columns.append(dataclasses.replace(column, not_null=False, **plain,
+                                               source_sql=f"NULL::{column.type_sql}"))
+        elif action == "hash":
+            columns.append(dataclasses.replace(column, type_sql="text", collation=None, text_only=False,
+                                               **plain, source_sql=hashed(quote_ident(column.name))))
+        elif action == "sql":
+            kind = masking.types[column.name]
+            columns.append(dataclasses.replace(column, type_sql=kind, not_null=False, collation=None,
+                                               text_only=True, **plain,
+                                               source_sql=f"({rule[column.name].sql})::{kind}"))
+    kept = {name for name, r in rule.items() if r.action == "keep"}
+    keyable = kept | {name for name, r in rule.items() if r.action == "hash"}
+    constraints = [c for c in definition.constraints
+                   if set(c.columns) <= (keyable if c.kind in ("p", "u") else kept)]
+    indexes = [(name, statement) for name, statement in definition.indexes
+               if set(definition.index_columns.get(name, [])) <= kept]
+    masked = [quote_ident(name) for name in rule if name not in kept]
+    statistics = [st for st in definition.extended_statistics if not any(
+        re.search(rf"(?<![\w\"]){re.escape(name)}(?![\w\"])", st.columns) for name in masked)]
+    refused = ""
+    if unnamed:
+        refused = (f"column {', '.join(map(repr, unnamed))} of {definition.table.qualified} on the source is "
+                   f"not named by its rules, which are strict ({masking.origin}): name each in "
+                   f"[tables.\"{table_rules.written}\"] columns, e.g. {unnamed[0]} = \"drop\" (or \"keep\", "
+                   f"\"null\", \"hash\"); the table keeps last night's rows until then")
+    return dataclasses.replace(
+        definition, columns=columns, constraints=constraints, indexes=indexes,
+        extended_statistics=statistics,
+        column_statistics=[row for row in definition.column_statistics if row[0] in rule
+                           and rule[row[0]].action != "drop"],
+        column_comments={c: text for c, text in definition.column_comments.items()
+                         if rule.get(c, KEEP).action != "drop"},
+        where=table_rules.where, refused=refused, masked=table_rules.masks,
+        left_out=[c.name for c in definition.constraints if c not in constraints]
+        + [name for name, statement in definition.indexes if (name, statement) not in indexes])
+
+
+def withheld(exc: BaseException, definition: TableDefinition) -> BaseException:
+    """An error the source raised while it read a table whose rules mask it, without its text:
+    that text can quote a value (invalid input syntax for type date: "..."), and a raw value of a
+    masked column must not leave the source, not even in an error. A lost connection is not
+    about a value: it stays as it is (and is retried)."""
+    if not definition.masked or not isinstance(exc, psycopg2.Error) or is_connection_error(exc):
+        return exc
+    condition = psycopg2.errorcodes.lookup(exc.pgcode).lower() if exc.pgcode else type(exc).__name__
+    return TableCopyError(
+        f"the source failed to read {definition.table.qualified} as its rules select it ({condition}, "
+        f"SQLSTATE {exc.pgcode}); the message is withheld: it may quote a value the rules mask. "
+        f"Check the rules' expressions and where condition against the source's rows")
+
+
+def with_rules(src, units: list[Unit], settings: dict) -> list[Unit]:
+    """The units, each table with its rules (checked against the source), when there are rules."""
+    document, origin = load_rules(settings)
+    if not document:
+        return units
+    masks = check_rules(src, document, origin, settings["source"].get("hash_salt"))
+    return [dataclasses.replace(u, source=dataclasses.replace(u.source, masking=masks.get(u.source.table)))
+            for u in units]
+
+
+def load_rules(settings: dict) -> tuple[list[TableRules], str]:
+    """The rules document, if there is one: a local run's file (COPIER_RULES), else the one
+    setup wrote to Parameter Store (read with the connection settings). Its form is checked here;
+    what it names, against the source (check_rules)."""
+    path = os.environ.get(rules.RULES_VARIABLE)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                return rules.read_rules(file.read(), path), path
+        except OSError as exc:
+            raise RulesError(f"{rules.RULES_VARIABLE}: cannot read {path}: {exc.strerror}") from None
+    text, origin = settings.get("rules")
+    return (rules.read_rules(text, origin), origin) if text else ([], "")
 
 
 def warn_if_recovery_may_cancel(conn) -> None:
@@ -1888,6 +2145,8 @@ class TableCopier:
         """The table's definition, refused or with what its staging table needs on the target."""
         with self.steps.timing("stage"):
             definition = source.definition or read_definition(self.src, source)
+            if definition.refused:
+                raise TableCopyError(definition.refused)
             if not source.untied:
                 with self.dst.cursor() as cur:
                     refuse_what_cannot_survive(cur, definition.table)
@@ -2376,21 +2635,25 @@ def staged_of_run(cur, definition: TableDefinition, run: str) -> tuple[StagedTab
 
 
 def copy_out(cur, definition: TableDefinition, slicer: Slicer | None = None) -> sql.Composable:
-    """The source's COPY of the table's rows (of one key range, for a slice)."""
-    columns = column_list(definition.copied_columns)
+    """The source's COPY of the table's rows: of one key range, for a slice; as its rules make
+    them (each masked column's expression, the rows its where selects), computed by the source."""
+    copied = definition.copied_columns
     # A table with no columns (or only generated ones) still has rows: no column list then.
-    listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
+    listed = sql.SQL(" ({})").format(column_list(copied)) if copied else sql.SQL("")
     options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
     # A plain table's inheritance children are tables of their own; a partitioned one's are its rows.
-    only = "" if definition.source.kind == "p" else "ONLY "
-    if slicer is not None:
-        return sql.SQL("COPY (SELECT {} FROM {}{} WHERE {}) TO STDOUT ({})").format(
-            columns, sql.SQL(only), definition.table.ident,
-            slicer.condition(cur, definition.table, only), options)
-    if definition.source.kind == "p":
-        return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
-            columns, definition.table.ident, options)
-    return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
+    only = sql.SQL("" if definition.source.kind == "p" else "ONLY ")
+    conditions = [slicer.condition(cur, definition.table, only.as_string(cur))] if slicer else []
+    conditions += [sql.SQL("({})").format(sql.SQL(definition.where))] if definition.where else []
+    masked = any(c.source_sql for c in copied)
+    if not (conditions or masked or definition.source.kind == "p"):
+        return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
+    # The statement's text names the salt's setting, never the salt (see hashed).
+    selected = sql.SQL(", ").join(sql.SQL(c.source_sql) if c.source_sql else sql.Identifier(c.name)
+                                  for c in copied) if copied else sql.SQL("")
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+    return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT ({})").format(
+        selected, only, definition.table.ident, where, options)
 
 
 def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
@@ -2442,12 +2705,12 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
         reader.close()  # the source thread then fails on a broken pipe instead of blocking
         pump.join()
         if "error" in outcome and not isinstance(outcome["error"], BrokenPipeError):
-            raise outcome["error"] from None
+            raise withheld(outcome["error"], definition) from None
         raise
     reader.close()
     pump.join()
     if "error" in outcome:
-        raise outcome["error"]
+        raise withheld(outcome["error"], definition)
     return outcome["rows"], loaded, reader.bytes, reader.hash.hexdigest()
 
 
@@ -2788,7 +3051,10 @@ def hash_rows(src, definition: TableDefinition, snapshot: str | None,
     sink = Hashed()
     with src.cursor() as cur:
         begin_snapshot(cur, snapshot)
-        cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
+        try:
+            cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
+        except psycopg2.Error as exc:
+            raise withheld(exc, definition) from None
         rows = cur.rowcount
         cur.execute("COMMIT")
     return rows, sink.bytes, sink.hash.hexdigest()
@@ -3506,11 +3772,11 @@ WHERE t.level > 0
 def capture_partitions(cur, oid: int) -> list[PartitionSide]:
     cur.execute(PARTITION_SIDE_QUERY, (oid,))
     sides = []
-    for schema, name, owner, comment, index_names, triggers, enable, force, policies, rules \
+    for schema, name, owner, comment, index_names, triggers, enable, force, policies, its_rules \
             in cur.fetchall():
         grants = table_grants(cur, sql.Identifier(schema, name))
         sides.append(PartitionSide(schema, name, owner, grants, comment, [tuple(i) for i in index_names],
-                                   triggers, (enable, force), policies, rules))
+                                   triggers, (enable, force), policies, its_rules))
     return sides
 
 
@@ -4908,7 +5174,7 @@ def run(options: Options, settings: dict) -> int:
     src = connect_at_start(settings, "source", outages, options)
     dst = holder = None
     try:
-        units = plan_run(src, options)
+        units = with_rules(src, plan_run(src, options), settings)
         tables = list({u.source.table: u.source for u in units}.values())
         warn_if_recovery_may_cancel(src)
         dst = connect_at_start(settings, "target", outages, options)
@@ -4916,6 +5182,8 @@ def run(options: Options, settings: dict) -> int:
         plan = make_plan(options, units, dst)
         if options.dry_run:
             refused = refusals(dst, tables)
+            ruled = [t for t in tables if t.masking]
+            refused |= {d.table.qualified: d.refused for d in read_definitions(src, ruled) if d and d.refused}
             show_plan(plan, units, refused, options.json)
             return 1 if refused else 0
         # The load jobs of one run share their tables; anything else copying them is refused.

@@ -44,6 +44,10 @@ SECRET_SETTINGS = frozenset({"password"})
 # The oldest PostgreSQL major the copier accepts on either side (the catalogs it reads:
 # pg_trigger.tgparentid, pg_statistic_ext.stxstattarget); the tests' version tier starts there.
 OLDEST_MAJOR = 13
+# The column and row rules (rules.py) and the salt of their hashes (a SecureString), under the
+# prefix too: <prefix>rules, <prefix>hash_salt.
+RULES_PARAMETER = "rules"
+HASH_SALT_PARAMETER = "hash_salt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +367,8 @@ WARNING = Event("warning", "something worth a look that failed nothing (also on 
 PLAN = Event("plan", "--dry-run --json: what the run would do, and nothing else is written",
              {"phase": UNIT["phase"], "swap": "table, together or none (the load phase)",
               "jobs": "how many jobs", "units": "each unit: unit, table, job, bytes, estimated_rows, slice",
-              "refused": "the tables the reporting side would refuse tonight: table, error"})
+              "refused": "the tables the reporting side (or their rules) would refuse tonight: table, error",
+              "rules": "each table's rules: table, strict, where, columns (name: action)"})
 RUN_FINISHED = Event("run_finished", "the run's last line",
                      {"tables": "results (units in a load job)", "failed": "how many failed",
                       "seconds": "the run's wall time", "waited_seconds": "waited for unreachable databases",
