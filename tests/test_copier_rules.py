@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 
 import rules
 
 SALT = "pepper-7f3a"
-EXAMPLE = """
-[tables."public.customers"]
-strict = true        # every column must be named below; a new one refuses the table
-columns = { id = "keep", name = "keep", email = "hash", phone = "null", notes = "drop",
-            created_at = "keep", birthday = { sql = "date_trunc('year', birthday)::date" } }
-
-[tables."public.orders"]
-columns = { customer_email = "hash" }
-
-[tables."public.events"]
-where = "created_at > now() - interval '400 days'"
-"""
+# The example docs/copier.md documents, run here as it is written there.
+EXAMPLE = re.search(r"```toml\n(.*?)```", (Path(__file__).parent.parent / "docs" / "copier.md").read_text(),
+                    re.S).group(1)
 # Raw values of the masked and dropped columns: none may reach the reporting side or the output.
 SECRETS = ("alice@example.com", "bob@example.com", "+49 30 1234567", "asked about a refund",
            "1985-06-17")

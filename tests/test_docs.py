@@ -52,7 +52,7 @@ NOT_RUN = {
     "docs/operations.md": 1,  # the AWS CLI against a real account's Logs Insights
     "docs/development.md": 1,  # parts of the test suite itself
 }
-LANGUAGES = {"sh", "text", "json"}
+LANGUAGES = {"sh", "text", "json", "toml"}  # toml: the rules example, run by test_copier_rules.py
 EXAMPLE_TABLES = {
     "orders": "id int PRIMARY KEY, total numeric",
     "order_lines": "id int PRIMARY KEY, order_id int, quantity int",
