@@ -23,9 +23,11 @@ The file reads top to bottom as a night runs; its sections, in order:
   The command line        Options: what the user asked for
   Settings, connections   Parameter Store or DSNs; every session's settings; SQL helpers
   Table list and plan     TABLES resolved into units; the Plan, decided once and frozen
-  Reading the source      every table's definition, for all tables at once
+  Reading the source      every table's definition, for all tables at once; the column and
+                          row rules (rules.py) checked against the source and applied to it
   Preparing the target    schemas, types and sequences a staging table needs
-  One table's copy        TableCopier, then its steps: stage, load, index, verify, swap
+  One table's copy        TableCopier, then its steps: stage, load, index, verify (and the
+                          fingerprints that tell an unchanged table), swap
   The reporting side      what a reporting table has of its own, kept or refused
   Readers in the way      the swaps readers blocked: waited for, then ended
   Run-wide state          outages, the run's snapshot, the run's hold on its tables
@@ -33,7 +35,8 @@ The file reads top to bottom as a night runs; its sections, in order:
   main                    signals, the error boundary, the exit status
 
 What the copier shares with the code that sets it up and reads its lines (settings layout,
-the unit grammar name#k/n, the planner, the event catalogue) lives in runlog.py.
+the unit grammar name#k/n, the planner, the event catalogue) lives in runlog.py; the rules'
+form, in rules.py.
 """
 
 from __future__ import annotations
