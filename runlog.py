@@ -626,13 +626,16 @@ def number(value: object) -> float | None:
 
 
 def steps_of(*lines: dict) -> dict[str, float]:
-    """A line's seconds by step, or those of lines that ran one after the other added step by
-    step: in STEPS order (a step the catalogue does not know yet after them); what is not a
-    number is passed over."""
+    """A line's seconds by step, or those of lines that ran one after the other, added."""
+    return added_steps(*(line.get("steps") for line in lines))
+
+
+def added_steps(*steps: object) -> dict[str, float]:
+    """Seconds by step added step by step, in STEPS order (a step the catalogue does not know
+    yet after them); what is not a number is passed over."""
     total: dict[str, float] = {}
-    for line in lines:
-        steps = line.get("steps")
-        for name, seconds in steps.items() if isinstance(steps, dict) else ():
+    for each in steps:
+        for name, seconds in each.items() if isinstance(each, dict) else ():
             if number(seconds) is not None:
                 total[str(name)] = total.get(str(name), 0.0) + seconds
     known = [name for name in STEPS if name in total] + [name for name in total if name not in STEPS]

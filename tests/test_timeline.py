@@ -527,6 +527,107 @@ def test_with_a_clock_bars_sit_where_they_ran_with_waits_retries_and_renewals():
     assert "key x left NOT VALID" in [li.text for li in root.iter("li")]
 
 
+# A local night in the copier's words, with where each unit's time went: regions and events
+# (in slices) found unchanged, orders copied, accounts staged and swapped at the end.
+def timed(event: str, table: str, job: int | None, seconds: float, steps: dict, **more) -> dict:
+    line = {"event": event, "table": table, "job": job, "rows": 100, "bytes": 10**6,
+            "seconds": seconds, "snapshot": 1, "steps": steps, **more}
+    return line if job is not None else {k: v for k, v in line.items() if k not in ("job", "snapshot")}
+
+
+STEPPED = [
+    timed("table_copied", "public.orders", 1, 10.0,
+          {"stage": 1.0, "load": 5.0, "index": 2.0, "verify": 0.5, "analyze": 1.0, "swap": 0.5}),
+    timed("table_unchanged", "public.regions", 2, 2.0, {"stage": 0.5, "load": 1.2, "verify": 0.3},
+          found="before loading"),
+    timed("slice_loaded", "public.events", 1, 4.0, {"stage": 0.5, "load": 3.5}, slice="1/2"),
+    timed("slice_loaded", "public.events", 2, 6.0, {"wait": 2.0, "stage": 0.5, "load": 3.5},
+          slice="2/2"),
+    timed("table_unchanged", "public.events", 2, 1.0, {"verify": 1.0}, slices=2,
+          found="after loading"),
+    timed("table_staged", "public.accounts", 2, 3.0, {"stage": 0.5, "load": 2.0, "analyze": 0.5}),
+    timed("table_copied", "public.accounts", None, 3.0, {"lock": 0.4, "swap": 0.1}),
+    {"event": "run_finished", "tables": 4, "failed": 0, "unchanged": 2, "seconds": 25.0,
+     "steps": {"wait": 2.0, "stage": 3.0, "load": 15.2, "index": 2.0, "verify": 1.8,
+               "analyze": 1.5, "lock": 0.4, "swap": 0.6}, "room": "enough"},
+]
+
+
+def steps_drawn(bar: ET.Element) -> list[tuple[str, float]]:
+    """Each step segment of a bar: its step and its width's share of the bar's."""
+    whole = float(bar.find("rect").get("width"))
+    return [(g.get("data-step"), float(g.find("rect").get("width")) / whole)
+            for g in bar.findall("g") if "step" in classes(g)]
+
+
+def test_unchanged_tables_have_their_colour_and_every_bar_is_drawn_in_its_steps():
+    from test_runlog import off_the_catalogue
+    assert off_the_catalogue(STEPPED) == []
+    root = parsed(timeline.render_html(STEPPED, "steps"))
+    found = bars(root)
+    assert {t: outcome(b) for t, b in found.items()} == {
+        "public.orders": "copied", "public.regions": "unchanged", "public.events": "unchanged",
+        "public.accounts": "staged"}
+    assert [outcome(g) for g in pieces(root)] == ["unchanged", "unchanged"]  # its table's colour
+    legend = root.find("body/p[@class='legend']")
+    assert [i.get("class") for i in legend.iter("i")][:4] == ["copied", "unchanged", "staged",
+                                                             "piece"]
+    assert "unchanged (the source's rows are what the reporting table held: nothing written)" in (
+        "".join(legend.itertext()))
+    style = root.find("head/style").text
+    assert ".bar.unchanged > rect { fill: #2b9ca0; }" in style
+    assert "i.unchanged { background: #2b9ca0; }" in style and style.count("#2b9ca0") == 2
+
+    # In STEPS order, each as wide as its share of the bar's seconds.
+    assert steps_drawn(found["public.orders"]) == [
+        ("stage", pytest.approx(0.1, abs=0.01)), ("load", pytest.approx(0.5, abs=0.01)),
+        ("index", pytest.approx(0.2, abs=0.01)), ("verify", pytest.approx(0.05, abs=0.01)),
+        ("analyze", pytest.approx(0.1, abs=0.01)), ("swap", pytest.approx(0.05, abs=0.01))]
+    load = next(g for g in found["public.orders"].findall("g") if g.get("data-step") == "load")
+    hover = title(load)
+    assert hover.startswith("public.orders: load 5.00 s, 50% of its bar: reading the source")
+    assert hover.endswith(title(found["public.orders"]))  # and the bar's own figures under it
+    assert "steps: stage 1.0s · load 5.0s · index 2.0s · verify 0.5s · analyze 1.0s · swap 0.5s" in (
+        title(found["public.orders"]))
+    (slice_2,) = [g for g in pieces(root) if g.get("data-slice") == "2/2"]
+    assert [name for name, _ in steps_drawn(slice_2)] == ["wait", "stage", "load"]
+    opacity = {g.get("data-step"): g.find("rect").get("fill-opacity") for g in slice_2.findall("g")}
+    assert len(set(opacity.values())) == 3  # neighbours are told apart by their shade
+
+    regions = title(found["public.regions"])
+    assert regions.splitlines()[0] == "public.regions: unchanged"
+    assert "found unchanged before loading: nothing written, nothing locked" in regions
+    events = title(found["public.events"]).splitlines()
+    assert "then compared with the reporting table: nothing written: 1.0 s" in events
+    assert title(slice_2).splitlines()[-1] == (
+        "public.events: unchanged, finished by job 2 (compared with the reporting table: "
+        "nothing written)")
+    accounts = title(found["public.accounts"])
+    assert [name for name, _ in steps_drawn(found["public.accounts"])] == ["stage", "load", "analyze"]
+    assert "went live in the swap at the end\nthe swap at the end: lock 0.4s · swap 0.1s" in accounts
+
+    assert (total(root, "tables"), total(root, "copied"), total(root, "unchanged")) == ("4", "2", "2")
+    assert total(root, "rows copied") == "200"  # the unchanged tables' rows were not written
+    assert total(root, "seconds by step, all jobs") == (
+        "wait 2.0s · stage 3.0s · load 15.2s · index 2.0s · verify 1.8s · analyze 1.5s · "
+        "lock 0.4s · swap 0.6s")  # the bars' and the swap's at the end: run_finished's too
+    assert root.find("body/p").text.startswith("4 table(s): 2 copied, 2 unchanged, 0 failed;")
+    assert slowest_row(root, "public.events")["steps"] == (
+        "wait 2.0s · stage 0.5s · load 3.5s · verify 1.0s")  # its longest slice's and its finish's
+    assert slowest_row(root, "public.events")["outcome"] == "unchanged"
+
+
+def test_every_step_has_a_shade():
+    assert set(timeline.STEP_SHADES) == set(runlog.STEPS)
+
+
+def test_a_bar_without_steps_is_drawn_whole():
+    (line, *_) = STEPPED
+    root = parsed(timeline.render_html([{k: v for k, v in line.items() if k != "steps"}], "old"))
+    assert steps_drawn(bars(root)["public.orders"]) == []
+    assert "shades" not in "".join(root.find("body/p[@class='legend']").itertext())
+
+
 def test_names_and_errors_are_text_not_markup():
     lines = [{"event": "table_failed", "table": 'public."<b>&x"', "job": 1, "seconds": 1.0,
               "error": "value <script>alert(1)</script> & more"}]
@@ -561,8 +662,8 @@ def test_operations_timeline_writes_the_page_of_a_run_piped_in(night, tmp_path):
     assert set(lanes(root)) - {"run"} == job_lanes(run.events)
 
 
-NOTHING = ("error: nothing to draw: no table_copied, table_failed, table_staged, swap_deferred, "
-           "table_loaded or slice_loaded line among them\n")
+NOTHING = ("error: nothing to draw: no table_copied, table_unchanged, table_failed, table_staged, "
+           "swap_deferred, table_loaded or slice_loaded line among them\n")
 
 
 @pytest.mark.parametrize("stdin, path, error", [
