@@ -473,8 +473,9 @@ class TableOutcome:
     failures: list[Failure] = field(default_factory=list)  # in the order they were logged
     # Seconds by step (STEPS order), counted as `seconds` is: its longest piece's steps and its
     # finish's, added step by step (the pieces load side by side: their steps are not added
-    # up). A table swapped at the end of the run also has that swap's lock and swap steps,
-    # which `seconds` (its staged line's) leaves out.
+    # up). A table swapped at the end of the run takes its finish's from that swap's line,
+    # which goes on from its staged line's steps with the swap's lock and swap (`seconds`, the
+    # staged line's, leaves those out).
     steps: dict[str, float] = field(default_factory=dict)
     found: str | None = None  # unchanged: 'before loading' or 'after loading'
 
@@ -598,7 +599,8 @@ def table_outcome(table: str, lines: list[tuple[dict, str | None, str | None]]) 
 def measure(outcome: TableOutcome, finish: dict, pieces: dict[str, tuple[dict, str | None]],
             end_swap: dict) -> None:
     """Rows, bytes, seconds and slices: the finishing line's; the pieces' where it has none.
-    Steps: the longest piece's, the finish's and the swap's at the end of the run."""
+    Steps: the longest piece's and the finish's (the swap's at the end, which has the staged
+    line's in it, when it says)."""
     loaded = [line for line, _ in pieces.values()]
     outcome.load_jobs = sorted({job for _, job in pieces.values() if job}, key=job_order)
     longest = max(loaded, key=lambda line: number(line.get("seconds")) or 0.0, default={})
@@ -609,7 +611,7 @@ def measure(outcome: TableOutcome, finish: dict, pieces: dict[str, tuple[dict, s
     outcome.seconds = finished if outcome.load_seconds is None else outcome.load_seconds + (finished or 0.0)
     if finish.get("phase") == "publish" and outcome.ok:
         outcome.publish_seconds = finished
-    outcome.steps = steps_of(longest, finish, end_swap)
+    outcome.steps = steps_of(longest, end_swap if steps_of(end_swap) else finish)
     if finish.get("event") == TABLE_UNCHANGED:
         outcome.found = str(finish.get("found") or "") or None
     for name in ("rows", "bytes"):

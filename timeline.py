@@ -12,7 +12,7 @@ Where the time went. A line that carries its `steps` (runlog.STEPS) draws its ba
 segment per step, in that order, as wide as its share of the bar's seconds, each a shade of
 the bar's colour; hover one for its step and seconds. What the steps leave out of the line's
 seconds (retries, connecting) stays unshaded at the end. A table staged for the swap at the end
-has that swap's lock and swap on its bar's hover: they ran in the run's own time, after it.
+has what that swap added (its lock and swap) on its bar's hover: it ran in the run's own time.
 
 Big tables and the two phases. A table cut into slices has a bar per slice, in the lane of the
 job that loaded it ("orders 2/4", `slice_loaded`), and its own bar for the step that finished
@@ -106,7 +106,7 @@ class Bar:
     whole: Bar | None = None  # a piece's: the step that finished its table
     superseded: bool = False  # a piece of a round that was loaded again
     steps: dict[str, float] = field(default_factory=dict)  # its line's seconds by step
-    end_swap: dict[str, float] = field(default_factory=dict)  # staged: the steps of the swap at the end
+    end_swap: dict[str, float] = field(default_factory=dict)  # staged: the steps the swap at the end added
     found: str | None = None  # unchanged: before or after loading
 
     @property
@@ -226,7 +226,7 @@ def read_night(lines: list[dict]) -> Night:
             if not piece and event not in LATE and line.get("job") is None \
                     and bar is not None and bar.late:
                 # The swap of the staged tables: it went live, or it did not.
-                bar.swapped, bar.end_swap = event == TABLE_COPIED, runlog.steps_of(line)
+                bar.swapped, bar.end_swap = event == TABLE_COPIED, steps_after(line, bar.steps)
                 if event == TABLE_FAILED:
                     bar.outcome, bar.error = "failed", line.get("error")
                 continue
@@ -326,6 +326,14 @@ def read_night(lines: list[dict]) -> Night:
     if timed:
         night.origin = min([b.start for b in bars] + [s.start for s in night.stretches])
     return night
+
+
+def steps_after(line: dict, before: dict[str, float]) -> dict[str, float]:
+    """What a line's steps add to those before it: the swap at the end of the run goes on from
+    its table's staged line's steps."""
+    added = {name: round(seconds - before.get(name, 0.0), 3)
+             for name, seconds in runlog.steps_of(line).items()}
+    return {name: seconds for name, seconds in added.items() if seconds > 0}
 
 
 def snapshot_text(line: dict) -> str:
@@ -459,11 +467,12 @@ def bar_title(bar: Bar, origin: float) -> str:
     if bar.deferred:
         lines.append(f"swap blocked by readers, tried again after the other tables: {bar.deferred}")
     lines += [f"{session}" for session in bar.sessions]
+    took = f": {runlog.format_steps(bar.end_swap)}" if bar.end_swap else ""
     if bar.outcome == "staged":
-        lines.append("went live in the swap at the end" if bar.swapped
+        lines.append(f"went live in the swap at the end{took}" if bar.swapped
                      else "not swapped (no later line)")
-    if bar.end_swap:
-        lines.append(f"the swap at the end: {runlog.format_steps(bar.end_swap)}")
+    elif took:
+        lines.append(f"the swap at the end{took}")
     lines += details(bar)
     return "\n".join(lines)
 

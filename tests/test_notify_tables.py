@@ -236,6 +236,31 @@ def test_unchanged_tables_are_named_never_failed_nor_slow(logs):
     assert "Unchanged tables, not written: 2" in payload["text"].splitlines()
 
 
+def test_a_real_night_run_again_names_its_unchanged_tables(logs, copier_env, run_copier,
+                                                           monkeypatch):
+    monkeypatch.setenv("COPIER_RUN", RUN)
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")  # as a night runs: unchanged tables are skipped
+    for name in ("t01", "t02", "t03"):
+        copier_env.source(f"CREATE TABLE {name} (id int PRIMARY KEY, v text);"
+                          f"INSERT INTO {name} SELECT g, 'v' FROM generate_series(1, 500) g")
+    assert run_copier("TABLES=t01,t02,t03", "--jobs", "2").code == 0
+    copier_env.source("UPDATE t02 SET v = 'w' WHERE id = 1")  # only t02 changed since
+    run = run_copier("TABLES=t01,t02,t03", "--jobs", "2")
+    assert run.code == 0, run.stderr
+    assert {e["table"] for e in run.of(runlog.TABLE_UNCHANGED)} == {"public.t01", "public.t03"}
+    event = summary_event(store(logs, run.events), set())
+    report = notify_lambda.table_report(event)
+    payload, failed = notify_lambda.summary_message(event, report)
+    texts = within_slack_limits(payload)
+
+    assert failed == 0 and report.problem is None and len(report.outcomes) == 3
+    (unchanged,) = [t for t in texts if "Unchanged" in t]
+    assert unchanged == ":recycle: *Unchanged, not written (2):* `public.t01`, `public.t03`"
+    (slowest,) = [t for t in texts if "Slowest tables" in t]
+    assert slowest.startswith(":snail: *Slowest tables:* `public.t02` ") and slowest.count("`") == 2
+    assert "Unchanged tables, not written: 2" in payload["text"].splitlines()
+
+
 def test_five_hundred_unchanged_tables_are_counted_within_slack_limits(logs):
     names = [f"reporting.table_with_a_long_name_{n:03d}" for n in range(500)]
     jobs = store(logs, [measured("table_unchanged", name, n % 10 + 1, 1.0, {"load": 1.0},

@@ -165,20 +165,25 @@ def test_an_unchanged_table_went_fine_without_being_copied():
 
 
 def test_a_staged_table_s_steps_end_with_the_swap_at_the_end_of_the_run():
-    """--swap together: the staged line has the steps up to analyze, the swap's line (no job)
-    its lock and swap; its seconds stay the staged line's."""
+    """Readers in the way: the deferred line has the steps so far, the swap's line (no job)
+    goes on from them with its lock and swap; its seconds stay the staged line's."""
     staged = {"table": "public.a", "job": 1, "rows": 5, "bytes": 50, "seconds": 3.0}
     (table,) = runlog.table_outcomes([
         {"event": "swap_deferred", **staged, "reason": "held",
          "steps": {"analyze": 0.5, "load": 2.0, "lock": 0.25, "stage": 0.25}},
         {"event": "table_copied", "table": "public.a", "rows": 5, "bytes": 50, "seconds": 3.0,
-         "steps": {"lock": 1.5, "swap": 0.125, "later": 1, "odd": "x"}}])
+         "steps": {"stage": 0.25, "load": 2.0, "analyze": 0.5, "lock": 1.75, "swap": 0.125,
+                   "later": 1, "odd": "x"}}])
     assert (table.outcome, table.seconds) == ("copied", 3.0)
     assert table.steps == {"stage": 0.25, "load": 2.0, "analyze": 0.5, "lock": 1.75, "swap": 0.125,
                            "later": 1.0}
     assert runlog.format_steps(table.steps) == (
         "stage 0.2s · load 2.0s · analyze 0.5s · lock 1.8s · swap 0.1s · later 1.0s")
     assert runlog.format_steps({"load": 312.4, "swap": 0.04}) == "load 5m 12s · swap 0.04s"
+    (failed,) = runlog.table_outcomes([  # a swap at the end that failed says no steps
+        {"event": "table_staged", **staged, "steps": {"stage": 1.0, "load": 2.0}},
+        {"event": "table_failed", "table": "public.a", "error": "swap of all tables failed"}])
+    assert (failed.outcome, failed.steps) == ("failed", {"stage": 1.0, "load": 2.0})
     (old,) = runlog.table_outcomes([{"event": "table_copied", **staged}])  # before steps
     assert old.steps == {} and runlog.format_steps(old.steps) == ""
 

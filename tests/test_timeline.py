@@ -20,7 +20,7 @@ from conftest import FAILING
 import copier
 import runlog
 import timeline
-from operations import table_runs
+from operations import table_runs, tables_table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_a_reader_ended_for_a_swap_is_on_the_bar_of_its_table(night):
         "public.orders": "copied", "public.customers": "copied", "public.locked": "staged"}
     locked = title(found["public.locked"])
     assert f"terminated session {ended['pid']} (user {ended['user']}" in locked
-    assert locked.endswith("went live in the swap at the end")
+    assert locked.splitlines()[-1].startswith("went live in the swap at the end: lock ")
     (stretch,) = groups(root, "stretch")
     assert stretch.get("data-label") == "blocked swaps"
     assert "the swaps readers blocked, tried again (1 table(s))" in title(stretch)
@@ -168,7 +168,10 @@ def test_swap_together_draws_staged_bars_and_the_swap_at_the_end(dbs, run_copier
     found = bars(root)
     assert {t: outcome(b) for t, b in found.items()} == {"public.orders": "staged",
                                                          "public.customers": "staged"}
-    assert all("went live in the swap at the end" in title(b) for b in found.values())
+    for bar in found.values():  # with what the swap at the end took
+        went, took = title(bar).splitlines()[-1].split(": ", 1)
+        assert went == "went live in the swap at the end"
+        assert "swap" in dict(step.split() for step in took.split(" · "))
     (stretch,) = groups(root, "stretch")
     assert stretch.get("data-label") == "swap together"
     assert "the swap of 2 staged table(s) together" in title(stretch)
@@ -546,7 +549,8 @@ STEPPED = [
     timed("table_unchanged", "public.events", 2, 1.0, {"verify": 1.0}, slices=2,
           found="after loading"),
     timed("table_staged", "public.accounts", 2, 3.0, {"stage": 0.5, "load": 2.0, "analyze": 0.5}),
-    timed("table_copied", "public.accounts", None, 3.0, {"lock": 0.4, "swap": 0.1}),
+    timed("table_copied", "public.accounts", None, 3.0,  # its steps go on from the staged line's
+          {"stage": 0.5, "load": 2.0, "analyze": 0.5, "lock": 0.4, "swap": 0.1}),
     {"event": "run_finished", "tables": 4, "failed": 0, "unchanged": 2, "seconds": 25.0,
      "steps": {"wait": 2.0, "stage": 3.0, "load": 15.2, "index": 2.0, "verify": 1.8,
                "analyze": 1.5, "lock": 0.4, "swap": 0.6}, "room": "enough"},
@@ -604,7 +608,7 @@ def test_unchanged_tables_have_their_colour_and_every_bar_is_drawn_in_its_steps(
         "nothing written)")
     accounts = title(found["public.accounts"])
     assert [name for name, _ in steps_drawn(found["public.accounts"])] == ["stage", "load", "analyze"]
-    assert "went live in the swap at the end\nthe swap at the end: lock 0.4s · swap 0.1s" in accounts
+    assert accounts.endswith("went live in the swap at the end: lock 0.4s · swap 0.1s")
 
     assert (total(root, "tables"), total(root, "copied"), total(root, "unchanged")) == ("4", "2", "2")
     assert total(root, "rows copied") == "200"  # the unchanged tables' rows were not written
@@ -615,6 +619,55 @@ def test_unchanged_tables_have_their_colour_and_every_bar_is_drawn_in_its_steps(
     assert slowest_row(root, "public.events")["steps"] == (
         "wait 2.0s · stage 0.5s · load 3.5s · verify 1.0s")  # its longest slice's and its finish's
     assert slowest_row(root, "public.events")["outcome"] == "unchanged"
+    assert slowest_row(root, "public.accounts")["steps"] == (  # its swap's line: all of them
+        "stage 0.5s · load 2.0s · analyze 0.5s · lock 0.4s · swap 0.1s")
+
+
+def test_a_real_night_run_again_draws_its_unchanged_tables_in_their_steps(night, monkeypatch):
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")  # as a night runs: unchanged tables are skipped
+    first = night()  # locked: its reader is ended, it is swapped after the others
+    assert first.code == 0, first.stderr
+    (deferred,) = first.of(runlog.SWAP_DEFERRED)
+    (swap,) = [e for e in first.of(runlog.TABLE_COPIED) if "job" not in e]
+    root = parsed(timeline.render_html(first.events, "the first night"))
+    locked = title(bars(root)["public.locked"])
+    added = {name: seconds - deferred["steps"].get(name, 0.0) for name, seconds in swap["steps"].items()}
+    assert "swap" in swap["steps"] and added["swap"] > 0
+    assert locked.endswith("went live in the swap at the end: "
+                           + runlog.format_steps(timeline.steps_after(swap, deferred["steps"])))
+    (outcome_of_locked,) = [t for t in table_runs(first.events) if t.table == "public.locked"]
+    assert outcome_of_locked.steps == runlog.steps_of(swap)  # the swap's line goes on from the staged one
+
+    again = night()
+    assert again.code == 0, again.stderr
+    unchanged = {e["table"]: e for e in again.of(runlog.TABLE_UNCHANGED)}
+    assert set(unchanged) == {"public.orders", "public.customers", "public.locked"}
+    assert {e["found"] for e in unchanged.values()} == {"after loading"}
+    assert again.of(runlog.RUN_FINISHED)[0]["unchanged"] == 3
+    root = parsed(timeline.render_html(again.events, "the same night again"))
+    found = bars(root)
+    assert {table: outcome(bar) for table, bar in found.items()} == dict.fromkeys(unchanged, "unchanged")
+    drawn = [*found.values(), *pieces(root)]
+    assert {outcome(g) for g in pieces(root)} == {"unchanged"} and pieces(root)  # orders' slices
+    assert all(steps_drawn(bar) for bar in drawn)
+    lines = {(e["table"], e.get("slice")): e for e in again.events
+             if e["event"] in runlog.TABLE_EVENTS and "job" in e}
+    for bar in drawn:
+        line = lines[bar.get("data-table"), bar.get("data-slice")]
+        shown = [name for name, share in steps_drawn(bar)]
+        whole = max(line["seconds"], sum(line["steps"].values()))
+        wide_enough = [name for name, seconds in line["steps"].items()
+                       if float(bar.find("rect").get("width")) * seconds / whole >= timeline.NARROWEST_STEP]
+        assert shown == wide_enough and list(line["steps"]) == [s for s in runlog.STEPS if s in line["steps"]]
+        for name, share in steps_drawn(bar):
+            assert share == pytest.approx(line["steps"][name] / whole, abs=0.01)
+    assert (total(root, "copied"), total(root, "unchanged")) == ("0", "3")
+    assert total(root, "rows copied") == "0"
+    report = tables_table(table_runs(again.events))
+    assert [row.split()[-1] for row in report[1:4]] == ["unchanged"] * 3
+    assert report[4] == "public.orders: " + next(
+        t for t in table_runs(again.events) if t.table == "public.orders").figures() + ", unchanged"
+    assert report[5] == "steps of the 3 slowest:"
 
 
 def test_every_step_has_a_shade():
