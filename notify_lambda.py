@@ -5,7 +5,8 @@ AWS Lambda handler for four kinds of event:
 * the run summary the state machine sends after its publish step
   (``{"execution": {...}, "jobs": [...], "publish": {...}}``: the load phase's jobs and the
   publish): one message listing every job, the failed tables (a failed slice named with its
-  table, its job and its error) and the slowest and the sliced ones; the handler returns
+  table, its job and its error), the slowest, the unchanged (not written) and the sliced
+  ones; the handler returns
   ``{"posted": True, "failed_jobs": N}`` (the publish counted as a job);
 * an SNS notification wrapping a CloudWatch alarm (the state machine failed, timed out or
   was aborted, or the alarm recovered): one message per record; returns ``{"posted": True}``;
@@ -336,6 +337,8 @@ def summary_message(event: dict[str, Any],
     if report and report.failed:
         text_lines.append(f"Failed tables ({len(report.failed)}): "
                           + ", ".join(t.table for t in report.failed))
+    if report and report.unchanged:
+        text_lines.append(f"Unchanged tables, not written: {len(report.unchanged)}")
     text_lines += [_job_text_line(job) for job in jobs + ([publish] if publish else [])]
     text = _escape(_short("\n".join(text_lines), FALLBACK_TEXT_LIMIT))
     payload = {"text": text, "blocks": blocks}
@@ -522,8 +525,13 @@ class TableReport:
 
     @property
     def slowest(self) -> list[runlog.TableOutcome]:
+        """The copied tables that took longest: an unchanged one wrote nothing, so is never slow."""
         copied = [t for t in self.outcomes if t.copied and t.seconds is not None]
         return sorted(copied, key=lambda t: (-t.seconds, t.table))[:SLOWEST_SHOWN]
+
+    @property
+    def unchanged(self) -> list[runlog.TableOutcome]:
+        return sorted((t for t in self.outcomes if t.outcome == "unchanged"), key=lambda t: t.table)
 
     @property
     def sliced(self) -> list[runlog.TableOutcome]:
@@ -608,7 +616,7 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
 
     lines.sort(key=lambda line: line["@timestamp"])
     # a table only loaded, or only staged, has no result yet
-    outcomes = [t for t in runlog.table_outcomes(lines) if t.outcome in ("copied", "failed")]
+    outcomes = [t for t in runlog.table_outcomes(lines) if t.ok or t.outcome == "failed"]
     for outcome in outcomes:
         for failure in outcome.failures:
             failure.job = failure.job or (listed or {}).get(outcome.table)
@@ -624,8 +632,8 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
 
 def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]:
     """Failed tables with their error line, then the slowest tables; the fallback note when the
-    logs could not (yet) be read; the sliced tables with their load and publish. At most
-    FAILED_TABLE_SECTIONS + SLICED_SECTIONS + 2 blocks."""
+    logs could not (yet) be read; the unchanged tables, named in one section; the sliced tables
+    with their load and publish. At most FAILED_TABLE_SECTIONS + SLICED_SECTIONS + 3 blocks."""
     if report is None:
         return []
     blocks: list[dict[str, Any]] = []
@@ -645,11 +653,15 @@ def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]
         blocks.append(_section(":snail: *Slowest tables:* " + ", ".join(
             f"`{_escape(t.table)}` {runlog.format_duration(t.seconds)} ({_escape(','.join(t.loaded_by))})"
             for t in slowest)))
+    unchanged = report.unchanged
+    if unchanged:
+        blocks.append(_section(f":recycle: *Unchanged, not written ({len(unchanged)}):* "
+                               + _table_list([t.table for t in unchanged])))
     sliced = report.sliced
     if sliced:
         blocks += _packed_sections(":knife: *Sliced tables:*", [
             f"`{_escape(t.table)}`: {_escape(t.figures())}"
-            + ("" if t.copied else " (not published)") for t in sliced],
+            + ("" if t.copied else " (unchanged)" if t.ok else " (not published)") for t in sliced],
             SLICED_SECTIONS, "sliced table")
     return blocks
 

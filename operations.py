@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -47,6 +48,7 @@ from deploy.resources import StateMachine
 # Log lines are written while the builds run, inside the execution's start and stop; the
 # margin covers clock skew and a build still flushing its last lines.
 LOG_WINDOW_MARGIN = dt.timedelta(minutes=15)
+SLOWEST_STEPS = 5  # one run's report: the steps of this many of its slowest tables
 
 
 class OperationsError(Exception):
@@ -64,6 +66,7 @@ class JobRun:
     tables: list[str]
     error: str | None = None
     cause: str | None = None
+    unchanged: int | None = None  # its tables found unchanged (not written); None: no lines read
 
 
 @dataclass
@@ -78,6 +81,11 @@ class ExecutionRun:
     @property
     def seconds(self) -> float | None:
         return (self.stop - self.start).total_seconds() if self.stop else None
+
+    @property
+    def unchanged(self) -> int | None:
+        counted = [job.unchanged for job in self.jobs if job.unchanged is not None]
+        return sum(counted) if counted else None
 
 
 @dataclass
@@ -227,13 +235,26 @@ def execution_run(nightly: Nightly, execution: dict) -> ExecutionRun:
     if results is not None:
         run.jobs = [job_from_result(n, r) for n, r in enumerate(results, start=1)]
         run.jobs_from = "history"
-        return run
-    lines = log_lines(nightly, run.name, (*runlog.TABLE_EVENTS, runlog.RUN_FINISHED), run.start,
-                      run.stop)
-    if lines:
-        run.jobs = jobs_from_logs(lines)
-        run.jobs_from = "logs"
+        lines = log_lines(nightly, run.name, (runlog.TABLE_UNCHANGED, runlog.RUN_FINISHED),
+                          run.start, run.stop)
+    else:
+        lines = log_lines(nightly, run.name, (*runlog.TABLE_EVENTS, runlog.RUN_FINISHED),
+                          run.start, run.stop)
+        if lines:
+            run.jobs = jobs_from_logs(lines)
+            run.jobs_from = "logs"
+    count_unchanged(run.jobs, lines)
     return run
+
+
+def count_unchanged(jobs: list[JobRun], lines: list[dict]) -> None:
+    """Each job's tables found unchanged, by the job that finished them (the publish, in two
+    phases); unknown without any line of the run (logs expired, or none written yet)."""
+    if not lines:
+        return
+    counted = Counter(t.job for t in runlog.table_outcomes(lines) if t.outcome == "unchanged")
+    for job in jobs:
+        job.unchanged = counted[job.job]
 
 
 # --------------------------------------------------------------------------- report
@@ -291,6 +312,10 @@ def number(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}" if value is not None else "-"
 
 
+def count(value: int | None) -> str:
+    return str(value) if value is not None else "-"
+
+
 def aligned(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> list[str]:
     """Columns padded to their widest cell; numbers (the `right` columns) right-aligned."""
     right = set(right)
@@ -308,12 +333,12 @@ def runs_table(runs: list[ExecutionRun]) -> list[str]:
     for run in runs:
         cells = [run.name, run.status, utc(run.start), duration(run.seconds)]
         for job in run.jobs or [None]:
-            job_cells = ([job.job, job.status, duration(job.seconds), ",".join(job.tables)]
-                         if job else ["-", "-", "-", "-"])
+            job_cells = ([job.job, job.status, duration(job.seconds), count(job.unchanged),
+                          ",".join(job.tables)] if job else ["-", "-", "-", "-", "-"])
             rows.append(cells + job_cells)
             cells = [""] * 4  # the execution's cells only on its first job
     lines = aligned(["execution", "status", "start (UTC)", "duration", "job", "job status",
-                     "job duration", "tables"], rows)
+                     "job duration", "unchanged", "tables"], rows, right={7})
     lines += [f"{run.name}: per job from the copier's log lines (the Parallel state has no "
               "result: still running, stopped or timed out)" for run in runs
               if run.jobs_from == "logs"]
@@ -327,7 +352,7 @@ def runs_table(runs: list[ExecutionRun]) -> list[str]:
 
 def runs_json(runs: list[ExecutionRun]) -> list[dict]:
     return [{"execution": r.name, "status": r.status, "start": iso(r.start), "stop": iso(r.stop),
-             "seconds": r.seconds, "jobs_from": r.jobs_from,
+             "seconds": r.seconds, "jobs_from": r.jobs_from, "unchanged": r.unchanged,
              "jobs": [asdict(job) for job in r.jobs]} for r in runs]
 
 
@@ -336,13 +361,22 @@ def status(table: runlog.TableOutcome) -> str:
 
 
 def tables_table(tables: list[runlog.TableOutcome]) -> list[str]:
-    rows = [[t.table, ",".join(t.loaded_by) or "-", str(t.rows) if t.rows is not None else "-",
-             number(t.mb, 1), number(t.seconds, 1), number(t.mb_per_second, 2),
-             str(t.slices or "-"), status(t)] for t in tables]
+    """The tables as given (slowest first), the sliced ones' figures, where the time of the
+    slowest went, and the errors."""
+    rows = [[t.table, ",".join(t.loaded_by) or "-", count(t.rows), number(t.mb, 1),
+             number(t.seconds, 1), number(t.mb_per_second, 2), str(t.slices or "-"), status(t)]
+            for t in tables]
     lines = aligned(["table", "job", "rows", "MB", "seconds", "MB/s", "slices", "status"], rows,
                     right={2, 3, 4, 5, 6})
-    lines += [f"{t.table}: {t.figures()}" + ("" if t.copied else ", not published")
-              for t in tables if t.slices]
+    lines += [f"{t.table}: {t.figures()}" + ("" if t.copied else ", unchanged" if t.ok
+                                             else ", not published") for t in tables if t.slices]
+    timed = [t for t in tables if t.steps][:SLOWEST_STEPS]
+    if timed:
+        lines.append(f"steps of the {len(timed)} slowest:")
+        lines += ["  " + line for line in aligned(
+            ["table", "seconds", "steps"],
+            [[t.table, number(t.seconds, 1), runlog.format_steps(t.steps)] for t in timed],
+            right={1})[1:]]
     lines += [f"{t.table} ({t.where or '-'}): {t.error}" for t in tables if t.error]
     return lines
 
@@ -354,7 +388,8 @@ def tables_json(name: str, tables: list[runlog.TableOutcome]) -> dict:
          "seconds": t.seconds,
          "mb_per_second": round(t.mb_per_second, 3) if t.mb_per_second is not None else None,
          "slices": t.slices, "load_seconds": t.load_seconds, "publish_seconds": t.publish_seconds,
-         "jobs": t.load_jobs, "where": t.where, "error": t.error} for t in tables]}
+         "jobs": t.load_jobs, "where": t.where, "error": t.error, "steps": t.steps,
+         "found": t.found} for t in tables]}
 
 
 # --------------------------------------------------------------------------- rebalance
@@ -368,13 +403,43 @@ class Estimate:
 
 @dataclass
 class History:
-    runs: list[str]  # the successful runs measured, newest first
-    seconds: dict[str, list[float]]  # per logged table name: its load's work (a job's time)
-    bytes_per_second: float | None  # over every copied table of those runs
+    runs: list[str] = field(default_factory=list)  # the successful runs measured, newest first
+    # per logged table name: its load's work (a job's time)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
     # per logged slice name ("public.events#2/4"): that slice's own load seconds
     slice_seconds: dict[str, list[float]] = field(default_factory=dict)
     # per run, the publish step's seconds over every table (it runs after the jobs)
     publish_seconds: list[float] = field(default_factory=list)
+    # the tables copied (written): their bytes and seconds, the rate of a table never measured
+    copied_bytes: int = 0
+    copied_seconds: float = 0.0
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return self.copied_bytes / self.copied_seconds if self.copied_bytes and self.copied_seconds else None
+
+    def measure(self, run: str, tables: list[runlog.TableOutcome]) -> bool:
+        """One successful run's tables that went fine; False when it has none. A table found
+        unchanged counts with the seconds that cost its job that night (its source read and
+        hashed, or loaded and compared): a median over nights follows what most nights cost.
+        Its bytes were not written, so they stay out of the copy's rate."""
+        done = [t for t in tables if t.ok and t.seconds is not None]
+        if not done:
+            return False
+        self.runs.append(run)
+        for table in done:
+            work = load_work(table)
+            if work is None:
+                continue
+            self.seconds.setdefault(table.table, []).append(float(work))
+            for piece, piece_seconds in table.slice_seconds.items():
+                self.slice_seconds.setdefault(f"{table.table}#{piece}", []).append(piece_seconds)
+            if table.bytes and table.copied:
+                self.copied_bytes += table.bytes
+                self.copied_seconds += work
+        if any(t.publish_seconds is not None for t in done):
+            self.publish_seconds.append(sum(t.publish_seconds or 0.0 for t in done))
+        return True
 
 
 def load_work(line_table: runlog.TableOutcome) -> float | None:
@@ -388,38 +453,20 @@ def load_work(line_table: runlog.TableOutcome) -> float | None:
 
 
 def measured_history(nightly: Nightly, runs: int, out: Callable[[str], None]) -> History:
-    """Per-table seconds of the last `runs` successful runs, from their table_copied lines
-    and, for the two phases, their table_loaded and slice_loaded lines."""
-    seconds: dict[str, list[float]] = {}
-    slices: dict[str, list[float]] = {}
-    publish: list[float] = []
-    measured, total_bytes, total_seconds = [], 0, 0.0
+    """Per-table seconds of the last `runs` successful runs, from their table_copied and
+    table_unchanged lines and, for the two phases, their table_loaded and slice_loaded lines."""
+    history = History()
     for execution in recent_executions(nightly, runs, status="SUCCEEDED"):
         lines = log_lines(nightly, execution["name"], runlog.TABLE_EVENTS,
                           execution["startDate"], execution.get("stopDate"))
-        copied = [t for t in table_runs(lines) if t.copied and t.seconds is not None]
-        if not copied:
-            out(f"{execution['name']}: no table_copied lines (older than the log retention?)")
-            continue
-        measured.append(execution["name"])
-        for table in copied:
-            work = load_work(table)
-            if work is None:
-                continue
-            seconds.setdefault(table.table, []).append(float(work))
-            for piece, piece_seconds in table.slice_seconds.items():
-                slices.setdefault(f"{table.table}#{piece}", []).append(piece_seconds)
-            if table.bytes:
-                total_bytes += table.bytes
-                total_seconds += work
-        if any(t.publish_seconds is not None for t in copied):
-            publish.append(sum(t.publish_seconds or 0.0 for t in copied))
-    if not measured:
+        if not history.measure(execution["name"], table_runs(lines)):
+            out(f"{execution['name']}: no table_copied or table_unchanged lines (older than the "
+                "log retention?)")
+    if not history.runs:
         raise OperationsError(
             f"no successful run with copier log lines among the last {runs}: nothing measured "
             "to rebalance from (setup's size-based split stands)")
-    rate = total_bytes / total_seconds if total_bytes and total_seconds else None
-    return History(measured, seconds, rate, slices, publish)
+    return history
 
 
 def logged_name(table: str, logged: Iterable[str]) -> str:

@@ -392,10 +392,15 @@ COMMON_FIELDS = {"event": "the event's name", "run": "the run's name (COPIER_RUN
 # and "@timestamp" (milliseconds since the epoch, when it was written).
 
 STREAM = "@stream"
-# A table's last word in a job: copied, failed, or staged to be swapped at the end of the run
-# (--swap together, or a swap that readers blocked).
-FINISHING = (TABLE_COPIED, TABLE_FAILED, TABLE_STAGED, SWAP_DEFERRED)
+# A table's last word in a job: copied, found unchanged (not written), failed, or staged to be
+# swapped at the end of the run (--swap together, or a swap that readers blocked).
+FINISHING = (TABLE_COPIED, TABLE_UNCHANGED, TABLE_FAILED, TABLE_STAGED, SWAP_DEFERRED)
 LATE = (TABLE_STAGED, SWAP_DEFERRED)
+# What a finishing line says of its table: a staged one's is only known at the end of the run.
+OUTCOME_OF = {TABLE_COPIED: "copied", TABLE_UNCHANGED: "unchanged", TABLE_FAILED: "failed",
+              TABLE_STAGED: "staged", SWAP_DEFERRED: "staged"}
+# The outcomes that went fine: the reporting table holds tonight's rows.
+SUCCEEDED = ("copied", "unchanged")
 # A piece of a table, loaded for the step that finishes it: a slice, or (--phase load) the
 # whole table. A table_failed line with a slice, or in --phase load, is a piece that failed.
 PIECES = (SLICE_LOADED, TABLE_LOADED)
@@ -452,8 +457,9 @@ class TableOutcome:
     the swap: the publish, in a split run)."""
 
     table: str
-    # copied; failed; staged (no line says it went live yet); loaded (no line yet of the step
-    # that finishes it)
+    # copied; unchanged (the source's rows are what the reporting table holds: not written);
+    # failed; staged (no line says it went live yet); loaded (no line yet of the step that
+    # finishes it). `ok` is copied or unchanged: it went fine.
     outcome: str = "loaded"
     job: str | None = None  # the job of the step that finished it
     load_jobs: list[str] = field(default_factory=list)  # the jobs that loaded its pieces
@@ -465,10 +471,23 @@ class TableOutcome:
     slices: int | None = None
     slice_seconds: dict[str, float] = field(default_factory=dict)  # "2/4": that slice's load
     failures: list[Failure] = field(default_factory=list)  # in the order they were logged
+    # Seconds by step (STEPS order), counted as `seconds` is: its longest piece's steps and its
+    # finish's, added step by step (the pieces load side by side: their steps are not added
+    # up). A table swapped at the end of the run takes its finish's from that swap's line,
+    # which goes on from its staged line's steps with the swap's lock and swap (`seconds`, the
+    # staged line's, leaves those out).
+    steps: dict[str, float] = field(default_factory=dict)
+    found: str | None = None  # unchanged: 'before loading' or 'after loading'
 
     @property
     def copied(self) -> bool:
+        """Written: the reporting table has tonight's rows from this run's load."""
         return self.outcome == "copied"
+
+    @property
+    def ok(self) -> bool:
+        """Went fine: copied, or found unchanged (its rows are tonight's without a write)."""
+        return self.outcome in SUCCEEDED
 
     @property
     def error(self) -> str | None:
@@ -547,6 +566,7 @@ def table_outcome(table: str, lines: list[tuple[dict, str | None, str | None]]) 
     result = TableOutcome(table)
     finish: dict | None = None  # its last finishing line
     swapped: bool | None = None  # staged: whether the swap at the end put it live
+    end_swap: dict = {}  # staged: the line of that swap
     pieces: dict[str, tuple[dict, str | None]] = {}  # this round's, by slice ("": the whole table)
     finished: dict[str, tuple[dict, str | None]] = {}  # the round its finishing line finished
     for line, part, job in lines:
@@ -563,30 +583,37 @@ def table_outcome(table: str, lines: list[tuple[dict, str | None, str | None]]) 
                 pieces = {}
             pieces[part or ""] = (line, job)
         elif swap:
-            swapped = event == TABLE_COPIED
+            swapped, end_swap = event == TABLE_COPIED, line
         else:
-            finish, result.job, finished, pieces, swapped = line, job, pieces, {}, None
+            finish, result.job, finished, pieces, swapped, end_swap = line, job, pieces, {}, None, {}
     if finish is None:
         result.outcome = "failed" if result.failures else "loaded"
     elif swapped is not None:
         result.outcome = "copied" if swapped else "failed"
     else:
-        result.outcome = {TABLE_COPIED: "copied", TABLE_FAILED: "failed"}.get(finish["event"], "staged")
-    measure(result, finish or {}, finished if finish else pieces)
+        result.outcome = OUTCOME_OF[finish["event"]]
+    measure(result, finish or {}, finished if finish else pieces, end_swap)
     return result
 
 
-def measure(outcome: TableOutcome, finish: dict, pieces: dict[str, tuple[dict, str | None]]) -> None:
-    """Rows, bytes, seconds and slices: the finishing line's; the pieces' where it has none."""
+def measure(outcome: TableOutcome, finish: dict, pieces: dict[str, tuple[dict, str | None]],
+            end_swap: dict) -> None:
+    """Rows, bytes, seconds and slices: the finishing line's; the pieces' where it has none.
+    Steps: the longest piece's and the finish's (the swap's at the end, which has the staged
+    line's in it, when it says)."""
     loaded = [line for line, _ in pieces.values()]
     outcome.load_jobs = sorted({job for _, job in pieces.values() if job}, key=job_order)
-    outcome.load_seconds = max((number(line.get("seconds")) or 0.0 for line in loaded), default=None)
+    longest = max(loaded, key=lambda line: number(line.get("seconds")) or 0.0, default={})
+    outcome.load_seconds = (number(longest.get("seconds")) or 0.0) if loaded else None
     outcome.slice_seconds = {part: number(line.get("seconds")) or 0.0 for part, (line, _) in pieces.items()
                              if line["event"] == SLICE_LOADED}
     finished = number(finish.get("seconds"))
     outcome.seconds = finished if outcome.load_seconds is None else outcome.load_seconds + (finished or 0.0)
-    if finish.get("phase") == "publish" and outcome.copied:
+    if finish.get("phase") == "publish" and outcome.ok:
         outcome.publish_seconds = finished
+    outcome.steps = steps_of(longest, end_swap if steps_of(end_swap) else finish)
+    if finish.get("event") == TABLE_UNCHANGED:
+        outcome.found = str(finish.get("found") or "") or None
     for name in ("rows", "bytes"):
         values = [number(line.get(name)) for line in loaded]
         own = number(finish.get(name))
@@ -598,6 +625,35 @@ def measure(outcome: TableOutcome, finish: dict, pieces: dict[str, tuple[dict, s
 
 def number(value: object) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def steps_of(*lines: dict) -> dict[str, float]:
+    """A line's seconds by step, or those of lines that ran one after the other, added."""
+    return added_steps(*(line.get("steps") for line in lines))
+
+
+def added_steps(*steps: object) -> dict[str, float]:
+    """Seconds by step added step by step, in STEPS order (a step the catalogue does not know
+    yet after them); what is not a number is passed over."""
+    total: dict[str, float] = {}
+    for each in steps:
+        for name, seconds in each.items() if isinstance(each, dict) else ():
+            if number(seconds) is not None:
+                total[str(name)] = total.get(str(name), 0.0) + seconds
+    known = [name for name in STEPS if name in total] + [name for name in total if name not in STEPS]
+    return {name: round(total[name], 3) for name in known}
+
+
+def format_steps(steps: dict[str, float]) -> str:
+    """'load 41.2s · index 12.0s · analyze 3.1s · swap 0.4s': where a unit's time went."""
+    return " · ".join(f"{name} {step_seconds(seconds)}" for name, seconds in steps.items())
+
+
+def step_seconds(seconds: float) -> str:
+    """41.2s, 0.04s (a short step keeps its hundredths), 5m 12s."""
+    if seconds >= 60:
+        return format_duration(seconds)
+    return f"{seconds:.1f}s" if seconds >= 0.1 else f"{seconds:.2f}s"
 
 
 def format_bytes(count: float) -> str:

@@ -8,6 +8,12 @@ run's own work after the tables, a renewed snapshot as a dashed line; hover a ba
 rows, MB, seconds, MB/s, retries, waits and error), the slowest tables and the run's totals.
 Nothing in it is fetched from elsewhere and there is no script: it opens offline.
 
+Where the time went. A line that carries its `steps` (runlog.STEPS) draws its bar in them: a
+segment per step, in that order, as wide as its share of the bar's seconds, each a shade of
+the bar's colour; hover one for its step and seconds. What the steps leave out of the line's
+seconds (retries, connecting) stays unshaded at the end. A table staged for the swap at the end
+has what that swap added (its lock and swap) on its bar's hover: it ran in the run's own time.
+
 Big tables and the two phases. A table cut into slices has a bar per slice, in the lane of the
 job that loaded it ("orders 2/4", `slice_loaded`), and its own bar for the step that finished
 it (indexes, row count check, analyze, swap: its `table_copied` line, whose seconds are that
@@ -59,6 +65,7 @@ EVENTS = (*runlog.TABLE_EVENTS, RUN_FINISHED, TABLE_RETRY, WAITING, SNAPSHOT_REN
 
 OUTCOMES = {  # class: what the legend says
     "copied": "copied",
+    "unchanged": "unchanged (the source's rows are what the reporting table held: nothing written)",
     "failed": "failed (the reporting table kept last night's data)",
     "staged": "staged, then swapped at the end (with the others, or once readers let go)",
     "restaged": "staged, then staged again from a renewed snapshot",
@@ -98,6 +105,9 @@ class Bar:
     pieces: list[Bar] = field(default_factory=list)  # a finishing step's slices or load
     whole: Bar | None = None  # a piece's: the step that finished its table
     superseded: bool = False  # a piece of a round that was loaded again
+    steps: dict[str, float] = field(default_factory=dict)  # its line's seconds by step
+    end_swap: dict[str, float] = field(default_factory=dict)  # staged: the steps the swap at the end added
+    found: str | None = None  # unchanged: before or after loading
 
     @property
     def end(self) -> float:
@@ -105,7 +115,7 @@ class Bar:
 
     @property
     def ok(self) -> bool:
-        return self.outcome == "copied" or (self.outcome == "staged" and self.swapped)
+        return self.outcome in runlog.SUCCEEDED or (self.outcome == "staged" and self.swapped)
 
     @property
     def mb(self) -> float | None:
@@ -165,8 +175,8 @@ def read_night(lines: list[dict]) -> Night:
     """Bars, stretches and marks from the copier's lines, in the order they were written."""
     tables = runlog.table_outcomes(lines)
     if not tables:
-        raise NoTables("no table_copied, table_failed, table_staged, swap_deferred, "
-                       "table_loaded or slice_loaded line among them")
+        raise NoTables("no table_copied, table_unchanged, table_failed, table_staged, "
+                       "swap_deferred, table_loaded or slice_loaded line among them")
     timed = all("@timestamp" in line for line in lines)
     streams = runlog.stream_jobs(lines)
 
@@ -216,7 +226,7 @@ def read_night(lines: list[dict]) -> Night:
             if not piece and event not in LATE and line.get("job") is None \
                     and bar is not None and bar.late:
                 # The swap of the staged tables: it went live, or it did not.
-                bar.swapped = event == TABLE_COPIED
+                bar.swapped, bar.end_swap = event == TABLE_COPIED, steps_after(line, bar.steps)
                 if event == TABLE_FAILED:
                     bar.outcome, bar.error = "failed", line.get("error")
                 continue
@@ -238,7 +248,7 @@ def read_night(lines: list[dict]) -> Night:
                           start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
                           line.get("error"), retries=retries.pop(unit, []),
                           waits=waits.pop((where, unit), {}), part=part or "load",
-                          phase=line.get("phase"))
+                          phase=line.get("phase"), steps=runlog.steps_of(line))
                 current.append(bar)
             else:
                 pieces = rounds.pop(table, [])
@@ -248,13 +258,13 @@ def read_night(lines: list[dict]) -> Night:
                     round_start = max(lane_end.values(), default=0.0)
                 start = now - seconds if timed else max(
                     [untimed_start(where)] + [p.end for p in pieces])
-                bar = Bar(table, where, "failed" if event == TABLE_FAILED else
-                          "staged" if event in LATE else "copied",
+                bar = Bar(table, where, runlog.OUTCOME_OF[event],
                           start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
                           line.get("error"), retries=retries.pop(table, []),
                           waits=waits.pop((where, table), {}), late=event in LATE,
                           deferred=line.get("reason") if event == SWAP_DEFERRED else None,
-                          phase=line.get("phase"), slices=line.get("slices"), pieces=pieces)
+                          phase=line.get("phase"), slices=line.get("slices"), pieces=pieces,
+                          steps=runlog.steps_of(line), found=line.get("found"))
                 for p in pieces:
                     p.whole = bar
                 latest[table] = bar
@@ -316,6 +326,14 @@ def read_night(lines: list[dict]) -> Night:
     if timed:
         night.origin = min([b.start for b in bars] + [s.start for s in night.stretches])
     return night
+
+
+def steps_after(line: dict, before: dict[str, float]) -> dict[str, float]:
+    """What a line's steps add to those before it: the swap at the end of the run goes on from
+    its table's staged line's steps."""
+    added = {name: round(seconds - before.get(name, 0.0), 3)
+             for name, seconds in runlog.steps_of(line).items()}
+    return {name: seconds for name, seconds in added.items() if seconds > 0}
 
 
 def snapshot_text(line: dict) -> str:
@@ -412,6 +430,8 @@ def figures(rows: int | None, nbytes: int | None, seconds: float, rate: float | 
 
 def finishing_step(bar: Bar) -> str:
     """What the step that finished a loaded table did."""
+    if bar.outcome == "unchanged":
+        return "compared with the reporting table: nothing written"
     return "indexes, row count check, analyze" + (", staged for the swap" if bar.late else ", swap")
 
 
@@ -441,16 +461,28 @@ def bar_title(bar: Bar, origin: float) -> str:
         lines.append(f"from its first load's start to this step's end: {duration(bar.end - first)}")
     else:
         lines.append(figures(bar.rows, bar.bytes, bar.seconds, bar.mb_per_second))
+    lines += steps_lines(bar)
     if bar.snapshot is not None:
         lines.append(f"snapshot {bar.snapshot}")
     if bar.deferred:
         lines.append(f"swap blocked by readers, tried again after the other tables: {bar.deferred}")
     lines += [f"{session}" for session in bar.sessions]
+    took = f": {runlog.format_steps(bar.end_swap)}" if bar.end_swap else ""
     if bar.outcome == "staged":
-        lines.append("went live in the swap at the end" if bar.swapped
+        lines.append(f"went live in the swap at the end{took}" if bar.swapped
                      else "not swapped (no later line)")
+    elif took:
+        lines.append(f"the swap at the end{took}")
     lines += details(bar)
     return "\n".join(lines)
+
+
+def steps_lines(bar: Bar) -> list[str]:
+    """Where its seconds went; for an unchanged table, when it was found so."""
+    lines = [f"steps: {runlog.format_steps(bar.steps)}"] if bar.steps else []
+    if bar.found:
+        lines.append(f"found unchanged {bar.found}: nothing written, nothing locked")
+    return lines
 
 
 def piece_title(bar: Bar, origin: float) -> str:
@@ -459,6 +491,7 @@ def piece_title(bar: Bar, origin: float) -> str:
     lines = [f"{bar.name}: {outcome_word(bar.outcome)}",
              f"{bar.lane}, {duration(bar.start - origin)} to {duration(bar.end - origin)}",
              f"{whole} loaded: " + figures(bar.rows, bar.bytes, bar.seconds, bar.mb_per_second)]
+    lines += steps_lines(bar)
     if bar.snapshot is not None:
         lines.append(f"snapshot {bar.snapshot}")
     if bar.superseded:
@@ -487,6 +520,11 @@ def details(bar: Bar) -> list[str]:
 
 WIDTH, LEFT, RIGHT, AXIS, LANE, BAR = 1000, 110, 24, 34, 30, 20
 CHAR = 6.3  # px per character of the 11px bar labels, roughly
+# The shade of black over a bar's colour that marks each step: neighbours always differ.
+STEP_SHADES = {"wait": 0.4, "stage": 0.0, "load": 0.16, "index": 0.3, "verify": 0.06,
+               "analyze": 0.22, "lock": 0.45, "swap": 0.1}
+OTHER_SHADE = 0.12  # a step this page does not know yet
+NARROWEST_STEP = 0.5  # px: a narrower step is not drawn (its bar's hover still names it)
 
 
 def table_keys(night: Night) -> dict[str, str]:
@@ -547,6 +585,7 @@ def svg(night: Night) -> str:
         if bar.waits:
             out.append(f'<rect class="hatch" x="{left:.1f}" y="{top:.1f}" width="{width:.1f}" '
                        f'height="{BAR}" rx="2" fill="url(#hatch)"/>')
+        out += step_segments(bar, left, top, width, night.origin)
         label = bar.name.removeprefix("public.")
         if width >= len(label) * CHAR + 8:
             out.append(f'<text x="{left + 4:.1f}" y="{top + BAR / 2 + 4:.1f}">{e(label)}</text>')
@@ -571,6 +610,28 @@ def svg(night: Night) -> str:
     return "\n".join(out)
 
 
+def step_segments(bar: Bar, left: float, top: float, width: float, origin: float) -> list[str]:
+    """The bar cut into its steps, in STEPS order, each as wide as its share of the bar's
+    seconds (of the steps' sum, if the line's rounding makes that larger); hovering one names
+    its step above the bar's own figures."""
+    whole = max(bar.seconds, sum(bar.steps.values()))
+    if whole <= 0:
+        return []
+    out, x = [], left
+    for name, seconds in bar.steps.items():
+        share = width * seconds / whole
+        if share >= NARROWEST_STEP:
+            what = runlog.STEPS.get(name, "a step of a newer copier")
+            hover = (f"{bar.name}: {name} {seconds:.2f} s, {seconds / whole:.0%} of its bar: {what}"
+                     f"\n\n{bar_title(bar, origin)}")
+            out.append(f'<g class="step" data-step="{e(name)}" data-seconds="{seconds:g}">'
+                       f'<title>{e(hover)}</title><rect x="{x:.2f}" y="{top:.1f}" '
+                       f'width="{share:.2f}" height="{BAR}" fill-opacity="'
+                       f'{STEP_SHADES.get(name, OTHER_SHADE)}"/></g>')
+        x += share
+    return out
+
+
 def linked_style(night: Night) -> str:
     """Hovering one bar of a table drawn as several outlines every one of them (CSS :has)."""
     return "".join(f'\nsvg.timeline:has(g[data-key="{key}"]:hover) g[data-key="{key}"] > rect'
@@ -590,7 +651,8 @@ svg.timeline { display: block; max-width: 100%; height: auto; font-size: 11px; }
 .tick line { stroke: #000; stroke-opacity: 0.12; } .tick text { fill: #666; text-anchor: middle; }
 .bar rect { stroke: #fff; stroke-width: 0.5; } .bar:hover rect { stroke: #000; stroke-width: 1.5; }
 .bar text { fill: #fff; pointer-events: none; }
-.bar.copied > rect { fill: #3d8b57; } .bar.failed > rect { fill: #c8372d; }
+.bar.copied > rect { fill: #3d8b57; } .bar.unchanged > rect { fill: #2b9ca0; }
+.bar.failed > rect { fill: #c8372d; }
 .bar.staged > rect { fill: #3f6fb5; } .bar.restaged > rect, .bar.reloaded > rect { fill: #b5b5b5; }
 .bar.loaded > rect { fill: #7a6a9e; }
 .bar.restaged text, .bar.reloaded text { fill: #222; }
@@ -598,6 +660,8 @@ svg.timeline { display: block; max-width: 100%; height: auto; font-size: 11px; }
 .bar.slice text, .bar.load text { fill: #111; }
 .bar.culprit > rect:first-of-type { fill-opacity: 1; stroke: #4a0b06; stroke-width: 2; }
 .bar > rect.hatch { fill: url(#hatch); stroke: none; }
+.bar g.step > rect { fill: #000; stroke: #fff; stroke-width: 0.4; stroke-opacity: 0.6; }
+.bar g.step:hover > rect { stroke: #000; stroke-width: 1; stroke-opacity: 1; }
 .bar.retried > rect:first-of-type { stroke: #000; stroke-dasharray: 3 2; stroke-width: 1; }
 .stretch rect { fill: #e3a33b; } .stretch:hover rect { stroke: #000; }
 .stretch text { fill: #222; font-size: 10px; pointer-events: none; }
@@ -607,7 +671,9 @@ svg.timeline { display: block; max-width: 100%; height: auto; font-size: 11px; }
 .legend span { display: inline-block; margin-right: 16px; }
 .legend i { display: inline-block; width: 12px; height: 12px; margin-right: 5px; vertical-align: -2px;
   border-radius: 2px; }
-i.copied { background: #3d8b57; } i.failed { background: #c8372d; } i.staged { background: #3f6fb5; }
+i.copied { background: #3d8b57; } i.unchanged { background: #2b9ca0; }
+i.steps { background: linear-gradient(90deg, #3d8b57 0 30%, #335f45 30% 62%, #2b4a37 62%); }
+i.failed { background: #c8372d; } i.staged { background: #3f6fb5; }
 i.restaged, i.reloaded { background: #b5b5b5; } i.loaded { background: #7a6a9e; }
 i.stretch { background: #e3a33b; }
 i.piece { background: #3d8b57; opacity: 0.55; }
@@ -627,6 +693,7 @@ ul.notes { padding-left: 20px; } ul.notes li { margin: 2px 0; }
 class Totals:
     tables: int
     copied: int
+    unchanged: int  # found unchanged: not written
     failed: int
     loaded: int  # loaded for a publish that has not logged them
     sliced: int
@@ -639,6 +706,7 @@ class Totals:
     retries: int
     waited: dict[str, float]
     snapshots: int
+    steps: dict[str, float]  # every bar's, and the swaps' at the end
 
 
 def totals(night: Night) -> Totals:
@@ -654,17 +722,20 @@ def totals(night: Night) -> Totals:
             waited[database] = seconds
     snapshots = max([int(line.get("snapshots") or 1) for line in night.finished]
                     + [(s or 1) for _, s in night.renewals] + [1])
-    return Totals(len(tables), len(ok), len([t for t in tables if t.outcome == "failed"]),
+    return Totals(len(tables), len(ok), len([t for t in tables if t.outcome == "unchanged"]),
+                  len([t for t in tables if t.outcome == "failed"]),
                   len([t for t in tables if t.outcome == "loaded"]),
                   len([t for t in tables if t.slices]),
                   sum(t.rows or 0 for t in ok), sum(t.bytes or 0 for t in ok), wall,
                   sum(b.seconds for b in night.bars), len(night.jobs),
                   PUBLISH_LANE in night.lanes, sum(len(b.retries) for b in night.bars), waited,
-                  snapshots)
+                  snapshots, runlog.added_steps(*(b.steps for b in night.bars),
+                                                *(b.end_swap for b in night.bars)))
 
 
 def totals_table(t: Totals) -> list[str]:
-    rows = [("tables", count(t.tables)), ("copied", count(t.copied)), ("failed", count(t.failed))]
+    rows = [("tables", count(t.tables)), ("copied", count(t.copied)),
+            ("unchanged", count(t.unchanged)), ("failed", count(t.failed))]
     if t.loaded:
         rows.append(("loaded, not published", count(t.loaded)))
     if t.sliced:
@@ -673,8 +744,10 @@ def totals_table(t: Totals) -> list[str]:
              ("wall time", duration(t.wall)),
              ("MB/s over the wall time", amount(t.bytes / 1e6 / t.wall, 2) if t.wall else "-"),
              ("jobs", count(t.jobs) + (" and the publish" if t.publish else "")),
-             ("seconds in tables, all jobs", amount(t.table_seconds)),
-             ("retries", count(t.retries))]
+             ("seconds in tables, all jobs", amount(t.table_seconds))]
+    if t.steps:
+        rows.append(("seconds by step, all jobs", runlog.format_steps(t.steps)))
+    rows += [("retries", count(t.retries))]
     rows += [(f"seconds waited for the {db} database", amount(s)) for db, s in t.waited.items()]
     if t.snapshots > 1:
         rows.append(("snapshots read from", count(t.snapshots)))
@@ -689,14 +762,16 @@ def slowest_table(night: Night) -> list[str]:
            '<th class="n">slices</th><th class="n">rows</th><th class="n">MB</th>'
            '<th class="n" title="a table loaded in pieces: its longest piece\'s seconds and its '
            'finishing step\'s (the pieces load side by side)">seconds</th>'
-           '<th class="n">MB/s</th></tr>']
+           '<th class="n">MB/s</th><th title="its longest piece\'s steps and its finishing '
+           'step\'s, as its seconds">steps</th></tr>']
     for t in tables:
         out.append(f'<tr data-table="{e(t.table)}"><td>{e(t.table)}</td>'
                    f'<td>{e(", ".join(t.jobs) or "-")}</td>'
                    f'<td class="{e(t.outcome)}">{e(t.outcome)}</td><td class="n">{count(t.slices)}</td>'
                    f'<td class="n">{count(t.rows)}</td><td class="n">{amount(t.mb)}</td>'
                    f'<td class="n">{amount(t.seconds)}</td>'
-                   f'<td class="n">{amount(t.mb_per_second, 2)}</td></tr>')
+                   f'<td class="n">{amount(t.mb_per_second, 2)}</td>'
+                   f'<td>{e(runlog.format_steps(t.steps) or "-")}</td></tr>')
     out.append("</table>")
     return out
 
@@ -737,6 +812,9 @@ def legend(night: Night) -> str:
                      'outcome; the table\'s own bar is the step that finished it</span>')
     if any(b.part and b.error for b in night.bars):
         items.append('<span><i class="culprit"></i>the slice or load that failed</span>')
+    if any(b.steps for b in night.bars):
+        items.append('<span><i class="steps"></i>shades: a bar\'s steps (' + e(", ".join(runlog.STEPS))
+                     + '), in that order, each as wide as its seconds; hover one for it</span>')
     if night.stretches:
         items.append('<span><i class="stretch"></i>the run\'s own time outside its tables</span>')
     if any(b.waits for b in night.bars):
@@ -754,7 +832,8 @@ def render_html(lines: list[dict], title: str) -> str:
     t = totals(night)
     started = (dt.datetime.fromtimestamp(night.origin, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                if night.timed else None)
-    summary = (f"{t.tables} table(s): {t.copied} copied, {t.failed} failed"
+    summary = (f"{t.tables} table(s): {t.copied} copied, "
+               + (f"{t.unchanged} unchanged, " if t.unchanged else "") + f"{t.failed} failed"
                + (f", {t.loaded} loaded, not published" if t.loaded else "")
                + f"; {amount(t.bytes / 1e6)} MB, {count(t.rows)} rows in {duration(t.wall)} "
                f"on {t.jobs} job(s)" + (" and the publish" if t.publish else "")

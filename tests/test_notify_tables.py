@@ -92,7 +92,7 @@ def store(client, events: list[dict]) -> dict[str, list[str]]:
                 {"timestamp": stamp + n, "message": json.dumps(line, ensure_ascii=False)}
                 for n, line in enumerate(lines[chunk:chunk + 200], start=chunk)])
     last_job = {line["table"]: job for job, lines in by_job.items() for line in lines
-                if line["event"] in (runlog.TABLE_COPIED, runlog.TABLE_FAILED)}
+                if line["event"] in (runlog.TABLE_COPIED, runlog.TABLE_UNCHANGED, runlog.TABLE_FAILED)}
     return {job: [t for t, j in last_job.items() if j == job] for job in by_job}
 
 
@@ -190,6 +190,93 @@ def test_five_hundred_tables_stay_within_slack_limits_and_count_the_rest(logs, c
     assert len(listed) + more == len(failed_names) and more > 0
     assert f"Failed tables ({len(failed_names)})" in failed_sections[0]
     assert sum(b["type"] == "section" and "job-" in b["text"]["text"] for b in payload["blocks"]) == 10
+
+
+def measured(event: str, table: str, job: int, seconds: float, steps: dict, **more) -> dict:
+    """A line as the catalogue has it (runlog.EVENTS)."""
+    return {"event": event, "table": table, "job": job, "rows": 100, "bytes": 10**6,
+            "seconds": seconds, "snapshot": 1, "steps": steps, "run": RUN, **more}
+
+
+# A night where two tables were found unchanged: one after loading it whole, slower than every
+# table copied; one cut into slices. Then a table copied, one failed.
+UNCHANGED_NIGHT = [
+    measured("table_copied", "public.orders", 1, 40.0, {"stage": 1.0, "load": 30.0, "index": 8.0,
+                                                        "verify": 0.5, "analyze": 0.3, "swap": 0.2}),
+    measured("table_unchanged", "public.big_same", 2, 900.0,
+             {"stage": 1.0, "load": 880.0, "verify": 19.0}, found="after loading"),
+    measured("slice_loaded", "public.events", 1, 20.0, {"stage": 1.0, "load": 19.0}, slice="1/2"),
+    measured("slice_loaded", "public.events", 2, 25.0, {"stage": 1.0, "load": 24.0}, slice="2/2"),
+    measured("table_unchanged", "public.events", 2, 2.0, {"verify": 2.0}, slices=2,
+             found="after loading", rows=200, bytes=2 * 10**6),
+    {"event": "table_failed", "table": "public.bad", "job": 1, "seconds": 3.0, "attempts": 1,
+     "error": "value too long", "steps": {"stage": 0.5, "load": 2.5}, "run": RUN},
+]
+
+
+def test_unchanged_tables_are_named_never_failed_nor_slow(logs):
+    from test_runlog import off_the_catalogue
+    assert off_the_catalogue(UNCHANGED_NIGHT) == []
+    jobs = store(logs, UNCHANGED_NIGHT)
+    event = summary_event(jobs, {"job-1"})
+    report = notify_lambda.table_report(event)
+    payload, _ = notify_lambda.summary_message(event, report)
+    texts = within_slack_limits(payload)
+
+    assert report.problem is None and len(report.outcomes) == 4 and logs.waits == []
+    (failed,) = [t for t in texts if "Failed tables" in t]
+    assert failed == ":x: *Failed tables (1):*\n`public.bad` (job 1): value too long"
+    (slowest,) = [t for t in texts if "Slowest tables" in t]
+    assert slowest == ":snail: *Slowest tables:* `public.orders` 40s (job 1)"
+    (unchanged,) = [t for t in texts if "Unchanged" in t]
+    assert unchanged == ":recycle: *Unchanged, not written (2):* `public.big_same`, `public.events`"
+    (sliced,) = [t for t in texts if "Sliced tables" in t]
+    assert sliced == (":knife: *Sliced tables:*\n`public.events`: 2 slices, 2.0 MB, load 25s "
+                      "(longest slice) (unchanged)")
+    assert "Unchanged tables, not written: 2" in payload["text"].splitlines()
+
+
+def test_a_real_night_run_again_names_its_unchanged_tables(logs, copier_env, run_copier,
+                                                           monkeypatch):
+    monkeypatch.setenv("COPIER_RUN", RUN)
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")  # as a night runs: unchanged tables are skipped
+    for name in ("t01", "t02", "t03"):
+        copier_env.source(f"CREATE TABLE {name} (id int PRIMARY KEY, v text);"
+                          f"INSERT INTO {name} SELECT g, 'v' FROM generate_series(1, 500) g")
+    assert run_copier("TABLES=t01,t02,t03", "--jobs", "2").code == 0
+    copier_env.source("UPDATE t02 SET v = 'w' WHERE id = 1")  # only t02 changed since
+    run = run_copier("TABLES=t01,t02,t03", "--jobs", "2")
+    assert run.code == 0, run.stderr
+    assert {e["table"] for e in run.of(runlog.TABLE_UNCHANGED)} == {"public.t01", "public.t03"}
+    event = summary_event(store(logs, run.events), set())
+    report = notify_lambda.table_report(event)
+    payload, failed = notify_lambda.summary_message(event, report)
+    texts = within_slack_limits(payload)
+
+    assert failed == 0 and report.problem is None and len(report.outcomes) == 3
+    (unchanged,) = [t for t in texts if "Unchanged" in t]
+    assert unchanged == ":recycle: *Unchanged, not written (2):* `public.t01`, `public.t03`"
+    (slowest,) = [t for t in texts if "Slowest tables" in t]
+    assert slowest.startswith(":snail: *Slowest tables:* `public.t02` ") and slowest.count("`") == 2
+    assert "Unchanged tables, not written: 2" in payload["text"].splitlines()
+
+
+def test_five_hundred_unchanged_tables_are_counted_within_slack_limits(logs):
+    names = [f"reporting.table_with_a_long_name_{n:03d}" for n in range(500)]
+    jobs = store(logs, [measured("table_unchanged", name, n % 10 + 1, 1.0, {"load": 1.0},
+                                 found="before loading") for n, name in enumerate(names)])
+    event = summary_event(jobs, set())
+    report = notify_lambda.table_report(event)
+    payload, failed = notify_lambda.summary_message(event, report)
+    texts = within_slack_limits(payload)
+
+    assert failed == 0 and len(report.unchanged) == 500 and report.problem is None
+    assert not any("Slowest tables" in t or "Failed tables" in t for t in texts)
+    (unchanged,) = [t for t in texts if "Unchanged" in t]
+    shown = unchanged.count("`reporting.")
+    assert unchanged.startswith(":recycle: *Unchanged, not written (500):* `reporting.table_with_a_"
+                                "long_name_000`, ")
+    assert 10 < shown < 500 and unchanged.endswith(f" … (+{500 - shown} more)")
 
 
 def test_lines_not_there_yet_are_read_again_then_said_plainly(logs, copier_run):

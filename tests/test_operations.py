@@ -142,7 +142,19 @@ def put_lines(*lines: dict) -> None:
 
 def copied(run_name: str, job: str, table: str, seconds: float) -> dict:
     return {"event": "table_copied", "table": table, "job": job, "rows": ROWS[table],
-            "bytes": BYTES[table], "seconds": seconds, "run": run_name}
+            "bytes": BYTES[table], "seconds": seconds, "run": run_name, "steps": steps(seconds)}
+
+
+def steps(seconds: float) -> dict[str, float]:
+    """Where a table's seconds went, as the copier logs them (runlog.STEPS)."""
+    return {"stage": 1.0, "load": round(seconds * 0.6, 3), "index": round(seconds * 0.3, 3),
+            "analyze": round(seconds * 0.1 - 1.5, 3), "swap": 0.5}
+
+
+def unchanged(run_name: str, job: str, table: str, seconds: float) -> dict:
+    return {"event": "table_unchanged", "table": table, "job": job, "rows": ROWS[table],
+            "bytes": BYTES[table], "seconds": seconds, "snapshot": 1, "found": "before loading",
+            "steps": {"stage": 0.5, "load": seconds - 1.0, "verify": 0.5}, "run": run_name}
 
 
 def log_successful_run(run_name: str, split=SETUP_SPLIT) -> None:
@@ -171,6 +183,9 @@ def record_runs(path: Path) -> Path:
         log_successful_run(day)
     assert run_in_moto("2026-11-27", failing={"job-2"})["status"] == "FAILED"
     put_lines(copied("2026-11-27", "job-1", "public.a", 9000.0))  # a failed run: not measured
+    put_lines(unchanged("2026-11-27", "job-3", "public.e", 30.0),
+              {"event": "run_finished", "tables": 4, "failed": 0, "unchanged": 1,
+               "seconds": 3000.0, "run": "2026-11-27"})
     # The deployed definition itself: moto cannot run CodeBuild, so the Parallel state never
     # finishes, like a run stopped or timed out on AWS. Only the log lines tell.
     assert run_nightly("2026-11-28")["status"] == "FAILED"
@@ -184,7 +199,8 @@ def record_runs(path: Path) -> Path:
               {"event": "run_finished", "tables": 2, "failed": 1, "seconds": 313.0,
                "run": "2026-11-28"})
     put_lines(copied("2026-11-28", "job-3", "public.c", 900.0),
-              copied("2026-11-28", "job-3", "public.d", 800.0))
+              copied("2026-11-28", "job-3", "public.d", 800.0),
+              unchanged("2026-11-28", "job-3", "public.e", 20.0))
     put_lines({"event": "table_copied", "table": "public.zz", "job": "job-1", "rows": 1,
                "bytes": 1, "seconds": 1.0, "run": "2026-11-14"},  # another run's line
               {"event": "table_progress", "table": "public.a", "job": "job-1",
@@ -215,12 +231,18 @@ def test_report_of_one_run_lists_its_tables_slowest_first(history, capsys):
         "public.e  job-3    10000    71.0    710.0  0.10       -  copied",
         "public.f  job-3  3000000  1180.0    590.0  2.00       -  copied",
         "public.b  job-2   290000   290.0    290.0  1.00       -  copied",
+        "steps of the 5 slowest:",
+        "  public.a   2400.0  stage 1.0s · load 24m 00s · index 12m 00s · analyze 3m 58s · swap 0.5s",
+        "  public.c    950.0  stage 1.0s · load 9m 30s · index 4m 45s · analyze 1m 34s · swap 0.5s",
+        "  public.d    820.0  stage 1.0s · load 8m 12s · index 4m 06s · analyze 1m 20s · swap 0.5s",
+        "  public.e    710.0  stage 1.0s · load 7m 06s · index 3m 33s · analyze 1m 10s · swap 0.5s",
+        "  public.f    590.0  stage 1.0s · load 5m 54s · index 2m 57s · analyze 57.5s · swap 0.5s",
     ]
 
 
 # a one-phase run's lines: no slices, no load or publish of their own
 ONE_PHASE = {"slices": None, "load_seconds": None, "publish_seconds": None, "jobs": [],
-             "where": None}
+             "where": None, "found": None}
 
 
 def test_report_of_one_run_as_json_with_a_failed_table(history, capsys):
@@ -229,20 +251,24 @@ def test_report_of_one_run_as_json_with_a_failed_table(history, capsys):
     assert json.loads(out) == {"execution": "2026-11-28", "tables": [
         {"table": "public.a", "job": "job-1", "status": "copied", "rows": 5_000_000,
          "bytes": 1_200_000_000, "mb": 1200.0, "seconds": 2500.0, "mb_per_second": 0.48,
-         "error": None, **ONE_PHASE},
+         "error": None, **ONE_PHASE, "steps": steps(2500.0)},
         {"table": "public.c", "job": "job-3", "status": "copied", "rows": 1_000_000,
          "bytes": 380_000_000, "mb": 380.0, "seconds": 900.0, "mb_per_second": 0.422,
-         "error": None, **ONE_PHASE},
+         "error": None, **ONE_PHASE, "steps": steps(900.0)},
         {"table": "public.d", "job": "job-3", "status": "copied", "rows": 2_000_000,
          "bytes": 656_000_000, "mb": 656.0, "seconds": 800.0, "mb_per_second": 0.82,
-         "error": None, **ONE_PHASE},
+         "error": None, **ONE_PHASE, "steps": steps(800.0)},
         {"table": "public.b", "job": "job-2", "status": "copied", "rows": 290_000,
          "bytes": 290_000_000, "mb": 290.0, "seconds": 300.0, "mb_per_second": 0.967,
-         "error": None, **ONE_PHASE},
+         "error": None, **ONE_PHASE, "steps": steps(300.0)},
+        {"table": "public.e", "job": "job-3", "status": "unchanged", "rows": 10_000,
+         "bytes": 71_000_000, "mb": 71.0, "seconds": 20.0, "mb_per_second": 3.55,
+         "error": None, **ONE_PHASE, "found": "before loading",
+         "steps": {"stage": 0.5, "load": 19.0, "verify": 0.5}},
         {"table": "public.g", "job": "job-2", "status": "FAILED", "rows": None, "bytes": None,
          "mb": None, "seconds": 12.5, "mb_per_second": None,
          "error": "value too long for type character varying(20)", **ONE_PHASE,
-         "where": "job-2"},
+         "where": "job-2", "steps": {}},
     ]}
 
 
@@ -267,10 +293,10 @@ def test_report_of_one_run_writes_its_timeline_page(history, capsys, tmp_path):
     assert {t: (outcome(b), title(b).splitlines()[1].split(",")[0]) for t, b in found.items()} == {
         "public.a": ("copied", "job-1"), "public.b": ("copied", "job-2"),
         "public.g": ("failed", "job-2"), "public.c": ("copied", "job-3"),
-        "public.d": ("copied", "job-3")}
+        "public.d": ("copied", "job-3"), "public.e": ("unchanged", "job-3")}
     assert "error: value too long for type character varying(20)" in title(found["public.g"])
     assert "5,000,000 rows, 1,200.0 MB in 2500.0 s: 0.48 MB/s" in title(found["public.a"])
-    assert (total(root, "tables"), total(root, "failed")) == ("5", "1")
+    assert (total(root, "tables"), total(root, "failed"), total(root, "unchanged")) == ("6", "1", "1")
 
     code, out, err = run(["report", "2026-11-28", "--json", "--html", str(page),
                           "--config", str(history)], capsys)
@@ -314,7 +340,10 @@ def test_report_lists_the_last_runs_newest_first_with_their_jobs(history, capsys
     assert jobs_of(runs[0]) == [  # from the log lines: run_finished's seconds, or the sum
         ("job-1", "SUCCEEDED", 2510.5, ["public.a"]),
         ("job-2", "FAILED", 313.0, ["public.b", "public.g"]),
-        ("job-3", "UNFINISHED", 1700.0, ["public.c", "public.d"])]
+        ("job-3", "UNFINISHED", 1720.0, ["public.c", "public.d", "public.e"])]
+    # The tables found unchanged, by job: from the log lines, whichever way the jobs were read.
+    assert [(r["unchanged"], [j["unchanged"] for j in r["jobs"]]) for r in runs] == [
+        (1, [0, 0, 1]), (1, [0, 0, 1]), (0, [0, 0, 0]), (0, [0, 0, 0]), (0, [0, 0, 0])]
 
     code, out, _ = run(["report", "--last", "2", "--json", "--config", str(history)], capsys)
     assert [r["execution"] for r in json.loads(out)] == ["2026-11-28", "2026-11-27"]
@@ -328,25 +357,25 @@ def test_report_of_the_last_runs_for_people(history, capsys):
     lines = out.splitlines()
     assert lines[:10] == [
         "execution   status     start (UTC)          duration  job    job status  job duration"
-        "  tables",
+        "  unchanged  tables",
         "2026-11-28  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   41m 50s"
-        "       public.a",
+        "               0  public.a",
         "                                                      job-2  FAILED      5m 13s"
-        "        public.b,public.g",
-        "                                                      job-3  UNFINISHED  28m 20s"
-        "       public.c,public.d",
+        "                0  public.b,public.g",
+        "                                                      job-3  UNFINISHED  28m 40s"
+        "               1  public.c,public.d,public.e",
         "2026-11-27  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   40m 00s"
-        "       public.a",
+        "               0  public.a",
         "                                                      job-2  FAILED      -"
-        "             public.b,public.g",
+        "                     0  public.b,public.g",
         "                                                      job-3  SUCCEEDED   50m 00s"
-        "       public.c,public.d,public.e,public.f",
+        "               1  public.c,public.d,public.e,public.f",
         "2026-11-26  SUCCEEDED  YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   40m 00s"
-        "       public.a",
+        "               0  public.a",
         "                                                      job-2  SUCCEEDED   17m 53s"
-        "       public.b,public.g",
+        "               0  public.b,public.g",
         "                                                      job-3  SUCCEEDED   50m 00s"
-        "       public.c,public.d,public.e,public.f",
+        "               0  public.c,public.d,public.e,public.f",
     ]
     assert lines[10] == ("2026-11-28: per job from the copier's log lines (the Parallel state "
                          "has no result: still running, stopped or timed out)")
@@ -475,6 +504,17 @@ def test_rebalance_without_measured_runs_says_so(config, capsys):
     assert (code, out) == (1, "")
     assert err == ("error: no successful run with copier log lines among the last 7: nothing "
                    "measured to rebalance from (setup's size-based split stands)\n")
+
+
+def test_an_unchanged_table_is_measured_by_its_night_s_seconds_but_not_in_the_copy_rate():
+    lines = [copied("n", "job-1", "public.a", 100.0), unchanged("n", "job-1", "public.e", 30.0),
+             {"event": "table_failed", "table": "public.g", "job": "job-2", "seconds": 5.0,
+              "error": "x", "run": "n"}]
+    history = operations.History()
+    assert history.measure("n", operations.table_runs(lines))
+    assert (history.runs, history.seconds) == (["n"], {"public.a": [100.0], "public.e": [30.0]})
+    assert history.bytes_per_second == BYTES["public.a"] / 100.0  # public.e's bytes: not written
+    assert not history.measure("m", operations.table_runs(lines[2:])) and history.runs == ["n"]
 
 
 def test_the_log_group_follows_the_runner():

@@ -135,6 +135,59 @@ def test_slices_loaded_again_count_once_from_their_last_round():
     assert table.figures() == "2 slices, 200.0 MB, load 3s (longest slice), publish 1s"
 
 
+def test_an_unchanged_table_went_fine_without_being_copied():
+    (whole, sliced, published) = runlog.table_outcomes([
+        {"event": "table_unchanged", "table": "public.regions", "job": 2, "rows": 120,
+         "bytes": 5400, "seconds": 0.08, "snapshot": 1, "found": "before loading",
+         "steps": {"stage": 0.01, "load": 0.05, "verify": 0.02}},
+        {"event": "slice_loaded", "table": "public.e", "slice": "1/2", "job": 1, "rows": 10,
+         "bytes": 100, "seconds": 2.0, "steps": {"stage": 0.5, "load": 1.5}},
+        {"event": "slice_loaded", "table": "public.e", "slice": "2/2", "job": 2, "rows": 10,
+         "bytes": 100, "seconds": 3.0, "steps": {"wait": 1.0, "stage": 0.25, "load": 1.75}},
+        {"event": "table_unchanged", "table": "public.e", "job": 2, "rows": 20, "bytes": 200,
+         "seconds": 0.5, "slices": 2, "found": "after loading", "steps": {"verify": 0.5}},
+        {"event": "table_loaded", "table": "public.p", "job": "job-1", "phase": "load",
+         "rows": 5, "bytes": 50, "seconds": 1.0, "steps": {"stage": 0.1, "load": 0.9}},
+        {"event": "table_unchanged", "table": "public.p", "job": "publish", "phase": "publish",
+         "rows": 5, "bytes": 50, "seconds": 0.25, "found": "after loading",
+         "steps": {"verify": 0.25}}])
+    for table in (whole, sliced, published):
+        assert (table.outcome, table.ok, table.copied, table.error, table.failures) == (
+            "unchanged", True, False, None, [])
+    assert (whole.found, whole.job, whole.rows, whole.seconds) == ("before loading", "job 2", 120, 0.08)
+    assert whole.steps == {"stage": 0.01, "load": 0.05, "verify": 0.02}
+    # Counted as its seconds are: the longest slice's (2/2) and the finish's, step by step.
+    assert (sliced.found, sliced.slices, sliced.seconds) == ("after loading", 2, 3.5)
+    assert sliced.steps == {"wait": 1.0, "stage": 0.25, "load": 1.75, "verify": 0.5}
+    assert (published.publish_seconds, published.seconds, published.jobs) == (
+        0.25, 1.25, ["job-1", "publish"])
+    assert published.steps == {"stage": 0.1, "load": 0.9, "verify": 0.25}
+
+
+def test_a_staged_table_s_steps_end_with_the_swap_at_the_end_of_the_run():
+    """Readers in the way: the deferred line has the steps so far, the swap's line (no job)
+    goes on from them with its lock and swap; its seconds stay the staged line's."""
+    staged = {"table": "public.a", "job": 1, "rows": 5, "bytes": 50, "seconds": 3.0}
+    (table,) = runlog.table_outcomes([
+        {"event": "swap_deferred", **staged, "reason": "held",
+         "steps": {"analyze": 0.5, "load": 2.0, "lock": 0.25, "stage": 0.25}},
+        {"event": "table_copied", "table": "public.a", "rows": 5, "bytes": 50, "seconds": 3.0,
+         "steps": {"stage": 0.25, "load": 2.0, "analyze": 0.5, "lock": 1.75, "swap": 0.125,
+                   "later": 1, "odd": "x"}}])
+    assert (table.outcome, table.seconds) == ("copied", 3.0)
+    assert table.steps == {"stage": 0.25, "load": 2.0, "analyze": 0.5, "lock": 1.75, "swap": 0.125,
+                           "later": 1.0}
+    assert runlog.format_steps(table.steps) == (
+        "stage 0.2s · load 2.0s · analyze 0.5s · lock 1.8s · swap 0.1s · later 1.0s")
+    assert runlog.format_steps({"load": 312.4, "swap": 0.04}) == "load 5m 12s · swap 0.04s"
+    (failed,) = runlog.table_outcomes([  # a swap at the end that failed says no steps
+        {"event": "table_staged", **staged, "steps": {"stage": 1.0, "load": 2.0}},
+        {"event": "table_failed", "table": "public.a", "error": "swap of all tables failed"}])
+    assert (failed.outcome, failed.steps) == ("failed", {"stage": 1.0, "load": 2.0})
+    (old,) = runlog.table_outcomes([{"event": "table_copied", **staged}])  # before steps
+    assert old.steps == {} and runlog.format_steps(old.steps) == ""
+
+
 def test_a_unit_no_job_got_to_fails_its_table_as_a_slice():
     (table,) = runlog.table_outcomes([
         {"event": "slice_loaded", "table": "public.e", "slice": "1/2", "job": "job-1",

@@ -20,7 +20,7 @@ from conftest import FAILING
 import copier
 import runlog
 import timeline
-from operations import table_runs
+from operations import table_runs, tables_table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_a_reader_ended_for_a_swap_is_on_the_bar_of_its_table(night):
         "public.orders": "copied", "public.customers": "copied", "public.locked": "staged"}
     locked = title(found["public.locked"])
     assert f"terminated session {ended['pid']} (user {ended['user']}" in locked
-    assert locked.endswith("went live in the swap at the end")
+    assert locked.splitlines()[-1].startswith("went live in the swap at the end: lock ")
     (stretch,) = groups(root, "stretch")
     assert stretch.get("data-label") == "blocked swaps"
     assert "the swaps readers blocked, tried again (1 table(s))" in title(stretch)
@@ -168,7 +168,10 @@ def test_swap_together_draws_staged_bars_and_the_swap_at_the_end(dbs, run_copier
     found = bars(root)
     assert {t: outcome(b) for t, b in found.items()} == {"public.orders": "staged",
                                                          "public.customers": "staged"}
-    assert all("went live in the swap at the end" in title(b) for b in found.values())
+    for bar in found.values():  # with what the swap at the end took
+        went, took = title(bar).splitlines()[-1].split(": ", 1)
+        assert went == "went live in the swap at the end"
+        assert "swap" in dict(step.split() for step in took.split(" · "))
     (stretch,) = groups(root, "stretch")
     assert stretch.get("data-label") == "swap together"
     assert "the swap of 2 staged table(s) together" in title(stretch)
@@ -527,6 +530,157 @@ def test_with_a_clock_bars_sit_where_they_ran_with_waits_retries_and_renewals():
     assert "key x left NOT VALID" in [li.text for li in root.iter("li")]
 
 
+# A local night in the copier's words, with where each unit's time went: regions and events
+# (in slices) found unchanged, orders copied, accounts staged and swapped at the end.
+def timed(event: str, table: str, job: int | None, seconds: float, steps: dict, **more) -> dict:
+    line = {"event": event, "table": table, "job": job, "rows": 100, "bytes": 10**6,
+            "seconds": seconds, "snapshot": 1, "steps": steps, **more}
+    return line if job is not None else {k: v for k, v in line.items() if k not in ("job", "snapshot")}
+
+
+STEPPED = [
+    timed("table_copied", "public.orders", 1, 10.0,
+          {"stage": 1.0, "load": 5.0, "index": 2.0, "verify": 0.5, "analyze": 1.0, "swap": 0.5}),
+    timed("table_unchanged", "public.regions", 2, 2.0, {"stage": 0.5, "load": 1.2, "verify": 0.3},
+          found="before loading"),
+    timed("slice_loaded", "public.events", 1, 4.0, {"stage": 0.5, "load": 3.5}, slice="1/2"),
+    timed("slice_loaded", "public.events", 2, 6.0, {"wait": 2.0, "stage": 0.5, "load": 3.5},
+          slice="2/2"),
+    timed("table_unchanged", "public.events", 2, 1.0, {"verify": 1.0}, slices=2,
+          found="after loading"),
+    timed("table_staged", "public.accounts", 2, 3.0, {"stage": 0.5, "load": 2.0, "analyze": 0.5}),
+    timed("table_copied", "public.accounts", None, 3.0,  # its steps go on from the staged line's
+          {"stage": 0.5, "load": 2.0, "analyze": 0.5, "lock": 0.4, "swap": 0.1}),
+    {"event": "run_finished", "tables": 4, "failed": 0, "unchanged": 2, "seconds": 25.0,
+     "steps": {"wait": 2.0, "stage": 3.0, "load": 15.2, "index": 2.0, "verify": 1.8,
+               "analyze": 1.5, "lock": 0.4, "swap": 0.6}, "room": "enough"},
+]
+
+
+def steps_drawn(bar: ET.Element) -> list[tuple[str, float]]:
+    """Each step segment of a bar: its step and its width's share of the bar's."""
+    whole = float(bar.find("rect").get("width"))
+    return [(g.get("data-step"), float(g.find("rect").get("width")) / whole)
+            for g in bar.findall("g") if "step" in classes(g)]
+
+
+def test_unchanged_tables_have_their_colour_and_every_bar_is_drawn_in_its_steps():
+    from test_runlog import off_the_catalogue
+    assert off_the_catalogue(STEPPED) == []
+    root = parsed(timeline.render_html(STEPPED, "steps"))
+    found = bars(root)
+    assert {t: outcome(b) for t, b in found.items()} == {
+        "public.orders": "copied", "public.regions": "unchanged", "public.events": "unchanged",
+        "public.accounts": "staged"}
+    assert [outcome(g) for g in pieces(root)] == ["unchanged", "unchanged"]  # its table's colour
+    legend = root.find("body/p[@class='legend']")
+    assert [i.get("class") for i in legend.iter("i")][:4] == ["copied", "unchanged", "staged",
+                                                             "piece"]
+    assert "unchanged (the source's rows are what the reporting table held: nothing written)" in (
+        "".join(legend.itertext()))
+    style = root.find("head/style").text
+    assert ".bar.unchanged > rect { fill: #2b9ca0; }" in style
+    assert "i.unchanged { background: #2b9ca0; }" in style and style.count("#2b9ca0") == 2
+
+    # In STEPS order, each as wide as its share of the bar's seconds.
+    assert steps_drawn(found["public.orders"]) == [
+        ("stage", pytest.approx(0.1, abs=0.01)), ("load", pytest.approx(0.5, abs=0.01)),
+        ("index", pytest.approx(0.2, abs=0.01)), ("verify", pytest.approx(0.05, abs=0.01)),
+        ("analyze", pytest.approx(0.1, abs=0.01)), ("swap", pytest.approx(0.05, abs=0.01))]
+    load = next(g for g in found["public.orders"].findall("g") if g.get("data-step") == "load")
+    hover = title(load)
+    assert hover.startswith("public.orders: load 5.00 s, 50% of its bar: reading the source")
+    assert hover.endswith(title(found["public.orders"]))  # and the bar's own figures under it
+    assert "steps: stage 1.0s · load 5.0s · index 2.0s · verify 0.5s · analyze 1.0s · swap 0.5s" in (
+        title(found["public.orders"]))
+    (slice_2,) = [g for g in pieces(root) if g.get("data-slice") == "2/2"]
+    assert [name for name, _ in steps_drawn(slice_2)] == ["wait", "stage", "load"]
+    opacity = {g.get("data-step"): g.find("rect").get("fill-opacity") for g in slice_2.findall("g")}
+    assert len(set(opacity.values())) == 3  # neighbours are told apart by their shade
+
+    regions = title(found["public.regions"])
+    assert regions.splitlines()[0] == "public.regions: unchanged"
+    assert "found unchanged before loading: nothing written, nothing locked" in regions
+    events = title(found["public.events"]).splitlines()
+    assert "then compared with the reporting table: nothing written: 1.0 s" in events
+    assert title(slice_2).splitlines()[-1] == (
+        "public.events: unchanged, finished by job 2 (compared with the reporting table: "
+        "nothing written)")
+    accounts = title(found["public.accounts"])
+    assert [name for name, _ in steps_drawn(found["public.accounts"])] == ["stage", "load", "analyze"]
+    assert accounts.endswith("went live in the swap at the end: lock 0.4s · swap 0.1s")
+
+    assert (total(root, "tables"), total(root, "copied"), total(root, "unchanged")) == ("4", "2", "2")
+    assert total(root, "rows copied") == "200"  # the unchanged tables' rows were not written
+    assert total(root, "seconds by step, all jobs") == (
+        "wait 2.0s · stage 3.0s · load 15.2s · index 2.0s · verify 1.8s · analyze 1.5s · "
+        "lock 0.4s · swap 0.6s")  # the bars' and the swap's at the end: run_finished's too
+    assert root.find("body/p").text.startswith("4 table(s): 2 copied, 2 unchanged, 0 failed;")
+    assert slowest_row(root, "public.events")["steps"] == (
+        "wait 2.0s · stage 0.5s · load 3.5s · verify 1.0s")  # its longest slice's and its finish's
+    assert slowest_row(root, "public.events")["outcome"] == "unchanged"
+    assert slowest_row(root, "public.accounts")["steps"] == (  # its swap's line: all of them
+        "stage 0.5s · load 2.0s · analyze 0.5s · lock 0.4s · swap 0.1s")
+
+
+def test_a_real_night_run_again_draws_its_unchanged_tables_in_their_steps(night, monkeypatch):
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")  # as a night runs: unchanged tables are skipped
+    first = night()  # locked: its reader is ended, it is swapped after the others
+    assert first.code == 0, first.stderr
+    (deferred,) = first.of(runlog.SWAP_DEFERRED)
+    (swap,) = [e for e in first.of(runlog.TABLE_COPIED) if "job" not in e]
+    root = parsed(timeline.render_html(first.events, "the first night"))
+    locked = title(bars(root)["public.locked"])
+    added = {name: seconds - deferred["steps"].get(name, 0.0) for name, seconds in swap["steps"].items()}
+    assert "swap" in swap["steps"] and added["swap"] > 0
+    assert locked.endswith("went live in the swap at the end: "
+                           + runlog.format_steps(timeline.steps_after(swap, deferred["steps"])))
+    (outcome_of_locked,) = [t for t in table_runs(first.events) if t.table == "public.locked"]
+    assert outcome_of_locked.steps == runlog.steps_of(swap)  # the swap's line goes on from the staged one
+
+    again = night()
+    assert again.code == 0, again.stderr
+    unchanged = {e["table"]: e for e in again.of(runlog.TABLE_UNCHANGED)}
+    assert set(unchanged) == {"public.orders", "public.customers", "public.locked"}
+    assert {e["found"] for e in unchanged.values()} == {"after loading"}
+    assert again.of(runlog.RUN_FINISHED)[0]["unchanged"] == 3
+    root = parsed(timeline.render_html(again.events, "the same night again"))
+    found = bars(root)
+    assert {table: outcome(bar) for table, bar in found.items()} == dict.fromkeys(unchanged, "unchanged")
+    drawn = [*found.values(), *pieces(root)]
+    assert {outcome(g) for g in pieces(root)} == {"unchanged"} and pieces(root)  # orders' slices
+    assert all(steps_drawn(bar) for bar in drawn)
+    lines = {(e["table"], e.get("slice")): e for e in again.events
+             if e["event"] in runlog.TABLE_EVENTS and "job" in e}
+    for bar in drawn:
+        line = lines[bar.get("data-table"), bar.get("data-slice")]
+        shown = [name for name, share in steps_drawn(bar)]
+        whole = max(line["seconds"], sum(line["steps"].values()))
+        wide_enough = [name for name, seconds in line["steps"].items()
+                       if float(bar.find("rect").get("width")) * seconds / whole >= timeline.NARROWEST_STEP]
+        assert shown == wide_enough and list(line["steps"]) == [s for s in runlog.STEPS if s in line["steps"]]
+        for name, share in steps_drawn(bar):
+            assert share == pytest.approx(line["steps"][name] / whole, abs=0.01)
+    assert (total(root, "copied"), total(root, "unchanged")) == ("0", "3")
+    assert total(root, "rows copied") == "0"
+    report = tables_table(table_runs(again.events))
+    assert [row.split()[-1] for row in report[1:4]] == ["unchanged"] * 3
+    assert report[4] == "public.orders: " + next(
+        t for t in table_runs(again.events) if t.table == "public.orders").figures() + ", unchanged"
+    assert report[5] == "steps of the 3 slowest:"
+
+
+def test_every_step_has_a_shade():
+    assert set(timeline.STEP_SHADES) == set(runlog.STEPS)
+
+
+def test_a_bar_without_steps_is_drawn_whole():
+    (line, *_) = STEPPED
+    root = parsed(timeline.render_html([{k: v for k, v in line.items() if k != "steps"}], "old"))
+    assert steps_drawn(bars(root)["public.orders"]) == []
+    assert "shades" not in "".join(root.find("body/p[@class='legend']").itertext())
+
+
 def test_names_and_errors_are_text_not_markup():
     lines = [{"event": "table_failed", "table": 'public."<b>&x"', "job": 1, "seconds": 1.0,
               "error": "value <script>alert(1)</script> & more"}]
@@ -561,8 +715,8 @@ def test_operations_timeline_writes_the_page_of_a_run_piped_in(night, tmp_path):
     assert set(lanes(root)) - {"run"} == job_lanes(run.events)
 
 
-NOTHING = ("error: nothing to draw: no table_copied, table_failed, table_staged, swap_deferred, "
-           "table_loaded or slice_loaded line among them\n")
+NOTHING = ("error: nothing to draw: no table_copied, table_unchanged, table_failed, table_staged, "
+           "swap_deferred, table_loaded or slice_loaded line among them\n")
 
 
 @pytest.mark.parametrize("stdin, path, error", [
