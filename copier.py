@@ -4701,8 +4701,8 @@ def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, p
             if not is_connection_error(exc):
                 cur.execute("ROLLBACK")
                 drop_staged(dst, [staged])  # a lost target's are dropped by the next run
-            result.ok, result.error = False, describe_error(exc)
-            log_event(runlog.TABLE_FAILED, table=result.table, error=result.error)
+            result.ok, result.error, result.steps = False, describe_error(exc), steps.rounded()
+            log_event(runlog.TABLE_FAILED, table=result.table, error=result.error, steps=result.steps)
             return
     result.steps = steps.rounded()
     log_event(runlog.TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
@@ -5442,7 +5442,7 @@ def swap_together(dst, results: list[TableResult], options: Options, plan: Plan,
                     error = f"swap of all tables failed, none changed: {describe_error(exc)}"
                     for r in swapped:
                         r.ok, r.error = False, error
-                        log_event(runlog.TABLE_FAILED, table=r.table, error=error)
+                        log_event(runlog.TABLE_FAILED, table=r.table, error=error, steps=r.steps)
                     return results
                 raise
         for r in swapped:

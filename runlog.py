@@ -306,6 +306,9 @@ STEPS = {
     "swap": "the swap itself: the old table dropped, the new one renamed, views, materialized "
             "views and the reporting side made again",
 }
+# A table swapped at the end of the run (LATE: --swap together, or readers in the way) ends with
+# a line without "job" whose steps are its whole: what its staged line said, plus the lock and
+# the swap at the end.
 TIMED = {"steps": "seconds by step: " + ", ".join(STEPS)}
 
 TABLE_COPIED = Event("table_copied", "the table is live with tonight's rows",
