@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -36,24 +37,47 @@ THROTTLING_CODES = frozenset({
     "RequestLimitExceeded", "RequestThrottled", "SlowDown",
 })
 THROTTLE_ATTEMPTS = 8
-ROLE_PROPAGATION_ATTEMPTS = 10  # about a minute of backoff in total
+# IAM is eventually consistent: a role or policy just written can take a while to be seen by
+# the service it is handed to. The Terraform AWS provider waits up to two minutes for this
+# (its propagationTimeout, internal/service/iam); so do we, in jittered steps.
+PROPAGATION_SECONDS = 120.0
 sleep = time.sleep  # tests replace this to record the delays
+
+# "User: arn:aws:sts::1:assumed-role/admin/me is not authorized to perform: iam:PassRole on
+# resource: arn:aws:iam::1:role/x": the caller itself lacks a permission (IAM's own wording,
+# whatever the service). Waiting does not grant it: such an error is never retried.
+CALLER_LACKS = re.compile(r"User: (?P<caller>\S+) is not authorized to perform: "
+                          r"(?P<action>[\w-]+:[\w*-]+)(?: on resource: (?P<resource>[^\s;]+))?")
 
 
 def is_throttling(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") in THROTTLING_CODES
 
 
+def caller_lacks(err: ClientError) -> re.Match | None:
+    """The permission the caller (the person running setup) lacks, named in the error."""
+    return CALLER_LACKS.search(str(err.response.get("Error", {}).get("Message", "")))
+
+
 def is_role_not_yet_usable(err: ClientError) -> bool:
-    """The errors a service gives while a role it was just handed is still propagating."""
+    """The errors a service gives while a role it was just handed, or the policy just written
+    to it, is still propagating through IAM; never the caller's own missing permission."""
     code = err.response.get("Error", {}).get("Code", "")
     message = err.response.get("Error", {}).get("Message", "")
     operation = err.operation_name
+    if caller_lacks(err):
+        return False
     if operation in ("CreateFunction", "UpdateFunctionConfiguration"):
         return code == "InvalidParameterValueException" and "cannot be assumed" in message
     if operation in ("CreateProject", "UpdateProject"):
-        return code == "InvalidInputException" and "sts:AssumeRole" in message
+        # "CodeBuild is not authorized to perform: sts:AssumeRole", and with vpcConfig, whose
+        # EC2 permissions CodeBuild checks at once: "Not authorized to perform
+        # DescribeSecurityGroups". The Terraform AWS provider retries "ot authorized to
+        # perform" on CreateProject for both (internal/service/codebuild/project.go).
+        return code == "InvalidInputException" and "ot authorized to perform" in message
     if operation in ("CreateStateMachine", "UpdateStateMachine"):
+        # "Neither the global service principal states.amazonaws.com, nor the regional one is
+        # authorized to assume the provided role"
         return code == "AccessDeniedException"
     if operation in ("CreateSchedule", "UpdateSchedule"):
         # Scheduler checks the new role's trust policy and can see an older version of it
@@ -69,20 +93,26 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 
 def with_aws_retries(call: Callable) -> Callable:
-    """Retry throttling and IAM propagation errors with jittered backoff; raise the rest."""
+    """Retry throttling (a bounded number of times) and IAM propagation (for at most
+    PROPAGATION_SECONDS of waiting in all) with jittered backoff; raise the rest."""
 
     @functools.wraps(call)
     def retrying(*args, **kwargs):
-        attempt = 0
+        throttled = propagating = 0
+        waited = 0.0
         while True:
             try:
                 return call(*args, **kwargs)
             except ClientError as err:
-                attempt += 1
-                if is_throttling(err) and attempt < THROTTLE_ATTEMPTS:
-                    sleep(backoff_delay(attempt, base=0.5, cap=20))
-                elif is_role_not_yet_usable(err) and attempt < ROLE_PROPAGATION_ATTEMPTS:
-                    sleep(backoff_delay(attempt, base=1.5, cap=12))
+                if is_throttling(err) and throttled + 1 < THROTTLE_ATTEMPTS:
+                    throttled += 1
+                    sleep(backoff_delay(throttled, base=0.5, cap=20))
+                elif is_role_not_yet_usable(err) and waited < PROPAGATION_SECONDS:
+                    propagating += 1
+                    delay = min(backoff_delay(propagating, base=2, cap=16),
+                                PROPAGATION_SECONDS - waited)
+                    sleep(delay)
+                    waited += delay
                 else:
                     raise
 
@@ -171,6 +201,12 @@ def describe_error(err: Exception) -> str:
             message = f"HTTP {status} without error details"
         code = error.get("Code", "?")
         advice = ADVICE_BY_CODE.get(code)
+        lacks = caller_lacks(err)
+        if lacks:  # any code: CodeBuild and Lambda word it as theirs, not AccessDenied
+            on = f" on {lacks['resource']}" if lacks["resource"] else ""
+            advice = (f"the AWS credentials running this ({lacks['caller']}) lack "
+                      f"{lacks['action']}{on}: docs/aws.md, Permissions for the person running "
+                      "setup")
         return f"{err.operation_name}: {code}: {message[:300]}" + (f"; {advice}" if advice else "")
     text = " ".join(str(err).split())[:300] or type(err).__name__
     if isinstance(err, CREDENTIAL_ERRORS):

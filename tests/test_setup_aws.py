@@ -426,6 +426,11 @@ def test_throttling_is_retried_with_growing_jittered_delays(delays):
                  "The role defined for the function cannot be assumed by Lambda."),
     client_error("InvalidInputException", "CreateProject",
                  "CodeBuild is not authorized to perform: sts:AssumeRole on arn:aws:iam::1:role/x"),
+    # with vpcConfig, CodeBuild checks the role's EC2 permissions at once
+    client_error("InvalidInputException", "CreateProject",
+                 "Not authorized to perform DescribeSecurityGroups"),
+    client_error("InvalidInputException", "UpdateProject",
+                 "Not authorized to perform DescribeSecurityGroups"),
     client_error("AccessDeniedException", "CreateStateMachine", "Neither the global service "
                  "principal states.amazonaws.com, nor the regional one is authorized"),
     client_error("ValidationException", "CreateSchedule", "The execution role you provide must "
@@ -437,11 +442,21 @@ def test_a_role_still_propagating_is_retried(delays, error):
     assert call.calls == 3
 
 
+PASS_ROLE_DENIED = ("User: arn:aws:sts::123456789012:assumed-role/installer/me is not authorized "
+                    "to perform: iam:PassRole on resource: "
+                    "arn:aws:iam::123456789012:role/nightly-copy-states because no "
+                    "identity-based policy allows the iam:PassRole action")
+
+
 @pytest.mark.parametrize("error", [
     client_error("AccessDeniedException", "CreateRole", "not allowed"),
     client_error("InvalidParameterValueException", "CreateFunction", "Runtime not supported"),
     client_error("ResourceAlreadyExistsException", "CreateProject", "exists"),
     client_error("ValidationException", "CreateSchedule", "Invalid Schedule Expression"),
+    # the installer's own missing permission: no wait grants it
+    client_error("AccessDeniedException", "CreateStateMachine", PASS_ROLE_DENIED),
+    client_error("AccessDeniedException", "UpdateStateMachine", PASS_ROLE_DENIED),
+    client_error("InvalidInputException", "CreateProject", PASS_ROLE_DENIED),
 ])
 def test_other_errors_are_not_retried(delays, error):
     call = Flaky(error)
@@ -450,13 +465,46 @@ def test_other_errors_are_not_retried(delays, error):
     assert call.calls == 1 and delays == []
 
 
-def test_retries_give_up_after_a_bounded_number_of_attempts(delays):
-    error = client_error("InvalidParameterValueException", "CreateFunction", "cannot be assumed")
-    call = Flaky(*[error] * 50)
+def test_a_missing_pass_role_fails_at_once_naming_the_permission(aws, config, capsys, delays,
+                                                                 monkeypatch):
+    real = botocore.client.BaseClient._make_api_call
+
+    def denied(self, operation, params):  # AWS's answer, through the retrying client
+        if operation == "CreateStateMachine":
+            raise client_error("AccessDeniedException", operation, PASS_ROLE_DENIED)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", denied)
+    code, _, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 1 and delays == []
+    line = err.splitlines()[-1]
+    assert line.startswith("error: state machine nightly-copy: CreateStateMachine: "
+                           "AccessDeniedException: ")
+    assert line.endswith("the AWS credentials running this "
+                         "(arn:aws:sts::123456789012:assumed-role/installer/me) lack iam:PassRole "
+                         "on arn:aws:iam::123456789012:role/nightly-copy-states: docs/aws.md, "
+                         "Permissions for the person running setup")
+
+
+def test_iam_propagation_is_waited_for_two_minutes_then_given_up(delays):
+    error = client_error("InvalidInputException", "CreateProject",
+                         "Not authorized to perform DescribeSecurityGroups")
+    call = Flaky(*[error] * 500)
     with pytest.raises(ClientError):
         deploy.aws.with_aws_retries(call)()
-    assert call.calls == deploy.aws.ROLE_PROPAGATION_ATTEMPTS
-    assert 30 <= sum(delays) <= 90  # about a minute of waiting for IAM, not forever
+    # two minutes of waiting in all (the Terraform AWS provider's propagation timeout), in
+    # growing jittered steps, none longer than 16 s
+    assert sum(delays) == pytest.approx(deploy.aws.PROPAGATION_SECONDS)
+    assert max(delays) <= 16 and len(delays) == call.calls - 1 >= 8
+    for attempt, delay in enumerate(delays[:3], start=1):
+        assert 2 ** (attempt - 1) <= delay <= 2 ** attempt
+
+
+def test_throttling_gives_up_after_a_bounded_number_of_attempts(delays):
+    call = Flaky(*[client_error("ThrottlingException", "ListRoles")] * 50)
+    with pytest.raises(ClientError):
+        deploy.aws.with_aws_retries(call)()
+    assert call.calls == deploy.aws.THROTTLE_ATTEMPTS
 
 
 # --- the saved Logs Insights query, call by call against a stub of the Logs API
