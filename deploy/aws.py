@@ -132,15 +132,31 @@ class RetryingClient:
         return with_aws_retries(attr)
 
 
+# Only the aws partition: every ARN here is written arn:aws:..., every address ends in
+# amazonaws.com, and the service principals, console links and the RDS CA bundle are those of
+# the aws partition. China (aws-cn: arn:aws-cn:, amazonaws.com.cn) and GovCloud (aws-us-gov)
+# differ in all of these, so they are refused rather than half supported.
+PARTITION = "aws"
+
+
 def check_region(session: boto3.Session, region: str) -> None:
-    """A region name botocore knows in any partition (aws, aws-cn, aws-us-gov, ...): a typo is
-    a region error here, not a credential or connection error at the first call."""
-    known = {name for partition in session.get_available_partitions()
+    """A region name botocore knows, in the aws partition: a typo is a region error here, not
+    a credential or connection error at the first call; a region of another partition is
+    refused in one line that names it."""
+    partitions = session.get_available_partitions()
+    known = {name: partition for partition in partitions
              for name in session.get_available_regions("sts", partition_name=partition)}
     if region not in known:
         close = sorted(name for name in known if name.split("-")[0] == region.split("-")[0])
         hint = f" (known: {', '.join(close)})" if close else ""
         raise SettingsError(f"AWS region {region!r} is not a region AWS has{hint}")
+    check_partition(known[region], f"AWS region {region}")
+
+
+def check_partition(partition: str, what: str) -> None:
+    if partition != PARTITION:
+        raise SettingsError(f"{what} is in the {partition} partition: this deployment supports "
+                            f"the {PARTITION} partition only (arn:{PARTITION}:, amazonaws.com)")
 
 
 class Aws:
@@ -155,7 +171,11 @@ class Aws:
                 raise SettingsError(
                     "no AWS region: set region in the config, --region or AWS_REGION")
             check_region(self.session, self.region)
-            self.account = self.client("sts").get_caller_identity()["Account"]
+            identity = self.client("sts").get_caller_identity()
+            self.account = identity["Account"]
+            # the caller's ARN carries its partition: credentials of another partition fail
+            # here in one line, not at the first ARN IAM refuses
+            check_partition(identity["Arn"].split(":")[1], f"the AWS account {self.account}")
         except EndpointConnectionError as err:  # a region error, not one of the account's
             raise AwsError(f"AWS region {self.region}: {describe_error(err)}") from err
         except (ClientError, BotoCoreError) as err:
@@ -168,7 +188,7 @@ class Aws:
         return self._clients[service]
 
     def arn(self, service: str, resource: str, region: bool = True) -> str:
-        return f"arn:aws:{service}:{self.region if region else ''}:{self.account}:{resource}"
+        return f"arn:{PARTITION}:{service}:{self.region if region else ''}:{self.account}:{resource}"
 
 
 # What to do about the errors of the credentials, the network and the caller's permissions.

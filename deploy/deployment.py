@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from deploy.aws import Aws
+from deploy.aws import PARTITION, Aws
 from deploy.names import BATCH_SERVICE_LINKED_ROLE, Names
 from deploy.settings import Settings, SettingsError
 from deploy.state_machine import (
@@ -71,7 +71,7 @@ class Deployment:
         repository = repository.split("@")[0].split(":")[0]
         account, _, rest = registry.partition(".dkr.ecr.")
         region = rest.split(".")[0]
-        return f"arn:aws:ecr:{region}:{account}:repository/{repository}"
+        return f"arn:{PARTITION}:ecr:{region}:{account}:repository/{repository}"
 
     def copier_log_group(self) -> str:
         """Where the copier's JSON lines land with the runner in use."""

@@ -1031,6 +1031,8 @@ class EcrRepository(Resource):
     kind = "ECR repository"
 
     def find(self) -> dict | None:
+        if len(self.name) < 2:  # ECR takes no shorter name (a prefix older setups allowed)
+            return None
         ecr = self.aws.client("ecr")
         try:
             (repository,) = ecr.describe_repositories(repositoryNames=[self.name])["repositories"]

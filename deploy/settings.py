@@ -25,7 +25,7 @@ COMPUTE_TYPES = ("BUILD_GENERAL1_SMALL", "BUILD_GENERAL1_MEDIUM", "BUILD_GENERAL
 # Curated x86 images whose runtime-versions offer buildspec.yml's Python 3.11
 CURATED_IMAGES = ("aws/codebuild/standard:7.0", "aws/codebuild/standard:8.0",
                   "aws/codebuild/amazonlinux-x86_64-standard:5.0")
-ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+"
+ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/[a-z0-9._/-]+"
                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?")
 OLDEST_LAMBDA_PYTHON = (3, 11)  # notify_lambda.py uses datetime.UTC
 PLAIN_IDENTIFIER = re.compile(r"[^\W\d][\w$]*")
@@ -133,6 +133,7 @@ class Settings:
         """Everything AWS or the nightly run would refuse later, refused now: nothing is
         created with a setting that cannot work."""
         self.validate()
+        validate_prefix_for_names(self.prefix)
         if not self.tables:
             raise SettingsError("tables: give at least one table (config file or --tables)")
         self.validate_placeholders()
@@ -248,6 +249,31 @@ class Settings:
 
 
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def validate_prefix_for_names(prefix: str) -> None:
+    """The names setup derives from the prefix, as AWS checks them: refused here, before
+    anything is created, rather than by the one resource that cannot take it halfway through
+    (teardown keeps the looser rule of validate(): it removes what an older setup left)."""
+    problem = None
+    if len(prefix) < 2:
+        # CodeBuild project names: 2-150 characters (CodeBuild quotas, "Build projects");
+        # ECR repository names: at least 2 (CreateRepository)
+        problem = "is shorter than 2 characters, the least CodeBuild and ECR take for a name"
+    elif prefix.endswith("-") or "--" in prefix:
+        # ECR repository names: (?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*
+        problem = ("ends in '-' or has '--', which ECR's repository names refuse (a '-' goes "
+                   "between letters or digits)")
+    elif prefix.lower().startswith(("aws", "ssm")):
+        # SSM PutParameter: a parameter name can't be prefixed with "aws" or "ssm"
+        # (case-insensitive); the copier's parameters are /<prefix>/...
+        problem = "starts with 'aws' or 'ssm', which Parameter Store refuses in parameter names"
+    elif prefix == "default":
+        # EventBridge Scheduler: every account has a schedule group named "default", which
+        # can be neither created nor deleted; the schedule group is named after the prefix
+        problem = "is the name of EventBridge Scheduler's own schedule group in every account"
+    if problem:
+        raise SettingsError(f"prefix {prefix!r} {problem}: pick another prefix")
 
 
 def is_rds_host(host: Any) -> bool:

@@ -52,6 +52,16 @@ BAD_SETTINGS = [
     ({"tables": ["public.a", "public.${ProjectName}"]},
      "tables: 'public.${ProjectName}' contains '${'"),
     ({"branch": "release-${JobName}"}, "branch: 'release-${JobName}' contains '${'"),
+    # names AWS refuses, refused before anything is created
+    ({"prefix": "n"}, "prefix 'n' is shorter than 2 characters, the least CodeBuild and ECR take"),
+    ({"prefix": "nightly-"}, "prefix 'nightly-' ends in '-' or has '--', which ECR's"),
+    ({"prefix": "nightly--copy"}, "prefix 'nightly--copy' ends in '-' or has '--'"),
+    ({"prefix": "aws-copy"}, "prefix 'aws-copy' starts with 'aws' or 'ssm', which "
+                             "Parameter Store refuses"),
+    ({"prefix": "ssm-copy"}, "prefix 'ssm-copy' starts with 'aws' or 'ssm'"),
+    ({"prefix": "default"}, "prefix 'default' is the name of EventBridge Scheduler's own "
+                            "schedule group"),
+    ({"prefix": "Nightly"}, "prefix 'Nightly': use 1-32 lowercase letters"),
 ]
 
 
@@ -170,6 +180,56 @@ def test_a_wrong_region_is_a_region_error_not_a_credential_error(aws, tmp_path, 
     assert code == 1 and err.count("\n") == 1 and message in err, err
     assert "credential" not in err.lower()
     assert count(inventory("nightly-copy")) == 0
+
+
+@pytest.mark.parametrize("region, partition", [("cn-north-1", "aws-cn"),
+                                               ("us-gov-west-1", "aws-us-gov")])
+def test_a_region_of_another_partition_is_refused_naming_it(aws_calls, tmp_path, monkeypatch,
+                                                           capsys, region, partition):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml", region=region)
+    code = setup_aws.main(["--config", str(config), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (
+        f"error: AWS region {region} is in the {partition} partition: this deployment "
+        "supports the aws partition only (arn:aws:, amazonaws.com)\n")
+
+
+def test_credentials_of_another_partition_are_refused_naming_it(aws, tmp_path, monkeypatch,
+                                                                capsys):
+    import botocore.client
+
+    real = botocore.client.BaseClient._make_api_call
+
+    def identity(self, operation, params):
+        if operation == "GetCallerIdentity":
+            return {"Account": "123456789012", "UserId": "AIDA",
+                    "Arn": "arn:aws-cn:iam::123456789012:user/installer"}
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", identity)
+    monkeypatch.chdir(tmp_path)
+    code = setup_aws.main(["--config", str(write_config(tmp_path / "deploy.toml"))])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (
+        "error: the AWS account 123456789012 is in the aws-cn partition: this deployment "
+        "supports the aws partition only (arn:aws:, amazonaws.com)\n")
+    assert count(inventory("nightly-copy")) == 0
+
+
+def test_teardown_still_takes_a_prefix_setup_now_refuses(aws, tmp_path, monkeypatch, capsys):
+    """An older setup may have made part of a deployment under such a prefix before AWS
+    refused a name: teardown must still remove it."""
+    import boto3
+
+    import teardown_aws
+
+    monkeypatch.chdir(tmp_path)
+    boto3.client("ssm").put_parameter(Name="/x/source/host", Value="db", Type="String",
+                                      Tags=[{"Key": "project", "Value": "x"}])
+    config = write_config(tmp_path / "deploy.toml", prefix="x")
+    assert teardown_aws.main(["--config", str(config)]) == 0
+    assert "removed  SSM parameter /x/source/host" in capsys.readouterr().out
 
 
 def test_an_unreachable_region_endpoint_is_a_region_error(tmp_path, monkeypatch, capsys):
