@@ -6,6 +6,7 @@ the walks in deploy/__init__.py compare the two."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import getpass
 import hashlib
 import importlib.resources
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 import copier
+from deploy import names as naming
+from deploy import schedule
 from deploy.aws import Aws, AwsError, error_code
 from deploy.names import TAG_KEY
 from deploy.permissions import policy
@@ -671,7 +674,12 @@ class Schedule(Resource):
 
     def request(self) -> dict:
         settings = self.deployment.settings
+        start = {}
+        if settings.is_rate_schedule:
+            start["StartDate"] = schedule.next_start(settings.rate_start_time, settings.timezone,
+                                                     naming.now())
         return {
+            **start,
             "Name": self.name,
             "GroupName": self.deployment.names.schedule_group,
             "ScheduleExpression": settings.schedule,
@@ -690,12 +698,21 @@ class Schedule(Resource):
         }
 
     @staticmethod
-    def view(schedule: dict) -> dict:
-        target = schedule.get("Target", {})
+    def view(found: dict) -> dict:
+        """A rate schedule's StartDate is compared by the local time it shows, not the date:
+        the next occurrence moves every day, the configured time does not."""
+        target = found.get("Target", {})
+        start = found.get("StartDate")
+        if isinstance(start, int | float):  # epoch seconds, as some endpoints answer
+            start = dt.datetime.fromtimestamp(start, dt.UTC)
+        local = None
+        if start is not None and found.get("ScheduleExpressionTimezone"):
+            local = start.astimezone(schedule.time_zone(found["ScheduleExpressionTimezone"]))
         return {
-            "expression": schedule.get("ScheduleExpression"),
-            "timezone": schedule.get("ScheduleExpressionTimezone"),
-            "state": schedule.get("State"),
+            "expression": found.get("ScheduleExpression"),
+            "timezone": found.get("ScheduleExpressionTimezone"),
+            "state": found.get("State"),
+            "start_time": local and local.strftime("%H:%M"),
             "target": {k: target.get(k) for k in ("Arn", "RoleArn", "Input")},
         }
 

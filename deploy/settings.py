@@ -92,6 +92,9 @@ class Settings:
     schedule: str = field(default="cron(0 3 * * ? *)",
                           metadata={"help": "EventBridge Scheduler expression"})
     timezone: str = field(default="UTC", metadata={"help": "IANA time zone of the schedule"})
+    rate_start_time: str = field(default="03:00", metadata={
+        "help": "with a rate(...) schedule: the local time (HH:MM, in timezone) of its first "
+        "run; the rate counts from there"})
     log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
     alarm_emails: list[str] = field(default_factory=list, metadata={
         "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
@@ -161,6 +164,10 @@ class Settings:
         if unknown:
             raise SettingsError(f"table_weights names tables not in tables: {sorted(unknown)}")
         self.missed_run_window_seconds()  # checks schedule and timezone
+        if self.is_rate_schedule:
+            from deploy import schedule
+
+            schedule.parse_start_time(self.rate_start_time)
         if self.runner == "codebuild" and self.compute_type not in COMPUTE_TYPES:
             raise SettingsError(f"compute_type {self.compute_type!r}: use one of "
                                 f"{', '.join(COMPUTE_TYPES)}")
@@ -201,6 +208,10 @@ class Settings:
     def execution_timeout_seconds(self) -> int:
         """The load phase and the publish one after it, each a job, and an hour's margin."""
         return 2 * self.job_timeout_seconds + 3600
+
+    @property
+    def is_rate_schedule(self) -> bool:
+        return self.schedule.strip().startswith("rate(")
 
     @property
     def splits_tables(self) -> bool:

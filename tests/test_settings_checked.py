@@ -3,6 +3,9 @@ call, in a real run and in --dry-run: one line on stderr, exit 1, nothing create
 
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import pytest
 from aws_helpers import inventory, set_fake_aws_env, write_config
 
@@ -52,6 +55,14 @@ BAD_SETTINGS = [
     ({"tables": ["public.a", "public.${ProjectName}"]},
      "tables: 'public.${ProjectName}' contains '${'"),
     ({"branch": "release-${JobName}"}, "branch: 'release-${JobName}' contains '${'"),
+    # a time a spring-forward skips: Scheduler skips that night's run
+    ({"schedule": "cron(30 2 * * ? *)", "timezone": "Europe/Berlin"},
+     "schedule 'cron(30 2 * * ? *)' in Europe/Berlin: 02:30 does not exist on "),
+    ({"schedule": "cron(0 2 ? * SUN *)", "timezone": "America/New_York"},
+     "(the clocks jump from 02:00 to 03:00) and EventBridge Scheduler skips that night's run: "
+     "use 01:59 instead, the nearest time every night has"),
+    ({"schedule": "rate(1 day)", "rate_start_time": "3am"},
+     "rate_start_time '3am': write a local time as HH:MM, e.g. 03:00"),
     # names AWS refuses, refused before anything is created
     ({"prefix": "n"}, "prefix 'n' is shorter than 2 characters, the least CodeBuild and ECR take"),
     ({"prefix": "nightly-"}, "prefix 'nightly-' ends in '-' or has '--', which ECR's"),
@@ -125,6 +136,48 @@ def test_good_settings_pass(tmp_path, overrides):
         return
     settings.validate_for_setup()
     assert 3600 <= settings.missed_run_window_seconds() <= 7 * 86400
+
+
+def first_spring_forward(zone: str) -> dt.date:
+    """The first day from today on whose night the zone's clocks jump forward."""
+    tz = ZoneInfo(zone)
+    day = dt.datetime.now(dt.UTC).date()
+    while True:
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+        if (start + dt.timedelta(days=1)).utcoffset() > start.utcoffset():
+            return day
+        day += dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("schedule, zone, safe", [
+    ("cron(30 2 * * ? *)", "Europe/Berlin", "03:00"),  # 02:00 -> 03:00, nearer after
+    ("cron(5 2 * * ? *)", "Europe/Berlin", "01:59"),  # nearer before the jump
+    ("cron(15 2 * * ? *)", "Australia/Lord_Howe", "02:30"),  # half an hour: 02:00 -> 02:30
+])
+def test_a_time_a_spring_forward_skips_names_the_date_and_the_nearest_safe_time(
+        tmp_path, schedule, zone, safe):
+    import argparse
+
+    settings = deploy.load_settings(argparse.Namespace(config=write_config(
+        tmp_path / "deploy.toml", schedule=schedule, timezone=zone)))
+    with pytest.raises(deploy.SettingsError) as refused:
+        settings.validate_for_setup()
+    message = str(refused.value)
+    assert f" does not exist on {first_spring_forward(zone).isoformat()} " in message
+    assert message.endswith(f"use {safe} instead, the nearest time every night has")
+
+
+@pytest.mark.parametrize("schedule, zone", [
+    ("cron(30 2 * * ? *)", "Asia/Tokyo"),  # no DST
+    ("cron(30 2 * * ? *)", "UTC"),
+    ("cron(30 2 ? * MON-SAT *)", "Europe/Berlin"),  # Berlin's clocks change on Sundays
+    ("cron(30 1 * * ? *)", "Europe/Berlin"),
+])
+def test_a_time_every_night_has_passes(tmp_path, schedule, zone):
+    import argparse
+
+    deploy.load_settings(argparse.Namespace(config=write_config(
+        tmp_path / "deploy.toml", schedule=schedule, timezone=zone))).validate_for_setup()
 
 
 TLS_SETTINGS = [

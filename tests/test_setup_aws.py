@@ -977,3 +977,43 @@ def test_setup_waits_for_a_state_machine_an_earlier_teardown_left_deleting(aws, 
     assert stub.polls == 0 and slept  # it waited through every DELETING answer
     arn = d.state_machine_arn("nightly-copy")
     assert stub._client.describe_state_machine(stateMachineArn=arn)["status"] == "ACTIVE"
+
+
+# --- the schedule's first run
+
+
+def test_a_rate_schedule_starts_at_the_configured_local_time_not_at_setup(aws, config, capsys,
+                                                                        monkeypatch):
+    """Without a StartDate EventBridge Scheduler invokes a rate schedule at once: a copy in
+    the working day, while setup runs. The first run is the next 03:00 in the zone instead."""
+    import datetime as dt
+
+    def scheduled() -> dict:
+        return boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
+
+    flags = ["--config", str(config), "--schedule", "rate(1 day)", "--timezone", "Europe/Berlin"]
+    # the day before the spring-forward of 2027: 03:00 CEST on 28 March is 01:00 UTC
+    monkeypatch.setattr(deploy.names, "now",
+                        lambda: dt.datetime(2027, 3, 27, 10, 0, tzinfo=dt.UTC))
+    code, out, _ = run(setup_aws.main, flags, capsys)
+    assert code == 0
+    assert scheduled()["StartDate"] == dt.datetime(2027, 3, 28, 1, 0, tzinfo=dt.UTC)
+
+    # a day later the next 03:00 is another date, but the same time: nothing to change
+    monkeypatch.setattr(deploy.names, "now",
+                        lambda: dt.datetime(2027, 3, 28, 10, 0, tzinfo=dt.UTC))
+    code, out, _ = run(setup_aws.main, flags, capsys)
+    assert code == 0 and outcomes(out)["schedule nightly-copy/nightly"] == "unchanged"
+
+    # 02:30 does not exist on 28 March (02:00 -> 03:00): the first run is 29 March, 02:30 CEST
+    monkeypatch.setattr(deploy.names, "now",
+                        lambda: dt.datetime(2027, 3, 27, 10, 0, tzinfo=dt.UTC))
+    code, out, _ = run(setup_aws.main, [*flags, "--rate-start-time", "02:30"], capsys)
+    assert code == 0 and outcomes(out)["schedule nightly-copy/nightly"] == "updated"
+    assert scheduled()["StartDate"] == dt.datetime(2027, 3, 29, 0, 30, tzinfo=dt.UTC)
+
+
+def test_a_cron_schedule_has_no_start_date(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
+    assert schedule.get("StartDate") is None
