@@ -875,30 +875,33 @@ class Alarm(Resource):
     kind = "CloudWatch alarm"
     PERIOD_SECONDS = 300
 
-    def metrics(self) -> list[dict]:
-        def metric(metric_id: str, name: str, state_machine: str) -> dict:
-            return {"Id": metric_id, "ReturnData": False, "MetricStat": {
-                "Metric": {"Namespace": "AWS/States", "MetricName": name, "Dimensions": [
-                    {"Name": "StateMachineArn",
-                     "Value": self.deployment.state_machine_arn(state_machine)}]},
-                "Period": self.PERIOD_SECONDS, "Stat": "Sum"}}
+    def metric(self, metric_id: str, namespace: str, name: str, dimension: dict) -> dict:
+        return {"Id": metric_id, "ReturnData": False, "MetricStat": {
+            "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": [dimension]},
+            "Period": self.PERIOD_SECONDS, "Stat": "Sum"}}
 
+    def machine_metric(self, metric_id: str, name: str, state_machine: str) -> dict:
+        return self.metric(metric_id, "AWS/States", name, {
+            "Name": "StateMachineArn", "Value": self.deployment.state_machine_arn(state_machine)})
+
+    def metrics(self) -> list[dict]:
         names = self.deployment.names
         return [
-            metric("failed", "ExecutionsFailed", names.state_machine),
-            metric("timedout", "ExecutionsTimedOut", names.state_machine),
-            metric("aborted", "ExecutionsAborted", names.state_machine),
-            metric("starterfailed", "ExecutionsFailed", names.starter),
-            {"Id": "problems", "ReturnData": True, "Label": "failed, timed-out or aborted runs",
-             "Expression": "FILL(failed, 0) + FILL(timedout, 0) + FILL(aborted, 0)"
-                           " + FILL(starterfailed, 0)"},
+            self.machine_metric("failed", "ExecutionsFailed", names.state_machine),
+            self.machine_metric("timedout", "ExecutionsTimedOut", names.state_machine),
+            self.machine_metric("aborted", "ExecutionsAborted", names.state_machine),
+            self.machine_metric("starterfailed", "ExecutionsFailed", names.starter),
+            self.machine_metric("succeeded", "ExecutionsSucceeded", names.state_machine),
+            until_recovered("problems", "failed, timed-out or aborted runs (1), until a run "
+                            "succeeds (0)", ["failed", "timedout", "aborted", "starterfailed"],
+                            "succeeded"),
         ]
 
     def request(self) -> dict:
         return self.alarm(
             f"{self.deployment.names.prefix}: a nightly run failed, timed out or was aborted (or "
-            "the starter failed)", "GreaterThanOrEqualToThreshold", "notBreaching",
-            Metrics=self.metrics())
+            "the starter failed); it is back to normal only once a run has succeeded since",
+            "GreaterThanOrEqualToThreshold", "ignore", Metrics=self.metrics())
 
     def alarm(self, description: str, comparison: str, missing_data: str, **metric) -> dict:
         """What every alarm of the deployment says: one period over a threshold of 1, to the
@@ -967,6 +970,23 @@ class Alarm(Resource):
         self.aws.client("cloudwatch").delete_alarms(AlarmNames=[self.name])
 
 
+def until_recovered(expression_id: str, label: str, problems: list[str], recovery: str) -> dict:
+    """1 in a period with a problem, 0 in a period with a recovery and no problem, and no data
+    point otherwise; with TreatMissingData "ignore" (the alarm keeps its state while data is
+    missing: "Configuring how CloudWatch alarms treat missing data", CloudWatch User Guide) the
+    alarm stays in ALARM until the recovery, and its OK action says "back to normal" only
+    then. With notBreaching and 5-minute periods it went back to OK 5 minutes after every
+    failure, nothing fixed.
+
+    FILL(m, 0) gives each problem metric a value in every period (Step Functions and Lambda
+    publish these metrics only when something happens); the recovery metric is not filled,
+    so 0 * recovery has no value in a period without one, and IF takes it there ("Metric math
+    syntax and functions": IF(condition, trueValue, falseValue), CloudWatch User Guide)."""
+    any_problem = " + ".join(f"FILL({metric_id}, 0)" for metric_id in problems)
+    return {"Id": expression_id, "ReturnData": True, "Label": label,
+            "Expression": f"IF({any_problem} >= 1, 1, 0 * {recovery})"}
+
+
 class MissedRunAlarm(Alarm):
     """No successful nightly run for a little longer than the schedule's longest gap.
 
@@ -993,13 +1013,15 @@ class FunctionErrorsAlarm(Alarm):
 
     def request(self) -> dict:
         names = self.deployment.names
+        function = {"Name": "FunctionName", "Value": names.notify_function}
         return self.alarm(
             f"{names.prefix}: the Slack notifier failed; Slack may not have heard about the "
-            f"nightly copy (see its log group {names.notify_log_group})",
-            "GreaterThanOrEqualToThreshold", "notBreaching",
-            Namespace="AWS/Lambda", MetricName="Errors",
-            Dimensions=[{"Name": "FunctionName", "Value": names.notify_function}],
-            Statistic="Sum", Period=self.PERIOD_SECONDS)
+            f"nightly copy (see its log group {names.notify_log_group}); back to normal once it "
+            "has run without an error since", "GreaterThanOrEqualToThreshold", "ignore",
+            Metrics=[self.metric("errors", "AWS/Lambda", "Errors", function),
+                     self.metric("invocations", "AWS/Lambda", "Invocations", function),
+                     until_recovered("notifierfailed", "failed invocations (1), until one "
+                                     "succeeds (0)", ["errors"], "invocations")])
 
 
 class QueryDefinition(Resource):
