@@ -311,6 +311,8 @@ def summary_message(event: dict[str, Any],
     jobs = [job_result(i, job) for i, job in enumerate(event["jobs"], start=1)]
     publish = (job_result(len(jobs) + 1, event["publish"])
                if isinstance(event.get("publish"), dict) else None)
+    if publish and not publish.tables:  # every table of the run, listed once: the jobs'
+        publish.tables = run_tables(event)
     failed = sum(job.failed for job in jobs) + bool(publish and publish.failed)
     total = len(jobs)
     name = str(either_case(execution, "name") or "unnamed execution")
@@ -365,6 +367,8 @@ def job_result(position: int, job: Any) -> JobResult:
     error, cause = job.get("error"), job.get("cause")
     if isinstance(error, dict):  # a whole Catch error object: {"Error": ..., "Cause": ...}
         error, cause = error.get("Error"), cause or error.get("Cause")
+    if cause is None and job.get("build_status"):  # what the state machine kept of the build
+        cause = f"build {job['build_status']}"
     build = parse_build(cause)
     status = str(job.get("status") or (build or {}).get("status") or "UNKNOWN").upper()
 

@@ -11,6 +11,7 @@ from deploy.settings import Settings, SettingsError
 from deploy.state_machine import (
     BATCH_TASK_TEMPLATE,
     STATE_MACHINE_TEMPLATE,
+    check_data_sizes,
     render_state_machine,
     with_batch_task,
 )
@@ -118,4 +119,6 @@ class Deployment:
             values |= {"Prefix": self.names.prefix, "JobQueueArn": self.job_queue_arn(),
                        "JobDefinitionName": self.names.job_definition,
                        "Region": self.aws.region}
-        return render_state_machine(template, self.jobs, values, settings.tables)
+        definition = render_state_machine(template, self.jobs, values, settings.tables)
+        check_data_sizes(definition)
+        return definition

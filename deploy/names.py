@@ -23,8 +23,10 @@ class Names:
 
     prefix: str
     # The states of state_machine.json: the Parallel state whose branches are the copy jobs
-    # (the load phase), and the one task after it that publishes every table (the swap).
+    # (the load phase), and the one task after it that publishes every table (the swap), in
+    # the one branch of a Parallel state of its own (the publish phase).
     copy_state: ClassVar[str] = "Load tables"
+    publish_phase: ClassVar[str] = "Publish phase"
     publish_state: ClassVar[str] = "Publish"
     # The publish step's job name: its COPIER_JOB, so its log lines say "job": "publish".
     publish_job: ClassVar[str] = "publish"

@@ -534,6 +534,9 @@ class StateMachine(Resource):
         self.role = role
         self.definition = definition
 
+    def prepare(self, dry_run: bool) -> None:
+        self.definition()  # refuses a definition AWS would refuse, before anything changes
+
     def find(self) -> dict | None:
         found = self.find_for_removal()
         return None if found is None or found["deleting"] else found

@@ -296,3 +296,18 @@ def test_an_unreachable_region_endpoint_is_a_region_error(tmp_path, monkeypatch,
     assert code == 1 and err.count("\n") == 1, err
     assert "error: AWS region us-east-1: Could not connect to the endpoint URL" in err, err
     assert "credential" not in err.lower()
+
+
+def test_a_table_list_too_long_for_a_night_s_data_is_refused_before_anything_is_created(
+        aws, tmp_path, monkeypatch, capsys):
+    """The jobs' results list every table once: past Step Functions' 256 KB a night ends in
+    States.DataLimitExceeded, which no Catch takes. Setup refuses such a list first."""
+    monkeypatch.chdir(tmp_path)
+    tables = ["public.a", "public.b"] + [f"sales.customer_order_lines_{n:05d}" for n in range(6000)]
+    config = write_config(tmp_path / "deploy.toml", tables=tables)
+    code = setup_aws.main(["--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: tables: a night's data would take up to ")
+    assert "KB of Step Functions' 256 KB" in err and "split them over two prefixes" in err
+    assert count(inventory("nightly-copy")) == 0
