@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deploy.aws import PARTITION, Aws
 from deploy.names import BATCH_SERVICE_LINKED_ROLE, Names
@@ -15,6 +16,9 @@ from deploy.state_machine import (
     render_state_machine,
     with_batch_task,
 )
+
+if TYPE_CHECKING:
+    from deploy.account import BuildQuota
 
 
 @dataclass
@@ -35,6 +39,9 @@ class Deployment:
         self.options = options
         self.names = Names(settings.prefix)
         self.jobs = jobs
+        # read from the account by setup before it changes anything (deploy/account.py)
+        self.build_quota: BuildQuota | None = None
+        self.target_storage: str | None = None
 
     # ARNs are known before anything exists, so a dry run can show complete policies.
     def role_arn(self, service: str) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import notify_lambda
+import runlog
 
 TAG_KEY = "project"
 CODEBUILD_SYNC_RULE = "StepFunctionsGetEventForCodeBuildStartBuildRule"
@@ -37,6 +38,10 @@ class Names:
 
     def parameter(self, database: str, setting: str) -> str:
         return f"{self.ssm_prefix}{database}/{setting}"
+
+    @property
+    def storage_parameter(self) -> str:
+        return f"{self.ssm_prefix}{runlog.STORAGE_SETTING}"
 
     @property
     def webhook_parameter(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import runlog
 from deploy.names import BATCH_SYNC_RULE, CODEBUILD_SYNC_RULE
 
 if TYPE_CHECKING:
@@ -29,6 +30,16 @@ def copier_parameters_statement(deployment: Deployment) -> dict:
         deployment.parameter_arn(prefix.rstrip("/")), deployment.parameter_arn(f"{prefix}*")])
 
 
+def storage_statements(deployment: Deployment) -> list[dict]:
+    """The copier reads the reporting instance's FreeStorageSpace before it stages anything,
+    where setup found it to be an RDS instance. cloudwatch:GetMetricStatistics has no
+    resource type: "*" ("Actions, resources, and condition keys for Amazon CloudWatch",
+    Service Authorization Reference)."""
+    if not (deployment.target_storage or "").startswith(runlog.STORAGE_RDS):
+        return []
+    return [allow(["cloudwatch:GetMetricStatistics"], ["*"])]
+
+
 def image_pull_statements(deployment: Deployment) -> list[dict]:
     return [
         allow(["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
@@ -47,6 +58,7 @@ def codebuild(deployment: Deployment) -> dict:
     statements = [
         log_writing_statement(deployment, names.project_log_group),
         copier_parameters_statement(deployment),
+        *storage_statements(deployment),
     ]
     if settings.vpc_id:
         statements += [

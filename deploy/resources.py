@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 import copier
+import runlog
 from deploy import names as naming
 from deploy import schedule
 from deploy.aws import Aws, AwsError, error_code
@@ -379,6 +380,7 @@ class CodeBuildProject(Resource):
 
     def spec(self) -> dict:
         settings, names = self.deployment.settings, self.deployment.names
+        quota = self.deployment.build_quota
         if settings.runs_an_image:
             # The code is in the image: no GitHub at 3 a.m. The role pulls (SERVICE_ROLE), with
             # permissions scoped to the one repository; the repository needs no policy.
@@ -397,6 +399,8 @@ class CodeBuildProject(Resource):
                 "imagePullCredentialsType": pull,
                 "environmentVariables": [
                     {"name": "COPIER_SSM_PREFIX", "value": names.ssm_prefix, "type": "PLAINTEXT"},
+                    *([{"name": runlog.BUILD_QUOTA_VARIABLE, "value": quota.text(),
+                        "type": "PLAINTEXT"}] if quota else []),
                 ],
             },
             "serviceRole": self.deployment.role_arn("codebuild"),

@@ -53,6 +53,12 @@ def set_fake_aws_env(monkeypatch, endpoint: str | None = None) -> None:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
 
 
+# What setup says on stderr at its end about write_config's reporting database (no RDS endpoint).
+ROOM_NOT_CHECKED = ("warning: the reporting database reporting.example.internal is not an RDS "
+                    "endpoint: the copier will not check the room a night needs before it "
+                    "stages anything\n")
+
+
 def toml_value(value) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings read the same in TOML
 
@@ -202,7 +208,7 @@ def expected_inventory(prefix: str) -> dict[str, list[str]]:
     settings = ("dbname", "host", "password", "port", "sslmode", "sslrootcert", "user")
     return {
         "parameters": sorted([f"/{prefix}/{d}/{s}" for d in databases for s in settings]
-                             + [f"/{prefix}-notify/slack_webhook_url"]),
+                             + [f"/{prefix}/target/storage", f"/{prefix}-notify/slack_webhook_url"]),
         "roles": sorted(f"{prefix}-{r}" for r in
                         ("codebuild", "lambda", "states", "starter", "scheduler")),
         "projects": [prefix],

@@ -11,9 +11,13 @@ vCPUs), so an update of maxvCpus shows in DescribeComputeEnvironments. moto's en
 states:startExecution task's parameters (StateMachineArn, Name, Input) to boto3 as they are
 written, which boto3 refuses, and keeps the answer's StartDate a datetime, which its
 DescribeExecution cannot serialise: install() passes the parameters by boto3's names and the
-date as text, so the starter runs in the engine. The tests install it in
-process (conftest) and in moto_server (aws_helpers.MotoServer starts the server through this
-module).
+date as text, so the starter runs in the engine. moto's Service Quotas knows only the vpc
+service and has no ListServiceQuotas: install() adds CodeBuild's concurrent-build quotas (by
+the names of the CodeBuild quotas page; the defaults 20, which that page gives "for some
+platforms and compute types") to ListAWSDefaultServiceQuotas, and ListServiceQuotas with the
+values a test applies (applied_codebuild_quotas); AWS lists there only quotas whose applied
+value it knows, so by default it lists none. The tests install it in process (conftest) and
+in moto_server (aws_helpers.MotoServer starts the server through this module).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ import datetime as dt
 import json
 import sys
 import uuid
+import zlib
 
 from moto.batch.models import BatchBackend
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.logs.responses import LogsResponse
+from moto.servicequotas.models import ServiceQuotasBackend, servicequotas_backends
+from moto.servicequotas.responses import ServiceQuotasResponse
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
     state_task_service_sfn,
 )
@@ -93,6 +101,44 @@ def normalise_sfn_response(self, response, boto_service_name=None,
                 response[key] = value.isoformat()
 
 
+CODEBUILD_SIZES = ("Small", "Medium", "Large", "XLarge", "2XLarge")
+CODEBUILD_DEFAULT_BUILDS = 20.0
+
+
+def codebuild_quota(size: str, value: float) -> dict:
+    name = f"Concurrently running builds for Linux/{size} environment"
+    code = f"L-{zlib.crc32(name.encode()):08X}"  # made up: setup finds the quotas by name
+    return {"ServiceCode": "codebuild", "ServiceName": "AWS CodeBuild", "QuotaCode": code,
+            "QuotaArn": f"arn:aws:servicequotas:::codebuild/{code}", "QuotaName": name,
+            "Value": value, "Unit": "None", "Adjustable": True, "GlobalQuota": False}
+
+
+def applied_codebuild_quotas(account: str = DEFAULT_ACCOUNT_ID,
+                             region: str = "us-east-1") -> dict[str, float]:
+    """Quota name -> the value applied to the account, for a test to set (in process)."""
+    backend = servicequotas_backends[account][region]
+    return backend.__dict__.setdefault("applied_codebuild_quotas", {})
+
+
+_moto_default_quotas = ServiceQuotasBackend.list_aws_default_service_quotas
+
+
+def list_aws_default_service_quotas(self: ServiceQuotasBackend, service_code: str) -> list[dict]:
+    if service_code == "codebuild":
+        return [codebuild_quota(size, CODEBUILD_DEFAULT_BUILDS) for size in CODEBUILD_SIZES]
+    return _moto_default_quotas(self, service_code)
+
+
+def list_service_quotas(self: ServiceQuotasResponse) -> str:
+    service_code = json.loads(self.body).get("ServiceCode")
+    applied = applied_codebuild_quotas(self.current_account, self.region)
+    quotas = [codebuild_quota(size, 0.0) for size in CODEBUILD_SIZES]
+    if service_code != "codebuild":
+        quotas = []
+    return json.dumps({"Quotas": [{**quota, "Value": applied[quota["QuotaName"]]}
+                                  for quota in quotas if quota["QuotaName"] in applied]})
+
+
 def install() -> None:
     BatchBackend.update_compute_environment = update_compute_environment
     _StateTaskServiceSfn._normalise_parameters = normalise_sfn_parameters
@@ -100,6 +146,8 @@ def install() -> None:
     LogsResponse.put_query_definition = put_query_definition
     LogsResponse.describe_query_definitions = describe_query_definitions
     LogsResponse.delete_query_definition = delete_query_definition
+    ServiceQuotasBackend.list_aws_default_service_quotas = list_aws_default_service_quotas
+    ServiceQuotasResponse.list_service_quotas = list_service_quotas
 
 
 if __name__ == "__main__":  # moto_server with the gaps filled: python moto_gaps.py -H ... -p ...
