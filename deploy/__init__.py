@@ -9,6 +9,7 @@ See docs/aws.md for what gets created and why.
     aws.py            clients, retries, errors          deployment.py     one deployment's ARNs
     plan.py           which tables each job copies      state_machine.py  the rendered definitions
     permissions.py    one IAM policy per role           resources.py      the resources every runner needs
+    account.py        what setup reads from the account first: the build quota, the target's storage
     batch.py          the AWS Batch runner, as one unit
     cli.py            the scripts' error boundary and exit codes
 """
