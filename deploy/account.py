@@ -134,10 +134,27 @@ def target_storage(aws: Aws, host: str | None, warn: Callable[[str], None]) -> s
     return STORAGE_UNKNOWN
 
 
+def check_transform(aws: Aws, arn: str) -> None:
+    """The Transform step's state machine exists, in this account and region: the nightly
+    state machine starts it without a role of another account (its Credentials)."""
+    parts = arn.split(":")
+    if (parts[3], parts[4]) != (aws.region, aws.account):
+        raise SettingsError(f"transform_state_machine {arn}: not in this account and region "
+                            f"({aws.account}, {aws.region})")
+    try:
+        aws.client("stepfunctions").describe_state_machine(stateMachineArn=arn)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "StateMachineDoesNotExist":
+            raise SettingsError(f"transform_state_machine {arn} does not exist") from None
+        raise
+
+
 def survey(deployment: Deployment, warn: Callable[[str], None]) -> None:
     """Read what setup needs from the account into the deployment, refusing what cannot work:
     before the first resource is created or changed, in a dry run too."""
     settings = deployment.settings
+    if settings.transform_state_machine:
+        check_transform(deployment.aws, settings.transform_state_machine)
     if settings.runner == "codebuild":
         deployment.build_quota = build_quota(deployment.aws, settings.compute_type)
         check_build_quota(len(deployment.jobs or []), settings.one_snapshot,

@@ -15,6 +15,7 @@ from deploy.state_machine import (
     check_data_sizes,
     render_state_machine,
     with_batch_task,
+    with_transform,
 )
 
 if TYPE_CHECKING:
@@ -127,5 +128,8 @@ class Deployment:
                        "JobDefinitionName": self.names.job_definition,
                        "Region": self.aws.region}
         definition = render_state_machine(template, self.jobs, values, settings.tables)
+        if settings.transform_state_machine:
+            definition = with_transform(definition, settings.transform_state_machine,
+                                        settings.transform_timeout_seconds, settings.tables)
         check_data_sizes(definition)
         return definition

@@ -13,6 +13,8 @@ import runlog
 TAG_KEY = "project"
 CODEBUILD_SYNC_RULE = "StepFunctionsGetEventForCodeBuildStartBuildRule"
 BATCH_SYNC_RULE = "StepFunctionsGetEventsForBatchJobsRule"  # plural, unlike CodeBuild's
+# startExecution.sync of another state machine (the Transform step)
+EXECUTION_SYNC_RULE = "StepFunctionsGetEventsForStepFunctionsExecutionRule"
 # One per account, used by every Batch compute environment: setup makes sure it exists,
 # teardown never removes it.
 BATCH_SERVICE_LINKED_ROLE = "AWSServiceRoleForBatch"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import runlog
-from deploy.names import BATCH_SYNC_RULE, CODEBUILD_SYNC_RULE
+from deploy.names import BATCH_SYNC_RULE, CODEBUILD_SYNC_RULE, EXECUTION_SYNC_RULE
 
 if TYPE_CHECKING:
     from deploy.deployment import Deployment
@@ -106,8 +106,25 @@ def state_machine(deployment: Deployment) -> dict:
         ]
     return policy(
         *run_jobs,
+        *transform_statements(deployment),
         allow(["lambda:InvokeFunction"], [deployment.function_arn(), f"{deployment.function_arn()}:*"]),
     )
+
+
+def transform_statements(deployment: Deployment) -> list[dict]:
+    """The Transform step: start the one state machine, follow and (on a timeout or stop) stop
+    its executions, and the managed rule .sync uses ("IAM policies for nested workflows",
+    Step Functions Developer Guide)."""
+    arn = deployment.settings.transform_state_machine
+    if not arn:
+        return []
+    return [
+        allow(["states:StartExecution"], [arn]),
+        allow(["states:DescribeExecution", "states:StopExecution"],
+              [arn.replace(":stateMachine:", ":execution:") + ":*"]),
+        allow(["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+              [deployment.aws.arn("events", f"rule/{EXECUTION_SYNC_RULE}")]),
+    ]
 
 
 def starter(deployment: Deployment) -> dict:

@@ -29,6 +29,11 @@ ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/[a-z0-9._/
                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?")
 OLDEST_LAMBDA_PYTHON = (3, 11)  # notify_lambda.py uses datetime.UTC
 PLAIN_IDENTIFIER = re.compile(r"[^\W\d][\w$]*")
+# A state machine's ARN; its name: 1-80 characters, none of them whitespace nor any of
+# < > { } [ ] ? * " # % \ ^ | ~ ` $ & , ; : / (CreateStateMachine, "name")
+TRANSFORM_ARN = re.compile(r"arn:(?P<partition>[a-z-]+):states:(?P<region>[a-z0-9-]+):"
+                           r"(?P<account>\d{12}):stateMachine:"
+                           r"(?P<name>[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/]{1,80})")
 ALARM_WINDOW_LIMIT_SECONDS = 7 * 24 * 3600  # CloudWatch: Period x EvaluationPeriods
 # TLS against RDS and Aurora: buildspec.yml fetches AWS's CA bundle into the checkout at build
 # time, the Dockerfile into /app; the copier runs in that directory, so libpq finds it by this
@@ -96,6 +101,11 @@ class Settings:
         "help": "with a rate(...) schedule: the local time (HH:MM, in timezone) of its first "
         "run; the rate counts from there"})
     log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
+    transform_state_machine: str = field(default="", metadata={
+        "help": "ARN of a state machine run after a successful publish (the Transform step), "
+        "given the run's name, date and tables; its failure fails the night"})
+    transform_timeout_minutes: int = field(default=60, metadata={
+        "help": "minutes the Transform step may take"})
     alarm_emails: list[str] = field(default_factory=list, metadata={
         "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
@@ -182,10 +192,28 @@ class Settings:
         for address in self.alarm_emails:
             if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", address):
                 raise SettingsError(f"alarm_emails: {address!r} is not an e-mail address")
+        self.validate_transform()
         runtimes = lambda_python_runtimes()
         if self.lambda_runtime not in runtimes:
             raise SettingsError(f"lambda_runtime {self.lambda_runtime!r}: use one of "
                                 f"{', '.join(runtimes)}")
+
+    def validate_transform(self) -> None:
+        if not self.transform_state_machine:
+            return
+        arn = TRANSFORM_ARN.fullmatch(self.transform_state_machine)
+        if not arn:
+            raise SettingsError(f"transform_state_machine {self.transform_state_machine!r}: use a "
+                                "state machine's ARN, arn:aws:states:<region>:<account>:"
+                                "stateMachine:<name>")
+        if arn["partition"] != "aws":
+            raise SettingsError(f"transform_state_machine is in the {arn['partition']} partition: "
+                                "this deployment supports the aws partition only")
+        if arn["name"] in (self.prefix, f"{self.prefix}-starter"):
+            raise SettingsError(f"transform_state_machine {arn['name']!r} is this deployment's own "
+                                "state machine: it would start itself")
+        if not 1 <= self.transform_timeout_minutes <= 1440:
+            raise SettingsError("transform_timeout_minutes must be between 1 and 1440")
 
     def validate_placeholders(self) -> None:
         """state_machine.json is filled by replacing ${Name}: a setting that holds one would
@@ -205,9 +233,14 @@ class Settings:
         return (self.build_timeout_minutes + self.queued_timeout_minutes + 10) * 60
 
     @property
+    def transform_timeout_seconds(self) -> int:
+        return self.transform_timeout_minutes * 60 if self.transform_state_machine else 0
+
+    @property
     def execution_timeout_seconds(self) -> int:
-        """The load phase and the publish one after it, each a job, and an hour's margin."""
-        return 2 * self.job_timeout_seconds + 3600
+        """The load phase and the publish one after it, each a job, the Transform step if
+        there is one, and an hour's margin."""
+        return 2 * self.job_timeout_seconds + self.transform_timeout_seconds + 3600
 
     @property
     def is_rate_schedule(self) -> bool:

@@ -117,7 +117,9 @@ def check_data_sizes(definition: dict) -> None:
     *loads, publish = job_tasks(definition)
     results = sum(len(json.dumps(task["ResultSelector"]).encode()) + RESULT_BYTES
                   for task in loads)
-    everything = len(json.dumps(publish["Parameters"]).encode())
+    transform = definition["States"].get(TRANSFORM_PHASE)
+    everything = max(len(json.dumps(task["Parameters"]).encode()) for task in [publish, *(
+        [transform["Branches"][0]["States"]["Transform"]] if transform else [])])
     largest = max(results + 2 * RESULT_BYTES, everything + BUILD_BYTES)
     if largest > DATA_BUDGET_BYTES:
         raise SettingsError(
@@ -221,6 +223,80 @@ def with_batch_task(template: dict, batch_task: dict) -> dict:
         replaced = {**{k: parts.get(k, v) for k, v in task.items()}, **parts}
         task.clear()
         task.update(replaced)
+    return definition
+
+
+# --------------------------------------------------------------------------- transform
+
+TRANSFORM_PHASE = "Transform phase"
+TRANSFORM_JOB = "transform"  # its result's "job", as the summary names it
+
+
+def with_transform(definition: dict, state_machine_arn: str, timeout_seconds: int,
+                   tables: list[str]) -> dict:
+    """The rendered definition with the Transform step: after a publish that succeeded (and
+    no job failed), run another state machine and wait for it (states:startExecution.sync:2:
+    its output comes back as JSON), given the run's name, date and tables; named after the
+    run, so it runs once per run. Its outcome goes to the summary, its failure fails the night
+    as a copy's does. Like the publish it runs in a branch of its own, given only the run's
+    name and input: a failure's Cause (the child's input, every table) never meets the jobs'
+    results. Otherwise (a night that failed) the summary says it was skipped."""
+    definition = copy.deepcopy(definition)
+    states = definition["States"]
+    states["Count failed jobs"]["Next"] = "Transform?"
+    execution = state_machine_arn.replace(":stateMachine:", ":execution:")
+    failed = {"Type": "Pass", "Parameters": {
+        "job": TRANSFORM_JOB, "status": "FAILED", "error.$": "$.error.Error",
+        "execution_arn.$": f"States.Format('{execution}:{{}}', $.run)"}, "End": True}
+    branch_states = {
+        "Transform: the run's date": {"Type": "Choice", "Choices": [
+            {"Variable": "$.started_with.date", "IsPresent": True, "Next": "Transform"}],
+            "Default": "Transform: no date"},
+        "Transform: no date": {"Type": "Pass", "Result": None,
+                               "ResultPath": "$.started_with.date", "Next": "Transform"},
+        "Transform": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {
+                "StateMachineArn": state_machine_arn,
+                "Name.$": "$.run",
+                "Input": {"run.$": "$.run", "date.$": "$.started_with.date", "tables": tables,
+                          # links the two executions in the console
+                          "AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$": "$$.Execution.Id"},
+            },
+            "TimeoutSeconds": timeout_seconds,
+            "ResultSelector": {"job": TRANSFORM_JOB, "status.$": "$.Status",
+                               "execution_arn.$": "$.ExecutionArn", "start.$": "$.StartDate",
+                               "end.$": "$.StopDate"},
+            "Retry": [{"ErrorEquals": ["StepFunctions.ExecutionLimitExceededException"],
+                       "IntervalSeconds": 30, "MaxAttempts": 6, "BackoffRate": 2.0,
+                       "JitterStrategy": "FULL"}],
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
+                       "Next": "Transform failed"}],
+            "End": True,
+        },
+        "Transform failed": failed,
+    }
+    branch_states.update(failure_states("Transform failed", failed, "$.error"))
+    states.update({
+        "Transform?": {"Type": "Choice", "Choices": [{"And": [
+            {"Variable": "$.publish.status", "StringEquals": "SUCCEEDED"},
+            {"Variable": "$.any_failed", "BooleanEquals": False}], "Next": TRANSFORM_PHASE}],
+            "Default": "Transform skipped"},
+        "Transform skipped": {"Type": "Pass", "Result": {"job": TRANSFORM_JOB, "status": "SKIPPED"},
+            "ResultPath": "$.transform", "Next": "Send summary"},
+        TRANSFORM_PHASE: {
+            "Type": "Parallel",
+            "Parameters": {"run.$": "$$.Execution.Name", "started_with.$": "$$.Execution.Input"},
+            "Branches": [{"StartAt": "Transform: the run's date", "States": branch_states}],
+            "ResultPath": "$.transform", "Next": "Transform done"},
+        # the branch's one result in place of the list of them
+        "Transform done": {"Type": "Pass", "InputPath": "$.transform[0]",
+                           "ResultPath": "$.transform", "Next": "Send summary"},
+    })
+    states["Send summary"]["Parameters"]["Payload"]["transform.$"] = "$.transform"
+    (rule,) = states["Any job failed?"]["Choices"]
+    rule["Or"].append({"Variable": "$.transform.status", "StringEquals": "FAILED"})
     return definition
 
 
