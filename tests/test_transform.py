@@ -4,12 +4,21 @@ reach Slack; its failure fails the night. Without the setting the state machine 
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import boto3
 import pytest
 import test_state_machine as sm
-from aws_helpers import MOTO_CONFIG, REGION, TABLES, set_fake_aws_env, with_canned_jobs, write_config
+from aws_helpers import (
+    MOTO_CONFIG,
+    REGION,
+    TABLES,
+    outcomes,
+    set_fake_aws_env,
+    with_canned_jobs,
+    write_config,
+)
 from moto import mock_aws
 
 import deploy
@@ -100,8 +109,11 @@ def test_its_role_may_start_this_state_machine_only_and_follow_its_runs(engine, 
     rule = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule"
     assert granted["events:PutRule"] == [rule]
     # the night may take the transform's time longer: the missed-night alarm waits for it
-    settings = deploy.load_settings(__import__("argparse").Namespace(config=config))
+    settings = deploy.load_settings(argparse.Namespace(config=config))
     assert settings.execution_timeout_seconds == 2 * (90 + 60 + 10) * 60 + 3600 + 3600
+    capsys.readouterr()
+    assert setup_aws.main(["--config", str(config)]) == 0
+    assert set(outcomes(capsys.readouterr().out).values()) == {"unchanged"}
 
 
 # --- settings
