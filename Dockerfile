@@ -12,12 +12,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Requirements first: the layer is reused when only copier.py changes.
+# Requirements first: the layer is reused when only the code changes.
 # psycopg2-binary ships its own libpq, so no compiler or apt packages are needed.
 COPY requirements.txt ./
 RUN python -m pip install --no-cache-dir -r requirements.txt
 
-COPY copier.py ./
+# The worker and the one module it shares with the code around it (runlog.py: standard library).
+COPY copier.py runlog.py ./
 
 # AWS's CA bundle for RDS and Aurora, fetched when the image is built: setup stores
 # sslrootcert=rds-global-bundle.pem (relative to /app) for *.rds.amazonaws.com hosts.

@@ -12,8 +12,28 @@ Settings come from SSM Parameter Store under COPIER_SSM_PREFIX (default /nightly
 (SecureString), ``.../sslmode`` and the same under ``<prefix>target/``. For a local run,
 SOURCE_DSN and TARGET_DSN (libpq URLs or key=value strings) replace Parameter Store entirely.
 
-stdout carries one JSON object per line (for CloudWatch Logs Insights); stderr carries the
-human lines: progress notes, the summary, and errors. Exit status 1 when anything failed.
+stdout carries one JSON object per line (for CloudWatch Logs Insights; runlog.EVENTS lists
+them); stderr carries the human lines: progress notes, the plan, the summary, and errors. Exit
+status 1 when anything failed.
+
+The file reads top to bottom as a night runs; its sections, in order:
+
+  Errors                  every exception type, and how an error reads in one line
+  Output                  log_event (JSON lines), say and warn (stderr)
+  The command line        Options: what the user asked for
+  Settings, connections   Parameter Store or DSNs; every session's settings; SQL helpers
+  Table list and plan     TABLES resolved into units; the Plan, decided once and frozen
+  Reading the source      every table's definition, for all tables at once
+  Preparing the target    schemas, types and sequences a staging table needs
+  One table's copy        TableCopier, then its steps: stage, load, index, verify, swap
+  The reporting side      what a reporting table has of its own, kept or refused
+  Readers in the way      the swaps readers blocked: waited for, then ended
+  Run-wide state          outages, the run's snapshot, the run's hold on its tables
+  The runner              run(): the units over the jobs, the swaps left for the end
+  main                    signals, the error boundary, the exit status
+
+What the copier shares with the code that sets it up and reads its lines (settings layout,
+the unit grammar name#k/n, the planner, the event catalogue) lives in runlog.py.
 """
 
 from __future__ import annotations
@@ -22,7 +42,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import queue
 import random
@@ -34,82 +53,49 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 
 import psycopg2
 import psycopg2.errors
+import xxhash
 from psycopg2 import sql
 
-# Where the settings live in SSM Parameter Store: <prefix><database>/<setting>.
-DEFAULT_SSM_PREFIX = "/nightly-copy/"
-DATABASES = ("source", "target")
-# setting -> default; None means the parameter is required.
-CONNECTION_SETTINGS = {
-    "host": None,
-    "port": "5432",
-    "dbname": None,
-    "user": None,
-    "password": None,
-    "sslmode": "require",
-    # The CA file that sslmode verify-ca / verify-full checks the server's certificate against;
-    # "default" leaves it to libpq (~/.postgresql/root.crt). setup_aws.py sets verify-full and
-    # the RDS CA bundle for RDS and Aurora hosts (docs/aws.md, "TLS").
-    "sslrootcert": "default",
-}
-SECRET_SETTINGS = frozenset({"password"})
-
-# Every connection: keepalives so a long copy notices a dead peer, and a name in pg_stat_activity.
-CONNECTION_OPTIONS = {
-    "application_name": "nightly-copier",
-    "connect_timeout": 15,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 6,
-}
-
-# Set on every session, as pg_dump does. search_path: catalog functions then print every name
-# schema-qualified, and nothing we run can be captured by an object on the user's search_path.
-# Timeouts meant for interactive users must not cut a nightly copy off: its statements are long
-# by design, and the connection holding the run's snapshot sits idle in its transaction (the
-# swap sets its own lock_timeout). Some of these timeouts exist only from a version on.
-SESSION_SETTINGS = (
-    ("search_path", "pg_catalog"),
-    ("statement_timeout", "0"),
-    ("idle_in_transaction_session_timeout", "0"),
+import runlog
+from runlog import (
+    CONNECTION_SETTINGS,
+    DATABASES,
+    DEFAULT_SSM_PREFIX,
+    CopierError,
+    Slice,
+    TableListError,
+    assign_to_jobs,
+    display_ident,
+    first_line,
+    qualified,
+    slice_counts,
+    split_table_list,
+    split_units,
+    unit_name,
+    unit_text,
 )
-# On the source only, as pg_dump: a table whose row-level security would hide rows from the
-# copier's user raises an error instead of being copied without them (the row counts would
-# still agree, so nothing else would notice).
-SOURCE_SESSION_SETTINGS = (("row_security", "off"),)
-VERSIONED_SESSION_SETTINGS = ((140000, "idle_session_timeout", "0"),
-                              (170000, "transaction_timeout", "0"))
-# The catalogs the copier reads (pg_trigger.tgparentid, pg_statistic_ext.stxstattarget).
-OLDEST_SERVER = 130000
 
 STAGING_PREFIX = "_copier_"
+
 PIPE_CHUNK = 1 << 16
+
 # OIDs below this are built into PostgreSQL and identical in every database.
 FIRST_NORMAL_OID = 16384
 
 
 # ---------------------------------------------------------------------------------------------
-# Errors: one type per kind of failure the user can act on.
-
-
-class CopierError(Exception):
-    """A failure explained to the user in one line."""
+# Errors: one type per kind of failure the user can act on (CopierError and TableListError come from
+# runlog.py, shared with setup), and how an error reads in one line.
 
 
 class ConfigError(CopierError):
     """Settings are missing or unreadable."""
-
-
-class TableListError(CopierError):
-    """The TABLES list names something that cannot be copied."""
 
 
 class TableCopyError(CopierError):
@@ -120,6 +106,14 @@ class SourceStreamError(CopierError):
     """The source stopped sending before the end of the table."""
 
 
+class ConnectionLost(CopierError):
+    """A connection could not be opened or was lost: worth retrying."""
+
+    def __init__(self, message: str, role: str | None = None):
+        super().__init__(message)
+        self.role = role
+
+
 class DatabaseUnreachable(CopierError):
     """A database stayed unreachable for longer than the outage budget."""
 
@@ -128,29 +122,78 @@ class SnapshotLost(CopierError):
     """The run's exported snapshot is gone: its holder's connection or server went away."""
 
 
+class SwapBlocked(TableCopyError):
+    """Sessions on the reporting side held what the swap must lock, through every try."""
+
+
+class Refused(TableCopyError):
+    """Something on the reporting side depends on the table and cannot survive its replacement."""
+
+
+class Unchanged(Exception):  # noqa: N818 - not a failure: how a copy learns it need not write
+    """The source's rows are what the reporting table holds: the table's transaction is rolled
+    back (its staging with it) and nothing is written."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C so every open transaction is rolled back."""
 
 
+RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # server shutting down or starting
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Errors that a new connection may not repeat; anything else would fail again."""
+    if isinstance(exc, ConnectionLost):
+        return True
+    if isinstance(exc, psycopg2.Error):
+        if exc.pgcode:
+            return exc.pgcode.startswith("08") or exc.pgcode in RETRYABLE_SQLSTATES
+        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+    return False
+
+
+# What to do about an error whose own text does not say it (patterns of the error's text).
+ERROR_ADVICE = {
+    r"query would be affected by row-level security policy":
+        "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
+        "so that no rows are left out",
+    r"function .* does not exist":
+        "the target database needs the functions the table's defaults, checks, generated columns "
+        "and indexes use: create them there",
+    r'collation ".*" for encoding ".*" does not exist|collation ".*" does not exist':
+        "the target database needs the collations the table's columns use: create them there",
+    r'type ".*" does not exist':
+        "the target database needs every type the source table uses; the copier creates enums, "
+        "domains, composite (not a table's row type) and range types, an extension's types need "
+        "CREATE EXTENSION on the target",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, psycopg2.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+        if exc.diag.context:
+            text += f" ({exc.diag.context.splitlines()[0]})"
+        text += "".join(f": {advice}" for pattern, advice in ERROR_ADVICE.items()
+                        if re.match(pattern, text))
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 # ---------------------------------------------------------------------------------------------
-# Logging: JSON lines on stdout for machines, short lines on stderr for people.
-
-# The events other code reads (operations.py, the saved Logs Insights query in deploy/).
-EVENT_TABLE_COPIED = "table_copied"
-EVENT_TABLE_FAILED = "table_failed"
-EVENT_TABLE_STAGED = "table_staged"
-EVENT_TABLE_LOADED = "table_loaded"  # --phase load: a whole table staged for the publish phase
-EVENT_SLICE_LOADED = "slice_loaded"  # one key range of a table loaded into its staging table
-EVENT_RUN_FINISHED = "run_finished"
+# Output: one JSON object a line on stdout for machines (runlog.EVENTS lists them), short lines on stderr
+# for people.
 
 
-def log_event(event: str, **fields) -> None:
+def log_event(event: runlog.Event, **fields) -> None:
     # On AWS the state machine names the run and the job, so a report can find their lines.
     if os.environ.get("COPIER_RUN"):
         fields["run"] = os.environ["COPIER_RUN"]
     if os.environ.get("COPIER_JOB") and "job" in fields:
         fields["job"] = os.environ["COPIER_JOB"]
-    line = json.dumps({"event": event, **fields}, default=str, ensure_ascii=False)
+    line = json.dumps({"event": event.name, **fields}, default=str, ensure_ascii=False)
     # One write per line keeps lines from parallel worker processes whole.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -163,16 +206,41 @@ def say(text: str) -> None:
 
 def warn(message: str, **fields) -> None:
     """A warning: a JSON line for the logs, a human line on stderr (with its error, if any)."""
-    log_event("warning", message=message, **fields)
+    log_event(runlog.WARNING, message=message, **fields)
     say(f"copier: warning: {message}" + (f": {fields['error']}" if fields.get("error") else ""))
 
 
+# Moments of a run that a test attaches a real fault to (a server stopped mid-load, a table
+# dropped between two statements, a row written after the snapshot): a listener is called with
+# the moment's context. Nothing listens in a real run. The tests' hooks (tests/*_hook.py) add
+# their listeners in the job processes too.
+MOMENTS = {
+    "tables_checked": "the plan is made and the target checked; nothing is loaded yet (units)",
+    "snapshot_taken": "the run exported its snapshot (conn: the connection holding it)",
+    "creating_type": "a user-defined type is missing on the target and about to be made (name)",
+    "locking": "the swap read which tables to lock, and is about to lock them (table, tables)",
+    "loading": "a progress line of a table's load, every --progress-seconds (table, bytes)",
+    "swapping": "a staged table's swap begins (table)",
+    "unit_done": "a job reported a unit (unit, result)",
+}
+LISTENERS: dict[str, list] = {}
+
+
+def moment(at: str, **context) -> None:
+    assert at in MOMENTS, at
+    for listener in LISTENERS.get(at, ()):
+        listener(**context)
+
+
 # ---------------------------------------------------------------------------------------------
-# Settings
+# The command line: the user's options.
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
+    """What the user (or, on AWS, the state machine's environment) asked for. What the run then
+    does with it is its Plan."""
+
     tables_text: str
     jobs: int = 1
     dry_run: bool = False
@@ -197,11 +265,8 @@ class Options:
     load_jobs: int = 1  # load phase: how many jobs import the held snapshot
     snapshot_wait: float = 1800.0
     scheduled: bool = False  # COPIER_RUN is set: the state machine started it, nobody watches
-    # Tables staged and swapped together at the end of a per-table run (see late_swaps).
-    late_swap: frozenset[str] = frozenset()
-
-    def swaps_late(self, table: str) -> bool:
-        return self.swap == "together" or table in self.late_swap
+    json: bool = False  # --dry-run --json: the plan as one JSON line on stdout
+    copy_unchanged: bool = False  # copy every table, even one the reporting side holds already
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -227,8 +292,10 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="worker processes; each takes the largest table left when it is "
                         "free (default 1)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="resolve and check everything, print the plan (with the job each "
-                        "table is expected to land on), change nothing")
+                        help="resolve and check everything, print the plan on stderr (with the job "
+                        "each table is expected to land on), change nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="with --dry-run: the plan as one JSON line on stdout as well")
     parser.add_argument("--swap", choices=("table", "together"),
                         default=os.environ.get("COPIER_SWAP", "table"),
                         help="'table': each table goes live when it is ready (default); "
@@ -272,6 +339,10 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="with --jobs N, cut tables larger than SIZE (e.g. 10GB) into key ranges "
                         "loaded side by side; by default a table is cut when it is larger than a "
                         "job's mean share of the run, so that one table does not set the run's length")
+    parser.add_argument("--copy-unchanged", action="store_true",
+                        default=os.environ.get("COPIER_COPY_UNCHANGED", ""),  # any but "", 0, false: on
+                        help="copy every table, also one whose source rows are what the reporting "
+                        "table already holds (by default such a table is not written)")
     parser.add_argument("--no-split", dest="split", action="store_false",
                         help="never cut a table into slices")
     parser.add_argument("--phase", choices=PHASES, default=os.environ.get("COPIER_PHASE", "all"),
@@ -295,20 +366,58 @@ def parse_args(argv: list[str]) -> Options:
         parser.error("--jobs must be at least 1")
     if args.retries < 0 or args.lock_retries < 0 or args.index_workers < 0:
         parser.error("--retries, --lock-retries and --index-workers must not be negative")
+    if args.json and not args.dry_run:
+        parser.error("--json goes with --dry-run (a run's stdout is JSON lines already)")
     if args.outage_budget < 0 or args.lock_budget < 0:
         parser.error("--outage-budget and --lock-budget must not be negative")
     phases = phase_settings(args.phase, parser.error)
     return Options(**phases,
-        tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, swap=args.swap,
+        tables_text=tables_text, jobs=args.jobs, dry_run=args.dry_run, json=args.json, swap=args.swap,
         fail_fast=args.fail_fast, retries=args.retries, lock_timeout=args.lock_timeout,
         lock_retries=args.lock_retries, progress_seconds=args.progress_seconds,
         index_workers=args.index_workers, outage_budget=args.outage_budget,
         snapshot=args.snapshot, lock_budget=args.lock_budget, kill_readers=args.kill_readers,
         split=args.split, split_larger_than=args.split_larger_than,
+        copy_unchanged=args.copy_unchanged not in ("", "0", "false"),
     )
 
 
+EXAMPLES = """\
+examples:
+  python copier.py TABLES=orders,customers
+      copy two tables of schema public, settings from SSM Parameter Store
+
+  SOURCE_DSN=postgresql://app@db1/shop TARGET_DSN=postgresql://report@db2/reporting \\
+  python copier.py TABLES='sales.orders,"Mixed Case"' --jobs 4
+      a local run against two databases, four tables at a time
+
+  TABLES=orders python copier.py --dry-run
+      print the plan (table, size, estimated rows, job) and change nothing
+
+  python copier.py TABLES=orders,order_lines --swap together
+      both tables go live in one transaction at the end, or neither does
+
+environment:
+  TABLES                   the table list, when no TABLES= argument is given
+  SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
+  COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
+  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS, COPIER_OUTAGE_BUDGET,
+  COPIER_SNAPSHOT          defaults for --jobs, --swap, --retries, --index-workers,
+                           --outage-budget, --snapshot
+  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine);
+                           COPIER_RUN also names the run whose staging --phase publish swaps in
+  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN, COPIER_COPY_UNCHANGED, COPIER_LOCK_BUDGET
+                           defaults for --phase, --split-larger-than, --copy-unchanged (1),
+                           --lock-budget
+  COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
+                           it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
+                           wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
+"""
+
+
 PHASES = ("all", "load", "publish")
+
+
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
@@ -343,35 +452,9 @@ def phase_settings(phase: str, error) -> dict:
             "snapshot_wait": wait, "scheduled": bool(run)}
 
 
-EXAMPLES = """\
-examples:
-  python copier.py TABLES=orders,customers
-      copy two tables of schema public, settings from SSM Parameter Store
-
-  SOURCE_DSN=postgresql://app@db1/shop TARGET_DSN=postgresql://report@db2/reporting \\
-  python copier.py TABLES='sales.orders,"Mixed Case"' --jobs 4
-      a local run against two databases, four tables at a time
-
-  TABLES=orders python copier.py --dry-run
-      print the plan (table, size, estimated rows, job) and change nothing
-
-  python copier.py TABLES=orders,order_lines --swap together
-      both tables go live in one transaction at the end, or neither does
-
-environment:
-  TABLES                   the table list, when no TABLES= argument is given
-  SOURCE_DSN, TARGET_DSN   connection strings for a local run (replace Parameter Store)
-  COPIER_SSM_PREFIX        Parameter Store path of the settings (default /nightly-copy/)
-  COPIER_JOBS, COPIER_SWAP, COPIER_RETRIES, COPIER_INDEX_WORKERS, COPIER_OUTAGE_BUDGET,
-  COPIER_SNAPSHOT          defaults for --jobs, --swap, --retries, --index-workers,
-                           --outage-budget, --snapshot
-  COPIER_RUN, COPIER_JOB   added to every JSON line as "run" and "job" (set by the state machine);
-                           COPIER_RUN also names the run whose staging --phase publish swaps in
-  COPIER_PHASE, COPIER_SPLIT_LARGER_THAN   defaults for --phase, --split-larger-than
-  COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
-                           it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
-                           wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
-"""
+# ---------------------------------------------------------------------------------------------
+# Settings and connections: where the databases are, how every session is set up, and the small helpers
+# every statement uses.
 
 
 def load_connection_settings() -> dict[str, dict]:
@@ -418,6 +501,42 @@ def read_ssm_settings(prefix: str) -> dict[str, dict]:
     return settings
 
 
+# Every connection: keepalives so a long copy notices a dead peer, and a name in pg_stat_activity.
+CONNECTION_OPTIONS = {
+    "application_name": "nightly-copier",
+    "connect_timeout": 15,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 6,
+}
+
+
+# Set on every session, as pg_dump does. search_path: catalog functions then print every name
+# schema-qualified, and nothing we run can be captured by an object on the user's search_path.
+# Timeouts meant for interactive users must not cut a nightly copy off: its statements are long
+# by design, and the connection holding the run's snapshot sits idle in its transaction (the
+# swap sets its own lock_timeout). Some of these timeouts exist only from a version on.
+SESSION_SETTINGS = (
+    ("search_path", "pg_catalog"),
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+)
+
+
+# On the source only, as pg_dump: a table whose row-level security would hide rows from the
+# copier's user raises an error instead of being copied without them (the row counts would
+# still agree, so nothing else would notice).
+SOURCE_SESSION_SETTINGS = (("row_security", "off"),)
+
+
+VERSIONED_SESSION_SETTINGS = ((140000, "idle_session_timeout", "0"),
+                              (170000, "transaction_timeout", "0"))
+
+
+OLDEST_SERVER = runlog.OLDEST_MAJOR * 10000  # server_version of its first release
+
+
 def connect(settings: dict, role: str = "target"):
     """An autocommit connection: every transaction here is opened and closed explicitly."""
     settings = dict(settings)
@@ -450,21 +569,84 @@ def open_connection(settings: dict, role: str):
                              role) from exc
 
 
-class ConnectionLost(CopierError):
-    """A connection could not be opened or was lost: worth retrying."""
+def is_alive(conn) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return True
+    except psycopg2.Error:
+        return False
 
-    def __init__(self, message: str, role: str | None = None):
-        super().__init__(message)
-        self.role = role
+
+@contextmanager
+def transaction(conn):
+    """A cursor inside BEGIN ... COMMIT, rolled back on any error (when the connection lives)."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if not conn.closed:
+                try:
+                    cur.execute("ROLLBACK")
+                except psycopg2.Error:
+                    pass
+            raise
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+# The catalog queries sent for every table are prepared once per connection: on a target with
+# a thousand tables, parsing and planning one costs 0.3-1.5 ms, running it a tenth of that.
+PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> names
+
+
+def prepared_statement(cur, name: str, query: str, *args) -> str:
+    """The EXECUTE of a query (parameters $1, $2, ...) with args, as a statement to send alone
+    or with others. The first use on a connection PREPAREs it, in a round trip of its own (a
+    prepared statement outlives a rolled-back transaction, and dies with its session)."""
+    made = PREPARED.setdefault(cur.connection, set())
+    if name not in made:
+        cur.execute(f"PREPARE {name} AS {query}")
+        made.add(name)
+    return cur.mogrify(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})", args).decode()
+
+
+# A relation's comment, as obj_description(oid, 'pg_class') reads it, without the cost of a
+# call of a SQL function (a template: the relation's OID).
+COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
+              "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def rows(json_rows: list[list]) -> list[tuple]:
+    return [tuple(row) for row in json_rows]
+
+
+CURRENT_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by connection
+
+
+def current_user(cur) -> str:
+    """The copier's user on this connection (asked once: the copier never changes role)."""
+    if cur.connection not in CURRENT_USERS:
+        cur.execute("SELECT current_user")
+        CURRENT_USERS[cur.connection] = cur.fetchone()[0]
+    return CURRENT_USERS[cur.connection]
 
 
 # ---------------------------------------------------------------------------------------------
-# Resolving the table list
+# The table list and the plan: what TABLES names, cut into units, and what the run will do with them,
+# decided before anything is written.
 
 
 @dataclass(frozen=True)
@@ -475,7 +657,7 @@ class TableName:
     @property
     def qualified(self) -> str:
         """The name as users write it: schema.table, quoted only where needed."""
-        return f"{display_ident(self.schema)}.{display_ident(self.name)}"
+        return qualified(self.schema, self.name)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -485,11 +667,6 @@ class TableName:
         # Deterministic, so a later run finds and removes what a crashed run left behind.
         digest = hashlib.md5(f"{self.schema}.{self.name}".encode()).hexdigest()[:16]
         return f"{STAGING_PREFIX}{digest}"
-
-
-def display_ident(name: str) -> str:
-    plain = name.replace("_", "a").isalnum() and name == name.lower() and not name[0].isdigit()
-    return name if plain else '"' + name.replace('"', '""') + '"'
 
 
 @dataclass
@@ -504,95 +681,8 @@ class SourceTable:
     # Nothing on the reporting side was tied to it when the run started (with_target_checked):
     # no refusal to look for before its load (the swap still sweeps what is tied by then).
     untied: bool = dataclasses.field(default=False, compare=False)
-
-
-def split_table_list(text: str) -> list[list[tuple[str, bool]]]:
-    """'a, s.b, "Mixed, Case"' -> [[("a", False)], [("s", False), ("b", False)], ...].
-
-    Each name is a list of parts (schema, table), each part with whether it was quoted.
-    """
-    units = split_units(text)
-    for parts, part in units:
-        if part is not None:
-            raise TableListError(f"malformed TABLES value {text!r}: a slice ({unit_text(parts, part)}) "
-                                 f"where only table names are expected")
-    return [parts for parts, _ in units]
-
-
-Slice = tuple[int, int]  # (k, n): the k-th of n key ranges of a table, 1-based
-
-
-def split_units(text: str) -> list[tuple[list[tuple[str, bool]], Slice | None]]:
-    """Like split_table_list, where a name may end in #k/n: slice k of n ('events#2/4').
-
-    '#' cannot occur in an unquoted name, and comes after the closing quote of a quoted one.
-    """
-    names: list[tuple[list[tuple[str, bool]], Slice | None]] = []
-    parts: list[tuple[str, bool]] = []
-    current, quoted, in_quotes, suffix, i = "", False, False, None, 0
-
-    def end_part() -> None:
-        nonlocal current, quoted
-        value = current if quoted else current.strip()
-        if not value:
-            raise TableListError(f"malformed TABLES value {text!r}: an empty name")
-        parts.append((value, quoted))
-        current, quoted = "", False
-
-    def end_name() -> None:
-        nonlocal parts, suffix
-        end_part()
-        names.append((parts, parse_slice(text, suffix) if suffix is not None else None))
-        parts, suffix = [], None
-
-    while i < len(text):
-        ch = text[i]
-        if suffix is not None and ch != ",":
-            suffix += ch
-        elif in_quotes:
-            if ch == '"' and text[i + 1:i + 2] == '"':
-                current += '"'
-                i += 1
-            elif ch == '"':
-                in_quotes = False
-            else:
-                current += ch
-        elif ch == '"':
-            if current.strip():
-                raise TableListError(f"malformed TABLES value {text!r}: stray quote")
-            current, quoted, in_quotes = "", True, True
-        elif ch == ".":
-            end_part()
-        elif ch == ",":
-            end_name()
-        elif ch == "#":
-            suffix = ""
-        elif quoted and not ch.isspace():
-            raise TableListError(f"malformed TABLES value {text!r}: text after a quoted name")
-        else:
-            current += ch
-        i += 1
-    if in_quotes:
-        raise TableListError(f"malformed TABLES value {text!r}: unclosed quote")
-    end_name()
-    for name, _ in names:
-        if len(name) > 2:
-            written = ".".join(part for part, _ in name)
-            raise TableListError(f"malformed table name {written!r}: at most schema.table")
-    return names
-
-
-def parse_slice(text: str, suffix: str) -> Slice:
-    match = re.fullmatch(r"\s*(\d+)/(\d+)\s*", suffix)
-    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise TableListError(f"malformed TABLES value {text!r}: {'#' + suffix.strip()!r} is not a "
-                             f"slice (#k/n, 1 <= k <= n)")
-    return int(match.group(1)), int(match.group(2))
-
-
-def unit_text(parts: list[tuple[str, bool]], part: Slice | None) -> str:
-    name = ".".join(display_ident(p) if q else p for p, q in parts)
-    return f"{name}#{part[0]}/{part[1]}" if part else name
+    # What the last run recorded of it on the reporting side (with_fingerprints); None: copy it.
+    fingerprint: Fingerprint | None = dataclasses.field(default=None, compare=False)
 
 
 SOURCE_TABLES_QUERY = """
@@ -653,26 +743,29 @@ def find_table(by_name: dict, parts: list[tuple[str, bool]]) -> SourceTable | No
     return by_name.get(folded)
 
 
+def resolve_units(conn, tables_text: str) -> list[Unit]:
+    """A load job's TABLES: tables and slices (name#k/n), each listed once."""
+    if not tables_text.strip():
+        raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
+    listed = split_units(tables_text)
+    by_name = source_tables(conn, [parts for parts, _ in listed])
+    units: list[Unit] = []
+    for parts, part in listed:
+        found = find_table(by_name, parts)
+        if found is None:
+            raise TableListError(f"unknown table {unit_text(parts, part)!r}: no such table on the source")
+        unit = Unit(found, "slice" if part else "load", part)
+        for other in units:
+            if other.source.table == found.table and (other.name == unit.name or not (part and other.part)):
+                raise TableListError(f"{found.table.qualified} is listed twice ({other.name}, {unit.name})")
+        units.append(unit)
+    keys = slice_keys(conn, [u.source for u in units if u.part])
+    return [dataclasses.replace(u, key=keys.get(u.source.table.qualified)) if u.part else u for u in units]
+
+
 def source_table_sizes(conn, tables_text: str) -> dict[str, int]:
     """Size in bytes of each listed source table, by qualified name (for planning jobs)."""
     return {t.table.qualified: t.size_bytes for t in resolve_tables(conn, tables_text)}
-
-
-def assign_to_jobs(weights: dict[str, float], jobs: int) -> list[list[str]]:
-    """Split tables over jobs, largest first onto the least-loaded job.
-
-    The same function predicts local --jobs runs (--dry-run), plans setup's split of the
-    nightly run and rebalancing from measured times: only the weights differ (bytes or seconds).
-    """
-    if jobs < 1:
-        raise ValueError("jobs must be at least 1")
-    loads = [0.0] * jobs
-    assignment: list[list[str]] = [[] for _ in range(jobs)]
-    for name in sorted(weights, key=lambda n: (-weights[n], n)):
-        lightest = min(range(jobs), key=lambda j: (loads[j], j))
-        assignment[lightest].append(name)
-        loads[lightest] += weights[name]
-    return assignment
 
 
 @dataclass(frozen=True)
@@ -692,8 +785,7 @@ class Unit:
 
     @property
     def name(self) -> str:
-        table = self.source.table.qualified
-        return f"{table}#{self.part[0]}/{self.part[1]}" if self.part else table
+        return unit_name(self.source.table.qualified, self.part)
 
     @property
     def weight(self) -> float:
@@ -726,68 +818,132 @@ def sliceable_tables(conn, tables_text: str) -> set[str]:
     return set(slice_keys(conn, resolve_tables(conn, tables_text)))
 
 
-def slice_counts(weights: dict[str, float], jobs: int, sliceable: Iterable[str] = (),
-                 split_larger_than: float | None = None) -> dict[str, int]:
-    """How many slices each table is cut into: a sliceable table heavier than a job's mean
-    load (or than split_larger_than, in the weights' unit) would keep one job busy while the
-    others idle, so it becomes slices of at most half a mean job's load each."""
-    if jobs < 1:
-        raise ValueError("jobs must be at least 1")
-    mean = sum(weights.values()) / jobs
-    threshold = mean if split_larger_than is None else split_larger_than
-    sliceable = set(sliceable)
-    return {name: slice_count(weight, mean, threshold) if name in sliceable else 1
-            for name, weight in weights.items()}
-
-
-def plan_units(weights: dict[str, float], jobs: int, sliceable: Iterable[str] = (),
-               split_larger_than: float | None = None) -> list[list[str]]:
-    """Split tables over jobs as assign_to_jobs does, a big table first cut into slices
-    ('name#k/n', see slice_counts). The same function plans local --jobs runs, setup's split
-    of the nightly run and rebalancing from measured times."""
-    units: dict[str, float] = {}
-    for name, count in slice_counts(weights, jobs, sliceable, split_larger_than).items():
+def plan_run(src, options: Options) -> list[Unit]:
+    """The run's units: this load job's tables and slices, the tables to publish, or, for a
+    whole local run, each table (the big ones cut into slices when there are jobs to share them)."""
+    if options.phase == "load":
+        return resolve_units(src, options.tables_text)
+    tables = resolve_tables(src, options.tables_text)
+    if options.phase == "publish":
+        return [Unit(t, "finish") for t in tables]
+    keys = slice_keys(src, tables) if options.jobs > 1 and options.split else {}
+    counts = slice_counts({t.table.qualified: t.size_bytes for t in tables}, options.jobs, keys,
+                          options.split_larger_than)
+    units = []
+    for t in tables:
+        count = counts[t.table.qualified]
         if count == 1:
-            units[name] = weights[name]
-        for k in range(1, count + 1) if count > 1 else ():
-            units[f"{name}#{k}/{count}"] = weights[name] / count
-    return assign_to_jobs(units, jobs)
+            units.append(Unit(t, "copy"))
+        else:
+            units += [Unit(t, "slice", (k, count), keys[t.table.qualified]) for k in range(1, count + 1)]
+    return units
 
 
-MAX_SLICES = 64
+@dataclass(frozen=True)
+class Plan:
+    """What the run does, decided once before anything is written, from the Options and what
+    the two databases hold: the phase, how its tables go live, where its reads' snapshot comes
+    from, and which units each job is expected to take."""
+
+    phase: str  # all, load or publish (--phase)
+    # "table": each table goes live once it is ready; "together": all at the end, in one
+    # transaction; "none": the load phase leaves them staged for the publish
+    swap: str
+    # "export": the run exports its own; "hold" / "join": the load jobs of a split run read the
+    # first one's; "none": the publish reads no rows
+    snapshot: str
+    # Tables that go live together at the end of the run rather than each when it is ready:
+    # every table with --swap together; in a per-table run, those a partitioned table's foreign
+    # key joins (see partitioned_key_ends)
+    late_swaps: frozenset[str]
+    jobs: tuple[tuple[str, ...], ...]  # the units each job is expected to take, as sizes predict
+    # The reporting side has (or the copier may make) its store of fingerprints: unchanged tables
+    # can be recognised, and each table copied leaves one.
+    fingerprints: bool
 
 
-def slice_count(weight: float, mean: float, threshold: float) -> int:
-    if weight <= 0 or weight <= threshold:
-        return 1
-    return max(2, min(MAX_SLICES, math.ceil(weight / max(mean / 2, 1e-9))))
+def make_plan(options: Options, units: list[Unit], dst) -> Plan:
+    tables = list({u.source.table: u.source for u in units}.values())
+    swap = "none" if options.phase == "load" else options.swap
+    if swap == "together":
+        late_swaps = frozenset(t.table.qualified for t in tables)
+    else:
+        late_swaps = partitioned_key_ends(dst, tables) if swap == "table" else frozenset()
+    snapshot = "none" if options.phase == "publish" else options.one_snapshot or "export"
+    jobs = assign_to_jobs({u.name: u.weight for u in units}, options.jobs)
+    fingerprints = fingerprint_store_usable(dst)
+    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)), fingerprints)
 
 
-def print_plan(units: list[Unit], jobs: int) -> None:
-    """--dry-run: each unit with the job it is expected to land on, and each job's share."""
+# Foreign keys of partitioned tables on the target whose two ends are both tables.
+PARTITIONED_KEYS_QUERY = """
+SELECT rn.nspname, r.relname, fn.nspname, f.relname
+FROM pg_constraint c
+JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
+WHERE c.contype = 'f' AND c.conparentid = 0 AND 'p' IN (r.relkind, f.relkind)
+"""
+
+
+def partitioned_key_ends(dst, tables: list[SourceTable]) -> frozenset[str]:
+    """Before PostgreSQL 18 a foreign key of a partitioned table, or to one, is made again
+    validated (see ForeignKey.add), so it is checked when it is made: the tables it joins go live
+    together at the end of the run, when both hold the same night's rows, instead of each at its
+    own moment."""
+    if dst.server_version >= 180000:
+        return frozenset()
+    names = {(t.table.schema, t.table.name): t.table.qualified for t in tables}
+    with dst.cursor() as cur:
+        cur.execute(PARTITIONED_KEYS_QUERY)
+        ends = [((a, b), (c, d)) for a, b, c, d in cur.fetchall()]
+    return frozenset(names[end] for pair in ends if any(e in names for e in pair)
+                     for end in pair if end in names)
+
+
+def show_plan(plan: Plan, units: list[Unit], refused: dict[str, str], as_json: bool) -> None:
+    """--dry-run: each unit with the job it is expected to land on, each job's share, and the
+    tables the reporting side would refuse; for people on stderr, and with --json as one JSON
+    line on stdout."""
     by_name = {u.name: u for u in units}
-    plan = assign_to_jobs({u.name: u.weight for u in units}, jobs)
-    rows = [
-        (name, f"{by_name[name].weight / 1e6:.1f}",
-         str(by_name[name].source.estimated_rows // (by_name[name].part or (1, 1))[1])
-         if by_name[name].source.estimated_rows >= 0 else "?", str(job))
-        for job, names in enumerate(plan, 1) for name in names
-    ]
-    header = ("table", "MB", "rows (est.)", "job")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    placed = [(name, by_name[name], job) for job, names in enumerate(plan.jobs, 1) for name in names]
+    rows = [(name, f"{unit.weight / 1e6:.1f}", str(estimated_rows(unit)) if unit.source.estimated_rows >= 0
+             else "?", str(job)) for name, unit, job in placed]
+    print_table(("table", "MB", "rows (est.)", "job"), rows, left=(0,))
     total = sum(u.weight for u in units) or 1
-    for job, names in enumerate(plan, 1):
+    for job, names in enumerate(plan.jobs, 1):
         if names:
             share = sum(by_name[name].weight for name in names)
-            print(f"job {job}: {len(names)} unit(s), {share / 1e6:.1f} MB, "
-                  f"{100 * share / total:.0f}% of the run")
+            say(f"job {job}: {len(names)} unit(s), {share / 1e6:.1f} MB, "
+                f"{100 * share / total:.0f}% of the run")
+    for table, error in refused.items():
+        say(f"copier: error: {table}: {error}")
+    if as_json:
+        log_event(runlog.PLAN, phase=plan.phase, swap=plan.swap, jobs=len(plan.jobs), units=[
+            {"unit": name, "table": unit.source.table.qualified, "job": job, "bytes": round(unit.weight),
+             "estimated_rows": estimated_rows(unit) if unit.source.estimated_rows >= 0 else None,
+             **({"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {})}
+            for name, unit, job in placed], refused=[
+            {"table": table, "error": error} for table, error in refused.items()])
+
+
+def estimated_rows(unit: Unit) -> int:
+    return unit.source.estimated_rows // (unit.part or (1, 1))[1]
+
+
+def refusals(dst, tables: list[SourceTable]) -> dict[str, str]:
+    """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
+    refused = {}
+    with dst.cursor() as cur:
+        for t in tables:
+            try:
+                refuse_what_cannot_survive(cur, t.table)
+            except Refused as exc:
+                refused[t.table.qualified] = str(exc)
+    return refused
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a table's definition from the source
+# Reading the source: every table's definition, in the same ten queries for one table or a thousand.
 
 
 @dataclass
@@ -887,6 +1043,7 @@ WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
 
+
 # For every type a column uses (through domains and arrays): whether binary COPY can carry it
 # between databases, and which user-defined types the target must have.
 def type_closure_query(server_version: int) -> str:
@@ -913,6 +1070,7 @@ SELECT c.root, t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
 FROM closure c JOIN pg_type t ON t.oid = c.oid
 """
 
+
 CONSTRAINTS_QUERY = """
 SELECT con.conrelid, con.conname, con.contype, pg_get_constraintdef(con.oid),
        CASE WHEN con.contype IN ('p', 'u') THEN pg_get_indexdef(con.conindid) END,
@@ -921,6 +1079,7 @@ FROM pg_constraint con
 WHERE con.conrelid = ANY(%(tables)s) AND con.contype IN ('p', 'u', 'c', 'x')
 ORDER BY con.conrelid, con.contype, con.conname
 """
+
 
 INDEXES_QUERY = """
 SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid)
@@ -948,6 +1107,7 @@ WHERE d.adrelid = ANY(%(tables)s)
                   AND o.objid = s.oid AND o.refobjid = d.adrelid AND o.deptype IN ('a', 'i'))
 ORDER BY 1, 2, 3
 """
+
 
 # Per-column planner settings: ALTER COLUMN ... SET STATISTICS n, SET (n_distinct = ...).
 COLUMN_STATISTICS_QUERY = """
@@ -985,6 +1145,7 @@ FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum 
 WHERE d.objoid = ANY(%(tables)s) AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
 GROUP BY d.objoid
 """
+
 
 # Each table's comment, and its name quoted the way pg_get_indexdef quotes it (to find the
 # table's name in index definitions).
@@ -1109,8 +1270,81 @@ def text_only_type_oids(closure: list[tuple]) -> set[int]:
     return bad
 
 
+@dataclass
+class Partition:
+    """One partition, as it is made under the staged table: its parent is a (schema, name)."""
+
+    schema: str
+    name: str
+    parent: tuple[str, str]
+    bound: str  # FOR VALUES ... or DEFAULT
+    key: str | None  # PARTITION BY of a partition that is partitioned in turn
+    options: list[str]
+    tablespace: str | None = None  # where it is on the reporting side (None: its parent's)
+
+
+@dataclass
+class PartitionLayout:
+    key: str  # the table's PARTITION BY
+    partitions: list[Partition]  # parents before their children
+
+
+PARTITIONS_QUERY = """
+SELECT n.nspname, c.relname, pn.nspname, p.relname, pg_get_expr(c.relpartbound, c.oid),
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}'),
+       -- 0 is the database's default: named, as a partition made without one gets its parent's
+       CASE WHEN c.reltablespace <> 0 THEN (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace)
+            WHEN c.relkind <> 'p' THEN (SELECT s.spcname FROM pg_database d
+                                        JOIN pg_tablespace s ON s.oid = d.dattablespace
+                                        WHERE d.datname = current_database()) END
+FROM pg_partition_tree(%s) t
+JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class p ON p.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
+WHERE t.level > 0
+ORDER BY t.level, n.nspname, c.relname
+"""
+
+
+def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
+    cur.execute("SELECT pg_get_partkeydef(oid) FROM pg_class WHERE oid = %s AND relkind = 'p'", (oid,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    cur.execute(PARTITIONS_QUERY, (oid,))
+    return PartitionLayout(row[0], [
+        Partition(schema, name, (parent_schema, parent), bound, key, list(options), tablespace)
+        for schema, name, parent_schema, parent, bound, key, options, tablespace in cur.fetchall()])
+
+
+def warn_if_recovery_may_cancel(conn) -> None:
+    """A read replica as the source is fine, but without hot_standby_feedback the replica
+    cancels a long COPY (and ends the session holding the run's snapshot) when it replays
+    the primary's cleanup of rows that COPY may still need."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'), "
+                    "current_setting('max_standby_streaming_delay')")
+        in_recovery, feedback, delay = cur.fetchone()
+    if in_recovery and feedback == "off" and delay != "-1":
+        warning = ("the source is a standby with hot_standby_feedback off: a long copy can be "
+                   "cancelled by a conflict with recovery; set hot_standby_feedback = on there")
+        warn(warning)
+
+
 # ---------------------------------------------------------------------------------------------
-# Preparing the target: schemas and the user-defined types the table's columns use.
+# Preparing the target: the schemas, types and sequences a staging table needs, made in short transactions
+# of their own.
+
+
+def check_target(dst, tables: list[SourceTable]) -> None:
+    """Fail before copying anything when the target would refuse every table anyway."""
+    with dst.cursor() as cur:
+        for schema in sorted({t.table.schema for t in tables}):
+            cur.execute(
+                "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
+                "ELSE has_schema_privilege(n.oid, 'CREATE') END "
+                "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s", (schema,))
+            if not cur.fetchone()[0]:
+                raise CopierError(f"the target user may not create tables in schema {schema!r}")
 
 
 # The schemas a target connection found or made: looked up once per connection, not per table
@@ -1195,6 +1429,7 @@ def ensure_sequence(src, dst, schema: str, name: str, owner: str | None) -> None
 # composite types and ranges. An extension's base types need the extension there.
 USER_TYPE_KINDS = ("e", "d", "c", "r")
 
+
 SOURCE_TYPE_QUERY = """
 SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod), t.typbasetype,
        t.typnotnull, t.typdefault,
@@ -1204,6 +1439,7 @@ SELECT n.nspname, t.typname, t.typtype, format_type(t.typbasetype, t.typtypmod),
        (SELECT relkind FROM pg_class WHERE oid = t.typrelid)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s
 """
+
 
 # A composite type's attributes: name, type, collation when not the type's own, type OID.
 COMPOSITE_ATTRIBUTES_QUERY = """
@@ -1304,6 +1540,7 @@ def ensure_type(src, dst, type_oid: int) -> None:
         if user_type.kind == "e" and existing is not None:
             add_enum_labels(cur, user_type, set(existing[0] or []))
         elif existing is None:
+            moment("creating_type", name=TableName(user_type.schema, user_type.name).qualified)
             create_type(cur, user_type)
 
 
@@ -1352,7 +1589,426 @@ def create_type(cur, user_type: UserType) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# One table's copy: stage, load, index, verify, analyze, swap.
+# One table's copy: stage, load, index, verify, analyze, swap. TableCopier runs the steps, with retries
+# after a lost connection or snapshot; the functions below it are the steps, in that order.
+
+
+class TableCopier:
+    """One worker's pair of connections and the copy of each of its tables."""
+
+    def __init__(self, settings: dict, options: Options, plan: Plan, shared: RunShared, job: int):
+        self.settings, self.options, self.plan, self.shared, self.job = settings, options, plan, shared, job
+        self.snapshot: str | None = None  # the name this try imports
+        self.src = self.dst = None
+
+    def connect(self, table: str) -> None:
+        """Both connections, waiting out an outage of either database (up to the budget)."""
+        if self.src is None:
+            self.src = connect_waiting(self.settings["source"], "source", self.shared.outages,
+                                       job=self.job, table=table)
+        if self.dst is None:
+            self.dst = connect_waiting(self.settings["target"], "target", self.shared.outages,
+                                       job=self.job, table=table)
+
+    def close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
+        self.src = self.dst = None
+
+    def lost_connections(self) -> list[str]:
+        """Which connections broke (psycopg2 marks them closed=2), whatever error it raised."""
+        pairs = (("source", self.src), ("target", self.dst))
+        return [role for role, conn in pairs if conn is not None and conn.closed == 2]
+
+    def copy(self, unit: Unit) -> TableResult:
+        """One unit, tried again after a lost connection or snapshot: its result and its line."""
+        source, name = unit.source, unit.name
+        started = time.monotonic()
+        self.steps = Steps()
+        for attempt in range(self.options.retries + 1):
+            self.snapshot, generation = self.shared.snapshot.current()
+            try:
+                with self.steps.timing("wait"):
+                    self.connect(name)
+                if attempt or generation > 1:
+                    source = self.found_again(source)
+                staged = self.step(dataclasses.replace(unit, source=source))
+            except KeyboardInterrupt:
+                self.close()
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this unit's result
+                if INTERRUPTED.is_set():  # psycopg2 turns a signal inside COPY into its own error
+                    self.close()
+                    raise Interrupted() from None
+                lost = self.lost_connections()
+                # A failed copy can leave a connection mid-COPY: start the next try afresh.
+                self.close()
+                error = describe_error(exc)
+                if lost:
+                    error = f"lost the connection to the {' and '.join(lost)} database: {error}"
+                if isinstance(exc, SnapshotLost) and self.options.snapshot == "strict":
+                    error += " (--snapshot strict: no table may come from a later snapshot)"
+                try:
+                    if attempt < self.options.retries and self.ready_to_retry(
+                            exc, lost, name, attempt, error, generation):
+                        continue
+                except CopierError as renewal:
+                    error = str(renewal)
+                seconds = round(time.monotonic() - started, 2)
+                log_event(runlog.TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
+                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.plan),
+                          steps=self.steps.rounded())
+                return TableResult(source.table.qualified, False, seconds=seconds, error=error,
+                                   attempts=attempt + 1, unit=name, part=unit.part,
+                                   steps=self.steps.rounded())
+            seconds = round(time.monotonic() - started, 2)
+            result = TableResult(source.table.qualified, True, staged.rows, staged.bytes, seconds,
+                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part,
+                                 unchanged=bool(staged.unchanged), steps=self.steps.rounded())
+            self.report(unit, staged, result)
+            return result
+        raise AssertionError("unreachable")
+
+    def report(self, unit: Unit, staged: StagedTable, result: TableResult) -> None:
+        """The unit's line; a table still to be swapped keeps its staged table in the result."""
+        fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
+                  "seconds": result.seconds, "snapshot": result.snapshot,
+                  **unit_fields(unit, self.plan), "steps": result.steps}
+        if unit.step == "finish":
+            fields["slices"] = staged.slices
+        if staged.unchanged:
+            log_event(runlog.TABLE_UNCHANGED, found=staged.unchanged, **fields)
+        elif unit.step == "load":
+            log_event(runlog.TABLE_LOADED, **fields)
+        elif unit.step == "slice":
+            log_event(runlog.SLICE_LOADED, **fields)
+        elif staged.blocked:
+            result.staged = staged
+            log_event(runlog.SWAP_DEFERRED, reason=staged.blocked, **fields)
+        elif result.table in self.plan.late_swaps:
+            result.staged = staged
+            log_event(runlog.TABLE_STAGED, **fields)
+        else:
+            log_event(runlog.TABLE_COPIED, **fields)
+        result.foreign_keys = staged.foreign_keys
+
+    def found_again(self, source: SourceTable) -> SourceTable:
+        """The table looked up by name again: after a lost connection the source may be another
+        server (a failover to a logical replica, say), where the OID read at the start is not it."""
+        with self.src.cursor() as cur:
+            cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                        (source.table.schema, source.table.name))
+            row = cur.fetchone()
+        if row is None:
+            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
+        return dataclasses.replace(source, oid=row[0], definition=None)
+
+    def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
+                       error: str, generation: int) -> bool:
+        """Whether another try can succeed where this one failed; waits for what it needs.
+
+        A lost connection is retried after a backoff, and the next try's connect() waits out
+        an outage; a lost snapshot is renewed first (unless --snapshot strict).
+        """
+        if isinstance(exc, SnapshotLost):
+            if self.options.snapshot == "strict":
+                return False
+            log_event(runlog.TABLE_RETRY, table=name, attempt=attempt + 1, error=error, wait_seconds=0)
+            self.shared.snapshot.renew(generation)
+            return True
+        if lost or is_connection_error(exc):
+            delay = backoff(attempt, self.options.retry_delay)
+            log_event(runlog.TABLE_RETRY, table=name, attempt=attempt + 1,
+                      error=error, wait_seconds=round(delay, 1))
+            time.sleep(delay)
+            return True
+        return False
+
+    def step(self, unit: Unit) -> StagedTable:
+        return {"copy": self.copy_once, "load": self.load_whole, "slice": self.load_slice,
+                "finish": self.finish}[unit.step](unit)
+
+    def copy_once(self, unit: Unit) -> StagedTable:
+        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction.
+
+        A table the last run found unchanged is read and hashed first: if it is still what the
+        reporting table holds, that is all. Any other is copied at once; if its rows turn out to
+        be what the reporting table holds, its staging is rolled back before any index is built.
+        """
+        definition = self.prepared(unit.source)
+        known = unit.source.fingerprint
+        if known and known.unchanged_nights and (same := self.unchanged_before_loading(definition,
+                                                                                        known)):
+            return self.keep_unchanged(definition, same)
+        try:
+            with transaction(self.dst) as cur:
+                with self.steps.timing("stage"):
+                    staged = stage_table(cur, definition)
+                staged.tied = not unit.source.untied
+                self.load_verified(definition, staged)
+                if known and self.holds_already(cur, definition, staged, known):
+                    raise Unchanged()
+                self.complete(cur, definition, staged)
+        except Unchanged:
+            staged.unchanged = "after loading"
+            return self.keep_unchanged(definition, staged)
+        return staged
+
+    def load_whole(self, unit: Unit) -> StagedTable:
+        """The load phase: stage and load a table, and leave it for the publish phase. A table the
+        last run found unchanged is hashed first; if it still is, only a note says so."""
+        definition = self.prepared(unit.source)
+        known = unit.source.fingerprint
+        same = self.unchanged_before_loading(definition, known) if known and known.unchanged_nights else None
+        with transaction(self.dst) as cur:
+            with self.steps.timing("stage"):
+                staged = stage_table(cur, definition)
+            if same is None:
+                self.load_verified(definition, staged)
+            else:
+                staged.rows, staged.bytes, staged.digests = same.rows, same.bytes, same.digests
+            note = StagingNote.new(self.note_run(unit), 1, definition, staged)
+            note.loaded["1"] = self.loaded_part(staged, [])
+            note.unchanged = known.value if same else ""
+            note.write(cur, staged)
+        return staged
+
+    def unchanged_before_loading(self, definition: TableDefinition,
+                                 known: Fingerprint) -> StagedTable | None:
+        """The source read and hashed, nothing written: the table as found unchanged, or None when
+        it must be copied (its fingerprint differs, or the reporting table was written to)."""
+        with self.steps.timing("load"):
+            rows, nbytes, digest = hash_rows(self.src, definition, self.snapshot,
+                                             self.progress_reporter(definition.table.qualified))
+        with self.steps.timing("verify"), self.dst.cursor() as cur:
+            if (fingerprint_of(definition, {"1": digest}) != known.value
+                    or not reporting_table_unchanged(cur, definition.table, known)):
+                return None
+        table = definition.table
+        staged = StagedTable(table, table.staging_name(), [], None, {}, rows=rows, bytes=nbytes,
+                             digests={"1": digest}, unchanged="before loading")
+        return staged
+
+    def holds_already(self, cur, definition: TableDefinition, staged: StagedTable,
+                      known: Fingerprint) -> bool:
+        """Whether the rows just loaded are what the reporting table holds already."""
+        with self.steps.timing("verify"):
+            return (fingerprint_of(definition, staged.digests) == known.value
+                    and reporting_table_unchanged(cur, definition.table, known))
+
+    def keep_unchanged(self, definition: TableDefinition, staged: StagedTable) -> StagedTable:
+        """An unchanged table keeps its rows; its sequences still move to the source's positions
+        (a sequence can move while its table does not), and its fingerprint counts one more run."""
+        with self.steps.timing("verify"), transaction(self.dst) as cur:
+            set_sequences(self.src, cur, definition, definition.table.qualified)
+            record_unchanged(cur, definition.table, self.options.run)
+        return staged
+
+    def load_slice(self, unit: Unit) -> StagedTable:
+        """One key range of a table, into the staging table the run's slices of it share."""
+        definition = self.prepared(unit.source)
+        if unit.key is None:
+            raise TableCopyError(
+                f"{definition.table.qualified} cannot be cut into slices: it has no single-column "
+                f"integer key (primary key or unique index on a NOT NULL column); plan it whole "
+                f"(setup_aws.py plans again from the source)")
+        (k, n), run = unit.part, self.note_run(unit)
+        staged = self.shared_staging(definition, n, run)
+        with transaction(self.dst) as cur:
+            slicer = Slicer(unit.key, unit.part)
+            self.load_verified(definition, staged, slicer)
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
+                        (definition.table.qualified,))
+            note = read_note(cur, definition.table)
+            if note is None or note.run != run:
+                raise TableCopyError(f"the staging table of {definition.table.qualified} was replaced "
+                                     f"by another run while slice {k}/{n} loaded")
+            if str(k) in note.loaded:
+                raise TableCopyError(f"slice {k}/{n} of {definition.table.qualified} was already "
+                                     f"loaded in run {run}: the unit is listed twice")
+            note.loaded[str(k)] = self.loaded_part(staged, slicer.bounds)
+            note.write(cur, staged)
+        return staged
+
+    def shared_staging(self, definition: TableDefinition, slices: int, run: str) -> StagedTable:
+        """The run's staging table for a sliced table: made by the first slice to come (in its
+        own committed transaction, so the others can load into it), found by the others."""
+        with transaction(self.dst) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
+                        (definition.table.qualified,))
+            note = read_note(cur, definition.table)
+            if (note is not None and note.run == run and note.slices == slices
+                    and note.columns == columns_digest(definition)):
+                staged = note.staged_table(definition)
+                staged.rows = staged.bytes = 0
+                return staged
+            staged = stage_table(cur, definition)  # drops what a crashed run left
+            StagingNote.new(run, slices, definition, staged).write(cur, staged)
+        return staged
+
+    def finish(self, unit: Unit) -> StagedTable:
+        """The publish step of a table the run loaded (whole or in slices): index, verify,
+        analyze and swap it in, in one transaction, as copy_once does after its load; or, when
+        its rows are what the reporting table holds already, drop its staging."""
+        definition = unit.source.definition or read_definition(self.src, unit.source)
+        known = unit.source.fingerprint
+        with transaction(self.dst) as cur:
+            staged, note = staged_of_run(cur, definition, self.note_run(unit))
+            staged.tied = not unit.source.untied
+            if note.unchanged:  # the load job found the source unchanged and loaded nothing
+                if not (known and known.value == note.unchanged
+                        and self.holds_already(cur, definition, staged, known)):
+                    raise TableCopyError(
+                        f"the reporting table {definition.table.qualified} was written to (or its "
+                        f"fingerprint changed) after the load job found its source unchanged: it keeps "
+                        f"its rows tonight, and the next run copies it")
+                staged.unchanged = "before loading"
+            elif known and self.holds_already(cur, definition, staged, known):
+                staged.unchanged = "after loading"
+            if staged.unchanged:
+                cur.execute(sql.SQL("DROP TABLE {}").format(staged.ident))
+            else:
+                cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
+                self.complete(cur, definition, staged)
+        return self.keep_unchanged(definition, staged) if staged.unchanged else staged
+
+    def note_run(self, unit: Unit) -> str:
+        # A table loaded again (its slices came from two snapshots) gets a staging of its own.
+        return f"{self.options.run}/{unit.attempt}" if unit.attempt else self.options.run
+
+    def loaded_part(self, staged: StagedTable, bounds: list[int]) -> dict:
+        return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
+                "snapshot": self.shared.snapshot_identity(),
+                "digest": next(iter(staged.digests.values()), None),
+                "xid": staged.loaded_by[-1] if staged.loaded_by else None}
+
+    def prepared(self, source: SourceTable) -> TableDefinition:
+        """The table's definition, refused or with what its staging table needs on the target."""
+        with self.steps.timing("stage"):
+            definition = source.definition or read_definition(self.src, source)
+            if not source.untied:
+                with self.dst.cursor() as cur:
+                    refuse_what_cannot_survive(cur, definition.table)
+            prepare_target(self.src, self.dst, definition)
+        return definition
+
+    def load_verified(self, definition: TableDefinition, staged: StagedTable,
+                      slicer: Slicer | None = None) -> None:
+        """The rows loaded, counted against what the source sent, with the hash of their stream
+        and the transaction that wrote them (for the fingerprint)."""
+        with self.steps.timing("load"):
+            source_rows, loaded, nbytes, digest = self.load(definition, staged, slicer)
+        with self.steps.timing("verify"), self.dst.cursor() as cur:
+            verify_counts(definition.table, source_rows, loaded)
+            cur.execute("SELECT pg_current_xact_id()::text::bigint")
+            staged.loaded_by = [cur.fetchone()[0]]
+        staged.rows, staged.bytes = loaded, nbytes
+        staged.digests = {str(slicer.part[0]) if slicer else "1": digest}
+
+    def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
+        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap, which
+        records the table's fingerprint with it."""
+        staged.fingerprint = fingerprint_of(definition, staged.digests)
+        with self.steps.timing("index"):
+            build_indexes(cur, definition, staged, self.options)
+            build_reporting_indexes(cur, definition, staged)
+            keep_index_tablespaces(cur, definition, staged)
+            keep_identity_and_cluster(cur, definition, staged)
+            keep_checks_not_nulls_and_defaults(cur, definition, staged)
+            keep_comments_and_toast_options(cur, definition, staged)
+            set_statistics(cur, definition, staged)
+            set_sequences(self.src, cur, definition, staged.quoted)
+        with self.steps.timing("analyze"):
+            cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
+        if definition.table.qualified in self.plan.late_swaps:
+            return
+        try:
+            staged.foreign_keys = swap_into_place(cur, staged, self.options, steps=self.steps)
+        except SwapBlocked as exc:  # kept staged: swapped after the other tables
+            staged.blocked = str(exc)
+            return
+        if self.plan.fingerprints:
+            record_fingerprint(cur, staged, self.options.run)
+
+    def load(self, definition: TableDefinition, staged: StagedTable,
+             slicer: Slicer | None = None) -> tuple[int, int, int, str]:
+        try:
+            return load_rows(self.src, self.dst, definition, staged, self.snapshot,
+                             self.progress_reporter(definition.table.qualified), slicer)
+        except psycopg2.errors.CheckViolation as exc:
+            if not staged.partitioned or "no partition" not in str(exc):
+                raise
+            raise TableCopyError(
+                f"a row of {definition.table.qualified} fits none of the reporting table's partitions "
+                f"({exc.diag.message_detail or first_line(exc)}): add a partition for it on the reporting "
+                f"side, or a default one (CREATE TABLE ... PARTITION OF {definition.table.qualified} "
+                f"DEFAULT)") from None
+
+    def progress_reporter(self, table: str):
+        started = time.monotonic()
+        due = started + self.options.progress_seconds
+
+        def on_progress(nbytes: int) -> None:
+            nonlocal due
+            now = time.monotonic()
+            if now >= due:
+                due = now + self.options.progress_seconds
+                report_progress(table, nbytes, now - started)
+
+        return on_progress
+
+
+def report_progress(table: str, nbytes: int, seconds: float) -> None:
+    log_event(runlog.TABLE_PROGRESS, table=table, bytes=nbytes, seconds=round(seconds, 1),
+              mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
+    moment("loading", table=table, bytes=nbytes)
+
+
+def unit_fields(unit: Unit, plan: Plan) -> dict:
+    """What a unit's JSON line says beyond its table: the slice, and the phase of a split run."""
+    fields = {"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {}
+    return {**fields, "phase": plan.phase} if plan.phase != "all" else fields
+
+
+class Steps:
+    """Where a unit's time went: seconds by step (runlog.STEPS), summed over its tries."""
+
+    def __init__(self, seconds: dict[str, float] | None = None):
+        self.seconds = dict(seconds or {})
+
+    @contextmanager
+    def timing(self, step: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.monotonic() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {step: round(self.seconds[step], 3) for step in runlog.STEPS if step in self.seconds}
+
+
+@dataclass
+class TableResult:
+    table: str
+    ok: bool
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    attempts: int = 1
+    staged: StagedTable | None = None
+    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
+    snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
+    unit: str = ""  # the unit's name: the table's, or 'table#k/n' for a slice
+    part: Slice | None = None
+    unchanged: bool = False  # the reporting table held its rows already: nothing was written
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by runlog.STEPS
 
 
 @dataclass
@@ -1381,6 +2037,12 @@ class StagedTable:
     # (schema, temporary name, final name) of each partition
     partitions: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     slices: int = 1  # how many key ranges it was loaded in
+    # What identifies its rows: the hash of each part's COPY stream ("k": hex digest), and the
+    # transactions that wrote them (pg_current_xact_id), for the fingerprint its swap records.
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)
+    loaded_by: list[int] = dataclasses.field(default_factory=list)
+    fingerprint: str = ""  # fingerprint_of its definition and digests, once loaded completely
+    unchanged: str = ""  # found unchanged: "before loading" or "after loading"
 
     def made_as(self, final: str, *kinds: str) -> str | None:
         """The temporary name of the part (of one of kinds) that the swap renames to final."""
@@ -1395,117 +2057,8 @@ class StagedTable:
         return quote_qualified(self.table.schema, self.staging)
 
 
-@dataclass
-class TableResult:
-    table: str
-    ok: bool
-    rows: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    error: str = ""
-    attempts: int = 1
-    staged: StagedTable | None = None
-    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # to validate or make
-    snapshot: int = 1  # which of the run's snapshots it was read from (a lost one is renewed)
-    unit: str = ""  # the unit's name: the table's, or 'table#k/n' for a slice
-    part: Slice | None = None
-
-
-# A run split over machines (or a table cut into slices) leaves its staging tables committed
-# between the steps: each carries a note, as its comment, of what was loaded into it and by which
-# run, so the step that finishes the table can tell complete from partial, or from another run's.
-STAGING_NOTE = "nightly-copy staging: "
-
-
-@dataclass
-class StagingNote:
-    run: str
-    slices: int
-    columns: str  # fingerprint of the source's columns when it was staged
-    staged: dict  # the staged table's parts to rename at the swap
-    loaded: dict[str, dict] = dataclasses.field(default_factory=dict)  # "k": rows, bytes, bounds, snapshot
-
-    @classmethod
-    def new(cls, run: str, slices: int, definition: TableDefinition, staged: StagedTable) -> StagingNote:
-        parts = {"renames": [dataclasses.asdict(r) for r in staged.renames],
-                 "partitioned": staged.partitioned, "partitions": staged.partitions}
-        return cls(run, slices, columns_fingerprint(definition), parts)
-
-    def staged_table(self, definition: TableDefinition) -> StagedTable:
-        table = definition.table
-        staged = StagedTable(table, table.staging_name(), [Rename(**r) for r in self.staged["renames"]],
-                             definition.comment, dict(definition.column_comments),
-                             partitioned=self.staged["partitioned"],
-                             partitions=[tuple(p) for p in self.staged["partitions"]])
-        staged.slices = self.slices
-        staged.rows = sum(part["rows"] for part in self.loaded.values())
-        staged.bytes = sum(part["bytes"] for part in self.loaded.values())
-        return staged
-
-    def write(self, cur, staged: StagedTable) -> None:
-        cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-            staged.ident, sql.Literal(STAGING_NOTE + json.dumps(dataclasses.asdict(self)))))
-
-
-def read_note(cur, table: TableName) -> StagingNote | None:
-    # Plain catalog reads under the statement's snapshot: to_regclass() could resolve the name
-    # from a cache that still knows the staging table another job has just replaced.
-    cur.execute("SELECT d.description FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass "
-                "AND d.objsubid = 0 WHERE n.nspname = %s AND c.relname = %s",
-                (table.schema, table.staging_name()))
-    row = cur.fetchone()
-    text = row[0] if row else None
-    if not text or not text.startswith(STAGING_NOTE):
-        return None
-    return StagingNote(**json.loads(text[len(STAGING_NOTE):]))
-
-
-def columns_fingerprint(definition: TableDefinition) -> str:
-    shape = [(c.name, c.type_sql, c.generated) for c in definition.columns]
-    return hashlib.md5(json.dumps(shape).encode()).hexdigest()
-
-
-def staged_of_run(cur, definition: TableDefinition, run: str) -> StagedTable:
-    """The table's staging as the run's loads left it, when complete and consistent: every slice
-    loaded, from one snapshot, with the same boundaries, in the source's current shape."""
-    table = definition.table.qualified
-    note = read_note(cur, definition.table)
-    if note is None or note.run != run:
-        raise TableCopyError(f"nothing was staged for {table} in run {run}: its load failed or did "
-                             f"not run (see the load jobs' lines)")
-    missing = [f"{k}/{note.slices}" for k in range(1, note.slices + 1) if str(k) not in note.loaded]
-    if missing:
-        raise TableCopyError(f"{table} was not loaded completely in run {run}: slice(s) "
-                             f"{', '.join(missing)} missing (their load job failed)")
-    if note.columns != columns_fingerprint(definition):
-        raise TableCopyError(f"the source's columns of {table} changed after it was loaded in run "
-                             f"{run}: nothing goes live for it tonight; the next run copies the new shape")
-    snapshots = {part["snapshot"] for part in note.loaded.values()}
-    bounds = {json.dumps(part["bounds"]) for part in note.loaded.values()}
-    if len(snapshots) > 1 or len(bounds) > 1:
-        raise TableCopyError(f"the slices of {table} were read from different snapshots of the source "
-                             f"({len(snapshots)}), so they may overlap or miss rows: give the load jobs "
-                             f"one snapshot (COPIER_ONE_SNAPSHOT) or do not cut the table")
-    return note.staged_table(definition)
-
-
-@contextmanager
-def transaction(conn):
-    """A cursor inside BEGIN ... COMMIT, rolled back on any error (when the connection lives)."""
-    with conn.cursor() as cur:
-        cur.execute("BEGIN")
-        try:
-            yield cur
-            cur.execute("COMMIT")
-        except BaseException:
-            if not conn.closed:
-                try:
-                    cur.execute("ROLLBACK")
-                except psycopg2.Error:
-                    pass
-            raise
+# --- stage: an empty table with the source's columns, made as the reporting table is (unlogged,
+#     partitioned, in its tablespace)
 
 
 def stage_table(cur, definition: TableDefinition) -> StagedTable:
@@ -1573,6 +2126,37 @@ def stage_table(cur, definition: TableDefinition) -> StagedTable:
     return staged
 
 
+# The live reporting table: its OID, whether it is unlogged, its kind, its tablespace (NULL:
+# the database's), and the storage and compression set on its columns other than their type's,
+# with the type (attcompression: PostgreSQL 14+).
+LIVE_TABLE_QUERY = """
+SELECT c.oid, c.relpersistence = 'u', c.relkind,
+       (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace),
+       (SELECT coalesce(json_agg(json_build_array(a.attname, nullif(a.attstorage, t.typstorage),
+                                                  nullif(to_jsonb(a) ->> 'attcompression', ''),
+                                                  format_type(a.atttypid, a.atttypmod))
+                                 ORDER BY a.attnum), '[]')
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.attstorage <> t.typstorage OR to_jsonb(a) ->> 'attcompression' <> ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+"""
+
+
+STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}  # pg_attribute.attstorage
+
+
+COMPRESSION = {"p": "pglz", "l": "lz4"}  # pg_attribute.attcompression
+
+
+def live_table_oid(cur, table: TableName) -> int | None:
+    """The reporting table as it is now on the target, if there is one."""
+    cur.execute(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
 def keep_column_storage(cur, definition: TableDefinition, staged: StagedTable, settings: list) -> None:
     """The storage and compression set on the reporting table's columns, on the staged table
     before its load, so tonight's rows are stored that way too. On a column whose type the
@@ -1593,54 +2177,16 @@ def keep_column_storage(cur, definition: TableDefinition, staged: StagedTable, s
                     staged.ident, sql.Identifier(name)) + sql.SQL(change))
 
 
-# The catalog queries sent for every table are prepared once per connection: on a target with
-# a thousand tables, parsing and planning one costs 0.3-1.5 ms, running it a tenth of that.
-PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> names
-
-
-def prepared_statement(cur, name: str, query: str, *args) -> str:
-    """The EXECUTE of a query (parameters $1, $2, ...) with args, as a statement to send alone
-    or with others. The first use on a connection PREPAREs it, in a round trip of its own (a
-    prepared statement outlives a rolled-back transaction, and dies with its session)."""
-    made = PREPARED.setdefault(cur.connection, set())
-    if name not in made:
-        cur.execute(f"PREPARE {name} AS {query}")
-        made.add(name)
-    return cur.mogrify(f"EXECUTE {name} ({', '.join(['%s'] * len(args))})", args).decode()
-
-
-# A relation's comment, as obj_description(oid, 'pg_class') reads it, without the cost of a
-# call of a SQL function (a template: the relation's OID).
-COMMENT_OF = ("(SELECT description FROM pg_description WHERE objoid = %s "
-              "AND classoid = 'pg_class'::regclass AND objsubid = 0)")
-
-# The live reporting table: its OID, whether it is unlogged, its kind, its tablespace (NULL:
-# the database's), and the storage and compression set on its columns other than their type's,
-# with the type (attcompression: PostgreSQL 14+).
-LIVE_TABLE_QUERY = """
-SELECT c.oid, c.relpersistence = 'u', c.relkind,
-       (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace),
-       (SELECT coalesce(json_agg(json_build_array(a.attname, nullif(a.attstorage, t.typstorage),
-                                                  nullif(to_jsonb(a) ->> 'attcompression', ''),
-                                                  format_type(a.atttypid, a.atttypmod))
-                                 ORDER BY a.attnum), '[]')
-        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          AND (a.attstorage <> t.typstorage OR to_jsonb(a) ->> 'attcompression' <> ''))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
-"""
-STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}  # pg_attribute.attstorage
-COMPRESSION = {"p": "pglz", "l": "lz4"}  # pg_attribute.attcompression
-
-
-def live_table_oid(cur, table: TableName) -> int | None:
-    """The reporting table as it is now on the target, if there is one."""
-    cur.execute(prepared_statement(cur, "copier_live_table", LIVE_TABLE_QUERY, table.schema, table.name))
-    row = cur.fetchone()
-    return row[0] if row else None
-
-
+def owned_sequences(definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
+    """A staging sequence for each serial column (by column), renamed to the source's name at
+    the swap; stage_table creates them."""
+    sequences = {}
+    for n, column in enumerate(definition.columns):
+        if column.sequence and not column.identity:
+            temporary = f"{staged.staging}_s{n}"
+            staged.renames.append(Rename("sequence", temporary, column.sequence))
+            sequences[column.name] = temporary
+    return sequences
 
 
 # How a default names its sequence: nextval('public.orders_id_seq'::regclass).
@@ -1664,18 +2210,6 @@ def repoint_defaults(columns: list[Column], sequences: dict[str, str], schema: s
                 default = default.replace(source_name, staging_name)
         repointed.append(dataclasses.replace(column, default=default))
     return repointed
-
-
-def owned_sequences(definition: TableDefinition, staged: StagedTable) -> dict[str, str]:
-    """A staging sequence for each serial column (by column), renamed to the source's name at
-    the swap; stage_table creates them."""
-    sequences = {}
-    for n, column in enumerate(definition.columns):
-        if column.sequence and not column.identity:
-            temporary = f"{staged.staging}_s{n}"
-            staged.renames.append(Rename("sequence", temporary, column.sequence))
-            sequences[column.name] = temporary
-    return sequences
 
 
 def default_not_null_name(table: str, column: str) -> str:
@@ -1717,12 +2251,217 @@ def column_list(columns: list[Column]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
 
 
+def staged_layout(cur, definition: TableDefinition, oid: int | None) -> PartitionLayout | None:
+    """The reporting table's own partitioning (oid: the live table, when partitioned);
+    partitions the source added since (same key, a name the reporting side lacks) join it, so
+    a new month appears the same night on both sides."""
+    layout = read_partition_layout(cur, oid) if oid is not None else None
+    source = definition.partitions
+    if layout is None or source is None or source.key != layout.key:
+        return layout
+    have = {(p.schema, p.name) for p in layout.partitions}
+    have.add((definition.table.schema, definition.table.name))
+    for partition in source.partitions:
+        if (partition.schema, partition.name) not in have and partition.parent in have:
+            layout.partitions.append(dataclasses.replace(partition, tablespace=None))  # the source's
+            have.add((partition.schema, partition.name))
+    return layout
+
+
+def create_partitions(cur, staged: StagedTable, layout: PartitionLayout) -> None:
+    table = staged.table
+    made = {(table.schema, table.name): staged.ident}
+    for n, partition in enumerate(layout.partitions, 1):
+        temporary = sql.Identifier(partition.schema, f"{staged.staging}_p{n}")
+        statement = sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+            temporary, made[partition.parent], sql.SQL(partition.bound))
+        if partition.key:
+            statement += sql.SQL(" PARTITION BY {}").format(sql.SQL(partition.key))
+        if partition.options:
+            statement += sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, partition.options)))
+        if partition.tablespace:
+            statement += sql.SQL(" TABLESPACE {}").format(sql.Identifier(partition.tablespace))
+        cur.execute(statement)
+        made[(partition.schema, partition.name)] = temporary
+        staged.renames.append(Rename("table", f"{staged.staging}_p{n}", partition.name, partition.schema))
+        staged.partitions.append((partition.schema, f"{staged.staging}_p{n}", partition.name))
+
+
+# --- a staging table that outlives its transaction: a run split over machines, a table cut into slices
+
+
+# A run split over machines (or a table cut into slices) leaves its staging tables committed
+# between the steps: each carries a note, as its comment, of what was loaded into it and by which
+# run, so the step that finishes the table can tell complete from partial, or from another run's.
+STAGING_NOTE = "nightly-copy staging: "
+
+
+@dataclass
+class StagingNote:
+    run: str
+    slices: int
+    columns: str  # fingerprint of the source's columns when it was staged
+    staged: dict  # the staged table's parts to rename at the swap
+    # "k": rows, bytes, bounds, snapshot, digest (of its COPY stream), xid (that loaded it)
+    loaded: dict[str, dict] = dataclasses.field(default_factory=dict)
+    unchanged: str = ""  # the load job found the source as the fingerprint says: nothing loaded
+
+    @classmethod
+    def new(cls, run: str, slices: int, definition: TableDefinition, staged: StagedTable) -> StagingNote:
+        parts = {"renames": [dataclasses.asdict(r) for r in staged.renames],
+                 "partitioned": staged.partitioned, "partitions": staged.partitions}
+        return cls(run, slices, columns_digest(definition), parts)
+
+    def staged_table(self, definition: TableDefinition) -> StagedTable:
+        table = definition.table
+        staged = StagedTable(table, table.staging_name(), [Rename(**r) for r in self.staged["renames"]],
+                             definition.comment, dict(definition.column_comments),
+                             partitioned=self.staged["partitioned"],
+                             partitions=[tuple(p) for p in self.staged["partitions"]])
+        staged.slices = self.slices
+        staged.rows = sum(part["rows"] for part in self.loaded.values())
+        staged.bytes = sum(part["bytes"] for part in self.loaded.values())
+        staged.digests = {k: part["digest"] for k, part in self.loaded.items() if part.get("digest")}
+        staged.loaded_by = [part["xid"] for part in self.loaded.values() if part.get("xid")]
+        return staged
+
+    def write(self, cur, staged: StagedTable) -> None:
+        cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+            staged.ident, sql.Literal(STAGING_NOTE + json.dumps(dataclasses.asdict(self)))))
+
+
+def read_note(cur, table: TableName) -> StagingNote | None:
+    # Plain catalog reads under the statement's snapshot: to_regclass() could resolve the name
+    # from a cache that still knows the staging table another job has just replaced.
+    cur.execute("SELECT d.description FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass "
+                "AND d.objsubid = 0 WHERE n.nspname = %s AND c.relname = %s",
+                (table.schema, table.staging_name()))
+    row = cur.fetchone()
+    text = row[0] if row else None
+    if not text or not text.startswith(STAGING_NOTE):
+        return None
+    return StagingNote(**json.loads(text[len(STAGING_NOTE):]))
+
+
+def columns_digest(definition: TableDefinition) -> str:
+    shape = [(c.name, c.type_sql, c.generated) for c in definition.columns]
+    return hashlib.md5(json.dumps(shape).encode()).hexdigest()
+
+
+def staged_of_run(cur, definition: TableDefinition, run: str) -> tuple[StagedTable, StagingNote]:
+    """The table's staging as the run's loads left it, when complete and consistent: every slice
+    loaded, from one snapshot, with the same boundaries, in the source's current shape; and the
+    note that says so."""
+    table = definition.table.qualified
+    note = read_note(cur, definition.table)
+    if note is None or note.run != run:
+        raise TableCopyError(f"nothing was staged for {table} in run {run}: its load failed or did "
+                             f"not run (see the load jobs' lines)")
+    missing = [f"{k}/{note.slices}" for k in range(1, note.slices + 1) if str(k) not in note.loaded]
+    if missing:
+        raise TableCopyError(f"{table} was not loaded completely in run {run}: slice(s) "
+                             f"{', '.join(missing)} missing (their load job failed)")
+    if note.columns != columns_digest(definition):
+        raise TableCopyError(f"the source's columns of {table} changed after it was loaded in run "
+                             f"{run}: nothing goes live for it tonight; the next run copies the new shape")
+    snapshots = {part["snapshot"] for part in note.loaded.values()}
+    bounds = {json.dumps(part["bounds"]) for part in note.loaded.values()}
+    if len(snapshots) > 1 or len(bounds) > 1:
+        raise TableCopyError(f"the slices of {table} were read from different snapshots of the source "
+                             f"({len(snapshots)}), so they may overlap or miss rows: give the load jobs "
+                             f"one snapshot (COPIER_ONE_SNAPSHOT) or do not cut the table")
+    return note.staged_table(definition), note
+
+
+# --- load: the source's COPY streamed into the staging table's, through a pipe
+
+
+def copy_out(cur, definition: TableDefinition, slicer: Slicer | None = None) -> sql.Composable:
+    """The source's COPY of the table's rows (of one key range, for a slice)."""
+    columns = column_list(definition.copied_columns)
+    # A table with no columns (or only generated ones) still has rows: no column list then.
+    listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
+    options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
+    # A plain table's inheritance children are tables of their own; a partitioned one's are its rows.
+    only = "" if definition.source.kind == "p" else "ONLY "
+    if slicer is not None:
+        return sql.SQL("COPY (SELECT {} FROM {}{} WHERE {}) TO STDOUT ({})").format(
+            columns, sql.SQL(only), definition.table.ident,
+            slicer.condition(cur, definition.table, only), options)
+    if definition.source.kind == "p":
+        return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
+            columns, definition.table.ident, options)
+    return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
+
+
+def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
+              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int, str]:
+    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes, and
+    the hash of the stream, for the table's fingerprint).
+
+    Source and target talk through an OS pipe between two threads, so memory stays at a few
+    pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
+    """
+    columns = column_list(definition.copied_columns)
+    listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
+    options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
+
+    # FREEZE is refused on a partitioned table (its rows are routed to the partitions), and on a
+    # table made in another transaction (a slice loads into the run's shared staging table).
+    freeze = sql.SQL("" if staged.partitioned or slicer else ", FREEZE")
+    copy_in = sql.SQL("COPY {}{} FROM STDIN ({}{})").format(staged.ident, listed, options, freeze)
+
+    read_fd, write_fd = os.pipe()
+    reader = PipeReader(read_fd, on_progress)
+    writer = os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK)
+    outcome: dict = {}
+
+    def pump_source() -> None:
+        try:
+            with src.cursor() as cur:
+                begin_snapshot(cur, snapshot)
+                cur.copy_expert(copy_out(cur, definition, slicer).as_string(src), writer, size=PIPE_CHUNK)
+                outcome["rows"] = cur.rowcount
+                writer.flush()
+                cur.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            reader.source_error = exc
+            outcome["error"] = exc
+        finally:
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    pump = threading.Thread(target=pump_source, name="source-copy", daemon=True)
+    pump.start()
+    try:
+        with dst.cursor() as cur:
+            cur.copy_expert(copy_in.as_string(dst), reader, size=PIPE_CHUNK)
+            loaded = cur.rowcount
+    except BaseException:
+        reader.close()  # the source thread then fails on a broken pipe instead of blocking
+        pump.join()
+        if "error" in outcome and not isinstance(outcome["error"], BrokenPipeError):
+            raise outcome["error"] from None
+        raise
+    reader.close()
+    pump.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["rows"], loaded, reader.bytes, reader.hash.hexdigest()
+
+
 class PipeReader:
-    """The target's end of the stream: counts bytes, reports progress, notices a dead source."""
+    """The target's end of the stream: counts and hashes its bytes, reports progress, notices a
+    dead source."""
 
     def __init__(self, fd: int, on_progress):
         self.file = os.fdopen(fd, "rb", buffering=0)
         self.bytes = 0
+        self.hash = stream_hash()
         self.on_progress = on_progress
         self.source_error: BaseException | None = None
 
@@ -1730,6 +2469,7 @@ class PipeReader:
         data = self.file.read(size)
         if data:
             self.bytes += len(data)
+            self.hash.update(data)
             self.on_progress(self.bytes)
         elif self.source_error is not None:
             # Without this an early end of the source would look like a complete table.
@@ -1772,76 +2512,6 @@ def slice_bounds(low: int | None, high: int | None, count: int) -> list[int]:
     return [low + span * i // count for i in range(1, count)]
 
 
-def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
-              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int]:
-    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes).
-
-    Source and target talk through an OS pipe between two threads, so memory stays at a few
-    pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
-    """
-    columns = column_list(definition.copied_columns)
-    # A table with no columns (or only generated ones) still has rows: no column list then.
-    listed = sql.SQL(" ({})").format(columns) if definition.copied_columns else sql.SQL("")
-    options = sql.SQL("FORMAT {}").format(sql.SQL(definition.copy_format))
-    # A plain table's inheritance children are tables of their own; a partitioned one's are its rows.
-    only = "" if definition.source.kind == "p" else "ONLY "
-
-    def copy_out(cur) -> sql.Composable:
-        if slicer is not None:
-            return sql.SQL("COPY (SELECT {} FROM {}{} WHERE {}) TO STDOUT ({})").format(
-                columns, sql.SQL(only), definition.table.ident,
-                slicer.condition(cur, definition.table, only), options)
-        if definition.source.kind == "p":
-            return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT ({})").format(
-                columns, definition.table.ident, options)
-        return sql.SQL("COPY {}{} TO STDOUT ({})").format(definition.table.ident, listed, options)
-
-    # FREEZE is refused on a partitioned table (its rows are routed to the partitions), and on a
-    # table made in another transaction (a slice loads into the run's shared staging table).
-    freeze = sql.SQL("" if staged.partitioned or slicer else ", FREEZE")
-    copy_in = sql.SQL("COPY {}{} FROM STDIN ({}{})").format(staged.ident, listed, options, freeze)
-
-    read_fd, write_fd = os.pipe()
-    reader = PipeReader(read_fd, on_progress)
-    writer = os.fdopen(write_fd, "wb", buffering=PIPE_CHUNK)
-    outcome: dict = {}
-
-    def pump_source() -> None:
-        try:
-            with src.cursor() as cur:
-                begin_snapshot(cur, snapshot)
-                cur.copy_expert(copy_out(cur).as_string(src), writer, size=PIPE_CHUNK)
-                outcome["rows"] = cur.rowcount
-                writer.flush()
-                cur.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
-            reader.source_error = exc
-            outcome["error"] = exc
-        finally:
-            try:
-                writer.close()
-            except OSError:
-                pass
-
-    pump = threading.Thread(target=pump_source, name="source-copy", daemon=True)
-    pump.start()
-    try:
-        with dst.cursor() as cur:
-            cur.copy_expert(copy_in.as_string(dst), reader, size=PIPE_CHUNK)
-            loaded = cur.rowcount
-    except BaseException:
-        reader.close()  # the source thread then fails on a broken pipe instead of blocking
-        pump.join()
-        if "error" in outcome and not isinstance(outcome["error"], BrokenPipeError):
-            raise outcome["error"] from None
-        raise
-    reader.close()
-    pump.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["rows"], loaded, reader.bytes
-
-
 # What SET TRANSACTION SNAPSHOT answers when the exported snapshot is gone: no such file
 # (invalid_parameter_value "invalid snapshot identifier" up to PostgreSQL 17, undefined_object
 # "snapshot does not exist" from 18), or its exporting transaction has ended
@@ -1862,6 +2532,9 @@ def begin_snapshot(cur, snapshot: str | None) -> None:
                     f"the run's snapshot {snapshot} is gone (the source restarted or failed "
                     f"over, or the connection holding it was cut): {first_line(exc)}") from exc
             raise
+
+
+# --- index: keys, indexes, statistics and sequences, built on the loaded table
 
 
 def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options: Options) -> None:
@@ -1906,7 +2579,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
             # ready index): the reporting side's own key of that name is kept, as pg_dump made
             # it; a source key that does not fit the partitioning is reported and left out.
             if not built_or_skipped(cur, lambda add=add: cur.execute(add), definition.table,
-                                    "index_skipped", index=constraint.name):
+                                    runlog.INDEX_SKIPPED, index=constraint.name):
                 continue
         elif constraint.kind == "x":
             execute(add)
@@ -1926,7 +2599,7 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
         statement = retarget_index(definition_sql, table_prefix, temporary, staged.quoted)
         if staged.partitioned:  # a unique index must cover the reporting side's partition key
             if not built_or_skipped(cur, lambda s=statement: cur.execute(s), definition.table,
-                                    "index_skipped", index=name):
+                                    runlog.INDEX_SKIPPED, index=name):
                 continue
         else:
             execute(statement)
@@ -1936,6 +2609,544 @@ def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options
         send()
         staged.extras = extras_from(cur.fetchone())
     send()
+
+
+def retarget_index(index_sql: str, table_prefix: str, new_name: str, target: str) -> str:
+    """Point a CREATE INDEX statement at a staging table (quoted, qualified), under a temporary name."""
+    head, sep, tail = index_sql.partition(table_prefix)
+    if not sep:
+        head, sep, tail = index_sql.partition(table_prefix.replace(" ON ", " ON ONLY "))
+    if not sep:
+        raise TableCopyError(f"cannot read index definition {index_sql!r}")
+    unique = "UNIQUE " if head.startswith("CREATE UNIQUE INDEX") else ""
+    return f"CREATE {unique}INDEX {quote_ident(new_name)} ON {target} {tail}"
+
+
+def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
+    """The source's per-column statistics settings and CREATE STATISTICS objects, and those
+    added on the reporting side, on the staged table before its ANALYZE fills them.
+
+    A reporting-side object that no longer fits the new shape is reported and left out, as a
+    reporting-side index is: it only helps the planner.
+    """
+    for column, target, options in definition.column_statistics:
+        if target is not None:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                staged.ident, sql.Identifier(column), sql.Literal(target)))
+        if options:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
+                staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
+    for n, statistics in enumerate(definition.extended_statistics, 1):
+        create_statistics(cur, statistics, f"{staged.staging}_s{n}", staged)
+    keep_column_statistics(cur, definition, staged)
+    reporting = reporting_statistics(cur, definition, staged)
+    for n, statistics in enumerate(reporting, 1):
+        built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
+            cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
+            runlog.STATISTICS_SKIPPED, statistics=statistics.name)
+
+
+# pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
+STATISTICS_KINDS = {"d": "ndistinct", "f": "dependencies", "m": "mcv"}
+
+
+def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, staged: StagedTable) -> None:
+    kinds = [STATISTICS_KINDS[k] for k in statistics.kinds if k in STATISTICS_KINDS]
+    ident = sql.Identifier(statistics.schema, temporary)
+    # A single expression's statistics take no list of kinds.
+    listed = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.SQL, kinds))) if kinds else sql.SQL("")
+    cur.execute(sql.SQL("CREATE STATISTICS {}{} ON {} FROM {}").format(
+        ident, listed, sql.SQL(statistics.columns), staged.ident))
+    if statistics.target is not None:
+        cur.execute(sql.SQL("ALTER STATISTICS {} SET STATISTICS {}").format(
+            ident, sql.Literal(statistics.target)))
+    if statistics.comment is not None:
+        cur.execute(sql.SQL("COMMENT ON STATISTICS {} IS {}").format(ident, sql.Literal(statistics.comment)))
+    staged.renames.append(Rename("statistics", temporary, statistics.name, statistics.schema))
+
+
+def set_sequences(src, dst_cur, definition: TableDefinition, table: str) -> None:
+    """Carry each serial and identity sequence's position over from the source to the sequences
+    of the target's table (quoted: the staged table, or the live one when it is unchanged)."""
+    owned = [c for c in definition.columns if c.sequence]
+    if not owned:
+        return
+    with src.cursor() as cur:
+        for column in owned:
+            cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
+                sql.Identifier(column.sequence_schema, column.sequence)))
+            last_value, is_called = cur.fetchone()
+            dst_cur.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
+                (table, column.name, last_value, is_called))
+
+
+# --- verify
+
+
+def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
+    if source_rows != loaded:
+        raise TableCopyError(
+            f"row count mismatch for {table.qualified}: the source sent {source_rows} rows, "
+            f"the target loaded {loaded}")
+
+
+# --- unchanged tables: a table whose source rows are what the reporting table already holds
+#     is not written again. Decided by content: a fingerprint of the source's definition and of
+#     its COPY stream in the run's snapshot, recorded on the reporting side by the swap that put
+#     the rows there, with what tells that the reporting table still holds exactly them.
+
+# The copier's own schema on the reporting side, out of the analysts' way, made when missing.
+FINGERPRINT_SCHEMA = "nightly_copy"
+FINGERPRINTS = sql.Identifier(FINGERPRINT_SCHEMA, "fingerprints")
+FINGERPRINTS_TABLE = sql.SQL("""
+CREATE TABLE IF NOT EXISTS {} (
+    table_schema name NOT NULL,
+    table_name name NOT NULL,
+    fingerprint text NOT NULL,  -- the source's definition and rows, hashed (fingerprint_of)
+    table_oid oid NOT NULL,  -- the reporting table the swap made
+    shape text NOT NULL,  -- its columns and their types, then
+    rows bigint NOT NULL,
+    loaded_by bigint[] NOT NULL,  -- the transactions that wrote its rows (pg_current_xact_id)
+    unchanged_nights integer NOT NULL DEFAULT 0,  -- runs in a row that found it unchanged since
+    copied_at timestamptz NOT NULL,
+    checked_at timestamptz NOT NULL,
+    run text,
+    PRIMARY KEY (table_schema, table_name))""").format(FINGERPRINTS)
+FINGERPRINT_VERSION = "1"  # a change of what is hashed, or how, makes every stored one stale
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the last run recorded of a table: its fingerprint then, and how to tell that the
+    reporting table still holds exactly those rows (the same table, shape and row count, and no
+    row written since by any transaction but the ones that loaded it)."""
+
+    value: str
+    table_oid: int
+    shape: str
+    rows: int
+    loaded_by: tuple[int, ...]
+    unchanged_nights: int
+
+
+def stream_hash():
+    """A 128-bit hash of a COPY stream: xxh3 hashes 20+ GB/s a core, so hashing every table's
+    stream costs the copy nothing measurable (SHA-1, the fastest in hashlib, 1 GB/s here)."""
+    return xxhash.xxh3_128()
+
+
+def definition_digest(definition: TableDefinition) -> str:
+    """Everything the copy makes of the source's definition (columns, keys, indexes, comments,
+    statistics settings, partitions) and how its rows are streamed: a change of any of them
+    changes the fingerprint, so the table is copied again."""
+    made = dataclasses.asdict(definition)
+    del made["source"]  # its OID and size say nothing of its rows
+    made.update(kind=definition.source.kind, format=definition.copy_format,
+                version=FINGERPRINT_VERSION)
+    return xxhash.xxh3_128(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint_of(definition: TableDefinition, digests: dict[str, str]) -> str:
+    """The table's fingerprint: its definition's digest and its COPY stream's (each slice's, in
+    order: a table cut into slices one night and copied whole the next is copied again)."""
+    parts = [definition_digest(definition), *(digests[k] for k in sorted(digests, key=int))]
+    return xxhash.xxh3_128("|".join(parts).encode()).hexdigest()
+
+
+def hash_rows(src, definition: TableDefinition, snapshot: str | None,
+              on_progress) -> tuple[int, int, str]:
+    """Read the table's COPY stream in the run's snapshot, only to hash it: (rows, bytes, hash).
+    It costs the source's read, and the target nothing."""
+
+    class Hashed:
+        def __init__(self):
+            self.hash, self.bytes = stream_hash(), 0
+
+        def write(self, data: bytes) -> None:
+            self.hash.update(data)
+            self.bytes += len(data)
+            on_progress(self.bytes)
+
+    sink = Hashed()
+    with src.cursor() as cur:
+        begin_snapshot(cur, snapshot)
+        cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
+        rows = cur.rowcount
+        cur.execute("COMMIT")
+    return rows, sink.bytes, sink.hash.hexdigest()
+
+
+def fingerprint_store_usable(dst) -> bool:
+    """Whether the copier may read and write its fingerprints on the reporting side: the table is
+    there and the target user may use it, or may make what is missing (asked, not tried: a dry
+    run changes nothing)."""
+    with dst.cursor() as cur:
+        cur.execute(
+            "SELECT CASE WHEN c.oid IS NOT NULL THEN has_schema_privilege(n.oid, 'USAGE') "
+            "                 AND has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE') "
+            "            WHEN n.oid IS NOT NULL THEN has_schema_privilege(n.oid, 'USAGE, CREATE') "
+            "            ELSE has_database_privilege(current_database(), 'CREATE') END "
+            "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'fingerprints'",
+            (FINGERPRINT_SCHEMA,))
+        return cur.fetchone()[0]
+
+
+def make_fingerprint_store(dst) -> bool:
+    """The copier's schema and table of fingerprints, made when missing (another run may make
+    them at the same moment). False, with a warning, when that fails: every table is copied."""
+    for _ in range(2):
+        try:
+            with transaction(dst) as cur:
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(FINGERPRINT_SCHEMA)))
+                cur.execute(FINGERPRINTS_TABLE)
+            return True
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject,
+                psycopg2.errors.DuplicateSchema, psycopg2.errors.DuplicateTable):
+            continue  # made by another run a moment ago
+        except psycopg2.DatabaseError as exc:
+            if is_connection_error(exc):
+                raise
+            warn(f"cannot keep the tables' fingerprints in {FINGERPRINT_SCHEMA} on the reporting side: "
+                 f"every table is copied, unchanged or not", error=describe_error(exc))
+            return False
+    return True
+
+
+def with_fingerprints(dst, units: list[Unit]) -> list[Unit]:
+    """The units, each table with what the last run recorded of it: one query for the run. A
+    fingerprint that cannot be read is none: the table is copied."""
+    tables = list({u.source.table for u in units})
+    try:
+        with dst.cursor() as cur:
+            cur.execute(sql.SQL(
+                "SELECT table_schema, table_name, fingerprint, table_oid, shape, rows, loaded_by, "
+                "unchanged_nights FROM {} WHERE (table_schema, table_name) IN "
+                "(SELECT * FROM unnest(%s::name[], %s::name[]))").format(FINGERPRINTS),
+                ([t.schema for t in tables], [t.name for t in tables]))
+            found = {TableName(schema, name): Fingerprint(value, oid, shape, rows, tuple(xids or ()), nights)
+                     for schema, name, value, oid, shape, rows, xids, nights in cur.fetchall()}
+    except psycopg2.DatabaseError as exc:
+        if is_connection_error(exc):
+            raise
+        warn("cannot read the tables' fingerprints: every table is copied", error=describe_error(exc))
+        return units
+    return [dataclasses.replace(u, source=dataclasses.replace(
+        u.source, fingerprint=found.get(u.source.table))) for u in units]
+
+
+# The reporting table as it is now: its OID and kind, its columns and their types (its shape),
+# and the next transaction ID to be assigned (to tell that row xmins cannot have wrapped around).
+LIVE_SHAPE_QUERY = """
+SELECT c.oid, c.relkind,
+       (SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', '
+                          ORDER BY a.attnum)
+        FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+"""
+XID_WRAP = 2**31  # a 32-bit row xmin names one transaction only within this many of them
+
+
+def reporting_table_unchanged(cur, table: TableName, known: Fingerprint) -> bool:
+    """Whether the reporting table still holds exactly the rows the fingerprint's swap put
+    there: the same table (a dropped and remade one has another OID) of the same shape, as
+    many rows, and every row written by the transactions that loaded it. A row updated, inserted
+    or deleted and inserted again since has another xmin; a deleted one leaves fewer rows; a
+    TRUNCATE leaves none. Frozen rows keep their xmin (PostgreSQL 9.4 on). It reads the whole
+    table, and takes no lock that readers wait for."""
+    cur.execute(LIVE_SHAPE_QUERY, (table.schema, table.name))
+    row = cur.fetchone()
+    if row is None or (row[0], row[2]) != (known.table_oid, known.shape) or not known.loaded_by:
+        return False
+    _, kind, _, next_xid = row
+    if next_xid - min(known.loaded_by) >= XID_WRAP:
+        return False
+    only = sql.SQL("" if kind == "p" else "ONLY ")
+    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE NOT xmin = ANY(%s::text[]::xid[])) "
+                        "FROM {}{}").format(only, table.ident),
+                ([str(xid % 2**32) for xid in known.loaded_by],))
+    return cur.fetchone() == (known.rows, 0)
+
+
+def record_fingerprint(cur, staged: StagedTable, run: str) -> None:
+    """In the swap's transaction, what the next run compares with: committed with the rows, or
+    not at all. A failure to write it costs the next run a copy, never this one its swap."""
+    cur.execute("SAVEPOINT copier_fingerprint")
+    try:
+        cur.execute(sql.SQL(
+            "INSERT INTO {} AS f SELECT n.nspname, c.relname, %(value)s, c.oid, s.shape, %(rows)s, "
+            "%(loaded_by)s, 0, now(), now(), %(run)s "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, LATERAL ("
+            "  SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod),"
+            "                    ', ' ORDER BY a.attnum) AS shape"
+            "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) s "
+            "WHERE n.nspname = %(schema)s AND c.relname = %(name)s AND c.relkind IN ('r', 'p') "
+            "ON CONFLICT (table_schema, table_name) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "table_oid = excluded.table_oid, shape = excluded.shape, rows = excluded.rows, "
+            "loaded_by = excluded.loaded_by, unchanged_nights = 0, copied_at = excluded.copied_at, "
+            "checked_at = excluded.checked_at, run = excluded.run; "
+            "RELEASE SAVEPOINT copier_fingerprint").format(FINGERPRINTS),
+            {"value": staged.fingerprint, "rows": staged.rows,
+             "loaded_by": staged.loaded_by, "run": run, "schema": staged.table.schema,
+             "name": staged.table.name})
+    except psycopg2.DatabaseError as exc:
+        if is_connection_error(exc) or isinstance(exc, psycopg2.errors.QueryCanceled):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT copier_fingerprint")
+        warn(f"{staged.table.qualified}: its fingerprint was not recorded: the next run copies it",
+             error=describe_error(exc))
+
+
+def record_unchanged(cur, table: TableName, run: str) -> None:
+    """One more run that found the table unchanged: the next one reads its source first."""
+    cur.execute(sql.SQL("UPDATE {} SET unchanged_nights = unchanged_nights + 1, checked_at = now(), "
+                        "run = %s WHERE table_schema = %s AND table_name = %s").format(FINGERPRINTS),
+                (run, table.schema, table.name))
+
+
+# --- swap: the only moment readers are involved, kept short
+
+
+# The tables a swap will lock, named in one order (schema, name) with whether it changes them
+# (ACCESS EXCLUSIVE) or only reads them (ACCESS SHARE). Changed: the table, the tables its
+# foreign keys join (DROP TABLE locks both ends), the tables whose rules, policies, defaults or
+# triggers use it. Read: every table under the views and materialized views made again, through
+# other views. Views are not locked themselves (LOCK TABLE would lock what a view reads in the
+# view's own order; a materialized view cannot be locked): any two swaps that make one again
+# both lock every table under it, so they meet there first. Partitions count as their root;
+# what the swap's role may not lock is left out.
+LOCK_ORDER_QUERY = """
+WITH RECURSIVE family AS (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s AND c.relname = %(name)s AND c.relkind IN ('r', 'p')
+    UNION SELECT t.relid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+                 pg_partition_tree(c.oid) t
+    WHERE n.nspname = %(schema)s AND c.relname = %(name)s AND c.relkind = 'p'
+), reached(classid, objid) AS (  -- the family, its row types and sequences, and outwards
+    SELECT 'pg_class'::regclass, oid FROM family
+    UNION SELECT 'pg_type'::regclass, t.oid FROM pg_class c JOIN pg_type r ON r.oid = c.reltype
+          JOIN pg_type t ON t.oid IN (r.oid, r.typarray) WHERE c.oid IN (SELECT oid FROM family)
+    UNION SELECT 'pg_class'::regclass, s.objid FROM pg_depend s
+          WHERE s.refclassid = 'pg_class'::regclass AND s.refobjid IN (SELECT oid FROM family)
+            AND s.classid = 'pg_class'::regclass AND s.deptype IN ('a', 'i')
+    UNION
+    SELECT step.classid, step.objid  -- the views and routines that use what was reached
+    FROM reached r JOIN pg_depend d ON d.refclassid = r.classid AND d.refobjid = r.objid AND d.deptype = 'n'
+    CROSS JOIN LATERAL (
+        SELECT 'pg_class'::regclass, w.ev_class FROM pg_rewrite w
+        WHERE d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid AND w.rulename = '_RETURN'
+        UNION ALL
+        SELECT 'pg_type'::regclass, v.reltype FROM pg_rewrite w JOIN pg_class v ON v.oid = w.ev_class
+        WHERE d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid AND w.rulename = '_RETURN'
+        UNION ALL
+        SELECT d.classid, d.objid WHERE d.classid = 'pg_proc'::regclass
+    ) step(classid, objid)
+), changed(oid) AS (
+    SELECT objid FROM reached WHERE classid = 'pg_class'::regclass
+    UNION SELECT CASE d.classid
+               WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid)
+               WHEN 'pg_constraint'::regclass THEN (SELECT conrelid FROM pg_constraint WHERE oid = d.objid)
+               WHEN 'pg_policy'::regclass THEN (SELECT polrelid FROM pg_policy WHERE oid = d.objid)
+               WHEN 'pg_attrdef'::regclass THEN (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)
+               WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = d.objid) END
+          FROM reached r JOIN pg_depend d ON d.refclassid = r.classid AND d.refobjid = r.objid
+          WHERE d.deptype = 'n'
+    UNION SELECT k.confrelid FROM family f
+          CROSS JOIN LATERAL (SELECT confrelid FROM pg_constraint WHERE conrelid = f.oid AND contype = 'f') k
+), read(oid) AS (
+    SELECT objid FROM reached WHERE classid = 'pg_class'::regclass
+    UNION
+    SELECT d.refobjid FROM read r JOIN pg_rewrite w ON w.ev_class = r.oid AND w.rulename = '_RETURN'
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
+                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.oid
+)
+SELECT quote_ident(c.nspname) || '.' || quote_ident(c.relname), bool_or(l.changes)
+FROM (SELECT oid, true FROM changed UNION ALL SELECT oid, false FROM read) l(oid, changes)
+CROSS JOIN LATERAL (  -- by OID, one at a time (OFFSET 0), not a scan of a catalog of many relations
+    SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = (SELECT CASE WHEN p.relispartition THEN pg_partition_root(p.oid) ELSE p.oid END
+                   FROM pg_class p WHERE p.oid = l.oid)
+      AND c.relkind IN ('r', 'p') OFFSET 0) c
+GROUP BY c.nspname, c.relname, c.oid
+HAVING has_table_privilege(c.oid, CASE WHEN bool_or(l.changes) THEN 'UPDATE, DELETE, TRUNCATE'
+                                       ELSE 'SELECT' END)
+ORDER BY c.nspname, c.relname
+"""
+
+
+def lock_in_order(cur, table: TableName, start: str) -> str:
+    """Lock every table the swap will lock, in one order that every job follows (after start,
+    sent with the query): two jobs swapping tables joined by a foreign key or a view then wait
+    for each other instead of deadlocking (which PostgreSQL finds only after deadlock_timeout,
+    and which costs the swap one of its tries). A table dropped meanwhile is left to the swap's
+    own locks, as before. Returns what the swap's next round trip must send first."""
+    # The planner's guess for the recursive walk passes jit_above_cost: compiling it would
+    # cost 100 ms, for a query of a few. Off for it alone: the next statement puts it back.
+    cur.execute(start + "SET LOCAL jit = off; " + LOCK_ORDER_QUERY,
+                {"schema": table.schema, "name": table.name})
+    tables = cur.fetchall()
+    moment("locking", table=table.qualified, tables=[name for name, _ in tables])
+    jit_back = "SET LOCAL jit TO DEFAULT; "
+    if len(tables) < 2:
+        return jit_back
+    locks = "; ".join(f"LOCK TABLE {name} IN {'ACCESS EXCLUSIVE' if changes else 'ACCESS SHARE'} MODE"
+                      for name, changes in tables)
+    try:
+        cur.execute(f"{jit_back}SAVEPOINT copier_order; {locks}; RELEASE SAVEPOINT copier_order")
+    except psycopg2.errors.UndefinedTable:
+        cur.execute("ROLLBACK TO SAVEPOINT copier_order; RELEASE SAVEPOINT copier_order")
+    return ""
+
+
+def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False,
+                    tries: int | None = None, steps: Steps | None = None) -> list[ForeignKey]:
+    """Replace the reporting table by the staged one; tried again while readers hold locks
+    (1 + --lock-retries tries, unless told how many). The time until the table is locked is the
+    unit's "lock" step, the rest its "swap".
+
+    Runs inside the caller's transaction: nothing is visible to readers until it commits.
+    Returns the foreign keys to validate once both of their tables are in place, or with
+    defer_keys, those still to make (once all the tables they join are in place).
+    """
+    tries = options.lock_retries + 1 if tries is None else tries
+    steps = steps or Steps()
+    for attempt in range(tries):
+        try:
+            with steps.timing("lock"):
+                start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
+                                    + "SELECT set_config('lock_timeout', %s, true); ",
+                                    (f"{int(options.lock_timeout * 1000)}ms",)).decode()
+                if staged.tied:
+                    start = lock_in_order(cur, staged.table, start)
+                moment("swapping", table=staged.table.qualified)
+                old = capture_reporting_side(cur, staged.table, start, staged.replaces)
+            with steps.timing("swap"):
+                foreign_keys = replace_table(cur, staged, old)
+                if not defer_keys:  # inside the retries: a key locks the table at its other end
+                    foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
+                cur.execute("SELECT set_config('lock_timeout', '0', true); RELEASE SAVEPOINT copier_swap")
+            return foreign_keys
+        except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+            # Readers hold the table, or another job is swapping a table that shares a view
+            # with this one: let go of everything, wait, try again.
+            with steps.timing("lock"):
+                cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
+                if attempt == tries - 1:
+                    raise SwapBlocked(
+                        f"could not lock {staged.table.qualified} for the swap after "
+                        f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
+                    ) from None
+                time.sleep(backoff(attempt, 0.5))
+    raise AssertionError("unreachable")
+
+
+def replace_table(cur, staged: StagedTable, old: ReportingSide | None) -> list[ForeignKey]:
+    """The swap's statements once the reporting table is locked and read (old; None when there
+    is none yet), in as few round trips as the reporting side allows: two for a table nothing
+    else is tied to."""
+    table = staged.table
+    if old:
+        for dependent in reversed(old.dependents):
+            dependent.drop(cur)
+        for key in old.foreign_keys:
+            key.drop(cur)
+    # The old table dropped, the staged one and its parts renamed: one round trip, which also
+    # reads the new table's grants and columns when nothing is to be restored before that.
+    statements = [sql.SQL("DROP TABLE {}").format(table.ident)] if old else []
+    statements.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(staged.ident, sql.Identifier(table.name)))
+    statements += rename_statements(staged)
+    read_new = bool(old) and not restores_before_grants(cur, old)
+    if read_new:
+        statements.append(sql.SQL(new_table_statement(cur, table)))
+    try:
+        cur.execute(sql.SQL("; ").join(statements))
+    except psycopg2.errors.DependentObjectsStillExist as exc:
+        raise TableCopyError(
+            f"{table.qualified} cannot be replaced: {first_line(exc)} "
+            f"({exc.diag.message_detail or 'other objects depend on it'})") from None
+    if not old:
+        apply_comments(cur, table.ident, staged.comment, staged.column_comments)
+        return []
+    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None)
+    for dependent in old.dependents:
+        dependent.recreate(cur, table)
+    return old.foreign_keys
+
+
+def rename_statements(staged: StagedTable) -> list[sql.Composable]:
+    """The staged table's parts renamed to their final names, once it has the table's name."""
+    table = staged.table
+    statements: list[sql.Composable] = []
+    for rename in staged.renames:
+        if rename.kind == "constraint":
+            statements.append(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
+        else:
+            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS",
+                       "table": "TABLE"}[rename.kind]
+            statements.append(sql.SQL("ALTER {} {} RENAME TO {}").format(
+                sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
+                sql.Identifier(rename.final)))
+    return statements
+
+
+def add_foreign_keys(cur, keys: list[ForeignKey], table: TableName) -> list[ForeignKey]:
+    """Make the keys again; returns those that were valid and are still to be validated."""
+    return [key for key in keys if key.add(cur, table)]
+
+
+def validate_foreign_keys(cur, keys: list[ForeignKey]) -> None:
+    """--swap together: every table holds the same night's rows now, so a key that was valid is
+    validated, as pg_restore does; a row that breaks one fails the whole swap."""
+    for key in keys:
+        try:
+            cur.execute(f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
+        except psycopg2.errors.ForeignKeyViolation as exc:
+            raise TableCopyError(
+                f"tonight's rows break {key.what}: {describe_error(exc)}; fix the data on the source, "
+                f"or {key.remedy}") from None
+
+
+def validate_after_run(dst, keys: list[ForeignKey], lock_timeout: float) -> None:
+    """Per-table swaps: once every table is in place, a key that was valid before the run is
+    validated again (a scan that readers do not wait for). One that tonight's rows break stays
+    NOT VALID, with a warning: the data itself is already live."""
+    done = set()
+    with dst.cursor() as cur:
+        for key in keys:
+            if (key.table, key.name) in done:
+                continue
+            done.add((key.table, key.name))
+            try:
+                cur.execute("BEGIN")
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
+                cur.execute(f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
+                cur.execute("COMMIT")
+            except psycopg2.Error as exc:
+                cur.execute("ROLLBACK")
+                if is_connection_error(exc):
+                    raise
+                warning = (f"{key.what} stays NOT VALID: {describe_error(exc)}; once the rows agree, "
+                           f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
+                warn(warning)
+
+
+def drop_staged(dst, staged: list[StagedTable]) -> None:
+    with dst.cursor() as cur:
+        for table in staged:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
+
+
+# ---------------------------------------------------------------------------------------------
+# The reporting side: what a reporting table has of its own is kept across the swap, or the table is
+# refused, with the statement that resolves it, before anything is written.
+
+
+# --- the reporting table's own indexes, keys, statistics, checks and settings, made again on the staged table
 
 
 @dataclass
@@ -2067,7 +3278,7 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
         temporary = f"{staged.staging}_r{n}"
         statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)
         if not built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table,
-                                "index_skipped", index=name):
+                                runlog.INDEX_SKIPPED, index=name):
             continue
         if comment is not None:
             cur.execute(sql.SQL("COMMENT ON INDEX {} IS {}").format(
@@ -2087,32 +3298,8 @@ def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
         temporary = f"{staged.staging}_rk{n}"
         add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             staged.ident, sql.Identifier(temporary), sql.SQL(definition_sql))
-        if built_or_skipped(cur, lambda add=add: cur.execute(add), table, "index_skipped", index=name):
+        if built_or_skipped(cur, lambda add=add: cur.execute(add), table, runlog.INDEX_SKIPPED, index=name):
             staged.renames.append(Rename("constraint", temporary, name))
-
-
-def set_statistics(cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """The source's per-column statistics settings and CREATE STATISTICS objects, and those
-    added on the reporting side, on the staged table before its ANALYZE fills them.
-
-    A reporting-side object that no longer fits the new shape is reported and left out, as a
-    reporting-side index is: it only helps the planner.
-    """
-    for column, target, options in definition.column_statistics:
-        if target is not None:
-            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
-                staged.ident, sql.Identifier(column), sql.Literal(target)))
-        if options:
-            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET ({})").format(
-                staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
-    for n, statistics in enumerate(definition.extended_statistics, 1):
-        create_statistics(cur, statistics, f"{staged.staging}_s{n}", staged)
-    keep_column_statistics(cur, definition, staged)
-    reporting = reporting_statistics(cur, definition, staged)
-    for n, statistics in enumerate(reporting, 1):
-        built_or_skipped(cur, lambda s=statistics, n=n: create_statistics(
-            cur, s, f"{staged.staging}_rs{n}", staged), definition.table,
-            "statistics_skipped", statistics=statistics.name)
 
 
 def keep_identity_and_cluster(cur, definition: TableDefinition, staged: StagedTable) -> None:
@@ -2134,7 +3321,7 @@ def keep_identity_and_cluster(cur, definition: TableDefinition, staged: StagedTa
         statement = sql.SQL("ALTER TABLE {} " + setting).format(staged.ident)
         if made:
             statement += sql.SQL(" {}").format(sql.Identifier(made))
-        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, runlog.WARNING,
                          message=f"{table.qualified}: {what} left out")
 
 
@@ -2190,7 +3377,7 @@ def keep_checks_not_nulls_and_defaults(cur, definition: TableDefinition, staged:
                 "ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(name), sql.SQL(default))))
     for what, change in changes:
         statement = sql.SQL("ALTER TABLE {} ").format(staged.ident) + change
-        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, "warning",
+        built_or_skipped(cur, lambda statement=statement: cur.execute(statement), table, runlog.WARNING,
                          message=f"{table.qualified}: the reporting side's {what} left out")
 
 
@@ -2209,7 +3396,14 @@ def keep_column_statistics(cur, definition: TableDefinition, staged: StagedTable
                 staged.ident, sql.Identifier(column), sql.SQL(", ").join(sql.SQL(o) for o in options)))
 
 
-def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool:
+def reporting_statistics(cur, definition: TableDefinition, staged: StagedTable) -> list[ExtendedStatistics]:
+    """CREATE STATISTICS objects of the live reporting table that the source does not have."""
+    source_names = {(s.schema, s.name) for s in definition.extended_statistics}
+    return [s for s in reporting_extras(cur, definition, staged).statistics
+            if (s.schema, s.name) not in source_names]
+
+
+def built_or_skipped(cur, build, table: TableName, event: runlog.Event, **fields) -> bool:
     """Build something of the reporting side's own on the staged table, or, when it no longer
     fits the new shape, report it and leave it out: it must not cost the night's data."""
     cur.execute("SAVEPOINT copier_extra")
@@ -2219,7 +3413,7 @@ def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool
         if INTERRUPTED.is_set() or cur.connection.closed or is_connection_error(exc):
             raise
         cur.execute("ROLLBACK TO SAVEPOINT copier_extra")
-        if event == "warning":
+        if event is runlog.WARNING:
             warn(fields.pop("message"), table=table.qualified, **fields, error=describe_error(exc))
         else:
             log_event(event, table=table.qualified, **fields, error=describe_error(exc))
@@ -2228,167 +3422,7 @@ def built_or_skipped(cur, build, table: TableName, event: str, **fields) -> bool
     return True
 
 
-def reporting_statistics(cur, definition: TableDefinition, staged: StagedTable) -> list[ExtendedStatistics]:
-    """CREATE STATISTICS objects of the live reporting table that the source does not have."""
-    source_names = {(s.schema, s.name) for s in definition.extended_statistics}
-    return [s for s in reporting_extras(cur, definition, staged).statistics
-            if (s.schema, s.name) not in source_names]
-
-
-# pg_statistic_ext.stxkind -> the kind's name in CREATE STATISTICS ('e' is implied by expressions).
-STATISTICS_KINDS = {"d": "ndistinct", "f": "dependencies", "m": "mcv"}
-
-
-def create_statistics(cur, statistics: ExtendedStatistics, temporary: str, staged: StagedTable) -> None:
-    kinds = [STATISTICS_KINDS[k] for k in statistics.kinds if k in STATISTICS_KINDS]
-    ident = sql.Identifier(statistics.schema, temporary)
-    # A single expression's statistics take no list of kinds.
-    listed = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.SQL, kinds))) if kinds else sql.SQL("")
-    cur.execute(sql.SQL("CREATE STATISTICS {}{} ON {} FROM {}").format(
-        ident, listed, sql.SQL(statistics.columns), staged.ident))
-    if statistics.target is not None:
-        cur.execute(sql.SQL("ALTER STATISTICS {} SET STATISTICS {}").format(
-            ident, sql.Literal(statistics.target)))
-    if statistics.comment is not None:
-        cur.execute(sql.SQL("COMMENT ON STATISTICS {} IS {}").format(ident, sql.Literal(statistics.comment)))
-    staged.renames.append(Rename("statistics", temporary, statistics.name, statistics.schema))
-
-
-def retarget_index(index_sql: str, table_prefix: str, new_name: str, target: str) -> str:
-    """Point a CREATE INDEX statement at a staging table (quoted, qualified), under a temporary name."""
-    head, sep, tail = index_sql.partition(table_prefix)
-    if not sep:
-        head, sep, tail = index_sql.partition(table_prefix.replace(" ON ", " ON ONLY "))
-    if not sep:
-        raise TableCopyError(f"cannot read index definition {index_sql!r}")
-    unique = "UNIQUE " if head.startswith("CREATE UNIQUE INDEX") else ""
-    return f"CREATE {unique}INDEX {quote_ident(new_name)} ON {target} {tail}"
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_qualified(schema: str, name: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
-def set_sequences(src, dst_cur, definition: TableDefinition, staged: StagedTable) -> None:
-    """Carry each serial and identity sequence's position over from the source."""
-    owned = [c for c in definition.columns if c.sequence]
-    if not owned:
-        return
-    with src.cursor() as cur:
-        for column in owned:
-            cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
-                sql.Identifier(column.sequence_schema, column.sequence)))
-            last_value, is_called = cur.fetchone()
-            dst_cur.execute(
-                "SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
-                (quote_qualified(staged.table.schema, staged.staging), column.name,
-                 last_value, is_called))
-
-
-# ---------------------------------------------------------------------------------------------
-# Partitions: a partitioned reporting table stays partitioned, with its own partitions.
-
-
-@dataclass
-class Partition:
-    """One partition, as it is made under the staged table: its parent is a (schema, name)."""
-
-    schema: str
-    name: str
-    parent: tuple[str, str]
-    bound: str  # FOR VALUES ... or DEFAULT
-    key: str | None  # PARTITION BY of a partition that is partitioned in turn
-    options: list[str]
-    tablespace: str | None = None  # where it is on the reporting side (None: its parent's)
-
-
-@dataclass
-class PartitionLayout:
-    key: str  # the table's PARTITION BY
-    partitions: list[Partition]  # parents before their children
-
-
-@dataclass
-class PartitionSide:
-    """What belongs to a partition beyond its rows, kept across the swap."""
-
-    schema: str
-    name: str
-    owner: str
-    grants: list[tuple[str, str, bool]]
-    comment: str | None
-    index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
-    triggers: list[str]  # its own (not its share of the table's), as CREATE TRIGGER statements
-    row_security: tuple[bool, bool] = (False, False)  # ENABLE and FORCE ROW LEVEL SECURITY
-    policies: list = dataclasses.field(default_factory=list)  # as ReportingSide.policies
-    rules: list[str] = dataclasses.field(default_factory=list)  # CREATE RULE statements
-
-
-PARTITIONS_QUERY = """
-SELECT n.nspname, c.relname, pn.nspname, p.relname, pg_get_expr(c.relpartbound, c.oid),
-       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END, coalesce(c.reloptions, '{}'),
-       -- 0 is the database's default: named, as a partition made without one gets its parent's
-       CASE WHEN c.reltablespace <> 0 THEN (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace)
-            WHEN c.relkind <> 'p' THEN (SELECT s.spcname FROM pg_database d
-                                        JOIN pg_tablespace s ON s.oid = d.dattablespace
-                                        WHERE d.datname = current_database()) END
-FROM pg_partition_tree(%s) t
-JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_class p ON p.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
-WHERE t.level > 0
-ORDER BY t.level, n.nspname, c.relname
-"""
-
-
-def read_partition_layout(cur, oid: int) -> PartitionLayout | None:
-    cur.execute("SELECT pg_get_partkeydef(oid) FROM pg_class WHERE oid = %s AND relkind = 'p'", (oid,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    cur.execute(PARTITIONS_QUERY, (oid,))
-    return PartitionLayout(row[0], [
-        Partition(schema, name, (parent_schema, parent), bound, key, list(options), tablespace)
-        for schema, name, parent_schema, parent, bound, key, options, tablespace in cur.fetchall()])
-
-
-def staged_layout(cur, definition: TableDefinition, oid: int | None) -> PartitionLayout | None:
-    """The reporting table's own partitioning (oid: the live table, when partitioned);
-    partitions the source added since (same key, a name the reporting side lacks) join it, so
-    a new month appears the same night on both sides."""
-    layout = read_partition_layout(cur, oid) if oid is not None else None
-    source = definition.partitions
-    if layout is None or source is None or source.key != layout.key:
-        return layout
-    have = {(p.schema, p.name) for p in layout.partitions}
-    have.add((definition.table.schema, definition.table.name))
-    for partition in source.partitions:
-        if (partition.schema, partition.name) not in have and partition.parent in have:
-            layout.partitions.append(dataclasses.replace(partition, tablespace=None))  # the source's
-            have.add((partition.schema, partition.name))
-    return layout
-
-
-def create_partitions(cur, staged: StagedTable, layout: PartitionLayout) -> None:
-    table = staged.table
-    made = {(table.schema, table.name): staged.ident}
-    for n, partition in enumerate(layout.partitions, 1):
-        temporary = sql.Identifier(partition.schema, f"{staged.staging}_p{n}")
-        statement = sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-            temporary, made[partition.parent], sql.SQL(partition.bound))
-        if partition.key:
-            statement += sql.SQL(" PARTITION BY {}").format(sql.SQL(partition.key))
-        if partition.options:
-            statement += sql.SQL(" WITH ({})").format(sql.SQL(", ").join(map(sql.SQL, partition.options)))
-        if partition.tablespace:
-            statement += sql.SQL(" TABLESPACE {}").format(sql.Identifier(partition.tablespace))
-        cur.execute(statement)
-        made[(partition.schema, partition.name)] = temporary
-        staged.renames.append(Rename("table", f"{staged.staging}_p{n}", partition.name, partition.schema))
-        staged.partitions.append((partition.schema, f"{staged.staging}_p{n}", partition.name))
+# --- partitions: a partitioned reporting table stays partitioned, with its own partitions
 
 
 # A partition's own indexes (not its share of an index of the whole table), as the reporting
@@ -2412,8 +3446,24 @@ def build_partition_indexes(cur, staged: StagedTable) -> None:
             statement = retarget_index(index_sql, f" ON {quoted} ", temporary_index,
                                        sql.Identifier(schema, temporary).as_string(cur))
             if built_or_skipped(cur, lambda statement=statement: cur.execute(statement), staged.table,
-                                "index_skipped", index=index):
+                                runlog.INDEX_SKIPPED, index=index):
                 staged.renames.append(Rename("index", temporary_index, index, schema))
+
+
+@dataclass
+class PartitionSide:
+    """What belongs to a partition beyond its rows, kept across the swap."""
+
+    schema: str
+    name: str
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    comment: str | None
+    index_names: list[tuple[str, str]]  # (its index's name, the parent index it belongs to)
+    triggers: list[str]  # its own (not its share of the table's), as CREATE TRIGGER statements
+    row_security: tuple[bool, bool] = (False, False)  # ENABLE and FORCE ROW LEVEL SECURITY
+    policies: list = dataclasses.field(default_factory=list)  # as ReportingSide.policies
+    rules: list[str] = dataclasses.field(default_factory=list)  # CREATE RULE statements
 
 
 PARTITION_SIDE_QUERY = """
@@ -2484,10 +3534,7 @@ def restore_partitions(cur, table: TableName, partitions: list[PartitionSide]) -
                     sql.Identifier(side.schema, row[0]), sql.Identifier(index)))
 
 
-# ---------------------------------------------------------------------------------------------
-# What the reporting side built on a table. pg_depend names everything that a DROP TABLE would
-# refuse over or take along; each kind is either carried through the swap or refused, with the
-# statement that resolves it, before anything is written.
+# --- what depends on the table: pg_depend names everything a DROP TABLE would refuse over or take along
 
 
 @dataclass
@@ -2568,7 +3615,8 @@ class ForeignKey:
     definition: str  # FOREIGN KEY (...) REFERENCES ..., without NOT VALID
     valid: bool
     comment: str | None
-    partitioned: bool  # before PostgreSQL 18 a partitioned table takes no NOT VALID key
+    partitioned: bool  # the referencing table is partitioned
+    to_partitioned: bool  # the referenced table is
 
     @property
     def what(self) -> str:
@@ -2582,8 +3630,17 @@ class ForeignKey:
         cur.execute(self.remedy)
 
     def add(self, cur, table: TableName) -> bool:
-        """Make the key again; True when it must still be validated."""
-        not_valid = not (self.partitioned and cur.connection.server_version < 180000)
+        """Make the key again; True when it must still be validated.
+
+        Before PostgreSQL 18 a partitioned table takes no NOT VALID key, and a key to a
+        partitioned table, once validated, would leave the copies PostgreSQL keeps for each of
+        its partitions NOT VALID (a server defect fixed in 18): such a key is made as it was,
+        validated or not, and checked now.
+        """
+        if cur.connection.server_version >= 180000 or not (self.partitioned or self.to_partitioned):
+            not_valid = True
+        else:
+            not_valid = self.to_partitioned and not self.partitioned and not self.valid
         statement = f"ALTER TABLE {self.table} ADD CONSTRAINT {display_ident(self.name)} {self.definition}"
         recreate_or_fail(cur, sql.SQL(statement + (" NOT VALID" if not_valid else "")), self.what,
                          table, self.remedy)
@@ -2608,34 +3665,6 @@ class Restatement:
 
     def recreate(self, cur, table: TableName) -> None:
         recreate_or_fail(cur, sql.SQL(self.restore), self.what, table, self.remedy)
-
-
-@dataclass
-class ReportingSide:
-    """What belongs to the reporting table rather than to its data: kept across the swap."""
-
-    oid: int
-    owner: str
-    grants: list[tuple[str, str, bool]]
-    column_grants: list[tuple[str, str, str, bool]]
-    comment: str | None
-    column_comments: dict[str, str]
-    options: list[str]  # reloptions such as autovacuum or fillfactor settings
-    row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
-    policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
-    triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
-    own: list[Restatement]  # its rules, inheritance parents and publications
-    foreign_keys: list[ForeignKey]  # its own and other tables' keys to it
-    dependents: list  # views, routines and Restatements, in the order they are made again
-    partitions: list[PartitionSide]
-
-
-class SwapBlocked(TableCopyError):
-    """Sessions on the reporting side held what the swap must lock, through every try."""
-
-
-class Refused(TableCopyError):
-    """Something on the reporting side depends on the table and cannot survive its replacement."""
 
 
 # Everything that depends on a relation, a type or a routine in the given list, by the object's
@@ -2677,11 +3706,13 @@ JOIN unnest(%(catalogs)s::regclass[], %(oids)s::oid[]) AS ref(classid, objid)
 WHERE d.deptype = 'n'
 """
 
+
 # A relation as something others depend on: itself, its row type and that type's array type.
 RELATION_SEEDS_QUERY = """
 SELECT c.oid, c.reltype, t.typarray FROM pg_class c LEFT JOIN pg_type t ON t.oid = c.reltype
 WHERE c.oid = ANY(%s)
 """
+
 
 # The reporting table and its partitions, and the sequences their columns own.
 FAMILY_QUERY = """
@@ -2693,6 +3724,7 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(ARRAY(SELECT reli
   AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
   AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
 """
+
 
 # Advice for what cannot be carried, by pg_identify_object's type: how to remove it.
 DROP_ADVICE = {
@@ -2840,6 +3872,7 @@ SELECT p.oid::regprocedure::text, p.prokind, pg_get_userbyid(p.proowner),
 FROM pg_proc p WHERE p.oid = %s
 """
 
+
 # Grants of a routine to others, PUBLIC's default EXECUTE included.
 ROUTINE_GRANTS_QUERY = """
 SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
@@ -2872,7 +3905,11 @@ SELECT a.aggkind, a.aggmtransfn <> 0 OR a.aggsortop <> 0,
 FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE a.aggfnoid = %s
 """
+
+
 FINAL_MODIFY = {"r": "READ_ONLY", "s": "SHAREABLE", "w": "READ_WRITE"}
+
+
 PARALLEL = {"s": "SAFE", "r": "RESTRICTED", "u": "UNSAFE"}
 
 
@@ -2896,14 +3933,10 @@ def aggregate_definition(cur, oid: int, signature: str) -> str:
     return f"CREATE AGGREGATE {name}({arguments}) ({', '.join(parts)})"
 
 
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 FOREIGN_KEY_QUERY = """
 SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), c.convalidated,
-       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p'
-FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+       obj_description(c.oid, 'pg_constraint'), r.relkind = 'p', f.relkind = 'p'
+FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_class f ON f.oid = c.confrelid
 WHERE {}
 ORDER BY 1, 2
 """
@@ -2915,9 +3948,9 @@ def capture_foreign_key(cur, oid: int) -> ForeignKey | None:
     return foreign_key(*row) if row else None
 
 
-def foreign_key(table, name, definition, valid, comment, partitioned) -> ForeignKey:
+def foreign_key(table, name, definition, valid, comment, partitioned, to_partitioned) -> ForeignKey:
     definition = definition.removesuffix(" NOT VALID")
-    return ForeignKey(table, name, definition, valid, comment, partitioned)
+    return ForeignKey(table, name, definition, valid, comment, partitioned, to_partitioned)
 
 
 def capture_rule(cur, oid: int, description: str) -> Restatement | None:
@@ -2963,6 +3996,8 @@ OWN_RULES_QUERY = """
 SELECT quote_ident(rulename), pg_get_ruledef(oid) FROM pg_rewrite
 WHERE ev_class = %s AND rulename <> '_RETURN' ORDER BY rulename
 """
+
+
 OWN_PARENTS_QUERY = """
 SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s ORDER BY inhseqno
 """
@@ -3017,6 +4052,8 @@ c.relkind = 'p' OR c.relispartition
     OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
     OR EXISTS (SELECT 1 FROM pg_publication_rel WHERE prrelid = c.oid)
 """  # an expression on pg_class c and pg_type t, the table's row type
+
+
 TIED_QUERY = f"""
 SELECT c.oid, {TIED} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_type t ON t.oid = c.reltype WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
@@ -3060,8 +4097,28 @@ def refuse_what_cannot_survive(cur, table: TableName) -> None:
     sweep_dependents(cur, table, oid, capture=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# The swap: the only moment readers are involved, kept short.
+# --- captured under the swap's lock, restored on the new table
+
+
+@dataclass
+class ReportingSide:
+    """What belongs to the reporting table rather than to its data: kept across the swap."""
+
+    oid: int
+    owner: str
+    grants: list[tuple[str, str, bool]]
+    column_grants: list[tuple[str, str, str, bool]]
+    comment: str | None
+    column_comments: dict[str, str]
+    options: list[str]  # reloptions such as autovacuum or fillfactor settings
+    row_security: tuple[bool, bool]  # ENABLE and FORCE ROW LEVEL SECURITY
+    policies: list[tuple]  # pg_policies rows: name, permissive, roles, cmd, qual, with_check
+    triggers: list[tuple[str, str, str]]  # name, CREATE TRIGGER statement, pg_trigger.tgenabled
+    # What only a table tied to others has (see TIED): read by a sweep of pg_depend.
+    own: list[Restatement] = dataclasses.field(default_factory=list)  # rules, parents, publications
+    foreign_keys: list[ForeignKey] = dataclasses.field(default_factory=list)  # its own and others' to it
+    dependents: list = dataclasses.field(default_factory=list)  # views, routines, Restatements, in order
+    partitions: list[PartitionSide] = dataclasses.field(default_factory=list)
 
 
 GRANTS_QUERY = """
@@ -3071,10 +4128,6 @@ FROM pg_class c, aclexplode(c.relacl) a
 WHERE c.oid = %s::regclass AND a.grantee <> c.relowner
 ORDER BY 1, 2
 """
-
-
-def rows(json_rows: list[list]) -> list[tuple]:
-    return [tuple(row) for row in json_rows]
 
 
 # The table's own triggers (in REPORTING_SIDE_QUERY) are not those PostgreSQL made for
@@ -3091,7 +4144,23 @@ FROM (SELECT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)
       FROM aclexplode({relation}.relacl) a WHERE a.grantee <> {relation}.relowner)
      AS g(grantee, privilege, grantable)
 """
+
+
 GRANTS_JSON = GRANTS_JSON_OF.format(relation="c")  # c: the table's pg_class row
+
+
+# The new table's grants (given by default privileges, say) and its columns.
+NEW_TABLE_QUERY = f"""
+SELECT ({GRANTS_JSON}), array(SELECT attname FROM pg_attribute WHERE attrelid = c.oid
+                              AND attnum > 0 AND NOT attisdropped)
+FROM pg_class c WHERE c.oid = $1::regclass
+"""
+
+
+def new_table_statement(cur, table: TableName) -> str:
+    return prepared_statement(cur, "copier_new_table", NEW_TABLE_QUERY,
+                              quote_qualified(table.schema, table.name))
+
 
 # Everything of the live reporting table's own that a swap keeps, in one row (see ReportingSide),
 # and whether anything else is tied to it.
@@ -3150,9 +4219,9 @@ def capture_reporting_side(cur, table: TableName, prefix: str = "",
         return None  # not a table: the rename says what is in the way
     (oid, owner, comment, table_options, enable, force, policies, triggers, grants, column_grants,
      column_comments, tied) = row
-    side = ReportingSide(oid, owner, rows(grants), rows(column_grants), comment, column_comments,
-                         list(table_options), (enable, force), rows(policies), rows(triggers),
-                         [], [], [], [])
+    side = ReportingSide(oid=oid, owner=owner, grants=rows(grants), column_grants=rows(column_grants),
+                         comment=comment, column_comments=column_comments, options=list(table_options),
+                         row_security=(enable, force), policies=rows(policies), triggers=rows(triggers))
     if tied:
         side.dependents, foreign_keys = sweep_dependents(cur, table, oid)
         cur.execute(FOREIGN_KEY_QUERY.format(
@@ -3162,232 +4231,6 @@ def capture_reporting_side(cur, table: TableName, prefix: str = "",
         side.own = capture_own(cur, table, oid)
         side.partitions = capture_partitions(cur, oid)
     return side
-
-
-# The tables a swap will lock, named in one order (schema, name) with whether it changes them
-# (ACCESS EXCLUSIVE) or only reads them (ACCESS SHARE). Changed: the table, the tables its
-# foreign keys join (DROP TABLE locks both ends), the tables whose rules, policies, defaults or
-# triggers use it. Read: every table under the views and materialized views made again, through
-# other views. Views are not locked themselves (LOCK TABLE would lock what a view reads in the
-# view's own order; a materialized view cannot be locked): any two swaps that make one again
-# both lock every table under it, so they meet there first. Partitions count as their root;
-# what the swap's role may not lock is left out.
-LOCK_ORDER_QUERY = """
-WITH RECURSIVE family AS (
-    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = %(schema)s AND c.relname = %(name)s AND c.relkind IN ('r', 'p')
-    UNION SELECT t.relid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
-                 pg_partition_tree(c.oid) t
-    WHERE n.nspname = %(schema)s AND c.relname = %(name)s AND c.relkind = 'p'
-), reached(classid, objid) AS (  -- the family, its row types and sequences, and outwards
-    SELECT 'pg_class'::regclass, oid FROM family
-    UNION SELECT 'pg_type'::regclass, t.oid FROM pg_class c JOIN pg_type r ON r.oid = c.reltype
-          JOIN pg_type t ON t.oid IN (r.oid, r.typarray) WHERE c.oid IN (SELECT oid FROM family)
-    UNION SELECT 'pg_class'::regclass, s.objid FROM pg_depend s
-          WHERE s.refclassid = 'pg_class'::regclass AND s.refobjid IN (SELECT oid FROM family)
-            AND s.classid = 'pg_class'::regclass AND s.deptype IN ('a', 'i')
-    UNION
-    SELECT step.classid, step.objid  -- the views and routines that use what was reached
-    FROM reached r JOIN pg_depend d ON d.refclassid = r.classid AND d.refobjid = r.objid AND d.deptype = 'n'
-    CROSS JOIN LATERAL (
-        SELECT 'pg_class'::regclass, w.ev_class FROM pg_rewrite w
-        WHERE d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid AND w.rulename = '_RETURN'
-        UNION ALL
-        SELECT 'pg_type'::regclass, v.reltype FROM pg_rewrite w JOIN pg_class v ON v.oid = w.ev_class
-        WHERE d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid AND w.rulename = '_RETURN'
-        UNION ALL
-        SELECT d.classid, d.objid WHERE d.classid = 'pg_proc'::regclass
-    ) step(classid, objid)
-), changed(oid) AS (
-    SELECT objid FROM reached WHERE classid = 'pg_class'::regclass
-    UNION SELECT CASE d.classid
-               WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid)
-               WHEN 'pg_constraint'::regclass THEN (SELECT conrelid FROM pg_constraint WHERE oid = d.objid)
-               WHEN 'pg_policy'::regclass THEN (SELECT polrelid FROM pg_policy WHERE oid = d.objid)
-               WHEN 'pg_attrdef'::regclass THEN (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)
-               WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = d.objid) END
-          FROM reached r JOIN pg_depend d ON d.refclassid = r.classid AND d.refobjid = r.objid
-          WHERE d.deptype = 'n'
-    UNION SELECT k.confrelid FROM family f
-          CROSS JOIN LATERAL (SELECT confrelid FROM pg_constraint WHERE conrelid = f.oid AND contype = 'f') k
-), read(oid) AS (
-    SELECT objid FROM reached WHERE classid = 'pg_class'::regclass
-    UNION
-    SELECT d.refobjid FROM read r JOIN pg_rewrite w ON w.ev_class = r.oid AND w.rulename = '_RETURN'
-    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
-                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.oid
-)
-SELECT quote_ident(c.nspname) || '.' || quote_ident(c.relname), bool_or(l.changes)
-FROM (SELECT oid, true FROM changed UNION ALL SELECT oid, false FROM read) l(oid, changes)
-CROSS JOIN LATERAL (  -- by OID, one at a time (OFFSET 0), not a scan of a catalog of many relations
-    SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = (SELECT CASE WHEN p.relispartition THEN pg_partition_root(p.oid) ELSE p.oid END
-                   FROM pg_class p WHERE p.oid = l.oid)
-      AND c.relkind IN ('r', 'p') OFFSET 0) c
-GROUP BY c.nspname, c.relname, c.oid
-HAVING has_table_privilege(c.oid, CASE WHEN bool_or(l.changes) THEN 'UPDATE, DELETE, TRUNCATE'
-                                       ELSE 'SELECT' END)
-ORDER BY c.nspname, c.relname
-"""
-
-
-def lock_in_order(cur, table: TableName, start: str) -> str:
-    """Lock every table the swap will lock, in one order that every job follows (after start,
-    sent with the query): two jobs swapping tables joined by a foreign key or a view then wait
-    for each other instead of deadlocking (which PostgreSQL finds only after deadlock_timeout,
-    and which costs the swap one of its tries). A table dropped meanwhile is left to the swap's
-    own locks, as before. Returns what the swap's next round trip must send first."""
-    # The planner's guess for the recursive walk passes jit_above_cost: compiling it would
-    # cost 100 ms, for a query of a few. Off for it alone: the next statement puts it back.
-    cur.execute(start + "SET LOCAL jit = off; " + LOCK_ORDER_QUERY,
-                {"schema": table.schema, "name": table.name})
-    tables = cur.fetchall()
-    jit_back = "SET LOCAL jit TO DEFAULT; "
-    if len(tables) < 2:
-        return jit_back
-    locks = "; ".join(f"LOCK TABLE {name} IN {'ACCESS EXCLUSIVE' if changes else 'ACCESS SHARE'} MODE"
-                      for name, changes in tables)
-    try:
-        cur.execute(f"{jit_back}SAVEPOINT copier_order; {locks}; RELEASE SAVEPOINT copier_order")
-    except psycopg2.errors.UndefinedTable:
-        cur.execute("ROLLBACK TO SAVEPOINT copier_order; RELEASE SAVEPOINT copier_order")
-    return ""
-
-
-def swap_into_place(cur, staged: StagedTable, options: Options, defer_keys: bool = False) -> list[ForeignKey]:
-    """Replace the reporting table by the staged one; retried while readers hold locks.
-
-    Runs inside the caller's transaction: nothing is visible to readers until it commits.
-    Returns the foreign keys to validate once both of their tables are in place, or with
-    defer_keys, those still to make (once all the tables they join are in place).
-    """
-    for attempt in range(options.lock_retries + 1):
-        try:
-            start = cur.mogrify(("SAVEPOINT copier_swap; " if attempt == 0 else "")
-                                + "SELECT set_config('lock_timeout', %s, true); ",
-                                (f"{int(options.lock_timeout * 1000)}ms",)).decode()
-            if staged.tied:
-                start = lock_in_order(cur, staged.table, start)
-            foreign_keys = replace_table(cur, staged, start)
-            if not defer_keys:  # inside the retries: a key locks the table at its other end
-                foreign_keys = add_foreign_keys(cur, foreign_keys, staged.table)
-            cur.execute("SELECT set_config('lock_timeout', '0', true); RELEASE SAVEPOINT copier_swap")
-            return foreign_keys
-        except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
-            # Readers hold the table, or another job is swapping a table that shares a view
-            # with this one: let go of everything, wait, try again.
-            cur.execute("ROLLBACK TO SAVEPOINT copier_swap")
-            if attempt == options.lock_retries:
-                raise SwapBlocked(
-                    f"could not lock {staged.table.qualified} for the swap after "
-                    f"{attempt + 1} tries of {options.lock_timeout:g}s: long-running readers?"
-                ) from None
-            time.sleep(backoff(attempt, 0.5))
-    raise AssertionError("unreachable")
-
-
-def replace_table(cur, staged: StagedTable, start: str = "") -> list[ForeignKey]:
-    """The swap's statements (after start, sent with the first of them), in as few round trips
-    as the reporting side allows: three for a table nothing else is tied to."""
-    table = staged.table
-    old = capture_reporting_side(cur, table, start, staged.replaces)
-    if old:
-        for dependent in reversed(old.dependents):
-            dependent.drop(cur)
-        for key in old.foreign_keys:
-            key.drop(cur)
-    # The old table dropped, the staged one and its parts renamed: one round trip, which also
-    # reads the new table's grants and columns when nothing is to be restored before that.
-    statements = [sql.SQL("DROP TABLE {}").format(table.ident)] if old else []
-    statements.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(staged.ident, sql.Identifier(table.name)))
-    statements += rename_statements(staged)
-    read_new = bool(old) and not restores_before_grants(cur, old)
-    if read_new:
-        statements.append(sql.SQL(new_table_statement(cur, table)))
-    try:
-        cur.execute(sql.SQL("; ").join(statements))
-    except psycopg2.errors.DependentObjectsStillExist as exc:
-        raise TableCopyError(
-            f"{table.qualified} cannot be replaced: {first_line(exc)} "
-            f"({exc.diag.message_detail or 'other objects depend on it'})") from None
-    if not old:
-        apply_comments(cur, table.ident, staged.comment, staged.column_comments)
-        return []
-    restore_reporting_side(cur, table, old, cur.fetchone() if read_new else None)
-    for dependent in old.dependents:
-        dependent.recreate(cur, table)
-    return old.foreign_keys
-
-
-def add_foreign_keys(cur, keys: list[ForeignKey], table: TableName) -> list[ForeignKey]:
-    """Make the keys again; returns those that were valid and are still to be validated."""
-    return [key for key in keys if key.add(cur, table)]
-
-
-def validate_foreign_keys(cur, keys: list[ForeignKey]) -> None:
-    """--swap together: every table holds the same night's rows now, so a key that was valid is
-    validated, as pg_restore does; a row that breaks one fails the whole swap."""
-    for key in keys:
-        try:
-            cur.execute(f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
-        except psycopg2.errors.ForeignKeyViolation as exc:
-            raise TableCopyError(
-                f"tonight's rows break {key.what}: {describe_error(exc)}; fix the data on the source, "
-                f"or {key.remedy}") from None
-
-
-def validate_after_run(dst, keys: list[ForeignKey], lock_timeout: float) -> None:
-    """Per-table swaps: once every table is in place, a key that was valid before the run is
-    validated again (a scan that readers do not wait for). One that tonight's rows break stays
-    NOT VALID, with a warning: the data itself is already live."""
-    done = set()
-    with dst.cursor() as cur:
-        for key in keys:
-            if (key.table, key.name) in done:
-                continue
-            done.add((key.table, key.name))
-            try:
-                cur.execute("BEGIN")
-                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
-                cur.execute(f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
-                cur.execute("COMMIT")
-            except psycopg2.Error as exc:
-                cur.execute("ROLLBACK")
-                if is_connection_error(exc):
-                    raise
-                warning = (f"{key.what} stays NOT VALID: {describe_error(exc)}; once the rows agree, "
-                           f"ALTER TABLE {key.table} VALIDATE CONSTRAINT {display_ident(key.name)}")
-                warn(warning)
-
-
-def rename_statements(staged: StagedTable) -> list[sql.Composable]:
-    """The staged table's parts renamed to their final names, once it has the table's name."""
-    table = staged.table
-    statements: list[sql.Composable] = []
-    for rename in staged.renames:
-        if rename.kind == "constraint":
-            statements.append(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                table.ident, sql.Identifier(rename.temporary), sql.Identifier(rename.final)))
-        else:
-            keyword = {"index": "INDEX", "sequence": "SEQUENCE", "statistics": "STATISTICS",
-                       "table": "TABLE"}[rename.kind]
-            statements.append(sql.SQL("ALTER {} {} RENAME TO {}").format(
-                sql.SQL(keyword), sql.Identifier(rename.schema or table.schema, rename.temporary),
-                sql.Identifier(rename.final)))
-    return statements
-
-
-# The new table's grants (given by default privileges, say) and its columns.
-NEW_TABLE_QUERY = f"""
-SELECT ({GRANTS_JSON}), array(SELECT attname FROM pg_attribute WHERE attrelid = c.oid
-                              AND attnum > 0 AND NOT attisdropped)
-FROM pg_class c WHERE c.oid = $1::regclass
-"""
-
-
-def new_table_statement(cur, table: TableName) -> str:
-    return prepared_statement(cur, "copier_new_table", NEW_TABLE_QUERY,
-                              quote_qualified(table.schema, table.name))
 
 
 def restores_before_grants(cur, old: ReportingSide) -> bool:
@@ -3507,17 +4350,6 @@ def recreate_view(cur, table: TableName, view: DependentView) -> None:
         recreate_or_fail(cur, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident), view.what, table)
 
 
-CURRENT_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by connection
-
-
-def current_user(cur) -> str:
-    """The copier's user on this connection (asked once: the copier never changes role)."""
-    if cur.connection not in CURRENT_USERS:
-        cur.execute("SELECT current_user")
-        CURRENT_USERS[cur.connection] = cur.fetchone()[0]
-    return CURRENT_USERS[cur.connection]
-
-
 def table_grants(cur, ident: sql.Composable) -> list[tuple[str, str, bool]]:
     cur.execute(GRANTS_QUERY, (ident.as_string(cur),))
     return cur.fetchall()
@@ -3552,61 +4384,173 @@ def apply_comments(cur, ident: sql.Identifier, comment: str | None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Copying one table, with retries after lost connections
+# Readers in the way of a swap: waited for, then ended as pg_repack does.
 
 
-RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # server shutting down or starting
+def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options,
+                      plan: Plan) -> None:
+    """The swaps that readers blocked, after every other table: each is tried again and, unless
+    --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
+    queries at the first blocked try, any other at the next), within --lock-budget in all."""
+    deadline = time.monotonic() + options.lock_budget
+    watcher = open_connection(settings["target"], "target")
+    try:
+        for result in results:
+            swap_one_past_readers(dst, watcher, result, options, plan, deadline)
+    finally:
+        watcher.close()
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """Errors that a new connection may not repeat; anything else would fail again."""
-    if isinstance(exc, ConnectionLost):
-        return True
-    if isinstance(exc, psycopg2.Error):
-        if exc.pgcode:
-            return exc.pgcode.startswith("08") or exc.pgcode in RETRYABLE_SQLSTATES
-        return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
-    return False
+def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, plan: Plan,
+                          deadline: float) -> None:
+    staged, steps = result.staged, Steps(result.steps)
+    with dst.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline, steps=steps)
+            if plan.fingerprints:
+                record_fingerprint(cur, staged, options.run)
+            cur.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
+            if not is_connection_error(exc):
+                cur.execute("ROLLBACK")
+                drop_staged(dst, [staged])  # a lost target's are dropped by the next run
+            result.ok, result.error = False, describe_error(exc)
+            log_event(runlog.TABLE_FAILED, table=result.table, error=result.error)
+            return
+    result.steps = steps.rounded()
+    log_event(runlog.TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
+              seconds=result.seconds, steps=result.steps)
 
 
-# What to do about an error whose own text does not say it (patterns of the error's text).
-ERROR_ADVICE = {
-    r"query would be affected by row-level security policy":
-        "the source user must have BYPASSRLS (or own a table without FORCE ROW LEVEL SECURITY), "
-        "so that no rows are left out",
-    r"function .* does not exist":
-        "the target database needs the functions the table's defaults, checks, generated columns "
-        "and indexes use: create them there",
-    r'collation ".*" for encoding ".*" does not exist|collation ".*" does not exist':
-        "the target database needs the collations the table's columns use: create them there",
-    r'type ".*" does not exist':
-        "the target database needs every type the source table uses; the copier creates enums, "
-        "domains, composite (not a table's row type) and range types, an extension's types need "
-        "CREATE EXTENSION on the target",
-}
+def swap_or_past(cur, watcher: ReadersWatcher, staged: StagedTable, options: Options,
+                 deadline: float, steps: Steps) -> list[ForeignKey]:
+    try:
+        return swap_into_place(cur, staged, options, defer_keys=True, steps=steps)
+    except SwapBlocked:
+        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True, steps=steps)
 
 
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, psycopg2.Error) and exc.diag.message_primary:
-        text = exc.diag.message_primary
-        if exc.diag.context:
-            text += f" ({exc.diag.context.splitlines()[0]})"
-        text += "".join(f": {advice}" for pattern, advice in ERROR_ADVICE.items()
-                        if re.match(pattern, text))
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
+def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: float,
+              defer_keys: bool = False, steps: Steps | None = None) -> list[ForeignKey]:
+    """swap_into_place, one try at a time until the deadline, ending the sessions in the way
+    between tries (unless --no-kill-readers); the error names them."""
+    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
+    for attempt in range(1_000_000):
+        try:
+            with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
+                return swap_into_place(cur, staged, options, defer_keys, tries=1, steps=steps)
+        except SwapBlocked:
+            seen.update(describe_sessions(watcher, watch.blockers))
+            if time.monotonic() >= deadline:
+                raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
+            if options.kill_readers:
+                end_sessions(watcher, watch.blockers, attempt, staged.table)
+            time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
+    raise AssertionError("unreachable")
 
 
-def backoff(attempt: int, base: float) -> float:
-    return min(60.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
+class BlockerWatch:
+    """While a swap waits for its locks, another connection notes who blocks it."""
+
+    def __init__(self, watcher, pid: int):
+        self.watcher, self.pid, self.blockers = watcher, pid, set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch, name="blocker-watch", daemon=True)
+
+    def watch(self) -> None:
+        with self.watcher.cursor() as cur:
+            while not self.done.wait(0.1):
+                cur.execute("SELECT pg_blocking_pids(%s)", (self.pid,))
+                self.blockers.update(cur.fetchone()[0])
+
+    def __enter__(self) -> BlockerWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+BLOCKERS_QUERY = """
+SELECT pid, usename, application_name, state,
+       round(extract(epoch FROM now() - coalesce(state_change, backend_start)))::int,
+       left(split_part(query, E'\n', 1), 120)
+FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid
+"""
+
+
+class ReadersWatcher:
+    """A second target connection for BlockerWatch, opened only when a swap is blocked."""
+
+    def __init__(self, settings: dict):
+        self.settings, self.conn = settings, None
+
+    def get(self):
+        if self.conn is None:
+            self.conn = open_connection(self.settings["target"], "target")
+        return self.conn
+
+    def __enter__(self) -> ReadersWatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def describe_sessions(watcher, pids) -> dict[int, str]:
+    with watcher.cursor() as cur:
+        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
+        return {pid: f"{pid} (user {user}, application {app or '-'}, " + (
+                    f"{state} for {idle} s: {query})" if state
+                    else "its state hidden from the copier's user)")
+                for pid, user, app, state, idle, query in cur.fetchall()}
+
+
+def end_sessions(watcher, pids, attempt: int, table: TableName) -> None:
+    """pg_repack's policy: cancel the queries in the way, end idle-in-transaction sessions (a
+    cancel does nothing to them), and at the next blocked try end whoever is still there.
+    Another copier run is waited for, never ended."""
+    with watcher.cursor() as cur:
+        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
+        for pid, user, app, state, idle, query in cur.fetchall():
+            if app == CONNECTION_OPTIONS["application_name"]:
+                continue
+            idle_in_transaction = (state or "").startswith("idle in transaction")
+            action = "terminate" if idle_in_transaction or attempt > 0 else "cancel"
+            try:
+                cur.execute(f"SELECT pg_{action}_backend(%s)", (pid,))
+                ended = cur.fetchone()[0]
+            except psycopg2.errors.InsufficientPrivilege as exc:
+                say(f"copier: warning: session {pid} (user {user}) blocks the swap of {table.qualified} "
+                    f"and may not be ended: {first_line(exc)}; grant pg_signal_backend to the copier's user")
+                continue
+            if ended:
+                log_event(runlog.SESSION_ENDED, table=table.qualified, pid=pid, user=user, application=app,
+                          state=state, seconds_in_state=idle, query=query, action=ENDED[action])
+                say(f"copier: warning: {ENDED[action]} session {pid} (user {user}, application {app or '-'}, "
+                    f"{state} for {idle} s: {query}): it blocked the swap of {table.qualified}")
+
+
+ENDED = {"cancel": "cancelled the query of", "terminate": "terminated"}
+
+
+def blocked_error(table: TableName, sessions: dict[int, str], options: Options) -> str:
+    who = "; ".join(sessions.values()) or "sessions that had gone by the time they were looked up"
+    why = " (--no-kill-readers)" if not options.kill_readers else ""
+    return (f"could not lock {table.qualified} for the swap within --lock-budget {options.lock_budget:g} s"
+            f"{why}; in the way: {who}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Outages and the run's snapshot: states of the run, shared by all its jobs
+# Run-wide state, shared by every job of the run: outages, the run's snapshot, the run's hold on its tables.
 
 
 WAIT_STEP_MAX = 5.0  # the longest pause between two tries to reach a database that is down
+
+
 WAITING_NOTE_SECONDS = 10.0  # how often a job waiting for a database says so
 
 
@@ -3674,7 +4618,7 @@ def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
                     f"(--outage-budget {outages.budget:g}): {exc}") from None
             if noted is None or down - noted >= WAITING_NOTE_SECONDS:
                 noted = down
-                log_event("waiting", database=role, seconds=round(down, 1),
+                log_event(runlog.WAITING, database=role, seconds=round(down, 1),
                           budget=outages.budget, error=str(exc), **context)
                 say(f"copier: waiting for the {role} database, unreachable for {down:.0f} s "
                     f"(budget {outages.budget:g} s): {exc}")
@@ -3683,6 +4627,19 @@ def connect_waiting(settings: dict, role: str, outages: OutageClock, **context):
         else:
             outages.up(role)
             return conn
+
+
+def connect_at_start(settings: dict, role: str, outages: OutageClock, options: Options):
+    """The run's first connection. A scheduled run (COPIER_RUN set) that starts during a
+    failover or a restart waits for the database as the jobs do later, within the outage
+    budget; a run by hand fails at once, where a wrong host or port looks the same as an outage."""
+    if not options.scheduled:
+        return open_connection(settings[role], role)
+    return connect_waiting(settings[role], role, outages)
+
+
+def backoff(attempt: int, base: float) -> float:
+    return min(60.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
 class SharedSnapshot:
@@ -3782,7 +4739,7 @@ class SnapshotHolder:
         message = (f"the run's snapshot was lost (the source restarted or failed over, or the "
                    f"connection holding it was cut): tables read from now on come from "
                    f"snapshot {generation}, a later moment than the tables read before")
-        log_event("snapshot_renewed", snapshot=generation, message=message)
+        log_event(runlog.SNAPSHOT_RENEWED, snapshot=generation, message=message)
         say(f"copier: warning: {message}")
 
     def close(self) -> None:
@@ -3799,697 +4756,6 @@ class SnapshotHolder:
         self.close()
 
 
-def report_progress(table: str, nbytes: int, seconds: float) -> None:
-    log_event("table_progress", table=table, bytes=nbytes, seconds=round(seconds, 1),
-              mb_per_s=round(nbytes / 1e6 / seconds, 1) if seconds else None)
-
-
-class TableCopier:
-    """One worker's pair of connections and the copy of each of its tables."""
-
-    def __init__(self, settings: dict, options: Options, shared: RunShared, job: int):
-        self.settings, self.options, self.shared, self.job = settings, options, shared, job
-        self.snapshot: str | None = None  # the name this try imports
-        self.src = self.dst = None
-
-    def connect(self, table: str) -> None:
-        """Both connections, waiting out an outage of either database (up to the budget)."""
-        if self.src is None:
-            self.src = connect_waiting(self.settings["source"], "source", self.shared.outages,
-                                       job=self.job, table=table)
-        if self.dst is None:
-            self.dst = connect_waiting(self.settings["target"], "target", self.shared.outages,
-                                       job=self.job, table=table)
-
-    def close(self) -> None:
-        for conn in (self.src, self.dst):
-            if conn is not None:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    pass
-        self.src = self.dst = None
-
-    def lost_connections(self) -> list[str]:
-        """Which connections broke (psycopg2 marks them closed=2), whatever error it raised."""
-        pairs = (("source", self.src), ("target", self.dst))
-        return [role for role, conn in pairs if conn is not None and conn.closed == 2]
-
-    def copy(self, unit: Unit) -> TableResult:
-        """One unit, tried again after a lost connection or snapshot: its result and its line."""
-        source, name = unit.source, unit.name
-        started = time.monotonic()
-        for attempt in range(self.options.retries + 1):
-            self.snapshot, generation = self.shared.snapshot.current()
-            try:
-                self.connect(name)
-                if attempt or generation > 1:
-                    source = self.found_again(source)
-                staged = self.step(dataclasses.replace(unit, source=source))
-            except KeyboardInterrupt:
-                self.close()
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this unit's result
-                if INTERRUPTED.is_set():  # psycopg2 turns a signal inside COPY into its own error
-                    self.close()
-                    raise Interrupted() from None
-                lost = self.lost_connections()
-                # A failed copy can leave a connection mid-COPY: start the next try afresh.
-                self.close()
-                error = describe_error(exc)
-                if lost:
-                    error = f"lost the connection to the {' and '.join(lost)} database: {error}"
-                if isinstance(exc, SnapshotLost) and self.options.snapshot == "strict":
-                    error += " (--snapshot strict: no table may come from a later snapshot)"
-                try:
-                    if attempt < self.options.retries and self.ready_to_retry(
-                            exc, lost, name, attempt, error, generation):
-                        continue
-                except CopierError as renewal:
-                    error = str(renewal)
-                seconds = round(time.monotonic() - started, 2)
-                log_event(EVENT_TABLE_FAILED, table=source.table.qualified, job=self.job, error=error,
-                          seconds=seconds, attempts=attempt + 1, **unit_fields(unit, self.options))
-                return TableResult(source.table.qualified, False, seconds=seconds, error=error,
-                                   attempts=attempt + 1, unit=name, part=unit.part)
-            seconds = round(time.monotonic() - started, 2)
-            result = TableResult(source.table.qualified, True, staged.rows, staged.bytes, seconds,
-                                 attempts=attempt + 1, snapshot=generation, unit=name, part=unit.part)
-            self.report(unit, staged, result)
-            return result
-        raise AssertionError("unreachable")
-
-    def report(self, unit: Unit, staged: StagedTable, result: TableResult) -> None:
-        """The unit's line; a table still to be swapped keeps its staged table in the result."""
-        fields = {"table": result.table, "job": self.job, "rows": staged.rows, "bytes": staged.bytes,
-                  "seconds": result.seconds, "snapshot": result.snapshot,
-                  **unit_fields(unit, self.options)}
-        if unit.step == "finish":
-            fields["slices"] = staged.slices
-        if unit.step == "load":
-            log_event(EVENT_TABLE_LOADED, **fields)
-        elif unit.step == "slice":
-            log_event(EVENT_SLICE_LOADED, **fields)
-        elif staged.blocked:
-            result.staged = staged
-            log_event("swap_deferred", reason=staged.blocked, **fields)
-        elif self.options.swaps_late(result.table):
-            result.staged = staged
-            log_event(EVENT_TABLE_STAGED, **fields)
-        else:
-            log_event(EVENT_TABLE_COPIED, **fields)
-        result.foreign_keys = staged.foreign_keys
-
-    def found_again(self, source: SourceTable) -> SourceTable:
-        """The table looked up by name again: after a lost connection the source may be another
-        server (a failover to a logical replica, say), where the OID read at the start is not it."""
-        with self.src.cursor() as cur:
-            cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-                        (source.table.schema, source.table.name))
-            row = cur.fetchone()
-        if row is None:
-            raise TableCopyError(f"{source.table.qualified} no longer exists on the source")
-        return dataclasses.replace(source, oid=row[0], definition=None)
-
-    def ready_to_retry(self, exc: Exception, lost: list[str], name: str, attempt: int,
-                       error: str, generation: int) -> bool:
-        """Whether another try can succeed where this one failed; waits for what it needs.
-
-        A lost connection is retried after a backoff, and the next try's connect() waits out
-        an outage; a lost snapshot is renewed first (unless --snapshot strict).
-        """
-        if isinstance(exc, SnapshotLost):
-            if self.options.snapshot == "strict":
-                return False
-            log_event("table_retry", table=name, attempt=attempt + 1, error=error, wait_seconds=0)
-            self.shared.snapshot.renew(generation)
-            return True
-        if lost or is_connection_error(exc):
-            delay = backoff(attempt, self.options.retry_delay)
-            log_event("table_retry", table=name, attempt=attempt + 1,
-                      error=error, wait_seconds=round(delay, 1))
-            time.sleep(delay)
-            return True
-        return False
-
-    def step(self, unit: Unit) -> StagedTable:
-        return {"copy": self.copy_once, "load": self.load_whole, "slice": self.load_slice,
-                "finish": self.finish}[unit.step](unit)
-
-    def copy_once(self, unit: Unit) -> StagedTable:
-        """Stage, load, index, verify, analyze and (per-table mode) swap: one transaction."""
-        definition = self.prepared(unit.source)
-        with transaction(self.dst) as cur:
-            staged = stage_table(cur, definition)
-            staged.tied = not unit.source.untied
-            self.load_verified(definition, staged)
-            self.complete(cur, definition, staged)
-        return staged
-
-    def load_whole(self, unit: Unit) -> StagedTable:
-        """The load phase: stage and load a table, and leave it for the publish phase."""
-        definition = self.prepared(unit.source)
-        with transaction(self.dst) as cur:
-            staged = stage_table(cur, definition)
-            self.load_verified(definition, staged)
-            note = StagingNote.new(self.note_run(unit), 1, definition, staged)
-            note.loaded["1"] = self.loaded_part(staged, [])
-            note.write(cur, staged)
-        return staged
-
-    def load_slice(self, unit: Unit) -> StagedTable:
-        """One key range of a table, into the staging table the run's slices of it share."""
-        definition = self.prepared(unit.source)
-        if unit.key is None:
-            raise TableCopyError(
-                f"{definition.table.qualified} cannot be cut into slices: it has no single-column "
-                f"integer key (primary key or unique index on a NOT NULL column); plan it whole "
-                f"(setup_aws.py plans again from the source)")
-        (k, n), run = unit.part, self.note_run(unit)
-        staged = self.shared_staging(definition, n, run)
-        with transaction(self.dst) as cur:
-            slicer = Slicer(unit.key, unit.part)
-            self.load_verified(definition, staged, slicer)
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
-                        (definition.table.qualified,))
-            note = read_note(cur, definition.table)
-            if note is None or note.run != run:
-                raise TableCopyError(f"the staging table of {definition.table.qualified} was replaced "
-                                     f"by another run while slice {k}/{n} loaded")
-            if str(k) in note.loaded:
-                raise TableCopyError(f"slice {k}/{n} of {definition.table.qualified} was already "
-                                     f"loaded in run {run}: the unit is listed twice")
-            note.loaded[str(k)] = self.loaded_part(staged, slicer.bounds)
-            note.write(cur, staged)
-        return staged
-
-    def shared_staging(self, definition: TableDefinition, slices: int, run: str) -> StagedTable:
-        """The run's staging table for a sliced table: made by the first slice to come (in its
-        own committed transaction, so the others can load into it), found by the others."""
-        with transaction(self.dst) as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('nightly-copier-staging'), hashtext(%s))",
-                        (definition.table.qualified,))
-            note = read_note(cur, definition.table)
-            if (note is not None and note.run == run and note.slices == slices
-                    and note.columns == columns_fingerprint(definition)):
-                staged = note.staged_table(definition)
-                staged.rows = staged.bytes = 0
-                return staged
-            staged = stage_table(cur, definition)  # drops what a crashed run left
-            StagingNote.new(run, slices, definition, staged).write(cur, staged)
-        return staged
-
-    def finish(self, unit: Unit) -> StagedTable:
-        """The publish step of a table the run loaded (whole or in slices): index, verify,
-        analyze and swap it in, in one transaction, as copy_once does after its load."""
-        definition = unit.source.definition or read_definition(self.src, unit.source)
-        with transaction(self.dst) as cur:
-            staged = staged_of_run(cur, definition, self.note_run(unit))
-            staged.tied = not unit.source.untied
-            cur.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(staged.ident))
-            self.complete(cur, definition, staged)
-        return staged
-
-    def note_run(self, unit: Unit) -> str:
-        # A table loaded again (its slices came from two snapshots) gets a staging of its own.
-        return f"{self.options.run}/{unit.attempt}" if unit.attempt else self.options.run
-
-    def loaded_part(self, staged: StagedTable, bounds: list[int]) -> dict:
-        return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
-                "snapshot": self.shared.snapshot_identity()}
-
-    def prepared(self, source: SourceTable) -> TableDefinition:
-        """The table's definition, refused or with what its staging table needs on the target."""
-        definition = source.definition or read_definition(self.src, source)
-        if not source.untied:
-            with self.dst.cursor() as cur:
-                refuse_what_cannot_survive(cur, definition.table)
-        prepare_target(self.src, self.dst, definition)
-        return definition
-
-    def load_verified(self, definition: TableDefinition, staged: StagedTable,
-                      slicer: Slicer | None = None) -> None:
-        source_rows, loaded, nbytes = self.load(definition, staged, slicer)
-        verify_counts(definition.table, source_rows, loaded)
-        staged.rows, staged.bytes = loaded, nbytes
-
-    def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
-        """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap."""
-        build_indexes(cur, definition, staged, self.options)
-        build_reporting_indexes(cur, definition, staged)
-        keep_index_tablespaces(cur, definition, staged)
-        keep_identity_and_cluster(cur, definition, staged)
-        keep_checks_not_nulls_and_defaults(cur, definition, staged)
-        keep_comments_and_toast_options(cur, definition, staged)
-        set_statistics(cur, definition, staged)
-        set_sequences(self.src, cur, definition, staged)
-        cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
-        if not self.options.swaps_late(definition.table.qualified):
-            try:
-                staged.foreign_keys = swap_into_place(cur, staged, self.options)
-            except SwapBlocked as exc:  # kept staged: swapped after the other tables
-                staged.blocked = str(exc)
-
-    def load(self, definition: TableDefinition, staged: StagedTable,
-             slicer: Slicer | None = None) -> tuple[int, int, int]:
-        try:
-            return load_rows(self.src, self.dst, definition, staged, self.snapshot,
-                             self.progress_reporter(definition.table.qualified), slicer)
-        except psycopg2.errors.CheckViolation as exc:
-            if not staged.partitioned or "no partition" not in str(exc):
-                raise
-            raise TableCopyError(
-                f"a row of {definition.table.qualified} fits none of the reporting table's partitions "
-                f"({exc.diag.message_detail or first_line(exc)}): add a partition for it on the reporting "
-                f"side, or a default one (CREATE TABLE ... PARTITION OF {definition.table.qualified} "
-                f"DEFAULT)") from None
-
-    def progress_reporter(self, table: str):
-        started = time.monotonic()
-        due = started + self.options.progress_seconds
-
-        def on_progress(nbytes: int) -> None:
-            nonlocal due
-            now = time.monotonic()
-            if now >= due:
-                due = now + self.options.progress_seconds
-                report_progress(table, nbytes, now - started)
-
-        return on_progress
-
-
-def unit_fields(unit: Unit, options: Options) -> dict:
-    """What a unit's JSON line says beyond its table: the slice, and the phase of a split run."""
-    fields = {"slice": f"{unit.part[0]}/{unit.part[1]}"} if unit.part else {}
-    return {**fields, "phase": options.phase} if options.phase != "all" else fields
-
-
-def verify_counts(table: TableName, source_rows: int, loaded: int) -> None:
-    if source_rows != loaded:
-        raise TableCopyError(
-            f"row count mismatch for {table.qualified}: the source sent {source_rows} rows, "
-            f"the target loaded {loaded}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the copy: one job in this process, or one process per job
-
-
-class WorkList:
-    """The run's units in the order the jobs take them, and what follows from each result.
-
-    Largest first, each taken by whichever job is free next: sizes only predict times, and a
-    job that finishes early picks up the next unit instead of idling while another still has
-    a list. When the last slice of a table is loaded, its finish comes next, before any other
-    unit, so that its indexes are built while the other jobs still load. A table whose slices
-    came from two snapshots (one was lost and renewed) is loaded again, into a staging of its own.
-    """
-
-    def __init__(self, units: list[Unit], options: Options):
-        self.options = options
-        self.waiting = deque(sorted(units, key=lambda u: (-u.weight, u.name)))
-        self.first: deque[Unit] = deque()
-        self.order = list(dict.fromkeys(self.result_name(u) for u in self.waiting))
-        self.results: dict[str, TableResult] = {}
-        self.slices: dict[str, list[TableResult]] = {}
-        self.read_from: dict[str, int] = {}  # the snapshot a sliced table's slices came from
-        self.abandoned: list[SourceTable] = []  # sliced tables that failed: their staging goes
-
-    def result_name(self, unit: Unit) -> str:
-        """Locally a sliced table has one result (its finish's); a load job has one per unit."""
-        return unit.source.table.qualified if self.options.phase == "all" else unit.name
-
-    def next(self) -> Unit | None:
-        if self.first:
-            return self.first.popleft()
-        return self.waiting.popleft() if self.waiting else None
-
-    def done(self, unit: Unit, result: TableResult) -> None:
-        if unit.step != "slice" or self.options.phase != "all":
-            if unit.step == "finish" and unit.source.table.qualified in self.read_from:
-                result.snapshot = self.read_from[unit.source.table.qualified]  # its slices' moment
-            self.results[self.result_name(unit)] = result
-            return
-        table, (_, count) = unit.source.table.qualified, unit.part
-        loaded = self.slices.setdefault(f"{table}/{unit.attempt}", [])
-        loaded.append(result)
-        if len(loaded) < count:
-            return
-        failed = [r for r in loaded if not r.ok]
-        if failed:
-            self.results[table] = TableResult(table, False, seconds=max(r.seconds for r in loaded),
-                                              error=f"slice {failed[0].unit}: {failed[0].error}")
-            self.abandoned.append(unit.source)
-        elif len({r.snapshot for r in loaded}) > 1 and unit.attempt < self.options.retries:
-            log_event("table_retry", table=table, attempt=unit.attempt + 1, wait_seconds=0,
-                      error="its slices were read from two snapshots (one was lost): loading it again")
-            self.first.extend(dataclasses.replace(u, attempt=unit.attempt + 1)
-                              for u in self.units_of(unit, count))
-        else:
-            self.read_from[table] = loaded[0].snapshot
-            self.first.append(Unit(unit.source, "finish", attempt=unit.attempt))
-
-    @staticmethod
-    def units_of(unit: Unit, count: int) -> list[Unit]:
-        return [dataclasses.replace(unit, part=(k, count)) for k in range(1, count + 1)]
-
-    def outcome(self, failure: str) -> list[TableResult]:
-        """Every unit's result, in order; those no job reported fail with the given reason."""
-        for name in self.order:
-            if name not in self.results:
-                log_event(EVENT_TABLE_FAILED, table=name, error=failure)
-                self.results[name] = TableResult(name, False, error=failure)
-        return [self.results[name] for name in self.order]
-
-
-def run_job(job: int, settings: dict, options: Options, shared: RunShared,
-            next_unit, report, stop) -> None:
-    """Copy units until next_unit() says there are none left (returns None)."""
-    copier = TableCopier(settings, options, shared, job)
-    try:
-        while (unit := next_unit()) is not None:
-            if stop.is_set():
-                report(unit, TableResult(unit.source.table.qualified, False, unit=unit.name,
-                                         error="not copied: an earlier table failed (--fail-fast)"))
-                continue
-            result = copier.copy(unit)
-            report(unit, result)
-            if not result.ok and options.fail_fast:
-                stop.set()
-    finally:
-        copier.close()
-
-
-def job_process(job, settings, options, shared, todo, results, stop) -> None:
-    handle_signals()
-    try:
-        run_job(job, settings, options, shared, todo.get,
-                lambda unit, result: results.put((unit, result)), stop)
-    except KeyboardInterrupt:
-        sys.exit(1)
-
-
-def run_units(units: list[Unit], settings: dict, options: Options,
-              shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
-    """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
-    work = WorkList(units, options)
-    jobs = min(options.jobs, len(units))
-    if jobs <= 1:
-        run_job(1, settings, options, shared, work.next, work.done, threading.Event())
-        return work.outcome("not copied"), work.abandoned
-    context = get_context("spawn")
-    todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
-    processes = [
-        context.Process(target=job_process, name=f"copier-job-{n}",
-                        args=(n, settings, options, shared, todo, done, stop))
-        for n in range(1, jobs + 1)
-    ]
-    for process in processes:
-        process.start()
-    busy = 0
-
-    def hand_out() -> None:  # one unit per free job: a finish can still come first
-        nonlocal busy
-        while busy < jobs and (unit := work.next()) is not None:
-            todo.put(unit)
-            busy += 1
-
-    try:
-        hand_out()
-        while busy:
-            try:
-                unit, result = done.get(timeout=0.5)
-            except queue.Empty:
-                if any(p.exitcode is not None for p in processes):
-                    break  # a worker died (no unit told it to stop): the others finish theirs
-                continue
-            busy -= 1
-            work.done(unit, result)
-            hand_out()
-        for _ in processes:
-            todo.put(None)
-        # Normally every result is in: this only waits for the workers to close their
-        # connections and exit (a few ms), in short steps, or drains a crashed run's results.
-        while any(p.is_alive() for p in processes) or not done.empty():
-            try:
-                work.done(*done.get(timeout=0.02))
-            except queue.Empty:
-                pass
-    except KeyboardInterrupt:
-        for process in processes:
-            process.terminate()  # each worker rolls back its open transaction
-        for process in processes:
-            process.join(10)
-        raise
-    for process in processes:
-        process.join()
-    codes = ", ".join(str(p.exitcode) for p in processes)
-    return work.outcome(f"a worker process died before copying it (exit codes {codes})"), work.abandoned
-
-
-def swap_together(dst, results: list[TableResult], options: Options, settings: dict,
-                  why: str = "--swap together") -> list[TableResult]:
-    """--swap together: every staged table goes live in one transaction, or none does. A table
-    whose readers hold it through --lock-retries is swapped past them, as after a per-table run."""
-    staged = [r.staged for r in results if r.ok]
-    if len(staged) == len(results):
-        with dst.cursor() as cur, ReadersWatcher(settings) as watcher:
-            cur.execute("BEGIN")
-            try:
-                # Keys between the tables are made again once all of them are in place, then
-                # validated: they see one night's rows on both sides.
-                deadline = time.monotonic() + options.lock_budget
-                keys = [(table, key) for table in staged
-                        for key in swap_or_past(cur, watcher, table, options, deadline)]
-                validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
-                cur.execute("COMMIT")
-            except BaseException as exc:
-                cur.execute("ROLLBACK")
-                drop_staged(dst, staged)
-                if isinstance(exc, Exception):
-                    error = f"swap of all tables failed, none changed: {describe_error(exc)}"
-                    for r in results:
-                        r.ok, r.error = False, error
-                        log_event(EVENT_TABLE_FAILED, table=r.table, error=error)
-                    return results
-                raise
-        for r in results:
-            log_event(EVENT_TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds)
-        return results
-    drop_staged(dst, staged)
-    for r in results:
-        if r.ok:
-            r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
-            log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Readers in the way of a swap: waited for, then ended as pg_repack does.
-
-
-class BlockerWatch:
-    """While a swap waits for its locks, another connection notes who blocks it."""
-
-    def __init__(self, watcher, pid: int):
-        self.watcher, self.pid, self.blockers = watcher, pid, set()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.watch, name="blocker-watch", daemon=True)
-
-    def watch(self) -> None:
-        with self.watcher.cursor() as cur:
-            while not self.done.wait(0.1):
-                cur.execute("SELECT pg_blocking_pids(%s)", (self.pid,))
-                self.blockers.update(cur.fetchone()[0])
-
-    def __enter__(self) -> BlockerWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
-
-
-BLOCKERS_QUERY = """
-SELECT pid, usename, application_name, state,
-       round(extract(epoch FROM now() - coalesce(state_change, backend_start)))::int,
-       left(split_part(query, E'\n', 1), 120)
-FROM pg_stat_activity WHERE pid = ANY(%s) ORDER BY pid
-"""
-
-
-class ReadersWatcher:
-    """A second target connection for BlockerWatch, opened only when a swap is blocked."""
-
-    def __init__(self, settings: dict):
-        self.settings, self.conn = settings, None
-
-    def get(self):
-        if self.conn is None:
-            self.conn = open_connection(self.settings["target"], "target")
-        return self.conn
-
-    def __enter__(self) -> ReadersWatcher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-
-def swap_or_past(cur, watcher: ReadersWatcher, staged: StagedTable, options: Options,
-                 deadline: float) -> list[ForeignKey]:
-    try:
-        return swap_into_place(cur, staged, options, defer_keys=True)
-    except SwapBlocked:
-        return swap_past(cur, watcher.get(), staged, options, deadline, defer_keys=True)
-
-
-def swap_past_readers(dst, settings: dict, results: list[TableResult], options: Options) -> None:
-    """The swaps that readers blocked, after every other table: each is tried again and, unless
-    --no-kill-readers, the sessions in its way are ended (idle-in-transaction ones and running
-    queries at the first blocked try, any other at the next), within --lock-budget in all."""
-    deadline = time.monotonic() + options.lock_budget
-    watcher = open_connection(settings["target"], "target")
-    try:
-        for result in results:
-            swap_one_past_readers(dst, watcher, result, options, deadline)
-    finally:
-        watcher.close()
-
-
-def swap_one_past_readers(dst, watcher, result: TableResult, options: Options, deadline: float) -> None:
-    staged = result.staged
-    with dst.cursor() as cur:
-        cur.execute("BEGIN")
-        try:
-            result.foreign_keys = swap_past(cur, watcher, staged, options, deadline)
-            cur.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the table's result says what went wrong
-            if not is_connection_error(exc):
-                cur.execute("ROLLBACK")
-                drop_staged(dst, [staged])  # a lost target's are dropped by the next run
-            result.ok, result.error = False, describe_error(exc)
-            log_event(EVENT_TABLE_FAILED, table=result.table, error=result.error)
-            return
-    log_event(EVENT_TABLE_COPIED, table=result.table, rows=result.rows, bytes=result.bytes,
-              seconds=result.seconds)
-
-
-def swap_past(cur, watcher, staged: StagedTable, options: Options, deadline: float,
-              defer_keys: bool = False) -> list[ForeignKey]:
-    """swap_into_place, one try at a time until the deadline, ending the sessions in the way
-    between tries (unless --no-kill-readers); the error names them."""
-    one_try = dataclasses.replace(options, lock_retries=0)
-    seen: dict[int, str] = {}  # blocking sessions, as the error will name them
-    for attempt in range(1_000_000):
-        try:
-            with BlockerWatch(watcher, cur.connection.get_backend_pid()) as watch:
-                return swap_into_place(cur, staged, one_try, defer_keys)
-        except SwapBlocked:
-            seen.update(describe_sessions(watcher, watch.blockers))
-            if time.monotonic() >= deadline:
-                raise SwapBlocked(blocked_error(staged.table, seen, options)) from None
-            if options.kill_readers:
-                end_sessions(watcher, watch.blockers, attempt, staged.table)
-            time.sleep(min(backoff(attempt, 0.2), max(0.0, deadline - time.monotonic())))
-    raise AssertionError("unreachable")
-
-
-def describe_sessions(watcher, pids) -> dict[int, str]:
-    with watcher.cursor() as cur:
-        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
-        return {pid: f"{pid} (user {user}, application {app or '-'}, " + (
-                    f"{state} for {idle} s: {query})" if state
-                    else "its state hidden from the copier's user)")
-                for pid, user, app, state, idle, query in cur.fetchall()}
-
-
-def end_sessions(watcher, pids, attempt: int, table: TableName) -> None:
-    """pg_repack's policy: cancel the queries in the way, end idle-in-transaction sessions (a
-    cancel does nothing to them), and at the next blocked try end whoever is still there.
-    Another copier run is waited for, never ended."""
-    with watcher.cursor() as cur:
-        cur.execute(BLOCKERS_QUERY, (sorted(pids),))
-        for pid, user, app, state, idle, query in cur.fetchall():
-            if app == CONNECTION_OPTIONS["application_name"]:
-                continue
-            idle_in_transaction = (state or "").startswith("idle in transaction")
-            action = "terminate" if idle_in_transaction or attempt > 0 else "cancel"
-            try:
-                cur.execute(f"SELECT pg_{action}_backend(%s)", (pid,))
-                ended = cur.fetchone()[0]
-            except psycopg2.errors.InsufficientPrivilege as exc:
-                say(f"copier: warning: session {pid} (user {user}) blocks the swap of {table.qualified} "
-                    f"and may not be ended: {first_line(exc)}; grant pg_signal_backend to the copier's user")
-                continue
-            if ended:
-                log_event("session_ended", table=table.qualified, pid=pid, user=user, application=app,
-                          state=state, seconds_in_state=idle, query=query, action=ENDED[action])
-                say(f"copier: warning: {ENDED[action]} session {pid} (user {user}, application {app or '-'}, "
-                    f"{state} for {idle} s: {query}): it blocked the swap of {table.qualified}")
-
-
-ENDED = {"cancel": "cancelled the query of", "terminate": "terminated"}
-
-
-def blocked_error(table: TableName, sessions: dict[int, str], options: Options) -> str:
-    who = "; ".join(sessions.values()) or "sessions that had gone by the time they were looked up"
-    why = " (--no-kill-readers)" if not options.kill_readers else ""
-    return (f"could not lock {table.qualified} for the swap within --lock-budget {options.lock_budget:g} s"
-            f"{why}; in the way: {who}")
-
-
-# Foreign keys of partitioned tables on the target whose two ends are both tables.
-PARTITIONED_KEYS_QUERY = """
-SELECT rn.nspname, r.relname, fn.nspname, f.relname
-FROM pg_constraint c
-JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
-JOIN pg_class f ON f.oid = c.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace
-WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
-"""
-
-
-def late_swaps(dst, tables: list[SourceTable]) -> frozenset[str]:
-    """Before PostgreSQL 18 a partitioned table's foreign key cannot be made NOT VALID, so it is
-    checked when it is made again: the tables it joins go live together at the end of the run,
-    when both hold the same night's rows, instead of each at its own moment."""
-    if dst.server_version >= 180000:
-        return frozenset()
-    names = {(t.table.schema, t.table.name): t.table.qualified for t in tables}
-    with dst.cursor() as cur:
-        cur.execute(PARTITIONED_KEYS_QUERY)
-        ends = [((a, b), (c, d)) for a, b, c, d in cur.fetchall()]
-    return frozenset(names[end] for pair in ends if any(e in names for e in pair)
-                     for end in pair if end in names)
-
-
-def drop_staged(dst, staged: list[StagedTable]) -> None:
-    with dst.cursor() as cur:
-        for table in staged:
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-def warn_if_recovery_may_cancel(conn) -> None:
-    """A read replica as the source is fine, but without hot_standby_feedback the replica
-    cancels a long COPY (and ends the session holding the run's snapshot) when it replays
-    the primary's cleanup of rows that COPY may still need."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_is_in_recovery(), current_setting('hot_standby_feedback'), "
-                    "current_setting('max_standby_streaming_delay')")
-        in_recovery, feedback, delay = cur.fetchone()
-    if in_recovery and feedback == "off" and delay != "-1":
-        warning = ("the source is a standby with hot_standby_feedback off: a long copy can be "
-                   "cancelled by a conflict with recovery; set hot_standby_feedback = on there")
-        warn(warning)
-
-
 def export_snapshot(conn) -> str:
     """One snapshot for the whole run, so every table reflects the same moment (as pg_dump -j)."""
     with conn.cursor() as cur:
@@ -4498,7 +4764,8 @@ def export_snapshot(conn) -> str:
         return cur.fetchone()[0]
 
 
-def take_snapshot(src, dst, units: list[Unit], options: Options, outages: OutageClock) -> RunShared:
+def take_snapshot(src, dst, units: list[Unit], plan: Plan, options: Options,
+                  outages: OutageClock) -> RunShared:
     """The moment the run reads: its own exported snapshot, none for the publish phase, or,
     for load jobs with one snapshot, the one the run's first job exports and the others import.
 
@@ -4507,18 +4774,18 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
     each job that imported it says so with a NOTIFY on the target, so the holder knows when it
     may let go (the source may be a standby, where NOTIFY is refused).
     """
-    if options.phase == "publish":
+    if plan.snapshot == "none":
         return RunShared.create(outages, "")
-    if options.one_snapshot == "hold":
+    if plan.snapshot == "hold":
         with dst.cursor() as cur:
             cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(snapshot_channel(options.run))))
         name = export_snapshot(src)
         with src.cursor() as cur:
             cur.execute("SELECT set_config('application_name', %s, false)",
                         (snapshot_marker(options.run) + name,))
-        log_event("snapshot_shared", job=1, jobs=options.load_jobs)
+        log_event(runlog.SNAPSHOT_SHARED, job=1, jobs=options.load_jobs)
         return RunShared.create(outages, name, origin=name)
-    if options.one_snapshot == "join":
+    if plan.snapshot == "join":
         try:
             origin = find_shared_snapshot(src, options)
             with src.cursor() as cur:
@@ -4527,15 +4794,17 @@ def take_snapshot(src, dst, units: list[Unit], options: Options, outages: Outage
                 local = cur.fetchone()[0]
         except CopierError as exc:
             for unit in units:
-                log_event(EVENT_TABLE_FAILED, table=unit.source.table.qualified, job=1, error=str(exc),
-                          seconds=0, **unit_fields(unit, options))
+                log_event(runlog.TABLE_FAILED, table=unit.source.table.qualified, job=1, error=str(exc),
+                          seconds=0, **unit_fields(unit, plan))
             raise
         with dst.cursor() as cur:
             cur.execute("SELECT pg_notify(%s, %s)",
                         (snapshot_channel(options.run), os.environ.get("COPIER_JOB") or str(os.getpid())))
-        log_event("snapshot_imported", job=1)
+        log_event(runlog.SNAPSHOT_IMPORTED, job=1)
         return RunShared.create(outages, local, origin=origin)
-    return RunShared.create(outages, export_snapshot(src))
+    shared = RunShared.create(outages, export_snapshot(src))
+    moment("snapshot_taken", conn=src)
+    return shared
 
 
 def snapshot_marker(run: str) -> str:
@@ -4582,20 +4851,7 @@ def wait_for_joiners(dst, options: Options, started: float) -> None:
         message = (f"only {len(imported)} of the {needed} other load jobs imported the run's snapshot "
                    f"within {options.snapshot_wait:g}s: the others fail their tables")
         warn(message)
-    log_event("snapshot_released", job=1, imported=len(imported) + 1, jobs=options.load_jobs)
-
-
-def report_refusals(dst, tables: list[SourceTable]) -> int:
-    """--dry-run: the tables the reporting side would refuse tonight, each with what to do."""
-    refused = 0
-    with dst.cursor() as cur:
-        for t in tables:
-            try:
-                refuse_what_cannot_survive(cur, t.table)
-            except Refused as exc:
-                say(f"copier: error: {t.table.qualified}: {exc}")
-                refused += 1
-    return 1 if refused else 0
+    log_event(runlog.SNAPSHOT_RELEASED, job=1, imported=len(imported) + 1, jobs=options.load_jobs)
 
 
 def lock_tables(dst, tables: list[SourceTable], shared: bool = False) -> None:
@@ -4623,35 +4879,298 @@ def unlock_tables(dst) -> None:
         pass  # the connection is gone, and its locks with it
 
 
-def check_target(dst, tables: list[SourceTable]) -> None:
-    """Fail before copying anything when the target would refuse every table anyway."""
-    with dst.cursor() as cur:
-        for schema in sorted({t.table.schema for t in tables}):
-            cur.execute(
-                "SELECT CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
-                "ELSE has_schema_privilege(n.oid, 'CREATE') END "
-                "FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = %s", (schema,))
-            if not cur.fetchone()[0]:
-                raise CopierError(f"the target user may not create tables in schema {schema!r}")
+# ---------------------------------------------------------------------------------------------
+# The runner: the units over the jobs, then the swaps that wait for the end of the run.
 
 
-def print_summary(results: list[TableResult], seconds: float) -> None:
-    rows = [(r.unit or r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
-             f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
-             "ok" if r.ok else "FAILED") for r in results]
-    header = ("table", "rows", "MB", "seconds", "MB/s", "")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        say("  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
-    copied = [r for r in results if r.ok]
-    total = sum(r.bytes for r in copied)
-    say(f"{len(copied)} of {len(results)} tables copied, {total / 1e6:.1f} MB in {seconds:.1f}s")
+def run(options: Options, settings: dict) -> int:
+    """A night, top to bottom: connect, plan, hold the tables, take the snapshot, copy the units
+    over the jobs, make live what waited for the end of the run, and report."""
+    started = time.monotonic()
+    outages = OutageClock(get_context("spawn"), options.outage_budget)
+    src = connect_at_start(settings, "source", outages, options)
+    dst = holder = None
+    try:
+        units = plan_run(src, options)
+        tables = list({u.source.table: u.source for u in units}.values())
+        warn_if_recovery_may_cancel(src)
+        dst = connect_at_start(settings, "target", outages, options)
+        check_target(dst, tables)
+        plan = make_plan(options, units, dst)
+        if options.dry_run:
+            refused = refusals(dst, tables)
+            show_plan(plan, units, refused, options.json)
+            return 1 if refused else 0
+        # The load jobs of one run share their tables; anything else copying them is refused.
+        lock_tables(dst, tables, shared=plan.phase == "load")
+        units = with_target_checked(dst, with_definitions(src, units))
+        if not plan.fingerprints:
+            warn(f"the target user may not keep the tables' fingerprints in schema {FINGERPRINT_SCHEMA}: "
+                 f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
+                 f"the schema and grant it CREATE and USAGE there")
+        elif make_fingerprint_store(dst) and not options.copy_unchanged:
+            units = with_fingerprints(dst, units)
+        moment("tables_checked", units=units)
+        shared = take_snapshot(src, dst, units, plan, options, outages)
+        if plan.snapshot != "none":
+            holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
+        results, abandoned = run_units(units, settings, options, plan, shared)
+        if plan.snapshot == "hold":
+            wait_for_joiners(dst, options, started)
+        drop_staged(dst, [StagedTable(t.table, t.table.staging_name(), [], None, {}) for t in abandoned])
+        results, dst = swap_the_rest(dst, tables, units, results, settings, options, plan, shared)
+    finally:
+        if holder is not None:
+            holder.stop()
+        if dst is not None:
+            unlock_tables(dst)
+        for conn in (src, dst):
+            if conn is not None:
+                conn.close()
+    seconds = time.monotonic() - started
+    failed = [r for r in results if not r.ok]
+    steps = print_summary(results, seconds)
+    waited = report_outages(results, shared, holder)
+    log_event(runlog.RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
+              waited_seconds=round(sum(waited.values()), 1),
+              source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
+              snapshots=shared.snapshot.current()[1], unchanged=sum(r.unchanged for r in results),
+              steps=steps, **({"phase": plan.phase} if plan.phase != "all" else {}))
+    for r in failed:
+        say(f"copier: error: {r.unit or r.table}: {r.error}")
+    return 1 if failed else 0
 
 
-def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
-                              settings: dict, options: Options,
-                              shared: RunShared) -> list[TableResult]:
+def swap_the_rest(dst, tables: list[SourceTable], units: list[Unit], results: list[TableResult],
+                  settings: dict, options: Options, plan: Plan, shared: RunShared):
+    """What goes live at the end of the run: nothing in the load phase (the publish swaps);
+    every table in one transaction with --swap together; in a per-table run, the tables a
+    partitioned table's key joins, then those readers blocked, and then the foreign keys made
+    NOT VALID in the swaps are validated. Returns the results and the target connection (a new
+    one when the run's was lost: its table locks are taken again)."""
+    if plan.swap == "none":
+        return results, dst
+    if plan.swap == "together":
+        results = restage_from_one_snapshot(units, results, settings, options, plan, shared)
+        return swap_together_through_outages(dst, tables, results, settings, options, plan, shared)
+    late = [r for r in results if r.table in plan.late_swaps]
+    blocked = [r for r in results if r.ok and r.staged and r.staged.blocked]
+    keys = [key for r in results if r.ok for key in r.foreign_keys]
+    if (late or blocked or keys) and not is_alive(dst):  # the target went away: its locks with it
+        dst.close()
+        dst = connect_waiting(settings["target"], "target", shared.outages)
+        lock_tables(dst, tables)
+    if late:
+        swap_together(dst, late, options, plan, settings,
+                      "tables joined by a partitioned table's foreign key")
+    if blocked:
+        swap_past_readers(dst, settings, blocked, options, plan)
+    keys += [key for r in blocked if r.ok for key in r.foreign_keys]
+    validate_after_run(dst, keys, options.lock_timeout)
+    return results, dst
+
+
+class WorkList:
+    """The run's units in the order the jobs take them, and what follows from each result.
+
+    Largest first, each taken by whichever job is free next: sizes only predict times, and a
+    job that finishes early picks up the next unit instead of idling while another still has
+    a list. When the last slice of a table is loaded, its finish comes next, before any other
+    unit, so that its indexes are built while the other jobs still load. A table whose slices
+    came from two snapshots (one was lost and renewed) is loaded again, into a staging of its own.
+    """
+
+    def __init__(self, units: list[Unit], options: Options, plan: Plan):
+        self.options, self.plan = options, plan
+        self.waiting = deque(sorted(units, key=lambda u: (-u.weight, u.name)))
+        self.first: deque[Unit] = deque()
+        self.order = list(dict.fromkeys(self.result_name(u) for u in self.waiting))
+        self.results: dict[str, TableResult] = {}
+        self.slices: dict[str, list[TableResult]] = {}
+        self.read_from: dict[str, int] = {}  # the snapshot a sliced table's slices came from
+        self.abandoned: list[SourceTable] = []  # sliced tables that failed: their staging goes
+
+    def result_name(self, unit: Unit) -> str:
+        """Locally a sliced table has one result (its finish's); a load job has one per unit."""
+        return unit.source.table.qualified if self.plan.phase == "all" else unit.name
+
+    def next(self) -> Unit | None:
+        if self.first:
+            return self.first.popleft()
+        return self.waiting.popleft() if self.waiting else None
+
+    def done(self, unit: Unit, result: TableResult) -> None:
+        if unit.step != "slice" or self.plan.phase != "all":
+            if unit.step == "finish" and unit.source.table.qualified in self.read_from:
+                result.snapshot = self.read_from[unit.source.table.qualified]  # its slices' moment
+            self.results[self.result_name(unit)] = result
+            return
+        table, (_, count) = unit.source.table.qualified, unit.part
+        loaded = self.slices.setdefault(f"{table}/{unit.attempt}", [])
+        loaded.append(result)
+        if len(loaded) < count:
+            return
+        failed = [r for r in loaded if not r.ok]
+        if failed:
+            self.results[table] = TableResult(table, False, seconds=max(r.seconds for r in loaded),
+                                              error=f"slice {failed[0].unit}: {failed[0].error}")
+            self.abandoned.append(unit.source)
+        elif len({r.snapshot for r in loaded}) > 1 and unit.attempt < self.options.retries:
+            log_event(runlog.TABLE_RETRY, table=table, attempt=unit.attempt + 1, wait_seconds=0,
+                      error="its slices were read from two snapshots (one was lost): loading it again")
+            self.first.extend(dataclasses.replace(u, attempt=unit.attempt + 1)
+                              for u in self.units_of(unit, count))
+        else:
+            self.read_from[table] = loaded[0].snapshot
+            self.first.append(Unit(unit.source, "finish", attempt=unit.attempt))
+
+    @staticmethod
+    def units_of(unit: Unit, count: int) -> list[Unit]:
+        return [dataclasses.replace(unit, part=(k, count)) for k in range(1, count + 1)]
+
+    def outcome(self, failure: str) -> list[TableResult]:
+        """Every unit's result, in order; those no job reported fail with the given reason."""
+        for name in self.order:
+            if name not in self.results:
+                log_event(runlog.TABLE_FAILED, table=name, error=failure)
+                self.results[name] = TableResult(name, False, error=failure)
+        return [self.results[name] for name in self.order]
+
+
+def run_units(units: list[Unit], settings: dict, options: Options, plan: Plan,
+              shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
+    """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
+    work = WorkList(units, options, plan)
+    jobs = min(options.jobs, len(units))
+    if jobs <= 1:
+        run_job(1, settings, options, plan, shared, work.next, work.done, threading.Event())
+        return work.outcome("not copied"), work.abandoned
+    context = get_context("spawn")
+    todo, done, stop = context.SimpleQueue(), context.Queue(), context.Event()
+    processes = [
+        context.Process(target=job_process, name=f"copier-job-{n}",
+                        args=(n, settings, options, plan, shared, todo, done, stop))
+        for n in range(1, jobs + 1)
+    ]
+    for process in processes:
+        process.start()
+    busy = 0
+
+    def hand_out() -> None:  # one unit per free job: a finish can still come first
+        nonlocal busy
+        while busy < jobs and (unit := work.next()) is not None:
+            todo.put(unit)
+            busy += 1
+
+    try:
+        hand_out()
+        while busy:
+            try:
+                unit, result = done.get(timeout=0.5)
+            except queue.Empty:
+                if any(p.exitcode is not None for p in processes):
+                    break  # a worker died (no unit told it to stop): the others finish theirs
+                continue
+            busy -= 1
+            work.done(unit, result)
+            hand_out()
+        for _ in processes:
+            todo.put(None)
+        # Normally every result is in: this only waits for the workers to close their
+        # connections and exit (a few ms), in short steps, or drains a crashed run's results.
+        while any(p.is_alive() for p in processes) or not done.empty():
+            try:
+                work.done(*done.get(timeout=0.02))
+            except queue.Empty:
+                pass
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()  # each worker rolls back its open transaction
+        for process in processes:
+            process.join(10)
+        raise
+    for process in processes:
+        process.join()
+    codes = ", ".join(str(p.exitcode) for p in processes)
+    return work.outcome(f"a worker process died before copying it (exit codes {codes})"), work.abandoned
+
+
+def run_job(job: int, settings: dict, options: Options, plan: Plan, shared: RunShared,
+            next_unit, report, stop) -> None:
+    """Copy units until next_unit() says there are none left (returns None)."""
+    copier = TableCopier(settings, options, plan, shared, job)
+    try:
+        while (unit := next_unit()) is not None:
+            if stop.is_set():
+                report(unit, TableResult(unit.source.table.qualified, False, unit=unit.name,
+                                         error="not copied: an earlier table failed (--fail-fast)"))
+                continue
+            result = copier.copy(unit)
+            moment("unit_done", unit=unit, result=result)
+            report(unit, result)
+            if not result.ok and options.fail_fast:
+                stop.set()
+    finally:
+        copier.close()
+
+
+def job_process(job, settings, options, plan, shared, todo, results, stop) -> None:
+    handle_signals()
+    try:
+        run_job(job, settings, options, plan, shared, todo.get,
+                lambda unit, result: results.put((unit, result)), stop)
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+def swap_together(dst, results: list[TableResult], options: Options, plan: Plan, settings: dict,
+                  why: str = "--swap together") -> list[TableResult]:
+    """--swap together: every staged table goes live in one transaction, or none does (a table
+    found unchanged has nothing staged: it holds tonight's rows already). A table whose readers
+    hold it through --lock-retries is swapped past them, as after a per-table run."""
+    swapped = [r for r in results if not r.unchanged]
+    staged = [r.staged for r in swapped if r.ok]
+    if len(staged) == len(swapped):
+        with dst.cursor() as cur, ReadersWatcher(settings) as watcher:
+            cur.execute("BEGIN")
+            try:
+                # Keys between the tables are made again once all of them are in place, then
+                # validated: they see one night's rows on both sides.
+                deadline = time.monotonic() + options.lock_budget
+                keys = []
+                for r in swapped:
+                    steps = Steps(r.steps)
+                    keys += [(r.staged, key) for key in swap_or_past(cur, watcher, r.staged, options,
+                                                                     deadline, steps)]
+                    r.steps = steps.rounded()
+                validate_foreign_keys(cur, [key for table, key in keys if key.add(cur, table.table)])
+                for table in staged if plan.fingerprints else ():
+                    record_fingerprint(cur, table, options.run)
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                cur.execute("ROLLBACK")
+                drop_staged(dst, staged)
+                if isinstance(exc, Exception):
+                    error = f"swap of all tables failed, none changed: {describe_error(exc)}"
+                    for r in swapped:
+                        r.ok, r.error = False, error
+                        log_event(runlog.TABLE_FAILED, table=r.table, error=error)
+                    return results
+                raise
+        for r in swapped:
+            log_event(runlog.TABLE_COPIED, table=r.table, rows=r.rows, bytes=r.bytes, seconds=r.seconds,
+                      steps=r.steps)
+        return results
+    drop_staged(dst, staged)
+    for r in swapped:
+        if r.ok:
+            r.ok, r.error = False, f"not swapped: another table of the run failed ({why})"
+            log_event(runlog.TABLE_FAILED, table=r.table, error=r.error)
+    return results
+
+
+def restage_from_one_snapshot(units: list[Unit], results: list[TableResult], settings: dict,
+                              options: Options, plan: Plan, shared: RunShared) -> list[TableResult]:
     """--swap together promises one moment for every table: a table staged from a snapshot that
     was lost since is staged again from the current one before anything is swapped."""
     if not all(r.ok for r in results):
@@ -4665,7 +5184,7 @@ def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
                    f"go live from one moment (--swap together): {', '.join(stale)}")
         warn(message)
         again, _ = run_units([u for u in units if u.source.table.qualified in stale],
-                             settings, options, shared)
+                             settings, options, plan, shared)
         redone = {r.table: r for r in again}
         results = [redone.get(r.table, r) for r in results]
         if not all(r.ok for r in results):
@@ -4673,21 +5192,12 @@ def restage_from_one_snapshot(units: list[Unit], results: list[TableResult],
     stale = [r for r in results if r.snapshot != shared.snapshot.current()[1]]
     for r in stale:
         r.ok, r.error = False, "the run's snapshot kept being lost: not staged from one moment"
-        log_event(EVENT_TABLE_FAILED, table=r.table, error=r.error)
+        log_event(runlog.TABLE_FAILED, table=r.table, error=r.error)
     return results
 
 
-def is_alive(conn) -> bool:
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        return True
-    except psycopg2.Error:
-        return False
-
-
 def swap_together_through_outages(dst, tables: list[SourceTable], results: list[TableResult],
-                                  settings: dict, options: Options, shared: RunShared):
+                                  settings: dict, options: Options, plan: Plan, shared: RunShared):
     """swap_together, on a new target connection when the run's was lost (its advisory locks
     with it: they are taken again), and redone when the target goes away during the swap
     (its transaction is rolled back by the server; the staged tables are committed and stay)."""
@@ -4699,13 +5209,43 @@ def swap_together_through_outages(dst, tables: list[SourceTable], results: list[
             dst = connect_waiting(settings["target"], "target", shared.outages)
             lock_tables(dst, tables)
         try:
-            return swap_together(dst, results, options, settings), dst
+            return swap_together(dst, results, options, plan, settings), dst
         except Exception as exc:
             if attempt == options.retries or not (dst.closed or is_connection_error(exc)):
                 raise
             warn(f"the target went away during the swap of all tables, none changed; "
                  f"swapping again: {describe_error(exc)}")
     raise AssertionError("unreachable")
+
+
+def print_summary(results: list[TableResult], seconds: float) -> dict[str, float]:
+    """The run's table of tables, its totals, and a line per step of where the time went (summed
+    over the tables: jobs work side by side, so the sum can pass the run's wall time). Returns
+    those seconds by step."""
+    rows = [(r.unit or r.table, str(r.rows), f"{r.bytes / 1e6:.1f}", f"{r.seconds:.1f}",
+             f"{r.bytes / 1e6 / r.seconds:.1f}" if r.seconds else "-",
+             "unchanged" if r.unchanged else "ok" if r.ok else "FAILED") for r in results]
+    print_table(("table", "rows", "MB", "seconds", "MB/s", ""), rows, left=(0, 5))
+    copied = [r for r in results if r.ok]
+    unchanged = sum(r.unchanged for r in results)
+    total = sum(r.bytes for r in copied if not r.unchanged)
+    say(f"{len(copied)} of {len(results)} tables copied"
+        + (f" ({unchanged} unchanged: not written)" if unchanged else "")
+        + f", {total / 1e6:.1f} MB in {seconds:.1f}s")
+    steps = {step: round(sum(r.steps.get(step, 0.0) for r in results), 2)
+             for step in runlog.STEPS if any(step in r.steps for r in results)}
+    spent = sum(steps.values()) or 1
+    print_table(("step", "seconds", "share"), [(step, f"{spent_on:.1f}", f"{100 * spent_on / spent:.0f}%")
+                                               for step, spent_on in steps.items()], left=(0,))
+    return steps
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: tuple[int, ...]) -> None:
+    """Columns for people, on stderr: those in left aligned left, the others right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        say("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
 
 
 def report_outages(results: list[TableResult], shared: RunShared,
@@ -4729,125 +5269,8 @@ def report_outages(results: list[TableResult], shared: RunShared,
     return {role: round(seconds, 1) for role, (_, seconds) in waited.items()}
 
 
-def run(options: Options, settings: dict) -> int:
-    started = time.monotonic()
-    outages = OutageClock(get_context("spawn"), options.outage_budget)
-    src = connect_at_start(settings, "source", outages, options)
-    dst = holder = None
-    try:
-        units = plan_run(src, options)
-        tables = list({u.source.table: u.source for u in units}.values())
-        warn_if_recovery_may_cancel(src)
-        dst = connect_at_start(settings, "target", outages, options)
-        check_target(dst, tables)
-        if options.dry_run:
-            print_plan(units, options.jobs)
-            return report_refusals(dst, tables)
-        # The load jobs of one run share their tables; anything else copying them is refused.
-        lock_tables(dst, tables, shared=options.phase == "load")
-        units = with_target_checked(dst, with_definitions(src, units))
-        if options.swap == "table" and options.phase != "load":
-            options = dataclasses.replace(options, late_swap=late_swaps(dst, tables))
-        shared = take_snapshot(src, dst, units, options, outages)
-        if options.phase != "publish":
-            holder, src = SnapshotHolder(settings, shared, src), None  # it holds the snapshot now
-        results, abandoned = run_units(units, settings, options, shared)
-        if options.one_snapshot == "hold":
-            wait_for_joiners(dst, options, started)
-        if abandoned:
-            drop_staged(dst, [StagedTable(t.table, t.table.staging_name(), [], None, {})
-                              for t in abandoned])
-        if options.phase == "load":
-            pass  # the publish phase swaps
-        elif options.swap == "together":
-            results = restage_from_one_snapshot(units, results, settings, options, shared)
-            results, dst = swap_together_through_outages(dst, tables, results, settings,
-                                                         options, shared)
-        else:
-            late = [r for r in results if r.table in options.late_swap]
-            blocked = [r for r in results if r.ok and r.staged and r.staged.blocked]
-            keys = [key for r in results if r.ok for key in r.foreign_keys]
-            if (late or blocked or keys) and not is_alive(dst):  # the target went away: its locks with it
-                dst.close()
-                dst = connect_waiting(settings["target"], "target", shared.outages)
-                lock_tables(dst, tables)
-            if late:
-                swap_together(dst, late, options, settings,
-                              "tables joined by a partitioned table's foreign key")
-            if blocked:
-                swap_past_readers(dst, settings, blocked, options)
-            keys += [key for r in blocked if r.ok for key in r.foreign_keys]
-            validate_after_run(dst, keys, options.lock_timeout)
-    finally:
-        if holder is not None:
-            holder.stop()
-        if dst is not None:
-            unlock_tables(dst)
-        for conn in (src, dst):
-            if conn is not None:
-                conn.close()
-    seconds = time.monotonic() - started
-    failed = [r for r in results if not r.ok]
-    print_summary(results, seconds)
-    waited = report_outages(results, shared, holder)
-    log_event(EVENT_RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
-              waited_seconds=round(sum(waited.values()), 1),
-              source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
-              snapshots=shared.snapshot.current()[1],
-              **({"phase": options.phase} if options.phase != "all" else {}))
-    for r in failed:
-        say(f"copier: error: {r.unit or r.table}: {r.error}")
-    return 1 if failed else 0
-
-
-def connect_at_start(settings: dict, role: str, outages: OutageClock, options: Options):
-    """The run's first connection. A scheduled run (COPIER_RUN set) that starts during a
-    failover or a restart waits for the database as the jobs do later, within the outage
-    budget; a run by hand fails at once, where a wrong host or port looks the same as an outage."""
-    if not options.scheduled:
-        return open_connection(settings[role], role)
-    return connect_waiting(settings[role], role, outages)
-
-
-def plan_run(src, options: Options) -> list[Unit]:
-    """The run's units: this load job's tables and slices, the tables to publish, or, for a
-    whole local run, each table (the big ones cut into slices when there are jobs to share them)."""
-    if options.phase == "load":
-        return resolve_units(src, options.tables_text)
-    tables = resolve_tables(src, options.tables_text)
-    if options.phase == "publish":
-        return [Unit(t, "finish") for t in tables]
-    keys = slice_keys(src, tables) if options.jobs > 1 and options.split else {}
-    counts = slice_counts({t.table.qualified: t.size_bytes for t in tables}, options.jobs, keys,
-                          options.split_larger_than)
-    units = []
-    for t in tables:
-        count = counts[t.table.qualified]
-        if count == 1:
-            units.append(Unit(t, "copy"))
-        else:
-            units += [Unit(t, "slice", (k, count), keys[t.table.qualified]) for k in range(1, count + 1)]
-    return units
-
-
-def resolve_units(conn, tables_text: str) -> list[Unit]:
-    """A load job's TABLES: tables and slices (name#k/n), each listed once."""
-    if not tables_text.strip():
-        raise TableListError("no tables given: pass TABLES=a,b or set the TABLES variable")
-    listed = split_units(tables_text)
-    by_name = source_tables(conn, [parts for parts, _ in listed])
-    units: list[Unit] = []
-    for parts, part in listed:
-        found = find_table(by_name, parts)
-        if found is None:
-            raise TableListError(f"unknown table {unit_text(parts, part)!r}: no such table on the source")
-        unit = Unit(found, "slice" if part else "load", part)
-        for other in units:
-            if other.source.table == found.table and (other.name == unit.name or not (part and other.part)):
-                raise TableListError(f"{found.table.qualified} is listed twice ({other.name}, {unit.name})")
-        units.append(unit)
-    keys = slice_keys(conn, [u.source for u in units if u.part])
-    return [dataclasses.replace(u, key=keys.get(u.source.table.qualified)) if u.part else u for u in units]
+# ---------------------------------------------------------------------------------------------
+# main
 
 
 INTERRUPTED = threading.Event()

@@ -18,7 +18,8 @@ AWS Lambda handler for four kinds of event:
 
 The Slack incoming-webhook URL is read once per cold start from the SSM SecureString named by
 ``WEBHOOK_PARAMETER``; ``SLACK_WEBHOOK_URL`` overrides it (tests, local runs). Only the
-standard library and boto3 are used, because the Lambda runtime has no ``requests``.
+standard library, boto3 and runlog.py (the copier's lines: shipped in the same zip) are used,
+because the Lambda runtime has no ``requests`` and no psycopg2.
 Every failure to post raises, so the Lambda's Errors metric and Step Functions' retry see it.
 """
 
@@ -32,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import boto3
 
-try:  # the Lambda's zip: deploy/resources.py writes copier_events.py from copier.py's EVENT_* lines
-    from copier_events import (
-        EVENT_SLICE_LOADED,
-        EVENT_TABLE_COPIED,
-        EVENT_TABLE_FAILED,
-        EVENT_TABLE_LOADED,
-    )
-except ImportError:  # a checkout, where copier.py itself is importable
-    from copier import (
-        EVENT_SLICE_LOADED,
-        EVENT_TABLE_COPIED,
-        EVENT_TABLE_FAILED,
-        EVENT_TABLE_LOADED,
-    )
+import runlog  # shipped next to this file in the Lambda's zip: the copier's lines, read
 
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
@@ -79,9 +67,6 @@ LOG_READ_WAIT_SECONDS = 5
 LOG_WINDOW_MARGIN_MS = 5 * 60 * 1000  # read from a little before the execution's start
 SLOWEST_SHOWN = 5
 SLICED_SECTIONS = 2  # blocks for the sliced tables at most; the rest are counted
-# A unit of work in a job's TABLES: a table, or a slice of one ("public.events#2/4"). A quoted
-# name ends with its quote, so the suffix cannot be part of a name (copier.split_units).
-SLICE_SUFFIX = re.compile(r"#(\d+)/(\d+)$")
 FAILED_TABLE_SECTIONS = 6  # blocks for the failed tables at most; the rest are counted
 ERROR_LINE_LIMIT = 500  # a late load job's line names the build quota: kept whole
 
@@ -349,7 +334,7 @@ def summary_message(event: dict[str, Any],
     run_facts = [
         f"*Execution:* {_link(execution_link, name)}",
         f"*Started:* {format_time(started)}",
-        f"*Total duration:* {format_duration(took)}",
+        f"*Total duration:* {runlog.format_duration(took)}",
     ]
     blocks: list[dict[str, Any]] = [
         {"type": "header",
@@ -361,7 +346,7 @@ def summary_message(event: dict[str, Any],
     ]
     blocks += _job_blocks(jobs + steps, MAX_BLOCKS - len(blocks))
 
-    text_lines = [f"{headline} (started {format_time(started)}, took {format_duration(took)})"]
+    text_lines = [f"{headline} (started {format_time(started)}, took {runlog.format_duration(took)})"]
     if report and report.failed:
         text_lines.append(f"Failed tables ({len(report.failed)}): "
                           + ", ".join(t.table for t in report.failed))
@@ -400,11 +385,6 @@ def job_result(position: int, job: Any) -> JobResult:
         error=_short(str(error), 200) if error else None,
         cause=describe_cause(cause, build) if (cause or build) else None,
     )
-
-
-def unit_table(unit: str) -> str:
-    """The table a unit of work names: 'public.events#2/4' -> 'public.events'."""
-    return SLICE_SUFFIX.sub("", unit)
 
 
 def listed_units(tables: Any) -> list[str]:
@@ -487,7 +467,7 @@ def _job_blocks(jobs: list[JobResult], room: int) -> list[dict[str, Any]]:
 
 def _job_mrkdwn(job: JobResult) -> str:
     icon = ":x:" if job.failed else ":white_check_mark:"
-    head = [f"{icon} *{_escape(job.name)}* {job.status}", format_duration(job.seconds)]
+    head = [f"{icon} *{_escape(job.name)}* {job.status}", runlog.format_duration(job.seconds)]
     if job.log_link:
         head.append(_link(job.log_link, "logs"))
     lines = [" · ".join(head), f"*Tables ({len(job.tables)}):* {_table_list(job.tables)}"]
@@ -500,7 +480,7 @@ def _job_mrkdwn(job: JobResult) -> str:
 
 
 def _job_text_line(job: JobResult) -> str:
-    line = f"{job.name} {job.status} ({format_duration(job.seconds)}): {', '.join(job.tables)}"
+    line = f"{job.name} {job.status} ({runlog.format_duration(job.seconds)}): {', '.join(job.tables)}"
     if job.failed and (job.error or job.cause):
         line += " - " + ": ".join(x for x in (job.error, job.cause) if x)
     return line
@@ -546,131 +526,25 @@ def execution_console_url(arn: Any) -> str | None:
 
 
 @dataclass
-class TableOutcome:
-    """One table of the run. With the cloud's two phases: its load (the whole table, or the
-    longest of its slices: they load at the same time) and its publish; `where` says where
-    it failed first (a slice and its job, or the publish), `error` that failure's line."""
-
-    table: str
-    job: str
-    copied: bool
-    seconds: float | None
-    error: str | None
-    slices: int | None = None
-    bytes: int | None = None
-    rows: int | None = None
-    load_seconds: float | None = None
-    publish_seconds: float | None = None
-    where: str | None = None
-    jobs: list[str] = field(default_factory=list)  # the jobs that loaded it (its slices')
-    slice_seconds: dict[str, float] = field(default_factory=dict)  # "2/4" -> seconds
-
-    def figures(self) -> str:
-        """'4 slices, 12.3 GB, load 5m12s (longest slice), publish 1m02s'."""
-        parts = [f"{self.slices} slices"] if self.slices else []
-        if self.bytes is not None:
-            parts.append(format_bytes(self.bytes))
-        if self.load_seconds is not None:
-            parts.append(f"load {format_duration(self.load_seconds)}"
-                         + (" (longest slice)" if self.slices else ""))
-        if self.publish_seconds is not None:
-            parts.append(f"publish {format_duration(self.publish_seconds)}")
-        return ", ".join(parts)
-
-
-def _number(value: Any) -> float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def table_outcomes(lines: list[tuple[str, dict[str, Any]]],
-                   listed: dict[str, str] | None = None) -> list[TableOutcome]:
-    """Each table's outcome from the run's copier lines (oldest first, each with its log
-    stream): its last table_copied or table_failed line decides; table_loaded and
-    slice_loaded lines say how its load went; its first table_failed line says where it
-    failed first (a failed slice fails its table in the publish too). A table with load lines
-    only (the publish has not logged it) has no outcome yet."""
-    job_of_stream = {stream: str(line["job"]) for stream, line in lines if line.get("job")}
-
-    def job_of(stream: str, line: dict[str, Any]) -> str:
-        table = str(line.get("table"))
-        return str(line.get("job") or job_of_stream.get(stream) or (listed or {}).get(table, "?"))
-
-    final: dict[str, tuple[str, dict[str, Any]]] = {}
-    first_failure: dict[str, tuple[str, dict[str, Any]]] = {}
-    loads: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for stream, line in lines:
-        table = line.get("table")
-        if not table:
-            continue
-        table = str(table)
-        if line.get("event") in (EVENT_TABLE_LOADED, EVENT_SLICE_LOADED):
-            loads.setdefault(table, []).append((stream, line))
-            continue
-        final[table] = (stream, line)
-        if line.get("event") == EVENT_TABLE_FAILED:
-            first_failure.setdefault(table, (stream, line))
-    outcomes = []
-    for table, (stream, line) in final.items():
-        copied = line["event"] == EVENT_TABLE_COPIED
-        outcome = TableOutcome(table=table, job=job_of(stream, line), copied=copied,
-                               seconds=_number(line.get("seconds")), error=None,
-                               bytes=_number(line.get("bytes")), rows=_number(line.get("rows")))
-        # the latest line of each slice (or of the whole table) counts
-        loaded = list({str(x.get("slice")): (s, x) for s, x in loads.get(table, [])}.values())
-        sliced = [(s, x) for s, x in loaded if x.get("event") == EVENT_SLICE_LOADED]
-        if loaded:
-            outcome.jobs = list(dict.fromkeys(job_of(s, x) for s, x in loaded))
-            outcome.job = ",".join(outcome.jobs) if copied else outcome.job
-            seconds = [_number(x.get("seconds")) or 0.0 for _, x in loaded]
-            outcome.load_seconds = max(seconds)
-            outcome.slice_seconds = {str(x.get("slice")): _number(x.get("seconds")) or 0.0
-                                     for _, x in sliced}
-            if outcome.bytes is None and all(_number(x.get("bytes")) is not None
-                                              for _, x in loaded):
-                outcome.bytes = sum(x["bytes"] for _, x in loaded)
-        if line.get("phase") == "publish":  # else one process did it all (a local run)
-            outcome.publish_seconds = outcome.seconds if copied else None
-            if copied and outcome.load_seconds is not None and outcome.seconds is not None:
-                outcome.seconds = outcome.load_seconds + outcome.seconds
-        outcome.slices = _number(line.get("slices")) or (
-            int(str(sliced[0][1].get("slice", "0/0")).split("/")[-1] or 0) if sliced else None)
-        if outcome.slices is not None and outcome.slices < 2 and not sliced:
-            outcome.slices = None
-        if not copied:
-            failed_stream, failed_line = first_failure[table]
-            outcome.job = job_of(failed_stream, failed_line)
-            outcome.error = _short(" ".join(str(failed_line.get("error") or "no error logged")
-                                            .split()), ERROR_LINE_LIMIT)
-            if failed_line.get("slice"):
-                outcome.where = f"slice {failed_line['slice']}, {outcome.job}"
-            elif failed_line.get("phase") == "publish":
-                outcome.where = "publish"
-            else:
-                outcome.where = outcome.job
-        outcomes.append(outcome)
-    return outcomes
-
-
-@dataclass
 class TableReport:
     """What the copier's log lines say about each table; ``problem`` says why some or all of
     it is missing (logs not readable, or not there yet)."""
 
-    outcomes: list[TableOutcome]
+    outcomes: list[runlog.TableOutcome]
     expected: int
     problem: str | None = None
 
     @property
-    def failed(self) -> list[TableOutcome]:
-        return sorted((t for t in self.outcomes if not t.copied), key=lambda t: t.table)
+    def failed(self) -> list[runlog.TableOutcome]:
+        return sorted((t for t in self.outcomes if t.outcome == "failed"), key=lambda t: t.table)
 
     @property
-    def slowest(self) -> list[TableOutcome]:
+    def slowest(self) -> list[runlog.TableOutcome]:
         copied = [t for t in self.outcomes if t.copied and t.seconds is not None]
         return sorted(copied, key=lambda t: (-t.seconds, t.table))[:SLOWEST_SHOWN]
 
     @property
-    def sliced(self) -> list[TableOutcome]:
+    def sliced(self) -> list[runlog.TableOutcome]:
         return sorted((t for t in self.outcomes if t.slices), key=lambda t: t.table)
 
 
@@ -689,12 +563,12 @@ def table_report(event: dict[str, Any], seconds_left=None) -> TableReport | None
         return TableReport([], expected, "the summary names no execution, so its log lines "
                                          "cannot be found")
     started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
-    # a line without a job (a swap readers blocked, failed at the end) in a stream without
-    # other lines: the job the state machine gave the table
+    # a line without a job in a stream no line names one of (a job whose copier ended before
+    # it wrote one): the job the state machine gave the table
     listed: dict[str, str] = {}
     for n, j in enumerate(event["jobs"], start=1):
         for unit in listed_units(j.get("tables")) if isinstance(j, dict) else []:
-            table = unit_table(unit)
+            table = runlog.read_unit(unit)[0]
             listed.setdefault(table if "." in table else f"public.{table}",
                               str(j.get("job") or f"job-{n}"))
     report = TableReport([], expected)
@@ -716,19 +590,19 @@ def run_tables(event: dict[str, Any]) -> list[str]:
     publish = event.get("publish")
     if isinstance(publish, dict) and listed_units(publish.get("tables")):
         return listed_units(publish.get("tables"))
-    return list(dict.fromkeys(unit_table(unit) for j in event["jobs"] if isinstance(j, dict)
+    return list(dict.fromkeys(runlog.read_unit(unit)[0] for j in event["jobs"] if isinstance(j, dict)
                               for unit in listed_units(j.get("tables"))))
 
 
 def read_table_report(group: str, run: str, started: datetime | None, expected: int,
                       listed: dict[str, str] | None = None) -> TableReport:
-    events = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_LOADED, EVENT_SLICE_LOADED)
+    events = runlog.TABLE_EVENTS
     either = " || ".join(f'($.event = "{name}")' for name in events)
     request: dict[str, Any] = {"logGroupName": group,
                                "filterPattern": f'{{ ($.run = "{run}") && ({either}) }}'}
     if started:
         request["startTime"] = int(started.timestamp() * 1000) - LOG_WINDOW_MARGIN_MS
-    lines: list[tuple[int, str, dict[str, Any]]] = []
+    lines: list[dict[str, Any]] = []
     try:
         for page in boto3.client("logs").get_paginator("filter_log_events").paginate(**request):
             for found in page["events"]:
@@ -738,7 +612,8 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
                     continue
                 # the filter pattern does this on AWS; checked again for any other reader
                 if isinstance(line, dict) and line.get("run") == run and line.get("event") in events:
-                    lines.append((found.get("timestamp", 0), found.get("logStreamName", ""), line))
+                    lines.append({**line, runlog.STREAM: found.get("logStreamName", ""),
+                                  "@timestamp": found.get("timestamp", 0)})
     except Exception as err:  # noqa: BLE001 - the summary is sent whatever the logs say
         code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)
         if code in ("AccessDeniedException", "AccessDenied"):
@@ -749,8 +624,12 @@ def read_table_report(group: str, run: str, started: datetime | None, expected: 
             why = f"reading log group {group} failed: {code}: {_short(str(err), 200)}"
         return TableReport([], expected, why)
 
-    lines.sort(key=lambda item: item[0])
-    outcomes = table_outcomes([(stream, line) for _, stream, line in lines], listed)
+    lines.sort(key=lambda line: line["@timestamp"])
+    # a table only loaded, or only staged, has no result yet
+    outcomes = [t for t in runlog.table_outcomes(lines) if t.outcome in ("copied", "failed")]
+    for outcome in outcomes:
+        for failure in outcome.failures:
+            failure.job = failure.job or (listed or {}).get(outcome.table)
     problem = None
     if not outcomes:
         problem = (f"no table lines for run {run} in log group {group} yet (CloudWatch Logs "
@@ -775,14 +654,14 @@ def _table_blocks(report: TableReport | None, name: str) -> list[dict[str, Any]]
             f"`python3 operations.py report {_escape(name)}` lists every table."))
     failed = report.failed
     if failed:
-        lines = [f"`{_escape(t.table)}` ({_escape(t.where or t.job)}): {_escape(t.error or '')}"
-                 for t in failed]
+        lines = [f"`{_escape(t.table)}` ({_escape(t.where or '?')}): "
+                 + _escape(_short(" ".join((t.error or "").split()), ERROR_LINE_LIMIT)) for t in failed]
         blocks += _packed_sections(f":x: *Failed tables ({len(failed)}):*", lines,
                                    FAILED_TABLE_SECTIONS, "failed table")
     slowest = report.slowest
     if slowest:
         blocks.append(_section(":snail: *Slowest tables:* " + ", ".join(
-            f"`{_escape(t.table)}` {format_duration(t.seconds)} ({_escape(t.job)})"
+            f"`{_escape(t.table)}` {runlog.format_duration(t.seconds)} ({_escape(','.join(t.loaded_by))})"
             for t in slowest)))
     sliced = report.sliced
     if sliced:
@@ -991,27 +870,6 @@ def parse_time(value: Any) -> datetime | None:
 
 def format_time(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "unknown"
-
-
-def format_bytes(count: float) -> str:
-    """12.3 GB, 45.6 MB, 789 kB (decimal units, as the copier's MB)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count / 1e3:.0f} kB"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds < 0:
-        return "duration unknown"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def _section(text: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@
     python operations.py report 2026-11-27 --html night.html    # and a page: that run's timeline
     python operations.py timeline --html night.html < lines     # a local run's, from its stdout
 
-Settings as for setup_aws.py (--config deploy.toml and flags). See docs/aws.md, "Operations".
+Settings as for setup_aws.py (--config deploy.toml and flags). See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 from botocore.exceptions import ClientError
 
-import copier
 import notify_lambda
+import runlog
 import timeline
 from deploy import (
     SETTING_FIELDS,
@@ -41,20 +41,9 @@ from deploy import (
 from deploy.aws import error_code
 from deploy.cli import EXIT_DONE, Parser, exit_codes, run_guarded
 from deploy.names import job_name
-from deploy.plan import (
-    SOURCE_SIZES,
-    deployed_assignment,
-    sliced_tables,
-    table_weights,
-    unit_slice,
-)
+from deploy.plan import SOURCE_SIZES, deployed_assignment, sliced_tables, table_weights
 from deploy.resources import StateMachine
 
-COPIED, FAILED, STAGED, FINISHED = (copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED,
-                                    copier.EVENT_TABLE_STAGED, copier.EVENT_RUN_FINISHED)
-LOADED, SLICE_LOADED = copier.EVENT_TABLE_LOADED, copier.EVENT_SLICE_LOADED
-# A table's lines: its outcome (copied, failed, staged) and how its load phase went.
-TABLE_LINES = (COPIED, FAILED, STAGED, LOADED, SLICE_LOADED)
 # Log lines are written while the builds run, inside the execution's start and stop; the
 # margin covers clock skew and a build still flushing its last lines.
 LOG_WINDOW_MARGIN = dt.timedelta(minutes=15)
@@ -89,41 +78,6 @@ class ExecutionRun:
     @property
     def seconds(self) -> float | None:
         return (self.stop - self.start).total_seconds() if self.stop else None
-
-
-@dataclass
-class TableRun:
-    table: str
-    job: str
-    status: str
-    rows: int | None
-    bytes: int | None
-    seconds: float | None
-    error: str | None = None
-    slices: int | None = None
-    load_seconds: float | None = None  # a sliced table's: its longest slice's
-    publish_seconds: float | None = None
-    where: str | None = None  # where it failed first: "slice 2/4, job-3", "publish", a job
-    jobs: list[str] = field(default_factory=list)  # the jobs that loaded it
-    slice_seconds: dict[str, float] = field(default_factory=dict)  # "2/4" -> seconds
-
-    @property
-    def figures(self) -> str:
-        """'4 slices, 12.3 GB, load 5m12s (longest slice), publish 1m02s'."""
-        return notify_lambda.TableOutcome(
-            self.table, self.job, self.status != "FAILED", self.seconds, self.error,
-            slices=self.slices, bytes=self.bytes, load_seconds=self.load_seconds,
-            publish_seconds=self.publish_seconds).figures()
-
-    @property
-    def mb(self) -> float | None:
-        return self.bytes / 1e6 if self.bytes is not None else None
-
-    @property
-    def mb_per_second(self) -> float | None:
-        if self.mb is None or not self.seconds:
-            return None
-        return self.mb / self.seconds
 
 
 @dataclass
@@ -194,8 +148,7 @@ def job_from_result(position: int, result: dict) -> JobRun:
     # The Slack function reads the same results, failed builds' causes included. A run recorded
     # before the results listed their units (${TableList}) has the TABLES text: the copier's to parse.
     if isinstance(result.get("tables"), str):
-        units = copier.split_units(result["tables"])
-        result = {**result, "tables": [copier.unit_text(parts, part) for parts, part in units]}
+        result = {**result, "tables": runlog.unit_texts(result["tables"])}
     job = notify_lambda.job_result(position, result)
     return JobRun(job.name, job.status, job.seconds, job.tables, job.error, job.cause)
 
@@ -241,37 +194,22 @@ def parse_line(message: str) -> dict | None:
     return line if isinstance(line, dict) else None
 
 
-def job_of_streams(lines: list[dict]) -> dict[str, str]:
-    """Each build logs to its own stream: lines without a job (run_finished, swap-together
-    copies) belong to the job named on the other lines of their stream."""
-    return {line["@stream"]: str(line["job"]) for line in lines if line.get("job") is not None}
-
-
-def table_runs(lines: list[dict]) -> list[TableRun]:
-    """One result per table (its last copied or failed line; a failed slice names where it
-    failed first, its load and publish times from the two phases' lines), slowest first."""
-    outcomes = notify_lambda.table_outcomes(
-        [(line.get("@stream", ""), line) for line in lines
-         if line["event"] in (COPIED, FAILED, LOADED, SLICE_LOADED)])
-    runs = [TableRun(table=t.table, job=t.job, status="copied" if t.copied else "FAILED",
-                     rows=t.rows, bytes=t.bytes, seconds=t.seconds, error=t.error,
-                     slices=t.slices, load_seconds=t.load_seconds,
-                     publish_seconds=t.publish_seconds, where=t.where, jobs=t.jobs,
-                     slice_seconds=t.slice_seconds)
-            for t in outcomes]
-    runs.sort(key=lambda r: (r.seconds is None, -(r.seconds or 0), r.table))
-    return runs
+def table_runs(lines: list[dict]) -> list[runlog.TableOutcome]:
+    """Each table's outcome in the run (runlog.table_outcomes), slowest first."""
+    return sorted(runlog.table_outcomes(lines),
+                  key=lambda t: (t.seconds is None, -(t.seconds or 0), t.table))
 
 
 def jobs_from_logs(lines: list[dict]) -> list[JobRun]:
     """Per job from the log lines alone: for runs whose Parallel state never finished."""
-    jobs = job_of_streams(lines)
+    streams = runlog.stream_jobs(lines)
     tables = table_runs(lines)
-    finished = {jobs.get(line["@stream"]): line for line in lines if line["event"] == FINISHED}
+    finished = {runlog.job_of(line, streams): line for line in lines
+                if line["event"] == runlog.RUN_FINISHED}
     result = []
-    for job in sorted({j for t in tables for j in t.jobs or [t.job]} | set(finished) - {None}):
-        mine = [t for t in tables if job in (t.jobs or [t.job])]
-        if any(t.status == "FAILED" and t.job == job for t in mine) or finished.get(
+    for job in sorted({j for t in tables for j in t.loaded_by} | set(finished) - {None}):
+        mine = [t for t in tables if job in t.loaded_by]
+        if any(t.failures[0].job == job for t in mine if t.error) or finished.get(
                 job, {}).get("failed"):
             status = "FAILED"
         else:
@@ -290,7 +228,8 @@ def execution_run(nightly: Nightly, execution: dict) -> ExecutionRun:
         run.jobs = [job_from_result(n, r) for n, r in enumerate(results, start=1)]
         run.jobs_from = "history"
         return run
-    lines = log_lines(nightly, run.name, (*TABLE_LINES, FINISHED), run.start, run.stop)
+    lines = log_lines(nightly, run.name, (*runlog.TABLE_EVENTS, runlog.RUN_FINISHED), run.start,
+                      run.stop)
     if lines:
         run.jobs = jobs_from_logs(lines)
         run.jobs_from = "logs"
@@ -310,7 +249,7 @@ def run_lines(nightly: Nightly, name: str, events: Iterable[str]) -> list[dict]:
     start = execution["startDate"] if execution else None
     stop = execution.get("stopDate") if execution else None
     lines = log_lines(nightly, name, events, start, stop)
-    if not any(line["event"] in (COPIED, FAILED, STAGED) for line in lines):
+    if not any(line["event"] in runlog.FINISHING for line in lines):
         known = "" if execution else f" and no execution named {name}"
         raise OperationsError(
             f"no copier log lines for run {name!r}{known} in {nightly.log_group}: "
@@ -318,8 +257,8 @@ def run_lines(nightly: Nightly, name: str, events: Iterable[str]) -> list[dict]:
     return lines
 
 
-def report_tables(nightly: Nightly, name: str) -> list[TableRun]:
-    return table_runs(run_lines(nightly, name, TABLE_LINES))
+def report_tables(nightly: Nightly, name: str) -> list[runlog.TableOutcome]:
+    return table_runs(run_lines(nightly, name, runlog.TABLE_EVENTS))
 
 
 def write_timeline(lines: list[dict], path: str, title: str) -> str:
@@ -337,7 +276,7 @@ def write_timeline(lines: list[dict], path: str, title: str) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    return notify_lambda.format_duration(seconds) if seconds is not None else "-"
+    return runlog.format_duration(seconds) if seconds is not None else "-"
 
 
 def utc(moment: dt.datetime | None) -> str:
@@ -392,25 +331,30 @@ def runs_json(runs: list[ExecutionRun]) -> list[dict]:
              "jobs": [asdict(job) for job in r.jobs]} for r in runs]
 
 
-def tables_table(tables: list[TableRun]) -> list[str]:
-    rows = [[t.table, t.job, str(t.rows) if t.rows is not None else "-", number(t.mb, 1),
-             number(t.seconds, 1), number(t.mb_per_second, 2), str(t.slices or "-"), t.status]
-            for t in tables]
+def status(table: runlog.TableOutcome) -> str:
+    return "FAILED" if table.outcome == "failed" else table.outcome
+
+
+def tables_table(tables: list[runlog.TableOutcome]) -> list[str]:
+    rows = [[t.table, ",".join(t.loaded_by) or "-", str(t.rows) if t.rows is not None else "-",
+             number(t.mb, 1), number(t.seconds, 1), number(t.mb_per_second, 2),
+             str(t.slices or "-"), status(t)] for t in tables]
     lines = aligned(["table", "job", "rows", "MB", "seconds", "MB/s", "slices", "status"], rows,
                     right={2, 3, 4, 5, 6})
-    lines += [f"{t.table}: {t.figures}" + ("" if t.status != "FAILED" else ", not published")
+    lines += [f"{t.table}: {t.figures()}" + ("" if t.copied else ", not published")
               for t in tables if t.slices]
-    lines += [f"{t.table} ({t.where or t.job}): {t.error}" for t in tables if t.error]
+    lines += [f"{t.table} ({t.where or '-'}): {t.error}" for t in tables if t.error]
     return lines
 
 
-def tables_json(name: str, tables: list[TableRun]) -> dict:
+def tables_json(name: str, tables: list[runlog.TableOutcome]) -> dict:
     return {"execution": name, "tables": [
-        {"table": t.table, "job": t.job, "status": t.status, "rows": t.rows, "bytes": t.bytes,
-         "mb": round(t.mb, 3) if t.mb is not None else None, "seconds": t.seconds,
+        {"table": t.table, "job": ",".join(t.loaded_by) or None, "status": status(t),
+         "rows": t.rows, "bytes": t.bytes, "mb": round(t.mb, 3) if t.mb is not None else None,
+         "seconds": t.seconds,
          "mb_per_second": round(t.mb_per_second, 3) if t.mb_per_second is not None else None,
          "slices": t.slices, "load_seconds": t.load_seconds, "publish_seconds": t.publish_seconds,
-         "jobs": t.jobs, "where": t.where, "error": t.error} for t in tables]}
+         "jobs": t.load_jobs, "where": t.where, "error": t.error} for t in tables]}
 
 
 # --------------------------------------------------------------------------- rebalance
@@ -433,7 +377,7 @@ class History:
     publish_seconds: list[float] = field(default_factory=list)
 
 
-def load_work(line_table: TableRun) -> float | None:
+def load_work(line_table: runlog.TableOutcome) -> float | None:
     """The seconds a table costs the copy jobs: its load in the two phases (a sliced table's
     slices added up: the work its jobs share), else the whole copy of a one-phase run."""
     if line_table.slices and line_table.slice_seconds:
@@ -451,9 +395,9 @@ def measured_history(nightly: Nightly, runs: int, out: Callable[[str], None]) ->
     publish: list[float] = []
     measured, total_bytes, total_seconds = [], 0, 0.0
     for execution in recent_executions(nightly, runs, status="SUCCEEDED"):
-        lines = log_lines(nightly, execution["name"], (COPIED, LOADED, SLICE_LOADED),
+        lines = log_lines(nightly, execution["name"], runlog.TABLE_EVENTS,
                           execution["startDate"], execution.get("stopDate"))
-        copied = [t for t in table_runs(lines) if t.seconds is not None]
+        copied = [t for t in table_runs(lines) if t.copied and t.seconds is not None]
         if not copied:
             out(f"{execution['name']}: no table_copied lines (older than the log retention?)")
             continue
@@ -482,15 +426,15 @@ def logged_name(table: str, logged: Iterable[str]) -> str:
     """The name the copier logs for a configured table: schema-qualified, quoted only where
     needed; an unquoted name the source has only in lower case is logged folded."""
     try:
-        (parts,) = copier.split_table_list(table)
-    except (copier.CopierError, ValueError):
+        (parts,) = runlog.split_table_list(table)
+    except (runlog.CopierError, ValueError):
         return table
     if len(parts) == 1:
         parts = [("public", False), *parts]
     (schema, schema_quoted), (name, name_quoted) = parts
-    exact = f"{copier.display_ident(schema)}.{copier.display_ident(name)}"
-    folded = (f"{copier.display_ident(schema if schema_quoted else schema.lower())}."
-              f"{copier.display_ident(name if name_quoted else name.lower())}")
+    exact = runlog.qualified(schema, name)
+    folded = runlog.qualified(schema if schema_quoted else schema.lower(),
+                              name if name_quoted else name.lower())
     return exact if exact in logged or folded not in logged else folded
 
 
@@ -530,10 +474,7 @@ def estimate_seconds(tables: list[str], history: History,
 
 def unit_seconds(unit: str, estimates: dict[str, Estimate]) -> float:
     """A unit's predicted seconds: a slice's own measured ones, else its share of its table's."""
-    if unit in estimates:
-        return estimates[unit].seconds
-    table, piece = unit_slice(unit)
-    return estimates[table].seconds / piece[1] if piece else estimates[table].seconds
+    return runlog.unit_weight(unit, {name: e.seconds for name, e in estimates.items()})
 
 
 def job_seconds(assignment: list[list[str]], estimates: dict[str, Estimate]) -> list[float]:
@@ -589,10 +530,10 @@ def rebalance(settings: Settings, aws: Aws, runs: int, apply: bool,
     if any(logged_name(t, history.seconds) not in history.seconds for t in settings.tables):
         sizes, sliceable = source_sizes(settings, out)
     tables = list(dict.fromkeys([*settings.tables,
-                                 *(unit_slice(unit)[0] for job in current for unit in job)]))
+                                 *(runlog.split_unit(unit)[0] for job in current for unit in job)]))
     estimates = estimate_seconds(tables, history, sizes)
     for unit in (unit for job in current for unit in job):
-        table, piece = unit_slice(unit)
+        table, piece = runlog.split_unit(unit)
         measured = history.slice_seconds.get(
             f"{logged_name(table, history.seconds)}#{piece[0]}/{piece[1]}") if piece else None
         if measured:  # a slice of the current split: its own measured seconds
@@ -610,7 +551,7 @@ def rebalance(settings: Settings, aws: Aws, runs: int, apply: bool,
     if settings.split_larger_than_mb and history.bytes_per_second:
         threshold = settings.split_larger_than_mb * 1e6 / history.bytes_per_second
     jobs = settings.jobs if sliceable else min(settings.jobs, len(settings.tables))
-    proposed = [units for units in copier.plan_units(
+    proposed = [units for units in runlog.plan_units(
         {t: estimates[t].seconds for t in settings.tables}, jobs, sliceable, threshold) if units]
     publish = statistics.median(history.publish_seconds) if history.publish_seconds else None
     result = {

@@ -33,33 +33,29 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import math
-import re
 from dataclasses import dataclass, field
 
-from copier import (
-    EVENT_RUN_FINISHED,
-    EVENT_SLICE_LOADED,
-    EVENT_TABLE_COPIED,
-    EVENT_TABLE_FAILED,
-    EVENT_TABLE_LOADED,
-    EVENT_TABLE_STAGED,
+import runlog
+from runlog import (
+    FINISHING,
+    LATE,
+    PIECES,
+    RUN_FINISHED,
+    SESSION_ENDED,
+    SNAPSHOT_RENEWED,
+    SWAP_DEFERRED,
+    TABLE_COPIED,
+    TABLE_FAILED,
+    TABLE_RETRY,
+    WAITING,
 )
 
-EVENT_RETRY, EVENT_WAITING, EVENT_SNAPSHOT_RENEWED = "table_retry", "waiting", "snapshot_renewed"
-EVENT_SWAP_DEFERRED, EVENT_SESSION_ENDED = "swap_deferred", "session_ended"
-NOTE_EVENTS = ("warning", "index_skipped", "statistics_skipped", EVENT_SESSION_ENDED)
+NOTE_EVENTS = (runlog.WARNING, runlog.INDEX_SKIPPED, runlog.STATISTICS_SKIPPED, SESSION_ENDED)
 # The load jobs of a split run sharing one snapshot: what each lane did with it.
-SNAPSHOT_EVENTS = ("snapshot_shared", "snapshot_imported", "snapshot_released")
-# A table's end in its job: copied, failed, or staged to be swapped at the end of the run
-# (--swap together, or a swap that readers blocked).
-TABLE_EVENTS = (EVENT_TABLE_COPIED, EVENT_TABLE_FAILED, EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED)
-LATE_EVENTS = (EVENT_TABLE_STAGED, EVENT_SWAP_DEFERRED)
-# A piece of a table: a slice loaded, or (--phase load) the whole table loaded for the publish.
-PIECE_EVENTS = (EVENT_SLICE_LOADED, EVENT_TABLE_LOADED)
+SNAPSHOT_EVENTS = (runlog.SNAPSHOT_SHARED, runlog.SNAPSHOT_IMPORTED, runlog.SNAPSHOT_RELEASED)
 # Every event the page uses: what operations.py asks CloudWatch Logs for.
-EVENTS = (*TABLE_EVENTS, *PIECE_EVENTS, EVENT_RUN_FINISHED, EVENT_RETRY, EVENT_WAITING,
-          EVENT_SNAPSHOT_RENEWED, *NOTE_EVENTS, *SNAPSHOT_EVENTS)
+EVENTS = (*runlog.TABLE_EVENTS, RUN_FINISHED, TABLE_RETRY, WAITING, SNAPSHOT_RENEWED,
+          *NOTE_EVENTS, *SNAPSHOT_EVENTS)
 
 OUTCOMES = {  # class: what the legend says
     "copied": "copied",
@@ -71,7 +67,6 @@ OUTCOMES = {  # class: what the legend says
 }
 SLOWEST = 10
 RUN_LANE, PUBLISH_LANE = "run", "publish"
-UNIT = re.compile(r"^(?P<table>.+)#(?P<part>\d+/\d+)$")  # a load job's unit name: public.t#2/4
 
 
 class NoTables(ValueError):
@@ -138,79 +133,6 @@ class Stretch:
 
 
 @dataclass
-class Failure:
-    where: str  # "job 2", "slice 3/4, job-3", "publish", or "-" (no job ran it)
-    error: str
-
-
-@dataclass
-class TableRun:
-    """One table's night: the step that finished it, the pieces that round had, its failures."""
-
-    table: str
-    bar: Bar | None = None  # its last finishing step
-    pending: list[Bar] = field(default_factory=list)  # pieces no finishing step followed
-    failures: list[Failure] = field(default_factory=list)  # in the order they were logged
-
-    @property
-    def pieces(self) -> list[Bar]:
-        return self.bar.pieces if self.bar is not None else self.pending
-
-    @property
-    def outcome(self) -> str:
-        if self.bar is not None:
-            return self.bar.outcome
-        return "failed" if self.failures else "loaded"
-
-    @property
-    def ok(self) -> bool:
-        return self.bar is not None and self.bar.ok
-
-    @property
-    def rows(self) -> int | None:
-        if self.bar is not None:
-            return self.bar.rows
-        return sum_of([p.rows for p in self.pieces]) if self.outcome == "loaded" else None
-
-    @property
-    def bytes(self) -> int | None:
-        if self.bar is not None:
-            return self.bar.bytes
-        return sum_of([p.bytes for p in self.pieces]) if self.outcome == "loaded" else None
-
-    @property
-    def seconds(self) -> float | None:
-        """Its longest piece's seconds (they load side by side) and its finishing step's, as
-        `operations.py report` and the Slack summary count them."""
-        loading = max((p.seconds for p in self.pieces), default=0.0)
-        if self.bar is None:
-            return loading if self.pieces else None
-        return loading + self.bar.seconds
-
-    @property
-    def mb_per_second(self) -> float | None:
-        seconds = self.seconds
-        return self.bytes / 1e6 / seconds if self.bytes is not None and seconds else None
-
-    @property
-    def slices(self) -> int | None:
-        if self.bar is not None and (self.bar.slices or 0) > 1:
-            return self.bar.slices
-        parts = {p.part for p in self.pieces if p.part != "load"}
-        return int(next(iter(parts)).split("/")[1]) if parts else None
-
-    @property
-    def lanes(self) -> list[str]:
-        """The jobs that worked on it: its pieces', then its finishing step's."""
-        pieces = sorted({p.lane for p in self.pieces}, key=natural)
-        return list(dict.fromkeys(pieces + ([self.bar.lane] if self.bar is not None else [])))
-
-
-def sum_of(values: list) -> int | None:
-    return sum(values) if values and None not in values else None
-
-
-@dataclass
 class Night:
     timed: bool
     bars: list[Bar]
@@ -220,13 +142,13 @@ class Night:
     finished: list[dict]
     notes: list[str]
     origin: float = 0.0
-    tables: dict[str, TableRun] = field(default_factory=dict)  # in the order first logged
+    tables: dict[str, runlog.TableOutcome] = field(default_factory=dict)  # in the order first logged
     lane_notes: dict[str, list[str]] = field(default_factory=dict)  # lane: what it did with the snapshot
 
     @property
     def lanes(self) -> list[str]:
         jobs = sorted({bar.lane for bar in self.bars} | {s.lane for s in self.stretches}
-                      - {RUN_LANE}, key=natural)
+                      - {RUN_LANE}, key=runlog.job_order)
         run = [RUN_LANE] if any(s.lane == RUN_LANE for s in self.stretches) else []
         return jobs + run
 
@@ -239,36 +161,20 @@ class Night:
         return max([bar.end for bar in self.bars] + [s.end for s in self.stretches] + [self.origin])
 
 
-def natural(lane: str) -> tuple:
-    digits = "".join(c for c in lane if c.isdigit())
-    return (int(digits) if digits else math.inf, lane)
-
-
-def lane_name(job) -> str:
-    return f"job {job}" if str(job).isdigit() else str(job)
-
-
-def unit_of(line: dict) -> tuple[str, str | None]:
-    """The table a line is about and its slice: load jobs name a unit 'public.t#2/4'."""
-    table = str(line["table"])
-    found = UNIT.match(table)
-    if found:
-        return found["table"], line.get("slice") or found["part"]
-    return table, line.get("slice")
-
-
 def read_night(lines: list[dict]) -> Night:
     """Bars, stretches and marks from the copier's lines, in the order they were written."""
-    table_lines = [line for line in lines if line.get("event") in (*TABLE_EVENTS, *PIECE_EVENTS)]
-    if not table_lines:
+    tables = runlog.table_outcomes(lines)
+    if not tables:
         raise NoTables("no table_copied, table_failed, table_staged, swap_deferred, "
                        "table_loaded or slice_loaded line among them")
     timed = all("@timestamp" in line for line in lines)
-    stream_lanes = {line["@stream"]: lane_of(line, {}) for line in lines
-                    if line.get("@stream") and line.get("job") is not None}
+    streams = runlog.stream_jobs(lines)
 
     def lane(line: dict) -> str:
-        return lane_of(line, stream_lanes)
+        """Its job's, the publish, or the run's own (no job: the parent process)."""
+        if line.get("phase") == "publish":
+            return PUBLISH_LANE
+        return runlog.job_of(line, streams) or RUN_LANE
 
     bars: list[Bar] = []
     latest: dict[str, Bar] = {}  # each table's last finishing step
@@ -280,10 +186,7 @@ def read_night(lines: list[dict]) -> Night:
     waits: dict[tuple[str, str], dict[str, list[float]]] = {}
     segment: list[str] = []  # without a clock: the lanes since the last run_finished
     pending_notes: list[str] = []
-    night = Night(timed, bars, [], [], [], [], [])
-
-    def table_run(table: str) -> TableRun:
-        return night.tables.setdefault(table, TableRun(table))
+    night = Night(timed, bars, [], [], [], [], [], tables={t.table: t for t in tables})
 
     def note_lane(name: str, text: str) -> None:
         night.lane_notes.setdefault(name, []).append(text)
@@ -297,7 +200,7 @@ def read_night(lines: list[dict]) -> Night:
 
     for line in lines:
         event = line.get("event")
-        table, part = unit_of(line) if line.get("table") else (None, None)
+        table, part = runlog.line_unit(line) if line.get("table") else (None, None)
         now = line["@timestamp"] / 1000 if timed else max(lane_end.values(), default=0.0)
         where = lane(line)
         if where != RUN_LANE and event not in SNAPSHOT_EVENTS:
@@ -306,20 +209,15 @@ def read_night(lines: list[dict]) -> Night:
             for text in pending_notes:
                 note_lane(where, text)
             pending_notes.clear()
-        piece = event in PIECE_EVENTS or (event == EVENT_TABLE_FAILED and (
+        piece = event in PIECES or (event == TABLE_FAILED and (
             part is not None or line.get("phase") == "load"))
-        if (event in TABLE_EVENTS or piece) and table:
-            run = table_run(table)
-            if event == EVENT_TABLE_FAILED:
-                place = where if where != RUN_LANE else "-"
-                run.failures.append(Failure(f"slice {part}, {place}" if part else place,
-                                            str(line.get("error") or "no error logged")))
+        if (event in FINISHING or piece) and table:
             bar = latest.get(table)
-            if not piece and event not in LATE_EVENTS and line.get("job") is None \
+            if not piece and event not in LATE and line.get("job") is None \
                     and bar is not None and bar.late:
                 # The swap of the staged tables: it went live, or it did not.
-                bar.swapped = event == EVENT_TABLE_COPIED
-                if event == EVENT_TABLE_FAILED:
+                bar.swapped = event == TABLE_COPIED
+                if event == TABLE_FAILED:
                     bar.outcome, bar.error = "failed", line.get("error")
                 continue
             if line.get("seconds") is None or where == RUN_LANE:
@@ -336,7 +234,7 @@ def read_night(lines: list[dict]) -> Night:
                     current = rounds[table] = []
                 start = now - seconds if timed else max(untimed_start(where),
                                                         not_before.get(table, 0.0))
-                bar = Bar(table, where, "failed" if event == EVENT_TABLE_FAILED else "loaded",
+                bar = Bar(table, where, "failed" if event == TABLE_FAILED else "loaded",
                           start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
                           line.get("error"), retries=retries.pop(unit, []),
                           waits=waits.pop((where, unit), {}), part=part or "load",
@@ -350,39 +248,38 @@ def read_night(lines: list[dict]) -> Night:
                     round_start = max(lane_end.values(), default=0.0)
                 start = now - seconds if timed else max(
                     [untimed_start(where)] + [p.end for p in pieces])
-                bar = Bar(table, where, "failed" if event == EVENT_TABLE_FAILED else
-                          "staged" if event in LATE_EVENTS else "copied",
+                bar = Bar(table, where, "failed" if event == TABLE_FAILED else
+                          "staged" if event in LATE else "copied",
                           start, seconds, line.get("rows"), line.get("bytes"), line.get("snapshot"),
                           line.get("error"), retries=retries.pop(table, []),
-                          waits=waits.pop((where, table), {}), late=event in LATE_EVENTS,
-                          deferred=line.get("reason") if event == EVENT_SWAP_DEFERRED else None,
+                          waits=waits.pop((where, table), {}), late=event in LATE,
+                          deferred=line.get("reason") if event == SWAP_DEFERRED else None,
                           phase=line.get("phase"), slices=line.get("slices"), pieces=pieces)
                 for p in pieces:
                     p.whole = bar
                 latest[table] = bar
-                run.bar = bar
             lane_end[where] = bar.end
             bars.append(bar)
-        elif event == EVENT_RETRY and line.get("table"):
+        elif event == TABLE_RETRY and line.get("table"):
             retries.setdefault(str(line["table"]), []).append(str(line.get("error", "")))
-        elif event == EVENT_WAITING and line.get("table"):
+        elif event == WAITING and line.get("table"):
             noted = waits.setdefault((where, str(line["table"])), {})
             noted.setdefault(str(line.get("database", "?")), []).append(float(line.get("seconds", 0)))
-        elif event == EVENT_SNAPSHOT_RENEWED:
+        elif event == SNAPSHOT_RENEWED:
             night.renewals.append((now, line.get("snapshot")))
         elif event in SNAPSHOT_EVENTS:
             text = snapshot_text(line)
             if where != RUN_LANE:
                 note_lane(where, text)
-            elif event == "snapshot_released" and segment:
+            elif event == runlog.SNAPSHOT_RELEASED and segment:
                 note_lane(segment[-1], text)
             else:
                 pending_notes.append(text)
         elif event in NOTE_EVENTS:
             night.notes.append(note_text(line))
-            if event == EVENT_SESSION_ENDED and table in latest:
+            if event == SESSION_ENDED and table in latest:
                 latest[table].sessions.append(note_text(line).split(": ", 1)[1])
-        elif event == EVENT_RUN_FINISHED:
+        elif event == RUN_FINISHED:
             night.finished.append(line)
             if where == RUN_LANE and line.get("phase") and len(set(segment)) == 1:
                 where = segment[0]  # a split run's job, its stdout without a stream
@@ -409,26 +306,16 @@ def read_night(lines: list[dict]) -> Night:
                 night.stretches.append(after_the_tables(
                     where, last, ended, mine, timed,
                     holding=any("held" in n for n in night.lane_notes.get(where, []))))
-    for table, pieces in rounds.items():
-        night.tables[table].pending = pieces
-    for run in night.tables.values():
-        for p in run.pieces:
-            p.outcome = "failed" if p.error else run.outcome
+    for table, outcome in night.tables.items():  # a piece takes its table's colour
+        bar = latest.get(table)
+        for p in bar.pieces if bar is not None else rounds.get(table, []):
+            p.outcome = "failed" if p.error else bar.outcome if bar is not None else outcome.outcome
     for bar in bars:
         if bar.superseded:
             bar.outcome = "reloaded"
     if timed:
         night.origin = min([b.start for b in bars] + [s.start for s in night.stretches])
     return night
-
-
-def lane_of(line: dict, stream_lanes: dict[str, str]) -> str:
-    """A line's lane: its job's, the publish, or the run's own (no job: the parent process)."""
-    if line.get("phase") == "publish":
-        return PUBLISH_LANE
-    if line.get("job") is not None:
-        return lane_name(line["job"])
-    return stream_lanes.get(line.get("@stream"), RUN_LANE)
 
 
 def snapshot_text(line: dict) -> str:
@@ -459,9 +346,9 @@ def after_the_tables(lane: str, start: float, end: float, bars: list[Bar], timed
 
 
 def note_text(line: dict) -> str:
-    if line["event"] == "warning":
+    if line["event"] == runlog.WARNING:
         return str(line.get("message", ""))
-    if line["event"] == EVENT_SESSION_ENDED:
+    if line["event"] == SESSION_ENDED:
         return (f"{line.get('table', '?')}: {line.get('action', 'ended')} session {line.get('pid')} "
                 f"(user {line.get('user')}, application {line.get('application') or '-'}, "
                 f"{line.get('state')} for {line.get('seconds_in_state')} s: {line.get('query')}): "
@@ -542,7 +429,7 @@ def bar_title(bar: Bar, origin: float) -> str:
         rate = bar.bytes / 1e6 / seconds if bar.bytes is not None and seconds else None
         longest = "longest slice" if any(p.part != "load" for p in bar.pieces) else "load"
         lines.append(figures(bar.rows, bar.bytes, seconds, rate) + f" (its {longest} and this step)")
-        loaded_by = ", ".join(sorted({p.lane for p in bar.pieces}, key=natural))
+        loaded_by = ", ".join(sorted({p.lane for p in bar.pieces}, key=runlog.job_order))
         loading = sum(p.seconds for p in bar.pieces)
         if any(p.part != "load" for p in bar.pieces):
             lines.append(f"{bar.slices or len(bar.pieces)} slices, loaded by {loaded_by} in "
@@ -756,7 +643,7 @@ class Totals:
 
 def totals(night: Night) -> Totals:
     tables = list(night.tables.values())
-    ok = [t for t in tables if t.ok]
+    ok = [t for t in tables if t.copied]
     walls = [float(line["seconds"]) for line in night.finished if line.get("seconds") is not None]
     split = any(line.get("phase") for line in night.finished) or PUBLISH_LANE in night.lanes
     wall = night.end - night.origin if night.timed or split or not walls else max(walls)
@@ -804,12 +691,10 @@ def slowest_table(night: Night) -> list[str]:
            'finishing step\'s (the pieces load side by side)">seconds</th>'
            '<th class="n">MB/s</th></tr>']
     for t in tables:
-        outcome = "copied" if t.ok else t.outcome
-        mb = t.bytes / 1e6 if t.bytes is not None else None
         out.append(f'<tr data-table="{e(t.table)}"><td>{e(t.table)}</td>'
-                   f'<td>{e(", ".join(t.lanes) or "-")}</td>'
-                   f'<td class="{e(outcome)}">{e(outcome)}</td><td class="n">{count(t.slices)}</td>'
-                   f'<td class="n">{count(t.rows)}</td><td class="n">{amount(mb)}</td>'
+                   f'<td>{e(", ".join(t.jobs) or "-")}</td>'
+                   f'<td class="{e(t.outcome)}">{e(t.outcome)}</td><td class="n">{count(t.slices)}</td>'
+                   f'<td class="n">{count(t.rows)}</td><td class="n">{amount(t.mb)}</td>'
                    f'<td class="n">{amount(t.seconds)}</td>'
                    f'<td class="n">{amount(t.mb_per_second, 2)}</td></tr>')
     out.append("</table>")
@@ -817,19 +702,16 @@ def slowest_table(night: Night) -> list[str]:
 
 
 def failures_list(night: Night) -> list[str]:
-    """Each failed table once: where it failed first, and its error (then the final one)."""
+    """Each failed table once: where it failed first, and its error (then the last one)."""
     failed = []
     for t in night.tables.values():
         if t.outcome != "failed":
             continue
-        first = t.failures[0] if t.failures else Failure(
-            t.bar.lane if t.bar else "-", (t.bar.error if t.bar else None) or "no error logged")
-        if first.where == "-" and t.bar is not None:  # the swap at the end: its job staged it
-            first = Failure(t.bar.lane, first.error)
+        first, last = t.failures[0], t.failures[-1]
         error = first.error
-        if t.bar is not None and t.bar.error and t.bar.error != first.error:
-            error += f"; then {t.bar.lane}: {t.bar.error}"
-        failed.append((t.table, first.where, error))
+        if last.error != first.error:
+            error += f"; then {last.where or '-'}: {last.error}"
+        failed.append((t.table, first.where or "-", error))
     if not failed:
         return []
     return (["<h2>Failed tables</h2>", '<table class="failures">']

@@ -46,9 +46,9 @@ from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402  (bench/cpu.
 from floor import floor_table, measure_floor  # noqa: E402  (bench/floor.py)
 from psycopg2 import sql  # noqa: E402
 
-from copier import split_table_list  # noqa: E402  (the copier's own parsing of TABLES names)
 from dev import sample_data  # noqa: E402
 from dev.localpg import LocalCluster, LocalPgError  # noqa: E402
+from runlog import split_table_list  # noqa: E402  (the copier's own parsing of TABLES names)
 
 RESULTS = REPO / "bench" / "results"
 SOURCE_DB = "bench_source"

@@ -11,7 +11,7 @@ copier `--jobs 2 --no-split` (events whole on one job), the copier `--jobs 2` (e
 key ranges by the default rule) and `pgcopydb clone --table-jobs 2 --split-tables-larger-than`
 a job's share of the bytes. After every run the target's row counts must equal the source's.
 
-Then the cloud-length estimate: the planned longest job / mean job (copier.plan_units, pure
+Then the cloud-length estimate: the planned longest job / mean job (runlog.plan_units, pure
 arithmetic from the tables' bytes, not a measurement) for 2 and 5 jobs, whole tables against
 slices, for the standard sample's shares (events 40%) and for this one. The cluster lives in
 bench/results/pgdata-skewed (gitignored).
@@ -38,7 +38,8 @@ from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from timed import admin, bench_cluster, ensure_database, run_copier, run_dump_restore, run_pgcopydb  # noqa: E402
 
-import copier  # noqa: E402
+import copier  # noqa: E402  (its reading of the source's sizes and keys)
+import runlog  # noqa: E402
 from dev import sample_data  # noqa: E402
 from dev.localpg import LocalCluster  # noqa: E402
 
@@ -70,18 +71,10 @@ class BenchError(Exception):
 # ---------------------------------------------------------------------------------------------
 # The estimate: pure arithmetic from bytes.
 
-def unit_weight(weights: dict[str, float], unit: str) -> float:
-    """The bytes of a planned unit: a whole table, or slice 'name#k/n' of one."""
-    if unit in weights:
-        return weights[unit]
-    table, _, part = unit.rpartition("#")
-    return weights[table] / int(part.split("/")[1])
-
-
 def job_loads(weights: dict[str, float], jobs: int, sliceable=()) -> list[float]:
-    """Each job's bytes in the copier's plan (copier.plan_units, the default slicing rule)."""
-    plan = copier.plan_units(weights, jobs, sliceable)
-    return [sum(unit_weight(weights, unit) for unit in units) for units in plan]
+    """Each job's bytes in the copier's plan (runlog.plan_units, the default slicing rule)."""
+    plan = runlog.plan_units(weights, jobs, sliceable)
+    return [sum(runlog.unit_weight(unit, weights) for unit in units) for units in plan]
 
 
 def longest_over_mean(weights: dict[str, float], jobs: int, sliceable=()) -> float:
@@ -212,7 +205,7 @@ def job_seconds(log: Path) -> list[float]:
     busy: dict[int, float] = {}
     for line in log.read_text().splitlines():
         event = json.loads(line)
-        if event.get("event") in (copier.EVENT_TABLE_COPIED, copier.EVENT_SLICE_LOADED) and "job" in event:
+        if event.get("event") in (runlog.TABLE_COPIED, runlog.SLICE_LOADED) and "job" in event:
             busy[event["job"]] = busy.get(event["job"], 0.0) + event["seconds"]
     return sorted(busy.values(), reverse=True)
 
@@ -303,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{total / 2**20:.1f} MiB in {len(sizes)} tables, {sum(expected.values())} rows; "
           f"{BIG} {sizes[BIG] / 2**20:.1f} MiB = {share_of(sizes):.1%} of the bytes; "
           f"{args.rounds} rounds; pgcopydb splits tables larger than {split_bytes} bytes\n")
-    counts = copier.slice_counts(sizes, JOBS, sliceable)
+    counts = runlog.slice_counts(sizes, JOBS, sliceable)
     cut = ", ".join(f"{name} in {n} slices" for name, n in counts.items() if n > 1)
     print(f"copier --jobs {JOBS}: {cut}; pgcopydb: " + "; ".join(pgcopydb_splits()) + "\n")
     print(results_table(times))
@@ -313,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     print("The copier's jobs (their units' seconds, summed per job), each run:\n")
     print(jobs_lines(times) + "\n")
     print("Planned longest job / mean job: an estimate from the tables' bytes "
-          "(copier.plan_units), not a measurement.\n")
+          "(runlog.plan_units), not a measurement.\n")
     print(estimate_table({f"standard ({BIG} {STANDARD_SHARE:.0%})": with_share(sizes, BIG, STANDARD_SHARE),
                           f"skewed ({BIG} {share_of(sizes):.0%})": sizes}, sliceable))
     return 0

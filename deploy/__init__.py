@@ -25,7 +25,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-import copier
+import runlog
 from deploy import account, batch, permissions
 from deploy import names as naming
 from deploy.aws import Aws, AwsError, describe_error, error_code
@@ -84,11 +84,11 @@ def resource_list(deployment: Deployment) -> list[Resource]:
     """Every resource, in the order setup creates them (teardown goes backwards)."""
     names, settings = deployment.names, deployment.settings
     parameters: list[Resource] = []
-    for database in copier.DATABASES:
+    for database in runlog.DATABASES:
         configured = getattr(settings, database)
         defaults = connection_defaults(configured)  # verify-full for RDS and Aurora hosts
-        for setting in copier.CONNECTION_SETTINGS:
-            secret = setting in copier.SECRET_SETTINGS
+        for setting in runlog.CONNECTION_SETTINGS:
+            secret = setting in runlog.SECRET_SETTINGS
             parameters.append(Parameter(
                 deployment, names.parameter(database, setting),
                 value=None if secret else configured.get(setting, defaults[setting]),

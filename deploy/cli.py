@@ -8,12 +8,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import psycopg2
 from botocore.exceptions import BotoCoreError, ClientError
 
-import copier
+import runlog
 from deploy.aws import AwsError, describe_error
-from deploy.settings import SettingsError, secret_env_var
+from deploy.plan import SourceError
+from deploy.settings import SettingsError
 
 EXIT_DONE, EXIT_ERROR, EXIT_CHANGES_PENDING, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,19 +39,13 @@ class Parser(argparse.ArgumentParser):
 
 
 # What a user can act on; anything else is a bug and keeps its traceback.
-EXPECTED_FAILURES = (SettingsError, AwsError, ClientError, BotoCoreError, psycopg2.Error,
-                     copier.CopierError)
+EXPECTED_FAILURES = (SettingsError, AwsError, ClientError, BotoCoreError, SourceError,
+                     runlog.CopierError)
 
 
 def failure_line(err: BaseException) -> str:
     """One line: what failed and what to do about it."""
-    if isinstance(err, ClientError | BotoCoreError):
-        text = describe_error(err)
-    elif isinstance(err, psycopg2.Error):
-        text = (f"source database: {copier.first_line(err)}: run again when it answers (it is "
-                f"[source] in the config, with {secret_env_var('source', 'password')})")
-    else:
-        text = str(err)
+    text = describe_error(err) if isinstance(err, ClientError | BotoCoreError) else str(err)
     return " ".join(text.split()) or type(err).__name__
 
 

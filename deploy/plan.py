@@ -11,12 +11,16 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-import copier
+import runlog
 from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.names import Names, job_name
 from deploy.settings import Settings, SettingsError, secret_env_var
 
 SOURCE_SIZES = "source table sizes"
+
+
+class SourceError(Exception):
+    """The source database failed while its tables were measured: run again when it answers."""
 
 
 @dataclass
@@ -34,23 +38,30 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
     """Source table sizes when the source is reachable, else the configured weights, else 1."""
     password = os.environ.get(secret_env_var("source", "password"))
     if settings.source.get("host") and password:
+        # Only here: the copier's own reading of the sizes, and psycopg2 with it.
         import psycopg2
 
-        params = {**{k: v for k, v in copier.CONNECTION_SETTINGS.items() if v is not None},
+        import copier
+
+        params = {**{k: v for k, v in runlog.CONNECTION_SETTINGS.items() if v is not None},
                   **settings.source, "password": password}
         try:  # the copier's own connection: its keepalives, session settings, version check
             conn = copier.connect({**params, "connect_timeout": 5}, "source")
         except psycopg2.Error as err:
-            out(f"source not reachable ({copier.first_line(err)}); using configured weights")
-        except copier.CopierError as err:  # a server too old for the copier
+            out(f"source not reachable ({runlog.first_line(err)}); using configured weights")
+        except runlog.CopierError as err:  # a server too old for the copier
             raise SettingsError(f"source: {err}") from err
         else:
             tables_text = ",".join(settings.tables)
             try:
                 sizes = copier.source_table_sizes(conn, tables_text)
                 sliceable = copier.sliceable_tables(conn, tables_text)
-            except copier.CopierError as err:  # an unknown table: say so before creating
+            except runlog.CopierError as err:  # an unknown table: say so before creating
                 raise SettingsError(f"tables: {err}") from err
+            except psycopg2.Error as err:  # it answered, then went away (a restart, a failover)
+                raise SourceError(f"source database: {runlog.first_line(err)}: run again when it "
+                                  f"answers (it is [source] in the config, with "
+                                  f"{secret_env_var('source', 'password')})") from err
             finally:
                 conn.close()
             # keyed by the source's qualified names, in the order of the list given
@@ -64,36 +75,15 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
     return Weights({t: 1.0 for t in settings.tables}, "equal weights")
 
 
-def split_tables_value(text: str) -> list[str]:
-    """A TABLES value back into the units it was joined from, by the copier's own parser:
-    table names, each optionally with its slice ('public.events#2/4')."""
-    return [".".join(f'"{part.replace(chr(34), chr(34) * 2)}"' if quoted else part
-                     for part, quoted in parts) + (f"#{piece[0]}/{piece[1]}" if piece else "")
-            for parts, piece in copier.split_units(text)]
-
-
-def unit_slice(unit: str) -> tuple[str, tuple[int, int] | None]:
-    """'public.events#2/4' -> ('public.events', (2, 4)); a whole table -> (name, None)."""
-    ((parts, piece),) = copier.split_units(unit)
-    return (".".join(f'"{part.replace(chr(34), chr(34) * 2)}"' if quoted else part
-                     for part, quoted in parts), piece)
-
-
-def unit_weight(unit: str, weights: dict[str, float]) -> float:
-    """A unit's share of its table's weight: a slice weighs 1/n of it."""
-    table, piece = unit_slice(unit)
-    return weights[table] / piece[1] if piece else weights[table]
-
-
 def sliced_tables(assignment: list[list[str]]) -> dict[str, int]:
     """The tables an assignment splits, with their number of slices."""
-    return {table: piece[1] for job in assignment for table, piece in map(unit_slice, job)
+    return {table: piece[1] for job in assignment for table, piece in map(runlog.split_unit, job)
             if piece}
 
 
 def tables_of(assignment: list[list[str]]) -> list[str]:
     """Each table an assignment names once, slices or not."""
-    return list(dict.fromkeys(unit_slice(unit)[0] for job in assignment for unit in job))
+    return list(dict.fromkeys(runlog.split_unit(unit)[0] for job in assignment for unit in job))
 
 
 def _tables_value(node: Any) -> str | None:
@@ -119,7 +109,7 @@ def assignment_of(definition: dict) -> list[list[str]] | None:
     values = [_tables_value(branch) for branch in branches]
     if not values or None in values:
         return None
-    return [split_tables_value(value) for value in values]
+    return [runlog.unit_texts(value) for value in values]
 
 
 def deployed_assignment(aws: Aws, names: Names) -> list[list[str]] | None:
@@ -161,13 +151,13 @@ def plan_jobs(settings: Settings, out: Callable[[str], None],
     threshold = None
     if settings.split_larger_than_mb and found.basis == SOURCE_SIZES:
         threshold = settings.split_larger_than_mb * 1e6
-    assignment = [units for units in copier.plan_units(found.weights, jobs, sliceable, threshold)
+    assignment = [units for units in runlog.plan_units(found.weights, jobs, sliceable, threshold)
                   if units]
     sliced = sliced_tables(assignment)
     out(f"table assignment ({found.basis}"
         + (f"; split into slices: {', '.join(f'{t} ({n})' for t, n in sliced.items())}"
            if sliced else "") + "):")
     for number, units in enumerate(assignment, start=1):
-        load = sum(unit_weight(unit, found.weights) for unit in units)
+        load = sum(runlog.unit_weight(unit, found.weights) for unit in units)
         out(f"  {job_name(number)}  weight {load:g}  {','.join(units)}")
     return assignment

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-import copier
 import runlog
 from deploy import names as naming
 from deploy import schedule
@@ -38,8 +37,8 @@ if TYPE_CHECKING:
 
 
 HERE = Path(__file__).resolve().parent.parent
-NOTIFY_SOURCE = HERE / "notify_lambda.py"
-COPIER_SOURCE = HERE / "copier.py"
+# The Slack function, and what it imports besides the standard library and boto3.
+NOTIFY_SOURCES = (HERE / "notify_lambda.py", HERE / "runlog.py")
 # A custom image holds the project at /app with its requirements installed.
 ECR_BUILDSPEC = """version: 0.2
 phases:
@@ -49,7 +48,7 @@ phases:
 """
 DURATIONS_QUERY = (
     "fields @timestamp, @logStream, table, rows, bytes, seconds\n"
-    f'| filter event = "{copier.EVENT_TABLE_COPIED}"\n'
+    f'| filter event = "{runlog.TABLE_COPIED}"\n'
     "| sort seconds desc"
 )
 
@@ -156,27 +155,16 @@ def zone_file(key: str) -> bytes:
                             "Lambda (install tzdata)") from err
 
 
-def copier_events_module() -> bytes:
-    """copier.py's EVENT_* names, alone: the Lambda reads the copier's log lines by these
-    names, and cannot import copier.py itself (no psycopg2 in its runtime)."""
-    lines = [f"{name} = {value!r}" for name, value in vars(copier).items()
-             if name.startswith("EVENT_") and isinstance(value, str)]
-    if not lines:
-        raise SettingsError(f"{COPIER_SOURCE.name} defines no EVENT_* names for the Lambda")
-    head = '"""The copier\'s event names, taken from copier.py by setup_aws.py."""\n'
-    return (head + "\n".join(lines) + "\n").encode()
-
-
 def zip_notify_function(timezone: str = "UTC") -> bytes:
-    """notify_lambda.py, the copier's event names (copier_events.py) and the schedule's zone
-    file (tz/<key>, so the run's local date is computed with the rules setup checked) in a zip
-    with fixed timestamps: the hash is reproducible."""
-    if not NOTIFY_SOURCE.exists():
-        raise SettingsError(f"{NOTIFY_SOURCE.name} is missing in {HERE}")
+    """notify_lambda.py, the modules it imports (runlog.py) and the schedule's zone file
+    (tz/<key>, so the run's local date is computed with the rules setup checked) in a zip with
+    fixed timestamps: the hash is reproducible."""
+    for source in NOTIFY_SOURCES:
+        if not source.exists():
+            raise SettingsError(f"{source.name} is missing in {HERE}")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in ((NOTIFY_SOURCE.name, NOTIFY_SOURCE.read_bytes()),
-                              ("copier_events.py", copier_events_module()),
+        for name, content in (*((source.name, source.read_bytes()) for source in NOTIFY_SOURCES),
                               (f"tz/{timezone}", zone_file(timezone))):
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16

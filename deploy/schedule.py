@@ -13,8 +13,6 @@ import datetime as dt
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from deploy.settings import SettingsError
-
 MONTHS = {name: n for n, name in enumerate(
     ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
 DAYS = {name: n for n, name in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), 1)}
@@ -31,16 +29,21 @@ RATE_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 LOOKAHEAD_DAYS = 2 * 366  # the longest gap is looked for over two years of fire times
 
 
+class ScheduleError(Exception):
+    """An expression or time zone EventBridge Scheduler would refuse: a SettingsError to the
+    settings that hold it (this module knows nothing of them)."""
+
+
 def time_zone(key: str) -> ZoneInfo:
     try:
         return ZoneInfo(key)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"timezone {key!r} is not an IANA time zone (e.g. Europe/Berlin, "
+        raise ScheduleError(f"timezone {key!r} is not an IANA time zone (e.g. Europe/Berlin, "
                             "America/New_York, UTC)") from None
 
 
 def check(expression: str, timezone: str) -> dt.timedelta:
-    """Raise SettingsError for an expression Scheduler would refuse (or that never fires);
+    """Raise ScheduleError for an expression Scheduler would refuse (or that never fires);
     return the longest time between two consecutive runs."""
     zone = time_zone(timezone)
     text = expression.strip()
@@ -49,15 +52,15 @@ def check(expression: str, timezone: str) -> dt.timedelta:
         return _rate(expression, rate.group(1))
     cron = re.fullmatch(r"cron\((.*)\)", text)
     if not cron:
-        raise SettingsError(f"schedule {expression!r}: use cron(minutes hours day-of-month month "
+        raise ScheduleError(f"schedule {expression!r}: use cron(minutes hours day-of-month month "
                             "day-of-week year), e.g. cron(0 3 * * ? *), or rate(1 day)")
     fields = cron.group(1).split()
     if len(fields) != 6:
-        raise SettingsError(f"schedule {expression!r}: cron takes six fields (minutes hours "
+        raise ScheduleError(f"schedule {expression!r}: cron takes six fields (minutes hours "
                             f"day-of-month month day-of-week year), not {len(fields)}: "
                             "e.g. cron(0 3 * * ? *)")
     if (fields[2] == "?") == (fields[4] == "?"):
-        raise SettingsError(f"schedule {expression!r}: exactly one of day-of-month and "
+        raise ScheduleError(f"schedule {expression!r}: exactly one of day-of-month and "
                             "day-of-week must be '?' (e.g. cron(0 3 * * ? *) or "
                             "cron(0 3 ? * MON-FRI *))")
     parsed = [_field(expression, value, *spec) for value, spec in zip(fields, FIELDS, strict=True)]
@@ -67,12 +70,12 @@ def check(expression: str, timezone: str) -> dt.timedelta:
 def _rate(expression: str, body: str) -> dt.timedelta:
     match = re.fullmatch(r"\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*", body)
     if not match or int(match.group(1)) < 1:
-        raise SettingsError(f"schedule {expression!r}: rate takes a positive whole number and "
+        raise ScheduleError(f"schedule {expression!r}: rate takes a positive whole number and "
                             "a unit (minutes, hours, days), e.g. rate(1 day)")
     value, unit = int(match.group(1)), match.group(2)
     if (value == 1) != (not unit.endswith("s")):
         right = unit.rstrip("s") + ("" if value == 1 else "s")
-        raise SettingsError(f"schedule {expression!r}: write rate({value} {right})")
+        raise ScheduleError(f"schedule {expression!r}: write rate({value} {right})")
     return dt.timedelta(seconds=value * RATE_UNITS[unit.rstrip("s")])
 
 
@@ -80,8 +83,8 @@ def _field(expression: str, value: str, name: str, low: int, high: int, names: d
            extra: str):
     """A field as a set of numbers, or for the day fields the special forms (L, W, #)."""
 
-    def bad(why: str) -> SettingsError:
-        return SettingsError(f"schedule {expression!r}: {name} field {value!r}: {why}")
+    def bad(why: str) -> ScheduleError:
+        return ScheduleError(f"schedule {expression!r}: {name} field {value!r}: {why}")
 
     def number(text: str) -> int:
         text = text.upper()
@@ -166,7 +169,7 @@ def _longest_gap(expression: str, fields: list, zone: ZoneInfo) -> dt.timedelta:
     days = [tuple(dt.datetime(day.year, day.month, day.day, h, m, tzinfo=zone)
                   .astimezone(dt.UTC) for h, m in (times[0], times[-1])) for day in fire_days]
     if len(days) < 2:
-        raise SettingsError(f"schedule {expression!r} fires on {len(days) or 'no'} day"
+        raise ScheduleError(f"schedule {expression!r} fires on {len(days) or 'no'} day"
                             f"{'' if len(days) == 1 else 's'} in the next two years: a nightly "
                             "copy needs a repeating schedule")
     between = max(first - last for (_, last), (first, _) in zip(days, days[1:], strict=False))
@@ -204,7 +207,7 @@ def _refuse_missing_times(expression: str, days: list[dt.date], times: list[tupl
             safe = _nearest_safe_time((hour, minute), first, after, days, zone)
             hint = f"use {safe[0]:02d}:{safe[1]:02d} instead, the nearest time every night has" \
                 if safe else f"pick a time outside {_hhmm(first)}-{_hhmm(after)}"
-            raise SettingsError(
+            raise ScheduleError(
                 f"schedule {expression!r} in {zone.key}: {hour:02d}:{minute:02d} does not exist "
                 f"on {day.isoformat()} (the clocks jump from {_hhmm(first)} to {_hhmm(after)}) "
                 f"and EventBridge Scheduler skips that night's run: {hint}")
@@ -244,7 +247,7 @@ def _hhmm(minutes: int) -> str:
 def parse_start_time(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", text.strip())
     if not match:
-        raise SettingsError(f"rate_start_time {text!r}: write a local time as HH:MM, e.g. 03:00")
+        raise ScheduleError(f"rate_start_time {text!r}: write a local time as HH:MM, e.g. 03:00")
     return int(match.group(1)), int(match.group(2))
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import copier
+import runlog
+from deploy import schedule
 
 DEFAULT_CONFIG = Path("deploy.toml")
 RUNNERS = ("codebuild", "batch")
@@ -54,7 +55,9 @@ class SettingsError(Exception):
 class Settings:
     """Everything setup needs besides secrets. Config file keys and flags use these names."""
 
-    prefix: str = field(default="nightly-copy", metadata={"help": "name prefix and tag value"})
+    # The settings' parameters live under /<prefix>/: by default where the copier looks first.
+    prefix: str = field(default=runlog.DEFAULT_SSM_PREFIX.strip("/"),
+                        metadata={"help": "name prefix and tag value"})
     region: str = field(default="", metadata={"help": "AWS region (default: AWS_REGION etc.)"})
     tables: list[str] = field(default_factory=list, metadata={"help": "tables to copy"})
     jobs: int = field(default=5, metadata={"help": "parallel CodeBuild jobs"})
@@ -119,11 +122,11 @@ class Settings:
         if self.log_retention_days not in LOG_RETENTION_DAYS:
             raise SettingsError(f"log_retention_days {self.log_retention_days} is not one of "
                                 f"{', '.join(map(str, LOG_RETENTION_DAYS))}")
-        for database in copier.DATABASES:
-            unknown = set(getattr(self, database)) - set(copier.CONNECTION_SETTINGS)
+        for database in runlog.DATABASES:
+            unknown = set(getattr(self, database)) - set(runlog.CONNECTION_SETTINGS)
             if unknown:
                 raise SettingsError(f"[{database}] has unknown keys {sorted(unknown)}")
-            if set(getattr(self, database)) & copier.SECRET_SETTINGS:
+            if set(getattr(self, database)) & runlog.SECRET_SETTINGS:
                 raise SettingsError(f"[{database}] must not hold secrets; set "
                                     f"{secret_env_var(database, 'password')} instead")
             effective = connection_defaults(getattr(self, database)) | getattr(self, database)
@@ -131,16 +134,17 @@ class Settings:
                 raise SettingsError(f"[{database}] sslmode {effective['sslmode']!r} is not one of "
                                     f"{', '.join(SSL_MODES)}")
             if effective["sslmode"].startswith("verify-") and (
-                    effective["sslrootcert"] == copier.CONNECTION_SETTINGS["sslrootcert"]):
+                    effective["sslrootcert"] == runlog.CONNECTION_SETTINGS["sslrootcert"]):
                 raise SettingsError(f"[{database}] sslmode {effective['sslmode']} needs sslrootcert: "
                                     "the CA file the build checks the server's certificate against")
 
     def validate_for_start(self) -> None:
         """--start names the run after today's date in the schedule's time zone."""
         self.validate()
-        from deploy import schedule
-
-        schedule.time_zone(self.timezone)
+        try:
+            schedule.time_zone(self.timezone)
+        except schedule.ScheduleError as err:
+            raise SettingsError(str(err)) from None
 
     def validate_for_setup(self) -> None:
         """Everything AWS or the nightly run would refuse later, refused now: nothing is
@@ -175,9 +179,10 @@ class Settings:
             raise SettingsError(f"table_weights names tables not in tables: {sorted(unknown)}")
         self.missed_run_window_seconds()  # checks schedule and timezone
         if self.is_rate_schedule:
-            from deploy import schedule
-
-            schedule.parse_start_time(self.rate_start_time)
+            try:
+                schedule.parse_start_time(self.rate_start_time)
+            except schedule.ScheduleError as err:
+                raise SettingsError(str(err)) from None
         if self.runner == "codebuild" and self.compute_type not in COMPUTE_TYPES:
             raise SettingsError(f"compute_type {self.compute_type!r}: use one of "
                                 f"{', '.join(COMPUTE_TYPES)}")
@@ -254,9 +259,10 @@ class Settings:
     def missed_run_window_seconds(self) -> int:
         """The missed-night alarm's window: the longest gap between two scheduled runs, plus
         the longest a run may take (a success can end that much later), in whole hours."""
-        from deploy import schedule
-
-        gap = schedule.check(self.schedule, self.timezone).total_seconds()
+        try:
+            gap = schedule.check(self.schedule, self.timezone).total_seconds()
+        except schedule.ScheduleError as err:
+            raise SettingsError(str(err)) from None
         window = -(-int(gap + self.execution_timeout_seconds) // 3600) * 3600
         if window > ALARM_WINDOW_LIMIT_SECONDS:
             raise SettingsError(
@@ -327,7 +333,7 @@ def is_rds_host(host: Any) -> bool:
 def connection_defaults(configured: dict[str, str]) -> dict[str, str | None]:
     """The copier's defaults for one database's settings, except that an RDS or Aurora host is
     verified: sslmode verify-full against the AWS RDS CA bundle the build fetches."""
-    defaults = dict(copier.CONNECTION_SETTINGS)
+    defaults = dict(runlog.CONNECTION_SETTINGS)
     if is_rds_host(configured.get("host")):
         defaults |= {"sslmode": "verify-full", "sslrootcert": RDS_CA_BUNDLE}
     return defaults
@@ -337,8 +343,8 @@ def validate_table_name(table: str) -> None:
     """One table per item, as the copier parses it, each unquoted part a plain SQL identifier:
     anything else is a name the copier would look for and not find, every night."""
     try:
-        names = copier.split_table_list(table)
-    except copier.TableListError as err:
+        names = runlog.split_table_list(table)
+    except runlog.TableListError as err:
         raise SettingsError(f"tables: {err}") from None
     if len(names) != 1:
         raise SettingsError(f"tables: {table!r} holds {len(names)} names; give one table per "
@@ -375,9 +381,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML settings file (default: {DEFAULT_CONFIG} if it exists)")
     for name in names:
-        if name in copier.DATABASES:
-            for setting in copier.CONNECTION_SETTINGS:
-                if setting not in copier.SECRET_SETTINGS:
+        if name in runlog.DATABASES:
+            for setting in runlog.CONNECTION_SETTINGS:
+                if setting not in runlog.SECRET_SETTINGS:
                     parser.add_argument(f"--{name}-{setting}",
                                         dest=_flag_setting_name(name, setting),
                                         help=f"{name} database {setting}")
@@ -415,8 +421,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         raise SettingsError(f"config file {path}: unknown settings {sorted(unknown)}")
     settings = Settings(**values)
     for name in SETTING_FIELDS:
-        if name in copier.DATABASES:
-            for setting in copier.CONNECTION_SETTINGS:
+        if name in runlog.DATABASES:
+            for setting in runlog.CONNECTION_SETTINGS:
                 value = getattr(args, _flag_setting_name(name, setting), None)
                 if value is not None:
                     getattr(settings, name)[setting] = value
@@ -429,7 +435,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         if f.type == "list[str]" and isinstance(getattr(settings, name), str):
             items = getattr(settings, name).split(",")
             setattr(settings, name, [item.strip() for item in items if item.strip()])
-    for database in copier.DATABASES:  # port = 5432 in TOML is a number; SSM holds text
+    for database in runlog.DATABASES:  # port = 5432 in TOML is a number; SSM holds text
         setattr(settings, database, {k: str(v) for k, v in getattr(settings, database).items()})
     for name, f in SETTING_FIELDS.items():
         value = getattr(settings, name)

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import runlog
 from deploy.names import Names, job_name
-from deploy.plan import unit_slice
 from deploy.settings import SettingsError
 
 HERE = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def render_state_machine(template: dict, jobs: list[list[str]], values: dict[str
         return node
 
     if tables is None:
-        tables = list(dict.fromkeys(unit_slice(unit)[0] for job in jobs for unit in job))
+        tables = list(dict.fromkeys(runlog.split_unit(unit)[0] for job in jobs for unit in job))
     values = {**values, "JobCount": str(len(jobs))}  # an environment value: text
     definition = with_failure_details(template)
     parallel = definition["States"][Names.copy_state]

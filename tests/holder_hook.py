@@ -1,5 +1,5 @@
-"""copier.py whose shared snapshot is ended the first time a job reports a loaded slice,
-before that job takes its next unit: for tests/test_copier_slices.py.
+"""copier.py whose shared snapshot is ended the first time a job has loaded a slice (copier's
+moment "unit_done"), before that job takes its next unit: for tests/test_copier_slices.py.
 
     HOLDER_ENDED=/tmp/x/ended SOURCE_DSN=... python tests/holder_hook.py ARGS
 
@@ -16,12 +16,9 @@ import psycopg2
 
 import copier
 
-original_log_event = copier.log_event
 
-
-def log_event(event: str, **fields) -> None:
-    original_log_event(event, **fields)
-    if event == copier.EVENT_SLICE_LOADED and first_time():
+def end_it_after_a_slice(unit, result) -> None:
+    if unit.step == "slice" and result.ok and first_time():
         end_snapshot_holder(os.environ["SOURCE_DSN"])
 
 
@@ -48,7 +45,7 @@ def end_snapshot_holder(dsn: str) -> None:
 
 
 if __name__ in ("__main__", "__mp_main__"):  # the hooked copier and its job processes
-    copier.log_event = log_event
+    copier.LISTENERS["unit_done"] = [end_it_after_a_slice]
 
 if __name__ == "__main__":
     sys.exit(copier.main(sys.argv[1:]))

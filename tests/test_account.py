@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 import deploy
 import notify_lambda
+import runlog
 import setup_aws
 
 SMALL = "Concurrently running builds for Linux/Small environment"
@@ -135,10 +136,10 @@ def test_a_late_job_s_failure_line_naming_the_quota_reaches_slack_whole():
              f"the account runs {quota}, and CodeBuild queued this job behind the others; "
              "nothing of this job was loaded: lower jobs, raise the quota or set "
              "one_snapshot = false")
-    lines = [("job-3-stream", {"event": "table_failed", "run": "2026-11-27", "job": "job-3",
-                               "table": f"public.t{n}", "phase": "load", "seconds": 0,
-                               "error": error}) for n in range(3)]
-    report = notify_lambda.TableReport(notify_lambda.table_outcomes(lines), expected=3)
+    lines = [{"event": "table_failed", "run": "2026-11-27", "job": "job-3",
+              "table": f"public.t{n}", "phase": "load", "seconds": 0, "error": error}
+             for n in range(3)]
+    report = notify_lambda.TableReport(runlog.table_outcomes(lines), expected=3)
     event = {"execution": {"name": "2026-11-27"},
              "jobs": [{"job": "job-3", "tables": ["public.t0", "public.t1", "public.t2"],
                        "status": "FAILED", "error": "States.TaskFailed",

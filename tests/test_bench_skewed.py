@@ -27,12 +27,6 @@ def test_a_table_that_cannot_be_sliced_still_sets_the_length():
     assert skewed.longest_over_mean(STANDARD, 5, {"public.orders"}) == pytest.approx(2.0)
 
 
-def test_a_slice_weighs_its_part_of_the_table():
-    assert skewed.unit_weight(STANDARD, "public.events#3/4") == 10
-    assert skewed.unit_weight(STANDARD, "sales.refunds") == 2
-    assert skewed.unit_weight({"a#b": 6}, "a#b#2/3") == 2
-
-
 def test_the_big_table_is_resized_to_a_share_of_the_total():
     skewed_weights = skewed.with_share(STANDARD, "public.events", 0.72)
     assert skewed_weights["public.events"] / sum(skewed_weights.values()) == pytest.approx(0.72)

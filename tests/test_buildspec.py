@@ -14,6 +14,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -34,25 +35,14 @@ def commands(buildspec: dict) -> list[str]:
             for command in buildspec["phases"].get(phase, {}).get("commands", [])]
 
 
-def test_buildspec_installs_the_requirements_then_runs_the_copier(buildspec):
-    assert str(buildspec["version"]) == "0.2"
-    assert buildspec["phases"]["install"]["runtime-versions"]["python"] == (
-        f"{sys.version_info.major}.{sys.version_info.minor}")  # the version the tests run on
-    steps = commands(buildspec)
-    assert len(steps) == 3
-    assert "pip install" in steps[0] and "-r requirements.txt" in steps[0]
-    # the RDS CA bundle, where the RDS default sslrootcert (relative to the checkout) finds it
-    assert steps[1].split() == ["curl", "-fsS", "--retry", "3", "-o", deploy.settings.RDS_CA_BUNDLE,
-                                deploy.settings.RDS_CA_BUNDLE_URL]
-    assert steps[2] == "python copier.py"
-    # TABLES comes from the state machine, COPIER_SSM_PREFIX from the project: not from here
+def test_buildspec_runs_on_a_python_the_project_supports(buildspec):
+    """Its commands are run for real below; here only what that run cannot show: the curated
+    image's Python it asks for is one the project supports (pyproject's target), and the
+    environment (TABLES, COPIER_SSM_PREFIX) is left to the state machine and the project."""
+    wanted = tuple(map(int, str(buildspec["phases"]["install"]["runtime-versions"]["python"]).split(".")))
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["target-version"]
+    assert wanted >= (int(target[2]), int(target[3:]))
     assert "env" not in buildspec
-
-
-def test_the_ecr_buildspec_runs_the_copier_from_the_image():
-    inline = yaml.safe_load(deploy.resources.ECR_BUILDSPEC)
-    assert str(inline["version"]) == "0.2"
-    assert inline["phases"]["build"]["commands"] == ["cd /app && python copier.py"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +71,11 @@ def test_buildspec_commands_copy_the_tables_named_in_TABLES(buildspec, build_pyt
 
     checkout = tmp_path / "src"
     checkout.mkdir()
-    for name in ("buildspec.yml", "requirements.txt", "copier.py"):
+    # CodeBuild checks out the repository: every tracked file.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout.split()
+    for name in tracked:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, checkout / name)
     # curl stands in for the download of the RDS CA bundle: nothing here reaches the internet
     fakes = tmp_path / "fakes"

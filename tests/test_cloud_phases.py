@@ -12,10 +12,10 @@ import test_state_machine as sm
 from aws_helpers import MOTO_CONFIG, REGION, set_fake_aws_env
 from moto import mock_aws
 
-import copier
 import deploy
 import notify_lambda
 import operations
+import runlog
 from deploy import plan
 
 TABLES = ["public.events", "public.orders", "public.customers", "public.notes"]
@@ -66,7 +66,7 @@ def test_a_table_heavier_than_a_job_is_cut_into_slices_over_the_jobs(monkeypatch
                                                   "public.notes"}
     assert len(assignment) == 3 and all(assignment)
     # no job carries more than about a mean job (the sliced table no longer sets the length)
-    loads = [sum(plan.unit_weight(u, SIZES) for u in job) for job in assignment]
+    loads = [sum(runlog.unit_weight(u, SIZES) for u in job) for job in assignment]
     assert max(loads) <= 1.2 * sum(SIZES.values()) / 3
     assert f"public.events ({n})" in said[0]
 
@@ -75,7 +75,7 @@ def test_without_one_snapshot_no_table_is_split(monkeypatch):
     assignment, said = planned(monkeypatch, one_snapshot=False)
     assert sorted(u for job in assignment for u in job) == sorted(TABLES)
     assert any("one_snapshot = false" in line for line in said)
-    assert assignment == copier.assign_to_jobs(SIZES, 3)
+    assert assignment == runlog.assign_to_jobs(SIZES, 3)
 
 
 def test_split_false_and_split_larger_than(monkeypatch):
@@ -123,10 +123,9 @@ def test_the_load_jobs_get_their_units_and_the_publish_every_table(aws, monkeypa
     assert publish["End"] is True and catch["ResultPath"] == "$.error"
     for handler in sm.kept_on_failure(sm.publish_branch(definition)["States"], catch["Next"]):
         assert handler["Parameters"]["status"] == "FAILED" and handler["End"] is True
-    # the copier reads these settings as they are rendered
-    for units in assignment:
-        assert [plan.unit_slice(u)[0] for u in units] == [
-            ".".join(p for p, _ in parts) for parts, _ in copier.split_units(",".join(units))]
+    # the copier reads each job's units back from its TABLES as they were planned
+    for branch, units in zip(sm.branches(definition), assignment, strict=True):
+        assert runlog.unit_texts(environment(sm.copy_task(branch))["TABLES"]) == units
 
 
 def test_one_snapshot_off_renders_no_snapshot_role(aws):
@@ -244,24 +243,19 @@ SLICED_OK = [
           seconds=62.0, slices=3, phase="publish")]
 
 
-def test_the_events_used_are_the_copiers():
-    assert (copier.EVENT_SLICE_LOADED, copier.EVENT_TABLE_LOADED) == ("slice_loaded",
-                                                                      "table_loaded")
-
-
 def test_a_failed_slice_names_its_table_slice_job_and_error():
-    outcomes = {t.table: t for t in notify_lambda.table_outcomes(
-        [(line["job"], line) for line in LINES])}
+    outcomes = {t.table: t for t in runlog.table_outcomes(LINES)}
     events = outcomes["public.events"]
-    assert not events.copied and events.where == "slice 2/3, job-2"
+    assert events.outcome == "failed" and events.where == "slice 2/3, job-2"
     assert events.error == "lost the connection to the source database: server closed"
+    assert events.load_jobs == ["job-1", "job-2", "job-3"] and events.job == "publish"
     orders = outcomes["public.orders"]
-    assert orders.copied and orders.job == "job-3"
+    assert orders.copied and orders.loaded_by == ["job-3"] and orders.job == "publish"
     assert (orders.load_seconds, orders.publish_seconds, orders.seconds) == (60.0, 9.0, 69.0)
 
 
 def test_the_summary_shows_slices_and_the_failed_slice():
-    outcomes = notify_lambda.table_outcomes([(line["job"], line) for line in LINES + SLICED_OK])
+    outcomes = runlog.table_outcomes(LINES + SLICED_OK)
     report = notify_lambda.TableReport(outcomes, 4)
     event = {"execution": {"name": "2026-11-28"},
              "jobs": [{"job": f"job-{k}", "tables": [f"public.events#{k}/3"],
@@ -279,7 +273,7 @@ def test_the_summary_shows_slices_and_the_failed_slice():
 
 
 def test_the_summary_names_a_failed_slice():
-    outcomes = notify_lambda.table_outcomes([(line["job"], line) for line in LINES])
+    outcomes = runlog.table_outcomes(LINES)
     payload, _ = notify_lambda.summary_message(
         {"execution": {"name": "2026-11-28"}, "jobs": []},
         notify_lambda.TableReport(outcomes, 4))
@@ -298,7 +292,8 @@ def test_report_lists_slices_and_the_failed_slice():
     assert "public.events (slice 2/3, job-2): lost the connection" in text
     copied = operations.table_runs(stream_lines(SLICED_OK))
     (events,) = copied
-    assert (events.slices, events.job, events.seconds) == (3, "job-1,job-2,job-3", 303.0 + 62.0)
+    assert (events.slices, events.loaded_by, events.seconds) == (3, ["job-1", "job-2", "job-3"],
+                                                                 303.0 + 62.0)
     assert "public.events: 3 slices, 12.3 GB, load 5m 03s (longest slice), publish 1m 02s" in (
         "\n".join(operations.tables_table(copied)))
 

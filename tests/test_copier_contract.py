@@ -30,8 +30,8 @@ def test_operations_reads_what_the_copier_writes(night):
     assert run.code == 1
 
     tables = {t.table: t for t in operations.table_runs(logged_lines(run))}
-    assert {name: t.status for name, t in tables.items()} == {
-        "public.orders": "copied", "public.customers": "copied", "public.locked": "FAILED"}
+    assert {name: t.outcome for name, t in tables.items()} == {
+        "public.orders": "copied", "public.customers": "copied", "public.locked": "failed"}
     assert (tables["public.orders"].rows, tables["public.customers"].rows) == (3000, 200)
     assert tables["public.orders"].bytes > 0 and tables["public.orders"].seconds >= 0
     assert "lock" in tables["public.locked"].error

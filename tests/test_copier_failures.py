@@ -54,16 +54,16 @@ def assert_old_contents(dbs):
 
 
 @pytest.mark.parametrize("side", ["source", "target"])
-def test_backend_terminated_mid_copy_leaves_the_old_table(big, run_copier, monkeypatch, side):
+def test_backend_terminated_mid_copy_leaves_the_old_table(big, run_copier, at_moment, side):
     calls = []
 
-    def kill_once(table, nbytes, seconds):
+    def kill_once(table, bytes):
         if not calls:
-            calls.append(nbytes)
+            calls.append(bytes)
             terminate_copy(big.source_dsn if side == "source" else big.target_dsn,
                            big.source_name if side == "source" else big.target_name)
 
-    monkeypatch.setattr(copier, "report_progress", kill_once)
+    at_moment("loading", kill_once)
     result = run_copier("TABLES=big", "--progress-seconds", "0", "--retries", "0")
 
     assert result.code == 1
@@ -75,15 +75,15 @@ def test_backend_terminated_mid_copy_leaves_the_old_table(big, run_copier, monke
     assert_old_contents(big)
 
 
-def test_lost_connection_is_retried_and_the_copy_completes(big, run_copier, monkeypatch):
+def test_lost_connection_is_retried_and_the_copy_completes(big, run_copier, monkeypatch, at_moment):
     calls = []
 
-    def kill_once(table, nbytes, seconds):
+    def kill_once(table, bytes):
         if not calls:
-            calls.append(nbytes)
+            calls.append(bytes)
             terminate_copy(big.source_dsn, big.source_name)
 
-    monkeypatch.setattr(copier, "report_progress", kill_once)
+    at_moment("loading", kill_once)
     monkeypatch.setattr(copier, "backoff", lambda attempt, base: 0.01)
     result = run_copier("TABLES=big", "--progress-seconds", "0", "--retries", "2")
 
@@ -133,16 +133,16 @@ def test_fail_fast_stops_at_the_first_failure(big, run_copier):
     assert big.target_rows("SELECT count(*) FROM pg_class WHERE relname = 'fine'") == [(0,)]
 
 
-def test_all_tables_come_from_one_snapshot(copier_env, run_copier, monkeypatch):
+def test_all_tables_come_from_one_snapshot(copier_env, run_copier, at_moment):
     """A row committed on the source while the run is going is in no table of that run."""
     copier_env.source("CREATE TABLE first (id int, pad text); CREATE TABLE second (id int);"
                       "INSERT INTO first SELECT g, repeat('p', 200) FROM generate_series(1, 50000) g;"
                       "INSERT INTO second VALUES (1)")
 
-    def write_during_run(table, nbytes, seconds):
+    def write_during_run(table, bytes):
         copier_env.source("INSERT INTO second VALUES (2)")
 
-    monkeypatch.setattr(copier, "report_progress", write_during_run)
+    at_moment("loading", write_during_run)
     result = run_copier("TABLES=first,second", "--progress-seconds", "0")
 
     assert result.code == 0, result.stderr

@@ -13,6 +13,7 @@ import pytest
 from aws_helpers import set_fake_aws_env, subprocess_env
 
 import copier
+import runlog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,6 +119,7 @@ def test_unreachable_database_is_one_line_without_secrets(named_tables):
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
+    """The plan is for people, on stderr: stdout stays JSON lines only (here: none)."""
     named_tables.source("INSERT INTO orders SELECT g, repeat('x', 500) FROM generate_series(3, 5000) g;"
                         "ANALYZE orders")
     env = {"SOURCE_DSN": named_tables.source_dsn, "TARGET_DSN": named_tables.target_dsn}
@@ -125,7 +127,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
     result = run_cli([tables, "--jobs", "2", "--dry-run", "--no-split"], env)
 
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
     assert lines[0].split() == ["table", "MB", "rows", "(est.)", "job"]
     plan = {line.split()[0]: line.split() for line in lines[1:] if not line.startswith("job ")}
     assert plan["public.orders"][2:] == ["5000", "1"]  # the largest table gets job 1 alone
@@ -135,24 +138,30 @@ def test_dry_run_prints_the_plan_and_changes_nothing(named_tables):
     assert lines[-1].startswith("job 2: 2 unit(s)")
 
     # Without --no-split, orders (nearly all the bytes, an integer key) is cut in key ranges of
-    # at most half a job's mean share each, spread over both jobs.
-    result = run_cli([tables, "--jobs", "2", "--dry-run"], env)
+    # at most half a job's mean share each, spread over both jobs; --json gives the same plan as
+    # one JSON line on stdout.
+    result = run_cli([tables, "--jobs", "2", "--dry-run", "--json"], env)
     assert result.returncode == 0, result.stderr
-    plan = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]
-            if not line.startswith("job ")}
-    slices = sorted(name for name in plan if name.startswith("public.orders"))
-    assert slices == [f"public.orders#{k}/4" for k in range(1, 5)], plan
-    assert sorted(plan[name][-1] for name in slices) == ["1", "1", "2", "2"]
-    assert [int(plan[name][2]) for name in slices] == [1250] * 4
+    (line,) = result.stdout.splitlines()
+    plan = json.loads(line)
+    assert plan["event"] == "plan" and plan["jobs"] == 2 and plan["refused"] == []
+    units = {u["unit"]: u for u in plan["units"]}
+    slices = sorted(name for name in units if name.startswith("public.orders"))
+    assert slices == [f"public.orders#{k}/4" for k in range(1, 5)], units
+    assert sorted(units[name]["job"] for name in slices) == [1, 1, 2, 2]
+    assert [units[name]["estimated_rows"] for name in slices] == [1250] * 4
+    assert units['public."Mixed Case"']["table"] == 'public."Mixed Case"'
+    people = [line for line in result.stderr.splitlines()[1:] if not line.startswith("job ")]
+    assert sorted(line.split("  ")[0] for line in people) == sorted(units)
     assert target_tables(named_tables) == [("public.y",)]
 
 
 def test_assign_to_jobs_puts_largest_first_on_the_least_loaded_job():
     weights = {"a": 100, "b": 60, "c": 50, "d": 10, "e": 5}
     # a=100 | b=60; c onto b (110); d onto a (110); e onto the first of the tied jobs
-    assert copier.assign_to_jobs(weights, 2) == [["a", "d", "e"], ["b", "c"]]
-    assert copier.assign_to_jobs(weights, 5) == [["a"], ["b"], ["c"], ["d"], ["e"]]
-    assert copier.assign_to_jobs({"x": 1}, 3) == [["x"], [], []]
+    assert runlog.assign_to_jobs(weights, 2) == [["a", "d", "e"], ["b", "c"]]
+    assert runlog.assign_to_jobs(weights, 5) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert runlog.assign_to_jobs({"x": 1}, 3) == [["x"], [], []]
 
 
 def help_examples() -> list[str]:
@@ -197,7 +206,7 @@ def test_every_help_example_runs(copier_env, moto_server, monkeypatch):
         for setting, value in {"host": "127.0.0.1", "port": str(dbs.cluster.port),
                                "dbname": dbname, "user": "postgres", "password": "unused",
                                "sslmode": "disable"}.items():
-            ssm.put_parameter(Name=f"{copier.DEFAULT_SSM_PREFIX}{database}/{setting}",
+            ssm.put_parameter(Name=f"{runlog.DEFAULT_SSM_PREFIX}{database}/{setting}",
                               Value=value, Type="String")
     env = subprocess_env(moto_server.url)
 
@@ -216,14 +225,14 @@ def test_every_help_example_runs(copier_env, moto_server, monkeypatch):
         assert done.returncode == 0, f"{example}\n{done.stderr}"
         copied = {e["table"]: e["rows"] for e in map(json.loads, (
             line for line in done.stdout.splitlines() if line.startswith("{")))
-                  if e["event"] == "table_copied"}
+                  if e["event"] in ("table_copied", "table_unchanged")}  # the same data each time
         if "--dry-run" in example:
-            assert copied == {} and "orders" in done.stdout + done.stderr
+            assert done.stdout == "" and "orders" in done.stderr
             assert counts(dbs.target_rows) == before
             continue
         (tables,) = [word.removeprefix("TABLES=") for word in shlex.split(example)
                      if word.startswith("TABLES=")]
-        assert len(copied) == len(copier.split_table_list(tables)), (example, copied)
+        assert len(copied) == len(runlog.split_table_list(tables)), (example, copied)
         source, target = counts(dbs.source_rows), counts(dbs.target_rows)
         for table, rows in copied.items():
             assert source[table] == target[table] == rows, (example, table)

@@ -306,7 +306,7 @@ SHORT_BUDGET = 3  # seconds: the outage outlasts it all the same (it never ends)
 
 
 def test_an_outage_longer_than_the_budget_fails_each_table_once_and_changes_nothing(
-        copier_env, separate_source, run_copier, monkeypatch):
+        copier_env, separate_source, run_copier, monkeypatch, at_moment):
     source = separate_source.dsn("source")
     tables = TABLES[:4]
     fill_source(source, tables)
@@ -314,11 +314,7 @@ def test_an_outage_longer_than_the_budget_fails_each_table_once_and_changes_noth
     before = {t: copier_env.target_rows(FINGERPRINT.format(t)) for t in tables}
     query(source, ";".join(f"UPDATE {t} SET v = 'changed'" for t in tables))
 
-    def stop_source_mid_load(*args):
-        monkeypatch.setattr(copier, "report_progress", lambda *a: None)
-        separate_source.stop()
-
-    monkeypatch.setattr(copier, "report_progress", stop_source_mid_load)
+    at_moment("loading", lambda **_: separate_source.stop(), once=True)
     monkeypatch.setattr(copier, "backoff", lambda attempt, base: 0.01)
     result = run_copier("TABLES=" + ",".join(tables), "--outage-budget", str(SHORT_BUDGET),
                         "--progress-seconds", "0")
@@ -359,17 +355,12 @@ def test_a_lost_snapshot_holder_is_replaced_by_a_new_snapshot(copier_env, jobs):
     assert "is gone (the source restarted or failed over" in result.of("table_retry")[0]["error"]
 
 
-def test_strict_snapshot_fails_the_tables_not_yet_read_and_keeps_them(copier_env, run_copier, monkeypatch):
+def test_strict_snapshot_fails_the_tables_not_yet_read_and_keeps_them(copier_env, run_copier, at_moment):
     tables = TABLES[:3]
     fill_source(copier_env.source_dsn, tables)
     assert run_copier("TABLES=" + ",".join(tables)).code == 0
     copier_env.source(";".join(f"UPDATE {t} SET v = 'changed'" for t in tables))
-
-    def kill_holder_once(*args):
-        monkeypatch.setattr(copier, "report_progress", lambda *a: None)
-        end_snapshot_holder(copier_env.source_dsn)
-
-    monkeypatch.setattr(copier, "report_progress", kill_holder_once)
+    at_moment("loading", lambda **_: end_snapshot_holder(copier_env.source_dsn), once=True)
     result = run_copier("TABLES=" + ",".join(tables), "--snapshot", "strict", "--progress-seconds", "0")
 
     assert result.code == 1
@@ -384,15 +375,10 @@ def test_strict_snapshot_fails_the_tables_not_yet_read_and_keeps_them(copier_env
 
 
 def test_swap_together_restages_tables_read_before_the_snapshot_was_renewed(
-        copier_env, run_copier, monkeypatch):
+        copier_env, run_copier, at_moment):
     tables = TABLES[:3]
     fill_source(copier_env.source_dsn, tables)
-
-    def kill_holder_once(*args):
-        monkeypatch.setattr(copier, "report_progress", lambda *a: None)
-        end_snapshot_holder(copier_env.source_dsn)
-
-    monkeypatch.setattr(copier, "report_progress", kill_holder_once)
+    at_moment("loading", lambda **_: end_snapshot_holder(copier_env.source_dsn), once=True)
     result = run_copier("TABLES=" + ",".join(tables), "--swap", "together", "--progress-seconds", "0")
 
     assert result.code == 0, result.stderr

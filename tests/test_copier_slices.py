@@ -60,9 +60,13 @@ class Writer(threading.Thread):
         finally:
             conn.close()
 
-    def wait_for(self, commits: int) -> None:
-        goal = self.commits + commits
+    def wait_for(self, commits: int, timeout: float = 60) -> None:
+        """Until the writer has committed that many more transactions: a writer that died or
+        stalls fails the test instead of hanging it."""
+        goal, deadline = self.commits + commits, time.monotonic() + timeout
         while self.commits < goal:
+            assert self.is_alive(), "the writer stopped (its error is on stderr)"
+            assert time.monotonic() < deadline, f"{self.commits} commits, not {goal}, in {timeout}s"
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -434,7 +438,7 @@ def test_the_rendered_state_machine_drives_real_load_jobs_and_publish(dbs, monke
     logged = [{**line, "@stream": f"{stream}/build", "@timestamp": n} for n, (stream, line) in
               enumerate((job.env["COPIER_JOB"], line) for job in [*jobs, published] for line in job.lines)]
     runs = {t.table: t for t in operations.table_runs(logged)}
-    assert {name: t.status for name, t in runs.items()} == {f"public.{t}": "copied" for t in tables}
+    assert {name: t.outcome for name, t in runs.items()} == {f"public.{t}": "copied" for t in tables}
     assert runs["public.acc_a"].slices == copied["public.acc_a"]["slices"]
     assert runs["public.acc_a"].rows == 60000
 

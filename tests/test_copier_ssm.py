@@ -5,6 +5,7 @@ import pytest
 from moto import mock_aws
 
 import copier
+import runlog
 
 PREFIX = "/copier-test/"
 
@@ -25,7 +26,7 @@ def ssm(copier_env, monkeypatch):
             values = {"host": "127.0.0.1", "port": str(cluster.port), "dbname": name,
                       "user": "postgres", "password": "s3cret-password", "sslmode": "disable"}
             for setting, value in values.items():
-                kind = "SecureString" if setting in copier.SECRET_SETTINGS else "String"
+                kind = "SecureString" if setting in runlog.SECRET_SETTINGS else "String"
                 client.put_parameter(Name=f"{PREFIX}{db}/{setting}", Value=value, Type=kind)
         yield client
 
@@ -41,7 +42,7 @@ def test_copies_with_settings_from_parameter_store(ssm, copier_env, run_copier):
 
 def test_defaults_fill_optional_settings(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    settings = {f"/p/{db}/{name}": "x" for db in copier.DATABASES
+    settings = {f"/p/{db}/{name}": "x" for db in runlog.DATABASES
                 for name in ("host", "dbname", "user", "password")}
     with mock_aws():
         client = boto3.client("ssm")

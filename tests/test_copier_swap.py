@@ -251,7 +251,7 @@ def test_a_view_that_no_longer_fits_fails_the_table_and_keeps_the_old_one(orders
     assert staging_debris(orders) == []
 
 
-def test_readers_never_see_an_empty_or_partial_table(orders, run_copier, monkeypatch):
+def test_readers_never_see_an_empty_or_partial_table(orders, run_copier, at_moment):
     assert run_copier("TABLES=orders").code == 0
     orders.source("INSERT INTO orders SELECT g, 'big' || g, g, '2024-01-02'"
                   " FROM generate_series(1001, 200000) g")
@@ -268,11 +268,11 @@ def test_readers_never_see_an_empty_or_partial_table(orders, run_copier, monkeyp
                 seen.append((copying.is_set(), cur.fetchone()[0]))
         conn.close()
 
-    def note_progress(table, nbytes, seconds):
+    def note_progress(table, bytes):
         copying.set()
         time.sleep(0.002)  # give the reader time to look while the load is running
 
-    monkeypatch.setattr(copier, "report_progress", note_progress)
+    at_moment("loading", note_progress)
     thread = threading.Thread(target=reader)
     thread.start()
     try:
@@ -402,17 +402,23 @@ def test_a_view_over_tables_copied_by_different_jobs_survives(copier_env, run_co
 
 
 def test_a_table_dropped_before_the_swap_locks_it_in_order_is_passed_over(copier_env, run_copier,
-                                                                          monkeypatch):
+                                                                          at_moment):
     """copier.lock_in_order: a table named by its query but dropped before its LOCK (another
-    session's DROP) leaves the swap to its own locks, and the table goes live."""
+    session's DROP, between the two) leaves the swap to its own locks, and the table goes live."""
     copier_env.source("CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a VALUES (1), (2)")
-    copier_env.target("CREATE TABLE a (id int PRIMARY KEY); CREATE VIEW a_ids AS SELECT id FROM a")
-    monkeypatch.setattr(copier, "LOCK_ORDER_QUERY",
-                        "SELECT 'public.a', true UNION ALL SELECT 'public.dropped_meanwhile', true")
+    copier_env.target("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int);"
+                      "CREATE VIEW ab AS SELECT a.id FROM a, b; CREATE VIEW a_ids AS SELECT id FROM a")
+    named = []
 
+    def drop_b(table, tables):
+        named.extend(tables)
+        copier_env.target("DROP VIEW ab; DROP TABLE b")
+
+    at_moment("locking", drop_b, once=True)
     result = run_copier("TABLES=a")
 
     assert result.code == 0, result.stderr
+    assert named == ["public.a", "public.b"]  # the query named b: the LOCK found it gone
     assert copier_env.target_rows("SELECT count(*) FROM a_ids") == [(2,)]
 
 
@@ -449,28 +455,20 @@ def test_jobs_sharing_a_new_schema_and_types(copier_env, run_copier):
                                   + ") x") == [(6, "done")]
 
 
-def test_a_type_created_meanwhile_by_another_job_is_not_an_error(copier_env, run_copier, monkeypatch):
-    import psycopg2.errors
-
-    import copier
-
+def test_a_type_created_meanwhile_by_another_job_is_not_an_error(copier_env, run_copier, at_moment):
     copier_env.source("CREATE TYPE state AS ENUM ('new', 'done'); CREATE TABLE t (s state);"
                       "INSERT INTO t VALUES ('new')")
-    real_ensure_type = copier.ensure_type
-    calls = []
+    made = []
 
-    def lose_the_race_once(src, dst, type_oid):
-        calls.append(type_oid)
-        if len(calls) == 1:  # as if another job's CREATE TYPE had won a moment ago
-            copier_env.target("CREATE TYPE state AS ENUM ('new', 'done')")
-            raise psycopg2.errors.DuplicateObject()
-        real_ensure_type(src, dst, type_oid)
+    def another_job_wins(name):  # another job's CREATE TYPE, a moment before this one's
+        made.append(name)
+        copier_env.target("CREATE TYPE state AS ENUM ('new', 'done')")
 
-    monkeypatch.setattr(copier, "ensure_type", lose_the_race_once)
+    at_moment("creating_type", another_job_wins, once=True)
     result = run_copier("TABLES=t")
 
     assert result.code == 0, result.stderr
-    assert len(calls) == 2
+    assert made == ["public.state"]
     assert copier_env.target_rows("SELECT s::text FROM t") == [("new",)]
 
 

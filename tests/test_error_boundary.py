@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 
-import psycopg2
 import pytest
 from aws_helpers import (
     ROOT,
@@ -28,6 +27,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 import copier
 import deploy
 import operations
+import runlog
 import setup_aws
 from deploy.cli import run_guarded
 from dev import demo
@@ -206,8 +206,9 @@ def test_the_source_failing_while_measuring_tables_is_one_line(aws, dbs, tmp_pat
     deploy.AwsError("IAM role x: CreateRole: AccessDenied: no"),
     ClientError({"Error": {"Code": "Throttling", "Message": "Rate\nexceeded"}}, "ListRoles"),
     EndpointConnectionError(endpoint_url="https://sts.amazonaws.com/"),
-    psycopg2.OperationalError("server closed the connection unexpectedly\n\tThis probably..."),
-    copier.CopierError("the source server runs PostgreSQL 12; the copier needs 13 or later"),
+    deploy.plan.SourceError("source database: server closed the connection unexpectedly: run "
+                            "again when it answers"),
+    runlog.CopierError("the source server runs PostgreSQL 12; the copier needs 13 or later"),
 ], ids=type)
 def test_every_expected_failure_class_is_one_line_and_exit_1(capsys, failure):
     def body() -> int:

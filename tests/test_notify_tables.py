@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -22,9 +21,9 @@ import pytest
 from aws_helpers import set_fake_aws_env
 from moto import mock_aws
 
-import copier
 import deploy
 import notify_lambda
+import runlog
 
 REGION = "eu-west-1"
 GROUP = "/aws/codebuild/nightly-copy"
@@ -93,7 +92,7 @@ def store(client, events: list[dict]) -> dict[str, list[str]]:
                 {"timestamp": stamp + n, "message": json.dumps(line, ensure_ascii=False)}
                 for n, line in enumerate(lines[chunk:chunk + 200], start=chunk)])
     last_job = {line["table"]: job for job, lines in by_job.items() for line in lines
-                if line["event"] in (copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED)}
+                if line["event"] in (runlog.TABLE_COPIED, runlog.TABLE_FAILED)}
     return {job: [t for t, j in last_job.items() if j == job] for job in by_job}
 
 
@@ -113,7 +112,7 @@ def within_slack_limits(payload: dict) -> list[str]:
 
 
 def outcome_lines(events: list[dict]) -> list[dict]:
-    return [e for e in events if e["event"] in (copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED)]
+    return [e for e in events if e["event"] in (runlog.TABLE_COPIED, runlog.TABLE_FAILED)]
 
 
 def test_one_table_copied_is_the_slowest_and_nothing_failed(logs, copier_run):
@@ -134,13 +133,14 @@ def test_twelve_tables_name_the_failed_one_with_its_error_and_the_five_slowest(l
     run = copier_run(12, failing=True)
     assert run.code == 1
     lines = outcome_lines(run.events)
-    (failure,) = [e for e in lines if e["event"] == copier.EVENT_TABLE_FAILED]
+    (failure,) = [e for e in lines if e["event"] == runlog.TABLE_FAILED]
     assert failure["table"] == "public.t12" and "lock" in failure["error"]
     jobs = store(logs, run.events)
-    # its job: as its stream's other result lines name it, else as the state machine listed it
+    # its job: the one that staged it for the swap at the end (the failed swap's line has none)
     (listed,) = [j for j, tables in jobs.items() if "public.t12" in tables]
-    number = listed.removeprefix("job-")
-    job = number if any(str(e.get("job")) == number for e in lines) else listed
+    (deferred,) = [e for e in run.events if e["event"] == runlog.SWAP_DEFERRED]
+    assert deferred["table"] == "public.t12" and "job" not in failure
+    job = runlog.job_name(deferred["job"])
     event = summary_event(jobs, {listed})
     report = notify_lambda.table_report(event)
     payload, _ = notify_lambda.summary_message(event, report)
@@ -151,7 +151,7 @@ def test_twelve_tables_name_the_failed_one_with_its_error_and_the_five_slowest(l
     error_line = " ".join(failure["error"].split())
     assert f"`public.t12` ({job}): {notify_lambda._escape(error_line)}" in failed
     (slowest,) = [t for t in texts if "Slowest tables" in t]
-    copied = sorted((e for e in lines if e["event"] == copier.EVENT_TABLE_COPIED),
+    copied = sorted((e for e in lines if e["event"] == runlog.TABLE_COPIED),
                     key=lambda e: (-e["seconds"], e["table"]))
     shown = [e["table"] for e in copied[:5]]
     positions = [slowest.index(f"`{table}`") for table in shown]
@@ -168,10 +168,10 @@ def test_five_hundred_tables_stay_within_slack_limits_and_count_the_rest(logs, c
         line = copy.deepcopy(real[n % len(real)])
         line["table"] = f"reporting.table_with_a_long_name_{n:03d}"
         line["job"] = str(n // 50 + 1)
-        if n % 5 == 0 and line["event"] == copier.EVENT_TABLE_COPIED:
-            line = {**line, "event": copier.EVENT_TABLE_FAILED,
+        if n % 5 == 0 and line["event"] == runlog.TABLE_COPIED:
+            line = {**line, "event": runlog.TABLE_FAILED,
                     "error": next(e["error"] for e in real if "error" in e)}
-        if line["event"] == copier.EVENT_TABLE_FAILED:
+        if line["event"] == runlog.TABLE_FAILED:
             failed_names.append(line["table"])
         events.append(line)
     jobs = store(logs, events)
@@ -218,16 +218,22 @@ def test_without_a_log_group_setting_there_is_no_table_part(logs, monkeypatch):
     assert notify_lambda.table_report(summary_event({"job-1": ["a"]}, set())) is None
 
 
-def test_the_lambda_zip_carries_the_copier_s_event_names_without_the_copier(tmp_path):
+def test_the_lambda_zip_imports_on_its_own(tmp_path):
+    """The zip's files are all the function has besides the standard library and boto3: no
+    copier.py, no psycopg2 (the Lambda runtime has neither), not this checkout."""
     with zipfile.ZipFile(io.BytesIO(deploy.resources.zip_notify_function("UTC"))) as archive:
         archive.extractall(tmp_path)
-    assert not (tmp_path / "copier.py").exists()
-    probe = ("import sys; sys.modules['psycopg2'] = None; sys.modules['copier'] = None; "
-             "import notify_lambda as n; print(n.EVENT_TABLE_COPIED, n.EVENT_TABLE_FAILED)")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    probe = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); sys.modules['psycopg2'] = None\n"
+             "import notify_lambda, runlog\n"
+             "assert runlog.__file__.startswith(sys.path[0]), runlog.__file__\n"
+             "try:\n    import copier\nexcept ImportError:\n    pass\n"
+             "else:\n    raise AssertionError(f'{copier.__file__} is importable')\n"
+             "print(notify_lambda.run_tables({'jobs': [{'tables': ['public.\"A#1/2\"#2/4']}]}))")
+    # -I: neither the working directory, PYTHONPATH nor the user's site-packages on the path
+    done = subprocess.run([sys.executable, "-I", "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [copier.EVENT_TABLE_COPIED, copier.EVENT_TABLE_FAILED]
+    assert done.stdout == "['public.\"A#1/2\"']\n"
 
 
 def test_the_lambda_may_read_only_the_copier_s_log_group(monkeypatch):

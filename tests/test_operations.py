@@ -477,11 +477,6 @@ def test_rebalance_without_measured_runs_says_so(config, capsys):
                    "measured to rebalance from (setup's size-based split stands)\n")
 
 
-def test_the_tables_value_splits_back_into_the_configured_names():
-    assert deploy.plan.split_tables_value('public.a,"odd.schema"."a,b", "X""y"') == [
-        "public.a", '"odd.schema"."a,b"', '"X""y"']
-
-
 def test_the_log_group_follows_the_runner():
     settings = deploy.Settings(tables=["public.a"])
     assert operations.Nightly.of(settings, None).log_group == "/aws/codebuild/nightly-copy"

@@ -92,7 +92,7 @@ def test_the_bundled_zone_file_is_the_one_the_lambda_reads(tmp_path, monkeypatch
     import zipfile
 
     archive = zipfile.ZipFile(io.BytesIO(deploy.resources.zip_notify_function(NEW_YORK)))
-    assert archive.namelist() == ["notify_lambda.py", "copier_events.py", f"tz/{NEW_YORK}"]
+    assert archive.namelist() == ["notify_lambda.py", "runlog.py", f"tz/{NEW_YORK}"]
     archive.extractall(tmp_path)
     # Tokyo's rules under New York's name: the Lambda must use the bundled file, not the system's
     (tmp_path / "tz" / NEW_YORK).write_bytes(deploy.resources.zone_file(TOKYO))

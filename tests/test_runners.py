@@ -6,6 +6,7 @@ moto (Batch with use_docker False: resources only, no container ever starts).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -83,8 +84,8 @@ def test_dockerfile_installs_the_pinned_requirements_without_a_cache():
 def test_dockerfile_bakes_in_the_copier_runs_it_as_a_user_and_needs_only_tables():
     instructions = dockerfile_instructions()
     ops = [op for op, _ in instructions]
-    copied = [shlex.split(args)[0] for op, args in instructions if op == "COPY"]
-    assert "copier.py" in copied and not any(src in (".", "./") for src in copied)
+    copied = [src for op, args in instructions if op == "COPY" for src in shlex.split(args)[:-1]]
+    assert set(copier_modules()) <= set(copied) and not any(src in (".", "./") for src in copied)
     (user,) = [args for op, args in instructions if op == "USER"]
     assert user.strip() not in ("root", "0")
     assert ops.index("USER") > max(i for i, op in enumerate(ops) if op == "RUN")
@@ -104,7 +105,15 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs():
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert sorted(lines[1:]) == ["!copier.py", "!requirements.txt"]
+    assert sorted(lines[1:]) == sorted(["!requirements.txt", *(f"!{m}" for m in copier_modules())])
+
+
+def copier_modules() -> list[str]:
+    """copier.py and the project's modules it imports: what the image must hold to run it."""
+    tree = ast.parse((ROOT / "copier.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return ["copier.py", *sorted(f"{m}.py" for m in imported if (ROOT / f"{m}.py").exists())]
 
 
 # --- setup and teardown under moto

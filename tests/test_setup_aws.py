@@ -29,7 +29,6 @@ from aws_helpers import (
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-import copier
 import deploy
 import setup_aws
 import teardown_aws
@@ -147,7 +146,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
         "COPIER_LOG_GROUP": f"/aws/codebuild/{prefix}"}
     assert function["Tags"]["project"] == prefix
     zipped = deploy.resources.zip_notify_function("UTC")
-    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "copier_events.py",
+    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["notify_lambda.py", "runlog.py",
                                                               "tz/UTC"]
     assert configuration["CodeSha256"] == base64.b64encode(
         __import__("hashlib").sha256(zipped).digest()).decode()
@@ -365,10 +364,6 @@ def test_two_prefixes_live_side_by_side(aws, config, capsys):
                             "--remove-secrets"], capsys)
     assert inventory("staging-copy") == nothing_left("staging-copy")
     assert inventory("nightly-copy") == expected_inventory("nightly-copy")
-
-
-def test_default_prefix_matches_the_copier_default():
-    assert deploy.Names(deploy.Settings().prefix).ssm_prefix == copier.DEFAULT_SSM_PREFIX
 
 
 def test_manual_start_is_named_after_the_date_and_runs_once(aws, config, capsys):

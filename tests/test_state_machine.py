@@ -21,9 +21,9 @@ from aws_helpers import (
 )
 from moto import mock_aws
 
-import copier
 import deploy
 import notify_lambda
+import runlog
 
 CODEBUILD_SYNC = "arn:aws:states:::codebuild:startBuild.sync"
 
@@ -136,7 +136,7 @@ def test_a_name_with_a_comma_reaches_the_summary_whole(aws):
     listed = task["ResultSelector"]["tables"]
 
     assert sorted(listed) == sorted(names)
-    assert copier.split_table_list(override["Value"]) == [copier.split_table_list(n)[0] for n in listed]
+    assert runlog.split_table_list(override["Value"]) == [runlog.split_table_list(n)[0] for n in listed]
     for kept in kept_on_failure(branch["States"], task["Catch"][0]["Next"]):
         assert kept["Parameters"]["tables"] == listed
     job = notify_lambda.job_result(1, {"job": "job-1", "tables": listed, "status": "SUCCEEDED"})
@@ -314,7 +314,7 @@ def test_starter_definition_passes_statelint(tmp_path):
 
 def test_the_build_retries_name_only_errors_codebuild_defines(aws):
     """Step Functions names a service error ServiceName.ErrorName, with the names of the
-    service's API reference (docs/aws.md, "Retry error names"); botocore's model is that list."""
+    service's API reference (docs/design.md, "Retry error names"); botocore's model is that list."""
     import botocore.session
 
     model = botocore.session.get_session().get_service_model("codebuild")

@@ -18,6 +18,7 @@ import test_copier_slices
 from conftest import FAILING
 
 import copier
+import runlog
 import timeline
 from operations import table_runs
 
@@ -92,7 +93,7 @@ def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
         assert f"job {job}" in title(bar)
     orders = title(found["public.orders"])
     assert "3,000 rows" in orders and " MB in " in orders and "MB/s" in orders
-    (failed,) = run.of(copier.EVENT_TABLE_FAILED)
+    (failed,) = run.of(runlog.TABLE_FAILED)
     (deferred,) = run.of("swap_deferred")
     locked = title(found["public.locked"])
     assert f"swap blocked by readers, tried again after the other tables: {deferred['reason']}" in locked
@@ -101,7 +102,7 @@ def test_a_real_night_is_one_lane_per_job_and_one_bar_per_table(night):
 
     assert (total(root, "tables"), total(root, "copied"), total(root, "failed")) == ("3", "2", "1")
     assert total(root, "rows copied") == "3,200"
-    (finished,) = run.of(copier.EVENT_RUN_FINISHED)
+    (finished,) = run.of(runlog.RUN_FINISHED)
     assert total(root, "wall time") == f"{finished['seconds']:.1f} s"
     (slowest,) = [t for t in root.iter("table") if "slowest" in classes(t)]
     assert len(slowest.findall("tr")) == 1 + 3  # the header, then every table
@@ -131,11 +132,11 @@ def test_a_reader_ended_for_a_swap_is_on_the_bar_of_its_table(night):
 def test_without_a_clock_a_job_runs_its_tables_back_to_back_from_the_start(night):
     run = night(*FAILING)  # orders is cut into slices: they take their jobs' time too
     assert run.of("slice_loaded")
-    (finished,) = run.of(copier.EVENT_RUN_FINISHED)
+    (finished,) = run.of(runlog.RUN_FINISHED)
     px = (timeline.WIDTH - timeline.LEFT - timeline.RIGHT) / finished["seconds"]
     root = parsed(timeline.render_html(run.events, "a night"))
     # Every bar, slices included, in the order of the lines that drew them.
-    lines = [e for e in run.events if e["event"] in (*timeline.TABLE_EVENTS, *timeline.PIECE_EVENTS)
+    lines = [e for e in run.events if e["event"] in runlog.TABLE_EVENTS
              and "job" in e]
     drawn = groups(root, "bar")
     assert [(g.get("data-table"), g.get("data-slice")) for g in drawn] == [
@@ -184,14 +185,14 @@ def test_a_swap_together_that_fails_turns_every_staged_bar_red(night):
     assert (total(root, "copied"), total(root, "failed")) == ("0", "3")
 
 
-def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch):
+def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch, at_moment):
     dbs.source("CREATE TABLE big (id int PRIMARY KEY, payload text)")
     dbs.source("INSERT INTO big SELECT g, repeat('n', 150) FROM generate_series(1, 200000) g")
     calls = []
 
-    def kill_once(table, nbytes, seconds):
+    def kill_once(table, bytes):
         if not calls:
-            calls.append(nbytes)
+            calls.append(bytes)
             conn = psycopg2.connect(dbs.source_dsn)
             conn.autocommit = True
             conn.cursor().execute(
@@ -199,7 +200,7 @@ def test_a_real_retry_is_on_its_bar(dbs, run_copier, monkeypatch):
                 "AND query LIKE 'COPY%%' AND pid <> pg_backend_pid()", (dbs.source_name,))
             conn.close()
 
-    monkeypatch.setattr(copier, "report_progress", kill_once)
+    at_moment("loading", kill_once)
     monkeypatch.setattr(copier, "backoff", lambda attempt, base: 0.01)
     run = run_copier("TABLES=big", "--progress-seconds", "0", "--retries", "2")
     assert run.code == 0, run.stderr
@@ -222,7 +223,7 @@ def test_a_sliced_night_draws_each_slice_in_the_lane_of_the_job_that_loaded_it(n
     assert run.code == 1
     slices = run.of("slice_loaded")
     assert {e["table"] for e in slices} == {"public.orders"}
-    (finish,) = [e for e in run.of(copier.EVENT_TABLE_COPIED) if e["table"] == "public.orders"]
+    (finish,) = [e for e in run.of(runlog.TABLE_COPIED) if e["table"] == "public.orders"]
     assert finish["slices"] == len(slices) > 1
     root = parsed(timeline.render_html(run.events, "a sliced night"))
 
@@ -261,7 +262,7 @@ def test_a_sliced_night_draws_each_slice_in_the_lane_of_the_job_that_loaded_it(n
     assert (total(root, "tables"), total(root, "copied"), total(root, "failed")) == ("3", "2", "1")
     assert (total(root, "rows copied"), total(root, "cut into slices")) == ("3,200", "1")
     drawn_seconds = [e["seconds"] for e in run.events if e.get("job") is not None
-                     and e["event"] in (*timeline.TABLE_EVENTS, *timeline.PIECE_EVENTS)]
+                     and e["event"] in runlog.TABLE_EVENTS]
     assert float(total(root, "seconds in tables, all jobs")) == pytest.approx(
         sum(drawn_seconds), abs=0.051)
     row = slowest_row(root, "public.orders")
@@ -462,7 +463,7 @@ def test_a_load_job_alone_draws_what_it_loaded_for_the_publish():
         "2", "0", "2")
 
 
-# The README's night with a 90-second failover of the source, as CloudWatch Logs hands it
+# docs/events.md's night with a 90-second failover of the source, as CloudWatch Logs hands it
 # over: each build's stream, a clock on every line. Job 2 started 60 s after job 1.
 def logged(stream: str, at: float, line: dict) -> dict:
     return {**line, "@stream": stream, "@timestamp": at * 1000}

@@ -37,7 +37,6 @@ from test_copier_types import (  # noqa: F401  (the type tests and their fixture
     test_every_column_type_round_trips_exactly,
 )
 
-import copier
 from dev import pg_majors
 from dev.localpg import LocalCluster
 
@@ -82,18 +81,14 @@ def test_each_server_is_the_major_it_stands_for(request, dbs):
     assert dbs.source_version // 10000 == request.node.callspec.params["pg_cluster"]
 
 
-def test_every_job_reads_the_runs_one_snapshot(copier_env, run_copier, monkeypatch):
+def test_every_job_reads_the_runs_one_snapshot(copier_env, run_copier, at_moment):
     """A row committed after the run exported its snapshot is in no table of any job."""
     copier_env.source("CREATE TABLE first (id int); CREATE TABLE second (id int);"
                       "INSERT INTO first VALUES (1); INSERT INTO second VALUES (1)")
-    export_snapshot = copier.export_snapshot
-
-    def export_then_write(conn):
-        snapshot = export_snapshot(conn)
+    def write_after_the_export(conn):
         copier_env.source("INSERT INTO first VALUES (2); INSERT INTO second VALUES (2)")
-        return snapshot
 
-    monkeypatch.setattr(copier, "export_snapshot", export_then_write)
+    at_moment("snapshot_taken", write_after_the_export)
     result = run_copier("TABLES=first,second", "--jobs", "2")
 
     assert result.code == 0, result.stderr
@@ -179,10 +174,6 @@ class TestAcrossMajors:
         assert [e["table"] for e in result.of("table_failed")] == ["public.spans"]
         assert 'public.spans: type "int4multirange" does not exist' in result.stderr
         assert copier_env.target_rows("SELECT id FROM fine") == [(1,)]
-
-
-def test_the_tier_starts_at_the_oldest_server_the_copier_accepts():
-    assert OLDEST * 10000 == copier.OLDEST_SERVER
 
 
 def test_a_major_missing_from_the_machine_is_an_error_that_says_how_to_install_it(monkeypatch, tmp_path):

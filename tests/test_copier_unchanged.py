@@ -1,0 +1,274 @@
+"""Unchanged tables: a table whose source rows are what the reporting table already holds is not
+written, indexed, analyzed or swapped; and whatever happens in between, every table equals its
+source after the run. Decided by content (copier.py, "unchanged tables").
+
+Every other copier test copies each night (conftest.copier_env sets COPIER_COPY_UNCHANGED);
+these unset it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2
+import pytest
+from test_copier_slices import load_job, publish, staging_debris
+
+
+@pytest.fixture
+def skipping(copier_env, monkeypatch):
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")
+    copier_env.source("CREATE TABLE regions (id serial PRIMARY KEY, name text NOT NULL, pad text);"
+                      "INSERT INTO regions (name, pad) SELECT 'r' || g, repeat('p', 200) "
+                      "FROM generate_series(1, 3000) g;"
+                      "CREATE TABLE orders (id bigint PRIMARY KEY, region int, total numeric);"
+                      "INSERT INTO orders SELECT g, g % 50, g * 1.5 FROM generate_series(1, 5000) g")
+    return copier_env
+
+
+SAME = ("SELECT count(*), sum(hashtext(t::text)) FROM {} t")
+
+
+def assert_equal_to_source(dbs, *tables: str) -> None:
+    for table in tables:
+        assert dbs.target_rows(SAME.format(table)) == dbs.source_rows(SAME.format(table)), table
+
+
+def outcomes(run) -> dict[str, str]:
+    """Each table's last word: copied, or unchanged before/after loading."""
+    said = {e["table"]: "copied" for e in run.of("table_copied")}
+    said |= {e["table"]: f"unchanged {e['found']}" for e in run.of("table_unchanged")}
+    said |= {e["table"]: "failed" for e in run.of("table_failed")}
+    return said
+
+
+def test_a_table_unchanged_is_found_so_after_its_load_then_before_it(skipping, run_copier):
+    first = run_copier("TABLES=regions,orders")
+    assert outcomes(first) == {"public.regions": "copied", "public.orders": "copied"}
+    second = run_copier("TABLES=regions,orders")
+    assert second.code == 0, second.stderr
+    # the last run had copied them: loaded at once, then found the same, staging dropped
+    assert outcomes(second) == {"public.regions": "unchanged after loading",
+                                "public.orders": "unchanged after loading"}
+    third = run_copier("TABLES=regions,orders")
+    # unchanged last time: read and hashed first, nothing written
+    assert outcomes(third) == {"public.regions": "unchanged before loading",
+                               "public.orders": "unchanged before loading"}
+    (line,) = [e for e in third.of("table_unchanged") if e["table"] == "public.regions"]
+    assert line["rows"] == 3000 and set(line["steps"]) <= {"wait", "stage", "load", "verify"}
+    assert "index" not in line["steps"] and "swap" not in line["steps"]
+    assert third.of("run_finished")[0]["unchanged"] == 2
+    assert "2 of 2 tables copied (2 unchanged: not written)" in third.stderr
+    assert staging_debris(skipping) == []
+    assert_equal_to_source(skipping, "regions", "orders")
+
+
+def test_an_unchanged_table_takes_no_lock_readers_wait_for(skipping, run_copier):
+    """A report that keeps the table open all night neither waits nor is ended: only a swap
+    would have needed its lock."""
+    assert run_copier("TABLES=regions").code == 0
+    reader = psycopg2.connect(skipping.target_dsn)
+    try:
+        reader.cursor().execute("SELECT count(*) FROM regions")  # holds ACCESS SHARE, idle in transaction
+        for found in ("after loading", "before loading"):
+            run = run_copier("TABLES=regions", "--no-kill-readers", "--lock-timeout", "0.1",
+                             "--lock-retries", "0", "--lock-budget", "0")
+            assert run.code == 0, run.stderr
+            assert outcomes(run) == {"public.regions": f"unchanged {found}"}
+            assert run.of("session_ended") == []
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("change", [
+    "UPDATE regions SET name = name WHERE id = 7",  # to the same value
+    "UPDATE regions SET name = 'moved' WHERE id = 7",
+    "DELETE FROM regions WHERE id <= 10; INSERT INTO regions SELECT g, 'r' || g, repeat('p', 200) "
+    "FROM generate_series(1, 10) g",
+    "CREATE TEMP TABLE keep AS SELECT * FROM regions; TRUNCATE regions;"
+    "INSERT INTO regions SELECT * FROM keep",
+    "ALTER TABLE regions ADD COLUMN note text DEFAULT 'new'",
+    "ALTER TABLE regions ALTER COLUMN pad TYPE varchar(300)",
+    "CREATE INDEX regions_name ON regions (name)",
+    "COMMENT ON COLUMN regions.name IS 'the region''s name'",
+], ids=["same-value", "one-row", "deleted-and-back", "truncated-and-back", "column-added",
+        "column-retyped", "index-added", "comment"])
+def test_a_source_changed_in_any_way_is_copied(skipping, run_copier, change):
+    for _ in range(3):  # the third run would read the source first
+        assert run_copier("TABLES=regions").code == 0
+    skipping.source(change)
+    run = run_copier("TABLES=regions")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) in ({"public.regions": "copied"}, {"public.regions": "unchanged before loading"})
+    assert_equal_to_source(skipping, "regions")
+    columns = "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute " \
+              "WHERE attrelid = 'regions'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    assert skipping.target_rows(columns) == skipping.source_rows(columns)
+    if change.startswith(("ALTER", "CREATE INDEX", "COMMENT", "UPDATE regions SET name = 'moved'")):
+        assert outcomes(run) == {"public.regions": "copied"}
+    if "CREATE INDEX" in change:
+        assert skipping.target_rows("SELECT to_regclass('regions_name') IS NOT NULL") == [(True,)]
+
+
+@pytest.mark.parametrize("change", [
+    "UPDATE regions SET name = name WHERE id = 7",
+    "INSERT INTO regions (name) VALUES ('analyst''s row')",
+    "DELETE FROM regions WHERE id = 3",
+    "DELETE FROM regions WHERE id = 3; INSERT INTO regions SELECT 3, 'r3', repeat('p', 200)",
+    "TRUNCATE regions",
+    "ALTER TABLE regions ADD COLUMN mine int",
+    "ALTER TABLE regions ALTER COLUMN name TYPE varchar(50)",
+    "DROP TABLE regions; CREATE TABLE regions (id int PRIMARY KEY, name text, pad text)",
+], ids=["same-value", "inserted", "deleted", "deleted-and-back", "truncated", "column-added",
+        "column-retyped", "made-again"])
+def test_a_reporting_table_written_to_or_altered_is_copied_again(skipping, run_copier, change):
+    for _ in range(2):  # copied, then found unchanged: the next run reads the source first
+        assert run_copier("TABLES=regions").code == 0
+    for path in ("read first", "copied at once"):  # after a copy, the next one copies at once
+        skipping.target(change)
+        run = run_copier("TABLES=regions")
+        assert run.code == 0, run.stderr
+        assert outcomes(run) == {"public.regions": "copied"}, path
+        assert_equal_to_source(skipping, "regions")
+
+
+@pytest.mark.parametrize("tamper", [
+    "DELETE FROM nightly_copy.fingerprints",
+    "UPDATE nightly_copy.fingerprints SET fingerprint = 'x'",
+    "UPDATE nightly_copy.fingerprints SET rows = rows + 1",
+    "UPDATE nightly_copy.fingerprints SET loaded_by = '{}'",
+    "DROP SCHEMA nightly_copy CASCADE",
+], ids=["lost", "other-value", "other-rows", "no-transactions", "schema-dropped"])
+def test_a_fingerprint_lost_or_tampered_with_means_copy(skipping, run_copier, tamper):
+    for _ in range(2):
+        assert run_copier("TABLES=regions").code == 0
+    skipping.target("UPDATE regions SET name = 'not the source' WHERE id = 1")
+    skipping.target(tamper)
+    run = run_copier("TABLES=regions")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.regions": "copied"}
+    assert_equal_to_source(skipping, "regions")
+
+
+def test_a_sequence_moved_on_the_source_moves_on_the_reporting_side(skipping, run_copier):
+    for _ in range(2):
+        assert run_copier("TABLES=regions").code == 0
+    skipping.source("SELECT nextval('regions_id_seq') FROM generate_series(1, 40)")  # rows unchanged
+    for found in ("before loading", "before loading"):
+        run = run_copier("TABLES=regions")
+        assert outcomes(run) == {"public.regions": f"unchanged {found}"}
+        assert skipping.target_rows("SELECT last_value FROM regions_id_seq") == \
+            skipping.source_rows("SELECT last_value FROM regions_id_seq")
+
+
+def test_copy_unchanged_copies_every_table(skipping, run_copier, monkeypatch):
+    for _ in range(3):
+        assert run_copier("TABLES=regions").code == 0
+    assert outcomes(run_copier("TABLES=regions", "--copy-unchanged")) == {"public.regions": "copied"}
+    monkeypatch.setenv("COPIER_COPY_UNCHANGED", "1")
+    assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "copied"}
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")
+    # what the copies recorded still counts: found the same after loading, then before
+    assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "unchanged after loading"}
+
+
+def test_a_run_that_died_after_a_swap_left_a_true_fingerprint(skipping, run_copier, at_moment):
+    """The fingerprint is written in the swap's transaction: a run ended right after one table
+    went live leaves that table's, and the next run's verdicts are right."""
+    assert run_copier("TABLES=regions,orders").code == 0
+    skipping.source("UPDATE regions SET name = 'moved' WHERE id = 7; UPDATE orders SET total = 0")
+
+    def die(unit, result):
+        raise KeyboardInterrupt
+
+    at_moment("unit_done", die, once=True)
+    assert run_copier("TABLES=regions,orders").code == 1  # regions (the largest) went live, then it died
+    assert_equal_to_source(skipping, "regions")
+    run = run_copier("TABLES=regions,orders")
+    assert outcomes(run) == {"public.regions": "unchanged after loading", "public.orders": "copied"}
+    assert_equal_to_source(skipping, "regions", "orders")
+
+
+def test_swap_together_swaps_the_changed_and_leaves_the_unchanged(skipping, run_copier):
+    assert run_copier("TABLES=regions,orders", "--swap", "together").code == 0
+    skipping.source("UPDATE orders SET total = total + 1 WHERE id < 100")
+    run = run_copier("TABLES=regions,orders", "--swap", "together")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.regions": "unchanged after loading", "public.orders": "copied"}
+    assert [e["table"] for e in run.of("table_staged")] == ["public.orders"]
+    assert_equal_to_source(skipping, "regions", "orders")
+    assert staging_debris(skipping) == []
+
+
+def test_a_sliced_table_is_found_unchanged_by_its_finish(skipping, run_copier):
+    args = ("TABLES=orders,regions", "--jobs", "2", "--split-larger-than", "100kB")
+    assert run_copier(*args).code == 0
+    run = run_copier(*args)
+    assert run.code == 0, run.stderr
+    assert len(run.of("slice_loaded")) > 1
+    (orders,) = [e for e in run.of("table_unchanged") if e["table"] == "public.orders"]
+    assert orders["found"] == "after loading" and orders["slices"] > 1
+    skipping.source("UPDATE orders SET total = -1 WHERE id = 4999")  # in the last slice only
+    run = run_copier(*args)
+    assert outcomes(run)["public.orders"] == "copied"
+    assert_equal_to_source(skipping, "regions", "orders")
+    assert staging_debris(skipping) == []
+
+
+def test_a_reporting_table_partitioned_on_its_side_is_recognised(skipping, run_copier):
+    skipping.target("CREATE TABLE orders (id bigint, region int, total numeric) PARTITION BY RANGE (id);"
+                    "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (MINVALUE) TO (2500);"
+                    "CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (2500) TO (MAXVALUE)")
+    for found in ("copied", "unchanged after loading", "unchanged before loading"):
+        assert outcomes(run_copier("TABLES=orders")) == {"public.orders": found}
+    skipping.target("UPDATE orders_high SET total = 0 WHERE id = 2600")  # a write in one partition
+    assert outcomes(run_copier("TABLES=orders")) == {"public.orders": "copied"}
+    assert_equal_to_source(skipping, "orders")
+
+
+def test_without_room_for_fingerprints_every_table_is_copied(skipping, run_copier, monkeypatch):
+    """A target user that may not make the copier's schema: one warning, and every table copied."""
+    writer = f"plain_{skipping.target_name}"
+    skipping.target(f"CREATE ROLE {writer} LOGIN; GRANT CREATE, USAGE ON SCHEMA public TO {writer}")
+    monkeypatch.setenv("TARGET_DSN", skipping.cluster.dsn(skipping.target_name, user=writer))
+    for _ in range(2):
+        run = run_copier("TABLES=regions")
+        assert run.code == 0, run.stderr
+        assert outcomes(run) == {"public.regions": "copied"}
+        (warning,) = run.of("warning")
+        assert warning["message"].startswith("the target user may not keep the tables' fingerprints")
+    assert skipping.target_rows("SELECT to_regnamespace('nightly_copy')") == [(None,)]
+
+
+def test_load_jobs_read_an_unchanged_table_first_and_the_publish_keeps_it(skipping):
+    """On AWS: a load job hashes a table that was unchanged last night and leaves a note; the
+    publish checks the reporting table again and drops the note."""
+    tables = "public.regions,public.orders"
+    for night in ("n1", "n2", "n3"):
+        jobs = [load_job(skipping, night, k, 2, table) for k, table in enumerate(tables.split(","), 1)]
+        for job in jobs:
+            assert job.finish()[0] == 0
+        published = publish(skipping, night, tables)
+        assert published.returncode == 0, published.stderr
+    lines = [json.loads(line) for line in published.stdout.splitlines() if line.startswith("{")]
+    found = {e["table"]: e["found"] for e in lines if e["event"] == "table_unchanged"}
+    assert found == {"public.regions": "before loading", "public.orders": "before loading"}
+    assert [e["rows"] for e in jobs[0].of("table_loaded")] == [3000]
+    assert staging_debris(skipping) == []
+
+    # Written to between the load and the publish: the publish refuses to call it unchanged.
+    jobs = [load_job(skipping, "n4", k, 2, table) for k, table in enumerate(tables.split(","), 1)]
+    for job in jobs:
+        assert job.finish()[0] == 0
+    skipping.target("UPDATE regions SET name = 'analyst' WHERE id = 1")
+    published = publish(skipping, "n4", tables)
+    assert published.returncode == 1
+    assert "public.regions: the reporting table public.regions was written to" in published.stderr
+    assert skipping.target_rows("SELECT name FROM regions WHERE id = 1") == [("analyst",)]
+    # and the next night copies it
+    jobs = [load_job(skipping, "n5", k, 2, table) for k, table in enumerate(tables.split(","), 1)]
+    for job in jobs:
+        assert job.finish()[0] == 0
+    assert publish(skipping, "n5", tables).returncode == 0
+    assert_equal_to_source(skipping, "regions", "orders")
+    assert staging_debris(skipping) == []  # what n4 left staged went with n5's run
