@@ -268,7 +268,12 @@ def with_transform(definition: dict, state_machine_arn: str, timeout_seconds: in
             "ResultSelector": {"job": TRANSFORM_JOB, "status.$": "$.Status",
                                "execution_arn.$": "$.ExecutionArn", "start.$": "$.StartDate",
                                "end.$": "$.StopDate"},
-            "Retry": [{"ErrorEquals": ["StepFunctions.ExecutionLimitExceededException"],
+            # too many executions running in the account: StartExecution's error
+            # ExecutionLimitExceeded (its API reference); the starter's Catch spells the
+            # integration's errors with "Exception" (StepFunctions.ExecutionAlreadyExists-
+            # Exception): both spellings are listed, as neither is documented for this one
+            "Retry": [{"ErrorEquals": ["StepFunctions.ExecutionLimitExceeded",
+                                       "StepFunctions.ExecutionLimitExceededException"],
                        "IntervalSeconds": 30, "MaxAttempts": 6, "BackoffRate": 2.0,
                        "JitterStrategy": "FULL"}],
             "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
