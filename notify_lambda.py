@@ -4,10 +4,10 @@ AWS Lambda handler for four kinds of event:
 
 * the run summary the state machine sends after its publish step
   (``{"execution": {...}, "jobs": [...], "publish": {...}}``: the load phase's jobs and the
-  publish): one message listing every job, the failed tables (a failed slice named with its
-  table, its job and its error), the slowest, the unchanged (not written) and the sliced
-  ones; the handler returns
-  ``{"posted": True, "failed_jobs": N}`` (the publish counted as a job);
+  publish; with a Transform step, ``"transform": {...}`` too): one message listing every
+  job, the failed tables (a failed slice named with its table, its job and its error), the
+  slowest, the unchanged (not written) and the sliced ones; the handler returns
+  ``{"posted": True, "failed_jobs": N}`` (the publish and the transform counted as jobs);
 * an SNS notification wrapping a CloudWatch alarm (the state machine failed, timed out or
   was aborted, or the alarm recovered): one message per record; returns ``{"posted": True}``;
 * ``{"name_run": {"scheduled_time": ..., "timezone": ...}}`` from the starter state machine:
@@ -58,6 +58,7 @@ TABLES_LIMIT = 800
 ERROR_BODY_LIMIT = 500
 
 SUCCEEDED = "SUCCEEDED"
+SKIPPED = "SKIPPED"  # the Transform step, after a night that failed
 
 # The per-table part of the summary, read from the copier's JSON lines in CloudWatch Logs.
 LOG_GROUP_VARIABLE = "COPIER_LOG_GROUP"  # set by setup_aws.py: where the copier's lines land
@@ -67,7 +68,7 @@ LOG_WINDOW_MARGIN_MS = 5 * 60 * 1000  # read from a little before the execution'
 SLOWEST_SHOWN = 5
 SLICED_SECTIONS = 2  # blocks for the sliced tables at most; the rest are counted
 FAILED_TABLE_SECTIONS = 6  # blocks for the failed tables at most; the rest are counted
-ERROR_LINE_LIMIT = 300
+ERROR_LINE_LIMIT = 500  # a late load job's line names the build quota: kept whole
 
 # Sleep between 429 retries; tests replace it to record the wait instead of sleeping.
 sleep = time.sleep
@@ -286,7 +287,7 @@ class JobResult:
 
     @property
     def failed(self) -> bool:
-        return self.status != SUCCEEDED
+        return self.status not in (SUCCEEDED, SKIPPED)
 
 
 def summary_message(event: dict[str, Any],
@@ -297,7 +298,15 @@ def summary_message(event: dict[str, Any],
     jobs = [job_result(i, job) for i, job in enumerate(event["jobs"], start=1)]
     publish = (job_result(len(jobs) + 1, event["publish"])
                if isinstance(event.get("publish"), dict) else None)
-    failed = sum(job.failed for job in jobs) + bool(publish and publish.failed)
+    if publish and not publish.tables:  # every table of the run, listed once: the jobs'
+        publish.tables = run_tables(event)
+    # the Transform step (a state machine of the user's), when the deployment has one
+    transform = (job_result(len(jobs) + 2, event["transform"])
+                 if isinstance(event.get("transform"), dict) else None)
+    if transform and not transform.tables:  # it was given every table of the run
+        transform.tables = run_tables(event)
+    steps = [step for step in (publish, transform) if step]
+    failed = sum(job.failed for job in jobs) + sum(step.failed for step in steps)
     total = len(jobs)
     name = str(either_case(execution, "name") or "unnamed execution")
     started = parse_time(either_case(execution, "start_time") or either_case(execution, "startTime"))
@@ -308,6 +317,10 @@ def summary_message(event: dict[str, Any],
         emoji, verdict = ":warning:", "no job results were reported"
     elif failed == 0:
         emoji, verdict = ":white_check_mark:", f"all {total} job{plural(total)} succeeded"
+        if transform:
+            verdict += ", the transform too"
+    elif transform and transform.failed and failed == 1:
+        emoji, verdict = ":x:", f"all {total} job{plural(total)} succeeded, the transform failed"
     elif not any(job.failed for job in jobs):
         emoji, verdict = ":x:", f"all {total} job{plural(total)} loaded, the publish failed"
     else:
@@ -331,7 +344,7 @@ def summary_message(event: dict[str, Any],
         *_table_blocks(report, name),
         {"type": "divider"},
     ]
-    blocks += _job_blocks(jobs + ([publish] if publish else []), MAX_BLOCKS - len(blocks))
+    blocks += _job_blocks(jobs + steps, MAX_BLOCKS - len(blocks))
 
     text_lines = [f"{headline} (started {format_time(started)}, took {runlog.format_duration(took)})"]
     if report and report.failed:
@@ -339,7 +352,7 @@ def summary_message(event: dict[str, Any],
                           + ", ".join(t.table for t in report.failed))
     if report and report.unchanged:
         text_lines.append(f"Unchanged tables, not written: {len(report.unchanged)}")
-    text_lines += [_job_text_line(job) for job in jobs + ([publish] if publish else [])]
+    text_lines += [_job_text_line(job) for job in jobs + steps]
     text = _escape(_short("\n".join(text_lines), FALLBACK_TEXT_LIMIT))
     payload = {"text": text, "blocks": blocks}
     return payload, failed
@@ -353,6 +366,8 @@ def job_result(position: int, job: Any) -> JobResult:
     error, cause = job.get("error"), job.get("cause")
     if isinstance(error, dict):  # a whole Catch error object: {"Error": ..., "Cause": ...}
         error, cause = error.get("Error"), cause or error.get("Cause")
+    if cause is None and job.get("build_status"):  # what the state machine kept of the build
+        cause = f"build {job['build_status']}"
     build = parse_build(cause)
     status = str(job.get("status") or (build or {}).get("status") or "UNKNOWN").upper()
 
@@ -366,7 +381,9 @@ def job_result(position: int, job: Any) -> JobResult:
         tables=listed_units(job.get("tables")),
         status=status,
         seconds=seconds,
-        log_link=job.get("log_link") or (build or {}).get("log_link"),
+        # the Transform step's link is its execution's page
+        log_link=(job.get("log_link") or (build or {}).get("log_link")
+                  or execution_console_url(job.get("execution_arn"))),
         error=_short(str(error), 200) if error else None,
         cause=describe_cause(cause, build) if (cause or build) else None,
     )

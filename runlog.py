@@ -48,6 +48,16 @@ OLDEST_MAJOR = 13
 # prefix too: <prefix>rules, <prefix>hash_salt.
 RULES_PARAMETER = "rules"
 HASH_SALT_PARAMETER = "hash_salt"
+# Beside the connection settings, setup_aws.py writes where the reporting database's free
+# storage can be read (<prefix>target/storage): "rds:<DBInstanceIdentifier>" (the instance's
+# FreeStorageSpace metric; the job's role may read it), "aurora" (its storage grows on its
+# own: nothing to check) or "unknown" (not an RDS endpoint of the account: not checked).
+STORAGE_SETTING = "target/storage"
+STORAGE_RDS, STORAGE_AURORA, STORAGE_UNKNOWN = "rds:", "aurora", "unknown"
+# ... and, in the CodeBuild project's environment, the concurrent-build quota the load jobs
+# run under, as text ("1 concurrent build for BUILD_GENERAL1_SMALL (Service Quotas: ...)"):
+# a load job that starts too late to join the run's snapshot names it in its failure line.
+BUILD_QUOTA_VARIABLE = "COPIER_BUILD_QUOTA"
 
 
 # ---------------------------------------------------------------------------------------------

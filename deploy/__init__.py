@@ -9,6 +9,7 @@ See docs/aws.md for what gets created and why.
     aws.py            clients, retries, errors          deployment.py     one deployment's ARNs
     plan.py           which tables each job copies      state_machine.py  the rendered definitions
     permissions.py    one IAM policy per role           resources.py      the resources every runner needs
+    account.py        what setup reads from the account first: the build quota, the target's storage
     batch.py          the AWS Batch runner, as one unit
     cli.py            the scripts' error boundary and exit codes
 """
@@ -16,6 +17,7 @@ See docs/aws.md for what gets created and why.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 import runlog
-from deploy import batch, permissions
+from deploy import account, batch, permissions
 from deploy import names as naming
 from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.batch import ComputeEnvironment, InstanceProfile, JobDefinition, JobQueue, ServiceLinkedRole
@@ -91,6 +93,9 @@ def resource_list(deployment: Deployment) -> list[Resource]:
                 deployment, names.parameter(database, setting),
                 value=None if secret else configured.get(setting, defaults[setting]),
                 secret=secret, env_var=secret_env_var(database, setting)))
+    # where the copier reads the reporting database's free storage (deploy/account.py)
+    parameters.append(Parameter(deployment, names.storage_parameter,
+                                value=deployment.target_storage, secret=False))
     parameters.append(Parameter(deployment, names.webhook_parameter, value=None, secret=True,
                                 env_var=WEBHOOK_ENV_VAR))
     codebuild, batch_runner = settings.runner == "codebuild", settings.runner == "batch"
@@ -145,14 +150,22 @@ def resource_list(deployment: Deployment) -> list[Resource]:
 Report = Callable[["Outcome"], None]
 
 
+def warn_on_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def setup(deployment: Deployment, out: Callable[[str], None] = print,
-          report: Report | None = None) -> dict[str, Outcome]:
-    """Make every needed resource present, in order; then remove, newest first, those of the
-    runner or image no longer in use (the new runner is in place before the old one goes).
-    Each outcome goes to `report` as it happens (default: its line to `out`); return them all
-    by label."""
+          report: Report | None = None,
+          warn: Callable[[str], None] = warn_on_stderr) -> dict[str, Outcome]:
+    """Read from the account what the resources depend on and refuse what cannot work; make
+    every needed resource present, in order; then remove, newest first, those of the runner
+    or image no longer in use (the new runner is in place before the old one goes). Each
+    outcome goes to `report` as it happens (default: its line to `out`); return them all by
+    label."""
     dry_run = deployment.options.dry_run
     report = report or (lambda outcome: out(outcome.line(dry_run)))
+    notes: list[str] = []  # said once the walk is done: a failure stays one line
+    _aws_step_named("account", lambda: account.survey(deployment, notes.append))
     every = resource_list(deployment)
     needed = [r for r in every if r.needed]
     for resource in needed:
@@ -169,6 +182,8 @@ def setup(deployment: Deployment, out: Callable[[str], None] = print,
     note = image_status(deployment)
     if note:
         out(note)
+    for note in notes:
+        warn(note)
     return outcomes
 
 
@@ -190,10 +205,14 @@ def teardown(deployment: Deployment, out: Callable[[str], None] = print,
 
 
 def _aws_step(resource: Resource, step: Callable[[], Any]) -> Any:
+    return _aws_step_named(resource.label, step)
+
+
+def _aws_step_named(label: str, step: Callable[[], Any]) -> Any:
     try:
         return step()
     except (ClientError, BotoCoreError) as err:
-        raise AwsError(f"{resource.label}: {describe_error(err)}") from err
+        raise AwsError(f"{label}: {describe_error(err)}") from err
 
 
 CHANGES = ("created", "updated", "removed")

@@ -357,8 +357,10 @@ def execution_permissions(deployment: Deployment) -> dict:
 
 
 def job_permissions(deployment: Deployment) -> dict:
-    """What the copier itself needs inside the container: its settings, nothing else."""
-    return policy(permissions.copier_parameters_statement(deployment))
+    """What the copier itself needs inside the container: its settings, and the reporting
+    database's free storage where there is a metric to read."""
+    return policy(permissions.copier_parameters_statement(deployment),
+                  *permissions.storage_statements(deployment))
 
 
 def instance_permissions(deployment: Deployment) -> dict:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from deploy.aws import Aws
+from deploy.aws import PARTITION, Aws
 from deploy.names import BATCH_SERVICE_LINKED_ROLE, Names
 from deploy.settings import Settings, SettingsError
 from deploy.state_machine import (
     BATCH_TASK_TEMPLATE,
     STATE_MACHINE_TEMPLATE,
+    check_data_sizes,
     render_state_machine,
     with_batch_task,
+    with_transform,
 )
+
+if TYPE_CHECKING:
+    from deploy.account import BuildQuota
 
 
 @dataclass
@@ -34,6 +40,9 @@ class Deployment:
         self.options = options
         self.names = Names(settings.prefix)
         self.jobs = jobs
+        # read from the account by setup before it changes anything (deploy/account.py)
+        self.build_quota: BuildQuota | None = None
+        self.target_storage: str | None = None
 
     # ARNs are known before anything exists, so a dry run can show complete policies.
     def role_arn(self, service: str) -> str:
@@ -71,7 +80,7 @@ class Deployment:
         repository = repository.split("@")[0].split(":")[0]
         account, _, rest = registry.partition(".dkr.ecr.")
         region = rest.split(".")[0]
-        return f"arn:aws:ecr:{region}:{account}:repository/{repository}"
+        return f"arn:{PARTITION}:ecr:{region}:{account}:repository/{repository}"
 
     def copier_log_group(self) -> str:
         """Where the copier's JSON lines land with the runner in use."""
@@ -118,4 +127,9 @@ class Deployment:
             values |= {"Prefix": self.names.prefix, "JobQueueArn": self.job_queue_arn(),
                        "JobDefinitionName": self.names.job_definition,
                        "Region": self.aws.region}
-        return render_state_machine(template, self.jobs, values, settings.tables)
+        definition = render_state_machine(template, self.jobs, values, settings.tables)
+        if settings.transform_state_machine:
+            definition = with_transform(definition, settings.transform_state_machine,
+                                        settings.transform_timeout_seconds, settings.tables)
+        check_data_sizes(definition)
+        return definition

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import notify_lambda
+import runlog
 
 TAG_KEY = "project"
 CODEBUILD_SYNC_RULE = "StepFunctionsGetEventForCodeBuildStartBuildRule"
 BATCH_SYNC_RULE = "StepFunctionsGetEventsForBatchJobsRule"  # plural, unlike CodeBuild's
+# startExecution.sync of another state machine (the Transform step)
+EXECUTION_SYNC_RULE = "StepFunctionsGetEventsForStepFunctionsExecutionRule"
 # One per account, used by every Batch compute environment: setup makes sure it exists,
 # teardown never removes it.
 BATCH_SERVICE_LINKED_ROLE = "AWSServiceRoleForBatch"
@@ -23,8 +26,10 @@ class Names:
 
     prefix: str
     # The states of state_machine.json: the Parallel state whose branches are the copy jobs
-    # (the load phase), and the one task after it that publishes every table (the swap).
+    # (the load phase), and the one task after it that publishes every table (the swap), in
+    # the one branch of a Parallel state of its own (the publish phase).
     copy_state: ClassVar[str] = "Load tables"
+    publish_phase: ClassVar[str] = "Publish phase"
     publish_state: ClassVar[str] = "Publish"
     # The publish step's job name: its COPIER_JOB, so its log lines say "job": "publish".
     publish_job: ClassVar[str] = "publish"
@@ -35,6 +40,10 @@ class Names:
 
     def parameter(self, database: str, setting: str) -> str:
         return f"{self.ssm_prefix}{database}/{setting}"
+
+    @property
+    def storage_parameter(self) -> str:
+        return f"{self.ssm_prefix}{runlog.STORAGE_SETTING}"
 
     @property
     def webhook_parameter(self) -> str:

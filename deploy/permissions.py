@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from deploy.names import BATCH_SYNC_RULE, CODEBUILD_SYNC_RULE
+import runlog
+from deploy.names import BATCH_SYNC_RULE, CODEBUILD_SYNC_RULE, EXECUTION_SYNC_RULE
 
 if TYPE_CHECKING:
     from deploy.deployment import Deployment
@@ -29,6 +30,16 @@ def copier_parameters_statement(deployment: Deployment) -> dict:
         deployment.parameter_arn(prefix.rstrip("/")), deployment.parameter_arn(f"{prefix}*")])
 
 
+def storage_statements(deployment: Deployment) -> list[dict]:
+    """The copier reads the reporting instance's FreeStorageSpace before it stages anything,
+    where setup found it to be an RDS instance. cloudwatch:GetMetricStatistics has no
+    resource type: "*" ("Actions, resources, and condition keys for Amazon CloudWatch",
+    Service Authorization Reference)."""
+    if not (deployment.target_storage or "").startswith(runlog.STORAGE_RDS):
+        return []
+    return [allow(["cloudwatch:GetMetricStatistics"], ["*"])]
+
+
 def image_pull_statements(deployment: Deployment) -> list[dict]:
     return [
         allow(["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
@@ -47,6 +58,7 @@ def codebuild(deployment: Deployment) -> dict:
     statements = [
         log_writing_statement(deployment, names.project_log_group),
         copier_parameters_statement(deployment),
+        *storage_statements(deployment),
     ]
     if settings.vpc_id:
         statements += [
@@ -94,8 +106,25 @@ def state_machine(deployment: Deployment) -> dict:
         ]
     return policy(
         *run_jobs,
+        *transform_statements(deployment),
         allow(["lambda:InvokeFunction"], [deployment.function_arn(), f"{deployment.function_arn()}:*"]),
     )
+
+
+def transform_statements(deployment: Deployment) -> list[dict]:
+    """The Transform step: start the one state machine, follow and (on a timeout or stop) stop
+    its executions, and the managed rule .sync uses ("IAM policies for nested workflows",
+    Step Functions Developer Guide)."""
+    arn = deployment.settings.transform_state_machine
+    if not arn:
+        return []
+    return [
+        allow(["states:StartExecution"], [arn]),
+        allow(["states:DescribeExecution", "states:StopExecution"],
+              [arn.replace(":stateMachine:", ":execution:") + ":*"]),
+        allow(["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+              [deployment.aws.arn("events", f"rule/{EXECUTION_SYNC_RULE}")]),
+    ]
 
 
 def starter(deployment: Deployment) -> dict:

@@ -6,6 +6,7 @@ the walks in deploy/__init__.py compare the two."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import getpass
 import hashlib
 import importlib.resources
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 import runlog
+from deploy import names as naming
+from deploy import schedule
 from deploy.aws import Aws, AwsError, error_code
 from deploy.names import TAG_KEY
 from deploy.permissions import policy
@@ -365,6 +368,7 @@ class CodeBuildProject(Resource):
 
     def spec(self) -> dict:
         settings, names = self.deployment.settings, self.deployment.names
+        quota = self.deployment.build_quota
         if settings.runs_an_image:
             # The code is in the image: no GitHub at 3 a.m. The role pulls (SERVICE_ROLE), with
             # permissions scoped to the one repository; the repository needs no policy.
@@ -383,6 +387,8 @@ class CodeBuildProject(Resource):
                 "imagePullCredentialsType": pull,
                 "environmentVariables": [
                     {"name": "COPIER_SSM_PREFIX", "value": names.ssm_prefix, "type": "PLAINTEXT"},
+                    *([{"name": runlog.BUILD_QUOTA_VARIABLE, "value": quota.text(),
+                        "type": "PLAINTEXT"}] if quota else []),
                 ],
             },
             "serviceRole": self.deployment.role_arn("codebuild"),
@@ -519,6 +525,9 @@ class StateMachine(Resource):
         super().__init__(deployment, name)
         self.role = role
         self.definition = definition
+
+    def prepare(self, dry_run: bool) -> None:
+        self.definition()  # refuses a definition AWS would refuse, before anything changes
 
     def find(self) -> dict | None:
         found = self.find_for_removal()
@@ -660,7 +669,12 @@ class Schedule(Resource):
 
     def request(self) -> dict:
         settings = self.deployment.settings
+        start = {}
+        if settings.is_rate_schedule:
+            start["StartDate"] = schedule.next_start(settings.rate_start_time, settings.timezone,
+                                                     naming.now())
         return {
+            **start,
             "Name": self.name,
             "GroupName": self.deployment.names.schedule_group,
             "ScheduleExpression": settings.schedule,
@@ -679,12 +693,21 @@ class Schedule(Resource):
         }
 
     @staticmethod
-    def view(schedule: dict) -> dict:
-        target = schedule.get("Target", {})
+    def view(found: dict) -> dict:
+        """A rate schedule's StartDate is compared by the local time it shows, not the date:
+        the next occurrence moves every day, the configured time does not."""
+        target = found.get("Target", {})
+        start = found.get("StartDate")
+        if isinstance(start, int | float):  # epoch seconds, as some endpoints answer
+            start = dt.datetime.fromtimestamp(start, dt.UTC)
+        local = None
+        if start is not None and found.get("ScheduleExpressionTimezone"):
+            local = start.astimezone(schedule.time_zone(found["ScheduleExpressionTimezone"]))
         return {
-            "expression": schedule.get("ScheduleExpression"),
-            "timezone": schedule.get("ScheduleExpressionTimezone"),
-            "state": schedule.get("State"),
+            "expression": found.get("ScheduleExpression"),
+            "timezone": found.get("ScheduleExpressionTimezone"),
+            "state": found.get("State"),
+            "start_time": local and local.strftime("%H:%M"),
             "target": {k: target.get(k) for k in ("Arn", "RoleArn", "Input")},
         }
 
@@ -847,30 +870,33 @@ class Alarm(Resource):
     kind = "CloudWatch alarm"
     PERIOD_SECONDS = 300
 
-    def metrics(self) -> list[dict]:
-        def metric(metric_id: str, name: str, state_machine: str) -> dict:
-            return {"Id": metric_id, "ReturnData": False, "MetricStat": {
-                "Metric": {"Namespace": "AWS/States", "MetricName": name, "Dimensions": [
-                    {"Name": "StateMachineArn",
-                     "Value": self.deployment.state_machine_arn(state_machine)}]},
-                "Period": self.PERIOD_SECONDS, "Stat": "Sum"}}
+    def metric(self, metric_id: str, namespace: str, name: str, dimension: dict) -> dict:
+        return {"Id": metric_id, "ReturnData": False, "MetricStat": {
+            "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": [dimension]},
+            "Period": self.PERIOD_SECONDS, "Stat": "Sum"}}
 
+    def machine_metric(self, metric_id: str, name: str, state_machine: str) -> dict:
+        return self.metric(metric_id, "AWS/States", name, {
+            "Name": "StateMachineArn", "Value": self.deployment.state_machine_arn(state_machine)})
+
+    def metrics(self) -> list[dict]:
         names = self.deployment.names
         return [
-            metric("failed", "ExecutionsFailed", names.state_machine),
-            metric("timedout", "ExecutionsTimedOut", names.state_machine),
-            metric("aborted", "ExecutionsAborted", names.state_machine),
-            metric("starterfailed", "ExecutionsFailed", names.starter),
-            {"Id": "problems", "ReturnData": True, "Label": "failed, timed-out or aborted runs",
-             "Expression": "FILL(failed, 0) + FILL(timedout, 0) + FILL(aborted, 0)"
-                           " + FILL(starterfailed, 0)"},
+            self.machine_metric("failed", "ExecutionsFailed", names.state_machine),
+            self.machine_metric("timedout", "ExecutionsTimedOut", names.state_machine),
+            self.machine_metric("aborted", "ExecutionsAborted", names.state_machine),
+            self.machine_metric("starterfailed", "ExecutionsFailed", names.starter),
+            self.machine_metric("succeeded", "ExecutionsSucceeded", names.state_machine),
+            until_recovered("problems", "failed, timed-out or aborted runs (1), until a run "
+                            "succeeds (0)", ["failed", "timedout", "aborted", "starterfailed"],
+                            "succeeded"),
         ]
 
     def request(self) -> dict:
         return self.alarm(
             f"{self.deployment.names.prefix}: a nightly run failed, timed out or was aborted (or "
-            "the starter failed)", "GreaterThanOrEqualToThreshold", "notBreaching",
-            Metrics=self.metrics())
+            "the starter failed); it is back to normal only once a run has succeeded since",
+            "GreaterThanOrEqualToThreshold", "ignore", Metrics=self.metrics())
 
     def alarm(self, description: str, comparison: str, missing_data: str, **metric) -> dict:
         """What every alarm of the deployment says: one period over a threshold of 1, to the
@@ -939,6 +965,23 @@ class Alarm(Resource):
         self.aws.client("cloudwatch").delete_alarms(AlarmNames=[self.name])
 
 
+def until_recovered(expression_id: str, label: str, problems: list[str], recovery: str) -> dict:
+    """1 in a period with a problem, 0 in a period with a recovery and no problem, and no data
+    point otherwise; with TreatMissingData "ignore" (the alarm keeps its state while data is
+    missing: "Configuring how CloudWatch alarms treat missing data", CloudWatch User Guide) the
+    alarm stays in ALARM until the recovery, and its OK action says "back to normal" only
+    then. With notBreaching and 5-minute periods it went back to OK 5 minutes after every
+    failure, nothing fixed.
+
+    FILL(m, 0) gives each problem metric a value in every period (Step Functions and Lambda
+    publish these metrics only when something happens); the recovery metric is not filled,
+    so 0 * recovery has no value in a period without one, and IF takes it there ("Metric math
+    syntax and functions": IF(condition, trueValue, falseValue), CloudWatch User Guide)."""
+    any_problem = " + ".join(f"FILL({metric_id}, 0)" for metric_id in problems)
+    return {"Id": expression_id, "ReturnData": True, "Label": label,
+            "Expression": f"IF({any_problem} >= 1, 1, 0 * {recovery})"}
+
+
 class MissedRunAlarm(Alarm):
     """No successful nightly run for a little longer than the schedule's longest gap.
 
@@ -965,13 +1008,15 @@ class FunctionErrorsAlarm(Alarm):
 
     def request(self) -> dict:
         names = self.deployment.names
+        function = {"Name": "FunctionName", "Value": names.notify_function}
         return self.alarm(
             f"{names.prefix}: the Slack notifier failed; Slack may not have heard about the "
-            f"nightly copy (see its log group {names.notify_log_group})",
-            "GreaterThanOrEqualToThreshold", "notBreaching",
-            Namespace="AWS/Lambda", MetricName="Errors",
-            Dimensions=[{"Name": "FunctionName", "Value": names.notify_function}],
-            Statistic="Sum", Period=self.PERIOD_SECONDS)
+            f"nightly copy (see its log group {names.notify_log_group}); back to normal once it "
+            "has run without an error since", "GreaterThanOrEqualToThreshold", "ignore",
+            Metrics=[self.metric("errors", "AWS/Lambda", "Errors", function),
+                     self.metric("invocations", "AWS/Lambda", "Invocations", function),
+                     until_recovered("notifierfailed", "failed invocations (1), until one "
+                                     "succeeds (0)", ["errors"], "invocations")])
 
 
 class QueryDefinition(Resource):
@@ -1020,6 +1065,8 @@ class EcrRepository(Resource):
     kind = "ECR repository"
 
     def find(self) -> dict | None:
+        if len(self.name) < 2:  # ECR takes no shorter name (a prefix older setups allowed)
+            return None
         ecr = self.aws.client("ecr")
         try:
             (repository,) = ecr.describe_repositories(repositoryNames=[self.name])["repositories"]

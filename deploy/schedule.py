@@ -162,18 +162,108 @@ def _longest_gap(expression: str, fields: list, zone: ZoneInfo) -> dt.timedelta:
     within = max((dt.timedelta(hours=h2 - h1, minutes=m2 - m1) + dt.timedelta(hours=1)
                   for (h1, m1), (h2, m2) in zip(times, times[1:], strict=False)), default=dt.timedelta(0))
     today = dt.datetime.now(dt.UTC).date()
-    days = []  # (first, last) fire time of each day it fires, in UTC
-    for n in range(LOOKAHEAD_DAYS):
-        day = today + dt.timedelta(days=n)
-        if day.month not in months or day.year not in years:
-            continue
-        if not (_day_matches(dom, day, True) and _day_matches(dow, day, False)):
-            continue
-        days.append(tuple(dt.datetime(day.year, day.month, day.day, h, m, tzinfo=zone)
-                          .astimezone(dt.UTC) for h, m in (times[0], times[-1])))
+    fire_days = [day for day in (today + dt.timedelta(days=n) for n in range(LOOKAHEAD_DAYS))
+                 if day.month in months and day.year in years
+                 and _day_matches(dom, day, True) and _day_matches(dow, day, False)]
+    _refuse_missing_times(expression, fire_days, times, zone)
+    days = [tuple(dt.datetime(day.year, day.month, day.day, h, m, tzinfo=zone)
+                  .astimezone(dt.UTC) for h, m in (times[0], times[-1])) for day in fire_days]
     if len(days) < 2:
         raise ScheduleError(f"schedule {expression!r} fires on {len(days) or 'no'} day"
                             f"{'' if len(days) == 1 else 's'} in the next two years: a nightly "
                             "copy needs a repeating schedule")
     between = max(first - last for (_, last), (first, _) in zip(days, days[1:], strict=False))
     return max(between, within)
+
+
+# --------------------------------------------------------------------------- DST gaps
+
+
+def exists(day: dt.date, hour: int, minute: int, zone: ZoneInfo) -> bool:
+    """Whether the local time is on the clock that day (not skipped by a spring-forward)."""
+    local = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
+    back = local.astimezone(dt.UTC).astimezone(zone)
+    return (back.date(), back.hour, back.minute) == (day, hour, minute)
+
+
+def changes_clocks(day: dt.date, zone: ZoneInfo) -> bool:
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=zone)
+    return start.utcoffset() != (start + dt.timedelta(days=1)).utcoffset()
+
+
+def _refuse_missing_times(expression: str, days: list[dt.date], times: list[tuple[int, int]],
+                          zone: ZoneInfo) -> None:
+    """A time of the schedule that a spring-forward skips on one of its days: EventBridge
+    Scheduler skips that run ("your schedule invocation gets skipped if the cron expression
+    falls on a non-existent date and time", AWS re:Post knowledge center,
+    eventbridge-scheduler-adjust-dst), so that night would have no copy and no summary."""
+    for day in days:
+        if not changes_clocks(day, zone):
+            continue
+        for hour, minute in times:
+            if exists(day, hour, minute, zone):
+                continue
+            first, after = _skipped_span(day, hour, minute, zone)
+            safe = _nearest_safe_time((hour, minute), first, after, days, zone)
+            hint = f"use {safe[0]:02d}:{safe[1]:02d} instead, the nearest time every night has" \
+                if safe else f"pick a time outside {_hhmm(first)}-{_hhmm(after)}"
+            raise ScheduleError(
+                f"schedule {expression!r} in {zone.key}: {hour:02d}:{minute:02d} does not exist "
+                f"on {day.isoformat()} (the clocks jump from {_hhmm(first)} to {_hhmm(after)}) "
+                f"and EventBridge Scheduler skips that night's run: {hint}")
+
+
+def _skipped_span(day: dt.date, hour: int, minute: int, zone: ZoneInfo) -> tuple[int, int]:
+    """The skipped span around a missing time, as minutes of the day: its first minute and the
+    first one after it that exists."""
+    first = after = hour * 60 + minute
+    while first > 0 and not exists(day, *divmod(first - 1, 60), zone):
+        first -= 1
+    while after < 24 * 60 - 1 and not exists(day, *divmod(after, 60), zone):
+        after += 1
+    return first, after
+
+
+def _nearest_safe_time(wanted: tuple[int, int], first: int, after: int, days: list[dt.date],
+                       zone: ZoneInfo) -> tuple[int, int] | None:
+    """The time nearest to `wanted` just outside the skipped span that exists on every day the
+    schedule fires (after the span first, on a tie)."""
+    at = wanted[0] * 60 + wanted[1]
+    for candidate in sorted((after, first - 1), key=lambda c: (abs(c - at), c < at)):
+        if 0 <= candidate < 24 * 60 and all(
+                exists(day, *divmod(candidate, 60), zone) for day in days
+                if changes_clocks(day, zone)):
+            return divmod(candidate, 60)
+    return None
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+# --------------------------------------------------------------------------- rate start
+
+
+def parse_start_time(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", text.strip())
+    if not match:
+        raise ScheduleError(f"rate_start_time {text!r}: write a local time as HH:MM, e.g. 03:00")
+    return int(match.group(1)), int(match.group(2))
+
+
+def next_start(start_time: str, timezone: str, after: dt.datetime) -> dt.datetime:
+    """The next moment after `after` at which the local clock in `timezone` shows
+    start_time, in UTC: the first run of a rate(...) schedule. Without a StartDate EventBridge
+    Scheduler invokes a rate schedule at once ("If you do not provide a StartDate for a
+    rate-based schedule, your schedule starts invoking your target immediately", EventBridge
+    Scheduler User Guide, "Schedule types", Rate-based schedules), which would start a copy
+    while setup runs, in the working day."""
+    zone = time_zone(timezone)
+    hour, minute = parse_start_time(start_time)
+    day = after.astimezone(zone).date()
+    while True:
+        if exists(day, hour, minute, zone):
+            moment = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone)
+            if moment > after:
+                return moment.astimezone(dt.UTC)
+        day += dt.timedelta(days=1)

@@ -26,10 +26,15 @@ COMPUTE_TYPES = ("BUILD_GENERAL1_SMALL", "BUILD_GENERAL1_MEDIUM", "BUILD_GENERAL
 # Curated x86 images whose runtime-versions offer buildspec.yml's Python 3.11
 CURATED_IMAGES = ("aws/codebuild/standard:7.0", "aws/codebuild/standard:8.0",
                   "aws/codebuild/amazonlinux-x86_64-standard:5.0")
-ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+"
+ECR_IMAGE = re.compile(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/[a-z0-9._/-]+"
                        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})?")
 OLDEST_LAMBDA_PYTHON = (3, 11)  # notify_lambda.py uses datetime.UTC
 PLAIN_IDENTIFIER = re.compile(r"[^\W\d][\w$]*")
+# A state machine's ARN; its name: 1-80 characters, none of them whitespace nor any of
+# < > { } [ ] ? * " # % \ ^ | ~ ` $ & , ; : / (CreateStateMachine, "name")
+TRANSFORM_ARN = re.compile(r"arn:(?P<partition>[a-z-]+):states:(?P<region>[a-z0-9-]+):"
+                           r"(?P<account>\d{12}):stateMachine:"
+                           r"(?P<name>[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/]{1,80})")
 ALARM_WINDOW_LIMIT_SECONDS = 7 * 24 * 3600  # CloudWatch: Period x EvaluationPeriods
 # TLS against RDS and Aurora: buildspec.yml fetches AWS's CA bundle into the checkout at build
 # time, the Dockerfile into /app; the copier runs in that directory, so libpq finds it by this
@@ -95,7 +100,15 @@ class Settings:
     schedule: str = field(default="cron(0 3 * * ? *)",
                           metadata={"help": "EventBridge Scheduler expression"})
     timezone: str = field(default="UTC", metadata={"help": "IANA time zone of the schedule"})
+    rate_start_time: str = field(default="03:00", metadata={
+        "help": "with a rate(...) schedule: the local time (HH:MM, in timezone) of its first "
+        "run; the rate counts from there"})
     log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
+    transform_state_machine: str = field(default="", metadata={
+        "help": "ARN of a state machine run after a successful publish (the Transform step), "
+        "given the run's name, date and tables; its failure fails the night"})
+    transform_timeout_minutes: int = field(default=60, metadata={
+        "help": "minutes the Transform step may take"})
     alarm_emails: list[str] = field(default_factory=list, metadata={
         "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
@@ -137,6 +150,7 @@ class Settings:
         """Everything AWS or the nightly run would refuse later, refused now: nothing is
         created with a setting that cannot work."""
         self.validate()
+        validate_prefix_for_names(self.prefix)
         if not self.tables:
             raise SettingsError("tables: give at least one table (config file or --tables)")
         self.validate_placeholders()
@@ -164,6 +178,11 @@ class Settings:
         if unknown:
             raise SettingsError(f"table_weights names tables not in tables: {sorted(unknown)}")
         self.missed_run_window_seconds()  # checks schedule and timezone
+        if self.is_rate_schedule:
+            try:
+                schedule.parse_start_time(self.rate_start_time)
+            except schedule.ScheduleError as err:
+                raise SettingsError(str(err)) from None
         if self.runner == "codebuild" and self.compute_type not in COMPUTE_TYPES:
             raise SettingsError(f"compute_type {self.compute_type!r}: use one of "
                                 f"{', '.join(COMPUTE_TYPES)}")
@@ -178,10 +197,28 @@ class Settings:
         for address in self.alarm_emails:
             if not re.fullmatch(r"[^@\s,]+@[^@\s,]+\.[^@\s,]+", address):
                 raise SettingsError(f"alarm_emails: {address!r} is not an e-mail address")
+        self.validate_transform()
         runtimes = lambda_python_runtimes()
         if self.lambda_runtime not in runtimes:
             raise SettingsError(f"lambda_runtime {self.lambda_runtime!r}: use one of "
                                 f"{', '.join(runtimes)}")
+
+    def validate_transform(self) -> None:
+        if not self.transform_state_machine:
+            return
+        arn = TRANSFORM_ARN.fullmatch(self.transform_state_machine)
+        if not arn:
+            raise SettingsError(f"transform_state_machine {self.transform_state_machine!r}: use a "
+                                "state machine's ARN, arn:aws:states:<region>:<account>:"
+                                "stateMachine:<name>")
+        if arn["partition"] != "aws":
+            raise SettingsError(f"transform_state_machine is in the {arn['partition']} partition: "
+                                "this deployment supports the aws partition only")
+        if arn["name"] in (self.prefix, f"{self.prefix}-starter"):
+            raise SettingsError(f"transform_state_machine {arn['name']!r} is this deployment's own "
+                                "state machine: it would start itself")
+        if not 1 <= self.transform_timeout_minutes <= 1440:
+            raise SettingsError("transform_timeout_minutes must be between 1 and 1440")
 
     def validate_placeholders(self) -> None:
         """state_machine.json is filled by replacing ${Name}: a setting that holds one would
@@ -201,9 +238,18 @@ class Settings:
         return (self.build_timeout_minutes + self.queued_timeout_minutes + 10) * 60
 
     @property
+    def transform_timeout_seconds(self) -> int:
+        return self.transform_timeout_minutes * 60 if self.transform_state_machine else 0
+
+    @property
     def execution_timeout_seconds(self) -> int:
-        """The load phase and the publish one after it, each a job, and an hour's margin."""
-        return 2 * self.job_timeout_seconds + 3600
+        """The load phase and the publish one after it, each a job, the Transform step if
+        there is one, and an hour's margin."""
+        return 2 * self.job_timeout_seconds + self.transform_timeout_seconds + 3600
+
+    @property
+    def is_rate_schedule(self) -> bool:
+        return self.schedule.strip().startswith("rate(")
 
     @property
     def splits_tables(self) -> bool:
@@ -253,6 +299,31 @@ class Settings:
 
 
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def validate_prefix_for_names(prefix: str) -> None:
+    """The names setup derives from the prefix, as AWS checks them: refused here, before
+    anything is created, rather than by the one resource that cannot take it halfway through
+    (teardown keeps the looser rule of validate(): it removes what an older setup left)."""
+    problem = None
+    if len(prefix) < 2:
+        # CodeBuild project names: 2-150 characters (CodeBuild quotas, "Build projects");
+        # ECR repository names: at least 2 (CreateRepository)
+        problem = "is shorter than 2 characters, the least CodeBuild and ECR take for a name"
+    elif prefix.endswith("-") or "--" in prefix:
+        # ECR repository names: (?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*
+        problem = ("ends in '-' or has '--', which ECR's repository names refuse (a '-' goes "
+                   "between letters or digits)")
+    elif prefix.lower().startswith(("aws", "ssm")):
+        # SSM PutParameter: a parameter name can't be prefixed with "aws" or "ssm"
+        # (case-insensitive); the copier's parameters are /<prefix>/...
+        problem = "starts with 'aws' or 'ssm', which Parameter Store refuses in parameter names"
+    elif prefix == "default":
+        # EventBridge Scheduler: every account has a schedule group named "default", which
+        # can be neither created nor deleted; the schedule group is named after the prefix
+        problem = "is the name of EventBridge Scheduler's own schedule group in every account"
+    if problem:
+        raise SettingsError(f"prefix {prefix!r} {problem}: pick another prefix")
 
 
 def is_rds_host(host: Any) -> bool:

@@ -299,7 +299,7 @@ def alarms() -> str:
             expression = next(m["Expression"] for m in request["Metrics"] if "Expression" in m)
             for metric in stats:
                 watched = metric["MetricStat"]["Metric"]
-                machine = watched["Dimensions"][0]["Value"].rsplit(":", 1)[1]
+                machine = watched["Dimensions"][0]["Value"].rsplit(":", 1)[-1]
                 expression = re.sub(rf"\b{metric['Id']}\b",
                                     f"{watched['MetricName']} of {machine}", expression)
             watches, period = expression, stats[0]["MetricStat"]["Period"]

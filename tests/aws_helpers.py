@@ -53,6 +53,12 @@ def set_fake_aws_env(monkeypatch, endpoint: str | None = None) -> None:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
 
 
+# What setup says on stderr at its end about write_config's reporting database (no RDS endpoint).
+ROOM_NOT_CHECKED = ("warning: the reporting database reporting.example.internal is not an RDS "
+                    "endpoint: the copier will not check the room a night needs before it "
+                    "stages anything\n")
+
+
 def toml_value(value) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings read the same in TOML
 
@@ -202,7 +208,7 @@ def expected_inventory(prefix: str) -> dict[str, list[str]]:
     settings = ("dbname", "host", "password", "port", "sslmode", "sslrootcert", "user")
     return {
         "parameters": sorted([f"/{prefix}/{d}/{s}" for d in databases for s in settings]
-                             + [f"/{prefix}-notify/slack_webhook_url"]),
+                             + [f"/{prefix}/target/storage", f"/{prefix}-notify/slack_webhook_url"]),
         "roles": sorted(f"{prefix}-{r}" for r in
                         ("codebuild", "lambda", "states", "starter", "scheduler")),
         "projects": [prefix],
@@ -230,21 +236,30 @@ def subprocess_env(endpoint: str) -> dict[str, str]:
     return env
 
 
-def with_canned_jobs(definition: dict, failing: set[str], canned_result) -> dict:
+def with_canned_jobs(definition: dict, failing: set[str], canned_result,
+                     failed_build=None) -> dict:
     """The definition with each job's task replaced, since moto's engine cannot run it: the
     copy jobs (the Parallel's branches) and the publish step (job name "publish").
 
     A succeeding job becomes a Pass holding canned_result(job) (what the real task returns),
     then the task's own ResultSelector as a Pass; a failing job's task becomes an sns:publish
-    to a missing topic, which fails and goes to the task's own Catch."""
+    to a missing topic, which fails and goes to the task's own Catch. With failed_build, a
+    failing job fails as a build does instead: Error "TaskFailed" (moto refuses a Fail state's
+    "States.TaskFailed") and the Cause failed_build(job), as JSON text."""
     rewritten = copy.deepcopy(definition)
     states = rewritten["States"]
     tasks = [(branch["States"], branch["StartAt"])
              for branch in states[deploy.Names.copy_state]["Branches"]]
-    for where, name in [*tasks, (states, deploy.Names.publish_state)]:
+    publish = deploy.state_machine.publish_branch(rewritten)["States"]
+    for where, name in [*tasks, (publish, deploy.Names.publish_state)]:
         task = where[name]
         job = task["ResultSelector"]["job"]
-        if job in failing:
+        if job in failing and failed_build:
+            kept = {k: task[k] for k in ("Catch", "ResultPath", "Next", "End") if k in task}
+            where[name] = {"Type": "Parallel", **kept, "Branches": [{"StartAt": "build", "States": {
+                "build": {"Type": "Fail", "Error": "TaskFailed",
+                          "Cause": json.dumps(failed_build(job), separators=(",", ":"))}}}]}
+        elif job in failing:
             task["Resource"] = "arn:aws:states:::sns:publish"
             task["Parameters"] = {"TopicArn": f"arn:aws:sns:{REGION}:123456789012:missing",
                                   "Message": f"stands in for a failed {job}"}

@@ -43,11 +43,45 @@ def test_the_missed_night_alarm_waits_a_little_longer_than_the_schedule(aws, tmp
     assert f"last {hours} hours" in missed["AlarmDescription"]
 
 
-def test_the_failed_run_alarm_says_when_it_is_back_to_normal(aws, tmp_path):
+def watched(found: dict) -> dict[str, tuple[str, str, str]]:
+    """Metric id -> (namespace, metric name, dimension value) of a metric-math alarm."""
+    return {m["Id"]: (m["MetricStat"]["Metric"]["Namespace"],
+                      m["MetricStat"]["Metric"]["MetricName"],
+                      m["MetricStat"]["Metric"]["Dimensions"][0]["Value"])
+            for m in found["Metrics"] if "MetricStat" in m}
+
+
+def test_the_failed_run_alarm_is_back_to_normal_only_once_a_run_succeeded(aws, tmp_path):
+    """With 5-minute periods and missing data not breaching, the alarm went back to OK, and
+    its OK action said "back to normal", 5 minutes after every failure. Now a period without
+    any run has no data point, which keeps the alarm's state (TreatMissingData ignore), and
+    only a period with a successful run and no failure has the 0 that makes it OK."""
     assert setup_aws.main(["--config", str(write_config(tmp_path / "deploy.toml"))]) == 0
     failed = alarm("nightly-copy-run-failed")
     assert failed["AlarmActions"] == failed["OKActions"] == [TOPIC]
-    assert failed["TreatMissingData"] == "notBreaching"
+    assert failed["TreatMissingData"] == "ignore"
+    starter = f"{MACHINE}-starter"
+    assert watched(failed) == {
+        "failed": ("AWS/States", "ExecutionsFailed", MACHINE),
+        "timedout": ("AWS/States", "ExecutionsTimedOut", MACHINE),
+        "aborted": ("AWS/States", "ExecutionsAborted", MACHINE),
+        "starterfailed": ("AWS/States", "ExecutionsFailed", starter),
+        "succeeded": ("AWS/States", "ExecutionsSucceeded", MACHINE)}
+    (returned,) = [m for m in failed["Metrics"] if m.get("ReturnData")]
+    assert returned["Expression"] == (
+        "IF(FILL(failed, 0) + FILL(timedout, 0) + FILL(aborted, 0) + FILL(starterfailed, 0)"
+        " >= 1, 1, 0 * succeeded)")
+    assert (failed["ComparisonOperator"], failed["Threshold"]) == (
+        "GreaterThanOrEqualToThreshold", 1.0)
+    assert "back to normal only once a run has succeeded since" in failed["AlarmDescription"]
+
+    errors = alarm("nightly-copy-notify-errors")
+    assert errors["TreatMissingData"] == "ignore"
+    assert watched(errors) == {
+        "errors": ("AWS/Lambda", "Errors", "nightly-copy-notify"),
+        "invocations": ("AWS/Lambda", "Invocations", "nightly-copy-notify")}
+    (returned,) = [m for m in errors["Metrics"] if m.get("ReturnData")]
+    assert returned["Expression"] == "IF(FILL(errors, 0) >= 1, 1, 0 * invocations)"
 
 
 def email_subscriptions() -> list[str]:
@@ -80,8 +114,7 @@ def test_e_mail_is_a_second_channel_listed_in_dry_run_idempotent_and_torn_down(a
 
     # the notifier's own failures go to the topic too: e-mail hears when Slack cannot
     errors = alarm("nightly-copy-notify-errors")
-    assert (errors["Namespace"], errors["MetricName"]) == ("AWS/Lambda", "Errors")
-    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": "nightly-copy-notify"}]
+    assert watched(errors)["errors"] == ("AWS/Lambda", "Errors", "nightly-copy-notify")
     assert errors["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert errors["AlarmActions"] == errors["OKActions"] == [TOPIC]
 

@@ -99,7 +99,7 @@ def test_a_deployed_split_with_slices_is_read_back(aws, monkeypatch):
 def test_the_load_jobs_get_their_units_and_the_publish_every_table(aws, monkeypatch):
     assignment, _ = planned(monkeypatch)
     definition = render(aws, assignment, swap="together")
-    assert definition["States"][deploy.Names.copy_state]["Next"] == deploy.Names.publish_state
+    assert definition["States"][deploy.Names.copy_state]["Next"] == deploy.Names.publish_phase
     for number, (branch, units) in enumerate(zip(sm.branches(definition), assignment,
                                                  strict=True), start=1):
         env = environment(sm.copy_task(branch))
@@ -108,15 +108,21 @@ def test_the_load_jobs_get_their_units_and_the_publish_every_table(aws, monkeypa
                        "COPIER_LOAD_JOBS": "3",
                        "COPIER_ONE_SNAPSHOT": "hold" if number == 1 else "join"}
         assert sm.copy_task(branch)["ResultSelector"]["tables"] == units
-    publish = definition["States"][deploy.Names.publish_state]
+    publish = sm.publish_task(definition)
     assert publish["Resource"] == sm.CODEBUILD_SYNC
     # as many workers as load jobs: the tables' index builds run side by side, as in the loads
     assert environment(publish) == {"TABLES": ",".join(TABLES), "COPIER_PHASE": "publish",
                                     "COPIER_RUN": "$$.Execution.Name", "COPIER_JOB": "publish",
                                     "COPIER_SWAP": "together", "COPIER_JOBS": "3"}
-    handler = definition["States"][publish["Catch"][0]["Next"]]
-    assert handler["Parameters"]["status"] == "FAILED"
-    assert handler["ResultPath"] == publish["ResultPath"] == "$.publish"
+    # in a branch of its own, given only the run's name: a failed publish's Cause (every
+    # table of the run) never meets the jobs' results
+    phase = definition["States"][deploy.Names.publish_phase]
+    assert phase["Parameters"] == {"run.$": "$$.Execution.Name"}
+    assert (phase["ResultPath"], phase["Next"]) == ("$.publish", "Count failed jobs")
+    (catch,) = publish["Catch"]
+    assert publish["End"] is True and catch["ResultPath"] == "$.error"
+    for handler in sm.kept_on_failure(sm.publish_branch(definition)["States"], catch["Next"]):
+        assert handler["Parameters"]["status"] == "FAILED" and handler["End"] is True
     # the copier reads each job's units back from its TABLES as they were planned
     for branch, units in zip(sm.branches(definition), assignment, strict=True):
         assert runlog.unit_texts(environment(sm.copy_task(branch))["TABLES"]) == units
@@ -136,13 +142,13 @@ def test_the_batch_runner_runs_the_publish_too(aws):
     definition = deploy.Deployment(settings, aws, deploy.Options(), [
         ["public.events#1/2", "public.notes"], ["public.events#2/2", "public.orders",
                                                 "public.customers"]]).state_machine_definition()
-    publish = definition["States"][deploy.Names.publish_state]
+    publish = sm.publish_task(definition)
     assert publish["Resource"] == "arn:aws:states:::batch:submitJob.sync"
     assert publish["Parameters"]["JobName"] == "nightly-copy-publish"
     env = {v["Name"]: v.get("Value") for v in publish["Parameters"]["ContainerOverrides"][
         "Environment"]}
     assert (env["COPIER_PHASE"], env["TABLES"]) == ("publish", ",".join(TABLES))
-    assert publish["Next"] == "Count failed jobs" and publish["ResultPath"] == "$.publish"
+    assert publish["End"] is True
 
 
 # --- the two phases in moto's engine
@@ -172,7 +178,11 @@ def test_load_then_publish_then_summary(aws):
         "Send summary")
     summary = sm.summary_sent(events)
     assert summary["publish"]["job"] == "publish" and summary["publish"]["status"] == "SUCCEEDED"
-    assert summary["publish"]["tables"] == TABLES
+    assert "tables" not in summary["publish"]  # the jobs' units name them: listed once
+    publish = notify_lambda.summary_message(summary)[0]["blocks"][-1]["text"]["text"]
+    assert publish.startswith(":white_check_mark: *publish* SUCCEEDED")
+    listed = publish.split(f"*Tables ({len(TABLES)}):* ")[1]
+    assert sorted(listed.replace("`", "").split(", ")) == sorted(TABLES)
     assert [j["status"] for j in summary["jobs"]] == ["SUCCEEDED"] * 3
 
 

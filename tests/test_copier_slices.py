@@ -404,7 +404,7 @@ def test_the_rendered_state_machine_drives_real_load_jobs_and_publish(dbs, monke
     loads = [{k: night.get(v, v) for k, v in environment(copy_task(b)).items()}
              for b in branches(definition)]
     publish_env = {k: night.get(v, v) for k, v in
-                   environment(definition["States"][deploy.Names.publish_state]).items()}
+                   environment(deploy.state_machine.job_tasks(definition)[-1]).items()}
 
     total = dbs.source_rows(TOTAL)
     writer = Writer(dbs.source_dsn)

@@ -581,7 +581,7 @@ def test_batch_definition_has_a_valid_job_per_branch_and_every_table_once(engine
             assert all(error.startswith("Batch.") for error in retry["ErrorEquals"])
     assert sorted(assigned) == sorted(TABLES)
     # everything besides the job tasks is the CodeBuild version's, to the letter
-    tasks = (deploy.Names.copy_state, deploy.Names.publish_state)
+    tasks = (deploy.Names.copy_state, deploy.Names.publish_phase)
     assert {k: v for k, v in definition["States"].items() if k not in tasks} == {
         k: v for k, v in codebuild["States"].items() if k not in tasks}
 
@@ -645,12 +645,32 @@ def test_batch_one_job_fails_the_others_finish_summary_lists_it_execution_failed
     events = sm.history(sfn, described["executionArn"])
     finished = {e["stateExitedEventDetails"]["name"] for e in events
                 if e["type"] == "PassStateExited"}
-    assert {"job-1 result", "job-3 result", "job-2 failed"} <= finished
+    assert {"job-1 result", "job-3 result", "job-2 failed: its message"} <= finished
     jobs = {j["job"]: j for j in sm.summary_sent(events)["jobs"]}
     assert [jobs[j]["status"] for j in ("job-1", "job-2", "job-3")] == [
         "SUCCEEDED", "FAILED", "SUCCEEDED"]
     assert jobs["job-2"]["error"] == "SNS.NotFoundException" and jobs["job-2"]["cause"]
     assert jobs["job-2"]["tables"]
+
+
+def test_a_failed_batch_job_s_cause_is_not_kept(engine):
+    """A failed submitJob.sync's Cause is the job as JSON, its environment (TABLES) with it:
+    not a build's shape, so the summary keeps the error and the job's tables, not the Cause."""
+    sfn = boto3.client("stepfunctions")
+
+    def failed_job(job: str) -> dict:
+        return {**canned_job(job), "Status": "FAILED", "StatusReason": "Essential container "
+                "in task exited", "Container": {"Environment": [
+                    {"Name": "TABLES", "Value": ",".join(TABLES)}], "ExitCode": 1}}
+
+    definition = with_canned_jobs(render(engine, 3), {"job-2"}, canned_job, failed_job)
+    machine = sm.create(sfn, "nightly-copy", definition)
+    described = sm.run_to_end(sfn, machine, "2026-11-29", '{"date":"2026-11-29"}')
+    assert described["status"] == "FAILED"
+    jobs = {j["job"]: j for j in sm.summary_sent(sm.history(sfn, described["executionArn"]))[
+        "jobs"]}
+    assert jobs["job-2"] == {"job": "job-2", "tables": jobs["job-2"]["tables"],
+                             "status": "FAILED", "error": "TaskFailed"}
 
 
 def test_a_dry_run_switch_names_what_would_change_and_changes_nothing(aws, tmp_path, capsys):

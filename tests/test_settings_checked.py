@@ -3,6 +3,9 @@ call, in a real run and in --dry-run: one line on stderr, exit 1, nothing create
 
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import pytest
 from aws_helpers import inventory, set_fake_aws_env, write_config
 
@@ -52,6 +55,24 @@ BAD_SETTINGS = [
     ({"tables": ["public.a", "public.${ProjectName}"]},
      "tables: 'public.${ProjectName}' contains '${'"),
     ({"branch": "release-${JobName}"}, "branch: 'release-${JobName}' contains '${'"),
+    # a time a spring-forward skips: Scheduler skips that night's run
+    ({"schedule": "cron(30 2 * * ? *)", "timezone": "Europe/Berlin"},
+     "schedule 'cron(30 2 * * ? *)' in Europe/Berlin: 02:30 does not exist on "),
+    ({"schedule": "cron(0 2 ? * SUN *)", "timezone": "America/New_York"},
+     "(the clocks jump from 02:00 to 03:00) and EventBridge Scheduler skips that night's run: "
+     "use 01:59 instead, the nearest time every night has"),
+    ({"schedule": "rate(1 day)", "rate_start_time": "3am"},
+     "rate_start_time '3am': write a local time as HH:MM, e.g. 03:00"),
+    # names AWS refuses, refused before anything is created
+    ({"prefix": "n"}, "prefix 'n' is shorter than 2 characters, the least CodeBuild and ECR take"),
+    ({"prefix": "nightly-"}, "prefix 'nightly-' ends in '-' or has '--', which ECR's"),
+    ({"prefix": "nightly--copy"}, "prefix 'nightly--copy' ends in '-' or has '--'"),
+    ({"prefix": "aws-copy"}, "prefix 'aws-copy' starts with 'aws' or 'ssm', which "
+                             "Parameter Store refuses"),
+    ({"prefix": "ssm-copy"}, "prefix 'ssm-copy' starts with 'aws' or 'ssm'"),
+    ({"prefix": "default"}, "prefix 'default' is the name of EventBridge Scheduler's own "
+                            "schedule group"),
+    ({"prefix": "Nightly"}, "prefix 'Nightly': use 1-32 lowercase letters"),
 ]
 
 
@@ -117,6 +138,48 @@ def test_good_settings_pass(tmp_path, overrides):
     assert 3600 <= settings.missed_run_window_seconds() <= 7 * 86400
 
 
+def first_spring_forward(zone: str) -> dt.date:
+    """The first day from today on whose night the zone's clocks jump forward."""
+    tz = ZoneInfo(zone)
+    day = dt.datetime.now(dt.UTC).date()
+    while True:
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+        if (start + dt.timedelta(days=1)).utcoffset() > start.utcoffset():
+            return day
+        day += dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("schedule, zone, safe", [
+    ("cron(30 2 * * ? *)", "Europe/Berlin", "03:00"),  # 02:00 -> 03:00, nearer after
+    ("cron(5 2 * * ? *)", "Europe/Berlin", "01:59"),  # nearer before the jump
+    ("cron(15 2 * * ? *)", "Australia/Lord_Howe", "02:30"),  # half an hour: 02:00 -> 02:30
+])
+def test_a_time_a_spring_forward_skips_names_the_date_and_the_nearest_safe_time(
+        tmp_path, schedule, zone, safe):
+    import argparse
+
+    settings = deploy.load_settings(argparse.Namespace(config=write_config(
+        tmp_path / "deploy.toml", schedule=schedule, timezone=zone)))
+    with pytest.raises(deploy.SettingsError) as refused:
+        settings.validate_for_setup()
+    message = str(refused.value)
+    assert f" does not exist on {first_spring_forward(zone).isoformat()} " in message
+    assert message.endswith(f"use {safe} instead, the nearest time every night has")
+
+
+@pytest.mark.parametrize("schedule, zone", [
+    ("cron(30 2 * * ? *)", "Asia/Tokyo"),  # no DST
+    ("cron(30 2 * * ? *)", "UTC"),
+    ("cron(30 2 ? * MON-SAT *)", "Europe/Berlin"),  # Berlin's clocks change on Sundays
+    ("cron(30 1 * * ? *)", "Europe/Berlin"),
+])
+def test_a_time_every_night_has_passes(tmp_path, schedule, zone):
+    import argparse
+
+    deploy.load_settings(argparse.Namespace(config=write_config(
+        tmp_path / "deploy.toml", schedule=schedule, timezone=zone))).validate_for_setup()
+
+
 TLS_SETTINGS = [
     ('sslmode = "verify-full"', "[source] sslmode verify-full needs sslrootcert: the CA file"),
     ('sslmode = "verify"',
@@ -160,6 +223,10 @@ def test_rds_and_aurora_hosts_are_verified_by_default(aws, tmp_path, monkeypatch
 @pytest.mark.parametrize("region, message", [
     ("eu-west-9", "AWS region 'eu-west-9' is not a region AWS has (known: eu-central-1,"),
     ("Frankfurt", "AWS region 'Frankfurt' is not a region AWS has"),
+    # every ARN here is arn:aws:..., every address amazonaws.com: other partitions are refused
+    ("cn-north-1", "error: AWS region cn-north-1 is in the aws-cn partition: this deployment "
+                   "supports the aws partition only (arn:aws:, amazonaws.com)\n"),
+    ("us-gov-west-1", "AWS region us-gov-west-1 is in the aws-us-gov partition"),
 ])
 def test_a_wrong_region_is_a_region_error_not_a_credential_error(aws, tmp_path, monkeypatch,
                                                                  capsys, region, message):
@@ -170,6 +237,43 @@ def test_a_wrong_region_is_a_region_error_not_a_credential_error(aws, tmp_path, 
     assert code == 1 and err.count("\n") == 1 and message in err, err
     assert "credential" not in err.lower()
     assert count(inventory("nightly-copy")) == 0
+
+
+def test_credentials_of_another_partition_are_refused_naming_it(aws, tmp_path, monkeypatch,
+                                                                capsys):
+    import botocore.client
+
+    real = botocore.client.BaseClient._make_api_call
+
+    def identity(self, operation, params):
+        if operation == "GetCallerIdentity":
+            return {"Account": "123456789012", "UserId": "AIDA",
+                    "Arn": "arn:aws-cn:iam::123456789012:user/installer"}
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", identity)
+    monkeypatch.chdir(tmp_path)
+    code = setup_aws.main(["--config", str(write_config(tmp_path / "deploy.toml"))])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (
+        "error: the AWS account 123456789012 is in the aws-cn partition: this deployment "
+        "supports the aws partition only (arn:aws:, amazonaws.com)\n")
+    assert count(inventory("nightly-copy")) == 0
+
+
+def test_teardown_still_takes_a_prefix_setup_now_refuses(aws, tmp_path, monkeypatch, capsys):
+    """An older setup may have made part of a deployment under such a prefix before AWS
+    refused a name: teardown must still remove it."""
+    import boto3
+
+    import teardown_aws
+
+    monkeypatch.chdir(tmp_path)
+    boto3.client("ssm").put_parameter(Name="/x/source/host", Value="db", Type="String",
+                                      Tags=[{"Key": "project", "Value": "x"}])
+    config = write_config(tmp_path / "deploy.toml", prefix="x")
+    assert teardown_aws.main(["--config", str(config)]) == 0
+    assert "removed  SSM parameter /x/source/host" in capsys.readouterr().out
 
 
 def test_an_unreachable_region_endpoint_is_a_region_error(tmp_path, monkeypatch, capsys):
@@ -183,3 +287,18 @@ def test_an_unreachable_region_endpoint_is_a_region_error(tmp_path, monkeypatch,
     assert code == 1 and err.count("\n") == 1, err
     assert "error: AWS region us-east-1: Could not connect to the endpoint URL" in err, err
     assert "credential" not in err.lower()
+
+
+def test_a_table_list_too_long_for_a_night_s_data_is_refused_before_anything_is_created(
+        aws, tmp_path, monkeypatch, capsys):
+    """The jobs' results list every table once: past Step Functions' 256 KB a night ends in
+    States.DataLimitExceeded, which no Catch takes. Setup refuses such a list first."""
+    monkeypatch.chdir(tmp_path)
+    tables = ["public.a", "public.b"] + [f"sales.customer_order_lines_{n:05d}" for n in range(6000)]
+    config = write_config(tmp_path / "deploy.toml", tables=tables)
+    code = setup_aws.main(["--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: tables: a night's data would take up to ")
+    assert "KB of Step Functions' 256 KB" in err and "split them over two prefixes" in err
+    assert count(inventory("nightly-copy")) == 0

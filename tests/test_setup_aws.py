@@ -13,6 +13,7 @@ import botocore.client
 import pytest
 from aws_helpers import (
     REGION,
+    ROOM_NOT_CHECKED,
     ROOT,
     SECRETS,
     expected_inventory,
@@ -124,7 +125,13 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     assert project["sourceVersion"] == "release"
     assert project["environment"]["image"] == "aws/codebuild/standard:7.0"
     assert project["environment"]["environmentVariables"] == [
-        {"name": "COPIER_SSM_PREFIX", "value": f"/{prefix}/", "type": "PLAINTEXT"}]
+        {"name": "COPIER_SSM_PREFIX", "value": f"/{prefix}/", "type": "PLAINTEXT"},
+        # what a load job that starts too late for the run's snapshot names (moto_gaps'
+        # default quota)
+        {"name": "COPIER_BUILD_QUOTA", "type": "PLAINTEXT",
+         "value": "20 concurrent builds for BUILD_GENERAL1_SMALL (Service Quotas: codebuild, "
+                  "Concurrently running builds for Linux/Small environment)"}]
+    assert ssm.get_parameter(Name=f"/{prefix}/target/storage")["Parameter"]["Value"] == "unknown"
     assert project["serviceRole"] == f"arn:aws:iam::{ACCOUNT}:role/{prefix}-codebuild"
     assert project["timeoutInMinutes"] == 90
     assert project["logsConfig"]["cloudWatchLogs"]["groupName"] == f"/aws/codebuild/{prefix}"
@@ -169,7 +176,7 @@ def assert_deployed_configuration(prefix: str = "nightly-copy") -> None:
     (alarm,) = boto3.client("cloudwatch").describe_alarms(
         AlarmNames=[f"{prefix}-run-failed"])["MetricAlarms"]
     assert alarm["AlarmActions"] == [topic_arn]
-    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["TreatMissingData"] == "ignore"  # tests/test_alarms.py says why
     returned = [m for m in alarm["Metrics"] if m.get("ReturnData")]
     assert len(returned) == 1 and "FILL(failed, 0)" in returned[0]["Expression"]
     watched = {(m["MetricStat"]["Metric"]["MetricName"],
@@ -196,7 +203,7 @@ def test_setup_twice_then_teardown_twice_in_process(aws, config, capsys):
         EventPattern=json.dumps({"source": ["aws.codebuild"]}))["RuleArn"]
 
     code, out, err = run(setup_aws.main, ["--config", str(config)], capsys)
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, ROOM_NOT_CHECKED)
     first = outcomes(out)
     assert first == dict.fromkeys(needed_labels(config), "created")
     (query,) = boto3.client("logs").describe_query_definitions()["queryDefinitions"]
@@ -421,6 +428,11 @@ def test_throttling_is_retried_with_growing_jittered_delays(delays):
                  "The role defined for the function cannot be assumed by Lambda."),
     client_error("InvalidInputException", "CreateProject",
                  "CodeBuild is not authorized to perform: sts:AssumeRole on arn:aws:iam::1:role/x"),
+    # with vpcConfig, CodeBuild checks the role's EC2 permissions at once
+    client_error("InvalidInputException", "CreateProject",
+                 "Not authorized to perform DescribeSecurityGroups"),
+    client_error("InvalidInputException", "UpdateProject",
+                 "Not authorized to perform DescribeSecurityGroups"),
     client_error("AccessDeniedException", "CreateStateMachine", "Neither the global service "
                  "principal states.amazonaws.com, nor the regional one is authorized"),
     client_error("ValidationException", "CreateSchedule", "The execution role you provide must "
@@ -432,11 +444,21 @@ def test_a_role_still_propagating_is_retried(delays, error):
     assert call.calls == 3
 
 
+PASS_ROLE_DENIED = ("User: arn:aws:sts::123456789012:assumed-role/installer/me is not authorized "
+                    "to perform: iam:PassRole on resource: "
+                    "arn:aws:iam::123456789012:role/nightly-copy-states because no "
+                    "identity-based policy allows the iam:PassRole action")
+
+
 @pytest.mark.parametrize("error", [
     client_error("AccessDeniedException", "CreateRole", "not allowed"),
     client_error("InvalidParameterValueException", "CreateFunction", "Runtime not supported"),
     client_error("ResourceAlreadyExistsException", "CreateProject", "exists"),
     client_error("ValidationException", "CreateSchedule", "Invalid Schedule Expression"),
+    # the installer's own missing permission: no wait grants it
+    client_error("AccessDeniedException", "CreateStateMachine", PASS_ROLE_DENIED),
+    client_error("AccessDeniedException", "UpdateStateMachine", PASS_ROLE_DENIED),
+    client_error("InvalidInputException", "CreateProject", PASS_ROLE_DENIED),
 ])
 def test_other_errors_are_not_retried(delays, error):
     call = Flaky(error)
@@ -445,13 +467,47 @@ def test_other_errors_are_not_retried(delays, error):
     assert call.calls == 1 and delays == []
 
 
-def test_retries_give_up_after_a_bounded_number_of_attempts(delays):
-    error = client_error("InvalidParameterValueException", "CreateFunction", "cannot be assumed")
-    call = Flaky(*[error] * 50)
+def test_a_missing_pass_role_fails_at_once_naming_the_permission(aws, config, capsys, delays,
+                                                                 monkeypatch):
+    real = botocore.client.BaseClient._make_api_call
+
+    def denied(self, operation, params):  # AWS's answer, through the retrying client
+        if operation == "CreateStateMachine":
+            raise client_error("AccessDeniedException", operation, PASS_ROLE_DENIED)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", denied)
+    code, _, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 1 and delays == []
+    assert err.count("\n") == 1
+    line = err.rstrip("\n")
+    assert line.startswith("error: state machine nightly-copy: CreateStateMachine: "
+                           "AccessDeniedException: ")
+    assert line.endswith("the AWS credentials running this "
+                         "(arn:aws:sts::123456789012:assumed-role/installer/me) lack iam:PassRole "
+                         "on arn:aws:iam::123456789012:role/nightly-copy-states: docs/aws.md, "
+                         "Permissions for the person running setup")
+
+
+def test_iam_propagation_is_waited_for_two_minutes_then_given_up(delays):
+    error = client_error("InvalidInputException", "CreateProject",
+                         "Not authorized to perform DescribeSecurityGroups")
+    call = Flaky(*[error] * 500)
     with pytest.raises(ClientError):
         deploy.aws.with_aws_retries(call)()
-    assert call.calls == deploy.aws.ROLE_PROPAGATION_ATTEMPTS
-    assert 30 <= sum(delays) <= 90  # about a minute of waiting for IAM, not forever
+    # two minutes of waiting in all (the Terraform AWS provider's propagation timeout), in
+    # growing jittered steps, none longer than 16 s
+    assert sum(delays) == pytest.approx(deploy.aws.PROPAGATION_SECONDS)
+    assert max(delays) <= 16 and len(delays) == call.calls - 1 >= 8
+    for attempt, delay in enumerate(delays[:3], start=1):
+        assert 2 ** (attempt - 1) <= delay <= 2 ** attempt
+
+
+def test_throttling_gives_up_after_a_bounded_number_of_attempts(delays):
+    call = Flaky(*[client_error("ThrottlingException", "ListRoles")] * 50)
+    with pytest.raises(ClientError):
+        deploy.aws.with_aws_retries(call)()
+    assert call.calls == deploy.aws.THROTTLE_ATTEMPTS
 
 
 # --- the saved Logs Insights query, call by call against a stub of the Logs API
@@ -924,3 +980,43 @@ def test_setup_waits_for_a_state_machine_an_earlier_teardown_left_deleting(aws, 
     assert stub.polls == 0 and slept  # it waited through every DELETING answer
     arn = d.state_machine_arn("nightly-copy")
     assert stub._client.describe_state_machine(stateMachineArn=arn)["status"] == "ACTIVE"
+
+
+# --- the schedule's first run
+
+
+def test_a_rate_schedule_starts_at_the_configured_local_time_not_at_setup(aws, config, capsys,
+                                                                        monkeypatch):
+    """Without a StartDate EventBridge Scheduler invokes a rate schedule at once: a copy in
+    the working day, while setup runs. The first run is the next 03:00 in the zone instead."""
+    import datetime as dt
+
+    def scheduled() -> dict:
+        return boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
+
+    flags = ["--config", str(config), "--schedule", "rate(1 day)", "--timezone", "Europe/Berlin"]
+    # the day before the spring-forward of 2027: 03:00 CEST on 28 March is 01:00 UTC
+    monkeypatch.setattr(deploy.names, "now",
+                        lambda: dt.datetime(2027, 3, 27, 10, 0, tzinfo=dt.UTC))
+    code, out, _ = run(setup_aws.main, flags, capsys)
+    assert code == 0
+    assert scheduled()["StartDate"] == dt.datetime(2027, 3, 28, 1, 0, tzinfo=dt.UTC)
+
+    # a day later the next 03:00 is another date, but the same time: nothing to change
+    monkeypatch.setattr(deploy.names, "now",
+                        lambda: dt.datetime(2027, 3, 28, 10, 0, tzinfo=dt.UTC))
+    code, out, _ = run(setup_aws.main, flags, capsys)
+    assert code == 0 and outcomes(out)["schedule nightly-copy/nightly"] == "unchanged"
+
+    # 02:30 does not exist on 28 March (02:00 -> 03:00): the first run is 29 March, 02:30 CEST
+    monkeypatch.setattr(deploy.names, "now",
+                        lambda: dt.datetime(2027, 3, 27, 10, 0, tzinfo=dt.UTC))
+    code, out, _ = run(setup_aws.main, [*flags, "--rate-start-time", "02:30"], capsys)
+    assert code == 0 and outcomes(out)["schedule nightly-copy/nightly"] == "updated"
+    assert scheduled()["StartDate"] == dt.datetime(2027, 3, 29, 0, 30, tzinfo=dt.UTC)
+
+
+def test_a_cron_schedule_has_no_start_date(aws, config, capsys):
+    run(setup_aws.main, ["--config", str(config)], capsys)
+    schedule = boto3.client("scheduler").get_schedule(GroupName="nightly-copy", Name="nightly")
+    assert schedule.get("StartDate") is None
