@@ -5114,9 +5114,20 @@ def find_shared_snapshot(src, options: Options) -> str:
             if time.monotonic() >= deadline:
                 raise SnapshotLost(
                     f"no snapshot was shared for run {options.run} within {options.snapshot_wait:g}s: "
-                    f"the run's first load job (COPIER_ONE_SNAPSHOT=hold) did not start, or failed; "
-                    f"nothing of this job was loaded")
+                    f"the run's first load job (COPIER_ONE_SNAPSHOT=hold) did not start, or failed"
+                    f"{queued_too_long()}; nothing of this job was loaded")
             time.sleep(0.25)  # one cheap catalog read; the jobs start within seconds
+
+
+def queued_too_long() -> str:
+    """Why a load job of a split run can miss the run's snapshot on AWS: CodeBuild queues the
+    builds beyond the account's concurrent-build quota, and does not say in which order queued
+    builds start (CodeBuild User Guide, "Builds in AWS CodeBuild": builds are queued when the
+    quota is reached). setup_aws.py puts the quota it read into the jobs' environment."""
+    quota = os.environ.get(runlog.BUILD_QUOTA_VARIABLE)
+    return (f", or this job started after it had stopped waiting for the others: builds beyond the "
+            f"account's concurrent-build quota queue ({quota}), and with one_snapshot every load job "
+            f"must run at once (fewer jobs, a quota increase, or one_snapshot = false)") if quota else ""
 
 
 def wait_for_joiners(dst, options: Options, started: float) -> None:
@@ -5134,8 +5145,11 @@ def wait_for_joiners(dst, options: Options, started: float) -> None:
         say(f"copier: warning: lost the target while waiting for the load jobs to import the "
             f"run's snapshot: {first_line(exc)}")
     if len(imported) < needed:
+        quota = os.environ.get(runlog.BUILD_QUOTA_VARIABLE)
         message = (f"only {len(imported)} of the {needed} other load jobs imported the run's snapshot "
-                   f"within {options.snapshot_wait:g}s: the others fail their tables")
+                   f"within {options.snapshot_wait:g}s: the others fail their tables"
+                   + (f" (those still queued behind the account's concurrent-build quota, {quota}, "
+                      f"start too late)" if quota else ""))
         warn(message)
     log_event(runlog.SNAPSHOT_RELEASED, job=1, imported=len(imported) + 1, jobs=options.load_jobs)
 

@@ -326,7 +326,24 @@ def test_a_join_job_without_a_holder_fails_its_units_clearly(dbs):
     assert code == 1
     assert stderr.strip().splitlines()[-1].startswith("copier: error: no snapshot was shared for run night-1")
     assert sorted(e.get("slice", "") for e in job.of("table_failed")) == ["", "2/2"]
+    assert "quota" not in stderr  # a local run has none to name
     assert staging_debris(dbs) == []
+
+
+def test_a_job_queued_past_the_holder_names_the_build_quota(dbs):
+    """On AWS a load job queued behind the account's concurrent-build quota starts after the
+    first job let go of the snapshot: its failure line (the one Slack shows) says so."""
+    fill_accounts(dbs, rows_a=300, rows_b=30)
+    quota = ("1 concurrent build for BUILD_GENERAL1_SMALL (Service Quotas: codebuild, Concurrently "
+             "running builds for Linux/Small environment)")
+    job = load_job(dbs, "night-1", 2, 2, "acc_a#2/2,acc_b", COPIER_SNAPSHOT_WAIT="1",
+                   COPIER_BUILD_QUOTA=quota)
+    code, _ = job.finish()
+    assert code == 1
+    for failed in job.of("table_failed"):
+        assert failed["error"].startswith("no snapshot was shared for run night-1 within 1s: ")
+        assert f"builds beyond the account's concurrent-build quota queue ({quota})" in failed["error"]
+        assert "fewer jobs, a quota increase, or one_snapshot = false" in failed["error"]
 
 
 def test_a_slice_of_a_table_without_an_integer_key_fails_with_advice(dbs):
