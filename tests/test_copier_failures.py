@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -239,8 +238,11 @@ def test_disk_full_on_the_target_leaves_the_old_table(big, tiny_tablespace, run_
     result = run_copier("TABLES=big")
 
     assert result.code == 1
-    assert "could not extend file" in result.of("table_failed")[0]["error"]
-    assert "No space left on device" in result.stderr
+    (failed,) = result.of("table_failed")
+    # SQLSTATE 53100 in those words: which tablespace, how much the table needed
+    assert failed["error"].startswith("the reporting database's disk is full (tablespace tiny): "
+                                      "staging public.big needed about ")
+    assert "could not extend file" not in result.stderr
     assert_old_contents(big)
     big.target(f"ALTER DATABASE {big.target_name} RESET default_tablespace")
 
@@ -334,47 +336,3 @@ def test_a_run_right_after_one_whose_session_ends_late_copies(copier_env, run_co
     assert result.code == 0, result.stderr
     assert copier_env.target_rows("SELECT id FROM t ORDER BY id") == [(1,), (2,)]
 
-
-@pytest.fixture
-def small_disk(copier_env, tmp_path):
-    """A tablespace of the reporting side's on a disk of 8 MB of its own (a tmpfs: mounting one
-    needs root, as CI and the tests here run; the server's OS user owns its folder)."""
-    folder = tmp_path / "small_disk"
-    folder.mkdir()
-    tmp_path.chmod(0o755)
-    as_root = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    done = subprocess.run([*as_root, "mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, f"a small disk needs root to mount: {done.stderr}"
-    try:
-        if copier_env.cluster.os_user:
-            user = pwd.getpwnam(copier_env.cluster.os_user)
-            os.chown(folder, user.pw_uid, user.pw_gid)
-        name = f"small_{copier_env.target_name}"
-        copier_env.target(f"CREATE TABLESPACE {name} LOCATION '{folder}'")
-        yield name
-        copier_env.target("DROP TABLE IF EXISTS wide")
-        copier_env.target(f"DROP TABLESPACE {name}")
-    finally:
-        subprocess.run([*as_root, "umount", str(folder)], check=True)
-
-
-def test_a_full_disk_is_named_as_such_and_changes_nothing(copier_env, run_copier, small_disk):
-    """SQLSTATE 53100 in those words: which tablespace, how much the table needed; the reporting
-    table keeps its rows, and nothing of the staging is left (the disk has its room back)."""
-    copier_env.source("CREATE TABLE wide (id int PRIMARY KEY, pad text);"
-                      "INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 1000) g")
-    assert run_copier("TABLES=wide").code == 0
-    copier_env.target(f"ALTER TABLE wide SET TABLESPACE {small_disk}")  # a DBA's choice
-    copier_env.source("INSERT INTO wide SELECT g, repeat(md5(g::text), 8)"
-                      " FROM generate_series(1001, 40000) g")
-
-    result = run_copier("TABLES=wide")
-
-    assert result.code == 1
-    (failed,) = result.of("table_failed")
-    assert failed["error"].startswith(f"the reporting database's disk is full (tablespace {small_disk}): "
-                                      f"staging public.wide needed about ")
-    assert "could not extend file" not in result.stderr
-    assert copier_env.target_rows("SELECT count(*) FROM wide") == [(1000,)]
-    assert staging_debris(copier_env) == []
