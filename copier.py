@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -413,6 +414,10 @@ environment:
   COPIER_ONE_SNAPSHOT      --phase load: 'hold' (the first job exports the run's snapshot and holds
                            it until COPIER_LOAD_JOBS jobs imported it) or 'join' (import it); both
                            wait up to COPIER_SNAPSHOT_WAIT seconds (default 1800)
+  COPIER_RULES, COPIER_HASH_SALT   the column and row rules' file, and the salt of their hashes
+  COPIER_TARGET_STORAGE    rds:<instance>: check the night's room against that RDS instance's
+                           free storage (on AWS setup_aws.py sets it in Parameter Store)
+  COPIER_BUILD_QUOTA       on AWS, the account's concurrent-build quota, named in a late job's error
 """
 
 
@@ -470,6 +475,7 @@ def load_connection_settings() -> dict:
             raise ConfigError(f"{missing[0]} is not set (SOURCE_DSN and TARGET_DSN go together)")
         settings = {db: {"dsn": dsn} for db, dsn in dsns.items()}
         settings["rules"] = (None, "")
+        settings["storage"] = os.environ.get("COPIER_TARGET_STORAGE", "")
     else:
         prefix = os.environ.get("COPIER_SSM_PREFIX", DEFAULT_SSM_PREFIX)
         settings = read_ssm_settings(prefix if prefix.endswith("/") else prefix + "/")
@@ -507,6 +513,7 @@ def read_ssm_settings(prefix: str) -> dict[str, dict]:
             f"missing SSM parameter {missing[0]}{more}; "
             "run setup_aws.py, or set SOURCE_DSN and TARGET_DSN for a local run"
         )
+    settings["storage"] = found.get(prefix + runlog.STORAGE_SETTING, "")
     if found.get(prefix + runlog.HASH_SALT_PARAMETER):
         settings["source"]["hash_salt"] = found[prefix + runlog.HASH_SALT_PARAMETER]
     return settings
@@ -699,6 +706,7 @@ class SourceTable:
     fingerprint: Fingerprint | None = dataclasses.field(default=None, compare=False)
     # Its rules (rules.py), checked against the source (check_rules); None: copied as it is.
     masking: Masking | None = dataclasses.field(default=None, compare=False)
+    refused: str = dataclasses.field(default="", compare=False)  # why it may not be copied tonight
 
 
 SOURCE_TABLES_QUERY = """
@@ -876,9 +884,10 @@ class Plan:
     # The reporting side has (or the copier may make) its store of fingerprints: unchanged tables
     # can be recognised, and each table copied leaves one.
     fingerprints: bool
+    room: Room  # the reporting database's free storage against what the night stages at once
 
 
-def make_plan(options: Options, units: list[Unit], dst) -> Plan:
+def make_plan(options: Options, units: list[Unit], dst, storage: str) -> Plan:
     tables = list({u.source.table: u.source for u in units}.values())
     swap = "none" if options.phase == "load" else options.swap
     if swap == "together":
@@ -886,9 +895,103 @@ def make_plan(options: Options, units: list[Unit], dst) -> Plan:
     else:
         late_swaps = partitioned_key_ends(dst, tables) if swap == "table" else frozenset()
     snapshot = "none" if options.phase == "publish" else options.one_snapshot or "export"
-    jobs = assign_to_jobs({u.name: u.weight for u in units}, options.jobs)
+    room = room_for_the_night(storage, options.phase, {t.table.qualified: t.size_bytes for t in tables},
+                              late_swaps, options.jobs)
+    jobs = assign_to_jobs({u.name: u.weight for u in units}, room.jobs)
     fingerprints = fingerprint_store_usable(dst)
-    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)), fingerprints)
+    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)), fingerprints, room)
+
+
+# --- room: a night never fills the reporting database's disk. A table is staged beside the live
+#     one until its swap; the most the night holds staged at once is compared, before anything is
+#     written, with the reporting database's free storage, where it can be read.
+
+
+@dataclass(frozen=True)
+class Room:
+    """What the night may stage, as decided before it starts: the tables refused for want of
+    room (each with why), how many jobs may stage side by side, and the sentence that says so."""
+
+    said: str
+    jobs: int
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def with_room(units: list[Unit], room: Room) -> list[Unit]:
+    """The units, a table refused for want of room failing at its turn, before it is written."""
+    return [dataclasses.replace(u, source=dataclasses.replace(u.source, refused=room.refused.get(
+        u.source.table.qualified, ""))) for u in units]
+
+
+def room_for_the_night(storage: str, phase: str, sizes: dict[str, int], late: frozenset[str],
+                       jobs: int) -> Room:
+    """Each table counts its size on the source (indexes and TOAST included). A per-table run
+    holds its late swaps staged until the end, and one table per job beside them; --swap
+    together and a load job hold all of theirs until the swap (the publish, on AWS). A table
+    that cannot fit is refused before anything is written, keeping last night's rows (of those
+    held to the end, the largest first: the fewest go); when the jobs side by side would not
+    fit, fewer run at once."""
+    if phase == "publish":
+        return Room("not checked: the publish stages nothing (its load jobs did)", jobs)
+    free, why = free_storage(storage)
+    if free is None:
+        return Room(why, jobs)
+    everything = phase == "load" or late == frozenset(sizes)
+    held = sorted((t for t in sizes if phase == "load" or t in late), key=lambda t: -sizes[t])
+    refused: dict[str, str] = {}
+
+    def refuse(table: str, because: str) -> None:
+        refused[table] = (f"{table} needs about {sizes[table] / 1e6:.0f} MB staged (its size on the "
+                          f"source, indexes and TOAST included) and the reporting database has "
+                          f"{free / 1e6:.0f} MB free{because}: it keeps last night's rows; make room, "
+                          f"or grow its storage")
+
+    while held and sum(sizes[t] for t in held) > free:
+        refuse(held.pop(0), "" if len(held) == 0 else ", with the tables staged until the swap at the end "
+               + ("(every table)" if everything else "(those swapped together)"))
+    kept = sum(sizes[t] for t in held)
+    others = sorted((t for t in sizes if t not in held and t not in refused), key=lambda t: -sizes[t])
+    for table in others:
+        if kept + sizes[table] > free:
+            refuse(table, f", {kept / 1e6:.0f} MB of it held by the tables swapped at the end"
+                   if kept else "")
+    fitting = [sizes[t] for t in others if t not in refused]
+    side_by_side = max(1, min(jobs, max((k for k in range(len(fitting) + 1)
+                                         if kept + sum(fitting[:k]) <= free), default=1)))
+    need = kept + sum(fitting[:side_by_side])
+    said = (f"checked: the night stages at most {need / 1e6:.0f} MB at once, {free / 1e6:.0f} MB free"
+            + (f"; {side_by_side} of {jobs} jobs at once, so that it fits" if side_by_side < jobs else "")
+            + (f"; {len(refused)} table(s) refused for want of room" if refused else ""))
+    return Room(said, side_by_side, refused)
+
+
+def free_storage(storage: str) -> tuple[int | None, str]:
+    """The reporting database's free storage in bytes, or None and why it is not known. On RDS,
+    the instance's FreeStorageSpace metric ("the amount of available storage space", in bytes,
+    reported each minute: Amazon RDS User Guide, "Amazon CloudWatch metrics for Amazon RDS"),
+    its lowest in the last quarter hour; setup names the instance (runlog.STORAGE_SETTING) and
+    lets the job read it. Aurora's storage grows on its own."""
+    if storage == runlog.STORAGE_AURORA:
+        return None, "not needed: Aurora's storage grows on its own"
+    if not storage.startswith(runlog.STORAGE_RDS):
+        return None, ("not checked: the reporting database's free storage cannot be read here (an RDS "
+                      "instance's can: COPIER_TARGET_STORAGE=rds:<instance>, which setup_aws.py sets on AWS)")
+    import boto3  # only here: a local run needs no AWS libraries loaded
+    import botocore.exceptions
+
+    instance = storage.removeprefix(runlog.STORAGE_RDS)
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        points = boto3.client("cloudwatch").get_metric_statistics(
+            Namespace="AWS/RDS", MetricName="FreeStorageSpace", Statistics=["Minimum"], Period=60,
+            Dimensions=[{"Name": "DBInstanceIdentifier", "Value": instance}],
+            StartTime=now - datetime.timedelta(minutes=15), EndTime=now)["Datapoints"]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        return None, (f"not checked: cannot read the FreeStorageSpace of RDS instance {instance}: "
+                      f"{first_line(exc)}")
+    if not points:
+        return None, f"not checked: RDS instance {instance} reported no FreeStorageSpace in 15 minutes"
+    return int(min(point["Minimum"] for point in points)), ""
 
 
 # Foreign keys of partitioned tables on the target whose two ends are both tables.
@@ -934,6 +1037,7 @@ def show_plan(plan: Plan, units: list[Unit], refused: dict[str, str], as_json: b
     ruled = {u.source.table.qualified: u.source.masking.rules for u in units if u.source.masking}
     for table, its_rules in ruled.items():
         say(f"rules of {table}: {rules_in_words(its_rules)}")
+    say(f"room on the reporting database: {plan.room.said}")
     for table, error in refused.items():
         say(f"copier: error: {table}: {error}")
     if as_json:
@@ -2147,6 +2251,8 @@ class TableCopier:
     def prepared(self, source: SourceTable) -> TableDefinition:
         """The table's definition, refused or with what its staging table needs on the target."""
         with self.steps.timing("stage"):
+            if source.refused:
+                raise TableCopyError(source.refused)
             definition = source.definition or read_definition(self.src, source)
             if definition.refused:
                 raise TableCopyError(definition.refused)
@@ -5196,16 +5302,17 @@ def run(options: Options, settings: dict) -> int:
         warn_if_recovery_may_cancel(src)
         dst = connect_at_start(settings, "target", outages, options)
         check_target(dst, tables)
-        plan = make_plan(options, units, dst)
+        plan = make_plan(options, units, dst, settings.get("storage", ""))
         if options.dry_run:
             refused = refusals(dst, tables)
             ruled = [t for t in tables if t.masking]
             refused |= {d.table.qualified: d.refused for d in read_definitions(src, ruled) if d and d.refused}
+            refused |= plan.room.refused
             show_plan(plan, units, refused, options.json)
             return 1 if refused else 0
         # The load jobs of one run share their tables; anything else copying them is refused.
         lock_tables(dst, tables, shared=plan.phase == "load")
-        units = with_target_checked(dst, with_definitions(src, units))
+        units = with_room(with_target_checked(dst, with_definitions(src, units)), plan.room)
         if not plan.fingerprints:
             warn(f"the target user may not keep the tables' fingerprints in schema {FINGERPRINT_SCHEMA}: "
                  f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
@@ -5232,12 +5339,13 @@ def run(options: Options, settings: dict) -> int:
     seconds = time.monotonic() - started
     failed = [r for r in results if not r.ok]
     steps = print_summary(results, seconds)
+    say(f"room on the reporting database: {plan.room.said}")
     waited = report_outages(results, shared, holder)
     log_event(runlog.RUN_FINISHED, tables=len(results), failed=len(failed), seconds=round(seconds, 2),
               waited_seconds=round(sum(waited.values()), 1),
               source_waited_seconds=waited["source"], target_waited_seconds=waited["target"],
               snapshots=shared.snapshot.current()[1], unchanged=sum(r.unchanged for r in results),
-              steps=steps, **({"phase": plan.phase} if plan.phase != "all" else {}))
+              steps=steps, room=plan.room.said, **({"phase": plan.phase} if plan.phase != "all" else {}))
     for r in failed:
         say(f"copier: error: {r.unit or r.table}: {r.error}")
     return 1 if failed else 0
@@ -5343,7 +5451,7 @@ def run_units(units: list[Unit], settings: dict, options: Options, plan: Plan,
               shared: RunShared) -> tuple[list[TableResult], list[SourceTable]]:
     """Copy the units over options.jobs jobs: the results, and the sliced tables abandoned."""
     work = WorkList(units, options, plan)
-    jobs = min(options.jobs, len(units))
+    jobs = min(plan.room.jobs, len(units))  # fewer than --jobs when the room is short
     if jobs <= 1:
         run_job(1, settings, options, plan, shared, work.next, work.done, threading.Event())
         return work.outcome("not copied"), work.abandoned
