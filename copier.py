@@ -98,7 +98,7 @@ FIRST_NORMAL_OID = 16384
 
 # ---------------------------------------------------------------------------------------------
 # Errors: one type per kind of failure the user can act on (CopierError and TableListError come from
-# runlog.py, shared with setup), and how an error reads in one line.
+# runlog.py, RulesError from rules.py: shared with setup), and how an error reads in one line.
 
 
 class ConfigError(CopierError):
@@ -5304,21 +5304,11 @@ def run(options: Options, settings: dict) -> int:
         check_target(dst, tables)
         plan = make_plan(options, units, dst, settings.get("storage", ""))
         if options.dry_run:
-            refused = refusals(dst, tables)
-            ruled = [t for t in tables if t.masking]
-            refused |= {d.table.qualified: d.refused for d in read_definitions(src, ruled) if d and d.refused}
-            refused |= plan.room.refused
-            show_plan(plan, units, refused, options.json)
-            return 1 if refused else 0
+            return dry_run(src, dst, plan, units, options)
         # The load jobs of one run share their tables; anything else copying them is refused.
         lock_tables(dst, tables, shared=plan.phase == "load")
         units = with_room(with_target_checked(dst, with_definitions(src, units)), plan.room)
-        if not plan.fingerprints:
-            warn(f"the target user may not keep the tables' fingerprints in schema {FINGERPRINT_SCHEMA}: "
-                 f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
-                 f"the schema and grant it CREATE and USAGE there")
-        elif make_fingerprint_store(dst) and not options.copy_unchanged:
-            units = with_fingerprints(dst, units)
+        units = with_last_fingerprints(dst, units, plan, options)
         moment("tables_checked", units=units)
         shared = take_snapshot(src, dst, units, plan, options, outages)
         if plan.snapshot != "none":
@@ -5349,6 +5339,31 @@ def run(options: Options, settings: dict) -> int:
     for r in failed:
         say(f"copier: error: {r.unit or r.table}: {r.error}")
     return 1 if failed else 0
+
+
+def dry_run(src, dst, plan: Plan, units: list[Unit], options: Options) -> int:
+    """--dry-run: the plan, and every table the night would refuse (the reporting side's
+    dependents, a strict table's rules, the room), exit 1 when there is one; nothing written."""
+    tables = list({u.source.table: u.source for u in units}.values())
+    refused = refusals(dst, tables)
+    ruled = [t for t in tables if t.masking]
+    refused |= {d.table.qualified: d.refused for d in read_definitions(src, ruled) if d and d.refused}
+    refused |= plan.room.refused
+    show_plan(plan, units, refused, options.json)
+    return 1 if refused else 0
+
+
+def with_last_fingerprints(dst, units: list[Unit], plan: Plan, options: Options) -> list[Unit]:
+    """The units with what the last run recorded of their tables (none with --copy-unchanged),
+    the copier's store of fingerprints made when missing; without it, every table is copied."""
+    if not plan.fingerprints:
+        warn(f"the target user may not keep the tables' fingerprints in schema {FINGERPRINT_SCHEMA}: "
+             f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
+             f"the schema and grant it CREATE and USAGE there")
+        return units
+    if make_fingerprint_store(dst) and not options.copy_unchanged:
+        return with_fingerprints(dst, units)
+    return units
 
 
 def swap_the_rest(dst, tables: list[SourceTable], units: list[Unit], results: list[TableResult],
