@@ -333,7 +333,8 @@ def steps_after(line: dict, before: dict[str, float]) -> dict[str, float]:
     its table's staged line's steps."""
     added = {name: round(seconds - before.get(name, 0.0), 3)
              for name, seconds in runlog.steps_of(line).items()}
-    return {name: seconds for name, seconds in added.items() if seconds > 0}
+    # A step the staged line had not, however short (a swap under a millisecond), ran at the end.
+    return {name: seconds for name, seconds in added.items() if seconds > 0 or name not in before}
 
 
 def snapshot_text(line: dict) -> str:
