@@ -109,6 +109,10 @@ class Settings:
         "given the run's name, date and tables; its failure fails the night"})
     transform_timeout_minutes: int = field(default=60, metadata={
         "help": "minutes the Transform step may take"})
+    rules_file: str = field(default="", metadata={
+        "help": "column and row rules (docs/copier.md), a TOML file; in deploy.toml relative to "
+        "its folder. Setup checks it and writes it to Parameter Store (<prefix>rules), with the "
+        "salt of its hashes from COPIER_HASH_SALT"})
     alarm_emails: list[str] = field(default_factory=list, metadata={
         "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
@@ -419,6 +423,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
     unknown = set(values) - set(SETTING_FIELDS)
     if unknown:
         raise SettingsError(f"config file {path}: unknown settings {sorted(unknown)}")
+    if path is not None and isinstance(values.get("rules_file"), str) and values["rules_file"]:
+        # a path in the file is the file's: setup finds it from wherever it is run
+        values["rules_file"] = str(Path(path).parent / values["rules_file"])
     settings = Settings(**values)
     for name in SETTING_FIELDS:
         if name in runlog.DATABASES:
