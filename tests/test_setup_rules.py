@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import io
+import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -211,3 +213,120 @@ def test_a_rules_file_given_by_flag_is_read_from_the_current_directory(aws, tmp_
                        capsys)
     assert code == 0, err
     assert stored(RULES)["value"] == MASKING
+
+
+# --- against a source setup reaches: the copier's own check, before anything is created
+
+
+def config_on(dbs, directory: Path, tables: list[str], rules_text: str) -> Path:
+    """A deployment of the test's databases (a trust cluster: the passwords are not asked),
+    whose rules_file holds rules_text."""
+    (directory / "rules.toml").write_text(rules_text)
+    lines = [f"region = {json.dumps(REGION)}", f"tables = {json.dumps(tables)}", "jobs = 2",
+             'github_url = "https://github.com/example/nightly-copy.git"',
+             'rules_file = "rules.toml"']
+    for database, dsn in (("source", dbs.source_dsn), ("target", dbs.target_dsn)):
+        lines.append(f"[{database}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in
+                  (item.split("=", 1) for item in dsn.split())]
+        lines.append('sslmode = "disable"')
+    path = directory / "deploy.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SHOP = """
+    CREATE TABLE customers (id int PRIMARY KEY, name text, email text UNIQUE, phone text);
+    INSERT INTO customers VALUES (1, 'Alice', 'alice@example.com', '+49 30 1234567'),
+                                 (2, 'Bob', 'bob@example.com', NULL);
+    INSERT INTO customers SELECT g, 'c' || g, 'c' || g || '@example.org', '+1 555 ' || g
+        FROM generate_series(3, 300) g;
+    CREATE TABLE orders (id int PRIMARY KEY, customer_email text, total numeric);
+    INSERT INTO orders SELECT g, CASE WHEN g % 2 = 0 THEN 'alice@example.com'
+        ELSE 'c' || (g % 298 + 3) || '@example.org' END, g FROM generate_series(1, 400) g;
+    CREATE TABLE "Orders" (id int);
+"""
+SHOP_RULES = """[tables."public.customers"]
+strict = true
+columns = { id = "keep", name = "keep", email = "hash", phone = "null" }
+
+[tables.orders]
+columns = { customer_email = "hash" }
+"""
+
+
+def test_rules_checked_against_a_reachable_source_pass_without_a_warning(aws, dbs, tmp_path,
+                                                                         monkeypatch, capsys):
+    dbs.source(SHOP)
+    monkeypatch.setenv(rules.SALT_VARIABLE, SALT)
+    config = config_on(dbs, tmp_path, ["customers", "public.orders"], SHOP_RULES)
+    code, out, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 0, err
+    assert "table assignment (source table sizes" in out and ONLY_FORM not in err
+    assert stored(RULES)["value"] == SHOP_RULES
+
+
+# Each refused by the source's answer, where the rules' form is fine (with an unquoted Orders
+# in tables, "Orders" is that table on the source and orders another: no name check without
+# the source could tell).
+REFUSED_BY_THE_SOURCE = [
+    ('[tables.customers]\ncolumns = { emial = "hash" }\n', ["customers"],
+     """[tables."customers"]: no column 'emial' in this table on the source"""),
+    ('[tables.customers]\nstrict = true\ncolumns = { id = "keep", email = "hash" }\n',
+     ["customers"], None),  # strict: a column left out refuses the table at night, not here
+    ('[tables.customers]\ncolumns = { phone = { sql = "left(phone, 3) + 1" } }\n', ["customers"],
+     """[tables."customers"]: column 'phone': the source refuses it: operator does not exist"""),
+    ('[tables.customers]\nwhere = "created_at > now()"\n', ["customers"],
+     """[tables."customers"]: where: the source refuses it: column "created_at" does not exist"""),
+    ('[tables.orders]\ncolumns = { customer_email = "hash" }\n', ["Orders"],
+     """[tables."orders"] is public.orders on the source, which is not one of tables"""),
+]
+
+
+@pytest.mark.parametrize("text, tables, message", REFUSED_BY_THE_SOURCE,
+                         ids=["column", "strict", "expression", "where", "another-table"])
+def test_rules_the_source_refuses_are_one_line_before_anything_is_created(
+        aws, dbs, tmp_path, monkeypatch, capsys, text, tables, message):
+    dbs.source(SHOP)
+    monkeypatch.setenv(rules.SALT_VARIABLE, SALT)
+    config = config_on(dbs, tmp_path, tables, text)
+    code, _, err = run(setup_aws.main, ["--config", str(config), "--dry-run"], capsys)
+    if message is None:  # what the copier refuses per table at night passes here
+        assert code == 2, err
+        return
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: rules_file {tmp_path / 'rules.toml'}: ") and message in err
+    code, _, err = run(setup_aws.main, ["--config", str(config)], capsys)
+    assert code == 1 and message in err
+    assert all(names == [] for names in inventory("nightly-copy").values())
+
+
+# --- end to end: what setup wrote is what the copier applies on AWS
+
+
+def test_the_copier_applies_the_rules_and_the_salt_setup_wrote(aws, copier_env, run_copier,
+                                                               tmp_path, monkeypatch, capfd):
+    copier_env.source(SHOP)
+    monkeypatch.setenv(rules.SALT_VARIABLE, SALT)
+    config = config_on(copier_env, tmp_path, ["public.customers", "public.orders"], SHOP_RULES)
+    assert setup_aws.main(["--config", str(config)]) == 0, capfd.readouterr().err
+
+    # A job as setup deploys it: no DSN, no local rules or salt; everything from Parameter Store
+    for name in ("SOURCE_DSN", "TARGET_DSN", rules.SALT_VARIABLE, rules.RULES_VARIABLE):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COPIER_SSM_PREFIX", "/nightly-copy/")
+    result = run_copier("TABLES=public.customers,public.orders")
+    assert result.code == 0, result.stderr
+
+    # the hash is the one the salt from the SecureString gives; phone is emptied
+    assert copier_env.target_rows("SELECT email, phone FROM customers WHERE id = 1") == \
+        copier_env.source_rows("SELECT encode(sha256(convert_to(%s || email, 'UTF8')), 'hex'), "
+                               "NULL FROM customers WHERE id = 1", (SALT,))
+    assert copier_env.target_rows("SELECT count(*) FROM customers WHERE phone IS NOT NULL") == [(0,)]
+    # hashed keys still join: every order finds its customer
+    assert copier_env.target_rows("SELECT count(*) FROM orders JOIN customers "
+                                  "ON customers.email = orders.customer_email") == [(400,)]
+    everything = str(copier_env.target_rows("SELECT * FROM customers")) + str(
+        copier_env.target_rows("SELECT * FROM orders")) + result.stderr + str(result.events)
+    for raw in ("alice@example.com", "+49 30 1234567", SALT):
+        assert raw not in everything
