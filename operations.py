@@ -137,27 +137,55 @@ def find_execution(nightly: Nightly, name: str) -> dict | None:
 def parallel_results(nightly: Nightly, execution_arn: str) -> list[dict] | None:
     """The job results the Parallel state handed on, then the publish step's result when it
     ended, from the history; None if the load phase never finished (the execution still
-    runs, was stopped or timed out)."""
+    runs, was stopped or timed out). The publish's result lists no tables (the state machine
+    keeps the run's table list once, in the jobs' units): it gets the jobs' tables, as the
+    Slack summary gives it (notify_lambda.run_tables)."""
+    jobs, publish = read_phase_results(nightly, execution_arn)
+    if jobs is None:
+        return None
+    jobs = [with_listed_units(job) for job in jobs]
+    if publish is not None:
+        publish = dict(with_listed_units(publish))
+        if not notify_lambda.listed_units(publish.get("tables")):
+            publish["tables"] = notify_lambda.run_tables({"jobs": jobs, "publish": publish})
+    return jobs + ([publish] if publish else [])
+
+
+def read_phase_results(nightly: Nightly, execution_arn: str) -> tuple[list | None, dict | None]:
+    """The load phase's job results and the publish's result, wherever they are in the history:
+    newest first on AWS (reverseOrder, so a finished run's are read from its last page), but
+    not relied on (moto's engine gives the oldest first)."""
     paginator = nightly.aws.client("stepfunctions").get_paginator("get_execution_history")
-    publish = None
+    jobs, publish = None, None
     for page in paginator.paginate(executionArn=execution_arn, reverseOrder=True):
         for event in page["events"]:
             details = event.get("stateExitedEventDetails") or {}
             output = json.loads(details.get("output") or "{}") if details else {}
-            if publish is None and isinstance(output, dict) and isinstance(
-                    output.get("publish"), dict):
-                publish = output["publish"]  # the publish task's, or its Catch's, result
+            if not isinstance(output, dict):
+                continue
+            found = output.get("publish")
+            if isinstance(found, list) and len(found) == 1:  # the Publish phase's one branch
+                found = found[0]
+            if publish is None and isinstance(found, dict):
+                publish = found  # the publish task's, or its Catch's, result
             if event["type"] == "ParallelStateExited" and details.get("name") == Names.copy_state:
-                return output.get("jobs", []) + ([publish] if publish else [])
-    return None
+                jobs = output.get("jobs", [])
+            if jobs is not None and publish is not None:
+                return jobs, publish
+    return jobs, publish
+
+
+def with_listed_units(result: dict) -> dict:
+    """A run recorded before the results listed their units (${TableList}) has the TABLES
+    text: the copier's to parse."""
+    if isinstance(result, dict) and isinstance(result.get("tables"), str):
+        return {**result, "tables": runlog.unit_texts(result["tables"])}
+    return result
 
 
 def job_from_result(position: int, result: dict) -> JobRun:
-    # The Slack function reads the same results, failed builds' causes included. A run recorded
-    # before the results listed their units (${TableList}) has the TABLES text: the copier's to parse.
-    if isinstance(result.get("tables"), str):
-        result = {**result, "tables": runlog.unit_texts(result["tables"])}
-    job = notify_lambda.job_result(position, result)
+    # The Slack function reads the same results, failed builds' causes included.
+    job = notify_lambda.job_result(position, with_listed_units(result))
     return JobRun(job.name, job.status, job.seconds, job.tables, job.error, job.cause)
 
 

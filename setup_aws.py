@@ -5,8 +5,9 @@
     python setup_aws.py --config deploy.toml --dry-run --json   # the plan, a JSON object a line
     python setup_aws.py --config deploy.toml --start --date 2026-11-27   # start one run by hand
 
-Secrets come from COPIER_SOURCE_PASSWORD, COPIER_TARGET_PASSWORD and SLACK_WEBHOOK_URL, or
-from a hidden prompt on a terminal. See docs/aws.md.
+Secrets come from COPIER_SOURCE_PASSWORD, COPIER_TARGET_PASSWORD and SLACK_WEBHOOK_URL (and,
+with a rules_file that hashes, COPIER_HASH_SALT), or from a hidden prompt on a terminal. See
+docs/aws.md.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from deploy import (
     changes_pending,
     load_settings,
     plan_jobs,
+    read_rules_file,
     setup,
     start_run,
+    warn_on_stderr,
 )
 from deploy.cli import EXIT_CHANGES_PENDING, EXIT_DONE, Parser, exit_codes, run_guarded
 
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one JSON object a line on stdout per resource (name, kind, "
                              "status, changed, detail, dry_run); the rest goes to stderr")
     parser.add_argument("--overwrite-secrets", action="store_true",
-                        help="replace existing secret parameters (passwords, webhook URL)")
+                        help="replace existing secret parameters (passwords, webhook URL, the "
+                             "rules' hash salt: every hashed value then changes)")
     parser.add_argument("--start", action="store_true",
                         help="only start one run of the deployed state machine")
     parser.add_argument("--date", type=parse_date, default=None,
@@ -74,15 +78,20 @@ def run(args: argparse.Namespace) -> int:
     if args.date:
         raise SettingsError("--date goes with --start")
     settings.validate_for_setup()
+    rules = read_rules_file(settings)  # its form, before the first AWS call
     aws = Aws(settings.region)
     # With --json, stdout holds the resources' objects only; people's lines go to stderr.
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    jobs = plan_jobs(settings, say, aws)  # keeps a rebalanced split (operations.py)
+    notes: list[str] = []  # said at the end: a failure stays one line
+    # keeps a rebalanced split (operations.py); checks the rules on a reachable source
+    jobs = plan_jobs(settings, say, aws, rules, notes.append)
     say(f"{'dry run: ' if args.dry_run else ''}prefix {settings.prefix}, "
         f"account {aws.account}, region {aws.region}")
     report = (lambda outcome: print(json.dumps(outcome.as_json(args.dry_run)), flush=True)
               ) if args.json else None
-    outcomes = setup(Deployment(settings, aws, options, jobs), say, report)
+    outcomes = setup(Deployment(settings, aws, options, jobs, rules), say, report)
+    for note in notes:
+        warn_on_stderr(note)
     return EXIT_CHANGES_PENDING if args.dry_run and changes_pending(outcomes) else EXIT_DONE
 
 

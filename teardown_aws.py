@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one JSON object a line on stdout per resource (name, kind, "
                              "status, changed, detail, dry_run); the rest goes to stderr")
     parser.add_argument("--remove-secrets", action="store_true",
-                        help="also delete the passwords and the webhook URL in Parameter Store")
+                        help="also delete the passwords, the webhook URL and the rules' hash "
+                             "salt in Parameter Store")
     parser.add_argument("--remove-images", action="store_true",
                         help="also delete the ECR repository when it holds images")
     return parser

@@ -10,6 +10,7 @@ See docs/aws.md for what gets created and why.
     plan.py           which tables each job copies      state_machine.py  the rendered definitions
     permissions.py    one IAM policy per role           resources.py      the resources every runner needs
     account.py        what setup reads from the account first: the build quota, the target's storage
+    rules_file.py     the column and row rules setup writes to Parameter Store, checked first
     batch.py          the AWS Batch runner, as one unit
     cli.py            the scripts' error boundary and exit codes
 """
@@ -17,7 +18,6 @@ See docs/aws.md for what gets created and why.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +25,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+import rules
 import runlog
 from deploy import account, batch, permissions
 from deploy import names as naming
@@ -38,7 +39,7 @@ from deploy.names import (
     execution_input,
     execution_name,
 )
-from deploy.plan import plan_jobs
+from deploy.plan import plan_jobs, warn_on_stderr
 from deploy.resources import (
     Alarm,
     CodeBuildProject,
@@ -52,6 +53,7 @@ from deploy.resources import (
     QueryDefinition,
     Resource,
     Role,
+    RulesParameter,
     Schedule,
     ScheduleGroup,
     StateMachine,
@@ -59,6 +61,7 @@ from deploy.resources import (
     TopicInvokePermission,
     TopicSubscription,
 )
+from deploy.rules_file import read_rules_file
 from deploy.settings import (
     SETTING_FIELDS,
     WEBHOOK_ENV_VAR,
@@ -75,8 +78,8 @@ from deploy.state_machine import starter_definition
 __all__ = [
     "SETTING_FIELDS", "Aws", "AwsError", "Deployment", "Names", "Options", "Outcome", "Settings",
     "SettingsError", "add_settings_arguments", "changes_pending", "ensure_absent",
-    "ensure_present", "image_status", "load_settings", "plan_jobs", "resource_list", "setup",
-    "start_run", "teardown",
+    "ensure_present", "image_status", "load_settings", "plan_jobs", "read_rules_file",
+    "resource_list", "setup", "start_run", "teardown", "warn_on_stderr",
 ]
 
 
@@ -96,6 +99,12 @@ def resource_list(deployment: Deployment) -> list[Resource]:
     # where the copier reads the reporting database's free storage (deploy/account.py)
     parameters.append(Parameter(deployment, names.storage_parameter,
                                 value=deployment.target_storage, secret=False))
+    # the column and row rules, and their hashes' salt: a secret kept as the passwords are
+    # (the same salt gives the same hashes when a rule hashes again)
+    parameters.append(RulesParameter(deployment, names.rules_parameter, deployment.rules))
+    parameters.append(Parameter(deployment, names.hash_salt_parameter, value=None, secret=True,
+                                env_var=rules.SALT_VARIABLE,
+                                needed=bool(deployment.rules and deployment.rules.needs_salt)))
     parameters.append(Parameter(deployment, names.webhook_parameter, value=None, secret=True,
                                 env_var=WEBHOOK_ENV_VAR))
     codebuild, batch_runner = settings.runner == "codebuild", settings.runner == "batch"
@@ -148,10 +157,6 @@ def resource_list(deployment: Deployment) -> list[Resource]:
 
 
 Report = Callable[["Outcome"], None]
-
-
-def warn_on_stderr(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
 
 
 def setup(deployment: Deployment, out: Callable[[str], None] = print,

@@ -20,6 +20,7 @@ from deploy.state_machine import (
 
 if TYPE_CHECKING:
     from deploy.account import BuildQuota
+    from deploy.rules_file import RulesFile
 
 
 @dataclass
@@ -34,12 +35,13 @@ class Deployment:
     """The ordered list of resources for one prefix in one account and region."""
 
     def __init__(self, settings: Settings, aws: Aws, options: Options,
-                 jobs: list[list[str]] | None = None):
+                 jobs: list[list[str]] | None = None, rules: RulesFile | None = None):
         self.settings = settings
         self.aws = aws
         self.options = options
         self.names = Names(settings.prefix)
         self.jobs = jobs
+        self.rules = rules  # rules_file, read and checked (deploy/rules_file.py)
         # read from the account by setup before it changes anything (deploy/account.py)
         self.build_quota: BuildQuota | None = None
         self.target_storage: str | None = None

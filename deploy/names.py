@@ -46,6 +46,14 @@ class Names:
         return f"{self.ssm_prefix}{runlog.STORAGE_SETTING}"
 
     @property
+    def rules_parameter(self) -> str:
+        return f"{self.ssm_prefix}{runlog.RULES_PARAMETER}"
+
+    @property
+    def hash_salt_parameter(self) -> str:
+        return f"{self.ssm_prefix}{runlog.HASH_SALT_PARAMETER}"
+
+    @property
     def webhook_parameter(self) -> str:
         # Outside ssm_prefix: the copier reads its whole path recursively, the webhook is not
         # its business.

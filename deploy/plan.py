@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 import runlog
 from deploy.aws import Aws, AwsError, describe_error, error_code
 from deploy.names import Names, job_name
+from deploy.rules_file import RulesFile
 from deploy.settings import Settings, SettingsError, secret_env_var
 
 SOURCE_SIZES = "source table sizes"
+
+
+def warn_on_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 class SourceError(Exception):
@@ -34,8 +40,15 @@ class Weights:
     sliceable: frozenset[str] = frozenset()
 
 
-def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
-    """Source table sizes when the source is reachable, else the configured weights, else 1."""
+# copier.check_rules refuses a hash without its salt; setup checks the salt itself (the
+# SecureString <prefix>hash_salt: stored already, or COPIER_HASH_SALT, or a hidden prompt).
+SALT_CHECKED_BY_SETUP = "the salt is checked by setup_aws.py"
+
+
+def table_weights(settings: Settings, out: Callable[[str], None],
+                  rules: RulesFile | None = None) -> Weights:
+    """Source table sizes when the source is reachable, else the configured weights, else 1.
+    A reachable source also checks the table list and the rules."""
     password = os.environ.get(secret_env_var("source", "password"))
     if settings.source.get("host") and password:
         # Only here: the copier's own reading of the sizes, and psycopg2 with it.
@@ -54,10 +67,13 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
         else:
             tables_text = ",".join(settings.tables)
             try:
-                sizes = copier.source_table_sizes(conn, tables_text)
-                sliceable = copier.sliceable_tables(conn, tables_text)
-            except runlog.CopierError as err:  # an unknown table: say so before creating
-                raise SettingsError(f"tables: {err}") from err
+                try:
+                    sizes = copier.source_table_sizes(conn, tables_text)
+                    sliceable = copier.sliceable_tables(conn, tables_text)
+                except runlog.CopierError as err:  # an unknown table: say so before creating
+                    raise SettingsError(f"tables: {err}") from err
+                if rules:
+                    check_rules_on_source(conn, rules, set(sizes))
             except psycopg2.Error as err:  # it answered, then went away (a restart, a failover)
                 raise SourceError(f"source database: {runlog.first_line(err)}: run again when it "
                                   f"answers (it is [source] in the config, with "
@@ -73,6 +89,22 @@ def table_weights(settings: Settings, out: Callable[[str], None]) -> Weights:
         return Weights({t: float(settings.table_weights.get(t, 1)) for t in settings.tables},
                        "configured table_weights")
     return Weights({t: 1.0 for t in settings.tables}, "equal weights")
+
+
+def check_rules_on_source(conn, rules: RulesFile, listed: set[str]) -> None:
+    """The rules as the copier checks them before a night writes anything (every table and
+    column they name, every expression, tried on no rows in a read-only transaction), and each
+    table they name one of those listed, as the source resolves both names (RulesError or
+    SettingsError, one line)."""
+    import copier
+
+    masks = copier.check_rules(conn, rules.tables, rules.origin, SALT_CHECKED_BY_SETUP)
+    for table, masking in masks.items():
+        if table.qualified not in listed:
+            raise SettingsError(f'{rules.origin}: [tables."{masking.rules.written}"] is '
+                                f"{table.qualified} on the source, which is not one of tables: its "
+                                "rules would apply to nothing: add the table to tables, or remove "
+                                "its rules")
 
 
 def sliced_tables(assignment: list[list[str]]) -> dict[str, int]:
@@ -124,14 +156,20 @@ def deployed_assignment(aws: Aws, names: Names) -> list[list[str]] | None:
     return assignment_of(json.loads(found["definition"]))
 
 
-def plan_jobs(settings: Settings, out: Callable[[str], None],
-              aws: Aws | None = None) -> list[list[str]]:
+def plan_jobs(settings: Settings, out: Callable[[str], None], aws: Aws | None = None,
+              rules: RulesFile | None = None,
+              warn: Callable[[str], None] = warn_on_stderr) -> list[list[str]]:
     """Split the tables over the jobs by weight, cutting the sliceable tables heavier than an
     average job into slices (only with one_snapshot: the slices of a table must come from one
     snapshot), or keep the deployed split when it covers the same tables with the same
     number of jobs: `operations.py rebalance --apply` sets it from measured times, and a plain
     setup must not silently undo that."""
-    found = table_weights(settings, out)  # also checks the list on a reachable source
+    found = table_weights(settings, out, rules)  # also checks the list on a reachable source
+    if rules and found.basis != SOURCE_SIZES:
+        warn(f"{rules.origin}: only its form was checked, not against the source (setup "
+             f"reaches it with [source] and {secret_env_var('source', 'password')}): the first "
+             "night's copier checks its tables, columns and expressions there, and refuses the "
+             "whole run if one is wrong")
     sliceable = found.sliceable if settings.splits_tables else frozenset()
     if found.sliceable and not settings.splits_tables:
         why = "split = false" if settings.one_snapshot else (

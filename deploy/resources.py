@@ -30,6 +30,7 @@ from deploy import schedule
 from deploy.aws import Aws, AwsError, error_code
 from deploy.names import TAG_KEY
 from deploy.permissions import policy
+from deploy.rules_file import ADVANCED_TIER, RulesFile
 from deploy.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -176,8 +177,9 @@ def zip_notify_function(timezone: str = "UTC") -> bytes:
 class Parameter(Resource):
     kind = "SSM parameter"
 
-    def __init__(self, deployment, name, value: str | None, secret: bool, env_var: str = ""):
-        super().__init__(deployment, name)
+    def __init__(self, deployment, name, value: str | None, secret: bool, env_var: str = "",
+                 needed: bool = True):
+        super().__init__(deployment, name, needed)
         self.value = value
         self.secret = secret
         self.env_var = env_var
@@ -226,16 +228,21 @@ class Parameter(Resource):
     def _value(self) -> str:
         return self.secret_value if self.secret else self.value
 
+    def put_options(self, current: dict | None) -> dict:
+        """What PutParameter is given besides the name, value and type."""
+        return {}
+
     def create(self) -> None:
         self.aws.client("ssm").put_parameter(
             Name=self.name, Value=self._value(), Type=self.desired()["type"],
-            Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
+            Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}],
+            **self.put_options(None))
 
     def update(self, current: dict, changed: list[str]) -> None:
         ssm = self.aws.client("ssm")
         if any(c != "tags" for c in changed):
             ssm.put_parameter(Name=self.name, Value=self._value(), Type=self.desired()["type"],
-                              Overwrite=True)
+                              Overwrite=True, **self.put_options(current))
         ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId=self.name,
                                  Tags=[{"Key": TAG_KEY, "Value": self.deployment.names.prefix}])
 
@@ -244,8 +251,48 @@ class Parameter(Resource):
 
     def kept_on_teardown(self, current: dict) -> str | None:
         if self.secret and not self.deployment.options.remove_secrets:
-            return "a secret; pass --remove-secrets to delete it"
+            return "a secret; only teardown_aws.py --remove-secrets deletes it"
         return None
+
+
+class RulesParameter(Parameter):
+    """<prefix>rules: the column and row rules as text, which the copier reads with its other
+    settings, in the tier their size needs (deploy/rules_file.py). Without rules_file, setup
+    removes it: no rules."""
+
+    def __init__(self, deployment, name, found: RulesFile | None):
+        super().__init__(deployment, name, value=found.text if found else None, secret=False,
+                         needed=found is not None)
+        self.found = found
+
+    def find(self) -> dict | None:
+        view = super().find()
+        if view is not None:
+            # GetParameter does not say the tier; DescribeParameters does
+            described = self.aws.client("ssm").describe_parameters(ParameterFilters=[
+                {"Key": "Name", "Option": "Equals", "Values": [self.name]}])["Parameters"]
+            view["tier"] = described[0].get("Tier") if described else None
+        return view
+
+    def find_for_removal(self) -> dict | None:
+        return super().find()  # the tier does not matter to a removal
+
+    def tier(self, current: dict | None) -> str:
+        """The tier the rules' size needs; Advanced stays Advanced: Parameter Store cannot
+        revert it, and deleting and recreating the parameter would leave a moment without
+        rules, in which a job would copy every table unmasked."""
+        if current and current.get("tier") == ADVANCED_TIER:
+            return ADVANCED_TIER
+        return self.found.tier
+
+    def differences(self, current: dict) -> list[str]:
+        changed = super().differences(current)
+        if current.get("tier") != self.tier(current):
+            changed.append("tier")
+        return changed
+
+    def put_options(self, current: dict | None) -> dict:
+        return {"Tier": self.tier(current)}
 
 
 def read_secret(env_var: str, parameter: str) -> str:

@@ -105,10 +105,12 @@ class Settings:
         "run; the rate counts from there"})
     log_retention_days: int = field(default=30, metadata={"help": "days logs are kept"})
     transform_state_machine: str = field(default="", metadata={
-        "help": "ARN of a state machine run after a successful publish (the Transform step), "
-        "given the run's name, date and tables; its failure fails the night"})
+        "help": "ARN of a state machine run after a successful publish (the Transform step)"})
     transform_timeout_minutes: int = field(default=60, metadata={
         "help": "minutes the Transform step may take"})
+    rules_file: str = field(default="", metadata={
+        "help": "a TOML file of column and row rules (in deploy.toml, relative to its folder), "
+        "written to Parameter Store"})
     alarm_emails: list[str] = field(default_factory=list, metadata={
         "help": "e-mail addresses the alarms also go to (a second channel besides Slack)"})
     lambda_runtime: str = field(default="python3.12", metadata={"help": "Lambda runtime"})
@@ -419,6 +421,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
     unknown = set(values) - set(SETTING_FIELDS)
     if unknown:
         raise SettingsError(f"config file {path}: unknown settings {sorted(unknown)}")
+    if path is not None and isinstance(values.get("rules_file"), str) and values["rules_file"]:
+        # a path in the file is the file's: setup finds it from wherever it is run
+        values["rules_file"] = str(Path(path).parent / values["rules_file"])
     settings = Settings(**values)
     for name in SETTING_FIELDS:
         if name in runlog.DATABASES:

@@ -44,9 +44,11 @@ sys.path.insert(0, str(REPO))
 
 import copier  # noqa: E402
 import deploy  # noqa: E402
+import rules  # noqa: E402
 import runlog  # noqa: E402
 from deploy.aws import Aws  # noqa: E402
 from deploy.resources import Alarm, NotifyFunction, Parameter, Role, zip_notify_function  # noqa: E402
+from deploy.rules_file import RulesFile  # noqa: E402
 from deploy.settings import add_settings_arguments, secret_env_var  # noqa: E402
 from deploy.state_machine import starter_definition  # noqa: E402
 
@@ -194,11 +196,16 @@ class Account:
     arn = Aws.arn
 
 
-def deployment(**changes) -> deploy.Deployment:
+# A rules_file whose rules hash (setup reads the file; here its text stands in).
+HASHING_TEXT = '[tables."public.orders"]\ncolumns = { email = "hash" }\n'
+HASHING_RULES = RulesFile("rules.toml", HASHING_TEXT, rules.read_rules(HASHING_TEXT, "rules.toml"))
+
+
+def deployment(rules_file: RulesFile | None = None, **changes) -> deploy.Deployment:
     chosen = deploy.Settings(tables=["public.orders"], github_url="https://github.com/o/r.git",
                              **changes)
     return deploy.Deployment(chosen, aws=Account(), options=deploy.Options(),
-                             jobs=[["public.orders"]])
+                             jobs=[["public.orders"]], rules=rules_file)
 
 
 def needed(**changes) -> list:
@@ -235,11 +242,12 @@ RUNNER_VARIANTS = {
 
 
 def variants() -> dict[str, dict]:
-    """The runners, and every switch (a true/false setting) turned the other way."""
+    """The runners, every switch (a true/false setting) turned the other way, and rules."""
     found = dict(RUNNER_VARIANTS)
     for name, field in deploy.SETTING_FIELDS.items():
         if field.type == "bool" and not any(name in changes for changes in found.values()):
             found[f"`{name} = {str(not field.default).lower()}`"] = {name: not field.default}
+    found["`rules_file`, a rule that hashes"] = {"rules_file": HASHING_RULES}
     return found
 
 

@@ -35,7 +35,7 @@ def planned(monkeypatch, **overrides) -> tuple[list[list[str]], list[str]]:
     """plan_jobs with the source's sizes and keys as table_weights reads them there."""
     settings = deploy.Settings(tables=list(TABLES), jobs=3, github_url="https://x/y.git",
                                **overrides)
-    monkeypatch.setattr(plan, "table_weights", lambda s, out: plan.Weights(
+    monkeypatch.setattr(plan, "table_weights", lambda s, out, rules=None: plan.Weights(
         dict(SIZES), plan.SOURCE_SIZES, frozenset({"public.events", "public.orders"})))
     said: list[str] = []
     return plan.plan_jobs(settings, said.append), said

@@ -329,10 +329,15 @@ def test_report_lists_the_last_runs_newest_first_with_their_jobs(history, capsys
         ("2026-11-24", "SUCCEEDED", "history")]
     for entry in runs:
         assert entry["start"].endswith("Z") and entry["stop"].endswith("Z")
+    # the publish's result lists no tables: it gets every table of the jobs' units, once
+    every_table = ["public.a", "public.b", "public.g", "public.c", "public.d", "public.e",
+                   "public.f"]
     success = [("job-1", "SUCCEEDED", 2400.0, ["public.a"]),
                ("job-2", "SUCCEEDED", 1073.0, ["public.b", "public.g"]),
-               ("job-3", "SUCCEEDED", 3000.0, ["public.c", "public.d", "public.e", "public.f"])]
+               ("job-3", "SUCCEEDED", 3000.0, ["public.c", "public.d", "public.e", "public.f"]),
+               ("publish", "SUCCEEDED", 300.0, every_table)]
     assert jobs_of(runs[2]) == jobs_of(runs[3]) == jobs_of(runs[4]) == success
+    assert jobs_of(runs[1])[3] == ("publish", "SUCCEEDED", 300.0, every_table)
     failed = runs[1]["jobs"][1]
     assert (failed["job"], failed["status"], failed["seconds"], failed["tables"],
             failed["error"]) == ("job-2", "FAILED", None, ["public.b", "public.g"],
@@ -343,7 +348,8 @@ def test_report_lists_the_last_runs_newest_first_with_their_jobs(history, capsys
         ("job-3", "UNFINISHED", 1720.0, ["public.c", "public.d", "public.e"])]
     # The tables found unchanged, by job: from the log lines, whichever way the jobs were read.
     assert [(r["unchanged"], [j["unchanged"] for j in r["jobs"]]) for r in runs] == [
-        (1, [0, 0, 1]), (1, [0, 0, 1]), (0, [0, 0, 0]), (0, [0, 0, 0]), (0, [0, 0, 0])]
+        (1, [0, 0, 1]), (1, [0, 0, 1, 0]), (0, [0, 0, 0, 0]), (0, [0, 0, 0, 0]),
+        (0, [0, 0, 0, 0])]
 
     code, out, _ = run(["report", "--last", "2", "--json", "--config", str(history)], capsys)
     assert [r["execution"] for r in json.loads(out)] == ["2026-11-28", "2026-11-27"]
@@ -355,33 +361,39 @@ def test_report_of_the_last_runs_for_people(history, capsys):
     # moto starts the executions now and runs them in about a second
     out = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  \ds ", "YYYY-MM-DD hh:mm:ss  Ns ", out)
     lines = out.splitlines()
-    assert lines[:10] == [
-        "execution   status     start (UTC)          duration  job    job status  job duration"
-        "  unchanged  tables",
-        "2026-11-28  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   41m 50s"
-        "               0  public.a",
-        "                                                      job-2  FAILED      5m 13s"
-        "                0  public.b,public.g",
-        "                                                      job-3  UNFINISHED  28m 40s"
-        "               1  public.c,public.d,public.e",
-        "2026-11-27  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   40m 00s"
-        "               0  public.a",
-        "                                                      job-2  FAILED      -"
-        "                     0  public.b,public.g",
-        "                                                      job-3  SUCCEEDED   50m 00s"
-        "               1  public.c,public.d,public.e,public.f",
-        "2026-11-26  SUCCEEDED  YYYY-MM-DD hh:mm:ss  Ns        job-1  SUCCEEDED   40m 00s"
-        "               0  public.a",
-        "                                                      job-2  SUCCEEDED   17m 53s"
-        "               0  public.b,public.g",
-        "                                                      job-3  SUCCEEDED   50m 00s"
-        "               0  public.c,public.d,public.e,public.f",
+    assert lines[:12] == [
+        "execution   status     start (UTC)          duration  job      job status"
+        "  job duration  unchanged  tables",
+        "2026-11-28  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1    SUCCEEDED "
+        "  41m 50s               0  public.a",
+        "                                                      job-2    FAILED    "
+        "  5m 13s                0  public.b,public.g",
+        "                                                      job-3    UNFINISHED"
+        "  28m 40s               1  public.c,public.d,public.e",
+        "2026-11-27  FAILED     YYYY-MM-DD hh:mm:ss  Ns        job-1    SUCCEEDED "
+        "  40m 00s               0  public.a",
+        "                                                      job-2    FAILED      -  "
+        "                   0  public.b,public.g",
+        "                                                      job-3    SUCCEEDED "
+        "  50m 00s               1  public.c,public.d,public.e,public.f",
+        "                                                      publish  SUCCEEDED "
+        "  5m 00s                0  public.a,public.b,public.g,public.c,public.d,public.e,"
+        "public.f",
+        "2026-11-26  SUCCEEDED  YYYY-MM-DD hh:mm:ss  Ns        job-1    SUCCEEDED "
+        "  40m 00s               0  public.a",
+        "                                                      job-2    SUCCEEDED "
+        "  17m 53s               0  public.b,public.g",
+        "                                                      job-3    SUCCEEDED "
+        "  50m 00s               0  public.c,public.d,public.e,public.f",
+        "                                                      publish  SUCCEEDED "
+        "  5m 00s                0  public.a,public.b,public.g,public.c,public.d,public.e,"
+        "public.f",
     ]
-    assert lines[10] == ("2026-11-28: per job from the copier's log lines (the Parallel state "
+    assert lines[12] == ("2026-11-28: per job from the copier's log lines (the Parallel state "
                          "has no result: still running, stopped or timed out)")
-    assert lines[11].startswith("2026-11-27 job-2: SNS.NotFoundException: Endpoint does not "
+    assert lines[13].startswith("2026-11-27 job-2: SNS.NotFoundException: Endpoint does not "
                                 "exist")
-    assert len(lines) == 12
+    assert len(lines) == 14
 
 
 # --- rebalance

@@ -302,3 +302,47 @@ def test_a_table_list_too_long_for_a_night_s_data_is_refused_before_anything_is_
     assert err.startswith("error: tables: a night's data would take up to ")
     assert "KB of Step Functions' 256 KB" in err and "split them over two prefixes" in err
     assert count(inventory("nightly-copy")) == 0
+
+
+# Rules (rules_file) AWS or the copier would refuse, refused before the first AWS call: the
+# copier's own reader for their form, Parameter Store's size and what it reserves, and a table
+# the rules name that is not copied (its name misspelt, the table meant would go unmasked).
+BAD_RULES = [
+    ('[tables."public.a"\ncolumns = { email = "hash" }\n', "rules.toml: not TOML: "),
+    ('[tables."public.a"]\ncolumns = { email = "blur" }\n',
+     """[tables."public.a"]: column 'email': unknown action 'blur' (one of keep, null, drop, hash"""),
+    ('[tables."public.a"]\nwhere = "true; DELETE FROM a"\n',
+     "where: one SQL expression, without ';' or comments"),
+    ('[tables."public.custmers"]\ncolumns = { email = "hash" }\n',
+     """[tables."public.custmers"] is not one of tables: its rules would apply to nothing"""),
+    ('[tables."public.a"]\ncolumns = { email = "hash" }\n# ' + "x" * 8200 + "\n",
+     "8252 bytes, more than the 8192 a Parameter Store parameter holds (Advanced tier)"),
+    ("[tables.\"public.a\"]\ncolumns = { m = { sql = \"'{{1,2},{3,4}}'::int[]\" } }\n",
+     "Parameter Store refuses a value with '{{...}}' in it"),
+    ("# nothing yet\n", "rules.toml: no rules in it"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["setup", "dry-run"])
+@pytest.mark.parametrize("text, message", BAD_RULES, ids=[m[-40:] for _, m in BAD_RULES])
+def test_bad_rules_are_one_line_and_nothing_is_created(aws, aws_calls, tmp_path, monkeypatch,
+                                                       capsys, text, message, dry_run):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules.toml").write_text(text)
+    config = write_config(tmp_path / "deploy.toml", rules_file="rules.toml")
+    code = setup_aws.main(["--config", str(config), *(["--dry-run"] if dry_run else [])])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(f"error: rules_file {tmp_path / 'rules.toml'}")
+    assert message in captured.err
+    assert aws_calls == [] and count(inventory("nightly-copy")) == 0
+
+
+def test_a_rules_file_that_is_not_there_is_one_line(aws, aws_calls, tmp_path, monkeypatch,
+                                                    capsys):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "deploy.toml", rules_file="rules/masking.toml")
+    assert setup_aws.main(["--config", str(config), "--dry-run"]) == 1
+    assert capsys.readouterr().err == (f"error: rules_file {tmp_path / 'rules' / 'masking.toml'}: "
+                                       "cannot read it: No such file or directory\n")
+    assert aws_calls == []
