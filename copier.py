@@ -1512,7 +1512,8 @@ FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdroppe
 """
 
 
-def check_rules(conn, document: list[TableRules], origin: str, salt: str | None) -> dict[TableName, Masking]:
+def check_rules(conn, document: list[TableRules], origin: str, salt: str | None,
+                salt_checked_elsewhere: bool = False) -> dict[TableName, Masking]:
     """The whole document against the source, before anything is written: each table and column
     it names exists there, a hash has its salt, a generated column is kept or dropped with what
     it is computed from, and every expression and condition is one the source accepts (tried on
@@ -1526,7 +1527,7 @@ def check_rules(conn, document: list[TableRules], origin: str, salt: str | None)
             raise RulesError(f"{place}: no such table on the source")
         if found.table in masks:
             raise RulesError(f"{place}: {found.table.qualified} has rules twice")
-        if table.needs_salt and not salt:
+        if table.needs_salt and not salt and not salt_checked_elsewhere:
             raise RulesError(f"{place}: a hash needs its salt, in {rules.SALT_VARIABLE} (on AWS the "
                              f"SecureString parameter <prefix>hash_salt, which setup_aws.py writes)")
         with conn.cursor() as cur:

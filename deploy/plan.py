@@ -40,11 +40,6 @@ class Weights:
     sliceable: frozenset[str] = frozenset()
 
 
-# copier.check_rules refuses a hash without its salt; setup checks the salt itself (the
-# SecureString <prefix>hash_salt: stored already, or COPIER_HASH_SALT, or a hidden prompt).
-SALT_CHECKED_BY_SETUP = "the salt is checked by setup_aws.py"
-
-
 def table_weights(settings: Settings, out: Callable[[str], None],
                   rules: RulesFile | None = None) -> Weights:
     """Source table sizes when the source is reachable, else the configured weights, else 1.
@@ -98,7 +93,8 @@ def check_rules_on_source(conn, rules: RulesFile, listed: set[str]) -> None:
     SettingsError, one line)."""
     import copier
 
-    masks = copier.check_rules(conn, rules.tables, rules.origin, SALT_CHECKED_BY_SETUP)
+    # The salt is setup's to check: the SecureString <prefix>hash_salt, COPIER_HASH_SALT or a prompt.
+    masks = copier.check_rules(conn, rules.tables, rules.origin, None, salt_checked_elsewhere=True)
     for table, masking in masks.items():
         if table.qualified not in listed:
             raise SettingsError(f'{rules.origin}: [tables."{masking.rules.written}"] is '
