@@ -6,6 +6,7 @@ Other engineers' tests may share these cores, so the bench says how much they to
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,3 +40,10 @@ def cluster_cpu_seconds(cluster) -> float:
         if int(stat[1]) == postmaster:
             ticks += int(stat[11]) + int(stat[12])
     return ticks / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have exited and been waited for (a tool run with
+    subprocess, and the processes it waited for in turn: the copier's workers, pg_dump and psql)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
