@@ -11,7 +11,7 @@ after a CHECKPOINT so nobody pays for the previous tool's dirty buffers:
     pg_dump | psql          pg_dump --clean --if-exists | psql
     pg_dump -Fd + restore   pg_dump -Fd -j 2 -Z0, then pg_restore -j 2 --clean --if-exists
     pgcopydb                pgcopydb clone --table-jobs 2 --index-jobs 2 --drop-if-exists
-    copier --jobs 2         copier.py TABLES=<all sample tables> --jobs 2
+    copier --jobs 2         copier.py TABLES=<all sample tables> --copy-unchanged --jobs 2
 
 It prints a markdown table: median wall time, ratio to ``pg_dump | psql`` and each launched
 process's peak RSS (GNU time's %M, which covers the process and its reaped children, so it is
@@ -45,6 +45,7 @@ import psycopg2  # noqa: E402
 from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402  (bench/cpu.py, beside this script)
 from floor import floor_table, measure_floor  # noqa: E402  (bench/floor.py)
 from psycopg2 import sql  # noqa: E402
+from timed import COPY_UNCHANGED  # noqa: E402  (bench/timed.py)
 
 from dev import sample_data  # noqa: E402
 from dev.localpg import LocalCluster, LocalPgError  # noqa: E402
@@ -224,10 +225,13 @@ def pgcopydb_steps(b: Bench) -> list[list[Command]]:
 
 
 def copier_steps(b: Bench) -> list[list[Command]]:
+    """Every round copies every table (--copy-unchanged), as the other tools do: the source does
+    not change between rounds, and the copier would otherwise find each table unchanged."""
     env = {**os.environ, "SOURCE_DSN": b.dsn(SOURCE_DB), "TARGET_DSN": b.dsn(COPIER_TARGET)}
     env.pop("TABLES", None)
+    env.pop("COPIER_COPY_UNCHANGED", None)
     return [[Command("copier", [sys.executable, str(REPO / "copier.py"), "TABLES=" + ",".join(b.tables),
-                                "--jobs", str(JOBS)], env)]]
+                                COPY_UNCHANGED, "--jobs", str(JOBS)], env)]]
 
 
 TOOLS = (

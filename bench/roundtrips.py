@@ -4,7 +4,8 @@
     python3 bench/roundtrips.py --tables 50
 
 Refreshes a populated target of small tables (a key, an index and 200 rows each, as
-bench/many.py) with the copier running in this process (--jobs 1), every statement it sends
+bench/many.py) with the copier running in this process (--jobs 1, --copy-unchanged: every table
+is copied, as by the other tools), every statement it sends
 counted and timed, and charged to the step of the copy it was sent from (the innermost of the
 named functions below on the stack). Prints per table: statements and milliseconds by step,
 and the rest of the wall time (the client's own work). The cluster lives in
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from many import fill_source  # noqa: E402
-from timed import admin, bench_cluster, fresh_database, run_copier  # noqa: E402
+from timed import COPY_UNCHANGED, admin, bench_cluster, fresh_database, run_copier  # noqa: E402
 
 import copier  # noqa: E402
 
@@ -46,6 +47,8 @@ STEPS = (
     "swap_into_place", "complete", "transaction", "connect", "resolve_tables", "check_target", "lock_tables",
     "late_swaps", "export_snapshot", "warn_if_recovery_may_cancel", "validate_after_run", "run",
     "pump_source", "found_again", "with_definitions",
+    # the fingerprints: made, read and recorded (a refresh with --copy-unchanged records them too)
+    "fingerprint_store_usable", "make_fingerprint_store", "with_fingerprints", "record_fingerprint",
 )
 SEEN: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
 
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = io.StringIO()
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-            code = copier.main(["TABLES=" + ",".join(names), "--jobs", "1"])
+            code = copier.main(["TABLES=" + ",".join(names), COPY_UNCHANGED, "--jobs", "1"])
         wall = time.perf_counter() - started
     finally:
         copier.psycopg2.connect = original_connect

@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 
 import psycopg2  # noqa: E402
-from cpu import busy_cpu_seconds, cluster_cpu_seconds  # noqa: E402
+from cpu import busy_cpu_seconds, children_cpu_seconds, cluster_cpu_seconds  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 from timed import admin, bench_cluster, ensure_database, run_copier, run_dump_restore, run_pgcopydb  # noqa: E402
 
@@ -193,11 +192,6 @@ class Run:
     cpu: float  # the tool's processes and the server's, CPU seconds
     others: float  # everything else on the machine meanwhile
     job_seconds: list[float] = field(default_factory=list)  # the copier's: each job's units, summed
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def job_seconds(log: Path) -> list[float]:

@@ -1,6 +1,6 @@
-"""What the side benchmarks (ab.py, partitioned.py, many.py, skewed.py) share: their cluster's
-admin connection, fresh databases, and the timed refreshes: the copier, `pg_dump | psql` and
-`pgcopydb clone`."""
+"""What the side benchmarks (ab.py, partitioned.py, many.py, skewed.py, unchanged.py) share: their
+cluster's admin connection, fresh databases, and the timed refreshes: the copier (copying every
+table, unchanged or not, unless told otherwise), `pg_dump | psql` and `pgcopydb clone`."""
 
 from __future__ import annotations
 
@@ -57,15 +57,27 @@ def ensure_database(cluster, name: str) -> None:
         admin(cluster, f"CREATE DATABASE {name}")
 
 
+# A bench that refreshes the same data round after round must see a refresh: without it the
+# copier finds the tables unchanged and writes nothing (bench/unchanged.py measures that).
+COPY_UNCHANGED = "--copy-unchanged"
+
+
 def run_copier(cluster, source: str, target: str, tables: list[str], *options: str,
-               script: Path = REPO / "copier.py", log: Path | None = None) -> float:
-    """Seconds one copier run takes, start-up included; its JSON lines go to log when given."""
+               script: Path = REPO / "copier.py", log: Path | None = None,
+               copy_unchanged: bool = True) -> float:
+    """Seconds one copier run takes, start-up included; its JSON lines go to log when given.
+
+    Every table is copied (--copy-unchanged) unless copy_unchanged is false: for the copier that
+    skips unchanged tables, or one older than the option. COPIER_COPY_UNCHANGED is not passed on:
+    the bench says which it measures, not the environment it runs in."""
     env = {**os.environ, "SOURCE_DSN": cluster.dsn(source), "TARGET_DSN": cluster.dsn(target),
            "PYTHONPATH": str(REPO)}
+    env.pop("COPIER_COPY_UNCHANGED", None)
+    every_table = (COPY_UNCHANGED,) if copy_unchanged else ()
     with open(log or os.devnull, "w") as stdout:
         started = time.monotonic()
-        subprocess.run([sys.executable, str(script), "TABLES=" + ",".join(tables), *options], env=env,
-                       check=True, stdout=stdout, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(script), "TABLES=" + ",".join(tables), *every_table, *options],
+                       env=env, check=True, stdout=stdout, stderr=subprocess.DEVNULL)
         return time.monotonic() - started
 
 
