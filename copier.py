@@ -230,6 +230,7 @@ MOMENTS = {
     "loading": "a progress line of a table's load, every --progress-seconds (table, bytes)",
     "swapping": "a staged table's swap begins (table)",
     "unit_done": "a job reported a unit (unit, result)",
+    "measuring": "setup_aws.py is about to measure the source's tables (conn)",
 }
 LISTENERS: dict[str, list] = {}
 
@@ -790,6 +791,7 @@ def resolve_units(conn, tables_text: str) -> list[Unit]:
 
 def source_table_sizes(conn, tables_text: str) -> dict[str, int]:
     """Size in bytes of each listed source table, by qualified name (for planning jobs)."""
+    moment("measuring", conn=conn)
     return {t.table.qualified: t.size_bytes for t in resolve_tables(conn, tables_text)}
 
 
@@ -1490,7 +1492,7 @@ class Masking:
     yields there, and where the rules came from (for the errors that name them)."""
 
     rules: TableRules
-    types: dict[str, str]
+    types: dict[str, tuple[str, bool]]  # an sql rule's column -> its type, and binary COPY cannot carry it
     origin: str
 
 
@@ -1556,14 +1558,23 @@ def check_columns(place: str, table: TableRules, columns: dict[str, tuple[bool, 
                              f"{dropped[0]!r}, which the rules drop: drop {name!r} too ({name} = \"drop\")")
 
 
-def expression_types(conn, source: SourceTable, table: TableRules, place: str) -> dict[str, str]:
-    """The type each sql rule's expression yields, and its where condition's check, asked of the
-    source on a row of NULLs (no rows are read)."""
+# What a type yields to binary COPY: a composite, or an array of a user-defined type, carries
+# database-specific type OIDs (see text_only_type_oids); a domain is taken as unsafe too.
+EXPRESSION_TYPE_QUERY = """
+SELECT t.oid::regtype::text, t.typtype IN ('c', 'd') OR (t.typcategory = 'A' AND t.typelem >= {first})
+FROM (SELECT pg_typeof({expression}) AS oid FROM {row}) e JOIN pg_type t ON t.oid = e.oid
+"""  # no parameters: an expression may hold a % of its own
+
+
+def expression_types(conn, source: SourceTable, table: TableRules, place: str) -> dict[str, tuple[str, bool]]:
+    """The type each sql rule's expression yields (and whether binary COPY cannot carry it), and
+    its where condition's check, asked of the source on a row of NULLs (no rows are read)."""
     expressions = {name: rule.sql for name, rule in table.columns.items() if rule.action == "sql"}
     row = sql.SQL("(SELECT ({}).*) AS {}").format(
         sql.SQL("NULL::{}").format(source.table.ident), sql.Identifier(source.table.name))
-    checks = [(f"column {name!r}", sql.SQL("SELECT pg_typeof({})::text FROM {}").format(sql.SQL(text), row))
-              for name, text in expressions.items()]
+    checks = [(f"column {name!r}", sql.SQL(EXPRESSION_TYPE_QUERY).format(
+        expression=sql.SQL(text), row=row, first=sql.Literal(FIRST_NORMAL_OID)))
+        for name, text in expressions.items()]
     if table.where is not None:
         checks.append(("where", sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             source.table.ident, sql.SQL(table.where))))
@@ -1574,7 +1585,7 @@ def expression_types(conn, source: SourceTable, table: TableRules, place: str) -
             for what, statement in checks:
                 try:
                     cur.execute(statement)
-                    types.append(cur.fetchone()[0])
+                    types.append(cur.fetchone())
                 except psycopg2.Error as exc:
                     if is_connection_error(exc):
                         raise
@@ -1607,9 +1618,9 @@ def apply_rules(definition: TableDefinition, masking: Masking) -> TableDefinitio
             columns.append(dataclasses.replace(column, type_sql="text", collation=None, text_only=False,
                                                **plain, source_sql=hashed(quote_ident(column.name))))
         elif action == "sql":
-            kind = masking.types[column.name]
+            kind, text_only = masking.types[column.name]
             columns.append(dataclasses.replace(column, type_sql=kind, not_null=False, collation=None,
-                                               text_only=True, **plain,
+                                               text_only=text_only, **plain,
                                                source_sql=f"({rule[column.name].sql})::{kind}"))
     kept = {name for name, r in rule.items() if r.action == "keep"}
     keyable = kept | {name for name, r in rule.items() if r.action == "hash"}

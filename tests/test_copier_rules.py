@@ -130,12 +130,14 @@ def test_a_new_column_on_a_strict_table_refuses_it_and_the_others_are_copied(sho
      "column 'birthday': the source refuses it"),
     ('[tables."public.customers"]\ncolumns = { birthday = { sql = "1; DROP TABLE orders" } }',
      "one SQL expression, without ';' or comments"),
+    ('[tables."public.events"]\nwhere = "kind LIKE \'%e%\' AND nope"',
+     "where: the source refuses it: column \"nope\" does not exist"),
     ('[tables."public.events"]\nwhere = "kind"',
      "where: the source refuses it: argument of WHERE must be type boolean"),
     ('[tables."public.customers"]\nsorted = true', "unknown key 'sorted'"),
     ('tables = [1', "not TOML"),
 ], ids=["unknown-table", "unknown-column", "unknown-action", "unbalanced", "bad-expression",
-        "two-statements", "not-a-condition", "unknown-key", "not-toml"])
+        "two-statements", "unknown-column-in-where", "not-a-condition", "unknown-key", "not-toml"])
 def test_a_rules_document_with_anything_wrong_is_one_line_and_changes_nothing(
         shop, run_copier, tmp_path, monkeypatch, document, message):
     assert run_copier("TABLES=orders", "--copy-unchanged").code == 0
@@ -206,3 +208,28 @@ def test_rules_hold_through_slices_swap_together_and_unchanged_nights(shop, run_
     assert third.code == 0, third.stderr
     assert "public.customers" not in {e["table"] for e in third.of("table_unchanged")}
     assert shop.target_rows("SELECT count(phone) FROM customers") == [(499,)]
+
+
+def test_rules_hold_through_a_night_split_over_machines(shop, tmp_path):
+    """The load jobs read the source through the rules (in one shared snapshot), the publish
+    swaps what they staged: the same tables as a run in one piece. An expression may hold a %."""
+    from test_copier_slices import load_job, publish, staging_debris
+
+    initial = """name = { sql = "CASE WHEN name LIKE 'A%' THEN 'A.' END" }"""
+    (tmp_path / "split.toml").write_text(EXAMPLE.replace('name = "keep"', initial))
+    env = {rules.RULES_VARIABLE: str(tmp_path / "split.toml"), rules.SALT_VARIABLE: SALT}
+    jobs = [load_job(shop, "night-1", 1, 2, "customers,events", **env),
+            load_job(shop, "night-1", 2, 2, "orders", **env)]
+    assert [job.finish()[0] for job in jobs] == [0, 0]
+    published = publish(shop, "night-1", "customers,orders,events", **env)  # as on AWS: the same settings
+    assert published.returncode == 0, published.stderr
+    assert shop.target_rows("SELECT name, phone FROM customers WHERE id IN (1, 2) ORDER BY id") == [
+        ("A.", None), (None, None)]
+    join = ("SELECT count(*) FROM orders o JOIN customers c ON c.email = o.customer_email")
+    assert shop.target_rows(join) == shop.source_rows(join)
+    assert shop.target_rows("SELECT count(*) FROM events") == shop.source_rows(
+        "SELECT count(*) FROM events WHERE created_at > now() - interval '400 days'")
+    everything = everything_on_the_reporting_side(shop)
+    for secret in (*SECRETS, "Alice"):
+        assert secret not in everything
+    assert staging_debris(shop) == []

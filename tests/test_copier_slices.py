@@ -121,11 +121,11 @@ def load_job(dbs, run: str, number: int, count: int, tables: str, one_snapshot: 
                COPIER_LOAD_JOBS=str(count), **hold, **env)
 
 
-def publish(dbs, run: str, tables: str, *args: str) -> subprocess.CompletedProcess:
+def publish(dbs, run: str, tables: str, *args: str, **more_env: str) -> subprocess.CompletedProcess:
     own = ("SOURCE_DSN", "TARGET_DSN", "TABLES")
     env = {**{k: v for k, v in os.environ.items() if k not in own and not k.startswith("COPIER_")},
            "SOURCE_DSN": dbs.source_dsn, "TARGET_DSN": dbs.target_dsn, "TABLES": tables,
-           "COPIER_PHASE": "publish", "COPIER_RUN": run}
+           "COPIER_PHASE": "publish", "COPIER_RUN": run, **more_env}
     return subprocess.run([sys.executable, str(REPO / "copier.py"), *args], env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -24,7 +24,6 @@ from aws_helpers import (
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-import copier
 import deploy
 import operations
 import runlog
@@ -177,7 +176,7 @@ def test_expired_credentials_say_to_renew_them(aws, tmp_path, capsys, monkeypatc
 
 
 def test_the_source_failing_while_measuring_tables_is_one_line(aws, dbs, tmp_path, capsys,
-                                                               monkeypatch):
+                                                               at_moment):
     """The source answers, then its server ends the session (a restart, a failover)."""
     params = dict(item.split("=", 1) for item in dbs.source_dsn.split())
     config = write_config(tmp_path / "deploy.toml")
@@ -186,11 +185,11 @@ def test_the_source_failing_while_measuring_tables_is_one_line(aws, dbs, tmp_pat
                       .replace('user = "reader"', f'user = "{params["user"]}"'))
     config.write_text(config.read_text().replace("[source]", '[source]\nsslmode = "disable"'))
 
-    def terminated(conn, tables_text):
+    def terminated(conn):  # its server ends the session, as a restart would
         with conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
-    monkeypatch.setattr(copier, "source_table_sizes", terminated)
+    at_moment("measuring", terminated)
     assert setup_aws.main(["--config", str(config)]) == 1
     err = one_line(capsys)
     assert err.startswith("error: source database: server closed the connection "
