@@ -58,6 +58,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def system_tool(name: str) -> str:
+    """A root's tool (useradd, runuser), found where Debian puts it (/usr/sbin) also when PATH
+    leaves the sbin folders out (env -i PATH=/usr/bin:/bin, as a fresh shell may)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
+
+
 def server_os_user() -> str | None:
     """The OS user to run the server as, or None to run as ourselves (not root)."""
     if os.geteuid() != 0:
@@ -70,7 +76,7 @@ def server_os_user() -> str | None:
             continue
     name = SERVER_USER_CANDIDATES[-1]
     made = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        [system_tool("useradd"), "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -138,7 +144,7 @@ class LocalCluster:
     def _as_server_user(self, argv: list[str]) -> list[str]:
         if self.os_user is None:
             return argv
-        return ["runuser", "-u", self.os_user, "--", *argv]
+        return [system_tool("runuser"), "-u", self.os_user, "--", *argv]
 
     def _give_to_server_user(self, path: Path) -> None:
         if self.os_user is not None:
