@@ -7,8 +7,10 @@
 A persistent PostgreSQL cluster lives in .local/pg (gitignored), on 127.0.0.1 with trust
 authentication. The database ``operational`` is filled with dev/sample_data's sample; on the
 first run the tables are copied once into ``reporting`` and an analyst's views, materialized
-view and grants are created there. Every run then does what the nightly job does:
-``copier.py TABLES=<all sample tables> --jobs 5``, and shows that the views survived the swap.
+view and grants are created there. Every run then changes a little of the source, as a day
+would, and does what the nightly job does: ``copier.py TABLES=<all sample tables> --jobs 5``:
+the changed tables are copied and swapped, the others found unchanged and left alone; and it
+shows that the views survived the swap.
 """
 
 from __future__ import annotations
@@ -170,6 +172,24 @@ def first_run_setup(cluster: LocalCluster, tables: list[str]) -> None:
     say(f"created {', '.join(views)} (SELECT granted to role {sample_data.REPORTING_ROLE})")
 
 
+# What a day on the operational database changes before the night: a few orders are paid, a few
+# events are noted; the other tables stay as they were, and the copier leaves them alone
+# (table_unchanged).
+DAYS_BUSINESS = {
+    "orders": "UPDATE public.orders SET paid = true WHERE NOT paid AND id % 97 = 0",
+    "events": "UPDATE public.events SET note = 'seen' WHERE id % 89 = 0",
+}
+
+
+def a_days_business(cluster: LocalCluster) -> None:
+    with psycopg2.connect(cluster.dsn(SOURCE_DB)) as conn, conn.cursor() as cur:
+        for statement in DAYS_BUSINESS.values():
+            cur.execute(statement)
+    conn.close()
+    say(f"a day's business on {SOURCE_DB}: some {' and '.join(DAYS_BUSINESS)} changed; "
+        f"the other tables are as they were")
+
+
 def show_views_survived(cluster: LocalCluster) -> None:
     rows = query(cluster.dsn(TARGET_DB), f"""
         SELECT (SELECT count(*) FROM public.daily_revenue),
@@ -219,6 +239,7 @@ def run_demo(mb: float) -> int:
     say(f"{len(tables)} tables ready in {time.monotonic() - started:.1f}s")
     if not has_reporting_views(cluster):
         first_run_setup(cluster, tables)
+    a_days_business(cluster)
     say(f"running the copier: {len(tables)} tables, --jobs {JOBS}")
     run_copier(cluster, tables)
     show_views_survived(cluster)
