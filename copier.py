@@ -1656,7 +1656,10 @@ def withheld(exc: BaseException, definition: TableDefinition) -> BaseException:
     about a value: it stays as it is (and is retried)."""
     if not definition.masked or not isinstance(exc, psycopg2.Error) or is_connection_error(exc):
         return exc
-    condition = psycopg2.errorcodes.lookup(exc.pgcode).lower() if exc.pgcode else type(exc).__name__
+    try:
+        condition = psycopg2.errorcodes.lookup(exc.pgcode).lower()
+    except KeyError:  # no code, or one newer than this psycopg2
+        condition = type(exc).__name__
     return TableCopyError(
         f"the source failed to read {definition.table.qualified} as its rules select it ({condition}, "
         f"SQLSTATE {exc.pgcode}); the message is withheld: it may quote a value the rules mask. "
