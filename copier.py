@@ -950,8 +950,9 @@ def room_for_the_night(storage: str, phase: str, sizes: dict[str, int], late: fr
                           f"or grow its storage")
 
     while held and sum(sizes[t] for t in held) > free:
-        refuse(held.pop(0), "" if len(held) == 0 else ", with the tables staged until the swap at the end "
-               + ("(every table)" if everything else "(those swapped together)"))
+        largest = held.pop(0)  # alone too big, or too big beside the others held to the end
+        refuse(largest, "" if sizes[largest] > free else ", with the tables staged until the swap at "
+               "the end " + ("(every table)" if everything else "(those swapped together)"))
     kept = sum(sizes[t] for t in held)
     others = sorted((t for t in sizes if t not in held and t not in refused), key=lambda t: -sizes[t])
     for table in others:
