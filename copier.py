@@ -67,6 +67,7 @@ import psycopg2.errorcodes
 import psycopg2.errors
 import xxhash
 from psycopg2 import sql
+from psycopg2.extras import Json
 
 import rules
 import runlog
@@ -1149,6 +1150,7 @@ class TableDefinition:
     left_out: list[str] = dataclasses.field(default_factory=list)
     refused: str = ""
     masked: bool = False  # the rules change what of it reaches the reporting side
+    computed: bool = False  # a column is a rule's own SQL: its values may change with no row changing
 
     @property
     def table(self) -> TableName:
@@ -1166,6 +1168,17 @@ class TableDefinition:
     @property
     def copy_format(self) -> str:
         return "text" if any(c.text_only for c in self.copied_columns) else "binary"
+
+    @property
+    def salted(self) -> bool:
+        return any(SALT_SETTING in (c.source_sql or "") for c in self.copied_columns)
+
+    @property
+    def provable(self) -> bool:
+        """Whether its rows can be proved unchanged on the source without reading them: what it
+        copies is each row as stored (kept, emptied or hashed columns), not a rule's SQL or where,
+        which may read other tables or the clock."""
+        return not (self.where or self.computed)
 
 
 # The catalog reads below take a list of tables (pg_class OIDs) and return each one's rows
@@ -1646,6 +1659,7 @@ def apply_rules(definition: TableDefinition, masking: Masking) -> TableDefinitio
         column_comments={c: text for c, text in definition.column_comments.items()
                          if rule.get(c, KEEP).action != "drop"},
         where=table_rules.where, refused=refused, masked=table_rules.masks,
+        computed=any(r.action == "sql" for r in rule.values()),
         left_out=[c.name for c in definition.constraints if c not in constraints]
         + [name for name, statement in definition.indexes if (name, statement) not in indexes])
 
@@ -2120,8 +2134,8 @@ class TableCopier:
         """
         definition = self.prepared(unit.source)
         known = unit.source.fingerprint
-        if known and known.unchanged_nights and (same := self.unchanged_before_loading(definition,
-                                                                                        known)):
+        if self.worth_a_look(definition, known) and (same := self.unchanged_before_loading(definition,
+                                                                                            known)):
             return self.keep_unchanged(definition, same)
         try:
             with transaction(self.dst) as cur:
@@ -2142,7 +2156,8 @@ class TableCopier:
         last run found unchanged is hashed first; if it still is, only a note says so."""
         definition = self.prepared(unit.source)
         known = unit.source.fingerprint
-        same = self.unchanged_before_loading(definition, known) if known and known.unchanged_nights else None
+        look = self.worth_a_look(definition, known)
+        same = self.unchanged_before_loading(definition, known) if look else None
         with transaction(self.dst) as cur:
             with self.steps.timing("stage"):
                 staged = stage_table(cur, definition)
@@ -2150,16 +2165,35 @@ class TableCopier:
                 self.load_verified(definition, staged)
             else:
                 staged.rows, staged.bytes, staged.digests = same.rows, same.bytes, same.digests
+                staged.source_state = same.source_state
             note = StagingNote.new(self.note_run(unit), 1, definition, staged)
             note.loaded["1"] = self.loaded_part(staged, [])
-            note.unchanged = known.value if same else ""
+            note.unchanged, note.found = (known.value, same.unchanged) if same else ("", "")
             note.write(cur, staged)
         return staged
 
+    @staticmethod
+    def worth_a_look(definition: TableDefinition, known: Fingerprint | None) -> bool:
+        """Whether to look for the table unchanged before loading it: when it can be proved
+        (proved_unchanged decides whether to try), or when the last run found it unchanged (it is
+        read and hashed first). Else it is copied at once, and compared after loading."""
+        return bool(known and ((known.source and definition.provable) or known.unchanged_nights))
+
     def unchanged_before_loading(self, definition: TableDefinition,
                                  known: Fingerprint) -> StagedTable | None:
-        """The source read and hashed, nothing written: the table as found unchanged, or None when
-        it must be copied (its fingerprint differs, or the reporting table was written to)."""
+        """Nothing written: the table as found unchanged, or None when it must be copied (its
+        source changed, or the reporting table was written to). The source is proved unchanged
+        from its row versions when the last run recorded what that needs, else read and hashed."""
+        if known.source and definition.provable:
+            return self.proved_unchanged(definition, known)
+        with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
+            same = self.hashed_unchanged(definition, known)
+        return same if same and checked["same"] else None
+
+    @contextmanager
+    def reporting_check(self, definition: TableDefinition, known: Fingerprint):
+        """The reporting table's scan (reporting_table_unchanged), run on the target while the
+        body works on the source: two servers side by side. Its verdict is checked["same"]."""
         checked: dict = {}
 
         def check_the_reporting_table() -> None:
@@ -2169,26 +2203,59 @@ class TableCopier:
             except BaseException as exc:  # noqa: BLE001 - raised below, in this job's thread
                 checked["error"] = exc
 
-        # The reporting table's scan runs on the target while the source is read and hashed: two
-        # servers, side by side (each step's seconds are its own: they overlap).
         checker = threading.Thread(target=check_the_reporting_table, name="unchanged-check", daemon=True)
-        with self.steps.timing("verify"):
-            checker.start()
+        checker.start()
         try:
-            with self.steps.timing("load"):
-                rows, nbytes, digest = hash_rows(self.src, definition, self.snapshot,
-                                                 self.progress_reporter(definition.table.qualified))
+            yield checked
         finally:
-            with self.steps.timing("verify"):
+            with self.steps.timing("verify"):  # its own seconds: the wait beyond the body's
                 checker.join()
         if "error" in checked:
             raise checked["error"]
-        if fingerprint_of(definition, {"1": digest}) != known.value or not checked["same"]:
+
+    def proved_unchanged(self, definition: TableDefinition, known: Fingerprint) -> StagedTable | None:
+        """The source's rows proved to be those the last run recorded, without reading them. Tried
+        when the source's counters say no row was written since that read (a hint: the proof
+        decides), or, on a replica (whose counters do not count the primary's writes), when the
+        last run found the table unchanged: a table written every night is copied at once."""
+        last = known.source
+        if last["rows"] != known.rows or fingerprint_of(definition, last["digests"]) != known.value:
+            return None  # the definition changed (or the record does not belong to this fingerprint)
+        same = False
+        with self.src.cursor() as cur:
+            with self.steps.timing("load"):
+                begin_snapshot(cur, self.snapshot)
+                # Locked first, as a COPY would be: no table renamed into place between the
+                # state's look by OID and the scan by name.
+                cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(definition.table.ident))
+                now = source_state(cur, definition)
+            quiet = now is not None and (now.writes == last.get("writes") if not now.standby
+                                         else known.unchanged_nights > 0)
+            if quiet:
+                with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
+                    proved = source_rows_unchanged(cur, definition, last, now)
+                same = proved and checked["same"]
+            cur.execute("COMMIT")
+        if not same:
             return None
+        return self.found_unchanged(definition, "before reading", last["rows"], last["bytes"],
+                                    last["digests"], {**last, "xmin": now.xmin, "writes": now.writes})
+
+    def hashed_unchanged(self, definition: TableDefinition, known: Fingerprint) -> StagedTable | None:
+        """The source read and hashed: its fingerprint is the last run's."""
+        rows, nbytes, digest, now = hash_rows(self.src, definition, self.snapshot,
+                                              self.progress_reporter(definition.table.qualified))
+        if fingerprint_of(definition, {"1": digest}) != known.value:
+            return None
+        return self.found_unchanged(definition, "before loading", rows, nbytes, {"1": digest},
+                                    now.recorded(rows, nbytes, {"1": digest}) if now else None)
+
+    @staticmethod
+    def found_unchanged(definition: TableDefinition, found: str, rows: int, nbytes: int,
+                        digests: dict[str, str], source: dict | None) -> StagedTable:
         table = definition.table
-        staged = StagedTable(table, table.staging_name(), [], None, {}, rows=rows, bytes=nbytes,
-                             digests={"1": digest}, unchanged="before loading")
-        return staged
+        return StagedTable(table, table.staging_name(), [], None, {}, rows=rows, bytes=nbytes,
+                           digests=digests, unchanged=found, source_state=source)
 
     def holds_already(self, cur, definition: TableDefinition, staged: StagedTable,
                       known: Fingerprint) -> bool:
@@ -2202,7 +2269,7 @@ class TableCopier:
         (a sequence can move while its table does not), and its fingerprint counts one more run."""
         with self.steps.timing("verify"), transaction(self.dst) as cur:
             set_sequences(self.src, cur, definition, definition.table.qualified)
-            record_unchanged(cur, definition.table, self.options.run)
+            record_unchanged(cur, staged, self.options.run)
         return staged
 
     def load_slice(self, unit: Unit) -> StagedTable:
@@ -2263,7 +2330,7 @@ class TableCopier:
                         f"the reporting table {definition.table.qualified} was written to (or its "
                         f"fingerprint changed) after the load job found its source unchanged: it keeps "
                         f"its rows tonight, and the next run copies it")
-                staged.unchanged = "before loading"
+                staged.unchanged = note.found or "before loading"
             elif known and self.holds_already(cur, definition, staged, known):
                 staged.unchanged = "after loading"
             if staged.unchanged:
@@ -2281,7 +2348,8 @@ class TableCopier:
         return {"rows": staged.rows, "bytes": staged.bytes, "bounds": bounds,
                 "snapshot": self.shared.snapshot_identity(),
                 "digest": next(iter(staged.digests.values()), None),
-                "xid": staged.loaded_by[-1] if staged.loaded_by else None}
+                "xid": staged.loaded_by[-1] if staged.loaded_by else None,
+                "source": staged.source_state}
 
     def prepared(self, source: SourceTable) -> TableDefinition:
         """The table's definition, refused or with what its staging table needs on the target."""
@@ -2302,13 +2370,14 @@ class TableCopier:
         """The rows loaded, counted against what the source sent, with the hash of their stream
         and the transaction that wrote them (for the fingerprint)."""
         with self.steps.timing("load"):
-            source_rows, loaded, nbytes, digest = self.load(definition, staged, slicer)
+            source_rows, loaded, nbytes, digest, source = self.load(definition, staged, slicer)
         with self.steps.timing("verify"), self.dst.cursor() as cur:
             verify_counts(definition.table, source_rows, loaded)
             cur.execute("SELECT pg_current_xact_id()::text::bigint")
             staged.loaded_by = [cur.fetchone()[0]]
         staged.rows, staged.bytes = loaded, nbytes
         staged.digests = {str(slicer.part[0]) if slicer else "1": digest}
+        staged.source_state = source.recorded(loaded, nbytes, staged.digests) if source else None
 
     def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
         """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap, which
@@ -2336,7 +2405,7 @@ class TableCopier:
             record_fingerprint(cur, staged, self.options.run)
 
     def load(self, definition: TableDefinition, staged: StagedTable,
-             slicer: Slicer | None = None) -> tuple[int, int, int, str]:
+             slicer: Slicer | None = None) -> tuple[int, int, int, str, SourceState | None]:
         try:
             return load_rows(self.src, self.dst, definition, staged, self.snapshot,
                              self.progress_reporter(definition.table.qualified), slicer)
@@ -2442,7 +2511,8 @@ class StagedTable:
     digests: dict[str, str] = dataclasses.field(default_factory=dict)
     loaded_by: list[int] = dataclasses.field(default_factory=list)
     fingerprint: str = ""  # fingerprint_of its definition and digests, once loaded completely
-    unchanged: str = ""  # found unchanged: "before loading" or "after loading"
+    unchanged: str = ""  # found unchanged: "before reading", "before loading" or "after loading"
+    source_state: dict | None = None  # the source as read (source_state), for the fingerprint
 
     def made_as(self, final: str, *kinds: str) -> str | None:
         """The temporary name of the part (of one of kinds) that the swap renames to final."""
@@ -2705,6 +2775,7 @@ class StagingNote:
     # "k": rows, bytes, bounds, snapshot, digest (of its COPY stream), xid (that loaded it)
     loaded: dict[str, dict] = dataclasses.field(default_factory=dict)
     unchanged: str = ""  # the load job found the source as the fingerprint says: nothing loaded
+    found: str = ""  # how: "before reading" or "before loading"
 
     @classmethod
     def new(cls, run: str, slices: int, definition: TableDefinition, staged: StagedTable) -> StagingNote:
@@ -2723,6 +2794,7 @@ class StagingNote:
         staged.bytes = sum(part["bytes"] for part in self.loaded.values())
         staged.digests = {k: part["digest"] for k, part in self.loaded.items() if part.get("digest")}
         staged.loaded_by = [part["xid"] for part in self.loaded.values() if part.get("xid")]
+        staged.source_state = self.loaded["1"].get("source") if list(self.loaded) == ["1"] else None
         return staged
 
     def write(self, cur, staged: StagedTable) -> None:
@@ -2801,9 +2873,9 @@ def copy_out(cur, definition: TableDefinition, slicer: Slicer | None = None) -> 
 
 
 def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
-              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int, str]:
-    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes, and
-    the hash of the stream, for the table's fingerprint).
+              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int, str, SourceState | None]:
+    """Stream the source's rows into the staging table: (source rows, loaded rows, bytes, the
+    hash of the stream and, for a whole table, the source's state: for the table's fingerprint).
 
     Source and target talk through an OS pipe between two threads, so memory stays at a few
     pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
@@ -2826,6 +2898,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
         try:
             with src.cursor() as cur:
                 begin_snapshot(cur, snapshot)
+                outcome["source"] = None if slicer else source_state(cur, definition)
                 cur.copy_expert(copy_out(cur, definition, slicer).as_string(src), writer, size=PIPE_CHUNK)
                 outcome["rows"] = cur.rowcount
                 writer.flush()
@@ -2855,7 +2928,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     pump.join()
     if "error" in outcome:
         raise withheld(outcome["error"], definition)
-    return outcome["rows"], loaded, reader.bytes, reader.hash.hexdigest()
+    return outcome["rows"], loaded, reader.bytes, reader.hash.hexdigest(), outcome["source"]
 
 
 class PipeReader:
@@ -3136,7 +3209,11 @@ CREATE TABLE IF NOT EXISTS {} (
     copied_at timestamptz NOT NULL,
     checked_at timestamptz NOT NULL,
     run text,
+    -- what proves the source unchanged without reading it (source_state), or NULL: read it
+    source jsonb,
     PRIMARY KEY (table_schema, table_name))""").format(FINGERPRINTS)
+# Added to a store an older copier made (before the source's proof).
+FINGERPRINT_COLUMNS = {"source": "jsonb"}
 FINGERPRINT_VERSION = "1"  # a change of what is hashed, or how, makes every stored one stale
 
 
@@ -3152,6 +3229,7 @@ class Fingerprint:
     rows: int
     loaded_by: tuple[int, ...]
     unchanged_nights: int
+    source: dict | None = None  # the source as it was read then (source_state), to prove it unchanged
 
 
 def stream_hash():
@@ -3179,9 +3257,9 @@ def fingerprint_of(definition: TableDefinition, digests: dict[str, str]) -> str:
 
 
 def hash_rows(src, definition: TableDefinition, snapshot: str | None,
-              on_progress) -> tuple[int, int, str]:
-    """Read the table's COPY stream in the run's snapshot, only to hash it: (rows, bytes, hash).
-    It costs the source's read, and the target nothing."""
+              on_progress) -> tuple[int, int, str, SourceState | None]:
+    """Read the table's COPY stream in the run's snapshot, only to hash it: (rows, bytes, hash,
+    the source's state). It costs the source's read, and the target nothing."""
 
     class Hashed(io.RawIOBase):
         def __init__(self):
@@ -3202,6 +3280,7 @@ def hash_rows(src, definition: TableDefinition, snapshot: str | None,
     sink = io.BufferedWriter(hashed, PIPE_CHUNK)
     with src.cursor() as cur:
         begin_snapshot(cur, snapshot)
+        now = source_state(cur, definition)
         try:
             cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
         except psycopg2.Error as exc:
@@ -3209,7 +3288,7 @@ def hash_rows(src, definition: TableDefinition, snapshot: str | None,
         sink.flush()
         rows = cur.rowcount
         cur.execute("COMMIT")
-    return rows, hashed.bytes, hashed.hash.hexdigest()
+    return rows, hashed.bytes, hashed.hash.hexdigest(), now
 
 
 def fingerprint_store_usable(dst) -> bool:
@@ -3237,6 +3316,13 @@ def make_fingerprint_store(dst) -> bool:
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                     sql.Identifier(FINGERPRINT_SCHEMA)))
                 cur.execute(FINGERPRINTS_TABLE)
+                cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
+                            (FINGERPRINTS.as_string(cur),))
+                have = {name for name, in cur.fetchall()}
+                for name, kind in FINGERPRINT_COLUMNS.items():
+                    if name not in have:
+                        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                            FINGERPRINTS, sql.Identifier(name), sql.SQL(kind)))
             return True
         except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject,
                 psycopg2.errors.DuplicateSchema, psycopg2.errors.DuplicateTable):
@@ -3258,11 +3344,12 @@ def with_fingerprints(dst, units: list[Unit]) -> list[Unit]:
         with dst.cursor() as cur:
             cur.execute(sql.SQL(
                 "SELECT table_schema, table_name, fingerprint, table_oid, shape, rows, loaded_by, "
-                "unchanged_nights FROM {} WHERE (table_schema, table_name) IN "
+                "unchanged_nights, source FROM {} WHERE (table_schema, table_name) IN "
                 "(SELECT * FROM unnest(%s::name[], %s::name[]))").format(FINGERPRINTS),
                 ([t.schema for t in tables], [t.name for t in tables]))
-            found = {TableName(schema, name): Fingerprint(value, oid, shape, rows, tuple(xids or ()), nights)
-                     for schema, name, value, oid, shape, rows, xids, nights in cur.fetchall()}
+            found = {TableName(schema, name): Fingerprint(value, oid, shape, rows, tuple(xids or ()), nights,
+                                                          source if source_record_whole(source) else None)
+                     for schema, name, value, oid, shape, rows, xids, nights, source in cur.fetchall()}
     except psycopg2.DatabaseError as exc:
         if is_connection_error(exc):
             raise
@@ -3314,7 +3401,7 @@ def record_fingerprint(cur, staged: StagedTable, run: str) -> None:
         cur.execute(sql.SQL(
             "SAVEPOINT copier_fingerprint; "
             "INSERT INTO {} AS f SELECT n.nspname, c.relname, %(value)s, c.oid, s.shape, %(rows)s, "
-            "%(loaded_by)s, 0, now(), now(), %(run)s "
+            "%(loaded_by)s, 0, now(), now(), %(run)s, %(source)s "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, LATERAL ("
             "  SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod),"
             "                    ', ' ORDER BY a.attnum) AS shape"
@@ -3323,10 +3410,11 @@ def record_fingerprint(cur, staged: StagedTable, run: str) -> None:
             "ON CONFLICT (table_schema, table_name) DO UPDATE SET fingerprint = excluded.fingerprint, "
             "table_oid = excluded.table_oid, shape = excluded.shape, rows = excluded.rows, "
             "loaded_by = excluded.loaded_by, unchanged_nights = 0, copied_at = excluded.copied_at, "
-            "checked_at = excluded.checked_at, run = excluded.run; "
+            "checked_at = excluded.checked_at, run = excluded.run, source = excluded.source; "
             "RELEASE SAVEPOINT copier_fingerprint").format(FINGERPRINTS),
             {"value": staged.fingerprint, "rows": staged.rows,
              "loaded_by": staged.loaded_by, "run": run, "schema": staged.table.schema,
+             "source": Json(staged.source_state) if staged.source_state else None,
              "name": staged.table.name})
     except psycopg2.DatabaseError as exc:
         if is_connection_error(exc) or isinstance(exc, psycopg2.errors.QueryCanceled):
@@ -3336,11 +3424,147 @@ def record_fingerprint(cur, staged: StagedTable, run: str) -> None:
              error=describe_error(exc))
 
 
-def record_unchanged(cur, table: TableName, run: str) -> None:
-    """One more run that found the table unchanged: the next one reads its source first."""
+def record_unchanged(cur, staged: StagedTable, run: str) -> None:
+    """One more run that found the table unchanged: the next one proves (or reads) its source
+    first. Tonight's source state, when known, replaces the last: the reporting table holds the
+    source's rows as of both (an older one still proves, only less often)."""
     cur.execute(sql.SQL("UPDATE {} SET unchanged_nights = unchanged_nights + 1, checked_at = now(), "
-                        "run = %s WHERE table_schema = %s AND table_name = %s").format(FINGERPRINTS),
-                (run, table.schema, table.name))
+                        "run = %s, source = coalesce(%s, source) "
+                        "WHERE table_schema = %s AND table_name = %s").format(FINGERPRINTS),
+                (run, Json(staged.source_state) if staged.source_state else None,
+                 staged.table.schema, staged.table.name))
+
+
+# --- unchanged on the source, proved without reading its rows. A row is never changed in
+#     place: an UPDATE writes a new version of it, whose xmin is the transaction that wrote it.
+#     So when every row visible tonight was written by a transaction that had ended before last
+#     night's read began (below that snapshot's xmin), tonight's rows are among last night's, and
+#     as many of them are all of them. A scan that returns two numbers instead of the rows. It
+#     proves nothing across clusters (a logical replica or a restore numbers its transactions
+#     anew: another system identifier), across relations (a table renamed into place keeps old
+#     row versions), across type changes (an enum label renamed changes what its rows read as,
+#     not the rows), or across 2^31 transactions (xmin is 32 bits): then the table is copied.
+
+# The source as the read's transaction sees it: which cluster, which relations the copy reads
+# (a partitioned table's whole tree; the table's name still names its OID) and whether all are
+# heap tables (whose rows have an xmin),
+# the server's major version, what the columns' types print (enum labels, composite attributes,
+# extension versions, through arrays, domains and ranges), the rules' salt (hashed: a new salt
+# changes every hashed value), the snapshot's xmin and xmax, and the rows written as the
+# statistics count them (a hint whether a proof is worth trying: they lag, and a reset or a
+# replica's replay does not count, so they never decide).
+SOURCE_STATE_QUERY = """
+WITH RECURSIVE relations AS (
+    SELECT c.oid, c.relkind, c.relam FROM pg_class c WHERE c.oid = %(oid)s
+    UNION ALL
+    SELECT c.oid, c.relkind, c.relam FROM pg_partition_tree(%(oid)s) t
+    JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0 AND %(tree)s
+), types(oid) AS (
+    SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+    UNION
+    SELECT made_of.oid FROM types t JOIN pg_type y ON y.oid = t.oid CROSS JOIN LATERAL (
+        SELECT y.typelem WHERE y.typelem <> 0
+        UNION ALL SELECT y.typbasetype WHERE y.typbasetype <> 0
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+                  WHERE a.attrelid = y.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = y.oid) made_of(oid)
+)
+SELECT (SELECT system_identifier FROM pg_control_system())::text,
+       (SELECT string_agg(oid::text, ',' ORDER BY oid) FROM relations),
+       to_regclass(%(name)s) = %(oid)s
+       AND (SELECT bool_and(relkind = 'p' OR relkind = 'r' AND relam = (SELECT oid FROM pg_am
+                                                                        WHERE amname = 'heap'))
+            FROM relations),
+       current_setting('server_version_num')::int / 10000,
+       (SELECT string_agg(concat_ws(':', y.oid,
+            (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e
+             WHERE e.enumtypid = y.oid),
+            (SELECT string_agg(a.attname || ' ' || a.atttypid, ',' ORDER BY a.attnum) FROM pg_attribute a
+             WHERE a.attrelid = y.typrelid AND y.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped),
+            (SELECT x.extname || ' ' || x.extversion FROM pg_depend d
+             JOIN pg_extension x ON x.oid = d.refobjid
+             WHERE d.classid = 'pg_type'::regclass AND d.objid = y.oid
+               AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')), ';' ORDER BY y.oid)
+        FROM types t JOIN pg_type y ON y.oid = t.oid),
+       CASE WHEN %(salted)s
+            THEN encode(sha256(convert_to(current_setting(%(salt)s, true), 'UTF8')), 'hex') END,
+       pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+       pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+       (SELECT sum(pg_stat_get_tuples_inserted(oid) + pg_stat_get_tuples_updated(oid)
+                   + pg_stat_get_tuples_deleted(oid)) FROM relations)::bigint,
+       pg_is_in_recovery()
+"""
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What a proof needs of the source as one transaction saw it: its identity (cluster,
+    relations, types, salt: a digest) and its snapshot's xmin and xmax (xid8: 64 bits)."""
+
+    identity: str
+    xmin: int
+    xmax: int
+    writes: int  # rows inserted, updated and deleted, as the source's statistics count them
+    standby: bool  # a replica: its counters do not count the primary's writes
+
+    def recorded(self, rows: int, nbytes: int, digests: dict[str, str]) -> dict:
+        """What the fingerprint keeps of a read: the next run proves its rows are still these."""
+        return {"identity": self.identity, "xmin": self.xmin, "rows": rows, "bytes": nbytes,
+                "digests": digests, "writes": self.writes}
+
+
+def source_state(cur, definition: TableDefinition) -> SourceState | None:
+    """The source's state in the transaction cur is in (its snapshot taken by this query, when it
+    is the first), or None when its rows cannot be proved unchanged: a rule's SQL makes them, a
+    relation is not a heap table, or the query fails (it runs under a savepoint: the read goes on)."""
+    if not definition.provable:
+        return None
+    cur.execute("SAVEPOINT copier_source_state")
+    try:
+        cur.execute(SOURCE_STATE_QUERY, {"oid": definition.source.oid, "tree": definition.source.kind == "p",
+                                         "name": definition.table.qualified, "salted": definition.salted,
+                                         "salt": SALT_SETTING})
+    except psycopg2.DatabaseError as exc:
+        if is_connection_error(exc):
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT copier_source_state")
+        return None
+    system, relations, heap, major, types, salt, xmin, xmax, writes, standby = cur.fetchone()
+    cur.execute("RELEASE SAVEPOINT copier_source_state")
+    if not (system and heap):
+        return None
+    identity = xxhash.xxh3_128(json.dumps([system, relations, major, types, salt]).encode()).hexdigest()
+    return SourceState(identity, xmin, xmax, writes or 0, standby)
+
+
+def source_record_whole(record) -> bool:
+    """Whether a fingerprint's record of the source has the form SourceState.recorded gives it
+    (a damaged one is none: the table is read, or copied)."""
+    return (isinstance(record, dict) and isinstance(record.get("identity"), str)
+            and all(type(record.get(k)) is int for k in ("xmin", "rows", "bytes"))
+            and isinstance(record.get("digests"), dict))
+
+
+def source_rows_unchanged(cur, definition: TableDefinition, last: dict, now: SourceState) -> bool:
+    """Whether the rows cur's snapshot sees are exactly those of last (a recorded read of the same
+    source): as many, and none written by a transaction that had not ended before that read
+    began. Row xmins are 32 bits, which name one transaction only within 2^31 of them: age(xmin)
+    (how many transactions before this one's horizon it began) tells new rows by a comparison a
+    row, a third of the cost of reading xmin as a number. A row is new when its age is no more
+    than that of last's xmin. A frozen row keeps its xmin (9.4 on); one frozen before 9.4, or a
+    bootstrap row, has an age of 2^31 - 1: old. A frozen row older than 2^31 transactions may
+    alias into the window: it counts as new (a copy, never a wrong answer)."""
+    if (now.identity != last["identity"] or last["xmin"] > now.xmin
+            or now.xmax - last["xmin"] >= XID_WRAP):
+        return False
+    cur.execute("SELECT age(%s::text::xid)", (str(last["xmin"] % 2**32),))
+    span = cur.fetchone()[0]  # stable for the transaction: the rows' ages are counted from the same
+    if span < 0:
+        return False
+    only = sql.SQL("" if definition.source.kind == "p" else "ONLY ")
+    cur.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE age(xmin) BETWEEN 0 AND %s) "
+                        "FROM {}{}").format(only, definition.table.ident), (span,))
+    return cur.fetchone() == (last["rows"], 0)
 
 
 # --- swap: the only moment readers are involved, kept short

@@ -307,8 +307,8 @@ TABLE = {"table": "schema.table, quoted where SQL would need it",
 STEPS = {
     "wait": "waiting for an unreachable database",
     "stage": "checking the reporting side, making the types and the empty staging table",
-    "load": "reading the source and writing the staging table (or, for a table unchanged "
-            "at the last run, reading and hashing the source only)",
+    "load": "reading the source and writing the staging table (or, for a table looked at "
+            "first, proving it unchanged from its row versions, or reading and hashing it)",
     "index": "keys, indexes, statistics settings and sequences on the loaded table",
     "verify": "comparing row counts; for an unchanged table, its fingerprint and the reporting table",
     "analyze": "ANALYZE of the new table",
@@ -326,7 +326,9 @@ TABLE_COPIED = Event("table_copied", "the table is live with tonight's rows",
 TABLE_UNCHANGED = Event("table_unchanged", "the source's rows are what the reporting table already "
                         "holds: nothing was written, nothing locked",
                         {**TABLE, **MEASURED, **UNIT, **TIMED, "slices": "how many slices it was loaded in",
-                         "found": "'before loading' (hashed first: it was unchanged at the last run) "
+                         "found": "'before reading' (proved unchanged on the source from its row "
+                                  "versions, not read), 'before loading' (read and hashed first, "
+                                  "where it cannot be proved) "
                                   "or 'after loading' (its staging dropped before any index)"})
 TABLE_FAILED = Event("table_failed", "the table keeps last night's rows",
                      {**TABLE, "table": TABLE["table"] + " (a unit no job reported: its unit name, "
@@ -490,7 +492,7 @@ class TableOutcome:
     # which goes on from its staged line's steps with the swap's lock and swap (`seconds`, the
     # staged line's, leaves those out).
     steps: dict[str, float] = field(default_factory=dict)
-    found: str | None = None  # unchanged: 'before loading' or 'after loading'
+    found: str | None = None  # unchanged: 'before reading', 'before loading' or 'after loading'
 
     @property
     def copied(self) -> bool:

@@ -210,6 +210,26 @@ def test_rules_hold_through_slices_swap_together_and_unchanged_nights(shop, run_
     assert shop.target_rows("SELECT count(phone) FROM customers") == [(499,)]
 
 
+def test_a_ruled_table_is_proved_unchanged_unless_its_rules_compute(shop, run_copier, monkeypatch):
+    """Kept, emptied and hashed columns are the rows as stored: proved unchanged without reading
+    them (a new salt changes every hash: read again). A rule's SQL or where may read the clock or
+    other tables: read and hashed every night."""
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")
+    tables = "TABLES=customers,orders,events"
+    for _ in range(2):
+        assert run_copier(tables).code == 0
+    run = run_copier(tables)
+    found = {e["table"]: e["found"] for e in run.of("table_unchanged")}
+    assert found == {"public.orders": "before reading", "public.customers": "before loading",
+                     "public.events": "before loading"}
+    monkeypatch.setenv(rules.SALT_VARIABLE, SALT + "-new")
+    run = run_copier(tables)
+    assert run.code == 0, run.stderr
+    assert {e["table"] for e in run.of("table_copied")} == {"public.orders", "public.customers"}
+    assert shop.target_rows("SELECT customer_email FROM orders WHERE id = 3") == shop.source_rows(
+        "SELECT encode(sha256(convert_to(%s || 'alice@example.com', 'UTF8')), 'hex')", (SALT + "-new",))
+
+
 def test_rules_hold_through_a_night_split_over_machines(shop, tmp_path):
     """The load jobs read the source through the rules (in one shared snapshot), the publish
     swaps what they staged: the same tables as a run in one piece. An expression may hold a %."""

@@ -9,6 +9,7 @@ these unset it.
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg2
 import pytest
@@ -34,32 +35,61 @@ def assert_equal_to_source(dbs, *tables: str) -> None:
         assert dbs.target_rows(SAME.format(table)) == dbs.source_rows(SAME.format(table)), table
 
 
+def written_and_rolled_back(dbs) -> None:
+    """A write to regions the source rolled back: its statistics count it (they count what was
+    tried), its rows are as they were. Waits until the counters show it (they lag)."""
+    counted = "SELECT pg_stat_get_tuples_updated('regions'::regclass)"
+    before = dbs.source_rows(counted)
+    writer = psycopg2.connect(dbs.source_dsn)
+    try:
+        writer.cursor().execute("UPDATE regions SET name = 'never' WHERE id <= 5")
+        writer.rollback()
+    finally:
+        writer.close()
+    deadline = time.monotonic() + 30
+    while dbs.source_rows(counted) == before:
+        assert time.monotonic() < deadline, "the source's statistics never counted the write"
+        time.sleep(0.1)
+
+
 def outcomes(run) -> dict[str, str]:
-    """Each table's last word: copied, or unchanged before/after loading."""
+    """Each table's last word: copied, or unchanged before reading, before or after loading."""
     said = {e["table"]: "copied" for e in run.of("table_copied")}
     said |= {e["table"]: f"unchanged {e['found']}" for e in run.of("table_unchanged")}
     said |= {e["table"]: "failed" for e in run.of("table_failed")}
     return said
 
 
-def test_a_table_unchanged_is_found_so_after_its_load_then_before_it(skipping, run_copier):
+def test_an_unchanged_table_is_proved_so_without_reading_it(skipping, run_copier):
     first = run_copier("TABLES=regions,orders")
     assert outcomes(first) == {"public.regions": "copied", "public.orders": "copied"}
-    second = run_copier("TABLES=regions,orders")
-    assert second.code == 0, second.stderr
-    # the last run had copied them: loaded at once, then found the same, staging dropped
-    assert outcomes(second) == {"public.regions": "unchanged after loading",
-                                "public.orders": "unchanged after loading"}
-    third = run_copier("TABLES=regions,orders")
-    # unchanged last time: read and hashed first, nothing written
-    assert outcomes(third) == {"public.regions": "unchanged before loading",
-                               "public.orders": "unchanged before loading"}
-    (line,) = [e for e in third.of("table_unchanged") if e["table"] == "public.regions"]
+    for _ in range(2):
+        again = run_copier("TABLES=regions,orders")
+        assert again.code == 0, again.stderr
+        # no row written since the last read: proved unchanged on the source, nothing read
+        assert outcomes(again) == {"public.regions": "unchanged before reading",
+                                   "public.orders": "unchanged before reading"}
+    (line,) = [e for e in again.of("table_unchanged") if e["table"] == "public.regions"]
     assert line["rows"] == 3000 and set(line["steps"]) <= {"wait", "stage", "load", "verify"}
     assert "index" not in line["steps"] and "swap" not in line["steps"]
-    assert third.of("run_finished")[0]["unchanged"] == 2
-    assert "2 of 2 tables copied (2 unchanged: not written)" in third.stderr
+    assert again.of("run_finished")[0]["unchanged"] == 2
+    assert "2 of 2 tables copied (2 unchanged: not written)" in again.stderr
     assert staging_debris(skipping) == []
+    assert_equal_to_source(skipping, "regions", "orders")
+
+
+def test_a_table_written_to_is_copied_at_once_and_found_unchanged_after_loading(skipping, run_copier):
+    """Rows written since the last read (here, rolled back): the table is copied at once, found
+    to be what the reporting table holds before any index is built, and the next night proved."""
+    assert run_copier("TABLES=regions,orders").code == 0
+    written_and_rolled_back(skipping)
+    run = run_copier("TABLES=regions,orders")
+    assert outcomes(run) == {"public.regions": "unchanged after loading",
+                             "public.orders": "unchanged before reading"}
+    (line,) = [e for e in run.of("table_unchanged") if e["table"] == "public.regions"]
+    assert "index" not in line["steps"] and "swap" not in line["steps"] and line["rows"] == 3000
+    assert outcomes(run_copier("TABLES=regions,orders")) == {"public.regions": "unchanged before reading",
+                                                             "public.orders": "unchanged before reading"}
     assert_equal_to_source(skipping, "regions", "orders")
 
 
@@ -70,7 +100,9 @@ def test_an_unchanged_table_takes_no_lock_readers_wait_for(skipping, run_copier)
     reader = psycopg2.connect(skipping.target_dsn)
     try:
         reader.cursor().execute("SELECT count(*) FROM regions")  # holds ACCESS SHARE, idle in transaction
-        for found in ("after loading", "before loading"):
+        for found in ("after loading", "before reading"):
+            if found == "after loading":
+                written_and_rolled_back(skipping)
             run = run_copier("TABLES=regions", "--no-kill-readers", "--lock-timeout", "0.1",
                              "--lock-retries", "0", "--lock-budget", "0")
             assert run.code == 0, run.stderr
@@ -99,7 +131,8 @@ def test_a_source_changed_in_any_way_is_copied(skipping, run_copier, change):
     skipping.source(change)
     run = run_copier("TABLES=regions")
     assert run.code == 0, run.stderr
-    assert outcomes(run) in ({"public.regions": "copied"}, {"public.regions": "unchanged before loading"})
+    # never proved unchanged: a row written again is a new row version, even with the same values
+    assert outcomes(run) in ({"public.regions": "copied"}, {"public.regions": "unchanged after loading"})
     assert_equal_to_source(skipping, "regions")
     columns = "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute " \
               "WHERE attrelid = 'regions'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
@@ -154,9 +187,9 @@ def test_a_sequence_moved_on_the_source_moves_on_the_reporting_side(skipping, ru
     for _ in range(2):
         assert run_copier("TABLES=regions").code == 0
     skipping.source("SELECT nextval('regions_id_seq') FROM generate_series(1, 40)")  # rows unchanged
-    for found in ("before loading", "before loading"):
+    for _ in range(2):
         run = run_copier("TABLES=regions")
-        assert outcomes(run) == {"public.regions": f"unchanged {found}"}
+        assert outcomes(run) == {"public.regions": "unchanged before reading"}
         assert skipping.target_rows("SELECT last_value FROM regions_id_seq") == \
             skipping.source_rows("SELECT last_value FROM regions_id_seq")
 
@@ -168,8 +201,8 @@ def test_copy_unchanged_copies_every_table(skipping, run_copier, monkeypatch):
     monkeypatch.setenv("COPIER_COPY_UNCHANGED", "1")
     assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "copied"}
     monkeypatch.delenv("COPIER_COPY_UNCHANGED")
-    # what the copies recorded still counts: found the same after loading, then before
-    assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "unchanged after loading"}
+    # what the copies recorded still counts
+    assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "unchanged before reading"}
 
 
 def test_a_run_that_died_after_a_swap_left_a_true_fingerprint(skipping, run_copier, at_moment):
@@ -185,7 +218,7 @@ def test_a_run_that_died_after_a_swap_left_a_true_fingerprint(skipping, run_copi
     assert run_copier("TABLES=regions,orders").code == 1  # regions (the largest) went live, then it died
     assert_equal_to_source(skipping, "regions")
     run = run_copier("TABLES=regions,orders")
-    assert outcomes(run) == {"public.regions": "unchanged after loading", "public.orders": "copied"}
+    assert outcomes(run) == {"public.regions": "unchanged before reading", "public.orders": "copied"}
     assert_equal_to_source(skipping, "regions", "orders")
 
 
@@ -194,7 +227,7 @@ def test_swap_together_swaps_the_changed_and_leaves_the_unchanged(skipping, run_
     skipping.source("UPDATE orders SET total = total + 1 WHERE id < 100")
     run = run_copier("TABLES=regions,orders", "--swap", "together")
     assert run.code == 0, run.stderr
-    assert outcomes(run) == {"public.regions": "unchanged after loading", "public.orders": "copied"}
+    assert outcomes(run) == {"public.regions": "unchanged before reading", "public.orders": "copied"}
     assert [e["table"] for e in run.of("table_staged")] == ["public.orders"]
     assert_equal_to_source(skipping, "regions", "orders")
     assert staging_debris(skipping) == []
@@ -219,7 +252,7 @@ def test_a_reporting_table_partitioned_on_its_side_is_recognised(skipping, run_c
     skipping.target("CREATE TABLE orders (id bigint, region int, total numeric) PARTITION BY RANGE (id);"
                     "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (MINVALUE) TO (2500);"
                     "CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (2500) TO (MAXVALUE)")
-    for found in ("copied", "unchanged after loading", "unchanged before loading"):
+    for found in ("copied", "unchanged before reading"):
         assert outcomes(run_copier("TABLES=orders")) == {"public.orders": found}
     skipping.target("UPDATE orders_high SET total = 0 WHERE id = 2600")  # a write in one partition
     assert outcomes(run_copier("TABLES=orders")) == {"public.orders": "copied"}
@@ -241,8 +274,8 @@ def test_without_room_for_fingerprints_every_table_is_copied(skipping, run_copie
 
 
 def test_load_jobs_read_an_unchanged_table_first_and_the_publish_keeps_it(skipping):
-    """On AWS: a load job hashes a table that was unchanged last night and leaves a note; the
-    publish checks the reporting table again and drops the note."""
+    """On AWS: a load job proves unchanged a table that was unchanged last night and leaves a
+    note; the publish checks the reporting table again and drops the note."""
     tables = "public.regions,public.orders"
     for night in ("n1", "n2", "n3"):
         jobs = [load_job(skipping, night, k, 2, table) for k, table in enumerate(tables.split(","), 1)]
@@ -252,7 +285,7 @@ def test_load_jobs_read_an_unchanged_table_first_and_the_publish_keeps_it(skippi
         assert published.returncode == 0, published.stderr
     lines = [json.loads(line) for line in published.stdout.splitlines() if line.startswith("{")]
     found = {e["table"]: e["found"] for e in lines if e["event"] == "table_unchanged"}
-    assert found == {"public.regions": "before loading", "public.orders": "before loading"}
+    assert found == {"public.regions": "before reading", "public.orders": "before reading"}
     assert [e["rows"] for e in jobs[0].of("table_loaded")] == [3000]
     assert staging_debris(skipping) == []
 
@@ -272,3 +305,123 @@ def test_load_jobs_read_an_unchanged_table_first_and_the_publish_keeps_it(skippi
     assert publish(skipping, "n5", tables).returncode == 0
     assert_equal_to_source(skipping, "regions", "orders")
     assert staging_debris(skipping) == []  # what n4 left staged went with n5's run
+
+
+# --- proved unchanged on the source without reading it (copier.py, "unchanged on the source")
+
+
+def nights_until_proved(dbs, run_copier, tables: str = "TABLES=regions") -> None:
+    """Copied, then found unchanged after loading: the next night can prove it."""
+    for _ in range(2):
+        assert run_copier(tables).code == 0
+
+
+def test_a_row_written_by_a_transaction_open_during_the_last_read_is_seen(skipping, run_copier):
+    """Rows a transaction (and its subtransaction) wrote while last night's read ran, committed
+    after it: invisible then, visible now, with an xmin the last snapshot saw as in progress."""
+    nights_until_proved(skipping, run_copier)
+    writer = psycopg2.connect(skipping.source_dsn)
+    try:
+        cur = writer.cursor()
+        cur.execute("INSERT INTO regions (name) VALUES ('top-level'); SAVEPOINT s; "
+                    "INSERT INTO regions (name) VALUES ('in a subtransaction'); RELEASE SAVEPOINT s; "
+                    "DELETE FROM regions WHERE id IN (5, 6)")  # as many rows as before, all told
+        run = run_copier("TABLES=regions")  # the writer is still open: its rows are not tonight's
+        assert outcomes(run) == {"public.regions": "unchanged before reading"}
+        writer.commit()
+    finally:
+        writer.close()
+    run = run_copier("TABLES=regions")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.regions": "copied"}
+    assert_equal_to_source(skipping, "regions")
+    assert skipping.target_rows("SELECT count(*) FROM regions WHERE name = 'in a subtransaction'") == [(1,)]
+
+
+def test_a_table_renamed_into_place_is_copied(skipping, run_copier):
+    """Another table, made before the last night with as many rows (old row versions all),
+    renamed to the table's name: the same definition, other rows."""
+    skipping.source("CREATE TABLE orders_next (LIKE orders INCLUDING ALL);"
+                    "INSERT INTO orders_next SELECT id, region, -total FROM orders")
+    nights_until_proved(skipping, run_copier, "TABLES=orders")
+    skipping.source("ALTER TABLE orders RENAME TO orders_old;"
+                    "ALTER TABLE orders_old RENAME CONSTRAINT orders_pkey TO orders_old_pkey;"
+                    "ALTER TABLE orders_next RENAME TO orders;"
+                    "ALTER TABLE orders RENAME CONSTRAINT orders_next_pkey TO orders_pkey")
+    run = run_copier("TABLES=orders")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.orders": "copied"}
+    assert_equal_to_source(skipping, "orders")
+
+
+def test_an_enum_label_renamed_is_copied(skipping, run_copier):
+    """The rows are untouched; what they read as is not."""
+    skipping.source("CREATE TYPE mood AS ENUM ('sad', 'ok'); ALTER TABLE regions ADD COLUMN mood mood[];"
+                    "UPDATE regions SET mood = '{ok}'")
+    nights_until_proved(skipping, run_copier)
+    assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "unchanged before reading"}
+    skipping.source("ALTER TYPE mood RENAME VALUE 'ok' TO 'fine'")
+    run = run_copier("TABLES=regions")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.regions": "copied"}
+    assert skipping.target_rows("SELECT DISTINCT mood::text FROM regions") == [("{fine}",)]
+
+
+def test_frozen_and_vacuumed_rows_are_still_proved_unchanged(skipping, run_copier):
+    nights_until_proved(skipping, run_copier)
+    skipping.source("VACUUM (FREEZE) regions")
+    for _ in range(2):
+        assert outcomes(run_copier("TABLES=regions")) == {"public.regions": "unchanged before reading"}
+    assert_equal_to_source(skipping, "regions")
+
+
+def test_a_partitioned_source_is_proved_and_a_write_in_a_partition_seen(skipping, run_copier):
+    skipping.source("CREATE TABLE sales (id int, total int) PARTITION BY RANGE (id);"
+                    "CREATE TABLE sales_low PARTITION OF sales FOR VALUES FROM (0) TO (100);"
+                    "CREATE TABLE sales_high PARTITION OF sales FOR VALUES FROM (100) TO (200);"
+                    "INSERT INTO sales SELECT g, g FROM generate_series(0, 199) g;"
+                    "CREATE TABLE sales_other (LIKE sales);"
+                    "INSERT INTO sales_other SELECT g, -g FROM generate_series(100, 199) g")
+    nights_until_proved(skipping, run_copier, "TABLES=sales")
+    assert outcomes(run_copier("TABLES=sales")) == {"public.sales": "unchanged before reading"}
+    skipping.source("UPDATE sales SET total = 0 WHERE id = 150")
+    assert outcomes(run_copier("TABLES=sales")) == {"public.sales": "copied"}
+    assert outcomes(run_copier("TABLES=sales")) == {"public.sales": "unchanged before reading"}
+    # a partition swapped for another as old and as large, under its name: other rows
+    skipping.source("ALTER TABLE sales DETACH PARTITION sales_high;"
+                    "ALTER TABLE sales_high RENAME TO sales_gone;"
+                    "ALTER TABLE sales_other RENAME TO sales_high;"
+                    "ALTER TABLE sales ATTACH PARTITION sales_high FOR VALUES FROM (100) TO (200)")
+    run = run_copier("TABLES=sales")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.sales": "copied"}
+    assert_equal_to_source(skipping, "sales")
+
+
+@pytest.mark.parametrize("tamper", [
+    "UPDATE nightly_copy.fingerprints SET source = NULL",
+    "UPDATE nightly_copy.fingerprints SET source = jsonb_set(source, '{rows}', '2999')",
+    "UPDATE nightly_copy.fingerprints SET source = jsonb_set(source, '{xmin}', "
+    "to_jsonb((source->>'xmin')::bigint + 1000000))",
+    "UPDATE nightly_copy.fingerprints SET source = jsonb_set(source, '{identity}', '\"x\"')",
+    "UPDATE nightly_copy.fingerprints SET source = '{\"rows\": 1}'",
+], ids=["lost", "other-rows", "later-snapshot", "other-identity", "malformed"])
+def test_a_source_record_lost_or_tampered_with_means_read_or_copy(skipping, run_copier, tamper):
+    nights_until_proved(skipping, run_copier)
+    skipping.source("UPDATE regions SET name = 'changed' WHERE id = 9")
+    skipping.target(tamper)
+    run = run_copier("TABLES=regions")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.regions": "copied"}
+    assert_equal_to_source(skipping, "regions")
+
+
+def test_without_a_record_of_the_source_it_is_read_and_hashed_then_proved(skipping, run_copier):
+    """A fingerprint an older copier recorded (no source record): read and hashed, which
+    records one; the next night proves it."""
+    nights_until_proved(skipping, run_copier)
+    skipping.target("ALTER TABLE nightly_copy.fingerprints DROP COLUMN source")
+    for found in ("before loading", "before reading"):
+        run = run_copier("TABLES=regions")
+        assert run.code == 0, run.stderr
+        assert outcomes(run) == {"public.regions": f"unchanged {found}"}
