@@ -90,3 +90,22 @@ def test_no_warning_when_the_replica_keeps_the_rows_the_copy_needs(from_replica,
     assert result.code == 0, result.stderr
     assert WARNING not in result.stderr
     assert result.of("warning") == []
+
+
+def test_a_replica_source_proves_a_table_unchanged_after_a_night_that_found_it_so(from_replica, standby,
+                                                                                  run_copier, monkeypatch):
+    """A replica's statistics do not count the primary's writes: the proof is tried only when
+    the last run found the table unchanged, and a write replayed since is still seen."""
+    monkeypatch.delenv("COPIER_COPY_UNCHANGED")
+    found = []
+    for _ in range(3):
+        run = run_copier("TABLES=orders,customers")
+        assert run.code == 0, run.stderr
+        found.append({e["table"]: e["found"] for e in run.of("table_unchanged")})
+    assert found == [{}, dict.fromkeys(("public.orders", "public.customers"), "after loading"),
+                     dict.fromkeys(("public.orders", "public.customers"), "before reading")]
+    from_replica.source("UPDATE orders SET total = -1 WHERE id = 4000")  # on the primary
+    wait_for_replay(from_replica.cluster, standby)
+    run = run_copier("TABLES=orders,customers")
+    assert [e["table"] for e in run.of("table_copied")] == ["public.orders"]
+    assert from_replica.target_rows("SELECT total FROM orders WHERE id = 4000") == [(-1,)]

@@ -18,9 +18,10 @@ from test_copier_reporting_side import (  # noqa: F401  (what the reporting side
     test_foreign_keys_to_and_from_copied_tables_survive_and_are_validated_again,
     test_rules_policies_defaults_children_and_publications_survive,
 )
-from test_copier_standby import (  # noqa: F401  (the replica test and its fixtures)
+from test_copier_standby import (  # noqa: F401  (the replica tests and their fixtures)
     from_replica,
     standby,
+    test_a_replica_source_proves_a_table_unchanged_after_a_night_that_found_it_so,
     test_copies_from_a_read_replica_with_parallel_jobs,
 )
 from test_copier_swap import (  # noqa: F401  (the swap tests and their fixture)
@@ -35,6 +36,11 @@ from test_copier_types import (  # noqa: F401  (the type tests and their fixture
     everything,
     test_composite_and_range_types_are_made_on_the_target_and_every_value_round_trips,
     test_every_column_type_round_trips_exactly,
+)
+from test_copier_unchanged import (  # noqa: F401  (the proof of an unchanged source, and its fixture)
+    skipping,
+    test_a_row_written_by_a_transaction_open_during_the_last_read_is_seen,
+    test_an_unchanged_table_is_proved_so_without_reading_it,
 )
 
 from dev import pg_majors
