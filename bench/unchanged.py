@@ -11,7 +11,8 @@ their own from the same source: the copier as it runs by default (`--jobs 2`), t
 `--copy-unchanged` (every table copied, as before issue 22) and `pg_dump | psql`. A round is six
 nights. Before a night, each table it changes gets an UPDATE of about 1% of its rows on the
 source (at least one row; then a VACUUM, untimed); then each tool runs once, after a CHECKPOINT,
-in an order rotated every night:
+in an order rotated every night and every round (each tool runs first, second and last on
+each night over three rounds):
 
     all changed, after quiet nights   every table changed; all but the 10% ones had been found
                                       unchanged the night before: the source's counters tell the
@@ -298,7 +299,6 @@ class Nights:
         self.cluster, self.dbs, self.measured, self.names, self.jobs = cluster, dbs, measured, names, jobs
         self.log_dir = log_dir
         self.counts = row_counts(cluster, dbs.source)
-        self.nights = 0
 
     def first_copies(self) -> None:
         """Untimed: every tool fills its target; the copier's is empty, so it copies every table."""
@@ -306,12 +306,12 @@ class Nights:
             self.run(Night("first copy", "none"), tool, "warm-up", expected={t: "copied" for t in
                                                                              self.measured.tables})
 
-    def night(self, night: Night, label: str, tools=TOOLS) -> list[Run]:
+    def night(self, night: Night, label: str, tools=TOOLS, shift: int = 0) -> list[Run]:
+        """The night's changes, then each tool once, the order rotated by shift."""
         changed = changed_tonight(night, self.measured)
         change_tables(self.cluster, self.dbs.source, changed)
         expected = expected_outcomes(self.measured.tables, changed)
-        shift = self.nights % len(tools)
-        self.nights += 1
+        shift %= len(tools)
         return [self.run(night, tool, label, expected) for tool in tools[shift:] + tools[:shift]]
 
     def run(self, night: Night, tool: str, label: str, expected: dict[str, str]) -> Run:
@@ -340,8 +340,10 @@ def measure(cluster, dbs: Databases, mb: float, rounds: int, log_dir: Path, jobs
     nights.first_copies()
     nights.night(WARM_UP, "warm-up", tools=(COPIER,))
     for round_no in range(1, rounds + 1):
-        for night in NIGHTS:
-            runs = nights.night(night, f"round{round_no}")
+        for number, night in enumerate(NIGHTS):
+            # Rotated by night and by round: over three rounds each tool runs first, second and
+            # last on each night (whoever follows another tool pays for what it left behind).
+            runs = nights.night(night, f"round{round_no}", shift=number + round_no)
             measured.runs += runs
             say(f"round {round_no}, {night.name}: " + ", ".join(
                 f"{r.tool} {r.seconds:.2f}s ({r.cpu:.1f} CPU-s)" for r in runs))
