@@ -889,9 +889,12 @@ class Plan:
     # can be recognised, and each table copied leaves one.
     fingerprints: bool
     room: Room  # the reporting database's free storage against what the night stages at once
+    # The source lets the copier record, and check, what proves a table unchanged without
+    # reading it (source_state): with the fingerprints, unless a DBA revoked a function it needs.
+    proof: bool
 
 
-def make_plan(options: Options, units: list[Unit], dst, storage: str) -> Plan:
+def make_plan(options: Options, units: list[Unit], src, dst, storage: str) -> Plan:
     tables = list({u.source.table: u.source for u in units}.values())
     swap = "none" if options.phase == "load" else options.swap
     if swap == "together":
@@ -903,7 +906,8 @@ def make_plan(options: Options, units: list[Unit], dst, storage: str) -> Plan:
                               late_swaps, options.jobs)
     jobs = assign_to_jobs({u.name: u.weight for u in units}, room.jobs)
     fingerprints = fingerprint_store_usable(dst)
-    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)), fingerprints, room)
+    return Plan(options.phase, swap, snapshot, late_swaps, tuple(map(tuple, jobs)), fingerprints, room,
+                fingerprints and source_may_be_proved(src))
 
 
 # --- room: a night never fills the reporting database's disk. A table is staged beside the live
@@ -2172,19 +2176,24 @@ class TableCopier:
             note.write(cur, staged)
         return staged
 
-    @staticmethod
-    def worth_a_look(definition: TableDefinition, known: Fingerprint | None) -> bool:
-        """Whether to look for the table unchanged before loading it: when it can be proved
-        (proved_unchanged decides whether to try), or when the last run found it unchanged (it is
-        read and hashed first). Else it is copied at once, and compared after loading."""
-        return bool(known and ((known.source and definition.provable) or known.unchanged_nights))
+    def provable(self, definition: TableDefinition, known: Fingerprint) -> bool:
+        return bool(self.plan.proof and known.source and definition.provable)
+
+    def worth_a_look(self, definition: TableDefinition, known: Fingerprint | None) -> bool:
+        """Whether to look for the table unchanged before loading it: when it can be proved and
+        no row was written since (with_quiet_sources), or, where it cannot be proved, when the
+        last run found it unchanged (it is read and hashed first). Else it is copied at once, and
+        compared after loading: a table written every night costs nothing more."""
+        if not known:
+            return False
+        return known.quiet if self.provable(definition, known) else known.unchanged_nights > 0
 
     def unchanged_before_loading(self, definition: TableDefinition,
                                  known: Fingerprint) -> StagedTable | None:
         """Nothing written: the table as found unchanged, or None when it must be copied (its
         source changed, or the reporting table was written to). The source is proved unchanged
         from its row versions when the last run recorded what that needs, else read and hashed."""
-        if known.source and definition.provable:
+        if self.provable(definition, known):
             return self.proved_unchanged(definition, known)
         with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
             same = self.hashed_unchanged(definition, known)
@@ -2214,10 +2223,7 @@ class TableCopier:
             raise checked["error"]
 
     def proved_unchanged(self, definition: TableDefinition, known: Fingerprint) -> StagedTable | None:
-        """The source's rows proved to be those the last run recorded, without reading them. Tried
-        when the source's counters say no row was written since that read (a hint: the proof
-        decides), or, on a replica (whose counters do not count the primary's writes), when the
-        last run found the table unchanged: a table written every night is copied at once."""
+        """The source's rows proved to be those the last run recorded, without reading them."""
         last = known.source
         if last["rows"] != known.rows or fingerprint_of(definition, last["digests"]) != known.value:
             return None  # the definition changed (or the record does not belong to this fingerprint)
@@ -2229,9 +2235,7 @@ class TableCopier:
                 # state's look by OID and the scan by name.
                 cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(definition.table.ident))
                 now = source_state(cur, definition)
-            quiet = now is not None and (now.writes == last.get("writes") if not now.standby
-                                         else known.unchanged_nights > 0)
-            if quiet:
+            if now is not None:
                 with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
                     proved = source_rows_unchanged(cur, definition, last, now)
                 same = proved and checked["same"]
@@ -2244,7 +2248,8 @@ class TableCopier:
     def hashed_unchanged(self, definition: TableDefinition, known: Fingerprint) -> StagedTable | None:
         """The source read and hashed: its fingerprint is the last run's."""
         rows, nbytes, digest, now = hash_rows(self.src, definition, self.snapshot,
-                                              self.progress_reporter(definition.table.qualified))
+                                              self.progress_reporter(definition.table.qualified),
+                                              self.plan.proof)
         if fingerprint_of(definition, {"1": digest}) != known.value:
             return None
         return self.found_unchanged(definition, "before loading", rows, nbytes, {"1": digest},
@@ -2408,7 +2413,7 @@ class TableCopier:
              slicer: Slicer | None = None) -> tuple[int, int, int, str, SourceState | None]:
         try:
             return load_rows(self.src, self.dst, definition, staged, self.snapshot,
-                             self.progress_reporter(definition.table.qualified), slicer)
+                             self.progress_reporter(definition.table.qualified), slicer, self.plan.proof)
         except psycopg2.errors.CheckViolation as exc:
             if not staged.partitioned or "no partition" not in str(exc):
                 raise
@@ -2873,9 +2878,11 @@ def copy_out(cur, definition: TableDefinition, slicer: Slicer | None = None) -> 
 
 
 def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
-              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int, str, SourceState | None]:
+              on_progress, slicer: Slicer | None = None,
+              proof: bool = False) -> tuple[int, int, int, str, SourceState | None]:
     """Stream the source's rows into the staging table: (source rows, loaded rows, bytes, the
-    hash of the stream and, for a whole table, the source's state: for the table's fingerprint).
+    hash of the stream and, for a whole table when the plan has the proof, the source's state:
+    for the table's fingerprint).
 
     Source and target talk through an OS pipe between two threads, so memory stays at a few
     pipe buffers whatever the table's size, and the per-row loop stays inside libpq.
@@ -2898,7 +2905,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
         try:
             with src.cursor() as cur:
                 begin_snapshot(cur, snapshot)
-                outcome["source"] = None if slicer else source_state(cur, definition)
+                outcome["source"] = source_state(cur, definition) if proof and not slicer else None
                 cur.copy_expert(copy_out(cur, definition, slicer).as_string(src), writer, size=PIPE_CHUNK)
                 outcome["rows"] = cur.rowcount
                 writer.flush()
@@ -3230,6 +3237,7 @@ class Fingerprint:
     loaded_by: tuple[int, ...]
     unchanged_nights: int
     source: dict | None = None  # the source as it was read then (source_state), to prove it unchanged
+    quiet: bool = False  # no row written on the source since, as far as its counters tell
 
 
 def stream_hash():
@@ -3257,7 +3265,7 @@ def fingerprint_of(definition: TableDefinition, digests: dict[str, str]) -> str:
 
 
 def hash_rows(src, definition: TableDefinition, snapshot: str | None,
-              on_progress) -> tuple[int, int, str, SourceState | None]:
+              on_progress, proof: bool = False) -> tuple[int, int, str, SourceState | None]:
     """Read the table's COPY stream in the run's snapshot, only to hash it: (rows, bytes, hash,
     the source's state). It costs the source's read, and the target nothing."""
 
@@ -3280,7 +3288,7 @@ def hash_rows(src, definition: TableDefinition, snapshot: str | None,
     sink = io.BufferedWriter(hashed, PIPE_CHUNK)
     with src.cursor() as cur:
         begin_snapshot(cur, snapshot)
-        now = source_state(cur, definition)
+        now = source_state(cur, definition) if proof else None
         try:
             cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
         except psycopg2.Error as exc:
@@ -3491,8 +3499,7 @@ SELECT (SELECT system_identifier FROM pg_control_system())::text,
        pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
        (SELECT sum(pg_stat_get_tuples_inserted(oid) + pg_stat_get_tuples_updated(oid)
-                   + pg_stat_get_tuples_deleted(oid)) FROM relations)::bigint,
-       pg_is_in_recovery()
+                   + pg_stat_get_tuples_deleted(oid)) FROM relations)::bigint
 """
 
 
@@ -3505,7 +3512,6 @@ class SourceState:
     xmin: int
     xmax: int
     writes: int  # rows inserted, updated and deleted, as the source's statistics count them
-    standby: bool  # a replica: its counters do not count the primary's writes
 
     def recorded(self, rows: int, nbytes: int, digests: dict[str, str]) -> dict:
         """What the fingerprint keeps of a read: the next run proves its rows are still these."""
@@ -3515,26 +3521,71 @@ class SourceState:
 
 def source_state(cur, definition: TableDefinition) -> SourceState | None:
     """The source's state in the transaction cur is in (its snapshot taken by this query, when it
-    is the first), or None when its rows cannot be proved unchanged: a rule's SQL makes them, a
-    relation is not a heap table, or the query fails (it runs under a savepoint: the read goes on)."""
+    is the first), or None when its rows cannot be proved unchanged: a rule's SQL makes them, or
+    a relation is not a heap table. One round trip; the plan checked that every function it calls
+    may be called (source_may_be_proved)."""
     if not definition.provable:
         return None
-    cur.execute("SAVEPOINT copier_source_state")
-    try:
-        cur.execute(SOURCE_STATE_QUERY, {"oid": definition.source.oid, "tree": definition.source.kind == "p",
-                                         "name": definition.table.qualified, "salted": definition.salted,
-                                         "salt": SALT_SETTING})
-    except psycopg2.DatabaseError as exc:
-        if is_connection_error(exc):
-            raise
-        cur.execute("ROLLBACK TO SAVEPOINT copier_source_state")
-        return None
-    system, relations, heap, major, types, salt, xmin, xmax, writes, standby = cur.fetchone()
-    cur.execute("RELEASE SAVEPOINT copier_source_state")
-    if not (system and heap):
+    cur.execute(SOURCE_STATE_QUERY, {"oid": definition.source.oid, "tree": definition.source.kind == "p",
+                                     "name": definition.table.qualified, "salted": definition.salted,
+                                     "salt": SALT_SETTING})
+    system, relations, heap, major, types, salt, xmin, xmax, writes = cur.fetchone()
+    if not heap:
         return None
     identity = xxhash.xxh3_128(json.dumps([system, relations, major, types, salt]).encode()).hexdigest()
-    return SourceState(identity, xmin, xmax, writes or 0, standby)
+    return SourceState(identity, xmin, xmax, writes or 0)
+
+
+# The functions the source's state and its proof call beyond reading the tables: PUBLIC may call
+# each unless a DBA revoked it (then nothing is proved: unchanged tables are read and hashed).
+PROOF_FUNCTIONS = ("pg_control_system()", "pg_partition_tree(regclass)", "pg_current_snapshot()",
+                   "pg_snapshot_xmin(pg_snapshot)", "pg_snapshot_xmax(pg_snapshot)", "age(xid)",
+                   "pg_stat_get_tuples_inserted(oid)", "pg_stat_get_tuples_updated(oid)",
+                   "pg_stat_get_tuples_deleted(oid)")
+
+
+def source_may_be_proved(src) -> bool:
+    with src.cursor() as cur:
+        cur.execute("SELECT bool_and(has_function_privilege(f, 'EXECUTE')) FROM unnest(%s::text[]) f",
+                    (list(PROOF_FUNCTIONS),))
+        return bool(cur.fetchone()[0])
+
+
+# Rows written to each table (its partitions included) so far, as the source's statistics count
+# them (they count what was tried, committed or not), and whether the source is a replica.
+WRITES_QUERY = """
+SELECT t.oid, (SELECT sum(pg_stat_get_tuples_inserted(r) + pg_stat_get_tuples_updated(r)
+                          + pg_stat_get_tuples_deleted(r))
+               FROM (SELECT t.oid UNION ALL
+                     SELECT relid FROM pg_partition_tree(t.oid) WHERE level > 0) rel(r))::bigint,
+       pg_is_in_recovery()
+FROM unnest(%s::oid[]) t(oid)
+"""
+
+
+def with_quiet_sources(src, units: list[Unit]) -> list[Unit]:
+    """The units, each fingerprint that can prove its table saying whether the source's table is
+    quiet since its read: no row written, as its counters tell (one query for the run). They
+    only choose between trying the proof and copying at once (they lag, and a reset loses them:
+    the proof decides). A replica's counters miss the primary's writes: there a table is tried
+    when the last run found it unchanged."""
+    recorded = {u.source.oid: u.source.fingerprint for u in units
+                if u.source.fingerprint and u.source.fingerprint.source and u.source.oid}
+    if not recorded:
+        return units
+    with src.cursor() as cur:
+        cur.execute(WRITES_QUERY, (list(recorded),))
+        found = cur.fetchall()
+    quiet = {}
+    for oid, writes, standby in found:
+        known = recorded[oid]
+        quiet[oid] = known.unchanged_nights > 0 if standby else writes == known.source.get("writes")
+
+    def told(unit: Unit) -> Unit:
+        known = dataclasses.replace(unit.source.fingerprint, quiet=quiet[unit.source.oid])
+        return dataclasses.replace(unit, source=dataclasses.replace(unit.source, fingerprint=known))
+
+    return [told(u) if u.source.oid in quiet else u for u in units]
 
 
 def source_record_whole(record) -> bool:
@@ -5569,13 +5620,13 @@ def run(options: Options, settings: dict) -> int:
         warn_if_recovery_may_cancel(src)
         dst = connect_at_start(settings, "target", outages, options)
         check_target(dst, tables)
-        plan = make_plan(options, units, dst, settings.get("storage", ""))
+        plan = make_plan(options, units, src, dst, settings.get("storage", ""))
         if options.dry_run:
             return dry_run(src, dst, plan, units, options)
         # The load jobs of one run share their tables; anything else copying them is refused.
         lock_tables(dst, tables, shared=plan.phase == "load")
         units = with_room(with_target_checked(dst, with_definitions(src, units)), plan.room)
-        units = with_last_fingerprints(dst, units, plan, options)
+        units = with_last_fingerprints(src, dst, units, plan, options)
         moment("tables_checked", units=units)
         shared = take_snapshot(src, dst, units, plan, options, outages)
         if plan.snapshot != "none":
@@ -5620,16 +5671,18 @@ def dry_run(src, dst, plan: Plan, units: list[Unit], options: Options) -> int:
     return 1 if refused else 0
 
 
-def with_last_fingerprints(dst, units: list[Unit], plan: Plan, options: Options) -> list[Unit]:
+def with_last_fingerprints(src, dst, units: list[Unit], plan: Plan, options: Options) -> list[Unit]:
     """The units with what the last run recorded of their tables (none with --copy-unchanged),
-    the copier's store of fingerprints made when missing; without it, every table is copied."""
+    and whether their source is quiet since; the copier's store of fingerprints made when
+    missing; without it, every table is copied."""
     if not plan.fingerprints:
         warn(f"the target user may not keep the tables' fingerprints in schema {FINGERPRINT_SCHEMA}: "
              f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
              f"the schema and grant it CREATE and USAGE there")
         return units
     if make_fingerprint_store(dst) and not options.copy_unchanged:
-        return with_fingerprints(dst, units)
+        units = with_fingerprints(dst, units)
+        return with_quiet_sources(src, units) if plan.proof else units
     return units
 
 

@@ -425,3 +425,20 @@ def test_without_a_record_of_the_source_it_is_read_and_hashed_then_proved(skippi
         run = run_copier("TABLES=regions")
         assert run.code == 0, run.stderr
         assert outcomes(run) == {"public.regions": f"unchanged {found}"}
+
+
+def test_a_source_whose_functions_the_proof_may_not_call_is_hashed(skipping, run_copier, monkeypatch):
+    """A DBA revoked a function the proof calls: nothing is proved, nothing fails; a table
+    unchanged last night is read and hashed first, as before the proof."""
+    reader = f"reader_{skipping.source_name}"
+    skipping.source(f"CREATE ROLE {reader} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader};"
+                    f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {reader};"
+                    "REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    monkeypatch.setenv("SOURCE_DSN", skipping.cluster.dsn(skipping.source_name, user=reader))
+    found = []
+    for _ in range(3):
+        run = run_copier("TABLES=regions")
+        assert run.code == 0, run.stderr
+        found.append(outcomes(run)["public.regions"])
+    assert found == ["copied", "unchanged after loading", "unchanged before loading"]
+    assert skipping.target_rows("SELECT source FROM nightly_copy.fingerprints") == [(None,)]
