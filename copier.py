@@ -1148,6 +1148,11 @@ class TableDefinition:
     default_sequences: list[tuple[str, str, str | None]]  # schema, name, the table owning it
     partitions: PartitionLayout | None  # the source's, when it is partitioned
     index_columns: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # by index name
+    # What the columns' types print beyond their rows (type_closure_query): in the fingerprint
+    printed_types: list[str] = dataclasses.field(default_factory=list)
+    # The table's state on the source apart from the snapshot, when it can be proved unchanged
+    # (with_source_states); not part of the definition's digest
+    source_state: TableState | None = None
     # What the rules made of it (apply_rules): the rows the source selects, the source's keys and
     # indexes left out, why the rules refuse the table (a strict table's column they do not name)
     where: str | None = None
@@ -1236,6 +1241,22 @@ WITH RECURSIVE closure(root, oid) AS (
 )
 SELECT c.root, t.oid, t.typtype, t.typelem, t.typcategory, t.typbasetype
 FROM closure c JOIN pg_type t ON t.oid = c.oid
+"""
+
+
+# What user-defined types print as beyond the rows: an enum's labels, a composite's attributes,
+# the version of the extension that made it (renaming a label changes what unchanged rows read
+# as). A query of its own: joined to the closure's pessimistic estimate, it would be JIT-compiled.
+PRINTED_TYPES_QUERY = """
+SELECT t.oid, concat_ws(':',
+       (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e
+        WHERE e.enumtypid = t.oid),
+       (SELECT string_agg(a.attname || ' ' || a.atttypid, ',' ORDER BY a.attnum) FROM pg_attribute a
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped),
+       (SELECT x.extname || ' ' || x.extversion FROM pg_depend d JOIN pg_extension x ON x.oid = d.refobjid
+        WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid
+          AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'))
+FROM pg_type t WHERE t.oid = ANY(%s::oid[])
 """
 
 
@@ -1373,6 +1394,11 @@ def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition |
         closures: dict[int, list[tuple]] = {}  # a column type -> every type it is made of
         for root, *row in cur.fetchall():
             closures.setdefault(root, []).append(tuple(row))
+        made_here = sorted({oid for rows in closures.values() for oid, *_ in rows if oid >= FIRST_NORMAL_OID})
+        printed: dict[int, str] = {}
+        if made_here:
+            cur.execute(PRINTED_TYPES_QUERY, (made_here,))
+            printed = dict(cur.fetchall())
         constraints = rows_by_table(CONSTRAINTS_QUERY)
         indexes = rows_by_table(INDEXES_QUERY)
         column_comments = {oid: rows[0][0] for oid, rows in rows_by_table(COLUMN_COMMENTS_QUERY).items()}
@@ -1391,6 +1417,7 @@ def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition |
         column_rows = columns.get(source.oid, [])
         closure = list({row[0]: row for type_oid in {row[9] for row in column_rows}
                         for row in closures.get(type_oid, [])}.values())
+        prints = sorted(f"{oid}:{printed[oid]}" for oid, *_ in closure if printed.get(oid))
         its_indexes = indexes.get(source.oid, [])
         definition = table_definition(
             source, quoted_name, column_rows, closure,
@@ -1400,6 +1427,7 @@ def read_definitions(conn, sources: list[SourceTable]) -> list[TableDefinition |
             [ExtendedStatistics(*row) for row in extended_statistics.get(source.oid, [])],
             default_sequences.get(source.oid, []), partitions.get(source.oid))
         definition.index_columns = {name: list(on) for name, _, on in its_indexes}
+        definition.printed_types = prints
         definitions.append(apply_rules(definition, source.masking) if source.masking else definition)
     return definitions
 
@@ -2177,7 +2205,7 @@ class TableCopier:
         return staged
 
     def provable(self, definition: TableDefinition, known: Fingerprint) -> bool:
-        return bool(self.plan.proof and known.source and definition.provable)
+        return bool(known.source and definition.source_state)
 
     def worth_a_look(self, definition: TableDefinition, known: Fingerprint | None) -> bool:
         """Whether to look for the table unchanged before loading it: when it can be proved and
@@ -2230,12 +2258,14 @@ class TableCopier:
         same = False
         with self.src.cursor() as cur:
             with self.steps.timing("load"):
-                begin_snapshot(cur, self.snapshot)
-                # Locked first, as a COPY would be: no table renamed into place between the
-                # state's look by OID and the scan by name.
+                now = source_state(cur, self.snapshot, definition)
+                # Locked, as a COPY would be, then its relations looked at again: no table
+                # renamed into place nor partition swapped since the run read its state.
                 cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(definition.table.ident))
-                now = source_state(cur, definition)
-            if now is not None:
+                source = definition.source
+                cur.execute(RELATIONS_QUERY, {"name": definition.table.qualified, "oid": source.oid,
+                                              "tree": source.kind == "p"})
+            if now is not None and cur.fetchone()[0] == definition.source_state.relations:
                 with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
                     proved = source_rows_unchanged(cur, definition, last, now)
                 same = proved and checked["same"]
@@ -2248,8 +2278,7 @@ class TableCopier:
     def hashed_unchanged(self, definition: TableDefinition, known: Fingerprint) -> StagedTable | None:
         """The source read and hashed: its fingerprint is the last run's."""
         rows, nbytes, digest, now = hash_rows(self.src, definition, self.snapshot,
-                                              self.progress_reporter(definition.table.qualified),
-                                              self.plan.proof)
+                                              self.progress_reporter(definition.table.qualified))
         if fingerprint_of(definition, {"1": digest}) != known.value:
             return None
         return self.found_unchanged(definition, "before loading", rows, nbytes, {"1": digest},
@@ -2413,7 +2442,7 @@ class TableCopier:
              slicer: Slicer | None = None) -> tuple[int, int, int, str, SourceState | None]:
         try:
             return load_rows(self.src, self.dst, definition, staged, self.snapshot,
-                             self.progress_reporter(definition.table.qualified), slicer, self.plan.proof)
+                             self.progress_reporter(definition.table.qualified), slicer)
         except psycopg2.errors.CheckViolation as exc:
             if not staged.partitioned or "no partition" not in str(exc):
                 raise
@@ -2878,8 +2907,7 @@ def copy_out(cur, definition: TableDefinition, slicer: Slicer | None = None) -> 
 
 
 def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapshot: str | None,
-              on_progress, slicer: Slicer | None = None,
-              proof: bool = False) -> tuple[int, int, int, str, SourceState | None]:
+              on_progress, slicer: Slicer | None = None) -> tuple[int, int, int, str, SourceState | None]:
     """Stream the source's rows into the staging table: (source rows, loaded rows, bytes, the
     hash of the stream and, for a whole table when the plan has the proof, the source's state:
     for the table's fingerprint).
@@ -2904,8 +2932,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     def pump_source() -> None:
         try:
             with src.cursor() as cur:
-                begin_snapshot(cur, snapshot)
-                outcome["source"] = source_state(cur, definition) if proof and not slicer else None
+                outcome["source"] = source_state(cur, snapshot, None if slicer else definition)
                 cur.copy_expert(copy_out(cur, definition, slicer).as_string(src), writer, size=PIPE_CHUNK)
                 outcome["rows"] = cur.rowcount
                 writer.flush()
@@ -3003,13 +3030,16 @@ def slice_bounds(low: int | None, high: int | None, count: int) -> list[int]:
 SNAPSHOT_GONE_SQLSTATES = frozenset({"22023", "42704", "55000"})
 
 
-def begin_snapshot(cur, snapshot: str | None) -> None:
+def begin_snapshot(cur, snapshot: str | None, then: str = "") -> None:
+    """Begin a read in the run's snapshot (or a new one); then, a query in the same round trip,
+    whose rows cur then holds."""
     begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    then = "; " + then if then else ""
     if not snapshot:
-        cur.execute(begin)
+        cur.execute(begin + then)
     else:
         try:
-            cur.execute(begin + "; SET TRANSACTION SNAPSHOT %s", (snapshot,))  # one round trip
+            cur.execute(begin + "; SET TRANSACTION SNAPSHOT %s" + then, (snapshot,))  # one round trip
         except psycopg2.Error as exc:
             if exc.pgcode in SNAPSHOT_GONE_SQLSTATES:
                 raise SnapshotLost(
@@ -3248,10 +3278,10 @@ def stream_hash():
 
 def definition_digest(definition: TableDefinition) -> str:
     """Everything the copy makes of the source's definition (columns, keys, indexes, comments,
-    statistics settings, partitions) and how its rows are streamed: a change of any of them
-    changes the fingerprint, so the table is copied again."""
+    statistics settings, partitions, what its types print) and how its rows are streamed: a
+    change of any of them changes the fingerprint, so the table is copied again."""
     made = dataclasses.asdict(definition)
-    del made["source"]  # its OID and size say nothing of its rows
+    del made["source"], made["source_state"]  # its OID, size and counters say nothing of its rows
     made.update(kind=definition.source.kind, format=definition.copy_format,
                 version=FINGERPRINT_VERSION)
     return xxhash.xxh3_128(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()
@@ -3265,7 +3295,7 @@ def fingerprint_of(definition: TableDefinition, digests: dict[str, str]) -> str:
 
 
 def hash_rows(src, definition: TableDefinition, snapshot: str | None,
-              on_progress, proof: bool = False) -> tuple[int, int, str, SourceState | None]:
+              on_progress) -> tuple[int, int, str, SourceState | None]:
     """Read the table's COPY stream in the run's snapshot, only to hash it: (rows, bytes, hash,
     the source's state). It costs the source's read, and the target nothing."""
 
@@ -3287,8 +3317,7 @@ def hash_rows(src, definition: TableDefinition, snapshot: str | None,
     # half the client's CPU of a call a row.
     sink = io.BufferedWriter(hashed, PIPE_CHUNK)
     with src.cursor() as cur:
-        begin_snapshot(cur, snapshot)
-        now = source_state(cur, definition) if proof else None
+        now = source_state(cur, snapshot, definition)
         try:
             cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
         except psycopg2.Error as exc:
@@ -3450,68 +3479,90 @@ def record_unchanged(cur, staged: StagedTable, run: str) -> None:
 #     as many of them are all of them. A scan that returns two numbers instead of the rows. It
 #     proves nothing across clusters (a logical replica or a restore numbers its transactions
 #     anew: another system identifier), across relations (a table renamed into place keeps old
-#     row versions), across type changes (an enum label renamed changes what its rows read as,
-#     not the rows), or across 2^31 transactions (xmin is 32 bits): then the table is copied.
+#     row versions), across a change of what the types print (an enum label renamed changes what
+#     its rows read as, not the rows: the definition's fingerprint holds it), or across 2^31
+#     transactions (xmin is 32 bits): then the table is copied.
 
-# The source as the read's transaction sees it: which cluster, which relations the copy reads
-# (a partitioned table's whole tree; the table's name still names its OID) and whether all are
-# heap tables (whose rows have an xmin),
-# the server's major version, what the columns' types print (enum labels, composite attributes,
-# extension versions, through arrays, domains and ranges), the rules' salt (hashed: a new salt
-# changes every hashed value), the snapshot's xmin and xmax, and the rows written as the
-# statistics count them (a hint whether a proof is worth trying: they lag, and a reset or a
-# replica's replay does not count, so they never decide).
-SOURCE_STATE_QUERY = """
-WITH RECURSIVE relations AS (
-    SELECT c.oid, c.relkind, c.relam FROM pg_class c WHERE c.oid = %(oid)s
-    UNION ALL
-    SELECT c.oid, c.relkind, c.relam FROM pg_partition_tree(%(oid)s) t
-    JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0 AND %(tree)s
-), types(oid) AS (
-    SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
-    UNION
-    SELECT made_of.oid FROM types t JOIN pg_type y ON y.oid = t.oid CROSS JOIN LATERAL (
-        SELECT y.typelem WHERE y.typelem <> 0
-        UNION ALL SELECT y.typbasetype WHERE y.typbasetype <> 0
-        UNION ALL SELECT a.atttypid FROM pg_attribute a
-                  WHERE a.attrelid = y.typrelid AND a.attnum > 0 AND NOT a.attisdropped
-        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = y.oid) made_of(oid)
-)
-SELECT (SELECT system_identifier FROM pg_control_system())::text,
-       (SELECT string_agg(oid::text, ',' ORDER BY oid) FROM relations),
-       to_regclass(%(name)s) = %(oid)s
-       AND (SELECT bool_and(relkind = 'p' OR relkind = 'r' AND relam = (SELECT oid FROM pg_am
-                                                                        WHERE amname = 'heap'))
-            FROM relations),
+# What identifies each table's rows on the source apart from the snapshot, read for all tables
+# at once before the run: the relations the copy reads (a partitioned table's whole tree) and
+# whether all are heap tables (whose rows have an xmin); the rows written to them so far, as the
+# statistics count them (what was tried, committed or not: a hint whether the proof is worth
+# trying, never the proof: they lag, a reset loses them, a replica does not count the primary's
+# writes); the server's major version, the rules' salt (hashed: a new salt changes every hashed
+# value) and whether the source is a replica. The proof reads its table's again under its lock.
+TABLE_STATES_QUERY = """
+SELECT t.oid, string_agg(c.oid::text, ',' ORDER BY c.oid),
+       bool_and(c.relkind = 'p' OR c.relkind = 'r' AND c.relam = (SELECT oid FROM pg_am
+                                                                  WHERE amname = 'heap')),
+       sum(pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_updated(c.oid)
+           + pg_stat_get_tuples_deleted(c.oid))::bigint,
        current_setting('server_version_num')::int / 10000,
-       (SELECT string_agg(concat_ws(':', y.oid,
-            (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e
-             WHERE e.enumtypid = y.oid),
-            (SELECT string_agg(a.attname || ' ' || a.atttypid, ',' ORDER BY a.attnum) FROM pg_attribute a
-             WHERE a.attrelid = y.typrelid AND y.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped),
-            (SELECT x.extname || ' ' || x.extversion FROM pg_depend d
-             JOIN pg_extension x ON x.oid = d.refobjid
-             WHERE d.classid = 'pg_type'::regclass AND d.objid = y.oid
-               AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')), ';' ORDER BY y.oid)
-        FROM types t JOIN pg_type y ON y.oid = t.oid),
-       CASE WHEN %(salted)s
-            THEN encode(sha256(convert_to(current_setting(%(salt)s, true), 'UTF8')), 'hex') END,
-       pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-       pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
-       (SELECT sum(pg_stat_get_tuples_inserted(oid) + pg_stat_get_tuples_updated(oid)
-                   + pg_stat_get_tuples_deleted(oid)) FROM relations)::bigint
+       encode(sha256(convert_to(coalesce(current_setting(%(salt)s, true), ''), 'UTF8')), 'hex'),
+       pg_is_in_recovery()
+FROM unnest(%(tables)s::oid[], %(trees)s::bool[]) t(oid, tree)
+CROSS JOIN LATERAL (SELECT t.oid UNION SELECT relid FROM pg_partition_tree(t.oid) WHERE t.tree) rel(oid)
+JOIN pg_class c ON c.oid = rel.oid
+GROUP BY t.oid
 """
+
+
+@dataclass(frozen=True)
+class TableState:
+    """A table's state on the source apart from the snapshot (TABLE_STATES_QUERY)."""
+
+    relations: str
+    major: int
+    salt: str | None  # the salt's hash, for a table with hashed columns
+    writes: int
+    standby: bool
+
+
+def table_states(src, definitions: list[TableDefinition]) -> dict[int, TableState]:
+    """The provable tables' states, by OID, in one query (none of a table that is not heap)."""
+    provable = [d for d in definitions if d and d.provable]
+    if not provable:
+        return {}
+    with src.cursor() as cur:
+        cur.execute(TABLE_STATES_QUERY, {"tables": [d.source.oid for d in provable],
+                                         "trees": [d.source.kind == "p" for d in provable],
+                                         "salt": SALT_SETTING})
+        found = {oid: row for oid, *row in cur.fetchall()}
+    return {d.source.oid: TableState(relations, major, salt if d.salted else None, writes or 0, standby)
+            for d in provable if d.source.oid in found
+            for relations, heap, writes, major, salt, standby in [found[d.source.oid]] if heap}
+
+
+# The relations the copy of a table reads now, when its name still names its OID.
+RELATIONS_QUERY = """
+SELECT string_agg(r.oid::text, ',' ORDER BY r.oid) FILTER (WHERE to_regclass(%(name)s) = %(oid)s)
+FROM (SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s) WHERE %(tree)s) r(oid)
+"""
+
+
+# Where a read stands, asked in the round trip that begins its transaction (begin_snapshot): which
+# cluster (a logical replica or a restored copy numbers its transactions anew: another system
+# identifier), and the snapshot's xmin and xmax (64-bit).
+POSITION_QUERY = ("SELECT (SELECT system_identifier FROM pg_control_system())::text, "
+                  "pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+                  "pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
 
 
 @dataclass(frozen=True)
 class SourceState:
     """What a proof needs of the source as one transaction saw it: its identity (cluster,
-    relations, types, salt: a digest) and its snapshot's xmin and xmax (xid8: 64 bits)."""
+    relations, major, salt: a digest), its snapshot's xmin and xmax (xid8: 64 bits), and the
+    rows written to the table so far as its statistics count them."""
 
     identity: str
     xmin: int
     xmax: int
-    writes: int  # rows inserted, updated and deleted, as the source's statistics count them
+    writes: int
+
+    @classmethod
+    def of(cls, table: TableState, position: tuple) -> SourceState:
+        system, xmin, xmax = position
+        identity = [system, table.relations, table.major, table.salt]
+        return cls(xxhash.xxh3_128(json.dumps(identity).encode()).hexdigest(), xmin, xmax, table.writes)
 
     def recorded(self, rows: int, nbytes: int, digests: dict[str, str]) -> dict:
         """What the fingerprint keeps of a read: the next run proves its rows are still these."""
@@ -3519,21 +3570,15 @@ class SourceState:
                 "digests": digests, "writes": self.writes}
 
 
-def source_state(cur, definition: TableDefinition) -> SourceState | None:
-    """The source's state in the transaction cur is in (its snapshot taken by this query, when it
-    is the first), or None when its rows cannot be proved unchanged: a rule's SQL makes them, or
-    a relation is not a heap table. One round trip; the plan checked that every function it calls
-    may be called (source_may_be_proved)."""
-    if not definition.provable:
+def source_state(cur, snapshot: str | None, definition: TableDefinition | None) -> SourceState | None:
+    """Begin the read's transaction (begin_snapshot) and tell the source's state in it, or None
+    when the table cannot be proved unchanged (no state of it: see table_states)."""
+    table = definition.source_state if definition else None
+    if table is None:
+        begin_snapshot(cur, snapshot)
         return None
-    cur.execute(SOURCE_STATE_QUERY, {"oid": definition.source.oid, "tree": definition.source.kind == "p",
-                                     "name": definition.table.qualified, "salted": definition.salted,
-                                     "salt": SALT_SETTING})
-    system, relations, heap, major, types, salt, xmin, xmax, writes = cur.fetchone()
-    if not heap:
-        return None
-    identity = xxhash.xxh3_128(json.dumps([system, relations, major, types, salt]).encode()).hexdigest()
-    return SourceState(identity, xmin, xmax, writes or 0)
+    begin_snapshot(cur, snapshot, then=POSITION_QUERY)
+    return SourceState.of(table, cur.fetchone())
 
 
 # The functions the source's state and its proof call beyond reading the tables: PUBLIC may call
@@ -3551,41 +3596,28 @@ def source_may_be_proved(src) -> bool:
         return bool(cur.fetchone()[0])
 
 
-# Rows written to each table (its partitions included) so far, as the source's statistics count
-# them (they count what was tried, committed or not), and whether the source is a replica.
-WRITES_QUERY = """
-SELECT t.oid, (SELECT sum(pg_stat_get_tuples_inserted(r) + pg_stat_get_tuples_updated(r)
-                          + pg_stat_get_tuples_deleted(r))
-               FROM (SELECT t.oid UNION ALL
-                     SELECT relid FROM pg_partition_tree(t.oid) WHERE level > 0) rel(r))::bigint,
-       pg_is_in_recovery()
-FROM unnest(%s::oid[]) t(oid)
-"""
+def with_source_states(src, units: list[Unit]) -> list[Unit]:
+    """The units, each provable table's definition with its state on the source (table_states),
+    and each fingerprint that can prove its table saying whether the table is quiet since: no
+    row written, as its counters tell. They only choose between trying the proof and copying at
+    once; on a replica (whose counters miss the primary's writes) a table is tried when the last
+    run found it unchanged."""
+    sources = {u.source.table: u.source for u in units if u.source.definition}
+    states = table_states(src, [s.definition for s in sources.values()])
 
+    def told(source: SourceTable) -> SourceTable:
+        state = states.get(source.oid)
+        known = source.fingerprint
+        if known and known.source and state:
+            same_writes = state.writes == known.source.get("writes")
+            quiet = known.unchanged_nights > 0 if state.standby else same_writes
+            known = dataclasses.replace(known, quiet=quiet)
+        definition = dataclasses.replace(source.definition, source_state=state)
+        return dataclasses.replace(source, definition=definition, fingerprint=known)
 
-def with_quiet_sources(src, units: list[Unit]) -> list[Unit]:
-    """The units, each fingerprint that can prove its table saying whether the source's table is
-    quiet since its read: no row written, as its counters tell (one query for the run). They
-    only choose between trying the proof and copying at once (they lag, and a reset loses them:
-    the proof decides). A replica's counters miss the primary's writes: there a table is tried
-    when the last run found it unchanged."""
-    recorded = {u.source.oid: u.source.fingerprint for u in units
-                if u.source.fingerprint and u.source.fingerprint.source and u.source.oid}
-    if not recorded:
-        return units
-    with src.cursor() as cur:
-        cur.execute(WRITES_QUERY, (list(recorded),))
-        found = cur.fetchall()
-    quiet = {}
-    for oid, writes, standby in found:
-        known = recorded[oid]
-        quiet[oid] = known.unchanged_nights > 0 if standby else writes == known.source.get("writes")
-
-    def told(unit: Unit) -> Unit:
-        known = dataclasses.replace(unit.source.fingerprint, quiet=quiet[unit.source.oid])
-        return dataclasses.replace(unit, source=dataclasses.replace(unit.source, fingerprint=known))
-
-    return [told(u) if u.source.oid in quiet else u for u in units]
+    told_sources = {table: told(source) for table, source in sources.items()}
+    return [dataclasses.replace(u, source=told_sources[u.source.table]) if u.source.table in told_sources
+            else u for u in units]
 
 
 def source_record_whole(record) -> bool:
@@ -5680,10 +5712,11 @@ def with_last_fingerprints(src, dst, units: list[Unit], plan: Plan, options: Opt
              f"every table is copied, unchanged or not; grant it CREATE on the database, or make "
              f"the schema and grant it CREATE and USAGE there")
         return units
-    if make_fingerprint_store(dst) and not options.copy_unchanged:
+    if not make_fingerprint_store(dst):
+        return units
+    if not options.copy_unchanged:
         units = with_fingerprints(dst, units)
-        return with_quiet_sources(src, units) if plan.proof else units
-    return units
+    return with_source_states(src, units) if plan.proof else units
 
 
 def swap_the_rest(dst, tables: list[SourceTable], units: list[Unit], results: list[TableResult],

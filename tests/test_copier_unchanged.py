@@ -354,6 +354,26 @@ def test_a_table_renamed_into_place_is_copied(skipping, run_copier):
     assert_equal_to_source(skipping, "orders")
 
 
+def test_a_table_renamed_into_place_as_the_run_starts_is_copied(skipping, run_copier, at_moment):
+    """The same, between the run's look at the source's tables and the proof: the proof looks
+    at the table's relations again under its lock."""
+    skipping.source("CREATE TABLE orders_next (LIKE orders INCLUDING ALL);"
+                    "INSERT INTO orders_next SELECT id, region, -total FROM orders")
+    nights_until_proved(skipping, run_copier, "TABLES=orders")
+
+    def rename(units):
+        skipping.source("ALTER TABLE orders RENAME TO orders_old;"
+                        "ALTER TABLE orders_old RENAME CONSTRAINT orders_pkey TO orders_old_pkey;"
+                        "ALTER TABLE orders_next RENAME TO orders;"
+                        "ALTER TABLE orders RENAME CONSTRAINT orders_next_pkey TO orders_pkey")
+
+    at_moment("tables_checked", rename, once=True)
+    run = run_copier("TABLES=orders")
+    assert run.code == 0, run.stderr
+    assert outcomes(run) == {"public.orders": "copied"}
+    assert_equal_to_source(skipping, "orders")
+
+
 def test_an_enum_label_renamed_is_copied(skipping, run_copier):
     """The rows are untouched; what they read as is not."""
     skipping.source("CREATE TYPE mood AS ENUM ('sad', 'ok'); ALTER TABLE regions ADD COLUMN mood mood[];"
