@@ -2426,6 +2426,7 @@ class TableCopier:
             keep_comments_and_toast_options(cur, definition, staged)
             set_statistics(cur, definition, staged)
             set_sequences(self.src, cur, definition, staged.quoted)
+            keep_sequences_shared_with_another_table(cur, definition)
         with self.steps.timing("analyze"):
             cur.execute(sql.SQL("ANALYZE {}").format(staged.ident))
         if definition.table.qualified in self.plan.late_swaps:
@@ -3049,6 +3050,20 @@ def begin_snapshot(cur, snapshot: str | None, then: str = "") -> None:
 
 
 # --- index: keys, indexes, statistics and sequences, built on the loaded table
+
+
+def keep_sequences_shared_with_another_table(cur, definition: TableDefinition) -> None:
+    """A sequence the table's defaults use that the source ties to another table (a table made
+    LIKE the old one and renamed into place shares its serial) but that, on the reporting side,
+    belongs to the table the swap replaces: it would be dropped with that table, and the new
+    table's default with it. It is kept, owned by no table."""
+    for schema, name, _owner in definition.default_sequences:
+        cur.execute("SELECT 1 FROM pg_depend WHERE classid = 'pg_class'::regclass "
+                    "AND objid = to_regclass(%s) AND refclassid = 'pg_class'::regclass "
+                    "AND refobjid = to_regclass(%s) AND deptype = 'a'",
+                    (quote_qualified(schema, name), definition.table.qualified))
+        if cur.fetchone():
+            cur.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY NONE").format(sql.Identifier(schema, name)))
 
 
 def build_indexes(cur, definition: TableDefinition, staged: StagedTable, options: Options) -> None:
@@ -4034,8 +4049,14 @@ def build_reporting_keys(cur, definition: TableDefinition, staged: StagedTable,
                          source_names: set[str]) -> None:
     table = definition.table
     # Keys the reporting side has and the source does not (a partitioned table's key that
-    # includes the partition key, say).
-    extra = [row for row in reporting_extras(cur, definition, staged).keys if row[0] not in source_names]
+    # includes the partition key, say). Not the source's own key under the name it had at the
+    # last copy (renamed on the source since, or a table renamed into place): the same key, or
+    # a second primary key.
+    source_keys = {c.definition for c in definition.constraints}
+    primary_key = any(c.kind == "p" for c in definition.constraints)
+    extra = [(name, key) for name, key in reporting_extras(cur, definition, staged).keys
+             if name not in source_names and key not in source_keys
+             and not (primary_key and key.startswith("PRIMARY KEY"))]
     for n, (name, definition_sql) in enumerate(extra, 1):
         temporary = f"{staged.staging}_rk{n}"
         add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(

@@ -763,3 +763,41 @@ def test_a_second_column_on_the_same_serial_sequence_follows_it(copier_env, run_
     assert copier_env.target_rows(defaults) == copier_env.source_rows(defaults)
     copier_env.target("INSERT INTO tickets (v) VALUES ('c')")
     assert copier_env.target_rows("SELECT id, shadow FROM tickets WHERE v = 'c'") == [(5, 6)]
+
+
+def test_a_table_renamed_into_place_keeps_the_serial_sequence_it_shares(copier_env, run_copier):
+    """Blue and green on the source: a copy of the table made LIKE it (its default on the old
+    table's serial sequence) renamed into place. On the reporting side that sequence belongs to
+    the table the swap replaces: it is kept, and the new table's default goes on with it."""
+    copier_env.source("CREATE TABLE regions (id serial PRIMARY KEY, name text);"
+                      "INSERT INTO regions (name) SELECT 'r' || g FROM generate_series(1, 30) g;"
+                      "CREATE TABLE regions_next (LIKE regions INCLUDING ALL);"
+                      "INSERT INTO regions_next SELECT id, 'next ' || name FROM regions")
+    assert run_copier("TABLES=regions").code == 0
+    copier_env.source("ALTER TABLE regions RENAME TO regions_old; ALTER TABLE regions_next RENAME TO regions")
+
+    result = run_copier("TABLES=regions")
+
+    assert result.code == 0, result.stderr
+    assert result.of("index_skipped") == []
+    rows = "SELECT id, name FROM regions ORDER BY id"
+    assert copier_env.target_rows(rows) == copier_env.source_rows(rows)
+    copier_env.target("INSERT INTO regions (name) VALUES ('new')")  # the default still works
+    assert copier_env.target_rows("SELECT id FROM regions WHERE name = 'new'") == [(31,)]
+    assert run_copier("TABLES=regions").code == 0  # and the next night too
+
+
+def test_keys_renamed_on_the_source_are_not_taken_for_the_reporting_sides_own(copier_env, run_copier):
+    copier_env.source("CREATE TABLE codes (id int PRIMARY KEY, code text UNIQUE);"
+                      "INSERT INTO codes SELECT g, 'c' || g FROM generate_series(1, 50) g")
+    assert run_copier("TABLES=codes").code == 0
+    copier_env.source("ALTER TABLE codes RENAME CONSTRAINT codes_pkey TO codes_pk;"
+                      "ALTER TABLE codes RENAME CONSTRAINT codes_code_key TO codes_code_unique")
+    copier_env.target("ALTER TABLE codes ADD CONSTRAINT analysts_code UNIQUE (code, id)")  # their own
+
+    result = run_copier("TABLES=codes")
+
+    assert result.code == 0, result.stderr
+    assert result.of("index_skipped") == []
+    keys = "SELECT conname FROM pg_constraint WHERE conrelid = 'codes'::regclass ORDER BY 1"
+    assert copier_env.target_rows(keys) == [("analysts_code",), ("codes_code_unique",), ("codes_pk",)]
