@@ -24,7 +24,19 @@ def skipping(copier_env, monkeypatch):
                       "FROM generate_series(1, 3000) g;"
                       "CREATE TABLE orders (id bigint PRIMARY KEY, region int, total numeric);"
                       "INSERT INTO orders SELECT g, g % 50, g * 1.5 FROM generate_series(1, 5000) g")
+    counted(copier_env, "SELECT pg_stat_get_tuples_inserted('regions'::regclass) "
+                        "+ pg_stat_get_tuples_inserted('orders'::regclass)", 8000)
     return copier_env
+
+
+def counted(dbs, query: str, expected) -> None:
+    """Waits until the source's statistics count what was written: they lag (up to 13 and 14 a
+    collector process receives them), and a run that starts before they do takes tables written
+    since the last one for written since: copied at once, where the tests expect them proved."""
+    deadline = time.monotonic() + 30
+    while dbs.source_rows(query) != [(expected,)]:
+        assert time.monotonic() < deadline, f"the source's statistics never counted the writes: {query}"
+        time.sleep(0.1)
 
 
 SAME = ("SELECT count(*), sum(hashtext(t::text)) FROM {} t")
@@ -38,18 +50,15 @@ def assert_equal_to_source(dbs, *tables: str) -> None:
 def written_and_rolled_back(dbs) -> None:
     """A write to regions the source rolled back: its statistics count it (they count what was
     tried), its rows are as they were. Waits until the counters show it (they lag)."""
-    counted = "SELECT pg_stat_get_tuples_updated('regions'::regclass)"
-    before = dbs.source_rows(counted)
+    updates = "SELECT pg_stat_get_tuples_updated('regions'::regclass)"
+    (before,), = dbs.source_rows(updates)
     writer = psycopg2.connect(dbs.source_dsn)
     try:
         writer.cursor().execute("UPDATE regions SET name = 'never' WHERE id <= 5")
         writer.rollback()
     finally:
         writer.close()
-    deadline = time.monotonic() + 30
-    while dbs.source_rows(counted) == before:
-        assert time.monotonic() < deadline, "the source's statistics never counted the write"
-        time.sleep(0.1)
+    counted(dbs, updates, before + 5)
 
 
 def outcomes(run) -> dict[str, str]:
@@ -232,6 +241,7 @@ def test_a_run_that_died_after_a_swap_left_a_true_fingerprint(skipping, run_copi
     went live leaves that table's, and the next run's verdicts are right."""
     assert run_copier("TABLES=regions,orders").code == 0
     skipping.source("UPDATE regions SET name = 'moved' WHERE id = 7; UPDATE orders SET total = 0")
+    counted(skipping, "SELECT pg_stat_get_tuples_updated('regions'::regclass)", 1)
 
     def die(unit, result):
         raise KeyboardInterrupt
@@ -421,6 +431,7 @@ def test_a_partitioned_source_is_proved_and_a_write_in_a_partition_seen(skipping
     nights_until_proved(skipping, run_copier, "TABLES=sales")
     assert outcomes(run_copier("TABLES=sales")) == {"public.sales": "unchanged before reading"}
     skipping.source("UPDATE sales SET total = 0 WHERE id = 150")
+    counted(skipping, "SELECT pg_stat_get_tuples_updated('sales_high'::regclass)", 1)
     assert outcomes(run_copier("TABLES=sales")) == {"public.sales": "copied"}
     assert outcomes(run_copier("TABLES=sales")) == {"public.sales": "unchanged before reading"}
     # a partition swapped for another as old and as large, under its name: other rows
