@@ -890,7 +890,7 @@ class Plan:
     fingerprints: bool
     room: Room  # the reporting database's free storage against what the night stages at once
     # The source lets the copier record, and check, what proves a table unchanged without
-    # reading it (source_state): with the fingerprints, unless a DBA revoked a function it needs.
+    # reading it (begin_read): with the fingerprints, unless a DBA revoked a function it needs.
     proof: bool
 
 
@@ -1152,7 +1152,7 @@ class TableDefinition:
     printed_types: list[str] = dataclasses.field(default_factory=list)
     # The table's state on the source apart from the snapshot, when it can be proved unchanged
     # (with_source_states); not part of the definition's digest
-    source_state: TableState | None = None
+    state_on_source: TableState | None = None
     # What the rules made of it (apply_rules): the rows the source selects, the source's keys and
     # indexes left out, why the rules refuse the table (a strict table's column they do not name)
     where: str | None = None
@@ -2197,7 +2197,7 @@ class TableCopier:
                 self.load_verified(definition, staged)
             else:
                 staged.rows, staged.bytes, staged.digests = same.rows, same.bytes, same.digests
-                staged.source_state = same.source_state
+                staged.source_record = same.source_record
             note = StagingNote.new(self.note_run(unit), 1, definition, staged)
             note.loaded["1"] = self.loaded_part(staged, [])
             note.unchanged, note.found = (known.value, same.unchanged) if same else ("", "")
@@ -2205,11 +2205,11 @@ class TableCopier:
         return staged
 
     def provable(self, definition: TableDefinition, known: Fingerprint) -> bool:
-        return bool(known.source and definition.source_state)
+        return bool(known.source and definition.state_on_source)
 
     def worth_a_look(self, definition: TableDefinition, known: Fingerprint | None) -> bool:
         """Whether to look for the table unchanged before loading it: when it can be proved and
-        no row was written since (with_quiet_sources), or, where it cannot be proved, when the
+        no row was written since (with_source_states), or, where it cannot be proved, when the
         last run found it unchanged (it is read and hashed first). Else it is copied at once, and
         compared after loading: a table written every night costs nothing more."""
         if not known:
@@ -2258,14 +2258,14 @@ class TableCopier:
         same = False
         with self.src.cursor() as cur:
             with self.steps.timing("load"):
-                now = source_state(cur, self.snapshot, definition)
+                now = begin_read(cur, self.snapshot, definition)
                 # Locked, as a COPY would be, then its relations looked at again: no table
                 # renamed into place nor partition swapped since the run read its state.
                 cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(definition.table.ident))
                 source = definition.source
                 cur.execute(RELATIONS_QUERY, {"name": definition.table.qualified, "oid": source.oid,
                                               "tree": source.kind == "p"})
-            if now is not None and cur.fetchone()[0] == definition.source_state.relations:
+            if now is not None and cur.fetchone()[0] == definition.state_on_source.relations:
                 with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
                     proved = source_rows_unchanged(cur, definition, last, now)
                 same = proved and checked["same"]
@@ -2289,7 +2289,7 @@ class TableCopier:
                         digests: dict[str, str], source: dict | None) -> StagedTable:
         table = definition.table
         return StagedTable(table, table.staging_name(), [], None, {}, rows=rows, bytes=nbytes,
-                           digests=digests, unchanged=found, source_state=source)
+                           digests=digests, unchanged=found, source_record=source)
 
     def holds_already(self, cur, definition: TableDefinition, staged: StagedTable,
                       known: Fingerprint) -> bool:
@@ -2383,7 +2383,7 @@ class TableCopier:
                 "snapshot": self.shared.snapshot_identity(),
                 "digest": next(iter(staged.digests.values()), None),
                 "xid": staged.loaded_by[-1] if staged.loaded_by else None,
-                "source": staged.source_state}
+                "source": staged.source_record}
 
     def prepared(self, source: SourceTable) -> TableDefinition:
         """The table's definition, refused or with what its staging table needs on the target."""
@@ -2411,7 +2411,7 @@ class TableCopier:
             staged.loaded_by = [cur.fetchone()[0]]
         staged.rows, staged.bytes = loaded, nbytes
         staged.digests = {str(slicer.part[0]) if slicer else "1": digest}
-        staged.source_state = source.recorded(loaded, nbytes, staged.digests) if source else None
+        staged.source_record = source.recorded(loaded, nbytes, staged.digests) if source else None
 
     def complete(self, cur, definition: TableDefinition, staged: StagedTable) -> None:
         """Keys, indexes, statistics, sequences, ANALYZE and (per-table mode) the swap, which
@@ -2547,7 +2547,7 @@ class StagedTable:
     loaded_by: list[int] = dataclasses.field(default_factory=list)
     fingerprint: str = ""  # fingerprint_of its definition and digests, once loaded completely
     unchanged: str = ""  # found unchanged: "before reading", "before loading" or "after loading"
-    source_state: dict | None = None  # the source as read (source_state), for the fingerprint
+    source_record: dict | None = None  # the source as read (SourceState.recorded), for the fingerprint
 
     def made_as(self, final: str, *kinds: str) -> str | None:
         """The temporary name of the part (of one of kinds) that the swap renames to final."""
@@ -2829,7 +2829,7 @@ class StagingNote:
         staged.bytes = sum(part["bytes"] for part in self.loaded.values())
         staged.digests = {k: part["digest"] for k, part in self.loaded.items() if part.get("digest")}
         staged.loaded_by = [part["xid"] for part in self.loaded.values() if part.get("xid")]
-        staged.source_state = self.loaded["1"].get("source") if list(self.loaded) == ["1"] else None
+        staged.source_record = self.loaded["1"].get("source") if list(self.loaded) == ["1"] else None
         return staged
 
     def write(self, cur, staged: StagedTable) -> None:
@@ -2933,7 +2933,7 @@ def load_rows(src, dst, definition: TableDefinition, staged: StagedTable, snapsh
     def pump_source() -> None:
         try:
             with src.cursor() as cur:
-                outcome["source"] = source_state(cur, snapshot, None if slicer else definition)
+                outcome["source"] = begin_read(cur, snapshot, None if slicer else definition)
                 cur.copy_expert(copy_out(cur, definition, slicer).as_string(src), writer, size=PIPE_CHUNK)
                 outcome["rows"] = cur.rowcount
                 writer.flush()
@@ -3261,7 +3261,7 @@ CREATE TABLE IF NOT EXISTS {} (
     copied_at timestamptz NOT NULL,
     checked_at timestamptz NOT NULL,
     run text,
-    -- what proves the source unchanged without reading it (source_state), or NULL: read it
+    -- what proves the source unchanged without reading it (SourceState.recorded), or NULL: read it
     source jsonb,
     PRIMARY KEY (table_schema, table_name))""").format(FINGERPRINTS)
 # Added to a store an older copier made (before the source's proof).
@@ -3281,7 +3281,7 @@ class Fingerprint:
     rows: int
     loaded_by: tuple[int, ...]
     unchanged_nights: int
-    source: dict | None = None  # the source as it was read then (source_state), to prove it unchanged
+    source: dict | None = None  # the source as it was read then (SourceState.recorded), to prove it unchanged
     quiet: bool = False  # no row written on the source since, as far as its counters tell
 
 
@@ -3296,7 +3296,7 @@ def definition_digest(definition: TableDefinition) -> str:
     statistics settings, partitions, what its types print) and how its rows are streamed: a
     change of any of them changes the fingerprint, so the table is copied again."""
     made = dataclasses.asdict(definition)
-    del made["source"], made["source_state"]  # its OID, size and counters say nothing of its rows
+    del made["source"], made["state_on_source"]  # its OID, size and counters say nothing of its rows
     made.update(kind=definition.source.kind, format=definition.copy_format,
                 version=FINGERPRINT_VERSION)
     return xxhash.xxh3_128(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()
@@ -3332,7 +3332,7 @@ def hash_rows(src, definition: TableDefinition, snapshot: str | None,
     # half the client's CPU of a call a row.
     sink = io.BufferedWriter(hashed, PIPE_CHUNK)
     with src.cursor() as cur:
-        now = source_state(cur, snapshot, definition)
+        now = begin_read(cur, snapshot, definition)
         try:
             cur.copy_expert(copy_out(cur, definition).as_string(src), sink, size=PIPE_CHUNK)
         except psycopg2.Error as exc:
@@ -3466,7 +3466,7 @@ def record_fingerprint(cur, staged: StagedTable, run: str) -> None:
             "RELEASE SAVEPOINT copier_fingerprint").format(FINGERPRINTS),
             {"value": staged.fingerprint, "rows": staged.rows,
              "loaded_by": staged.loaded_by, "run": run, "schema": staged.table.schema,
-             "source": Json(staged.source_state) if staged.source_state else None,
+             "source": Json(staged.source_record) if staged.source_record else None,
              "name": staged.table.name})
     except psycopg2.DatabaseError as exc:
         if is_connection_error(exc) or isinstance(exc, psycopg2.errors.QueryCanceled):
@@ -3483,7 +3483,7 @@ def record_unchanged(cur, staged: StagedTable, run: str) -> None:
     cur.execute(sql.SQL("UPDATE {} SET unchanged_nights = unchanged_nights + 1, checked_at = now(), "
                         "run = %s, source = coalesce(%s, source) "
                         "WHERE table_schema = %s AND table_name = %s").format(FINGERPRINTS),
-                (run, Json(staged.source_state) if staged.source_state else None,
+                (run, Json(staged.source_record) if staged.source_record else None,
                  staged.table.schema, staged.table.name))
 
 
@@ -3585,10 +3585,10 @@ class SourceState:
                 "digests": digests, "writes": self.writes}
 
 
-def source_state(cur, snapshot: str | None, definition: TableDefinition | None) -> SourceState | None:
+def begin_read(cur, snapshot: str | None, definition: TableDefinition | None) -> SourceState | None:
     """Begin the read's transaction (begin_snapshot) and tell the source's state in it, or None
     when the table cannot be proved unchanged (no state of it: see table_states)."""
-    table = definition.source_state if definition else None
+    table = definition.state_on_source if definition else None
     if table is None:
         begin_snapshot(cur, snapshot)
         return None
@@ -3627,7 +3627,7 @@ def with_source_states(src, units: list[Unit]) -> list[Unit]:
             same_writes = state.writes == known.source.get("writes")
             quiet = known.unchanged_nights > 0 if state.standby else same_writes
             known = dataclasses.replace(known, quiet=quiet)
-        definition = dataclasses.replace(source.definition, source_state=state)
+        definition = dataclasses.replace(source.definition, state_on_source=state)
         return dataclasses.replace(source, definition=definition, fingerprint=known)
 
     told_sources = {table: told(source) for table, source in sources.items()}
