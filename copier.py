@@ -27,7 +27,8 @@ The file reads top to bottom as a night runs; its sections, in order:
                           row rules (rules.py) checked against the source and applied to it
   Preparing the target    schemas, types and sequences a staging table needs
   One table's copy        TableCopier, then its steps: stage, load, index, verify (and the
-                          fingerprints that tell an unchanged table), swap
+                          fingerprints that tell an unchanged table, the proof on the source
+                          that tells one without reading it), swap
   The reporting side      what a reporting table has of its own, kept or refused
   Readers in the way      the swaps readers blocked: waited for, then ended
   Run-wide state          outages, the run's snapshot, the run's hold on its tables
