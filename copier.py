@@ -2205,7 +2205,9 @@ class TableCopier:
             note.write(cur, staged)
         return staged
 
-    def provable(self, definition: TableDefinition, known: Fingerprint) -> bool:
+    @staticmethod
+    def can_prove(definition: TableDefinition, known: Fingerprint) -> bool:
+        """The last run recorded its read, and the run read the table's state on the source."""
         return bool(known.source and definition.state_on_source)
 
     def worth_a_look(self, definition: TableDefinition, known: Fingerprint | None) -> bool:
@@ -2215,14 +2217,14 @@ class TableCopier:
         compared after loading: a table written every night costs nothing more."""
         if not known:
             return False
-        return known.quiet if self.provable(definition, known) else known.unchanged_nights > 0
+        return known.quiet if self.can_prove(definition, known) else known.unchanged_nights > 0
 
     def unchanged_before_loading(self, definition: TableDefinition,
                                  known: Fingerprint) -> StagedTable | None:
         """Nothing written: the table as found unchanged, or None when it must be copied (its
         source changed, or the reporting table was written to). The source is proved unchanged
         from its row versions when the last run recorded what that needs, else read and hashed."""
-        if self.provable(definition, known):
+        if self.can_prove(definition, known):
             return self.proved_unchanged(definition, known)
         with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
             same = self.hashed_unchanged(definition, known)
@@ -2266,7 +2268,7 @@ class TableCopier:
                 source = definition.source
                 cur.execute(RELATIONS_QUERY, {"name": definition.table.qualified, "oid": source.oid,
                                               "tree": source.kind == "p"})
-            if now is not None and cur.fetchone()[0] == definition.state_on_source.relations:
+            if cur.fetchone()[0] == definition.state_on_source.relations:
                 with self.reporting_check(definition, known) as checked, self.steps.timing("load"):
                     proved = source_rows_unchanged(cur, definition, last, now)
                 same = proved and checked["same"]
@@ -4031,7 +4033,14 @@ def build_reporting_indexes(cur, definition: TableDefinition, staged: StagedTabl
     """
     table = definition.table
     source_names = {name for name, _ in definition.indexes} | {c.name for c in definition.constraints}
-    extra = [row for row in reporting_extras(cur, definition, staged).indexes if row[0] not in source_names]
+
+    def shape(index_sql: str) -> str:  # the statement without its name
+        return retarget_index(index_sql, f" ON {definition.quoted_name} ", "i", "t")
+
+    # Not the source's own index under the name it had at the last copy (renamed since).
+    source_shapes = {shape(statement) for _, statement in definition.indexes}
+    extra = [row for row in reporting_extras(cur, definition, staged).indexes
+             if row[0] not in source_names and shape(row[1]) not in source_shapes]
     for n, (name, index_sql, comment) in enumerate(extra, 1):
         temporary = f"{staged.staging}_r{n}"
         statement = retarget_index(index_sql, f" ON {definition.quoted_name} ", temporary, staged.quoted)

@@ -787,13 +787,17 @@ def test_a_table_renamed_into_place_keeps_the_serial_sequence_it_shares(copier_e
     assert run_copier("TABLES=regions").code == 0  # and the next night too
 
 
-def test_keys_renamed_on_the_source_are_not_taken_for_the_reporting_sides_own(copier_env, run_copier):
-    copier_env.source("CREATE TABLE codes (id int PRIMARY KEY, code text UNIQUE);"
-                      "INSERT INTO codes SELECT g, 'c' || g FROM generate_series(1, 50) g")
+def test_keys_and_indexes_renamed_on_the_source_are_not_taken_for_the_reporting_sides_own(
+        copier_env, run_copier):
+    copier_env.source("CREATE TABLE codes (id int PRIMARY KEY, code text UNIQUE, n int);"
+                      "CREATE INDEX codes_n ON codes (n);"
+                      "INSERT INTO codes SELECT g, 'c' || g, g % 7 FROM generate_series(1, 50) g")
     assert run_copier("TABLES=codes").code == 0
     copier_env.source("ALTER TABLE codes RENAME CONSTRAINT codes_pkey TO codes_pk;"
-                      "ALTER TABLE codes RENAME CONSTRAINT codes_code_key TO codes_code_unique")
-    copier_env.target("ALTER TABLE codes ADD CONSTRAINT analysts_code UNIQUE (code, id)")  # their own
+                      "ALTER TABLE codes RENAME CONSTRAINT codes_code_key TO codes_code_unique;"
+                      "ALTER INDEX codes_n RENAME TO codes_by_n")
+    copier_env.target("ALTER TABLE codes ADD CONSTRAINT analysts_code UNIQUE (code, id);"  # their own
+                      "CREATE INDEX analysts_n ON codes (n, code)")
 
     result = run_copier("TABLES=codes")
 
@@ -801,3 +805,6 @@ def test_keys_renamed_on_the_source_are_not_taken_for_the_reporting_sides_own(co
     assert result.of("index_skipped") == []
     keys = "SELECT conname FROM pg_constraint WHERE conrelid = 'codes'::regclass ORDER BY 1"
     assert copier_env.target_rows(keys) == [("analysts_code",), ("codes_code_unique",), ("codes_pk",)]
+    indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'codes' ORDER BY 1"
+    assert copier_env.target_rows(indexes) == [("analysts_code",), ("analysts_n",), ("codes_by_n",),
+                                               ("codes_code_unique",), ("codes_pk",)]
